@@ -1,1 +1,138 @@
-fn main() {}
+//! tally-shipper: Redis stream -> (Kafka ->) Postgres, exactly once in effect
+//! (at-least-once delivery + dedupe on event id).
+
+mod config;
+mod db;
+mod event;
+mod kafka;
+mod metrics;
+mod pipeline;
+mod record;
+mod redis_src;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use config::{Cli, Command, OpsOpts, PgOpts};
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+/// SIGTERM/SIGINT -> cancel the token; then enforce the shutdown deadline.
+fn install_signals(shutdown: CancellationToken, deadline_ms: u64) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping reads, finishing in-flight batch"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping reads, finishing in-flight batch"),
+        }
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(deadline_ms)).await;
+        tracing::warn!(deadline_ms, "shutdown deadline exceeded; exiting with in-flight work unacknowledged (it will be re-shipped)");
+        std::process::exit(3);
+    });
+}
+
+async fn pg_pool(pg: &PgOpts) -> anyhow::Result<sqlx::PgPool> {
+    let pool = db::connect(&pg.url, pg.pg_max_conns).await?;
+    if pg.migrate {
+        migrate_with_retry(&pool).await?;
+    }
+    Ok(pool)
+}
+
+async fn migrate_with_retry(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        match db::migrate(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 30 => {
+                tracing::warn!(error = %format!("{e:#}"), attempt, "migration failed, retrying");
+                tokio::time::sleep(Duration::from_millis(config::backoff_ms(200, 5_000, attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn start_ops(ops: &OpsOpts, shutdown: &CancellationToken) {
+    let addr = ops.metrics_addr.clone();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(addr, s).await {
+            tracing::warn!(error = %format!("{e:#}"), "metrics server failed");
+        }
+    });
+    tokio::spawn(metrics::progress(ops.progress_interval_ms, shutdown.clone()));
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    match cli.cmd {
+        Command::Migrate { pg } => {
+            let pool = db::connect(&pg.url, 1).await?;
+            migrate_with_retry(&pool).await?;
+            tracing::info!("migrations applied");
+        }
+        Command::RetryFailed { pg, limit } => {
+            let pool = db::connect(&pg.url, 1).await?;
+            let (ok, bad) = db::retry_failed(&pool, limit).await?;
+            tracing::info!(resolved = ok, still_failing = bad, "retry-failed done");
+            println!("resolved={ok} still_failing={bad}");
+        }
+        Command::Run { redis, kafka, pg, batch, ops } => {
+            install_signals(shutdown.clone(), ops.shutdown_deadline_ms);
+            start_ops(&ops, &shutdown);
+            let pool = pg_pool(&pg).await?;
+            if kafka.brokers.as_deref().map(|b| b.trim().is_empty()).unwrap_or(true) {
+                tracing::info!("no Kafka brokers configured: direct path stream -> Postgres");
+                redis_src::run_source(redis, batch, pipeline::Sink::Pg(pool), shutdown.clone()).await;
+            } else {
+                kafka::ensure_topic(&kafka).await?;
+                let fwd = Arc::new(kafka::Forwarder::new(&kafka)?);
+                let persist = tokio::spawn(kafka::run_persist(kafka.clone(), batch.clone(), pool, shutdown.clone()));
+                redis_src::run_source(redis, batch, pipeline::Sink::Kafka(fwd.clone()), shutdown.clone()).await;
+                fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
+                persist.await??;
+            }
+        }
+        Command::Forward { redis, kafka, batch, ops } => {
+            install_signals(shutdown.clone(), ops.shutdown_deadline_ms);
+            start_ops(&ops, &shutdown);
+            kafka::ensure_topic(&kafka).await?;
+            let fwd = Arc::new(kafka::Forwarder::new(&kafka)?);
+            redis_src::run_source(redis, batch, pipeline::Sink::Kafka(fwd.clone()), shutdown.clone()).await;
+            fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
+        }
+        Command::Persist { kafka, pg, batch, ops } => {
+            install_signals(shutdown.clone(), ops.shutdown_deadline_ms);
+            start_ops(&ops, &shutdown);
+            let pool = pg_pool(&pg).await?;
+            kafka::ensure_topic(&kafka).await?;
+            kafka::run_persist(kafka, batch, pool, shutdown.clone()).await?;
+        }
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(real_main(cli)) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "fatal");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Command line / environment configuration.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "tally-shipper", version, about = "Ships tally change-log events: Redis stream -> Kafka -> Postgres")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Whole pipeline in one process: stream -> Kafka -> Postgres, or stream -> Postgres when no
+    /// Kafka brokers are configured.
+    Run {
+        #[command(flatten)]
+        redis: RedisOpts,
+        #[command(flatten)]
+        kafka: KafkaOpts,
+        #[command(flatten)]
+        pg: PgOpts,
+        #[command(flatten)]
+        batch: BatchOpts,
+        #[command(flatten)]
+        ops: OpsOpts,
+    },
+    /// Stream -> Kafka sidecar.
+    Forward {
+        #[command(flatten)]
+        redis: RedisOpts,
+        #[command(flatten)]
+        kafka: KafkaOpts,
+        #[command(flatten)]
+        batch: BatchOpts,
+        #[command(flatten)]
+        ops: OpsOpts,
+    },
+    /// Kafka -> Postgres sidecar.
+    Persist {
+        #[command(flatten)]
+        kafka: KafkaOpts,
+        #[command(flatten)]
+        pg: PgOpts,
+        #[command(flatten)]
+        batch: BatchOpts,
+        #[command(flatten)]
+        ops: OpsOpts,
+    },
+    /// Apply the embedded migrations (safe to rerun).
+    Migrate {
+        #[command(flatten)]
+        pg: PgOpts,
+    },
+    /// Decode unresolved failed_events again; those that now succeed are persisted and marked resolved.
+    RetryFailed {
+        #[command(flatten)]
+        pg: PgOpts,
+        /// Maximum number of rows to process.
+        #[arg(long, env = "TALLY_RETRY_LIMIT", default_value_t = 10_000)]
+        limit: i64,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RedisOpts {
+    /// Redis URL(s); in cluster mode give one per primary (comma separated or repeated).
+    #[arg(long = "redis-url", env = "TALLY_REDIS_URL", default_value = "redis://127.0.0.1:6379", value_delimiter = ',')]
+    pub urls: Vec<String>,
+    /// Module key prefix (`tally.prefix`): streams are `<prefix>:log` and `<prefix>:log:{tag}`.
+    #[arg(long, env = "TALLY_PREFIX", default_value = "tally")]
+    pub prefix: String,
+    /// Consumer group name.
+    #[arg(long = "group", env = "TALLY_GROUP", default_value = "tally-shipper")]
+    pub redis_group: String,
+    /// Consumer name (keep it stable across restarts so own pending entries are re-read).
+    #[arg(long, env = "TALLY_CONSUMER", default_value_t = default_consumer())]
+    pub consumer: String,
+    /// Claim pending entries of other consumers idle for at least this long.
+    #[arg(long, env = "TALLY_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub claim_idle_ms: u64,
+    /// How often to run XAUTOCLAIM.
+    #[arg(long, env = "TALLY_CLAIM_INTERVAL_MS", default_value_t = 5_000)]
+    pub claim_interval_ms: u64,
+    /// XREADGROUP BLOCK time.
+    #[arg(long, env = "TALLY_BLOCK_MS", default_value_t = 1_000)]
+    pub block_ms: u64,
+    /// How often to trim acknowledged entries (XTRIM MINID); 0 disables trimming.
+    #[arg(long, env = "TALLY_TRIM_INTERVAL_MS", default_value_t = 1_000)]
+    pub trim_interval_ms: u64,
+    /// How often to look for new log streams (SCAN MATCH <prefix>:log* TYPE stream).
+    #[arg(long, env = "TALLY_DISCOVER_INTERVAL_MS", default_value_t = 10_000)]
+    pub discover_interval_ms: u64,
+}
+
+pub fn default_consumer() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "local".into());
+    format!("shipper-{host}")
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KafkaOpts {
+    /// Kafka bootstrap servers; when empty `run` uses the direct path (stream -> Postgres).
+    #[arg(long = "kafka-brokers", env = "TALLY_KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    /// Topic carrying the events.
+    #[arg(long = "kafka-topic", env = "TALLY_KAFKA_TOPIC", default_value = "tally.events")]
+    pub topic: String,
+    /// Consumer group of `persist`.
+    #[arg(long = "kafka-group", env = "TALLY_KAFKA_GROUP", default_value = "tally-persist")]
+    pub kafka_group: String,
+    /// librdkafka property passthrough, `key=value` (repeatable), e.g. for SASL/TLS.
+    #[arg(long = "kafka-opt", value_parser = parse_kv)]
+    pub opts: Vec<(String, String)>,
+    /// Producer delivery timeout (message.timeout.ms); the batch is retried after it.
+    #[arg(long, env = "TALLY_KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub kafka_message_timeout_ms: u64,
+    /// Create the topic at start if it does not exist (with --kafka-topic-partitions).
+    #[arg(long, env = "TALLY_KAFKA_CREATE_TOPIC")]
+    pub kafka_create_topic: bool,
+    #[arg(long, env = "TALLY_KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub kafka_topic_partitions: i32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PgOpts {
+    /// Postgres URL.
+    #[arg(long = "database-url", env = "TALLY_DATABASE_URL")]
+    pub url: String,
+    /// Connection pool size.
+    #[arg(long, env = "TALLY_PG_MAX_CONNS", default_value_t = 4)]
+    pub pg_max_conns: u32,
+    /// Apply migrations at start (run/persist).
+    #[arg(long, env = "TALLY_MIGRATE")]
+    pub migrate: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BatchOpts {
+    /// Maximum entries per batch (one Postgres transaction / one Kafka produce round).
+    #[arg(long, env = "TALLY_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// How long to keep filling a batch after its first entry.
+    #[arg(long, env = "TALLY_BATCH_WAIT_MS", default_value_t = 50)]
+    pub batch_wait_ms: u64,
+    /// Maximum batches being delivered to the next stage at once (across streams).
+    #[arg(long, env = "TALLY_MAX_IN_FLIGHT", default_value_t = 4)]
+    pub max_in_flight: usize,
+    /// First retry delay after a transient failure.
+    #[arg(long, env = "TALLY_RETRY_BACKOFF_MS", default_value_t = 100)]
+    pub retry_backoff_ms: u64,
+    /// Cap of the exponential retry delay.
+    #[arg(long, env = "TALLY_RETRY_BACKOFF_CAP_MS", default_value_t = 10_000)]
+    pub retry_backoff_cap_ms: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OpsOpts {
+    /// Address of /metrics and /healthz ("off" disables).
+    #[arg(long, env = "TALLY_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    pub metrics_addr: String,
+    /// After SIGTERM/SIGINT: time allowed to finish the in-flight batch, flush and commit.
+    #[arg(long, env = "TALLY_SHUTDOWN_DEADLINE_MS", default_value_t = 30_000)]
+    pub shutdown_deadline_ms: u64,
+    /// Interval of the progress log line (only while events flow).
+    #[arg(long, env = "TALLY_PROGRESS_INTERVAL_MS", default_value_t = 10_000)]
+    pub progress_interval_ms: u64,
+}
+
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected key=value, got {s:?}")),
+    }
+}
+
+/// Capped exponential backoff: base * 2^attempt, at most cap.
+pub fn backoff_ms(base: u64, cap: u64, attempt: u32) -> u64 {
+    base.max(1).saturating_mul(1u64.checked_shl(attempt.min(32)).unwrap_or(u64::MAX)).min(cap.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn kv_parsing() {
+        assert_eq!(parse_kv("security.protocol=SASL_SSL").unwrap(), ("security.protocol".into(), "SASL_SSL".into()));
+        assert_eq!(parse_kv("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_kv("novalue").is_err());
+        assert!(parse_kv("=x").is_err());
+    }
+
+    #[test]
+    fn backoff_is_capped_exponential() {
+        assert_eq!(backoff_ms(100, 10_000, 0), 100);
+        assert_eq!(backoff_ms(100, 10_000, 1), 200);
+        assert_eq!(backoff_ms(100, 10_000, 5), 3_200);
+        assert_eq!(backoff_ms(100, 10_000, 7), 10_000);
+        assert_eq!(backoff_ms(100, 10_000, 1_000), 10_000);
+    }
+
+    #[test]
+    fn run_defaults_and_options() {
+        let cli = Cli::try_parse_from([
+            "tally-shipper", "run", "--database-url", "postgres://x", "--redis-url", "redis://a:1,redis://b:2",
+            "--kafka-opt", "sasl.mechanism=PLAIN", "--kafka-opt", "security.protocol=SASL_SSL", "--batch-size", "7",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Command::Run { redis, kafka, pg, batch, ops } => {
+                assert_eq!(redis.urls, vec!["redis://a:1", "redis://b:2"]);
+                assert_eq!(redis.prefix, "tally");
+                assert_eq!(kafka.brokers, None);
+                assert_eq!(kafka.topic, "tally.events");
+                assert_eq!(kafka.opts.len(), 2);
+                assert_eq!(pg.url, "postgres://x");
+                assert_eq!(batch.batch_size, 7);
+                assert_eq!(batch.retry_backoff_cap_ms, 10_000);
+                assert_eq!(ops.metrics_addr, "127.0.0.1:9187");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["tally-shipper", "run", "--kafka-opt", "bad"]).is_err());
+        assert!(Cli::try_parse_from(["tally-shipper", "migrate"]).is_err() || std::env::var("TALLY_DATABASE_URL").is_ok());
+    }
+}

@@ -1,0 +1,564 @@
+//! Postgres persistence: one transaction per batch, multi-row inserts via UNNEST,
+//! dedupe on event_id, derived tables updated only for newly inserted events.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use crate::event::{Body, Event};
+use crate::record::Record;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+pub async fn connect(url: &str, max_conns: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max_conns)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_lazy(url)
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// events newly inserted
+    pub inserted: usize,
+    /// decoded events already present (replays)
+    pub duplicates: usize,
+    /// records written to failed_events
+    pub failed: usize,
+    /// sequence anomalies recorded
+    pub anomalies: usize,
+    /// ts_ms of the newly inserted events (for lag metrics)
+    pub inserted_ts: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anomaly {
+    pub key: String,
+    pub kind: &'static str,
+    pub expected: i64,
+    pub got: i64,
+    pub event_id: String,
+}
+
+/// Per-key seq checking for events in arrival order. `last` holds the highest seq seen per key
+/// (updated in place). Returns gaps (seq > last+1) and out-of-order arrivals (seq <= last).
+/// A key never seen before is expected to start at 1.
+pub fn check_seqs(events: &[&Event], last: &mut HashMap<String, i64>) -> Vec<Anomaly> {
+    let mut out = Vec::new();
+    for e in events {
+        for k in &e.keys {
+            let prev = last.get(&k.key).copied().unwrap_or(0);
+            let expected = prev + 1;
+            if k.seq != expected {
+                out.push(Anomaly {
+                    key: k.key.clone(),
+                    kind: if k.seq > expected { "gap" } else { "out_of_order" },
+                    expected,
+                    got: k.seq,
+                    event_id: e.id.clone(),
+                });
+            }
+            if k.seq > prev {
+                last.insert(k.key.clone(), k.seq);
+            }
+        }
+    }
+    out
+}
+
+pub async fn persist_batch(pool: &PgPool, records: &[Record]) -> Result<Outcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let outcome = persist_in_tx(&mut tx, records).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -> Result<Outcome, sqlx::Error> {
+    let mut outcome = Outcome::default();
+
+    // 1. failed records (dedupe on source within the batch)
+    let mut seen_src = HashSet::new();
+    let (mut f_src, mut f_via, mut f_stream, mut f_sid, mut f_raw, mut f_err) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for r in records {
+        if let Err(e) = &r.decoded {
+            if seen_src.insert(r.source.clone()) {
+                f_src.push(r.source.clone());
+                f_via.push(r.via.clone());
+                f_stream.push(r.stream.clone());
+                f_sid.push(r.stream_id.clone());
+                f_raw.push(r.raw.replace('\0', "\\u0000"));
+                f_err.push(e.clone());
+            }
+        }
+    }
+    if !f_src.is_empty() {
+        outcome.failed = f_src.len();
+        sqlx::query(
+            "INSERT INTO failed_events (source, via, stream, stream_id, raw, error)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+             ON CONFLICT (source) DO UPDATE
+               SET attempts = failed_events.attempts + 1, last_seen = now(), error = EXCLUDED.error",
+        )
+        .bind(&f_src)
+        .bind(&f_via)
+        .bind(&f_stream)
+        .bind(&f_sid)
+        .bind(&f_raw)
+        .bind(&f_err)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    // 2. events (dedupe on id within the batch, keep first arrival)
+    let mut seen_id = HashSet::new();
+    let mut batch: Vec<(&Record, &Event)> = Vec::new();
+    for r in records {
+        if let Ok(e) = &r.decoded {
+            if seen_id.insert(e.id.as_str()) {
+                batch.push((r, e));
+            } else {
+                outcome.duplicates += 1;
+            }
+        }
+    }
+    if batch.is_empty() {
+        return Ok(outcome);
+    }
+    let ids: Vec<&str> = batch.iter().map(|(_, e)| e.id.as_str()).collect();
+    let types: Vec<&str> = batch.iter().map(|(_, e)| e.typ.as_str()).collect();
+    let ts: Vec<i64> = batch.iter().map(|(_, e)| e.ts).collect();
+    let ops: Vec<Option<&str>> = batch.iter().map(|(_, e)| e.op.as_deref()).collect();
+    let metas: Vec<Option<&str>> = batch.iter().map(|(_, e)| e.meta.as_deref()).collect();
+    let keys: Vec<&str> = batch.iter().map(|(_, e)| e.keys_json.as_str()).collect();
+    let raws: Vec<&str> = batch.iter().map(|(r, _)| r.raw.as_str()).collect();
+    let streams: Vec<Option<&str>> = batch.iter().map(|(r, _)| r.stream.as_deref()).collect();
+    let sids: Vec<Option<&str>> = batch.iter().map(|(r, _)| r.stream_id.as_deref()).collect();
+    let sources: Vec<&str> = batch.iter().map(|(r, _)| r.source.as_str()).collect();
+    let vias: Vec<Option<&str>> = batch.iter().map(|(r, _)| r.via.as_deref()).collect();
+    let inserted: Vec<(String,)> = sqlx::query_as(
+        "INSERT INTO events (event_id, type, ts_ms, ts, op, meta, keys, raw, stream, stream_id, source, via)
+         SELECT id::uuid, type, ts_ms, to_timestamp(ts_ms::float8 / 1000), op, meta, keys::jsonb, raw::jsonb,
+                stream, stream_id, source, via
+         FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::text[], $9::text[], $10::text[], $11::text[])
+              AS t(id, type, ts_ms, op, meta, keys, raw, stream, stream_id, source, via)
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id::text",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&ts)
+    .bind(&ops)
+    .bind(&metas)
+    .bind(&keys)
+    .bind(&raws)
+    .bind(&streams)
+    .bind(&sids)
+    .bind(&sources)
+    .bind(&vias)
+    .fetch_all(&mut **tx)
+    .await?;
+    let new_ids: HashSet<String> = inserted.into_iter().map(|(s,)| s).collect();
+    let fresh: Vec<&Event> = batch.iter().map(|(_, e)| *e).filter(|e| new_ids.contains(&e.id)).collect();
+    outcome.inserted = fresh.len();
+    outcome.duplicates += batch.len() - fresh.len();
+    outcome.inserted_ts = fresh.iter().map(|e| e.ts).collect();
+    if fresh.is_empty() {
+        return Ok(outcome);
+    }
+    outcome.anomalies = derive(tx, &fresh).await?;
+    Ok(outcome)
+}
+
+/// Update derived tables for newly inserted events (in arrival order). Returns anomalies count.
+async fn derive(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<usize, sqlx::Error> {
+    // event_keys
+    let (mut k_ev, mut k_key, mut k_seq) = (vec![], vec![], vec![]);
+    for e in fresh {
+        for k in &e.keys {
+            k_ev.push(e.id.as_str());
+            k_key.push(k.key.as_str());
+            k_seq.push(k.seq);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO event_keys (event_id, data_key, seq)
+         SELECT e::uuid, k, s FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS t(e, k, s)",
+    )
+    .bind(&k_ev)
+    .bind(&k_key)
+    .bind(&k_seq)
+    .execute(&mut **tx)
+    .await?;
+
+    // sequence checking against key_seqs (locked) then upsert key_seqs
+    let mut uniq_keys: Vec<&str> = k_key.clone();
+    uniq_keys.sort_unstable();
+    uniq_keys.dedup();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT data_key, last_seq FROM key_seqs WHERE data_key = ANY($1::text[]) ORDER BY data_key FOR UPDATE",
+    )
+    .bind(&uniq_keys)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut last: HashMap<String, i64> = rows.into_iter().collect();
+    let anomalies = check_seqs(fresh, &mut last);
+    for a in &anomalies {
+        tracing::warn!(key = %a.key, kind = a.kind, expected = a.expected, got = a.got, event_id = %a.event_id,
+            "per-key seq anomaly");
+    }
+    if !anomalies.is_empty() {
+        let ak: Vec<&str> = anomalies.iter().map(|a| a.key.as_str()).collect();
+        let kind: Vec<&str> = anomalies.iter().map(|a| a.kind).collect();
+        let exp: Vec<i64> = anomalies.iter().map(|a| a.expected).collect();
+        let got: Vec<i64> = anomalies.iter().map(|a| a.got).collect();
+        let ev: Vec<&str> = anomalies.iter().map(|a| a.event_id.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO sequence_anomalies (data_key, kind, expected_seq, got_seq, event_id)
+             SELECT k, kd, x, g, e::uuid FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[])
+                 AS t(k, kd, x, g, e)",
+        )
+        .bind(&ak)
+        .bind(&kind)
+        .bind(&exp)
+        .bind(&got)
+        .bind(&ev)
+        .execute(&mut **tx)
+        .await?;
+    }
+    // key -> (max seq, event id) among fresh events
+    let mut maxseq: HashMap<&str, (i64, &str)> = HashMap::new();
+    for e in fresh {
+        for k in &e.keys {
+            let ent = maxseq.entry(k.key.as_str()).or_insert((k.seq, e.id.as_str()));
+            if k.seq > ent.0 {
+                *ent = (k.seq, e.id.as_str());
+            }
+        }
+    }
+    let ks_key: Vec<&str> = maxseq.keys().copied().collect();
+    let ks_seq: Vec<i64> = ks_key.iter().map(|k| maxseq[k].0).collect();
+    let ks_ev: Vec<&str> = ks_key.iter().map(|k| maxseq[k].1).collect();
+    sqlx::query(
+        "INSERT INTO key_seqs (data_key, last_seq, event_id)
+         SELECT k, s, e::uuid FROM UNNEST($1::text[], $2::int8[], $3::text[]) AS t(k, s, e)
+         ON CONFLICT (data_key) DO UPDATE SET last_seq = EXCLUDED.last_seq, event_id = EXCLUDED.event_id,
+             updated_at = now()
+         WHERE key_seqs.last_seq < EXCLUDED.last_seq",
+    )
+    .bind(&ks_key)
+    .bind(&ks_seq)
+    .bind(&ks_ev)
+    .execute(&mut **tx)
+    .await?;
+
+    // asset changes + balances
+    let (mut c_ev, mut c_idx, mut c_key, mut c_field, mut c_delta, mut c_bal, mut c_seq, mut c_ts) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    // (key, field) -> index into c_* of the change with the highest seq
+    let mut latest: HashMap<(&str, &str), usize> = HashMap::new();
+    for e in fresh {
+        if let Body::Asset(changes) = &e.body {
+            for (i, c) in changes.iter().enumerate() {
+                let seq = e.seq_of(&c.key).unwrap_or(0);
+                let pos = c_ev.len();
+                c_ev.push(e.id.as_str());
+                c_idx.push(i as i32);
+                c_key.push(c.key.as_str());
+                c_field.push(c.field.as_str());
+                c_delta.push(c.delta.as_str());
+                c_bal.push(c.balance.as_str());
+                c_seq.push(seq);
+                c_ts.push(e.ts);
+                let ent = latest.entry((c.key.as_str(), c.field.as_str())).or_insert(pos);
+                if c_seq[*ent] <= seq {
+                    *ent = pos;
+                }
+            }
+        }
+    }
+    if !c_ev.is_empty() {
+        sqlx::query(
+            "INSERT INTO event_changes (event_id, idx, data_key, field, delta, balance, seq, ts_ms)
+             SELECT e::uuid, i, k, f, d::numeric, b::numeric, s, t
+             FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int8[])
+                 AS u(e, i, k, f, d, b, s, t)",
+        )
+        .bind(&c_ev)
+        .bind(&c_idx)
+        .bind(&c_key)
+        .bind(&c_field)
+        .bind(&c_delta)
+        .bind(&c_bal)
+        .bind(&c_seq)
+        .bind(&c_ts)
+        .execute(&mut **tx)
+        .await?;
+        let pos: Vec<usize> = latest.values().copied().collect();
+        let bk: Vec<&str> = pos.iter().map(|&p| c_key[p]).collect();
+        let bf: Vec<&str> = pos.iter().map(|&p| c_field[p]).collect();
+        let bb: Vec<&str> = pos.iter().map(|&p| c_bal[p]).collect();
+        let bs: Vec<i64> = pos.iter().map(|&p| c_seq[p]).collect();
+        let be: Vec<&str> = pos.iter().map(|&p| c_ev[p]).collect();
+        let bt: Vec<i64> = pos.iter().map(|&p| c_ts[p]).collect();
+        sqlx::query(
+            "INSERT INTO balances (data_key, field, balance, seq, event_id, ts_ms)
+             SELECT k, f, b::numeric, s, e::uuid, t
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[]) AS u(k, f, b, s, e, t)
+             ON CONFLICT (data_key, field) DO UPDATE
+               SET balance = EXCLUDED.balance, seq = EXCLUDED.seq, event_id = EXCLUDED.event_id,
+                   ts_ms = EXCLUDED.ts_ms, updated_at = now()
+             WHERE balances.seq < EXCLUDED.seq",
+        )
+        .bind(&bk)
+        .bind(&bf)
+        .bind(&bb)
+        .bind(&bs)
+        .bind(&be)
+        .bind(&bt)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    // coupons
+    let mut campaigns: HashMap<&str, (&Event, &crate::event::Coupon, i64)> = HashMap::new();
+    let mut claims: HashMap<(&str, i64), (&Event, &crate::event::Coupon)> = HashMap::new();
+    let mut releases: HashMap<(&str, i64), (&Event, &crate::event::Coupon)> = HashMap::new();
+    for e in fresh {
+        if let Body::Coupon(c) = &e.body {
+            let seq = e.seq_of(&c.campaign).unwrap_or(e.keys[0].seq);
+            let ent = campaigns.entry(c.campaign.as_str()).or_insert((e, c, seq));
+            if ent.2 <= seq {
+                *ent = (e, c, seq);
+            }
+            if let Some(issue) = c.issue {
+                match e.typ.as_str() {
+                    "coupon.claim" => {
+                        claims.insert((c.campaign.as_str(), issue), (e, c));
+                    }
+                    "coupon.release" => {
+                        releases.insert((c.campaign.as_str(), issue), (e, c));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if !campaigns.is_empty() {
+        let v: Vec<_> = campaigns.values().collect();
+        sqlx::query(
+            "INSERT INTO coupon_campaigns (campaign, total, issued, remaining, peruser, start_ms, end_ms, seq, event_id)
+             SELECT c, t, i, r, p, s, en, q, e::uuid
+             FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::text[])
+                 AS u(c, t, i, r, p, s, en, q, e)
+             ON CONFLICT (campaign) DO UPDATE
+               SET total = EXCLUDED.total, issued = EXCLUDED.issued, remaining = EXCLUDED.remaining,
+                   peruser = EXCLUDED.peruser, start_ms = EXCLUDED.start_ms, end_ms = EXCLUDED.end_ms,
+                   seq = EXCLUDED.seq, event_id = EXCLUDED.event_id, updated_at = now()
+             WHERE coupon_campaigns.seq < EXCLUDED.seq",
+        )
+        .bind(v.iter().map(|x| x.1.campaign.as_str()).collect::<Vec<_>>())
+        .bind(v.iter().map(|x| x.1.total).collect::<Vec<_>>())
+        .bind(v.iter().map(|x| x.1.issued).collect::<Vec<_>>())
+        .bind(v.iter().map(|x| x.1.remaining).collect::<Vec<_>>())
+        .bind(v.iter().map(|x| x.1.peruser).collect::<Vec<_>>())
+        .bind(v.iter().map(|x| x.1.start).collect::<Vec<_>>())
+        .bind(v.iter().map(|x| x.1.end).collect::<Vec<_>>())
+        .bind(v.iter().map(|x| x.2).collect::<Vec<_>>())
+        .bind(v.iter().map(|x| x.0.id.as_str()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !claims.is_empty() {
+        let v: Vec<_> = claims.iter().collect();
+        sqlx::query(
+            "INSERT INTO coupon_issues (campaign, issue, user_id, claim_event_id, claimed_ts_ms)
+             SELECT c, i, u, e::uuid, t FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[])
+                 AS x(c, i, u, e, t)
+             ON CONFLICT (campaign, issue) DO UPDATE
+               SET user_id = EXCLUDED.user_id, claim_event_id = EXCLUDED.claim_event_id,
+                   claimed_ts_ms = EXCLUDED.claimed_ts_ms",
+        )
+        .bind(v.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+        .bind(v.iter().map(|(k, _)| k.1).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, x)| x.1.user.as_deref()).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, x)| x.0.id.as_str()).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, x)| x.0.ts).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !releases.is_empty() {
+        let v: Vec<_> = releases.iter().collect();
+        sqlx::query(
+            "INSERT INTO coupon_issues (campaign, issue, user_id, released, release_event_id, released_ts_ms)
+             SELECT c, i, u, true, e::uuid, t FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[])
+                 AS x(c, i, u, e, t)
+             ON CONFLICT (campaign, issue) DO UPDATE
+               SET released = true, release_event_id = EXCLUDED.release_event_id,
+                   released_ts_ms = EXCLUDED.released_ts_ms,
+                   user_id = COALESCE(coupon_issues.user_id, EXCLUDED.user_id)",
+        )
+        .bind(v.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+        .bind(v.iter().map(|(k, _)| k.1).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, x)| x.1.user.as_deref()).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, x)| x.0.id.as_str()).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, x)| x.0.ts).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    // usage totals per (key, period_id): latest used/limit by seq, consumed summed in SQL
+    struct Agg<'a> {
+        ev: &'a Event,
+        u: &'a crate::event::Usage,
+        seq: i64,
+        amounts: Vec<&'a str>,
+        n: i64,
+    }
+    let mut usage: HashMap<(&str, &str), Agg> = HashMap::new();
+    for e in fresh {
+        if let Body::Usage(u) = &e.body {
+            let seq = e.seq_of(&u.key).unwrap_or(e.keys[0].seq);
+            let ent = usage
+                .entry((u.key.as_str(), u.period_id.as_str()))
+                .or_insert(Agg { ev: e, u, seq, amounts: vec![], n: 0 });
+            if ent.seq <= seq {
+                ent.ev = e;
+                ent.u = u;
+                ent.seq = seq;
+            }
+            ent.n += 1;
+            if let Some(a) = &u.amount {
+                ent.amounts.push(a.as_str());
+            }
+        }
+    }
+    if !usage.is_empty() {
+        let v: Vec<&Agg> = usage.values().collect();
+        // the sum of amounts is computed in SQL (exact NUMERIC); pass them joined by ','
+        let sums: Vec<String> = v.iter().map(|a| a.amounts.join(",")).collect();
+        sqlx::query(
+            "INSERT INTO usage_totals (usage_key, period_id, period, used, quota, consumed, events, seq, event_id)
+             SELECT k, pid, per, used::numeric, q::numeric,
+                    COALESCE((SELECT sum(x::numeric) FROM unnest(string_to_array(NULLIF(am, ''), ',')) AS x), 0),
+                    n, s, e::uuid
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int8[], $9::text[])
+                 AS u(k, pid, per, used, q, am, n, s, e)
+             ON CONFLICT (usage_key, period_id) DO UPDATE
+               SET consumed = usage_totals.consumed + EXCLUDED.consumed,
+                   events = usage_totals.events + EXCLUDED.events,
+                   used = CASE WHEN usage_totals.seq < EXCLUDED.seq THEN EXCLUDED.used ELSE usage_totals.used END,
+                   quota = CASE WHEN usage_totals.seq < EXCLUDED.seq THEN EXCLUDED.quota ELSE usage_totals.quota END,
+                   period = CASE WHEN usage_totals.seq < EXCLUDED.seq THEN EXCLUDED.period ELSE usage_totals.period END,
+                   event_id = CASE WHEN usage_totals.seq < EXCLUDED.seq THEN EXCLUDED.event_id ELSE usage_totals.event_id END,
+                   seq = GREATEST(usage_totals.seq, EXCLUDED.seq),
+                   updated_at = now()",
+        )
+        .bind(v.iter().map(|a| a.u.key.as_str()).collect::<Vec<_>>())
+        .bind(v.iter().map(|a| a.u.period_id.as_str()).collect::<Vec<_>>())
+        .bind(v.iter().map(|a| a.u.period.as_str()).collect::<Vec<_>>())
+        .bind(v.iter().map(|a| a.u.used.as_str()).collect::<Vec<_>>())
+        .bind(v.iter().map(|a| a.u.limit.as_str()).collect::<Vec<_>>())
+        .bind(&sums)
+        .bind(v.iter().map(|a| a.n).collect::<Vec<_>>())
+        .bind(v.iter().map(|a| a.seq).collect::<Vec<_>>())
+        .bind(v.iter().map(|a| a.ev.id.as_str()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(anomalies.len())
+}
+
+/// Re-process unresolved failed_events. Returns (resolved, still failing).
+pub async fn retry_failed(pool: &PgPool, limit: i64) -> Result<(usize, usize), sqlx::Error> {
+    let rows: Vec<(i64, String, Option<String>, Option<String>, Option<String>, String)> = sqlx::query_as(
+        "SELECT id, source, via, stream, stream_id, raw FROM failed_events WHERE NOT resolved ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let (mut ok, mut bad) = (0, 0);
+    for (id, source, via, stream, stream_id, raw) in rows {
+        let rec = Record::new(source, via, stream, stream_id, raw, None);
+        let mut tx = pool.begin().await?;
+        match &rec.decoded {
+            Ok(ev) => {
+                let ev_id = ev.id.clone();
+                persist_in_tx(&mut tx, std::slice::from_ref(&rec)).await?;
+                sqlx::query(
+                    "UPDATE failed_events SET resolved = true, resolved_at = now(), event_id = $2::uuid,
+                         attempts = attempts + 1, last_seen = now() WHERE id = $1",
+                )
+                .bind(id)
+                .bind(&ev_id)
+                .execute(&mut *tx)
+                .await?;
+                ok += 1;
+            }
+            Err(e) => {
+                sqlx::query(
+                    "UPDATE failed_events SET attempts = attempts + 1, last_seen = now(), error = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(e)
+                .execute(&mut *tx)
+                .await?;
+                bad += 1;
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok((ok, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::decode;
+
+    fn ev(id: u8, keys: &[(&str, i64)]) -> Event {
+        let ks: Vec<String> = keys.iter().map(|(k, s)| format!(r#"{{"key":"{k}","seq":{s}}}"#)).collect();
+        let ch: Vec<String> =
+            keys.iter().map(|(k, _)| format!(r#"{{"key":"{k}","field":"g","delta":"1","balance":"1"}}"#)).collect();
+        let typ = if keys.len() == 2 { "asset.transfer" } else { "asset.incr" };
+        decode(&format!(
+            r#"{{"v":1,"id":"0193508e-7c4a-7b3e-9f1c-3d2a8e5b6c{id:02x}","type":"{typ}","ts":1,"op":null,"meta":null,"keys":[{}],"changes":[{}]}}"#,
+            ks.join(","),
+            ch.join(",")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn seq_check_in_order_is_clean() {
+        let a = ev(1, &[("a", 1)]);
+        let b = ev(2, &[("a", 2), ("b", 1)]);
+        let c = ev(3, &[("a", 3)]);
+        let mut last = HashMap::new();
+        assert!(check_seqs(&[&a, &b, &c], &mut last).is_empty());
+        assert_eq!(last["a"], 3);
+        assert_eq!(last["b"], 1);
+    }
+
+    #[test]
+    fn seq_check_reports_gap_and_out_of_order() {
+        let mut last = HashMap::from([("a".to_string(), 5)]);
+        let gap = ev(1, &[("a", 8)]);
+        let late = ev(2, &[("a", 6)]);
+        let fresh_key_gap = ev(3, &[("z", 2)]);
+        let got = check_seqs(&[&gap, &late, &fresh_key_gap], &mut last);
+        assert_eq!(got.len(), 3);
+        assert_eq!((got[0].kind, got[0].expected, got[0].got), ("gap", 6, 8));
+        assert_eq!((got[1].kind, got[1].expected, got[1].got), ("out_of_order", 9, 6));
+        assert_eq!((got[2].kind, got[2].expected, got[2].got), ("gap", 1, 2));
+        assert_eq!(last["a"], 8);
+    }
+
+}

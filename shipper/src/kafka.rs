@@ -1,0 +1,233 @@
+//! Kafka: idempotent producer (forward) and manually committed consumer (persist).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BatchOpts, KafkaOpts};
+use crate::metrics;
+use crate::pipeline;
+use crate::record::Record;
+
+pub const H_EVENT_ID: &str = "event_id";
+pub const H_SOURCE: &str = "tally_source";
+pub const H_STREAM: &str = "tally_stream";
+pub const H_STREAM_ID: &str = "tally_stream_id";
+pub const H_ERROR: &str = "tally_error";
+
+fn base_config(k: &KafkaOpts) -> anyhow::Result<ClientConfig> {
+    let brokers = k.brokers.as_deref().filter(|b| !b.trim().is_empty()).context("no Kafka brokers configured")?;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (key, v) in &k.opts {
+        c.set(key, v);
+    }
+    Ok(c)
+}
+
+pub async fn ensure_topic(k: &KafkaOpts) -> anyhow::Result<()> {
+    if !k.kafka_create_topic {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = base_config(k)?.create()?;
+    let topic = NewTopic::new(&k.topic, k.kafka_topic_partitions.max(1), TopicReplication::Fixed(1));
+    let res = admin.create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await?;
+    for r in res {
+        match r {
+            Ok(t) => tracing::info!(topic = %t, "created Kafka topic"),
+            Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %t, "topic exists"),
+            Err((t, e)) => anyhow::bail!("creating topic {t}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+pub struct Forwarder {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Forwarder {
+    pub fn new(k: &KafkaOpts) -> anyhow::Result<Forwarder> {
+        let mut c = base_config(k)?;
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", k.kafka_message_timeout_ms.to_string())
+            .set("linger.ms", "5")
+            .set("compression.type", "none");
+        // passthrough options win
+        for (key, v) in &k.opts {
+            c.set(key, v);
+        }
+        let producer: FutureProducer = c.create().context("creating Kafka producer")?;
+        Ok(Forwarder { producer, topic: k.topic.clone() })
+    }
+
+    /// Produce the whole batch and wait for every delivery report (acks=all).
+    pub async fn send_batch(&self, recs: &[Record]) -> anyhow::Result<()> {
+        let mut futures = Vec::with_capacity(recs.len());
+        for r in recs {
+            let key: &str = match &r.decoded {
+                Ok(e) => e.first_key(),
+                Err(_) => r.stream_id.as_deref().unwrap_or(r.source.as_str()),
+            };
+            let mut headers = OwnedHeaders::new()
+                .insert(Header { key: H_SOURCE, value: Some(r.source.as_str()) });
+            if let Ok(e) = &r.decoded {
+                headers = headers.insert(Header { key: H_EVENT_ID, value: Some(e.id.as_str()) });
+            }
+            if let Some(s) = &r.stream {
+                headers = headers.insert(Header { key: H_STREAM, value: Some(s.as_str()) });
+            }
+            if let Some(s) = &r.stream_id {
+                headers = headers.insert(Header { key: H_STREAM_ID, value: Some(s.as_str()) });
+            }
+            // upstream problems that a decoder downstream could not see (e.g. missing `event` field)
+            if let Err(e) = &r.decoded {
+                headers = headers.insert(Header { key: H_ERROR, value: Some(e.as_str()) });
+            }
+            let mut rec = FutureRecord::to(&self.topic).key(key).payload(r.raw.as_str()).headers(headers);
+            let started = Instant::now();
+            loop {
+                match self.producer.send_result(rec) {
+                    Ok(f) => {
+                        futures.push(f);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        if started.elapsed() > Duration::from_secs(60) {
+                            anyhow::bail!("producer queue full for 60s");
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err((e, _)) => return Err(e).context("enqueue to Kafka"),
+                }
+            }
+        }
+        let mut first_err = None;
+        for f in futures {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    first_err.get_or_insert(anyhow::anyhow!("Kafka delivery failed: {e}"));
+                }
+                Err(_) => {
+                    first_err.get_or_insert(anyhow::anyhow!("Kafka delivery canceled"));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "producer flush incomplete");
+        }
+    }
+}
+
+fn header<'a>(m: &'a BorrowedMessage<'a>, name: &str) -> Option<String> {
+    let h = m.headers()?;
+    h.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Kafka message -> pipeline record (never fails: problems become the record's error).
+pub fn message_to_record(m: &BorrowedMessage<'_>) -> Record {
+    let coord = format!("kafka:{}/{}/{}", m.topic(), m.partition(), m.offset());
+    let (source, via) = match header(m, H_SOURCE) {
+        Some(s) => (s, Some(coord)),
+        None => (coord, None),
+    };
+    let stream = header(m, H_STREAM);
+    let stream_id = header(m, H_STREAM_ID);
+    let (raw, err) = match m.payload() {
+        None => (String::new(), Some("Kafka message without payload".to_string())),
+        Some(p) => match std::str::from_utf8(p) {
+            Ok(s) => (s.to_string(), header(m, H_ERROR)),
+            Err(_) => (String::from_utf8_lossy(p).into_owned(), Some("Kafka payload is not UTF-8".to_string())),
+        },
+    };
+    Record::new(source, via, stream, stream_id, raw, err)
+}
+
+/// Kafka -> Postgres. Offsets are committed only after the Postgres transaction commits.
+pub async fn run_persist(k: KafkaOpts, batch: BatchOpts, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut c = base_config(&k)?;
+    c.set("group.id", &k.kafka_group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("max.poll.interval.ms", "600000");
+    for (key, v) in &k.opts {
+        c.set(key, v);
+    }
+    let consumer: StreamConsumer = c.create().context("creating Kafka consumer")?;
+    consumer.subscribe(&[&k.topic]).context("subscribe")?;
+    tracing::info!(topic = %k.topic, group = %k.kafka_group, "consuming");
+    let size = batch.batch_size.max(1);
+    loop {
+        // first message (or shutdown)
+        let first = tokio::select! {
+            m = consumer.recv() => m,
+            _ = shutdown.cancelled() => break,
+        };
+        let mut recs = Vec::with_capacity(size);
+        let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
+        let mut take = |m: BorrowedMessage<'_>, recs: &mut Vec<Record>| {
+            recs.push(message_to_record(&m));
+            let e = offsets.entry((m.topic().to_string(), m.partition())).or_insert(m.offset());
+            *e = (*e).max(m.offset());
+        };
+        match first {
+            Ok(m) => take(m, &mut recs),
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka consume error");
+                tokio::time::sleep(Duration::from_millis(batch.retry_backoff_ms.max(100))).await;
+                continue;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(batch.batch_wait_ms);
+        while recs.len() < size {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, consumer.recv()).await {
+                Ok(Ok(m)) => take(m, &mut recs),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consume error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        metrics::KAFKA_CONSUMED.inc_by(recs.len() as u64);
+        pipeline::Sink::Pg(pool.clone()).deliver(&recs, &batch).await;
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in &offsets {
+            tpl.add_partition_offset(t, *p, Offset::Offset(o + 1))?;
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+            // harmless: the batch is in Postgres; a redelivery is deduped on event id
+            tracing::warn!(error = %e, "offset commit failed (messages will be redelivered and deduped)");
+        }
+    }
+    tracing::info!("persist stopped");
+    Ok(())
+}

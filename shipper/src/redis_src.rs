@@ -1,0 +1,494 @@
+//! Reading the log streams with a consumer group, acking after the next stage holds the
+//! entries durably, and trimming only acknowledged entries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Value};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{backoff_ms, BatchOpts, RedisOpts};
+use crate::metrics;
+use crate::pipeline::Sink;
+use crate::record::{next_stream_id, parse_stream_id, Record};
+
+type RResult<T> = Result<T, redis::RedisError>;
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: String,
+    /// None when the entry was deleted while pending
+    pub fields: Option<Vec<(String, Vec<u8>)>>,
+}
+
+fn as_str(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => as_str(other)?.parse().ok(),
+    }
+}
+
+fn as_array(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        _ => &[],
+    }
+}
+
+/// Parse a list of stream entries `[[id, [f, v, ...]], ...]`.
+pub fn parse_entries(v: &Value) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for e in as_array(v) {
+        let parts = as_array(e);
+        let Some(id) = parts.first().and_then(as_str) else { continue };
+        let fields = match parts.get(1) {
+            Some(Value::Array(kv)) => {
+                let mut f = Vec::new();
+                for pair in kv.chunks(2) {
+                    if let [k, v] = pair {
+                        let val = match v {
+                            Value::BulkString(b) => b.clone(),
+                            other => as_str(other).unwrap_or_default().into_bytes(),
+                        };
+                        f.push((as_str(k).unwrap_or_default(), val));
+                    }
+                }
+                Some(f)
+            }
+            Some(Value::Map(kv)) => Some(
+                kv.iter()
+                    .map(|(k, v)| (as_str(k).unwrap_or_default(), as_str(v).unwrap_or_default().into_bytes()))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        out.push(Entry { id, fields });
+    }
+    out
+}
+
+/// XREADGROUP reply: `[[stream, [entries]]]` (RESP2) or a map (RESP3); Nil on timeout.
+fn parse_xread(v: &Value) -> Vec<Entry> {
+    match v {
+        Value::Nil => vec![],
+        Value::Map(m) => m.iter().flat_map(|(_, e)| parse_entries(e)).collect(),
+        other => as_array(other).iter().flat_map(|s| parse_entries(as_array(s).get(1).unwrap_or(&Value::Nil))).collect(),
+    }
+}
+
+/// Convert an entry to a pipeline record (never fails: problems become the record's error).
+pub fn entry_to_record(stream: &str, e: &Entry) -> Record {
+    let source = format!("redis:{stream}/{}", e.id);
+    let (raw, err) = match &e.fields {
+        None => ("".to_string(), Some("stream entry was deleted before it could be shipped".to_string())),
+        Some(fields) => match fields.iter().find(|(k, _)| k == "event") {
+            Some((_, v)) => match std::str::from_utf8(v) {
+                Ok(s) => (s.to_string(), None),
+                Err(_) => (String::from_utf8_lossy(v).into_owned(), Some("`event` field is not UTF-8".to_string())),
+            },
+            None => {
+                let obj: serde_json::Map<String, serde_json::Value> = fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(String::from_utf8_lossy(v).into_owned())))
+                    .collect();
+                (serde_json::Value::Object(obj).to_string(), Some("stream entry has no `event` field".to_string()))
+            }
+        },
+    };
+    Record::new(source, None, Some(stream.to_string()), Some(e.id.clone()), raw, err)
+}
+
+pub async fn connect(url: &str, response_timeout: Duration) -> RResult<MultiplexedConnection> {
+    let client = redis::Client::open(url)?;
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(response_timeout));
+    client.get_multiplexed_async_connection_with_config(&cfg).await
+}
+
+/// SCAN for log streams; always includes `<prefix>:log`.
+pub async fn discover(conn: &mut MultiplexedConnection, prefix: &str) -> RResult<Vec<String>> {
+    let mut found = vec![format!("{prefix}:log")];
+    let mut cursor = "0".to_string();
+    loop {
+        let v: Value = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:log*"))
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("stream")
+            .query_async(conn)
+            .await?;
+        let parts = as_array(&v);
+        cursor = parts.first().and_then(as_str).unwrap_or_else(|| "0".into());
+        for k in parts.get(1).map(as_array).unwrap_or(&[]) {
+            if let Some(name) = as_str(k) {
+                // `<prefix>:log` or `<prefix>:log:{tag}` only
+                if name == format!("{prefix}:log") || name.starts_with(&format!("{prefix}:log:")) {
+                    if !found.contains(&name) {
+                        found.push(name);
+                    }
+                }
+            }
+        }
+        if cursor == "0" {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+pub struct Worker {
+    pub url: String,
+    pub stream: String,
+    pub redis: RedisOpts,
+    pub batch: BatchOpts,
+    pub sink: Sink,
+    pub inflight: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+}
+
+enum Phase {
+    /// re-reading own pending entries, from this id
+    OwnPending(String),
+    New,
+}
+
+impl Worker {
+    fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis.block_ms + self.batch.batch_wait_ms + 10_000)
+    }
+
+    async fn ensure_group(&self, conn: &mut MultiplexedConnection) -> RResult<()> {
+        let r: RResult<Value> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(&self.redis.redis_group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match r {
+            Ok(_) => {
+                tracing::info!(stream = %self.stream, group = %self.redis.redis_group, "created consumer group");
+                Ok(())
+            }
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn xreadgroup(&self, conn: &mut MultiplexedConnection, id: &str, count: usize, block_ms: Option<u64>) -> RResult<Vec<Entry>> {
+        let mut c = redis::cmd("XREADGROUP");
+        c.arg("GROUP").arg(&self.redis.redis_group).arg(&self.redis.consumer).arg("COUNT").arg(count.max(1));
+        if let Some(b) = block_ms {
+            c.arg("BLOCK").arg(b.max(1));
+        }
+        c.arg("STREAMS").arg(&self.stream).arg(id);
+        let v: Value = c.query_async(conn).await?;
+        Ok(parse_xread(&v))
+    }
+
+    /// Read new entries: block for the first, then keep filling for up to batch_wait_ms.
+    async fn read_new(&self, conn: &mut MultiplexedConnection) -> RResult<Vec<Entry>> {
+        let size = self.batch.batch_size.max(1);
+        let mut out = self.xreadgroup(conn, ">", size, Some(self.redis.block_ms)).await?;
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.batch.batch_wait_ms);
+        while out.len() < size && !self.shutdown.is_cancelled() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let more = self.xreadgroup(conn, ">", size - out.len(), Some(left.as_millis().max(1) as u64)).await?;
+            if more.is_empty() {
+                break;
+            }
+            out.extend(more);
+        }
+        Ok(out)
+    }
+
+    /// XAUTOCLAIM entries idle longer than claim_idle_ms (dead consumers), one batch at a time.
+    async fn autoclaim(&self, conn: &mut MultiplexedConnection, cursor: &str) -> RResult<(String, Vec<Entry>)> {
+        let v: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(&self.redis.redis_group)
+            .arg(&self.redis.consumer)
+            .arg(self.redis.claim_idle_ms)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(self.batch.batch_size.max(1))
+            .query_async(conn)
+            .await?;
+        let parts = as_array(&v);
+        let next = parts.first().and_then(as_str).unwrap_or_else(|| "0-0".into());
+        let entries = parts.get(1).map(parse_entries).unwrap_or_default();
+        let deleted = parts.get(2).map(as_array).map(|a| a.len()).unwrap_or(0);
+        if deleted > 0 {
+            tracing::error!(stream = %self.stream, count = deleted,
+                "pending entries were deleted from the stream before being shipped (removed by someone else)");
+        }
+        Ok((next, entries))
+    }
+
+    async fn ack(&self, conn: &mut MultiplexedConnection, ids: &[String]) -> RResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _: Value = redis::cmd("XACK").arg(&self.stream).arg(&self.redis.redis_group).arg(ids).query_async(conn).await?;
+        Ok(())
+    }
+
+    /// Trim entries every group has acknowledged: MINID = min over groups of (oldest pending id,
+    /// or last-delivered-id + 1 when nothing is pending). Never removes undelivered/unacked entries.
+    async fn trim(&self, conn: &mut MultiplexedConnection) -> RResult<()> {
+        let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(&self.stream).query_async(conn).await?;
+        let mut floor: Option<(u64, u64, String)> = None;
+        let mut own_pending = 0;
+        for g in as_array(&groups) {
+            let kv: HashMap<String, &Value> = match g {
+                Value::Map(m) => m.iter().filter_map(|(k, v)| Some((as_str(k)?, v))).collect(),
+                other => as_array(other).chunks(2).filter_map(|p| Some((as_str(&p[0])?, p.get(1)?))).collect(),
+            };
+            let Some(name) = kv.get("name").and_then(|v| as_str(v)) else { return Ok(()) };
+            let pending = kv.get("pending").and_then(|v| as_int(v)).unwrap_or(0);
+            let Some(last) = kv.get("last-delivered-id").and_then(|v| as_str(v)) else { return Ok(()) };
+            if name == self.redis.redis_group {
+                own_pending = pending;
+            }
+            let min = if pending > 0 {
+                let p: Value = redis::cmd("XPENDING").arg(&self.stream).arg(&name).query_async(conn).await?;
+                match as_array(&p).get(1).and_then(as_str) {
+                    Some(id) => id,
+                    None => return Ok(()),
+                }
+            } else {
+                match next_stream_id(&last) {
+                    Some(id) => id,
+                    None => return Ok(()),
+                }
+            };
+            let Some((ms, n)) = parse_stream_id(&min) else { return Ok(()) };
+            if floor.as_ref().map(|f| (ms, n) < (f.0, f.1)).unwrap_or(true) {
+                floor = Some((ms, n, min));
+            }
+        }
+        if let Some((_, _, minid)) = floor {
+            let _: Value = redis::cmd("XTRIM").arg(&self.stream).arg("MINID").arg(&minid).query_async(conn).await?;
+        }
+        let len: i64 = redis::cmd("XLEN").arg(&self.stream).query_async(conn).await?;
+        metrics::STREAM_LEN.with_label_values(&[self.stream.as_str()]).set(len);
+        metrics::PENDING.with_label_values(&[self.stream.as_str()]).set(own_pending);
+        Ok(())
+    }
+
+    pub async fn run(self) {
+        let mut attempt = 0u32;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            match self.run_connected().await {
+                Ok(()) => return,
+                Err(e) => {
+                    if e.code() == Some("MOVED") {
+                        tracing::info!(stream = %self.stream, url = %self.url, "stream not served by this node, skipping");
+                        return;
+                    }
+                    let wait = backoff_ms(self.batch.retry_backoff_ms, self.batch.retry_backoff_cap_ms, attempt);
+                    metrics::RETRIES.inc();
+                    tracing::warn!(stream = %self.stream, url = %self.url, error = %e, retry_in_ms = wait, "redis error");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    async fn run_connected(&self) -> RResult<()> {
+        let mut conn = connect(&self.url, self.response_timeout()).await?;
+        self.ensure_group(&mut conn).await?;
+        tracing::info!(stream = %self.stream, group = %self.redis.redis_group, consumer = %self.redis.consumer, "reading stream");
+        let mut phase = Phase::OwnPending("0".into());
+        let mut last_claim = Instant::now() - Duration::from_millis(self.redis.claim_interval_ms);
+        let mut claim_cursor = "0-0".to_string();
+        let mut last_trim = Instant::now();
+        let trim_every = Duration::from_millis(self.redis.trim_interval_ms);
+        let mut dirty = true; // something was acked since the last trim
+        loop {
+            if self.shutdown.is_cancelled() {
+                if dirty && self.redis.trim_interval_ms > 0 {
+                    let _ = self.trim(&mut conn).await;
+                }
+                return Ok(());
+            }
+            let entries = match &phase {
+                Phase::OwnPending(from) => {
+                    let e = self.xreadgroup(&mut conn, from, self.batch.batch_size, None).await?;
+                    // entries with id > `from` that are pending for us
+                    match e.last() {
+                        Some(last) => phase = Phase::OwnPending(last.id.clone()),
+                        None => {
+                            phase = Phase::New;
+                            continue;
+                        }
+                    }
+                    if !e.is_empty() {
+                        tracing::info!(stream = %self.stream, count = e.len(), "re-reading own pending entries");
+                    }
+                    e
+                }
+                Phase::New if last_claim.elapsed() >= Duration::from_millis(self.redis.claim_interval_ms) => {
+                    let (next, e) = self.autoclaim(&mut conn, &claim_cursor).await?;
+                    if next == "0-0" {
+                        last_claim = Instant::now();
+                        claim_cursor = "0-0".into();
+                    } else {
+                        claim_cursor = next;
+                    }
+                    if !e.is_empty() {
+                        tracing::info!(stream = %self.stream, count = e.len(), "claimed idle pending entries");
+                    }
+                    e
+                }
+                Phase::New => self.read_new(&mut conn).await?,
+            };
+            if !entries.is_empty() {
+                metrics::EVENTS_READ.inc_by(entries.len() as u64);
+                let records: Vec<Record> = entries.iter().map(|e| entry_to_record(&self.stream, e)).collect();
+                {
+                    let _permit = self.inflight.acquire().await.expect("semaphore");
+                    self.sink.deliver(&records, &self.batch).await;
+                }
+                let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                self.ack_with_retry(&mut conn, &ids).await;
+                dirty = true;
+            }
+            if self.redis.trim_interval_ms > 0 && dirty && last_trim.elapsed() >= trim_every {
+                self.trim(&mut conn).await?;
+                last_trim = Instant::now();
+                dirty = false;
+            }
+        }
+    }
+
+    /// The batch is durable downstream; XACK must not be lost to a blip, so retry it
+    /// (a reconnect if needed). If we die first, the entries are re-shipped and deduped.
+    async fn ack_with_retry(&self, conn: &mut MultiplexedConnection, ids: &[String]) {
+        let mut attempt = 0u32;
+        loop {
+            match self.ack(conn, ids).await {
+                Ok(()) => return,
+                Err(e) => {
+                    let wait = backoff_ms(self.batch.retry_backoff_ms, self.batch.retry_backoff_cap_ms, attempt);
+                    tracing::warn!(stream = %self.stream, error = %e, retry_in_ms = wait, "XACK failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    attempt = attempt.saturating_add(1);
+                    if let Ok(c) = connect(&self.url, self.response_timeout()).await {
+                        *conn = c;
+                    }
+                    if attempt > 20 && self.shutdown.is_cancelled() {
+                        tracing::warn!(stream = %self.stream, "giving up XACK at shutdown; entries will be re-shipped (deduped)");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Discover streams on every URL and run one worker per stream until shutdown.
+pub async fn run_source(redis: RedisOpts, batch: BatchOpts, sink: Sink, shutdown: CancellationToken) {
+    let inflight = Arc::new(Semaphore::new(batch.max_in_flight.max(1)));
+    let mut workers: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        for url in &redis.urls {
+            let streams = match connect(url, Duration::from_secs(10)).await {
+                Ok(mut c) => discover(&mut c, &redis.prefix).await,
+                Err(e) => Err(e),
+            };
+            let streams = match streams {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(url = %url, error = %e, "stream discovery failed; using the default stream");
+                    vec![format!("{}:log", redis.prefix)]
+                }
+            };
+            for s in streams {
+                let key = (url.clone(), s.clone());
+                if workers.get(&key).map(|h| !h.is_finished()).unwrap_or(false) || workers.contains_key(&key) {
+                    continue;
+                }
+                let w = Worker {
+                    url: url.clone(),
+                    stream: s,
+                    redis: redis.clone(),
+                    batch: batch.clone(),
+                    sink: sink.clone(),
+                    inflight: inflight.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                workers.insert(key, tokio::spawn(w.run()));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(redis.discover_interval_ms.max(100))) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    for (_, h) in workers {
+        let _ = h.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_xreadgroup_reply_and_builds_records() {
+        let good = r#"{"v":1,"id":"0193508e-7c4a-7b3e-9f1c-3d2a8e5b6c01","type":"asset.incr","ts":1,"op":null,"meta":null,"keys":[{"key":"a","seq":1}],"changes":[{"key":"a","field":"g","delta":"1","balance":"1"}]}"#;
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("tally:log"),
+            Value::Array(vec![
+                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("event"), bulk(good)])]),
+                Value::Array(vec![bulk("1-1"), Value::Array(vec![bulk("junk"), bulk("x")])]),
+                Value::Array(vec![bulk("1-2"), Value::Nil]),
+            ]),
+        ])]);
+        let entries = parse_xread(&reply);
+        assert_eq!(entries.len(), 3);
+        let recs: Vec<Record> = entries.iter().map(|e| entry_to_record("tally:log", e)).collect();
+        assert!(recs[0].decoded.is_ok());
+        assert_eq!(recs[0].source, "redis:tally:log/1-0");
+        assert_eq!(recs[1].decoded.as_ref().unwrap_err(), "stream entry has no `event` field");
+        assert_eq!(recs[1].raw, r#"{"junk":"x"}"#);
+        assert!(recs[2].decoded.as_ref().unwrap_err().contains("deleted"));
+        assert!(parse_xread(&Value::Nil).is_empty());
+    }
+}

@@ -1,0 +1,543 @@
+//! Test harness: throwaway redis-server, PostgreSQL 15, tansu broker and shipper processes,
+//! all on free 127.0.0.1 ports, stopped on drop.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use sqlx::PgPool;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tally-shipper");
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+static HEAVY: Mutex<()> = Mutex::new(());
+
+/// Tests start several servers each; run them one at a time (2-core machine).
+pub fn serial() -> MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "tally-test-{tag}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn wait_port(port: u16, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+// ---------------------------------------------------------------- redis
+
+pub fn module_path() -> Option<PathBuf> {
+    let p = std::env::var("TALLY_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/libtally.so")));
+    p.exists().then_some(p)
+}
+
+pub struct Redis {
+    pub port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Redis {
+    pub fn start(module: Option<&Path>) -> Redis {
+        let port = free_port();
+        let dir = tmpdir("redis");
+        let mut cmd = Command::new("/usr/bin/redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(m) = module {
+            cmd.arg("--loadmodule").arg(m);
+        }
+        let child = cmd.spawn().expect("spawn redis-server");
+        assert!(wait_port(port, Duration::from_secs(10)), "redis did not start");
+        Redis { port, child, dir }
+    }
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+    pub async fn conn(&self) -> MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn xadd(c: &mut MultiplexedConnection, stream: &str, field: &str, value: &str) -> String {
+    redis::cmd("XADD").arg(stream).arg("*").arg(field).arg(value).query_async(c).await.unwrap()
+}
+
+pub async fn xlen(c: &mut MultiplexedConnection, stream: &str) -> i64 {
+    redis::cmd("XLEN").arg(stream).query_async(c).await.unwrap()
+}
+
+pub async fn group_pending(c: &mut MultiplexedConnection, stream: &str, group: &str) -> i64 {
+    let v: redis::Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(c).await.unwrap();
+    match v {
+        redis::Value::Array(a) => match &a[0] {
+            redis::Value::Int(i) => *i,
+            _ => -1,
+        },
+        _ => -1,
+    }
+}
+
+// ---------------------------------------------------------------- postgres
+
+pub struct Pg {
+    pub port: u16,
+    dir: PathBuf,
+    running: bool,
+}
+
+fn as_postgres(args: &[&str]) -> std::process::Output {
+    Command::new("runuser").arg("-u").arg("postgres").arg("--").args(args).output().expect("runuser")
+}
+
+impl Pg {
+    pub fn start() -> Pg {
+        let port = free_port();
+        let dir = tmpdir("pg");
+        let st = Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir).status().unwrap();
+        assert!(st.success());
+        let data = dir.join("data");
+        let out = as_postgres(&[
+            &format!("{PG_BIN}/initdb"),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]);
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let mut pg = Pg { port, dir, running: false };
+        pg.start_server();
+        pg
+    }
+
+    pub fn start_server(&mut self) {
+        let data = self.dir.join("data");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=on -c max_connections=50",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("pg.log");
+        let out = as_postgres(&[
+            &format!("{PG_BIN}/pg_ctl"),
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        ]);
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        self.running = true;
+    }
+
+    pub fn stop_server(&mut self) {
+        let data = self.dir.join("data");
+        let out = as_postgres(&[&format!("{PG_BIN}/pg_ctl"), "-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+        self.running = false;
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&self.url()).await.unwrap()
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        if self.running {
+            let data = self.dir.join("data");
+            let _ = as_postgres(&[&format!("{PG_BIN}/pg_ctl"), "-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------- tansu (Kafka protocol)
+
+pub fn tansu_bin() -> Option<PathBuf> {
+    let p = std::env::var("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo/bin/tansu")
+    });
+    p.exists().then_some(p)
+}
+
+pub struct Tansu {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl Tansu {
+    pub fn start() -> Option<Tansu> {
+        let bin = tansu_bin()?;
+        let dir = tmpdir("tansu");
+        let mut t = Tansu { port: free_port(), child: None, dir, bin };
+        t.start_server();
+        Some(t)
+    }
+
+    pub fn start_server(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tansu.log")).unwrap();
+        let child = Command::new(&self.bin)
+            .arg("broker")
+            .arg("--storage-engine")
+            .arg(format!("sqlite://{}/tansu.db", self.dir.display()))
+            .arg("--listener-url")
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tansu");
+        self.child = Some(child);
+        assert!(wait_port(self.port, Duration::from_secs(20)), "tansu did not start");
+    }
+
+    pub fn stop_server(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop_server();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------- shipper process
+
+pub struct Shipper {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Shipper {
+    pub fn spawn(args: &[String], log: &Path) -> Shipper {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .env("TALLY_LOG", "info")
+            .env("RUST_BACKTRACE", "1")
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("spawn tally-shipper");
+        Shipper { child, log: log.to_path_buf() }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&mut self) {
+        let st = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(st.success());
+    }
+
+    /// Wait for exit; None on timeout.
+    pub fn wait_timeout(&mut self, t: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < t {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill9();
+        }
+    }
+}
+
+pub fn run_migrate(pg_url: &str) {
+    let out = Command::new(BIN).args(["migrate", "--database-url", pg_url]).output().unwrap();
+    assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn base_args(cmd: &str, redis: Option<&str>, pg: Option<&str>, brokers: Option<&str>) -> Vec<String> {
+    let mut a = vec![cmd.to_string()];
+    if let Some(r) = redis {
+        a.extend(["--redis-url".into(), r.into(), "--consumer".into(), "c1".into()]);
+        a.extend(["--claim-idle-ms".into(), "2000".into(), "--claim-interval-ms".into(), "500".into()]);
+        a.extend(["--trim-interval-ms".into(), "200".into(), "--block-ms".into(), "200".into()]);
+    }
+    if let Some(p) = pg {
+        a.extend(["--database-url".into(), p.into()]);
+    }
+    if let Some(b) = brokers {
+        a.extend(["--kafka-brokers".into(), b.into(), "--kafka-create-topic".into(), "--kafka-topic-partitions".into(), "1".into()]);
+        a.extend(["--kafka-message-timeout-ms".into(), "10000".into()]);
+    }
+    a.extend(["--metrics-addr".into(), format!("127.0.0.1:{}", free_port())]);
+    a.extend(["--retry-backoff-cap-ms".into(), "1000".into(), "--progress-interval-ms".into(), "2000".into()]);
+    a
+}
+
+// ---------------------------------------------------------------- event model
+
+/// Generates contract-conformant events and tracks the expected end state.
+#[derive(Default)]
+pub struct Model {
+    pub seq: HashMap<String, i64>,
+    /// (key, field) -> balance in 1/100 units
+    pub balances: BTreeMap<(String, String), i64>,
+    pub coupon_issued: HashMap<String, i64>,
+    /// (campaign, issue) -> user
+    pub claims: BTreeMap<(String, i64), String>,
+    /// (key, period_id) -> (used cents, consumed cents, count)
+    pub usage: BTreeMap<(String, String), (i64, i64, i64)>,
+    pub ids: Vec<String>,
+    n: u64,
+}
+
+pub fn cents(v: i64) -> String {
+    let neg = v < 0;
+    let a = v.unsigned_abs();
+    let (i, f) = (a / 100, a % 100);
+    let mut s = if f == 0 {
+        i.to_string()
+    } else if f % 10 == 0 {
+        format!("{i}.{}", f / 10)
+    } else {
+        format!("{i}.{f:02}")
+    };
+    if neg && s != "0" {
+        s.insert(0, '-');
+    }
+    s
+}
+
+impl Model {
+    fn next_seq(&mut self, key: &str) -> i64 {
+        let s = self.seq.entry(key.to_string()).or_insert(0);
+        *s += 1;
+        *s
+    }
+    fn id(&mut self) -> String {
+        self.n += 1;
+        let id = uuid::Uuid::now_v7().hyphenated().to_string();
+        self.ids.push(id.clone());
+        id
+    }
+
+    pub fn asset_incr(&mut self, key: &str, field: &str, delta_cents: i64) -> String {
+        let seq = self.next_seq(key);
+        let b = self.balances.entry((key.into(), field.into())).or_insert(0);
+        *b += delta_cents;
+        let bal = *b;
+        let id = self.id();
+        serde_json::json!({"v":1,"id":id,"type":"asset.incr","ts":now_ms(),"op":null,"meta":"test",
+            "keys":[{"key":key,"seq":seq}],
+            "changes":[{"key":key,"field":field,"delta":cents(delta_cents),"balance":cents(bal)}]})
+        .to_string()
+    }
+
+    pub fn coupon_claim(&mut self, campaign: &str, user: &str) -> String {
+        let seq = self.next_seq(campaign);
+        let issued = self.coupon_issued.entry(campaign.into()).or_insert(0);
+        *issued += 1;
+        let issue = *issued;
+        self.claims.insert((campaign.into(), issue), user.into());
+        let id = self.id();
+        serde_json::json!({"v":1,"id":id,"type":"coupon.claim","ts":now_ms(),"op":null,"meta":null,
+            "keys":[{"key":campaign,"seq":seq}],
+            "coupon":{"campaign":campaign,"user":user,"issue":issue,"total":1000000,"issued":issue,
+                      "remaining":1000000-issue,"peruser":1000000,"start":0,"end":0}})
+        .to_string()
+    }
+
+    pub fn usage_consume(&mut self, key: &str, amount_cents: i64) -> String {
+        let seq = self.next_seq(key);
+        let u = self.usage.entry((key.into(), "all".into())).or_insert((0, 0, 0));
+        u.0 += amount_cents;
+        u.1 += amount_cents;
+        u.2 += 1;
+        let used = u.0;
+        let id = self.id();
+        serde_json::json!({"v":1,"id":id,"type":"usage.consume","ts":now_ms(),"op":null,"meta":null,
+            "keys":[{"key":key,"seq":seq}],
+            "usage":{"key":key,"amount":cents(amount_cents),"used":cents(used),"limit":"100000000","period":"none","period_id":"all"}})
+        .to_string()
+    }
+
+    /// A mixed event stream: mostly asset increments over a few keys, some claims and usage.
+    pub fn random_event(&mut self, rng: &mut impl rand::Rng) -> String {
+        match rng.random_range(0..10) {
+            0 => {
+                let c = format!("camp{}", rng.random_range(0..3));
+                let u = format!("u{}", rng.random_range(0..1000));
+                self.coupon_claim(&c, &u)
+            }
+            1 => {
+                let k = format!("quota{}", rng.random_range(0..3));
+                self.usage_consume(&k, rng.random_range(1..500))
+            }
+            _ => {
+                let k = format!("user:{}", rng.random_range(0..20));
+                let f = ["gold", "gems"][rng.random_range(0..2)];
+                self.asset_incr(&k, f, rng.random_range(-500..1000))
+            }
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap()
+}
+
+/// Poll until `sql` (a count) reaches `want` or the timeout passes; returns the last value.
+pub async fn wait_count(pool: &PgPool, sql: &str, want: i64, timeout: Duration) -> i64 {
+    let start = Instant::now();
+    let mut last = -1;
+    while start.elapsed() < timeout {
+        if let Ok(v) = sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await {
+            last = v;
+            if v >= want {
+                return v;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    last
+}
+
+/// Full comparison of Postgres against the model: exact event id set, no duplicates,
+/// balances, coupon issues, usage totals, per-key last seq, no anomalies, no failures.
+pub async fn assert_matches_model(pool: &PgPool, m: &Model, expect_failed: i64) {
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id::text FROM events").fetch_all(pool).await.unwrap();
+    let mut got = ids.clone();
+    got.sort();
+    let mut want = m.ids.clone();
+    want.sort();
+    assert_eq!(got.len(), want.len(), "event count differs (got {}, want {})", got.len(), want.len());
+    assert!(got == want, "event id sets differ");
+
+    let bal: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT data_key, field, balance::text FROM balances ORDER BY 1, 2").fetch_all(pool).await.unwrap();
+    let want_bal: Vec<(String, String, String)> =
+        m.balances.iter().map(|((k, f), v)| (k.clone(), f.clone(), cents(*v))).collect();
+    let got_bal: Vec<(String, String, String)> = bal
+        .into_iter()
+        .map(|(k, f, b)| (k, f, normalize_decimal(&b)))
+        .collect();
+    assert_eq!(got_bal, want_bal, "balances differ");
+
+    let changes = count(pool, "SELECT count(*) FROM event_changes").await;
+    let asset_events = count(pool, "SELECT count(*) FROM events WHERE type LIKE 'asset.%'").await;
+    assert_eq!(changes, asset_events, "one change row per asset.incr");
+
+    let claims: Vec<(String, i64, String)> =
+        sqlx::query_as("SELECT campaign, issue, user_id FROM coupon_issues ORDER BY 1, 2").fetch_all(pool).await.unwrap();
+    let want_claims: Vec<(String, i64, String)> = m.claims.iter().map(|((c, i), u)| (c.clone(), *i, u.clone())).collect();
+    assert_eq!(claims, want_claims, "coupon issues differ");
+
+    let usage: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+        "SELECT usage_key, period_id, used::text, consumed::text, events FROM usage_totals ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let got_usage: Vec<(String, String, String, String, i64)> =
+        usage.into_iter().map(|(k, p, u, c, n)| (k, p, normalize_decimal(&u), normalize_decimal(&c), n)).collect();
+    let want_usage: Vec<(String, String, String, String, i64)> =
+        m.usage.iter().map(|((k, p), (u, c, n))| (k.clone(), p.clone(), cents(*u), cents(*c), *n)).collect();
+    assert_eq!(got_usage, want_usage, "usage totals differ");
+
+    let seqs: Vec<(String, i64)> = sqlx::query_as("SELECT data_key, last_seq FROM key_seqs").fetch_all(pool).await.unwrap();
+    let got_seqs: BTreeMap<String, i64> = seqs.into_iter().collect();
+    let want_seqs: BTreeMap<String, i64> = m.seq.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    assert_eq!(got_seqs, want_seqs, "per-key last seq differs");
+
+    let event_keys = count(pool, "SELECT count(*) FROM event_keys").await;
+    assert_eq!(event_keys, m.ids.len() as i64, "event_keys rows");
+    let anomalies = count(pool, "SELECT count(*) FROM sequence_anomalies").await;
+    assert_eq!(anomalies, 0, "unexpected sequence anomalies");
+    let failed = count(pool, "SELECT count(*) FROM failed_events").await;
+    assert_eq!(failed, expect_failed, "failed_events rows");
+}
+
+/// NUMERIC text -> canonical (strip trailing fractional zeros).
+pub fn normalize_decimal(s: &str) -> String {
+    if let Some((i, f)) = s.split_once('.') {
+        let f = f.trim_end_matches('0');
+        let out = if f.is_empty() { i.to_string() } else { format!("{i}.{f}") };
+        if out == "-0" { "0".into() } else { out }
+    } else {
+        s.to_string()
+    }
+}

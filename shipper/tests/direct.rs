@@ -1,0 +1,301 @@
+//! Direct path (stream -> Postgres) integration tests: real redis-server and PostgreSQL 15.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::{Rng, SeedableRng};
+
+const STREAM: &str = "tally:log";
+const GROUP: &str = "tally-shipper";
+const EVENTS_SQL: &str = "SELECT count(*) FROM events";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_direct_exactly_once_with_replays_and_trim() {
+    let _g = serial();
+    let redis = Redis::start(None);
+    let pg = Pg::start();
+    run_migrate(&pg.url());
+    run_migrate(&pg.url()); // rerun is safe
+    let pool = pg.pool().await;
+    let mut c = redis.conn().await;
+    let mut m = Model::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+
+    // backlog before the shipper starts
+    let mut replay = Vec::new();
+    for i in 0..800 {
+        let e = m.random_event(&mut rng);
+        xadd(&mut c, STREAM, "event", &e).await;
+        if i % 100 == 0 {
+            replay.push(e);
+        }
+    }
+    let dir = tmpdir("direct");
+    let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
+    let metrics_addr = args[args.iter().position(|a| a == "--metrics-addr").unwrap() + 1].clone();
+    let mut sh = Shipper::spawn(&args, &dir.join("shipper.log"));
+    // more while running, plus replayed duplicates (same id) which must be deduped
+    for _ in 0..700 {
+        let e = m.random_event(&mut rng);
+        xadd(&mut c, STREAM, "event", &e).await;
+    }
+    for e in &replay {
+        xadd(&mut c, STREAM, "event", e).await;
+    }
+    let n = m.ids.len() as i64;
+    let got = wait_count(&pool, EVENTS_SQL, n, Duration::from_secs(60)).await;
+    assert_eq!(got, n, "not all events persisted; log:\n{}", sh.log_text());
+    // stream drains to (near) zero: everything acked and trimmed
+    let start = Instant::now();
+    while xlen(&mut c, STREAM).await > 0 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(xlen(&mut c, STREAM).await, 0, "stream not trimmed after drain");
+    assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
+
+    // metrics + healthz
+    let body = http_get(&metrics_addr, "/metrics").await;
+    assert!(body.contains("tally_events_persisted_total 1500"), "metrics:\n{body}");
+    assert!(body.contains("tally_events_duplicate_total 8"), "metrics:\n{body}");
+    assert!(http_get(&metrics_addr, "/healthz").await.contains("ok"));
+
+    sh.sigterm();
+    let st = sh.wait_timeout(Duration::from_secs(15)).expect("shipper did not exit after SIGTERM");
+    assert!(st.success(), "exit status {st:?}");
+    assert_matches_model(&pool, &m, 0).await;
+    assert!(sh.log_text().contains("progress"), "no progress line in log");
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..50 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot reach {addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_stream_entries_go_to_failed_events_and_pipeline_continues() {
+    let _g = serial();
+    let redis = Redis::start(None);
+    let pg = Pg::start();
+    run_migrate(&pg.url());
+    let pool = pg.pool().await;
+    let mut c = redis.conn().await;
+    let mut m = Model::default();
+    let dir = tmpdir("malformed");
+    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
+
+    let a = m.asset_incr("user:1", "gold", 1000);
+    xadd(&mut c, STREAM, "event", &a).await;
+    let bad1 = xadd(&mut c, STREAM, "junk", "no event field").await;
+    let bad2 = xadd(&mut c, STREAM, "event", "{not json").await;
+    let bad3 = xadd(&mut c, STREAM, "event", &a.replace("\"v\":1", "\"v\":9").replace("user:1", "user:x")).await;
+    let b = m.asset_incr("user:1", "gold", 250);
+    xadd(&mut c, STREAM, "event", &b).await;
+
+    let got = wait_count(&pool, EVENTS_SQL, 2, Duration::from_secs(30)).await;
+    assert_eq!(got, 2, "log:\n{}", sh.log_text());
+    let failed = wait_count(&pool, "SELECT count(*) FROM failed_events", 3, Duration::from_secs(10)).await;
+    assert_eq!(failed, 3);
+    let rows: Vec<(String, String, String, i32)> =
+        sqlx::query_as("SELECT source, raw, error, attempts FROM failed_events ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(rows[0].0, format!("redis:{STREAM}/{bad1}"));
+    assert!(rows[0].1.contains("no event field") && rows[0].2.contains("no `event` field"), "{rows:?}");
+    assert_eq!(rows[1].0, format!("redis:{STREAM}/{bad2}"));
+    assert_eq!(rows[1].1, "{not json");
+    assert!(rows[1].2.contains("invalid event JSON"));
+    assert_eq!(rows[2].0, format!("redis:{STREAM}/{bad3}"));
+    assert!(rows[2].2.contains("unsupported format version"));
+    // all acked, nothing pending
+    let start = Instant::now();
+    while group_pending(&mut c, STREAM, GROUP).await > 0 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert_matches_model(&pool, &m, 3).await;
+
+    // retry-failed: a row whose payload is (now) a valid event gets persisted and resolved
+    let fixed = m.asset_incr("user:1", "gold", 5);
+    sqlx::query("INSERT INTO failed_events (source, raw, error) VALUES ('manual:1', $1, 'decoder bug')")
+        .bind(&fixed)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = std::process::Command::new(BIN).args(["retry-failed", "--database-url", &pg.url()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resolved=1 still_failing=3"));
+    assert_eq!(count(&pool, "SELECT count(*) FROM failed_events WHERE resolved").await, 1);
+    assert_eq!(count(&pool, "SELECT count(*) FROM failed_events WHERE NOT resolved AND attempts = 2").await, 3);
+    assert_matches_model(&pool, &m, 4).await;
+}
+
+/// Sustained load; the shipper is killed with SIGKILL at random moments and restarted each
+/// time. Postgres must end with exactly the appended events: no duplicates, no gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_at_random_moments_direct_exactly_once() {
+    let _g = serial();
+    let redis = Redis::start(None);
+    let pg = Pg::start();
+    run_migrate(&pg.url());
+    let pool = pg.pool().await;
+    let dir = tmpdir("kill9");
+    let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
+    let args = [args, vec!["--batch-size".into(), "50".into()]].concat();
+
+    // producer: ~4000 events over ~8s
+    let url = redis.url();
+    let producer = tokio::spawn(async move {
+        let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let mut m = Model::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..4000 {
+            let e = m.random_event(&mut rng);
+            xadd(&mut c, STREAM, "event", &e).await;
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        m
+    });
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let log = dir.join("shipper.log");
+    for round in 0..8 {
+        let mut sh = Shipper::spawn(&args, &log);
+        let ms = rng.random_range(200..1200);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        sh.kill9();
+        let n = count(&pool, EVENTS_SQL).await;
+        eprintln!("round {round}: killed after {ms} ms, {n} events persisted so far");
+    }
+    let m = producer.await.unwrap();
+    let mut sh = Shipper::spawn(&args, &log);
+    let got = wait_count(&pool, EVENTS_SQL, m.ids.len() as i64, Duration::from_secs(90)).await;
+    assert_eq!(got, m.ids.len() as i64, "log tail:\n{}", tail(&sh.log_text()));
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert_matches_model(&pool, &m, 0).await;
+    let mut c = redis.conn().await;
+    assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
+    assert_eq!(xlen(&mut c, STREAM).await, 0);
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Postgres goes away under load and comes back: nothing lost, nothing acked while down,
+/// backlog drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_under_load_loses_nothing() {
+    let _g = serial();
+    let redis = Redis::start(None);
+    let mut pg = Pg::start();
+    run_migrate(&pg.url());
+    let dir = tmpdir("pgdown");
+    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
+    let mut c = redis.conn().await;
+    let mut m = Model::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for _ in 0..500 {
+        xadd(&mut c, STREAM, "event", &m.random_event(&mut rng)).await;
+    }
+    {
+        let pool = pg.pool().await;
+        assert_eq!(wait_count(&pool, EVENTS_SQL, 500, Duration::from_secs(30)).await, 500);
+        pool.close().await;
+    }
+    pg.stop_server();
+    for _ in 0..1000 {
+        xadd(&mut c, STREAM, "event", &m.random_event(&mut rng)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // nothing acked nor trimmed while Postgres is down
+    let len = xlen(&mut c, STREAM).await;
+    assert!(len >= 1000, "entries were trimmed while Postgres was down (xlen {len})");
+    pg.start_server();
+    let pool = pg.pool().await;
+    let got = wait_count(&pool, EVENTS_SQL, m.ids.len() as i64, Duration::from_secs(60)).await;
+    assert_eq!(got, m.ids.len() as i64, "log tail:\n{}", tail(&sh.log_text()));
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert_matches_model(&pool, &m, 0).await;
+    assert!(sh.log_text().contains("delivery failed, will retry"));
+}
+
+/// SIGTERM while events flow: exit 0 within the deadline, everything read is durable and
+/// acked (no pending entries), and a restart picks up exactly the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_batch_and_exits_zero() {
+    let _g = serial();
+    let redis = Redis::start(None);
+    let pg = Pg::start();
+    run_migrate(&pg.url());
+    let pool = pg.pool().await;
+    let dir = tmpdir("sigterm");
+    let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
+    let args = [args, vec!["--batch-size".into(), "100".into(), "--shutdown-deadline-ms".into(), "10000".into()]].concat();
+    let mut c = redis.conn().await;
+    let mut m = Model::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for _ in 0..3000 {
+        xadd(&mut c, STREAM, "event", &m.random_event(&mut rng)).await;
+    }
+    let mut sh = Shipper::spawn(&args, &dir.join("shipper.log"));
+    wait_count(&pool, EVENTS_SQL, 200, Duration::from_secs(30)).await;
+    let t0 = Instant::now();
+    sh.sigterm();
+    let st = sh.wait_timeout(Duration::from_secs(12)).expect("did not exit within the deadline");
+    assert_eq!(st.code(), Some(0), "log:\n{}", tail(&sh.log_text()));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0, "entries left pending after graceful stop");
+    let persisted = count(&pool, EVENTS_SQL).await;
+    eprintln!("persisted {persisted} of 3000 before SIGTERM completed");
+    assert!(persisted >= 200);
+    // restart: the rest arrives exactly once
+    let mut sh = Shipper::spawn(&args, &dir.join("shipper2.log"));
+    assert_eq!(wait_count(&pool, EVENTS_SQL, 3000, Duration::from_secs(60)).await, 3000);
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert_matches_model(&pool, &m, 0).await;
+}
+
+/// A dead consumer's pending entries are claimed (XAUTOCLAIM) by another consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_entries_of_dead_consumer_are_claimed() {
+    let _g = serial();
+    let redis = Redis::start(None);
+    let pg = Pg::start();
+    run_migrate(&pg.url());
+    let pool = pg.pool().await;
+    let mut c = redis.conn().await;
+    let mut m = Model::default();
+    let _: redis::Value = redis::cmd("XGROUP").arg("CREATE").arg(STREAM).arg(GROUP).arg("0").arg("MKSTREAM")
+        .query_async(&mut c).await.unwrap();
+    for i in 0..20 {
+        xadd(&mut c, STREAM, "event", &m.asset_incr("user:9", "gold", i + 1)).await;
+    }
+    // a consumer "ghost" reads them and dies without acking
+    let _: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg("ghost").arg("COUNT").arg(100)
+        .arg("STREAMS").arg(STREAM).arg(">").query_async(&mut c).await.unwrap();
+    assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 20);
+    let dir = tmpdir("claim");
+    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
+    assert_eq!(wait_count(&pool, EVENTS_SQL, 20, Duration::from_secs(30)).await, 20, "{}", sh.log_text());
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
+    assert_matches_model(&pool, &m, 0).await;
+    assert!(sh.log_text().contains("claimed idle pending entries"));
+}
