@@ -340,7 +340,7 @@ pub fn base_args(cmd: &str, redis: Option<&str>, pg: Option<&str>, brokers: Opti
         a.extend(["--kafka-message-timeout-ms".into(), "10000".into()]);
     }
     a.extend(["--metrics-addr".into(), format!("127.0.0.1:{}", free_port())]);
-    a.extend(["--retry-backoff-cap-ms".into(), "1000".into(), "--progress-interval-ms".into(), "2000".into()]);
+    a.extend(["--retry-backoff-cap-ms".into(), "1000".into(), "--progress-interval-ms".into(), "200".into()]);
     a
 }
 

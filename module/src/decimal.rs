@@ -1,0 +1,244 @@
+//! Exact fixed-point decimals: an `i128` counting units of 10^-18.
+//!
+//! No floats anywhere: `0.1 + 0.2` is `0.3` and `5200 + 10.43` is `5210.43`.
+//! The range is bounded to 20 integer digits and 18 fractional digits so that every
+//! value fits Postgres `NUMERIC(38,18)` and the sum of two valid values cannot overflow
+//! the underlying `i128` before the range check.
+
+use std::fmt;
+
+/// Number of fractional digits carried exactly.
+pub const SCALE: u32 = 18;
+const ONE: i128 = 1_000_000_000_000_000_000; // 10^18
+/// Largest magnitude in raw units: 10^38 - 1 (20 integer digits, 18 fractional).
+const MAX_RAW: i128 = 99_999_999_999_999_999_999_999_999_999_999_999_999;
+/// Longest textual input accepted; longer inputs are rejected before any work.
+pub const MAX_INPUT_LEN: usize = 64;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug)]
+pub struct Decimal(i128);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DecimalError {
+    /// Not a plain decimal: empty, letters, exponent, spaces, `inf`, `nan`, ...
+    Malformed,
+    /// More than 18 significant fractional digits.
+    TooPrecise,
+    /// Outside +/- (10^20 - 10^-18).
+    OutOfRange,
+}
+
+impl fmt::Display for DecimalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DecimalError::Malformed => "is not a decimal number",
+            DecimalError::TooPrecise => "has more than 18 fractional digits",
+            DecimalError::OutOfRange => "is out of range (at most 20 integer digits)",
+        })
+    }
+}
+
+impl Decimal {
+    pub const ZERO: Decimal = Decimal(0);
+
+    /// Parses `[+-]digits[.digits]`. Leading zeros are allowed; trailing fractional zeros
+    /// beyond 18 digits are allowed (they carry no value); anything else is rejected.
+    pub fn parse(input: &[u8]) -> Result<Decimal, DecimalError> {
+        if input.is_empty() || input.len() > MAX_INPUT_LEN {
+            return Err(if input.is_empty() {
+                DecimalError::Malformed
+            } else {
+                DecimalError::OutOfRange
+            });
+        }
+        let (negative, body) = match input[0] {
+            b'-' => (true, &input[1..]),
+            b'+' => (false, &input[1..]),
+            _ => (false, input),
+        };
+        let (int_part, frac_part) = match body.iter().position(|&b| b == b'.') {
+            Some(dot) => (&body[..dot], Some(&body[dot + 1..])),
+            None => (body, None),
+        };
+        if int_part.is_empty() || !int_part.iter().all(u8::is_ascii_digit) {
+            return Err(DecimalError::Malformed);
+        }
+        let frac = match frac_part {
+            Some(f) if f.is_empty() || !f.iter().all(u8::is_ascii_digit) => {
+                return Err(DecimalError::Malformed)
+            }
+            Some(f) => f,
+            None => &[][..],
+        };
+        // Trailing zeros in the fraction carry nothing; strip them before the precision check.
+        let significant = frac.len() - frac.iter().rev().take_while(|&&b| b == b'0').count();
+        if significant > SCALE as usize {
+            return Err(DecimalError::TooPrecise);
+        }
+        let int_digits = &int_part[int_part.iter().take_while(|&&b| b == b'0').count()..];
+        if int_digits.len() > 20 {
+            return Err(DecimalError::OutOfRange);
+        }
+        let mut raw: i128 = 0;
+        for &d in int_digits {
+            raw = raw * 10 + i128::from(d - b'0');
+        }
+        raw = raw.checked_mul(ONE).ok_or(DecimalError::OutOfRange)?;
+        let mut frac_raw: i128 = 0;
+        for i in 0..SCALE as usize {
+            let digit = if i < significant { frac[i] - b'0' } else { 0 };
+            frac_raw = frac_raw * 10 + i128::from(digit);
+        }
+        raw = raw.checked_add(frac_raw).ok_or(DecimalError::OutOfRange)?;
+        if raw > MAX_RAW {
+            return Err(DecimalError::OutOfRange);
+        }
+        Ok(Decimal(if negative { -raw } else { raw }))
+    }
+
+    pub fn from_int(v: i64) -> Decimal {
+        // |i64| < 10^19 < 10^20: always in range.
+        Decimal(i128::from(v) * ONE)
+    }
+
+    fn checked(raw: Option<i128>) -> Option<Decimal> {
+        raw.filter(|r| r.abs() <= MAX_RAW).map(Decimal)
+    }
+
+    pub fn checked_add(self, other: Decimal) -> Option<Decimal> {
+        Decimal::checked(self.0.checked_add(other.0))
+    }
+
+    pub fn checked_sub(self, other: Decimal) -> Option<Decimal> {
+        Decimal::checked(self.0.checked_sub(other.0))
+    }
+
+    pub fn neg(self) -> Decimal {
+        Decimal(-self.0)
+    }
+
+    pub fn is_negative(self) -> bool {
+        self.0 < 0
+    }
+
+    pub fn is_positive(self) -> bool {
+        self.0 > 0
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for Decimal {
+    /// Canonical form: no `+`, no trailing fractional zeros, no `.` for integers, no `-0`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let abs = self.0.unsigned_abs();
+        let one = ONE as u128;
+        let int = abs / one;
+        let frac = abs % one;
+        if self.0 < 0 {
+            f.write_str("-")?;
+        }
+        write!(f, "{int}")?;
+        if frac != 0 {
+            let digits = format!("{frac:018}");
+            write!(f, ".{}", digits.trim_end_matches('0'))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn d(s: &str) -> Decimal {
+        match Decimal::parse(s.as_bytes()) {
+            Ok(v) => v,
+            Err(e) => panic!("{s}: {e}"),
+        }
+    }
+
+    #[test]
+    fn exact_sums_that_floats_get_wrong() {
+        assert_eq!(d("0.1").checked_add(d("0.2")).map(|v| v.to_string()), Some("0.3".into()));
+        assert_eq!(
+            d("5200").checked_add(d("10.43")).map(|v| v.to_string()),
+            Some("5210.43".into())
+        );
+    }
+
+    #[test]
+    fn canonical_formatting() {
+        for (input, out) in [
+            ("100.50", "100.5"),
+            ("-0", "0"),
+            ("+7", "7"),
+            ("007.000", "7"),
+            ("-0.000000000000000001", "-0.000000000000000001"),
+            ("1.5000000000000000000000", "1.5"),
+            ("99999999999999999999.999999999999999999", "99999999999999999999.999999999999999999"),
+        ] {
+            assert_eq!(d(input).to_string(), out, "{input}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        use DecimalError::*;
+        for (input, err) in [
+            ("", Malformed),
+            ("-", Malformed),
+            ("1e5", Malformed),
+            (" 1", Malformed),
+            ("1 ", Malformed),
+            ("inf", Malformed),
+            ("NaN", Malformed),
+            (".5", Malformed),
+            ("5.", Malformed),
+            ("1.2.3", Malformed),
+            ("0x10", Malformed),
+            ("--1", Malformed),
+            ("0.0000000000000000001", TooPrecise),
+            ("100000000000000000000", OutOfRange),
+            ("1234567890123456789012345678901234567890123456789012345678901234567890", OutOfRange),
+        ] {
+            assert_eq!(Decimal::parse(input.as_bytes()), Err(err), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn add_reports_overflow() {
+        let max = d("99999999999999999999.999999999999999999");
+        assert_eq!(max.checked_add(d("0.000000000000000001")), None);
+        assert_eq!(max.neg().checked_sub(d("1")), None);
+        assert!(max.checked_add(max.neg()).is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = Decimal::parse(&bytes);
+        }
+
+        #[test]
+        fn display_round_trips(raw in -MAX_RAW..=MAX_RAW) {
+            let v = Decimal(raw);
+            prop_assert_eq!(Decimal::parse(v.to_string().as_bytes()), Ok(v));
+        }
+
+        #[test]
+        fn add_matches_integer_arithmetic(a in -(10i64.pow(15))..10i64.pow(15), b in -(10i64.pow(15))..10i64.pow(15),
+                                          fa in 0u32..1000, fb in 0u32..1000) {
+            // a.fa + b.fb computed in thousandths with plain integers.
+            let x = d(&format!("{a}.{fa:03}"));
+            let y = d(&format!("{b}.{fb:03}"));
+            let thousandths = |i: i64, f: u32| if i < 0 { i as i128 * 1000 - f as i128 } else { i as i128 * 1000 + f as i128 };
+            let expect = thousandths(a, fa) + thousandths(b, fb);
+            let sum = x.checked_add(y).map(|v| v.0);
+            prop_assert_eq!(sum, Some(expect * 1_000_000_000_000_000));
+        }
+    }
+}

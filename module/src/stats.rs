@@ -1,0 +1,35 @@
+//! Counters for `INFO tally`.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::error::CODES;
+
+static EVENTS: AtomicU64 = AtomicU64::new(0);
+static REPLAYS: AtomicU64 = AtomicU64::new(0);
+static REJECTED: [AtomicU64; CODES.len() + 1] = [const { AtomicU64::new(0) }; CODES.len() + 1];
+
+pub fn event_appended() {
+    EVENTS.fetch_add(1, Relaxed);
+}
+
+pub fn replay() {
+    REPLAYS.fetch_add(1, Relaxed);
+}
+
+/// Counts a rejection under its code; unknown codes (e.g. NOPERM) count as `other`.
+pub fn rejected(code: &str) {
+    let i = CODES.iter().position(|c| *c == code).unwrap_or(CODES.len());
+    REJECTED[i].fetch_add(1, Relaxed);
+}
+
+pub fn snapshot() -> Vec<(String, u64)> {
+    let mut out = vec![
+        ("events_appended".to_string(), EVENTS.load(Relaxed)),
+        ("idempotent_replays".to_string(), REPLAYS.load(Relaxed)),
+    ];
+    for (i, counter) in REJECTED.iter().enumerate() {
+        let code = CODES.get(i).copied().unwrap_or("other");
+        out.push((format!("rejected_{}", code.to_ascii_lowercase()), counter.load(Relaxed)));
+    }
+    out
+}
