@@ -231,7 +231,8 @@ impl Tansu {
         let child = Command::new(&self.bin)
             .arg("broker")
             .arg("--storage-engine")
-            .arg(format!("sqlite://{}/tansu.db", self.dir.display()))
+            .arg("sqlite://tansu.db") // relative to the working directory
+            .current_dir(&self.dir)
             .arg("--listener-url")
             .arg(format!("tcp://127.0.0.1:{}", self.port))
             .arg("--advertised-listener-url")
