@@ -131,7 +131,8 @@ fn main() {
     match rt.block_on(real_main(cli)) {
         Ok(()) => std::process::exit(0),
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "fatal");
+            // ERROR level is reserved for data loss; a fatal start-up/config error goes to stderr
+            eprintln!("tally-shipper: fatal: {e:#}");
             std::process::exit(1);
         }
     }

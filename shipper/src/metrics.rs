@@ -65,6 +65,30 @@ pub static BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .unwrap()
 });
 
+/// 0 when healthy, else the Unix ms since which deliveries to the next stage keep failing.
+pub static FAILING_SINCE_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+/// /healthz turns 503 after deliveries have failed continuously for this long.
+pub const UNHEALTHY_AFTER_MS: i64 = 30_000;
+
+pub fn set_failing(failing: bool) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if failing {
+        let _ = FAILING_SINCE_MS.compare_exchange(0, now_ms(), Relaxed, Relaxed);
+    } else {
+        FAILING_SINCE_MS.store(0, Relaxed);
+    }
+}
+
+async fn healthz() -> (axum::http::StatusCode, String) {
+    let since = FAILING_SINCE_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if since != 0 && now_ms() - since > UNHEALTHY_AFTER_MS {
+        let secs = (now_ms() - since) / 1000;
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("degraded: deliveries failing for {secs}s\n"))
+    } else {
+        (axum::http::StatusCode::OK, "ok\n".to_string())
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -90,7 +114,7 @@ pub async fn serve(addr: String, shutdown: CancellationToken) -> anyhow::Result<
     }
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(|| async { render() }))
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        .route("/healthz", axum::routing::get(healthz));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     tracing::info!(addr = %addr, "metrics listening");
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;

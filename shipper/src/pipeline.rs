@@ -48,8 +48,12 @@ impl Sink {
         let mut attempt = 0u32;
         loop {
             match self.deliver_once(recs).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    metrics::set_failing(false);
+                    break;
+                }
                 Err(e) => {
+                    metrics::set_failing(true);
                     let wait = backoff_ms(b.retry_backoff_ms, b.retry_backoff_cap_ms, attempt);
                     metrics::RETRIES.inc();
                     tracing::warn!(stage = self.stage(), batch = recs.len(), attempt, retry_in_ms = wait, error = %format!("{e:#}"),
