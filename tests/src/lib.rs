@@ -42,14 +42,30 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     pub dir: tempfile::TempDir,
+    module_args: Vec<String>,
     extra: Vec<String>,
 }
 
 impl Redis {
     /// A fresh server with the module and `extra` arguments (e.g. `--appendonly yes`).
     pub fn start(extra: &[&str]) -> Redis {
+        Redis::start_full(&[], extra)
+    }
+
+    /// A server whose `--loadmodule` line carries `module_args` (e.g. `max-backlog 10`).
+    pub fn start_with_module_args(module_args: &[&str]) -> Redis {
+        Redis::start_full(module_args, &[])
+    }
+
+    fn start_full(module_args: &[&str], extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut r = Redis { port: free_port(), child: None, dir, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            dir,
+            module_args: module_args.iter().map(|s| s.to_string()).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         r.spawn();
         r
     }
@@ -64,7 +80,7 @@ impl Redis {
             .arg("--maxclients").arg("4000")
             .arg("--logfile").arg(self.dir.path().join("redis.log"))
             .arg("--loadmodule").arg(module_path());
-        for a in &self.extra {
+        for a in self.module_args.iter().chain(&self.extra) {
             cmd.arg(a);
         }
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start redis-server");
