@@ -165,6 +165,18 @@ pub fn message_to_record(m: &BorrowedMessage<'_>) -> Record {
     Record::new(source, via, stream, stream_id, raw, err)
 }
 
+/// Offsets to commit after a batch: per (topic, partition) the highest offset seen + 1.
+pub fn commit_offsets(seen: impl IntoIterator<Item = (String, i32, i64)>) -> Vec<(String, i32, i64)> {
+    let mut max: HashMap<(String, i32), i64> = HashMap::new();
+    for (t, p, o) in seen {
+        let e = max.entry((t, p)).or_insert(o);
+        *e = (*e).max(o);
+    }
+    let mut out: Vec<(String, i32, i64)> = max.into_iter().map(|((t, p), o)| (t, p, o + 1)).collect();
+    out.sort();
+    out
+}
+
 /// Kafka -> Postgres. Offsets are committed only after the Postgres transaction commits.
 pub async fn run_persist(k: KafkaOpts, batch: BatchOpts, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut c = base_config(&k)?;
@@ -188,11 +200,10 @@ pub async fn run_persist(k: KafkaOpts, batch: BatchOpts, pool: PgPool, shutdown:
             _ = shutdown.cancelled() => break,
         };
         let mut recs = Vec::with_capacity(size);
-        let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
+        let mut offsets: Vec<(String, i32, i64)> = Vec::with_capacity(size);
         let mut take = |m: BorrowedMessage<'_>, recs: &mut Vec<Record>| {
             recs.push(message_to_record(&m));
-            let e = offsets.entry((m.topic().to_string(), m.partition())).or_insert(m.offset());
-            *e = (*e).max(m.offset());
+            offsets.push((m.topic().to_string(), m.partition(), m.offset()));
         };
         match first {
             Ok(m) => take(m, &mut recs),
@@ -220,8 +231,8 @@ pub async fn run_persist(k: KafkaOpts, batch: BatchOpts, pool: PgPool, shutdown:
         metrics::KAFKA_CONSUMED.inc_by(recs.len() as u64);
         pipeline::Sink::Pg(pool.clone()).deliver(&recs, &batch).await;
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in &offsets {
-            tpl.add_partition_offset(t, *p, Offset::Offset(o + 1))?;
+        for (t, p, o) in commit_offsets(offsets) {
+            tpl.add_partition_offset(&t, p, Offset::Offset(o))?;
         }
         if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
             // harmless: the batch is in Postgres; a redelivery is deduped on event id
@@ -230,4 +241,25 @@ pub async fn run_persist(k: KafkaOpts, batch: BatchOpts, pool: PgPool, shutdown:
     }
     tracing::info!("persist stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_next_offset_per_partition() {
+        let seen = vec![
+            ("t".to_string(), 0, 5),
+            ("t".to_string(), 1, 9),
+            ("t".to_string(), 0, 7),
+            ("t".to_string(), 0, 6),
+            ("u".to_string(), 0, 0),
+        ];
+        assert_eq!(
+            commit_offsets(seen),
+            vec![("t".to_string(), 0, 8), ("t".to_string(), 1, 10), ("u".to_string(), 0, 1)]
+        );
+        assert!(commit_offsets(Vec::new()).is_empty());
+    }
 }
