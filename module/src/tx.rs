@@ -122,14 +122,41 @@ impl<'a> Tx<'a> {
     }
 }
 
+/// Redis checks ACL key permissions only for the keys a command declares; tally's helper
+/// keys are derived, so they are checked here for the calling user (one user lookup).
 fn check_acl(ctx: &Context, names: &[&str]) -> Result<(), CmdError> {
-    let user = ctx.get_current_user();
+    let user_name = ctx.get_current_user();
+    if user_name.inner.is_null() {
+        return Ok(()); // no client (internal call): nothing to check against
+    }
+    let apis = unsafe {
+        (
+            redis_module::raw::RedisModule_GetModuleUserFromUserName,
+            redis_module::raw::RedisModule_ACLCheckKeyPermissions,
+            redis_module::raw::RedisModule_FreeModuleUser,
+        )
+    };
+    let (Some(lookup), Some(check), Some(free)) = apis else {
+        return Err(CmdError::err("this Redis lacks the ACL module API (Redis 7.0+ required)"));
+    };
+    let user = unsafe { lookup(user_name.inner) };
+    if user.is_null() {
+        return Err(CmdError::code("NOPERM", "the current user does not exist or is disabled"));
+    }
+    let flags = (AclPermissions::INSERT | AclPermissions::UPDATE | AclPermissions::ACCESS).bits();
+    let mut denied = None;
     for name in names {
         let key = ffi::bytes(ctx, name.as_bytes());
-        ctx.acl_check_key_permission(&user, &key, &(AclPermissions::INSERT | AclPermissions::UPDATE | AclPermissions::ACCESS))
-            .map_err(|_| CmdError::code("NOPERM", format!("this user has no write access to tally's key '{name}'")))?;
+        if unsafe { check(user, key.inner, flags) } != redis_module::raw::REDISMODULE_OK as i32 {
+            denied = Some(*name);
+            break;
+        }
     }
-    Ok(())
+    unsafe { free(user) };
+    match denied {
+        Some(name) => Err(CmdError::code("NOPERM", format!("this user has no write access to tally's key '{name}'"))),
+        None => Ok(()),
+    }
 }
 
 /// Runs a mutating command. `body` reads state, decides, queues writes and returns the reply

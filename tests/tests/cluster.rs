@@ -1,0 +1,46 @@
+//! Cluster mode: the stream, the sequence hash and op-id keys live in the hash slot of the
+//! command's key, so every command touches exactly one slot.
+
+use std::time::{Duration, Instant};
+
+use tally_tests::{cmd, error_of, events, Redis};
+
+#[test]
+fn helper_keys_share_the_commands_slot() {
+    let redis = Redis::start(&["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+    let mut c = redis.conn();
+    let _: () = cmd(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]).query(&mut c).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = cmd(&["CLUSTER", "INFO"]).query(&mut c).unwrap();
+        if info.contains("cluster_state:ok") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster never became ok: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let slot_of = |c: &mut redis::Connection, k: &str| -> i64 { cmd(&["CLUSTER", "KEYSLOT", k]).query(c).unwrap() };
+    for key in ["user.asset.1", "user.asset.2", "{shop}a"] {
+        let _: Vec<String> = cmd(&["ASSET.INCR", key, "gold", "1", "ID", &format!("op-{key}")]).query(&mut c).unwrap();
+    }
+    let mut streams: Vec<String> = cmd(&["KEYS", "tally:log*"]).query(&mut c).unwrap();
+    streams.sort();
+    assert_eq!(streams.len(), 3, "{streams:?}");
+    for key in ["user.asset.1", "user.asset.2", "{shop}a"] {
+        let slot = slot_of(&mut c, key);
+        let stream = streams.iter().find(|s| slot_of(&mut c, s) == slot).expect("a stream in the key's slot");
+        let evs = events(&mut c, stream);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].1["keys"][0]["key"], key);
+        let tag = stream.trim_start_matches("tally:log:");
+        assert_eq!(slot_of(&mut c, &format!("tally:seq:{tag}")), slot);
+        assert_eq!(slot_of(&mut c, &format!("tally:op:{tag}:op-{key}")), slot);
+        let exists: i64 = cmd(&["EXISTS", &format!("tally:op:{tag}:op-{key}")]).query(&mut c).unwrap();
+        assert_eq!(exists, 1);
+    }
+    // Two keys in different slots cannot be moved between in one command.
+    let e = error_of(&mut c, &["ASSET.TRANSFER", "user.asset.1", "user.asset.2", "gold", "1"]);
+    assert!(e.starts_with("CROSSSLOT"), "{e}");
+    let r: Vec<String> = cmd(&["ASSET.TRANSFER", "{shop}a", "{shop}b", "gold", "1"]).query(&mut c).unwrap();
+    assert_eq!(r, ["0", "1"]);
+}
