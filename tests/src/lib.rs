@@ -186,3 +186,16 @@ pub fn cmd(args: &[&str]) -> redis::Cmd {
     }
     c
 }
+
+/// Polls `args` (an INFO-like command) until its text reply contains `needle`, up to 20 s.
+pub fn wait_for_text(conn: &mut redis::Connection, args: &[&str], needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text: String = cmd(args).query(conn).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{args:?} never showed '{needle}': {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

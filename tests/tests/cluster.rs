@@ -1,24 +1,14 @@
 //! Cluster mode: the stream, the sequence hash and op-id keys live in the hash slot of the
 //! command's key, so every command touches exactly one slot.
 
-use std::time::{Duration, Instant};
-
-use tally_tests::{cmd, error_of, events, Redis};
+use tally_tests::{cmd, error_of, events, wait_for_text, Redis};
 
 #[test]
 fn helper_keys_share_the_commands_slot() {
     let redis = Redis::start(&["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
     let mut c = redis.conn();
     let _: () = cmd(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]).query(&mut c).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info: String = cmd(&["CLUSTER", "INFO"]).query(&mut c).unwrap();
-        if info.contains("cluster_state:ok") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "cluster never became ok: {info}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_text(&mut c, &["CLUSTER", "INFO"], "cluster_state:ok");
     let slot_of = |c: &mut redis::Connection, k: &str| -> i64 { cmd(&["CLUSTER", "KEYSLOT", k]).query(c).unwrap() };
     for key in ["user.asset.1", "user.asset.2", "{shop}a"] {
         let _: Vec<String> = cmd(&["ASSET.INCR", key, "gold", "1", "ID", &format!("op-{key}")]).query(&mut c).unwrap();

@@ -1,9 +1,7 @@
 //! Replication and AOF: the data change and its event travel as one MULTI/EXEC with the
 //! concrete stream id, so a replica and a restarted server hold exactly the same state.
 
-use std::time::{Duration, Instant};
-
-use tally_tests::{cmd, events, Redis};
+use tally_tests::{cmd, events, wait_for_text, Redis};
 
 /// Every key with its type and full content, stream entry ids included.
 fn state(conn: &mut redis::Connection) -> Vec<(String, String)> {
@@ -57,15 +55,7 @@ fn replica_holds_identical_data_and_stream() {
     let mut p = primary.conn();
     let mut r = replica.conn();
     // Wait for the initial sync so the workload streams through replication, not an RDB.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info: String = cmd(&["INFO", "replication"]).query(&mut r).unwrap();
-        if info.contains("master_link_status:up") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "replica never synced: {info}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_text(&mut r, &["INFO", "replication"], "master_link_status:up");
     workload(&mut p);
     let acked: i64 = cmd(&["WAIT", "1", "10000"]).query(&mut p).unwrap();
     assert_eq!(acked, 1);
