@@ -76,30 +76,80 @@ fn dispatch(raw_ctx: *mut RedisModuleCtx, argv: *mut *mut RedisModuleString, arg
 }
 
 macro_rules! commands_table {
-    ($( $fn_name:ident => $name:literal, $handler:path, $flags:literal, $first:literal, $last:literal ;)*) => {
+    ($( $fn_name:ident => $name:literal, $handler:path, $flags:literal, $arity:literal, $first:literal, $last:literal, $summary:literal ;)*) => {
         $(
             extern "C" fn $fn_name(ctx: *mut RedisModuleCtx, argv: *mut *mut RedisModuleString, argc: c_int) -> c_int {
                 dispatch(ctx, argv, argc, $handler)
             }
         )*
-        /// (name, entry point, flags, first key, last key)
-        const COMMANDS: &[(&str, extern "C" fn(*mut RedisModuleCtx, *mut *mut RedisModuleString, c_int) -> c_int, &str, c_int, c_int)] = &[
-            $( ($name, $fn_name, $flags, $first, $last), )*
+        const COMMANDS: &[CommandSpec] = &[
+            $( CommandSpec { name: $name, entry: $fn_name, flags: $flags, arity: $arity, first_key: $first, last_key: $last, summary: $summary }, )*
         ];
     };
 }
 
+type Entry = extern "C" fn(*mut RedisModuleCtx, *mut *mut RedisModuleString, c_int) -> c_int;
+
+struct CommandSpec {
+    name: &'static str,
+    entry: Entry,
+    flags: &'static str,
+    /// Redis convention: N = exactly N arguments including the name, -N = at least N.
+    arity: c_int,
+    first_key: c_int,
+    last_key: c_int,
+    summary: &'static str,
+}
+
 commands_table! {
-    cmd_asset_incr => "asset.incr", commands::asset::incr, "write deny-oom", 1, 1;
-    cmd_asset_get => "asset.get", commands::asset::get, "readonly", 1, 1;
-    cmd_asset_transfer => "asset.transfer", commands::asset::transfer, "write deny-oom fast", 1, 2;
-    cmd_coupon_create => "coupon.create", commands::coupon::create, "write deny-oom fast", 1, 1;
-    cmd_coupon_claim => "coupon.claim", commands::coupon::claim, "write deny-oom fast", 1, 1;
-    cmd_coupon_release => "coupon.release", commands::coupon::release, "write deny-oom fast", 1, 1;
-    cmd_coupon_info => "coupon.info", commands::coupon::info, "readonly fast", 1, 1;
-    cmd_usage_limit => "usage.limit", commands::usage::limit, "write deny-oom fast", 1, 1;
-    cmd_usage_consume => "usage.consume", commands::usage::consume, "write deny-oom fast", 1, 1;
-    cmd_usage_get => "usage.get", commands::usage::get, "readonly fast", 1, 1;
+    cmd_asset_incr => "asset.incr", commands::asset::incr, "write deny-oom", -4, 1, 1,
+        "Add signed decimal deltas to balances and log one event";
+    cmd_asset_get => "asset.get", commands::asset::get, "readonly", -2, 1, 1,
+        "Read balances as exact decimals";
+    cmd_asset_transfer => "asset.transfer", commands::asset::transfer, "write deny-oom fast", -5, 1, 2,
+        "Move an amount between two accounts and log one event";
+    cmd_coupon_create => "coupon.create", commands::coupon::create, "write deny-oom fast", -3, 1, 1,
+        "Create a coupon campaign with a fixed stock";
+    cmd_coupon_claim => "coupon.claim", commands::coupon::claim, "write deny-oom fast", -3, 1, 1,
+        "Claim one coupon for a user";
+    cmd_coupon_release => "coupon.release", commands::coupon::release, "write deny-oom fast", -3, 1, 1,
+        "Give a user's latest claim back to the stock";
+    cmd_coupon_info => "coupon.info", commands::coupon::info, "readonly fast", 2, 1, 1,
+        "Show a campaign's stock and limits";
+    cmd_usage_limit => "usage.limit", commands::usage::limit, "write deny-oom fast", -3, 1, 1,
+        "Set the quota and period of a usage counter";
+    cmd_usage_consume => "usage.consume", commands::usage::consume, "write deny-oom fast", -3, 1, 1,
+        "Consume from a quota if it fits";
+    cmd_usage_get => "usage.get", commands::usage::get, "readonly fast", 2, 1, 1,
+        "Show a usage counter in the current period";
+}
+
+/// Arity and summary for COMMAND INFO / COMMAND DOCS (key specs come from the key range).
+fn set_command_info(cmd: *mut raw::RedisModuleCommand, spec: &CommandSpec) -> Result<(), String> {
+    let Some(set_info) = (unsafe { raw::RedisModule_SetCommandInfo }) else { return Ok(()) };
+    let version = raw::RedisModuleCommandInfoVersion {
+        version: 1,
+        sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
+        sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
+        sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
+    };
+    let summary = CString::new(spec.summary).map_err(|e| e.to_string())?;
+    let since = CString::new(env!("CARGO_PKG_VERSION")).map_err(|e| e.to_string())?;
+    let mut info = raw::RedisModuleCommandInfo {
+        version: &version,
+        summary: summary.as_ptr(),
+        complexity: std::ptr::null(),
+        since: since.as_ptr(),
+        history: std::ptr::null_mut(),
+        tips: std::ptr::null(),
+        arity: spec.arity,
+        key_specs: std::ptr::null_mut(),
+        args: std::ptr::null_mut(),
+    };
+    if unsafe { set_info(cmd, &mut info) } != raw::REDISMODULE_OK as c_int {
+        return Err(format!("could not set the command info of {}", spec.name));
+    }
+    Ok(())
 }
 
 fn register_commands(ctx: &Context) -> Result<(), String> {
@@ -112,21 +162,27 @@ fn register_commands(ctx: &Context) -> Result<(), String> {
         }
         None => false,
     };
-    for (name, entry, flags, first, last) in COMMANDS {
-        let cname = CString::new(*name).map_err(|e| e.to_string())?;
-        let cflags = CString::new(*flags).map_err(|e| e.to_string())?;
-        let rc = unsafe { create(ctx.get_raw(), cname.as_ptr(), Some(*entry), cflags.as_ptr(), *first, *last, 1) };
+    let get = unsafe { raw::RedisModule_GetCommand }.ok_or("RedisModule_GetCommand missing")?;
+    for spec in COMMANDS {
+        let name = spec.name;
+        let cname = CString::new(name).map_err(|e| e.to_string())?;
+        let cflags = CString::new(spec.flags).map_err(|e| e.to_string())?;
+        let rc = unsafe {
+            create(ctx.get_raw(), cname.as_ptr(), Some(spec.entry), cflags.as_ptr(), spec.first_key, spec.last_key, 1)
+        };
         if rc != raw::REDISMODULE_OK as c_int {
             return Err(format!("could not create command {name}"));
         }
-        if let (Some(set), Some(get)) =
-            (unsafe { raw::RedisModule_SetCommandACLCategories }, unsafe { raw::RedisModule_GetCommand })
-        {
-            let base = if flags.starts_with("write") { "write" } else { "read" };
+        let cmd = unsafe { get(ctx.get_raw(), cname.as_ptr()) };
+        if cmd.is_null() {
+            return Err(format!("could not look up command {name}"));
+        }
+        set_command_info(cmd, spec)?;
+        if let Some(set) = unsafe { raw::RedisModule_SetCommandACLCategories } {
+            let base = if spec.flags.starts_with("write") { "write" } else { "read" };
             let cats = if has_category { format!("{base} tally") } else { base.to_string() };
             let ccats = CString::new(cats).map_err(|e| e.to_string())?;
-            let cmd = unsafe { get(ctx.get_raw(), cname.as_ptr()) };
-            if !cmd.is_null() && unsafe { set(cmd, ccats.as_ptr()) } != raw::REDISMODULE_OK as c_int {
+            if unsafe { set(cmd, ccats.as_ptr()) } != raw::REDISMODULE_OK as c_int {
                 return Err(format!("could not set ACL categories of {name}"));
             }
         }

@@ -299,3 +299,35 @@ fn module_arguments_configure_the_module() {
     let e = error_of(&mut c, &["CONFIG", "SET", "tally.prefix", "x"]);
     assert!(e.contains("immutable") || e.contains("ERR"), "{e}");
 }
+
+#[test]
+fn commands_declare_arity_flags_and_keys() {
+    let redis = Redis::start(&[]);
+    let mut c = redis.conn();
+    let expect: &[(&str, i64, &str, bool)] = &[
+        ("asset.incr", -4, "write", false),
+        ("asset.get", -2, "readonly", false),
+        ("asset.transfer", -5, "write", true),
+        ("coupon.create", -3, "write", true),
+        ("coupon.claim", -3, "write", true),
+        ("coupon.release", -3, "write", true),
+        ("coupon.info", 2, "readonly", true),
+        ("usage.limit", -3, "write", true),
+        ("usage.consume", -3, "write", true),
+        ("usage.get", 2, "readonly", true),
+    ];
+    for (name, arity, kind, fast) in expect {
+        let info: Vec<redis::Value> = cmd(&["COMMAND", "INFO", name]).query(&mut c).unwrap();
+        let redis::Value::Array(fields) = &info[0] else { panic!("{name}: {info:?}") };
+        assert_eq!(redis::from_redis_value::<i64>(fields[1].clone()).unwrap(), *arity, "{name} arity");
+        let flags: Vec<String> = redis::from_redis_value(fields[2].clone()).unwrap();
+        assert!(flags.contains(&kind.to_string()), "{name} flags {flags:?}");
+        assert_eq!(flags.contains(&"fast".to_string()), *fast, "{name} fast flag {flags:?}");
+        if *kind == "write" {
+            assert!(flags.contains(&"denyoom".to_string()), "{name} flags {flags:?}");
+        }
+        assert_eq!(redis::from_redis_value::<i64>(fields[3].clone()).unwrap(), 1, "{name} first key");
+    }
+    let keys: Vec<String> = cmd(&["COMMAND", "GETKEYS", "COUPON.CLAIM", "camp", "u1"]).query(&mut c).unwrap();
+    assert_eq!(keys, ["camp"]);
+}
