@@ -22,7 +22,11 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
 }
 
 /// SIGTERM/SIGINT -> cancel the token; then enforce the shutdown deadline.

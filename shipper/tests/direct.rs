@@ -224,6 +224,8 @@ async fn postgres_outage_under_load_loses_nothing() {
     // nothing acked nor trimmed while Postgres is down
     let len = xlen(&mut c, STREAM).await;
     assert!(len >= 1000, "entries were trimmed while Postgres was down (xlen {len})");
+    let pending = group_pending(&mut c, STREAM, GROUP).await;
+    assert!(pending > 0, "the in-flight batch was acked although Postgres is down");
     pg.start_server();
     let pool = pg.pool().await;
     let got = wait_count(&pool, EVENTS_SQL, m.ids.len() as i64, Duration::from_secs(60)).await;
