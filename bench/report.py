@@ -224,6 +224,12 @@ else:
         if a in totals and b in totals and totals.get(a) and totals.get(b):
             w(f"| {label} | {totals[b] / totals[a]:.2f}x | {'>= %sx' % goal if goal else ''} |")
     w("")
+    w("How to read the tables below: `tally::*` frames are the module's code; `RM_*` are Redis module")
+    w("API calls it makes; `malloc_usable_size`/`zmalloc*`/`RM_Alloc`/`RM_Free` are allocation (the")
+    w("module's Rust allocations go through `RM_Alloc`, and this Redis build calls `malloc_usable_size`")
+    w("on every allocation and free); `redis_module::raw::replicate` -> `RM_Replicate` is the")
+    w("propagation of the command's effects, paid on every command even when no replica or AOF exists.")
+    w("")
     for p in ["asset", "coupon", "usage"]:
         t, incl = parse_annotate(os.path.join(pdir, f"{p}.inclusive.txt"))
         _, selfc = parse_annotate(os.path.join(pdir, f"{p}.self.txt"))
@@ -245,6 +251,36 @@ else:
             if k >= 30:
                 break
         w("")
+        tree = os.path.join(pdir, f"{p}.tree.txt")
+        if os.path.exists(tree):
+            w("What the module's code calls, per command (callgrind call tree: each `*` block is a function")
+            w("as compiled into one source file, the `>` lines under it are its direct callees; inlined")
+            w("helpers show up as extra blocks of the same function under other source files):")
+            w("")
+            w("```")
+            want = re.compile(r"\*\s+(\S*(?:tx\.rs:tally::tx::mutate|/" + p + r"\.rs:tally::tx::mutate|" + p + r"\.rs:tally::commands::" + p + r"::(?:load|store|store_and_event|event|balance)|context/mod\.rs:tally::tx::mutate))\s*(\[.*\])?$")
+            keep, shown = False, 0
+            for line in open(tree, errors="replace"):
+                line = line.rstrip("\n")
+                mm = LINE.match(line)
+                if line.strip() == "":
+                    keep = False
+                    continue
+                if mm and want.search(line):
+                    keep = True
+                    w("")
+                if keep and mm:
+                    n = int(mm.group(1).replace(",", ""))
+                    if n / nops < 150:
+                        continue
+                    name = mm.group(3)
+                    marker = "*" if name.startswith("*") else ">"
+                    fn = short(name.lstrip("*> ").strip())
+                    fn = re.sub(r"\((\d[\d,]*)x\)", lambda c: f"[{int(c.group(1).replace(',', '')) / nops:g} calls/cmd]", fn)
+                    w(f"{n / nops:>9,.0f} Ir/cmd {100.0 * n / t:5.1f}%  {marker} {fn}")
+                    shown += 1
+            w("```")
+            w("")
         w("Self cost (instructions spent in the function itself), top 20:")
         w("")
         w("| Ir/command | % | function |")

@@ -136,6 +136,7 @@ if [[ "$BENCH_PROFILE" != 0 ]] && need valgrind && need callgrind_control; then
     mv "$f" "$PROFILE_DIR/$w.callgrind"
     callgrind_annotate --inclusive=yes --threshold=100 --auto=no "$PROFILE_DIR/$w.callgrind" > "$PROFILE_DIR/$w.inclusive.txt" 2>/dev/null || true
     callgrind_annotate --inclusive=no --threshold=100 --auto=no "$PROFILE_DIR/$w.callgrind" > "$PROFILE_DIR/$w.self.txt" 2>/dev/null || true
+    callgrind_annotate --inclusive=yes --tree=calling --threshold=100 --auto=no "$PROFILE_DIR/$w.callgrind" > "$PROFILE_DIR/$w.tree.txt" 2>/dev/null || true
   done
   redis-cli -p "$PPORT" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
   wait "$VPID" 2>/dev/null || true
