@@ -1,6 +1,8 @@
 //! Test harness: starts redis-server with the tally module on a free loopback port, in its
 //! own temporary directory, and stops it on drop. Never talks to a server it did not start.
 
+pub mod stories;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
