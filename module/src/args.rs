@@ -214,7 +214,7 @@ pub fn asset_incr(args: &[&[u8]]) -> Result<AssetIncr, CmdError> {
     let key = name("key", args[0])?;
     let mut deltas: Vec<(String, Decimal)> = Vec::new();
     let mut i = 1;
-    while i < args.len() && !INCR_OPTIONS.contains(&keyword(args[i]).as_str()) {
+    while i < args.len() && !INCR_OPTIONS.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(args[i])) {
         let field = name("field", args[i])?;
         let raw = args.get(i + 1).ok_or(CmdError::Arity)?;
         let delta = decimal("delta", raw)?;

@@ -26,6 +26,13 @@ pub fn prefix() -> String {
     }
 }
 
+/// The prefix as fixed at load time (it is immutable afterwards), read once on the first
+/// command and kept: no lock and no copy per command.
+pub fn prefix_fixed() -> &'static str {
+    static FIXED: OnceLock<String> = OnceLock::new();
+    FIXED.get_or_init(prefix).as_str()
+}
+
 pub fn max_backlog() -> i64 {
     MAX_BACKLOG.load(Relaxed)
 }

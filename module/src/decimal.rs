@@ -130,22 +130,78 @@ impl Decimal {
     }
 }
 
-impl fmt::Display for Decimal {
-    /// Canonical form: no `+`, no trailing fractional zeros, no `.` for integers, no `-0`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Decimal {
+    /// Writes the canonical text into `buf` (at most 41 bytes: sign, 20 integer digits,
+    /// point, 18 fractional digits) and returns its length.
+    fn format_into(self, buf: &mut [u8; 48]) -> usize {
         let abs = self.0.unsigned_abs();
         let one = ONE as u128;
         let int = abs / one;
-        let frac = abs % one;
+        let frac = (abs % one) as u64;
+        let mut n = 0;
         if self.0 < 0 {
-            f.write_str("-")?;
+            buf[0] = b'-';
+            n = 1;
         }
-        write!(f, "{int}")?;
+        // Integer part: at most 20 digits, one more than a u64 holds.
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let (mut low, high) = if int > u128::from(u64::MAX) {
+            ((int % 10_000_000_000_000_000_000) as u64, Some((int / 10_000_000_000_000_000_000) as u64))
+        } else {
+            (int as u64, None)
+        };
+        if let Some(mut h) = high {
+            for _ in 0..19 {
+                i -= 1;
+                digits[i] = b'0' + (low % 10) as u8;
+                low /= 10;
+            }
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (h % 10) as u8;
+                h /= 10;
+                if h == 0 {
+                    break;
+                }
+            }
+        } else {
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (low % 10) as u8;
+                low /= 10;
+                if low == 0 {
+                    break;
+                }
+            }
+        }
+        let len = digits.len() - i;
+        buf[n..n + len].copy_from_slice(&digits[i..]);
+        n += len;
         if frac != 0 {
-            let digits = format!("{frac:018}");
-            write!(f, ".{}", digits.trim_end_matches('0'))?;
+            buf[n] = b'.';
+            n += 1;
+            let mut f = [0u8; 18];
+            let mut v = frac;
+            for d in f.iter_mut().rev() {
+                *d = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+            let keep = 18 - f.iter().rev().take_while(|&&d| d == b'0').count();
+            buf[n..n + keep].copy_from_slice(&f[..keep]);
+            n += keep;
         }
-        Ok(())
+        n
+    }
+}
+
+impl fmt::Display for Decimal {
+    /// Canonical form: no `+`, no trailing fractional zeros, no `.` for integers, no `-0`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 48];
+        let n = self.format_into(&mut buf);
+        // Only ASCII digits, '-' and '.' are written.
+        f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -221,6 +277,18 @@ mod tests {
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             let _ = Decimal::parse(&bytes);
+        }
+
+        #[test]
+        fn display_matches_the_reference_formatting(raw in -MAX_RAW..=MAX_RAW) {
+            let abs = raw.unsigned_abs();
+            let (int, frac) = (abs / ONE as u128, abs % ONE as u128);
+            let mut expect = if raw < 0 { format!("-{int}") } else { format!("{int}") };
+            if frac != 0 {
+                expect.push('.');
+                expect.push_str(format!("{frac:018}").trim_end_matches('0'));
+            }
+            prop_assert_eq!(Decimal(raw).to_string(), expect);
         }
 
         #[test]

@@ -81,9 +81,157 @@ impl Event {
     }
 
     pub fn to_json(&self) -> String {
-        // Serialising plain structs of strings and integers cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(512);
+        self.write_json(&mut out);
+        // Only valid UTF-8 (the strings are `String`s) and ASCII are written.
+        String::from_utf8(out).unwrap_or_default()
     }
+
+    /// Appends the event's JSON to `out`: byte for byte what `serde_json::to_string` makes
+    /// of the derived `Serialize` (a test checks that), written directly without the
+    /// serializer's per-field machinery.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"v\":");
+        json_int(out, i64::from(self.v));
+        out.extend_from_slice(b",\"id\":");
+        json_str(out, &self.id);
+        out.extend_from_slice(b",\"type\":");
+        json_str(out, self.kind);
+        out.extend_from_slice(b",\"ts\":");
+        json_int(out, self.ts);
+        out.extend_from_slice(b",\"op\":");
+        json_opt_str(out, self.op.as_deref());
+        out.extend_from_slice(b",\"meta\":");
+        json_opt_str(out, self.meta.as_deref());
+        out.extend_from_slice(b",\"keys\":[");
+        for (i, k) in self.keys.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"key\":");
+            json_str(out, &k.key);
+            out.extend_from_slice(b",\"seq\":");
+            json_int(out, k.seq);
+            out.push(b'}');
+        }
+        out.push(b']');
+        if let Some(changes) = &self.changes {
+            out.extend_from_slice(b",\"changes\":[");
+            for (i, c) in changes.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"key\":");
+                json_str(out, &c.key);
+                out.extend_from_slice(b",\"field\":");
+                json_str(out, &c.field);
+                out.extend_from_slice(b",\"delta\":");
+                json_str(out, &c.delta);
+                out.extend_from_slice(b",\"balance\":");
+                json_str(out, &c.balance);
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
+        if let Some(c) = &self.coupon {
+            out.extend_from_slice(b",\"coupon\":{\"campaign\":");
+            json_str(out, &c.campaign);
+            out.extend_from_slice(b",\"user\":");
+            json_opt_str(out, c.user.as_deref());
+            out.extend_from_slice(b",\"issue\":");
+            match c.issue {
+                Some(n) => json_int(out, n),
+                None => out.extend_from_slice(b"null"),
+            }
+            for (name, v) in [
+                (&b",\"total\":"[..], c.total),
+                (b",\"issued\":", c.issued),
+                (b",\"remaining\":", c.remaining),
+                (b",\"peruser\":", c.peruser),
+                (b",\"start\":", c.start),
+                (b",\"end\":", c.end),
+            ] {
+                out.extend_from_slice(name);
+                json_int(out, v);
+            }
+            out.push(b'}');
+        }
+        if let Some(u) = &self.usage {
+            out.extend_from_slice(b",\"usage\":{\"key\":");
+            json_str(out, &u.key);
+            out.extend_from_slice(b",\"amount\":");
+            json_opt_str(out, u.amount.as_deref());
+            out.extend_from_slice(b",\"used\":");
+            json_str(out, &u.used);
+            out.extend_from_slice(b",\"limit\":");
+            json_str(out, &u.limit);
+            out.extend_from_slice(b",\"period\":");
+            json_str(out, u.period);
+            out.extend_from_slice(b",\"period_id\":");
+            json_str(out, &u.period_id);
+            out.push(b'}');
+        }
+        out.push(b'}');
+    }
+}
+
+fn json_int(out: &mut Vec<u8>, v: i64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string with serde_json's escaping: `"` and `\\`, the short forms of \b \t \n
+/// \f \r, `\u00xx` (lower-case hex) for the other control characters; everything else,
+/// including non-ASCII UTF-8, as is.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x09 => b't',
+            0x0a => b'n',
+            0x0c => b'f',
+            0x0d => b'r',
+            0x00..=0x1f => b'u',
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.push(b'\\');
+        out.push(short);
+        if short == b'u' {
+            out.extend_from_slice(&[b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 /// A UUIDv7 with the server's millisecond time and a random tail.
@@ -116,7 +264,9 @@ pub fn fingerprint(command: &str, args_without_id: &[&[u8]]) -> String {
         buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
         buf.extend_from_slice(part);
     }
-    format!("{:032x}", xxh3_128(&buf))
+    let h = xxh3_128(&buf);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    (0..32).rev().map(|i| HEX[((h >> (4 * i)) & 0xf) as usize] as char).collect()
 }
 
 /// The arguments without the `ID <op-id>` pair found by the parser at `id_index`, so the
@@ -181,6 +331,49 @@ mod tests {
         let id = v["id"].as_str().unwrap_or_default();
         let parsed = uuid::Uuid::parse_str(id).ok();
         assert_eq!(parsed.map(|u| u.get_version_num()), Some(7));
+    }
+
+    fn serde_json_of(e: &Event) -> String {
+        serde_json::to_string(e).unwrap_or_default()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hand_written_json_equals_serde(key in ".{0,12}", field in "[\\x00-\\x7f]{0,12}", meta in proptest::option::of(".{0,16}"),
+                                          op in proptest::option::of("[ -~]{1,8}"), seq in proptest::num::i64::ANY,
+                                          n in proptest::num::i64::ANY, kind in 0u8..3) {
+            let common = Common { op_id: op.clone(), meta: meta.clone(), id_index: None };
+            let mut e = Event::new("asset.incr", n, &common, vec![KeySeq { key: key.clone(), seq }, KeySeq { key: field.clone(), seq: n }]);
+            match kind {
+                0 => e.changes = Some(vec![
+                    Change { key: key.clone(), field: field.clone(), delta: "-1.5".into(), balance: meta.clone().unwrap_or_default() },
+                    Change { key: field.clone(), field: key.clone(), delta: "\"\\".into(), balance: "0".into() },
+                ]),
+                1 => e.coupon = Some(CouponState { campaign: key.clone(), user: meta.clone(), issue: op.as_ref().map(|_| seq),
+                    total: n, issued: seq, remaining: -n, peruser: 3, start: 0, end: i64::MIN }),
+                _ => e.usage = Some(UsageState { key: key.clone(), amount: op.clone(), used: field.clone(), limit: "10".into(),
+                    period: "day", period_id: meta.clone().unwrap_or_default() }),
+            }
+            proptest::prop_assert_eq!(e.to_json(), serde_json_of(&e));
+        }
+
+        #[test]
+        fn fingerprint_hex_matches_format(a in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..8), 0..4)) {
+            let args: Vec<&[u8]> = a.iter().map(|v| v.as_slice()).collect();
+            let mut buf = Vec::new();
+            for part in std::iter::once(&b"X"[..]).chain(args.iter().copied()) {
+                buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
+                buf.extend_from_slice(part);
+            }
+            proptest::prop_assert_eq!(fingerprint("X", &args), format!("{:032x}", xxh3_128(&buf)));
+        }
+    }
+
+    #[test]
+    fn event_json_escapes_like_serde() {
+        let common = Common { op_id: None, meta: Some("a\u{0}b\u{7f}\u{1f}\t\r\n\u{8}\u{c}\"\\é😀".into()), id_index: None };
+        let e = Event::new("usage.limit", -5, &common, vec![]);
+        assert_eq!(e.to_json(), serde_json_of(&e));
     }
 
     #[test]

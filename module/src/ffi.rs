@@ -1,7 +1,14 @@
 //! The thin layer over the Redis module key API. Binary-safe (no C strings built from
 //! client bytes) and panic-free: every pointer is checked before use.
+//!
+//! Hot-path notes: key and field names are passed as `RStr` (one RedisModuleString each,
+//! reused for every call on the same name); helper-key names and constant field names are
+//! created once and kept for the life of the process; replication calls
+//! `RedisModule_Replicate` directly with the `b` (buffer, length) format, so Redis copies
+//! each argument once and nothing else is allocated.
 
-use std::os::raw::{c_int, c_void};
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int, c_void};
 use std::ptr;
 
 use redis_module::raw::{self, KeyType, RedisModuleKey, RedisModuleString};
@@ -22,8 +29,55 @@ pub fn bytes(ctx: &Context, data: &[u8]) -> RedisString {
     RedisString::create_from_slice(ctx.get_raw(), data)
 }
 
-fn bytes_raw(data: &[u8]) -> RedisString {
-    RedisString::create_from_slice(ptr::null_mut(), data)
+/// A RedisModuleString made from bytes, freed on drop. Created without a context, so it can
+/// also be kept in a static for the life of the process (helper-key and constant field
+/// names); it is only ever touched on Redis's main thread.
+pub struct RStr {
+    ptr: *mut RedisModuleString,
+}
+
+// SAFETY: module commands run on Redis's main thread only; statics holding an `RStr` are
+// read there and never freed.
+unsafe impl Send for RStr {}
+unsafe impl Sync for RStr {}
+
+impl RStr {
+    pub fn new(data: &[u8]) -> RStr {
+        let ptr = match unsafe { raw::RedisModule_CreateString } {
+            Some(create) => unsafe { create(ptr::null_mut(), data.as_ptr().cast::<c_char>(), data.len()) },
+            None => ptr::null_mut(),
+        };
+        RStr { ptr }
+    }
+
+    pub fn ptr(&self) -> *mut RedisModuleString {
+        self.ptr
+    }
+}
+
+impl Drop for RStr {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            if let Some(free) = unsafe { raw::RedisModule_FreeString } {
+                unsafe { free(ptr::null_mut(), self.ptr) };
+            }
+        }
+    }
+}
+
+/// The bytes of a RedisModuleString (empty for a null pointer).
+fn slice_of<'a>(s: *mut RedisModuleString) -> &'a [u8] {
+    if s.is_null() {
+        return &[];
+    }
+    let Some(ptr_len) = (unsafe { raw::RedisModule_StringPtrLen }) else { return &[] };
+    let mut len: usize = 0;
+    let p = unsafe { ptr_len(s, &mut len) };
+    if p.is_null() {
+        &[]
+    } else {
+        unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }
+    }
 }
 
 /// An open key, closed on drop.
@@ -34,9 +88,16 @@ pub struct Key {
 
 impl Key {
     pub fn open(ctx: &Context, name: &RedisString, write: bool) -> Result<Key, CmdError> {
+        Key::open_raw(ctx, name.inner, write)
+    }
+
+    pub fn open_raw(ctx: &Context, name: *mut RedisModuleString, write: bool) -> Result<Key, CmdError> {
         let open = unsafe { raw::RedisModule_OpenKey }.ok_or_else(|| missing_api("OpenKey"))?;
+        if name.is_null() {
+            return Err(CmdError::err("could not create a key name"));
+        }
         let mode = if write { MODE_READ | MODE_WRITE } else { MODE_READ };
-        let ptr = unsafe { open(ctx.get_raw(), name.inner, mode) }.cast::<RedisModuleKey>();
+        let ptr = unsafe { open(ctx.get_raw(), name, mode) }.cast::<RedisModuleKey>();
         Ok(Key { ptr, ctx: ctx.get_raw() })
     }
 
@@ -65,29 +126,54 @@ impl Key {
         if self.ptr.is_null() {
             return Ok(None);
         }
+        let f = RStr::new(field);
+        self.hget_with(ctx, f.ptr(), |v| v.map(<[u8]>::to_vec))
+    }
+
+    /// Reads one hash field and hands its bytes (borrowed, no copy) to `f`.
+    pub fn hget_with<R>(
+        &self,
+        _ctx: &Context,
+        field: *mut RedisModuleString,
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, CmdError> {
+        if self.ptr.is_null() {
+            return Ok(f(None));
+        }
         let get = unsafe { raw::RedisModule_HashGet }.ok_or_else(|| missing_api("HashGet"))?;
-        let f = bytes(ctx, field);
+        if field.is_null() {
+            return Err(CmdError::err("could not create a field name"));
+        }
         let mut out: *mut RedisModuleString = ptr::null_mut();
         let rc = unsafe {
-            get(self.ptr, HASH_NONE, f.inner, &mut out as *mut *mut RedisModuleString, ptr::null_mut::<c_void>())
+            get(self.ptr, HASH_NONE, field, &mut out as *mut *mut RedisModuleString, ptr::null_mut::<c_void>())
         };
         if rc != raw::REDISMODULE_OK as c_int {
             return Err(CmdError::wrong_type("key holds a value that is not a hash"));
         }
         if out.is_null() {
-            return Ok(None);
+            return Ok(f(None));
         }
-        let value = RedisString::from_redis_module_string(ctx.get_raw(), out);
-        Ok(Some(value.as_slice().to_vec()))
+        let owned = RStr { ptr: out };
+        Ok(f(Some(slice_of(owned.ptr()))))
     }
 
     pub fn hset(&self, ctx: &Context, field: &[u8], value: &[u8]) -> Result<(), CmdError> {
+        let f = RStr::new(field);
+        self.hset_raw(ctx, f.ptr(), value)
+    }
+
+    /// Sets one field (given as a RedisModuleString) to `value`.
+    pub fn hset_raw(&self, _ctx: &Context, field: *mut RedisModuleString, value: &[u8]) -> Result<(), CmdError> {
         let set = unsafe { raw::RedisModule_HashSet }.ok_or_else(|| missing_api("HashSet"))?;
         if self.ptr.is_null() {
             return Err(CmdError::err("key is not open for writing"));
         }
-        let (f, v) = (bytes(ctx, field), bytes(ctx, value));
-        unsafe { set(self.ptr, HASH_NONE, f.inner, v.inner, ptr::null_mut::<c_void>()) };
+        let v = RStr::new(value);
+        if field.is_null() || v.ptr().is_null() {
+            return Err(CmdError::err("could not create a field or value"));
+        }
+        unsafe { set(self.ptr, HASH_NONE, field, v.ptr(), ptr::null_mut::<c_void>()) };
         Ok(())
     }
 
@@ -96,30 +182,32 @@ impl Key {
         if self.ptr.is_null() {
             return Err(CmdError::err("key is not open for writing"));
         }
-        let f = bytes_raw(field);
+        let f = RStr::new(field);
+        if f.ptr().is_null() {
+            return Err(CmdError::err("could not create a field name"));
+        }
         // REDISMODULE_HASH_DELETE is the sentinel pointer value 1.
         let delete = 1usize as *mut RedisModuleString;
-        unsafe { set(self.ptr, HASH_NONE, f.inner, delete, ptr::null_mut::<c_void>()) };
+        unsafe { set(self.ptr, HASH_NONE, f.ptr(), delete, ptr::null_mut::<c_void>()) };
         Ok(())
     }
 
-    /// Appends one entry with an automatic id; returns the id as `<ms>-<seq>`.
-    pub fn stream_add(&self, ctx: &Context, fields: &[(&[u8], &[u8])]) -> Result<String, CmdError> {
+    /// Appends one entry with an automatic id; returns the id as (ms, seq).
+    pub fn stream_add(&self, _ctx: &Context, fields: &[*mut RedisModuleString]) -> Result<(u64, u64), CmdError> {
         let add = unsafe { raw::RedisModule_StreamAdd }.ok_or_else(|| missing_api("StreamAdd"))?;
         if self.ptr.is_null() {
             return Err(CmdError::err("stream is not open for writing"));
         }
-        let owned: Vec<RedisString> = fields
-            .iter()
-            .flat_map(|(f, v)| [bytes(ctx, f), bytes(ctx, v)])
-            .collect();
-        let mut argv: Vec<*mut RedisModuleString> = owned.iter().map(|s| s.inner).collect();
+        if fields.len() % 2 != 0 || fields.iter().any(|p| p.is_null()) {
+            return Err(CmdError::err("the event stream refused the entry; nothing was changed"));
+        }
+        let mut argv: Vec<*mut RedisModuleString> = fields.to_vec();
         let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
-        let rc = unsafe { add(self.ptr, STREAM_ADD_AUTOID, &mut id, argv.as_mut_ptr(), fields.len() as i64) };
+        let rc = unsafe { add(self.ptr, STREAM_ADD_AUTOID, &mut id, argv.as_mut_ptr(), (fields.len() / 2) as i64) };
         if rc != raw::REDISMODULE_OK as c_int {
             return Err(CmdError::err("the event stream refused the entry; nothing was changed"));
         }
-        Ok(format!("{}-{}", id.ms, id.seq))
+        Ok((id.ms, id.seq))
     }
 
     pub fn string_get(&self) -> Option<Vec<u8>> {
@@ -135,12 +223,18 @@ impl Key {
         Some(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }.to_vec())
     }
 
-    pub fn string_set_with_expire(&self, ctx: &Context, value: &[u8], ttl_ms: i64) -> Result<(), CmdError> {
+    pub fn string_set_with_expire(&self, _ctx: &Context, value: &[u8], ttl_ms: i64) -> Result<(), CmdError> {
         let set = unsafe { raw::RedisModule_StringSet }.ok_or_else(|| missing_api("StringSet"))?;
         let expire = unsafe { raw::RedisModule_SetExpire }.ok_or_else(|| missing_api("SetExpire"))?;
-        let v = bytes(ctx, value);
+        if self.ptr.is_null() {
+            return Err(CmdError::err("key is not open for writing"));
+        }
+        let v = RStr::new(value);
+        if v.ptr().is_null() {
+            return Err(CmdError::err("could not create a value"));
+        }
         unsafe {
-            set(self.ptr, v.inner);
+            set(self.ptr, v.ptr());
             expire(self.ptr, ttl_ms);
         }
         Ok(())
@@ -162,5 +256,82 @@ pub fn now_ms() -> i64 {
     match unsafe { raw::RedisModule_Milliseconds } {
         Some(f) => (unsafe { f() }) as i64,
         None => 0,
+    }
+}
+
+/// Tells Redis a key was written (WATCH, client-side caching). The module turns off the
+/// implicit signal on closing a key opened for writing, so that a rejected command, which
+/// opens keys for writing but writes nothing, signals nothing.
+pub fn signal_modified(ctx: &Context, key: *mut RedisModuleString) {
+    if key.is_null() {
+        return;
+    }
+    if let Some(signal) = unsafe { raw::RedisModule_SignalModifiedKey } {
+        unsafe { signal(ctx.get_raw(), key) };
+    }
+}
+
+/// Keyspace notification with a static event name.
+pub fn notify(ctx: &Context, kind: c_int, event: &CStr, key: *mut RedisModuleString) {
+    if key.is_null() {
+        return;
+    }
+    if let Some(f) = unsafe { raw::RedisModule_NotifyKeyspaceEvent } {
+        unsafe { f(ctx.get_raw(), kind, event.as_ptr(), key) };
+    }
+}
+
+/// Propagates `cmd args... [tail]` to replicas and the AOF (inside the MULTI/EXEC Redis
+/// wraps around a module command's effects). `args` are copied by Redis from the buffers;
+/// `tail`, an existing RedisModuleString, is shared by reference count. Up to 9 buffer
+/// arguments go through one direct variadic `RedisModule_Replicate` call with the `b`
+/// format; longer lists through the vector format.
+pub fn replicate(ctx: &Context, cmd: &CStr, args: &[&[u8]], tail: Option<*mut RedisModuleString>) -> Result<(), CmdError> {
+    let rep = unsafe { raw::RedisModule_Replicate }.ok_or_else(|| missing_api("Replicate"))?;
+    let failed = || CmdError::err("could not propagate the change to replicas/AOF");
+    if tail.is_some_and(|t| t.is_null()) {
+        return Err(failed());
+    }
+    let c = ctx.get_raw();
+    let name = cmd.as_ptr();
+    let n = args.len();
+    if (1..=9).contains(&n) {
+        let mut fmt = [0u8; 12];
+        fmt[..n].fill(b'b');
+        if tail.is_some() {
+            fmt[n] = b's';
+        }
+        let f = fmt.as_ptr().cast::<c_char>();
+        // A trailing null `s` argument is never read when the format does not name it.
+        let t = tail.unwrap_or(ptr::null_mut());
+        macro_rules! call {
+            ($($i:literal)*) => {
+                unsafe { rep(c, name, f $(, args[$i].as_ptr().cast::<c_char>(), args[$i].len())*, t) }
+            };
+        }
+        let rc = match n {
+            1 => call!(0),
+            2 => call!(0 1),
+            3 => call!(0 1 2),
+            4 => call!(0 1 2 3),
+            5 => call!(0 1 2 3 4),
+            6 => call!(0 1 2 3 4 5),
+            7 => call!(0 1 2 3 4 5 6),
+            8 => call!(0 1 2 3 4 5 6 7),
+            _ => call!(0 1 2 3 4 5 6 7 8),
+        };
+        return if rc == raw::REDISMODULE_OK as c_int { Ok(()) } else { Err(failed()) };
+    }
+    let owned: Vec<RStr> = args.iter().map(|a| RStr::new(a)).collect();
+    let mut argv: Vec<*mut RedisModuleString> = owned.iter().map(RStr::ptr).collect();
+    argv.extend(tail);
+    if argv.is_empty() || argv.iter().any(|p| p.is_null()) {
+        return Err(failed());
+    }
+    let rc = unsafe { rep(c, name, c"v".as_ptr(), argv.as_mut_ptr(), argv.len()) };
+    if rc == raw::REDISMODULE_OK as c_int {
+        Ok(())
+    } else {
+        Err(failed())
     }
 }

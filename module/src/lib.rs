@@ -224,6 +224,11 @@ fn apply_args(args: &[RedisString]) -> Result<(), String> {
 }
 
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    // Keys are signalled as modified (WATCH, client tracking) explicitly, only when a command
+    // wrote them: a rejected command opens keys for writing but changes nothing.
+    if let Some(set_options) = unsafe { raw::RedisModule_SetModuleOptions } {
+        unsafe { set_options(ctx.get_raw(), raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED as c_int) };
+    }
     if let Err(e) = apply_args(args) {
         ctx.log_warning(&format!("tally: {e}"));
         return Status::Err;

@@ -9,10 +9,15 @@ use crate::period::Period;
 
 /// A stored balance (or absent = 0), parsed strictly.
 pub fn stored_decimal(what: &str, raw: Option<&[u8]>) -> Result<Decimal, CmdError> {
+    stored_decimal_lazy(raw, || what.to_string())
+}
+
+/// `stored_decimal` with the name of the value built only for the error message.
+pub fn stored_decimal_lazy(raw: Option<&[u8]>, what: impl FnOnce() -> String) -> Result<Decimal, CmdError> {
     match raw {
         None => Ok(Decimal::ZERO),
         Some(bytes) => Decimal::parse(bytes)
-            .map_err(|_| CmdError::wrong_type(format!("{what} holds a value that is not a decimal"))),
+            .map_err(|_| CmdError::wrong_type(format!("{} holds a value that is not a decimal", what()))),
     }
 }
 

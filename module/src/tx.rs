@@ -2,14 +2,17 @@
 //! writes, the per-key sequence numbers, one stream entry, the op-id record, and their
 //! propagation to replicas/AOF as concrete commands (wrapped by Redis in MULTI/EXEC).
 
-use redis_module::raw::KeyType;
-use redis_module::{AclPermissions, Context, ContextFlags, NotifyEvent};
+use std::ops::Deref;
+use std::sync::OnceLock;
+
+use redis_module::raw::{KeyType, RedisModuleString, REDISMODULE_NOTIFY_HASH, REDISMODULE_NOTIFY_STREAM, REDISMODULE_NOTIFY_STRING};
+use redis_module::{AclPermissions, Context, ContextFlags};
 
 use crate::args::Common;
 use crate::config;
 use crate::error::CmdError;
 use crate::event::{self, Event, Recorded, Reply};
-use crate::ffi::{self, Key};
+use crate::ffi::{self, Key, RStr};
 use crate::slot;
 use crate::stats;
 
@@ -18,32 +21,70 @@ pub struct Names {
     pub stream: String,
     pub seq: String,
     op_prefix: String,
+    stream_rs: RStr,
+    seq_rs: RStr,
+}
+
+/// The names of a command: in standalone mode one set, built on first use and kept (the
+/// prefix is fixed at load time); in cluster mode one set per hash slot, built per call.
+pub enum NamesRef {
+    Fixed(&'static Names),
+    Slot(Names),
+}
+
+impl Deref for NamesRef {
+    type Target = Names;
+    fn deref(&self) -> &Names {
+        match self {
+            NamesRef::Fixed(n) => n,
+            NamesRef::Slot(n) => n,
+        }
+    }
+}
+
+/// Whether the server runs in cluster mode (fixed for the life of the process).
+fn cluster_mode(ctx: &Context) -> bool {
+    static CLUSTER: OnceLock<bool> = OnceLock::new();
+    *CLUSTER.get_or_init(|| ctx.get_flags().contains(ContextFlags::CLUSTER))
 }
 
 impl Names {
-    pub fn for_key(ctx: &Context, key: &str) -> Names {
-        let prefix = config::prefix();
-        let suffix = if ctx.get_flags().contains(ContextFlags::CLUSTER) {
-            format!(":{{{}}}", config::slot_tag(slot::key_slot(key.as_bytes())))
-        } else {
-            String::new()
-        };
+    fn build(prefix: &str, suffix: &str) -> Names {
+        let stream = format!("{prefix}:log{suffix}");
+        let seq = format!("{prefix}:seq{suffix}");
         Names {
-            stream: format!("{prefix}:log{suffix}"),
-            seq: format!("{prefix}:seq{suffix}"),
+            stream_rs: RStr::new(stream.as_bytes()),
+            seq_rs: RStr::new(seq.as_bytes()),
+            stream,
+            seq,
             op_prefix: format!("{prefix}:op{suffix}:"),
         }
     }
 
+    pub fn for_key(ctx: &Context, key: &str) -> NamesRef {
+        let prefix = config::prefix_fixed();
+        if cluster_mode(ctx) {
+            let suffix = format!(":{{{}}}", config::slot_tag(slot::key_slot(key.as_bytes())));
+            NamesRef::Slot(Names::build(prefix, &suffix))
+        } else {
+            static FIXED: OnceLock<Names> = OnceLock::new();
+            NamesRef::Fixed(FIXED.get_or_init(|| Names::build(prefix, "")))
+        }
+    }
+
     pub fn op(&self, op_id: &str) -> String {
-        format!("{}{op_id}", self.op_prefix)
+        let mut s = String::with_capacity(self.op_prefix.len() + op_id.len());
+        s.push_str(&self.op_prefix);
+        s.push_str(op_id);
+        s
     }
 }
 
 /// Rejects keys inside tally's own namespace.
 pub fn check_user_key(key: &str) -> Result<(), CmdError> {
-    let prefix = config::prefix();
-    if key.starts_with(&format!("{prefix}:")) {
+    let prefix = config::prefix_fixed();
+    let k = key.as_bytes();
+    if k.len() > prefix.len() && k.starts_with(prefix.as_bytes()) && k[prefix.len()] == b':' {
         return Err(CmdError::err(format!("keys starting with '{prefix}:' are reserved for tally")));
     }
     Ok(())
@@ -52,12 +93,24 @@ pub fn check_user_key(key: &str) -> Result<(), CmdError> {
 /// A hash write: `None` deletes the field.
 type FieldWrite = (Vec<u8>, Option<Vec<u8>>);
 
+/// A data key of the command, opened once for writing (reads go through the same handle)
+/// with the writes queued for it.
+struct DataKey {
+    name: String,
+    rs: RStr,
+    key: Key,
+    writes: Vec<FieldWrite>,
+}
+
 pub struct Tx<'a> {
     pub ctx: &'a Context,
     pub now_ms: i64,
-    names: Names,
-    writes: Vec<(String, Vec<FieldWrite>)>,
+    names: &'a Names,
+    keys: Vec<DataKey>,
+    seq_key: Option<Key>,
     seqs: Vec<(String, i64)>,
+    /// A key that could not be opened for a queued write: the command fails before writing.
+    failed: Option<CmdError>,
 }
 
 fn wrong_kind() -> CmdError {
@@ -66,7 +119,7 @@ fn wrong_kind() -> CmdError {
 
 /// One field of a hash key; a missing key reads as no field, another type is WRONGTYPE.
 pub fn read_field(ctx: &Context, key: &str, field: &[u8]) -> Result<Option<Vec<u8>>, CmdError> {
-    let k = Key::open(ctx, &ffi::bytes(ctx, key.as_bytes()), false)?;
+    let k = open_read(ctx, key)?;
     match k.kind() {
         KeyType::Empty => Ok(None),
         KeyType::Hash => k.hget(ctx, field),
@@ -74,57 +127,146 @@ pub fn read_field(ctx: &Context, key: &str, field: &[u8]) -> Result<Option<Vec<u
     }
 }
 
+/// Opens a key for reading (read-only commands).
+pub fn open_read(ctx: &Context, key: &str) -> Result<Key, CmdError> {
+    let name = RStr::new(key.as_bytes());
+    Key::open_raw(ctx, name.ptr(), false)
+}
+
 /// `false` for a missing key, `true` for a hash; anything else is a WRONGTYPE error.
 pub fn hash_exists(ctx: &Context, key: &str) -> Result<bool, CmdError> {
-    let k = Key::open(ctx, &ffi::bytes(ctx, key.as_bytes()), false)?;
-    match k.kind() {
+    kind_is_hash(open_read(ctx, key)?.kind())
+}
+
+/// `false` for empty, `true` for a hash, WRONGTYPE otherwise.
+pub fn kind_is_hash(kind: KeyType) -> Result<bool, CmdError> {
+    match kind {
         KeyType::Empty => Ok(false),
         KeyType::Hash => Ok(true),
         _ => Err(wrong_kind()),
     }
 }
 
+/// Reads a field through an open handle (missing key = no field), passing the bytes to `f`.
+pub fn field_with<R>(
+    ctx: &Context,
+    key: &Key,
+    field: *mut RedisModuleString,
+    f: impl FnOnce(Option<&[u8]>) -> R,
+) -> Result<R, CmdError> {
+    match key.kind() {
+        KeyType::Empty => Ok(f(None)),
+        KeyType::Hash => key.hget_with(ctx, field, f),
+        _ => Err(wrong_kind()),
+    }
+}
+
 impl<'a> Tx<'a> {
-    pub fn hget(&self, key: &str, field: &[u8]) -> Result<Option<Vec<u8>>, CmdError> {
-        read_field(self.ctx, key, field)
+    fn data(&mut self, key: &str) -> Result<&mut DataKey, CmdError> {
+        let i = match self.keys.iter().position(|k| k.name == key) {
+            Some(i) => i,
+            None => {
+                let rs = RStr::new(key.as_bytes());
+                let handle = Key::open_raw(self.ctx, rs.ptr(), true)?;
+                self.keys.push(DataKey { name: key.to_string(), rs, key: handle, writes: Vec::new() });
+                self.keys.len() - 1
+            }
+        };
+        self.keys.get_mut(i).ok_or_else(|| CmdError::err("internal key table error"))
     }
 
-    pub fn hash_exists(&self, key: &str) -> Result<bool, CmdError> {
-        hash_exists(self.ctx, key)
+    /// The open handle of a data key (for loaders that read several fields).
+    pub fn handle(&mut self, key: &str) -> Result<(&Context, &Key), CmdError> {
+        let ctx = self.ctx;
+        let d = self.data(key)?;
+        Ok((ctx, &d.key))
+    }
+
+    pub fn hget(&mut self, key: &str, field: &[u8]) -> Result<Option<Vec<u8>>, CmdError> {
+        self.hget_with(key, field, |v| v.map(<[u8]>::to_vec))
+    }
+
+    /// Reads one field and hands its bytes to `f` without copying them.
+    pub fn hget_with<R>(&mut self, key: &str, field: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R, CmdError> {
+        let ctx = self.ctx;
+        let d = self.data(key)?;
+        let name = RStr::new(field);
+        field_with(ctx, &d.key, name.ptr(), f)
+    }
+
+    pub fn hash_exists(&mut self, key: &str) -> Result<bool, CmdError> {
+        kind_is_hash(self.data(key)?.key.kind())
     }
 
     pub fn set(&mut self, key: &str, field: &[u8], value: Option<&[u8]>) {
-        let entry = match self.writes.iter_mut().find(|(k, _)| k == key) {
-            Some(e) => e,
-            None => {
-                self.writes.push((key.to_string(), Vec::new()));
-                let last = self.writes.len() - 1;
-                &mut self.writes[last]
-            }
-        };
-        entry.1.push((field.to_vec(), value.map(<[u8]>::to_vec)));
+        let write = (field.to_vec(), value.map(<[u8]>::to_vec));
+        match self.keys.iter_mut().find(|k| k.name == key) {
+            Some(d) => d.writes.push(write),
+            None => match self.data(key) {
+                Ok(d) => d.writes.push(write),
+                // Not read before and cannot be opened: surfaces before anything is written.
+                Err(e) => self.failed = Some(e),
+            },
+        }
+    }
+
+    fn seq_handle(&mut self) -> Result<&Key, CmdError> {
+        if self.seq_key.is_none() {
+            self.seq_key = Some(Key::open_raw(self.ctx, self.names.seq_rs.ptr(), true)?);
+        }
+        self.seq_key.as_ref().ok_or_else(|| CmdError::err("internal key table error"))
     }
 
     /// The sequence number the next event of `key` carries.
     pub fn next_seq(&mut self, key: &str) -> Result<i64, CmdError> {
-        let seq_key = self.names.seq.clone();
-        let raw = self.hget(&seq_key, key.as_bytes())?;
-        let current = match raw {
-            None => 0,
-            Some(b) => std::str::from_utf8(&b)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
-                .ok_or_else(|| CmdError::wrong_type("the sequence record of this key is corrupt"))?,
-        };
+        let ctx = self.ctx;
+        let seq = self.seq_handle()?;
+        let field = RStr::new(key.as_bytes());
+        let parsed = field_with(ctx, seq, field.ptr(), |raw| match raw {
+            None => Some(0),
+            Some(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse::<i64>().ok()),
+        })?;
+        let current = parsed.ok_or_else(|| CmdError::wrong_type("the sequence record of this key is corrupt"))?;
         let next = current + 1;
         self.seqs.push((key.to_string(), next));
         Ok(next)
     }
 }
 
+/// Decimal text of an integer in a stack buffer.
+pub struct IntText {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl IntText {
+    pub fn new(v: i64) -> IntText {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        let mut n = v.unsigned_abs();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if v < 0 {
+            i -= 1;
+            buf[i] = b'-';
+        }
+        IntText { buf, start: i }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
 /// Redis checks ACL key permissions only for the keys a command declares; tally's helper
 /// keys are derived, so they are checked here for the calling user (one user lookup).
-fn check_acl(ctx: &Context, names: &[&str]) -> Result<(), CmdError> {
+fn check_acl(ctx: &Context, keys: &[(&str, *mut RedisModuleString)]) -> Result<(), CmdError> {
     let user_name = ctx.get_current_user();
     if user_name.inner.is_null() {
         return Ok(()); // no client (internal call): nothing to check against
@@ -145,9 +287,8 @@ fn check_acl(ctx: &Context, names: &[&str]) -> Result<(), CmdError> {
     }
     let flags = (AclPermissions::INSERT | AclPermissions::UPDATE | AclPermissions::ACCESS).bits();
     let mut denied = None;
-    for name in names {
-        let key = ffi::bytes(ctx, name.as_bytes());
-        if unsafe { check(user, key.inner, flags) } != redis_module::raw::REDISMODULE_OK as i32 {
+    for (name, key) in keys {
+        if key.is_null() || unsafe { check(user, *key, flags) } != redis_module::raw::REDISMODULE_OK as i32 {
             denied = Some(*name);
             break;
         }
@@ -170,17 +311,25 @@ pub fn mutate(
     body: impl FnOnce(&mut Tx) -> Result<(Reply, Event), CmdError>,
 ) -> Result<Reply, CmdError> {
     let names = Names::for_key(ctx, first_key);
+    let names: &Names = &names;
     let op_key = common.op_id.as_deref().map(|id| names.op(id));
-    let mut helper_keys = vec![names.stream.as_str(), names.seq.as_str()];
-    if let Some(k) = op_key.as_deref() {
-        helper_keys.push(k);
+    let op_rs = op_key.as_deref().map(|k| RStr::new(k.as_bytes()));
+    {
+        let mut helper_keys: [(&str, *mut RedisModuleString); 3] =
+            [(&names.stream, names.stream_rs.ptr()), (&names.seq, names.seq_rs.ptr()), ("", std::ptr::null_mut())];
+        let mut n = 2;
+        if let (Some(k), Some(rs)) = (op_key.as_deref(), op_rs.as_ref()) {
+            helper_keys[2] = (k, rs.ptr());
+            n = 3;
+        }
+        check_acl(ctx, &helper_keys[..n])?;
     }
-    check_acl(ctx, &helper_keys)?;
 
     // Idempotent replay: same op-id and same request returns the first reply, writes nothing.
-    let fingerprint = event::fingerprint(command, &event::args_without_id(raw_args, common.id_index));
-    if let Some(op_key) = op_key.as_deref() {
-        let k = Key::open(ctx, &ffi::bytes(ctx, op_key.as_bytes()), false)?;
+    let mut fingerprint = String::new();
+    if let Some(op_rs) = op_rs.as_ref() {
+        fingerprint = event::fingerprint(command, &event::args_without_id(raw_args, common.id_index));
+        let k = Key::open_raw(ctx, op_rs.ptr(), false)?;
         match k.kind() {
             KeyType::Empty => {}
             KeyType::String => {
@@ -201,8 +350,7 @@ pub fn mutate(
         }
     }
 
-    let stream_name = ffi::bytes(ctx, names.stream.as_bytes());
-    let stream = Key::open(ctx, &stream_name, true)?;
+    let stream = Key::open_raw(ctx, names.stream_rs.ptr(), true)?;
     match stream.kind() {
         KeyType::Empty | KeyType::Stream => {}
         _ => return Err(CmdError::wrong_type(format!("tally's log key '{}' is not a stream", names.stream))),
@@ -215,73 +363,113 @@ pub fn mutate(
         ));
     }
 
-    let mut tx = Tx { ctx, now_ms: ffi::now_ms(), names, writes: Vec::new(), seqs: Vec::new() };
+    let mut tx = Tx { ctx, now_ms: ffi::now_ms(), names, keys: Vec::with_capacity(2), seq_key: None, seqs: Vec::with_capacity(2), failed: None };
     let (reply, event) = body(&mut tx)?;
-    let Tx { names, writes, seqs, .. } = tx;
-    let json = event.to_json();
+    let Tx { keys, seq_key, seqs, failed, .. } = tx;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut json = Vec::with_capacity(512);
+    event.write_json(&mut json);
+    let json_rs = RStr::new(&json);
+    let seq_key = match seq_key {
+        Some(k) => k,
+        None => Key::open_raw(ctx, names.seq_rs.ptr(), true)?,
+    };
 
     // The event first: if the stream refuses it, nothing has been changed yet.
-    let entry_id = stream.stream_add(ctx, &[(event::STREAM_FIELD.as_bytes(), json.as_bytes())])?;
+    let (ms, sq) = stream.stream_add(ctx, &[event_field().ptr(), json_rs.ptr()])?;
 
-    for (key, fields) in &writes {
-        let k = Key::open(ctx, &ffi::bytes(ctx, key.as_bytes()), true)?;
-        let mut hset_args: Vec<&[u8]> = vec![key.as_bytes()];
-        let mut hdel_args: Vec<&[u8]> = vec![key.as_bytes()];
-        for (field, value) in fields {
+    for dk in &keys {
+        if dk.writes.is_empty() {
+            continue;
+        }
+        let mut hset_args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * dk.writes.len());
+        hset_args.push(dk.name.as_bytes());
+        let mut hdel_args: Vec<&[u8]> = Vec::new();
+        for (field, value) in &dk.writes {
             match value {
                 Some(v) => {
-                    k.hset(ctx, field, v)?;
+                    dk.key.hset(ctx, field, v)?;
                     hset_args.push(field);
                     hset_args.push(v);
                 }
                 None => {
-                    k.hdel(ctx, field)?;
+                    dk.key.hdel(ctx, field)?;
+                    if hdel_args.is_empty() {
+                        hdel_args.push(dk.name.as_bytes());
+                    }
                     hdel_args.push(field);
                 }
             }
         }
-        drop(k);
-        let keyname = ffi::bytes(ctx, key.as_bytes());
         if hset_args.len() > 1 {
-            ctx.replicate("HSET", hset_args.as_slice());
-            ctx.notify_keyspace_event(NotifyEvent::HASH, "hset", &keyname);
+            let _ = ffi::replicate(ctx, c"HSET", &hset_args, None);
+            ffi::notify(ctx, REDISMODULE_NOTIFY_HASH, c"hset", dk.rs.ptr());
         }
         if hdel_args.len() > 1 {
-            ctx.replicate("HDEL", hdel_args.as_slice());
-            ctx.notify_keyspace_event(NotifyEvent::HASH, "hdel", &keyname);
+            let _ = ffi::replicate(ctx, c"HDEL", &hdel_args, None);
+            ffi::notify(ctx, REDISMODULE_NOTIFY_HASH, c"hdel", dk.rs.ptr());
         }
+        ffi::signal_modified(ctx, dk.rs.ptr());
     }
+    drop(keys);
 
-    let seq_name = ffi::bytes(ctx, names.seq.as_bytes());
-    let seq_key = Key::open(ctx, &seq_name, true)?;
-    let seq_values: Vec<(String, String)> = seqs.iter().map(|(k, s)| (k.clone(), s.to_string())).collect();
-    let mut seq_args: Vec<&[u8]> = vec![names.seq.as_bytes()];
-    for (k, s) in &seq_values {
-        seq_key.hset(ctx, k.as_bytes(), s.as_bytes())?;
+    let seq_texts: Vec<IntText> = seqs.iter().map(|(_, s)| IntText::new(*s)).collect();
+    let mut seq_args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * seqs.len());
+    seq_args.push(names.seq.as_bytes());
+    for ((k, _), text) in seqs.iter().zip(&seq_texts) {
+        seq_key.hset(ctx, k.as_bytes(), text.as_bytes())?;
         seq_args.push(k.as_bytes());
-        seq_args.push(s.as_bytes());
+        seq_args.push(text.as_bytes());
     }
     drop(seq_key);
-    ctx.replicate("HSET", seq_args.as_slice());
+    if seq_args.len() > 1 {
+        let _ = ffi::replicate(ctx, c"HSET", &seq_args, None);
+        ffi::signal_modified(ctx, names.seq_rs.ptr());
+    }
 
-    ctx.replicate(
-        "XADD",
-        &[names.stream.as_bytes(), entry_id.as_bytes(), event::STREAM_FIELD.as_bytes(), json.as_bytes()][..],
+    let id = entry_id(ms, sq);
+    let _ = ffi::replicate(
+        ctx,
+        c"XADD",
+        &[names.stream.as_bytes(), id.as_bytes(), event::STREAM_FIELD.as_bytes()],
+        Some(json_rs.ptr()),
     );
-    ctx.notify_keyspace_event(NotifyEvent::STREAM, "xadd", &stream_name);
+    ffi::notify(ctx, REDISMODULE_NOTIFY_STREAM, c"xadd", names.stream_rs.ptr());
     drop(stream);
+    ffi::signal_modified(ctx, names.stream_rs.ptr());
 
-    if let Some(op_key) = op_key {
+    if let (Some(op_key), Some(op_rs)) = (op_key, op_rs) {
         let ttl_ms = config::op_ttl_ms();
         let record = event::encode_record(&fingerprint, &reply);
-        let name = ffi::bytes(ctx, op_key.as_bytes());
-        let k = Key::open(ctx, &name, true)?;
+        let k = Key::open_raw(ctx, op_rs.ptr(), true)?;
         k.string_set_with_expire(ctx, record.as_bytes(), ttl_ms)?;
         drop(k);
-        let at = (ffi::now_ms() + ttl_ms).to_string();
-        ctx.replicate("SET", &[op_key.as_bytes(), record.as_bytes(), b"PXAT".as_slice(), at.as_bytes()][..]);
-        ctx.notify_keyspace_event(NotifyEvent::STRING, "set", &name);
+        let at = IntText::new(ffi::now_ms() + ttl_ms);
+        let _ = ffi::replicate(ctx, c"SET", &[op_key.as_bytes(), record.as_bytes(), b"PXAT".as_slice(), at.as_bytes()], None);
+        ffi::notify(ctx, REDISMODULE_NOTIFY_STRING, c"set", op_rs.ptr());
+        ffi::signal_modified(ctx, op_rs.ptr());
     }
     stats::event_appended();
     Ok(reply)
+}
+
+/// The stream field name, created once.
+fn event_field() -> &'static RStr {
+    static FIELD: OnceLock<RStr> = OnceLock::new();
+    FIELD.get_or_init(|| RStr::new(event::STREAM_FIELD.as_bytes()))
+}
+
+/// `<ms>-<seq>` of a stream entry id.
+fn entry_id(ms: u64, seq: u64) -> String {
+    let mut s = String::with_capacity(41);
+    let (a, b) = (IntText::new(ms as i64), IntText::new(seq as i64));
+    if ms > i64::MAX as u64 || seq > i64::MAX as u64 {
+        return format!("{ms}-{seq}");
+    }
+    s.push_str(std::str::from_utf8(a.as_bytes()).unwrap_or("0"));
+    s.push('-');
+    s.push_str(std::str::from_utf8(b.as_bytes()).unwrap_or("0"));
+    s
 }

@@ -10,8 +10,8 @@ use crate::event::{Change, Event, Item, KeySeq, Reply};
 use crate::logic;
 use crate::tx::{self, Tx};
 
-fn balance(tx: &Tx, key: &str, field: &str) -> std::result::Result<Decimal, CmdError> {
-    logic::stored_decimal(&format!("field '{field}'"), tx.hget(key, field.as_bytes())?.as_deref())
+fn balance(tx: &mut Tx, key: &str, field: &str) -> std::result::Result<Decimal, CmdError> {
+    tx.hget_with(key, field.as_bytes(), |raw| logic::stored_decimal_lazy(raw, || format!("field '{field}'")))?
 }
 
 pub fn incr(ctx: &Context, raw: &[&[u8]]) -> Result {

@@ -10,6 +10,9 @@ use super::{pairs, to_value, Result};
 use crate::args::{self, Common};
 use crate::error::CmdError;
 use crate::event::{CouponState, Event, Item, KeySeq, Reply};
+use std::sync::OnceLock;
+
+use crate::ffi::{Key, RStr};
 use crate::logic::{self, Campaign};
 use crate::tx::{self, Tx};
 
@@ -19,28 +22,46 @@ fn holder_field(user: &str) -> Vec<u8> {
     format!("u:{user}").into_bytes()
 }
 
-fn load(ctx: &Context, key: &str) -> std::result::Result<Campaign, CmdError> {
-    if !tx::hash_exists(ctx, key)? {
+/// The campaign's fixed field names, created once.
+const FIELD_NAMES: [&str; 7] = ["kind", "total", "issued", "last_issue", "peruser", "start", "end"];
+
+fn field_names() -> &'static [RStr; 7] {
+    static NAMES: OnceLock<[RStr; 7]> = OnceLock::new();
+    NAMES.get_or_init(|| FIELD_NAMES.map(|f| RStr::new(f.as_bytes())))
+}
+
+/// A loaded campaign and, per stored integer field (bit `i` for `FIELD_NAMES[i + 1]`),
+/// whether its text is already canonical (so an unchanged value need not be rewritten).
+struct Loaded {
+    campaign: Campaign,
+    canonical: u8,
+}
+
+fn load(ctx: &Context, key: &Key) -> std::result::Result<Loaded, CmdError> {
+    if !tx::kind_is_hash(key.kind())? {
         return Err(CmdError::code("NOTFOUND", "no such campaign"));
     }
-    if tx::read_field(ctx, key, b"kind")?.as_deref() != Some(KIND) {
+    let names = field_names();
+    if !tx::field_with(ctx, key, names[0].ptr(), |v| v == Some(KIND))? {
         return Err(CmdError::wrong_type("the key is not a tally coupon campaign"));
     }
-    let int = |field: &str| -> std::result::Result<i64, CmdError> {
-        let raw = tx::read_field(ctx, key, field.as_bytes())?;
-        raw.as_deref()
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .and_then(|s| s.parse::<i64>().ok())
-            .ok_or_else(|| CmdError::wrong_type(format!("the campaign's '{field}' field is corrupt")))
-    };
-    Ok(Campaign {
-        total: int("total")?,
-        issued: int("issued")?,
-        last_issue: int("last_issue")?,
-        per_user: int("peruser")?,
-        start_ms: int("start")?,
-        end_ms: int("end")?,
-    })
+    let mut canonical = 0u8;
+    let mut values = [0i64; 6];
+    for i in 0..6 {
+        let parsed = tx::field_with(ctx, key, names[i + 1].ptr(), |raw| {
+            let raw = raw?;
+            let n = std::str::from_utf8(raw).ok()?.parse::<i64>().ok()?;
+            Some((n, tx::IntText::new(n).as_bytes() == raw))
+        })?;
+        let (n, canon) = parsed
+            .ok_or_else(|| CmdError::wrong_type(format!("the campaign's '{}' field is corrupt", FIELD_NAMES[i + 1])))?;
+        values[i] = n;
+        if canon {
+            canonical |= 1 << i;
+        }
+    }
+    let [total, issued, last_issue, per_user, start_ms, end_ms] = values;
+    Ok(Loaded { campaign: Campaign { total, issued, last_issue, per_user, start_ms, end_ms }, canonical })
 }
 
 fn state(campaign: &str, user: Option<&str>, issue: Option<i64>, c: &Campaign) -> CouponState {
@@ -57,16 +78,22 @@ fn state(campaign: &str, user: Option<&str>, issue: Option<i64>, c: &Campaign) -
     }
 }
 
-fn store(tx: &mut Tx, key: &str, c: &Campaign) {
-    for (field, value) in [
-        ("total", c.total),
-        ("issued", c.issued),
-        ("last_issue", c.last_issue),
-        ("peruser", c.per_user),
-        ("start", c.start_ms),
-        ("end", c.end_ms),
-    ] {
-        tx.set(key, field.as_bytes(), Some(value.to_string().as_bytes()));
+/// Queues the campaign's integer fields: all of them for a new campaign, otherwise only
+/// those whose stored text differs from the new value's canonical text.
+fn store(tx: &mut Tx, key: &str, old: Option<&Loaded>, c: &Campaign) {
+    let values = [c.total, c.issued, c.last_issue, c.per_user, c.start_ms, c.end_ms];
+    let before = old.map(|o| {
+        let p = o.campaign;
+        [p.total, p.issued, p.last_issue, p.per_user, p.start_ms, p.end_ms]
+    });
+    for (i, value) in values.into_iter().enumerate() {
+        let unchanged = match (old, before) {
+            (Some(o), Some(b)) => b[i] == value && o.canonical & (1 << i) != 0,
+            _ => false,
+        };
+        if !unchanged {
+            tx.set(key, FIELD_NAMES[i + 1].as_bytes(), Some(tx::IntText::new(value).as_bytes()));
+        }
     }
 }
 
@@ -93,7 +120,7 @@ pub fn create(ctx: &Context, raw: &[&[u8]]) -> Result {
             end_ms: req.end_ms,
         };
         tx.set(&req.campaign, b"kind", Some(KIND));
-        store(tx, &req.campaign, &c);
+        store(tx, &req.campaign, None, &c);
         let e = event(tx, "coupon.create", &req.common, state(&req.campaign, None, None, &c))?;
         Ok((Reply::Ok, e))
     })?;
@@ -104,13 +131,17 @@ pub fn claim(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::coupon_user(raw)?;
     tx::check_user_key(&req.campaign)?;
     let reply = tx::mutate(ctx, "COUPON.CLAIM", raw, &req.common, &req.campaign, |tx| {
-        let mut c = load(tx.ctx, &req.campaign)?;
+        let loaded = {
+            let (ctx, k) = tx.handle(&req.campaign)?;
+            load(ctx, k)?
+        };
+        let mut c = loaded.campaign;
         let field = holder_field(&req.user);
-        let mut held = logic::parse_held(tx.hget(&req.campaign, &field)?.as_deref())?;
+        let mut held = tx.hget_with(&req.campaign, &field, logic::parse_held)??;
         let issue = c.claim(&held, tx.now_ms)?;
         held.push(issue);
         tx.set(&req.campaign, &field, Some(logic::format_held(&held).as_bytes()));
-        store(tx, &req.campaign, &c);
+        store(tx, &req.campaign, Some(&loaded), &c);
         let e = event(tx, "coupon.claim", &req.common, state(&req.campaign, Some(&req.user), Some(issue), &c))?;
         Ok((Reply::Array(vec![Item::Int(issue), Item::Int(c.remaining())]), e))
     })?;
@@ -121,14 +152,18 @@ pub fn release(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::coupon_user(raw)?;
     tx::check_user_key(&req.campaign)?;
     let reply = tx::mutate(ctx, "COUPON.RELEASE", raw, &req.common, &req.campaign, |tx| {
-        let mut c = load(tx.ctx, &req.campaign)?;
+        let loaded = {
+            let (ctx, k) = tx.handle(&req.campaign)?;
+            load(ctx, k)?
+        };
+        let mut c = loaded.campaign;
         let field = holder_field(&req.user);
-        let mut held = logic::parse_held(tx.hget(&req.campaign, &field)?.as_deref())?;
+        let mut held = tx.hget_with(&req.campaign, &field, logic::parse_held)??;
         let issue = c.release(&held)?;
         held.pop();
         let record = logic::format_held(&held);
         tx.set(&req.campaign, &field, if held.is_empty() { None } else { Some(record.as_bytes()) });
-        store(tx, &req.campaign, &c);
+        store(tx, &req.campaign, Some(&loaded), &c);
         let e = event(tx, "coupon.release", &req.common, state(&req.campaign, Some(&req.user), Some(issue), &c))?;
         Ok((Reply::Array(vec![Item::Int(issue), Item::Int(c.remaining())]), e))
     })?;
@@ -138,7 +173,7 @@ pub fn release(ctx: &Context, raw: &[&[u8]]) -> Result {
 pub fn info(ctx: &Context, raw: &[&[u8]]) -> Result {
     let [key_raw] = raw else { return Err(CmdError::Arity) };
     let key = args::name("campaign", key_raw)?;
-    let c = load(ctx, &key)?;
+    let c = load(ctx, &tx::open_read(ctx, &key)?)?.campaign;
     Ok(pairs(vec![
         ("total", RedisValue::Integer(c.total)),
         ("issued", RedisValue::Integer(c.issued)),

@@ -10,50 +10,90 @@ use crate::error::CmdError;
 use crate::event::{Event, Item, KeySeq, Reply, UsageState};
 use crate::logic::{self, Usage};
 use crate::period::Period;
+use std::sync::OnceLock;
+
+use crate::ffi::{Key, RStr};
 use crate::tx::{self, Tx};
 
 const KIND: &[u8] = b"usage";
 
-fn load(ctx: &Context, key: &str) -> std::result::Result<Option<Usage>, CmdError> {
-    if !tx::hash_exists(ctx, key)? {
-        return Ok(None);
-    }
-    if tx::read_field(ctx, key, b"kind")?.as_deref() != Some(KIND) {
-        return Err(CmdError::wrong_type("the key is not a tally usage counter"));
-    }
-    let text = |field: &str| -> std::result::Result<String, CmdError> {
-        tx::read_field(ctx, key, field.as_bytes())?
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| CmdError::wrong_type(format!("the usage counter's '{field}' field is corrupt")))
-    };
-    let period = Period::parse(&text("period")?.to_ascii_uppercase())
-        .ok_or_else(|| CmdError::wrong_type("the usage counter's 'period' field is corrupt"))?;
-    Ok(Some(Usage {
-        limit: logic::stored_decimal("limit", Some(text("limit")?.as_bytes()))?,
-        used: logic::stored_decimal("used", Some(text("used")?.as_bytes()))?,
-        period,
-        period_id: text("period_id")?,
-    }))
+/// The counter's field names, created once.
+const FIELD_NAMES: [&str; 5] = ["kind", "period", "limit", "used", "period_id"];
+
+fn field_names() -> &'static [RStr; 5] {
+    static NAMES: OnceLock<[RStr; 5]> = OnceLock::new();
+    NAMES.get_or_init(|| FIELD_NAMES.map(|f| RStr::new(f.as_bytes())))
 }
 
-fn store_and_event(tx: &mut Tx, key: &str, kind: &'static str, u: &Usage, amount: Option<String>, common: &args::Common)
-    -> std::result::Result<Event, CmdError> {
-    tx.set(key, b"kind", Some(KIND));
-    tx.set(key, b"limit", Some(u.limit.to_string().as_bytes()));
-    tx.set(key, b"period", Some(u.period.as_str().as_bytes()));
-    tx.set(key, b"period_id", Some(u.period_id.as_bytes()));
-    tx.set(key, b"used", Some(u.used.to_string().as_bytes()));
+/// The stored texts, so that only changed fields are rewritten.
+struct Stored {
+    period: String,
+    limit: String,
+    used: String,
+    period_id: String,
+}
+
+fn load(ctx: &Context, key: &Key) -> std::result::Result<Option<(Usage, Stored)>, CmdError> {
+    if !tx::kind_is_hash(key.kind())? {
+        return Ok(None);
+    }
+    let names = field_names();
+    if !tx::field_with(ctx, key, names[0].ptr(), |v| v == Some(KIND))? {
+        return Err(CmdError::wrong_type("the key is not a tally usage counter"));
+    }
+    let text = |i: usize| -> std::result::Result<String, CmdError> {
+        tx::field_with(ctx, key, names[i].ptr(), |raw| raw.and_then(|b| std::str::from_utf8(b).ok()).map(str::to_string))?
+            .ok_or_else(|| CmdError::wrong_type(format!("the usage counter's '{}' field is corrupt", FIELD_NAMES[i])))
+    };
+    let period_text = text(1)?;
+    let period = Period::parse(&period_text.to_ascii_uppercase())
+        .ok_or_else(|| CmdError::wrong_type("the usage counter's 'period' field is corrupt"))?;
+    let limit_text = text(2)?;
+    let limit = logic::stored_decimal("limit", Some(limit_text.as_bytes()))?;
+    let used_text = text(3)?;
+    let used = logic::stored_decimal("used", Some(used_text.as_bytes()))?;
+    let period_id = text(4)?;
+    let stored = Stored { period: period_text, limit: limit_text, used: used_text, period_id: period_id.clone() };
+    Ok(Some((Usage { limit, used, period, period_id }, stored)))
+}
+
+/// Queues the counter's fields (all for a new counter, otherwise those whose stored text
+/// differs) and builds the event.
+fn store_and_event(tx: &mut Tx, key: &str, kind: &'static str, u: &Usage, old: Option<&Stored>, amount: Option<String>,
+    common: &args::Common) -> std::result::Result<Event, CmdError> {
+    let (limit, used) = (u.limit.to_string(), u.used.to_string());
+    let changed = |new: &str, stored: Option<&String>| stored.map_or(true, |s| s.as_str() != new);
+    if old.is_none() {
+        tx.set(key, b"kind", Some(KIND));
+    }
+    if changed(&limit, old.map(|o| &o.limit)) {
+        tx.set(key, b"limit", Some(limit.as_bytes()));
+    }
+    if changed(u.period.as_str(), old.map(|o| &o.period)) {
+        tx.set(key, b"period", Some(u.period.as_str().as_bytes()));
+    }
+    if changed(&u.period_id, old.map(|o| &o.period_id)) {
+        tx.set(key, b"period_id", Some(u.period_id.as_bytes()));
+    }
+    if changed(&used, old.map(|o| &o.used)) {
+        tx.set(key, b"used", Some(used.as_bytes()));
+    }
     let seq = tx.next_seq(key)?;
     let mut e = Event::new(kind, tx.now_ms, common, vec![KeySeq { key: key.to_string(), seq }]);
     e.usage = Some(UsageState {
         key: key.to_string(),
         amount,
-        used: u.used.to_string(),
-        limit: u.limit.to_string(),
+        used,
+        limit,
         period: u.period.as_str(),
         period_id: u.period_id.clone(),
     });
     Ok(e)
+}
+
+fn load_in(tx: &mut Tx, key: &str) -> std::result::Result<Option<(Usage, Stored)>, CmdError> {
+    let (ctx, k) = tx.handle(key)?;
+    load(ctx, k)
 }
 
 pub fn limit(ctx: &Context, raw: &[&[u8]]) -> Result {
@@ -62,12 +102,13 @@ pub fn limit(ctx: &Context, raw: &[&[u8]]) -> Result {
     let reply = tx::mutate(ctx, "USAGE.LIMIT", raw, &req.common, &req.key, |tx| {
         let now = tx.now_ms;
         // Usage already counted in the current period carries over to the new quota.
-        let used = match load(tx.ctx, &req.key)? {
-            Some(old) => old.at(now).used,
+        let old = load_in(tx, &req.key)?;
+        let used = match &old {
+            Some((u, _)) => u.at(now).used,
             None => crate::decimal::Decimal::ZERO,
         };
         let u = Usage { limit: req.limit, period: req.period, period_id: req.period.id_at(now), used };
-        let e = store_and_event(tx, &req.key, "usage.limit", &u, None, &req.common)?;
+        let e = store_and_event(tx, &req.key, "usage.limit", &u, old.as_ref().map(|(_, s)| s), None, &req.common)?;
         Ok((Reply::Ok, e))
     })?;
     Ok(to_value(reply))
@@ -77,11 +118,12 @@ pub fn consume(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::usage_consume(raw)?;
     tx::check_user_key(&req.key)?;
     let reply = tx::mutate(ctx, "USAGE.CONSUME", raw, &req.common, &req.key, |tx| {
-        let u = load(tx.ctx, &req.key)?
+        let (u, stored) = load_in(tx, &req.key)?
             .ok_or_else(|| CmdError::code("NOTFOUND", "no usage limit is set for this key (USAGE.LIMIT)"))?;
         let next = u.consume(req.amount, tx.now_ms)?;
-        let e = store_and_event(tx, &req.key, "usage.consume", &next, Some(req.amount.to_string()), &req.common)?;
-        let items = vec![Item::Str(next.used.to_string()), Item::Str(next.remaining().to_string())];
+        let e = store_and_event(tx, &req.key, "usage.consume", &next, Some(&stored), Some(req.amount.to_string()), &req.common)?;
+        let used = e.usage.as_ref().map(|s| s.used.clone()).unwrap_or_else(|| next.used.to_string());
+        let items = vec![Item::Str(used), Item::Str(next.remaining().to_string())];
         Ok((Reply::Array(items), e))
     })?;
     Ok(to_value(reply))
@@ -90,7 +132,8 @@ pub fn consume(ctx: &Context, raw: &[&[u8]]) -> Result {
 pub fn get(ctx: &Context, raw: &[&[u8]]) -> Result {
     let [key_raw] = raw else { return Err(CmdError::Arity) };
     let key = args::name("key", key_raw)?;
-    let u = load(ctx, &key)?
+    let u = load(ctx, &tx::open_read(ctx, &key)?)?
+        .map(|(u, _)| u)
         .ok_or_else(|| CmdError::code("NOTFOUND", "no usage limit is set for this key"))?
         .at(crate::ffi::now_ms());
     Ok(pairs(vec![
