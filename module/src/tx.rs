@@ -220,9 +220,10 @@ impl<'a> Tx<'a> {
     /// The sequence number the next event of `key` carries.
     pub fn next_seq(&mut self, key: &str) -> Result<i64, CmdError> {
         let ctx = self.ctx;
+        // The field is the data key's name: reuse its RedisModuleString.
+        let field = self.data(key)?.rs.ptr();
         let seq = self.seq_handle()?;
-        let field = RStr::new(key.as_bytes());
-        let parsed = field_with(ctx, seq, field.ptr(), |raw| match raw {
+        let parsed = field_with(ctx, seq, field, |raw| match raw {
             None => Some(0),
             Some(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse::<i64>().ok()),
         })?;
@@ -413,17 +414,19 @@ pub fn mutate(
         }
         ffi::signal_modified(ctx, dk.rs.ptr());
     }
-    drop(keys);
-
     let seq_texts: Vec<IntText> = seqs.iter().map(|(_, s)| IntText::new(*s)).collect();
     let mut seq_args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * seqs.len());
     seq_args.push(names.seq.as_bytes());
     for ((k, _), text) in seqs.iter().zip(&seq_texts) {
-        seq_key.hset(ctx, k.as_bytes(), text.as_bytes())?;
+        match keys.iter().find(|d| d.name == *k) {
+            Some(d) => seq_key.hset_raw(ctx, d.rs.ptr(), text.as_bytes())?,
+            None => seq_key.hset(ctx, k.as_bytes(), text.as_bytes())?,
+        }
         seq_args.push(k.as_bytes());
         seq_args.push(text.as_bytes());
     }
     drop(seq_key);
+    drop(keys);
     if seq_args.len() > 1 {
         let _ = ffi::replicate(ctx, c"HSET", &seq_args, None);
         ffi::signal_modified(ctx, names.seq_rs.ptr());
@@ -461,15 +464,36 @@ fn event_field() -> &'static RStr {
     FIELD.get_or_init(|| RStr::new(event::STREAM_FIELD.as_bytes()))
 }
 
-/// `<ms>-<seq>` of a stream entry id.
-fn entry_id(ms: u64, seq: u64) -> String {
-    let mut s = String::with_capacity(41);
-    let (a, b) = (IntText::new(ms as i64), IntText::new(seq as i64));
-    if ms > i64::MAX as u64 || seq > i64::MAX as u64 {
-        return format!("{ms}-{seq}");
+/// `<ms>-<seq>` of a stream entry id, in a stack buffer.
+struct EntryId {
+    buf: [u8; 41],
+    len: usize,
+}
+
+impl EntryId {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
-    s.push_str(std::str::from_utf8(a.as_bytes()).unwrap_or("0"));
-    s.push('-');
-    s.push_str(std::str::from_utf8(b.as_bytes()).unwrap_or("0"));
-    s
+}
+
+fn entry_id(ms: u64, seq: u64) -> EntryId {
+    fn digits(mut v: u64, out: &mut [u8; 20]) -> &[u8] {
+        let mut i = out.len();
+        loop {
+            i -= 1;
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        &out[i..]
+    }
+    let (mut a, mut b) = ([0u8; 20], [0u8; 20]);
+    let (a, b) = (digits(ms, &mut a), digits(seq, &mut b));
+    let mut id = EntryId { buf: [0u8; 41], len: a.len() + 1 + b.len() };
+    id.buf[..a.len()].copy_from_slice(a);
+    id.buf[a.len()] = b'-';
+    id.buf[a.len() + 1..id.len].copy_from_slice(b);
+    id
 }
