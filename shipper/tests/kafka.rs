@@ -172,7 +172,13 @@ async fn kill9_at_random_moments_kafka_exactly_once() {
     let pool = pg.pool().await;
     let dir = tmpdir("kafka-kill9");
     let args = base_args("run", Some(&redis.url()), Some(&pg.url()), Some(&kafka.brokers()));
-    let args = [args, vec!["--batch-size".into(), "50".into()]].concat();
+    // short session so a restarted consumer gets the partition soon after the old one died
+    let args = [
+        args,
+        vec!["--batch-size".into(), "50".into()],
+        vec!["--kafka-opt".into(), "session.timeout.ms=2000".into(), "--kafka-opt".into(), "heartbeat.interval.ms=500".into()],
+    ]
+    .concat();
     let url = redis.url();
     let producer = tokio::spawn(async move {
         let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
@@ -190,7 +196,7 @@ async fn kill9_at_random_moments_kafka_exactly_once() {
     let log = dir.join("shipper.log");
     for round in 0..6 {
         let mut sh = Shipper::spawn(&args, &log);
-        let ms = rng.random_range(500..2000);
+        let ms = rng.random_range(1000..4000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         sh.kill9();
         eprintln!("round {round}: killed after {ms} ms, {} persisted", count(&pool, EVENTS_SQL).await);
@@ -200,6 +206,7 @@ async fn kill9_at_random_moments_kafka_exactly_once() {
     let got = wait_count(&pool, EVENTS_SQL, m.ids.len() as i64, Duration::from_secs(120)).await;
     assert_eq!(got, m.ids.len() as i64, "log tail:\n{}", tail(&sh.log_text()));
     sh.sigterm();
-    assert!(sh.wait_timeout(Duration::from_secs(30)).expect("exit").success());
+    let st = sh.wait_timeout(Duration::from_secs(30)).expect("exit");
+    assert!(st.success(), "{st:?}\n{}", tail(&sh.log_text()));
     assert_matches_model(&pool, &m, 0).await;
 }

@@ -270,10 +270,14 @@ impl Drop for Tansu {
 pub struct Shipper {
     pub child: Child,
     pub log: PathBuf,
+    /// readiness lines already in the (shared, appended) log before this process started
+    ready_marks: usize,
 }
 
 impl Shipper {
     pub fn spawn(args: &[String], log: &Path) -> Shipper {
+        let prev = std::fs::read_to_string(log).unwrap_or_default();
+        let ready_marks = prev.matches("reading stream").count() + prev.matches("consuming").count();
         let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(BIN)
             .args(args)
@@ -283,7 +287,7 @@ impl Shipper {
             .stderr(f)
             .spawn()
             .expect("spawn tally-shipper");
-        Shipper { child, log: log.to_path_buf() }
+        Shipper { child, log: log.to_path_buf(), ready_marks }
     }
 
     pub fn kill9(&mut self) {
@@ -291,7 +295,21 @@ impl Shipper {
         let _ = self.child.wait();
     }
 
+    /// Wait until the process logged that it reads its source (signal handlers are set by then).
+    pub fn wait_ready(&self, t: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < t {
+            let l = self.log_text();
+            if l.matches("reading stream").count() + l.matches("consuming").count() > self.ready_marks {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("shipper not ready after {t:?}:\n{}", self.log_text());
+    }
+
     pub fn sigterm(&mut self) {
+        self.wait_ready(Duration::from_secs(30));
         let st = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
         assert!(st.success());
     }

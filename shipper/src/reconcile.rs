@@ -1,0 +1,418 @@
+//! `tally-shipper reconcile`: compares Redis (the live state) with Postgres (the history's
+//! derived tables), key by key, in bounded batches (HSCAN / SCAN and `= ANY($1)` queries),
+//! so it never loads millions of keys at once.
+//!
+//! Categories: balances (key, field), coupons (issued count and holder set), usage (used in
+//! the stored period and the quota), sequences (per-key seq). A key whose Postgres sequence
+//! is behind Redis while events are still in flight is counted as "in flight", not as a
+//! mismatch; with `--wait-ms` the command first waits for the pipeline to drain.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use redis::aio::MultiplexedConnection;
+use sqlx::PgPool;
+
+/// Canonical decimal text: no `+`, no trailing fractional zeros, no `-0`.
+pub fn canonical(s: &str) -> String {
+    let s = s.trim();
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let body = if body.contains('.') { body.trim_end_matches('0').trim_end_matches('.') } else { body };
+    let int_trimmed = {
+        let (i, f) = body.split_once('.').map_or((body, None), |(i, f)| (i, Some(f)));
+        let i = i.trim_start_matches('0');
+        let i = if i.is_empty() { "0" } else { i };
+        match f {
+            Some(f) => format!("{i}.{f}"),
+            None => i.to_string(),
+        }
+    };
+    if neg && int_trimmed != "0" {
+        format!("-{int_trimmed}")
+    } else {
+        int_trimmed
+    }
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Tally {
+    pub checked: u64,
+    pub matching: u64,
+    pub mismatched: u64,
+    pub in_flight: u64,
+}
+
+#[derive(Default, Debug)]
+pub struct Report {
+    pub balances: Tally,
+    pub coupons: Tally,
+    pub usage: Tally,
+    pub sequences: Tally,
+    pub mismatches: Vec<String>,
+    pub stream_in_flight: u64,
+    pub drained: bool,
+    pub waited_ms: u64,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        [self.balances, self.coupons, self.usage, self.sequences].iter().all(|t| t.mismatched == 0)
+    }
+    pub fn in_flight(&self) -> u64 {
+        [self.balances, self.coupons, self.usage, self.sequences].iter().map(|t| t.in_flight).sum::<u64>()
+            + self.stream_in_flight
+    }
+    fn mismatch(&mut self, max_shown: usize, text: String) {
+        if self.mismatches.len() < max_shown {
+            self.mismatches.push(text);
+        }
+    }
+
+    pub fn print(&self) {
+        println!("{:<10} {:>10} {:>10} {:>11} {:>10}", "category", "checked", "matching", "mismatched", "in flight");
+        for (name, t) in [("balances", self.balances), ("coupons", self.coupons), ("usage", self.usage), ("sequences", self.sequences)] {
+            println!("{name:<10} {:>10} {:>10} {:>11} {:>10}", t.checked, t.matching, t.mismatched, t.in_flight);
+        }
+        println!("stream entries not yet acknowledged by the shipper: {}", self.stream_in_flight);
+        if self.drained {
+            println!("pipeline: drained (waited {} ms); every event appended so far is in Postgres", self.waited_ms);
+        } else {
+            println!("pipeline: NOT drained after {} ms; keys behind are counted as in flight", self.waited_ms);
+        }
+        for m in &self.mismatches {
+            println!("MISMATCH {m}");
+        }
+        println!("verdict: {}", if !self.ok() { "MISMATCH" } else if self.in_flight() > 0 { "MATCH (with events in flight)" } else { "MATCH" });
+    }
+}
+
+pub struct Options {
+    pub prefix: String,
+    pub group: String,
+    pub wait_ms: u64,
+    pub batch: usize,
+    pub show: usize,
+}
+
+async fn scan_keys(conn: &mut MultiplexedConnection, pattern: &str, kind: &str) -> anyhow::Result<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut out = BTreeSet::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).arg("TYPE").arg(kind)
+            .query_async(conn).await?;
+        out.extend(keys);
+        if next == 0 {
+            return Ok(out.into_iter().collect());
+        }
+        cursor = next;
+    }
+}
+
+/// Entries of the log streams the shipper has not acknowledged yet (pending + not delivered).
+pub async fn stream_in_flight(conn: &mut MultiplexedConnection, prefix: &str, group: &str) -> anyhow::Result<u64> {
+    let mut total = 0u64;
+    for stream in scan_keys(conn, &format!("{prefix}:log*"), "stream").await? {
+        let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(conn).await?;
+        let ours = groups.iter().find(|g| matches!(g.get("name"), Some(v) if redis::from_redis_value::<String>(v.clone()).ok().as_deref() == Some(group)));
+        let len: u64 = redis::cmd("XLEN").arg(&stream).query_async(conn).await?;
+        total += match ours {
+            None => len,
+            Some(g) => {
+                let pending = g.get("pending").and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok()).unwrap_or(0);
+                // `lag` (entries not yet delivered to the group) is nil when Redis cannot tell.
+                let lag = g.get("lag").and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok()).unwrap_or(len);
+                pending + lag
+            }
+        };
+    }
+    Ok(total)
+}
+
+/// Pages through `<prefix>:seq*` hashes: (data key, seq) in batches.
+struct SeqPager {
+    hashes: Vec<String>,
+    idx: usize,
+    cursor: u64,
+    done: bool,
+}
+
+impl SeqPager {
+    async fn new(conn: &mut MultiplexedConnection, prefix: &str) -> anyhow::Result<SeqPager> {
+        let hashes = scan_keys(conn, &format!("{prefix}:seq*"), "hash").await?;
+        Ok(SeqPager { done: hashes.is_empty(), hashes, idx: 0, cursor: 0 })
+    }
+
+    async fn next(&mut self, conn: &mut MultiplexedConnection, batch: usize) -> anyhow::Result<Option<Vec<(String, i64)>>> {
+        while !self.done {
+            let hash = &self.hashes[self.idx];
+            let (next, flat): (u64, Vec<(String, i64)>) =
+                redis::cmd("HSCAN").arg(hash).arg(self.cursor).arg("COUNT").arg(batch).query_async(conn).await?;
+            self.cursor = next;
+            if next == 0 {
+                self.idx += 1;
+                self.done = self.idx >= self.hashes.len();
+            }
+            if !flat.is_empty() {
+                return Ok(Some(flat));
+            }
+        }
+        Ok(None)
+    }
+}
+
+async fn pg_seqs(pool: &PgPool, keys: &[String]) -> anyhow::Result<HashMap<String, i64>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT data_key, last_seq FROM key_seqs WHERE data_key = ANY($1)")
+        .bind(keys).fetch_all(pool).await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// How many keys have a Postgres sequence behind Redis.
+async fn keys_behind(conn: &mut MultiplexedConnection, pool: &PgPool, prefix: &str, batch: usize) -> anyhow::Result<u64> {
+    let mut pager = SeqPager::new(conn, prefix).await?;
+    let mut behind = 0;
+    while let Some(page) = pager.next(conn, batch).await? {
+        let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
+        let pg = pg_seqs(pool, &keys).await?;
+        behind += page.iter().filter(|(k, s)| pg.get(k).copied().unwrap_or(0) < *s).count() as u64;
+    }
+    Ok(behind)
+}
+
+pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let started = Instant::now();
+    // Wait phase: until nothing is pending in the streams and no key's history is behind.
+    loop {
+        let in_stream = stream_in_flight(conn, &opt.prefix, &opt.group).await?;
+        let behind = keys_behind(conn, pool, &opt.prefix, opt.batch).await?;
+        report.stream_in_flight = in_stream;
+        if in_stream == 0 && behind == 0 {
+            report.drained = true;
+            break;
+        }
+        if started.elapsed() >= Duration::from_millis(opt.wait_ms) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    report.waited_ms = started.elapsed().as_millis() as u64;
+    let events_pending = !report.drained;
+
+    // Redis -> Postgres, batch by batch.
+    let mut pager = SeqPager::new(conn, &opt.prefix).await?;
+    while let Some(page) = pager.next(conn, opt.batch).await? {
+        let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
+        let pg = pg_seqs(pool, &keys).await?;
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("TYPE").arg(k).cmd("HGETALL").arg(k);
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+        let mut assets: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut coupons: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut usages: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut missing: Vec<String> = Vec::new();
+        for (i, (key, seq)) in page.iter().enumerate() {
+            let pg_seq = pg.get(key).copied().unwrap_or(0);
+            report.sequences.checked += 1;
+            let behind = pg_seq < *seq;
+            if pg_seq == *seq {
+                report.sequences.matching += 1;
+            } else if behind && events_pending {
+                report.sequences.in_flight += 1;
+            } else {
+                report.sequences.mismatched += 1;
+                report.mismatch(opt.show, format!("sequences {key}: redis seq {seq}, postgres seq {pg_seq}"));
+            }
+            if behind && events_pending {
+                continue; // its newest events are still on their way
+            }
+            let kind: String = redis::from_redis_value(replies[2 * i].clone()).unwrap_or_default();
+            let fields: BTreeMap<String, String> = redis::from_redis_value(replies[2 * i + 1].clone()).unwrap_or_default();
+            match (kind.as_str(), fields.get("kind").map(String::as_str)) {
+                ("none", _) => missing.push(key.clone()),
+                ("hash", Some("coupon")) => {
+                    coupons.insert(key.clone(), fields);
+                }
+                ("hash", Some("usage")) => {
+                    usages.insert(key.clone(), fields);
+                }
+                ("hash", _) => {
+                    assets.insert(key.clone(), fields);
+                }
+                (other, _) => {
+                    report.balances.checked += 1;
+                    report.balances.mismatched += 1;
+                    report.mismatch(opt.show, format!("{key}: redis holds a {other}, not a hash"));
+                }
+            }
+        }
+        check_assets(pool, &mut report, opt, &assets, &missing).await?;
+        check_coupons(pool, &mut report, opt, &coupons).await?;
+        check_usage(pool, &mut report, opt, &usages).await?;
+    }
+
+    // Postgres -> Redis: every key with history must still have its sequence in Redis.
+    let seq_hashes = scan_keys(conn, &format!("{}:seq*", opt.prefix), "hash").await?;
+    let mut after = String::new();
+    loop {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT data_key, last_seq FROM key_seqs WHERE data_key > $1 ORDER BY data_key LIMIT $2")
+            .bind(&after).bind(opt.batch as i64).fetch_all(pool).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.0.clone();
+        let mut found: HashMap<String, bool> = HashMap::new();
+        for h in &seq_hashes {
+            let mut pipe = redis::pipe();
+            for (k, _) in &rows {
+                pipe.cmd("HEXISTS").arg(h).arg(k);
+            }
+            let exists: Vec<bool> = pipe.query_async(conn).await?;
+            for ((k, _), e) in rows.iter().zip(exists) {
+                *found.entry(k.clone()).or_insert(false) |= e;
+            }
+        }
+        for (k, s) in &rows {
+            if !found.get(k).copied().unwrap_or(false) {
+                report.sequences.checked += 1;
+                report.sequences.mismatched += 1;
+                report.mismatch(opt.show, format!("sequences {k}: postgres seq {s}, missing in redis"));
+            }
+        }
+    }
+    Ok(report)
+}
+
+async fn check_assets(
+    pool: &PgPool,
+    report: &mut Report,
+    opt: &Options,
+    assets: &BTreeMap<String, BTreeMap<String, String>>,
+    missing: &[String],
+) -> anyhow::Result<()> {
+    let keys: Vec<String> = assets.keys().chain(missing.iter()).cloned().collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT data_key, field, balance::text FROM balances WHERE data_key = ANY($1)")
+            .bind(&keys).fetch_all(pool).await?;
+    let mut pg: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (k, f, b) in rows {
+        pg.insert((k, f), canonical(&b));
+    }
+    let empty = BTreeMap::new();
+    for key in &keys {
+        let fields = assets.get(key).unwrap_or(&empty);
+        for (field, value) in fields {
+            report.balances.checked += 1;
+            match pg.remove(&(key.clone(), field.clone())) {
+                Some(p) if p == canonical(value) => report.balances.matching += 1,
+                Some(p) => {
+                    report.balances.mismatched += 1;
+                    report.mismatch(opt.show, format!("balances {key} {field}: redis {value}, postgres {p}"));
+                }
+                None => {
+                    report.balances.mismatched += 1;
+                    report.mismatch(opt.show, format!("balances {key} {field}: redis {value}, no history in postgres"));
+                }
+            }
+        }
+    }
+    for ((key, field), p) in pg {
+        report.balances.checked += 1;
+        report.balances.mismatched += 1;
+        report.mismatch(opt.show, format!("balances {key} {field}: postgres {p}, missing in redis"));
+    }
+    Ok(())
+}
+
+async fn check_coupons(pool: &PgPool, report: &mut Report, opt: &Options, coupons: &BTreeMap<String, BTreeMap<String, String>>) -> anyhow::Result<()> {
+    if coupons.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = coupons.keys().cloned().collect();
+    let issued: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>("SELECT campaign, issued FROM coupon_campaigns WHERE campaign = ANY($1)")
+        .bind(&keys).fetch_all(pool).await?.into_iter().collect();
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT campaign, COALESCE(user_id, ''), issue FROM coupon_issues WHERE campaign = ANY($1) AND NOT released ORDER BY campaign, issue",
+    ).bind(&keys).fetch_all(pool).await?;
+    let mut pg_holders: BTreeMap<String, BTreeSet<(String, i64)>> = BTreeMap::new();
+    for (c, u, i) in rows {
+        pg_holders.entry(c).or_default().insert((u, i));
+    }
+    for (campaign, fields) in coupons {
+        report.coupons.checked += 1;
+        let redis_issued: i64 = fields.get("issued").and_then(|v| v.parse().ok()).unwrap_or(-1);
+        let mut redis_holders = BTreeSet::new();
+        for (f, v) in fields {
+            if let Some(user) = f.strip_prefix("u:") {
+                for n in v.split(',').filter(|s| !s.is_empty()) {
+                    redis_holders.insert((user.to_string(), n.parse::<i64>().unwrap_or(-1)));
+                }
+            }
+        }
+        let pg_set = pg_holders.remove(campaign).unwrap_or_default();
+        let pg_issued = issued.get(campaign).copied();
+        if pg_issued == Some(redis_issued) && pg_set == redis_holders {
+            report.coupons.matching += 1;
+        } else {
+            report.coupons.mismatched += 1;
+            let only_redis: Vec<_> = redis_holders.difference(&pg_set).take(3).collect();
+            let only_pg: Vec<_> = pg_set.difference(&redis_holders).take(3).collect();
+            report.mismatch(opt.show, format!(
+                "coupons {campaign}: issued redis {redis_issued}, postgres {pg_issued:?}; holders only in redis {only_redis:?}, only in postgres {only_pg:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn check_usage(pool: &PgPool, report: &mut Report, opt: &Options, usages: &BTreeMap<String, BTreeMap<String, String>>) -> anyhow::Result<()> {
+    if usages.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = usages.keys().cloned().collect();
+    let rows: Vec<(String, String, String, String)> =
+        sqlx::query_as("SELECT usage_key, period_id, used::text, quota::text FROM usage_totals WHERE usage_key = ANY($1)")
+            .bind(&keys).fetch_all(pool).await?;
+    let pg: HashMap<(String, String), (String, String)> = rows.into_iter().map(|(k, p, u, q)| ((k, p), (canonical(&u), canonical(&q)))).collect();
+    for (key, fields) in usages {
+        report.usage.checked += 1;
+        let get = |f: &str| fields.get(f).cloned().unwrap_or_default();
+        let (period_id, used, limit) = (get("period_id"), canonical(&get("used")), canonical(&get("limit")));
+        match pg.get(&(key.clone(), period_id.clone())) {
+            Some((u, q)) if *u == used && *q == limit => report.usage.matching += 1,
+            other => {
+                report.usage.mismatched += 1;
+                report.mismatch(opt.show, format!("usage {key} period {period_id}: redis used {used} limit {limit}, postgres {other:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Connects and runs; returns the process exit code (0 match, 1 mismatch, 2 only in flight).
+pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::Result<i32> {
+    let client = redis::Client::open(redis_url).context("redis url")?;
+    let mut conn = client.get_multiplexed_async_connection().await.context("connect to redis")?;
+    let report = run(&mut conn, pool, opt).await?;
+    report.print();
+    Ok(if !report.ok() { 1 } else if report.in_flight() > 0 { 2 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical;
+
+    #[test]
+    fn canonical_decimals() {
+        for (a, b) in [("5210.430", "5210.43"), ("-0.0", "0"), ("007", "7"), ("10", "10"), ("0.10", "0.1"), ("-3.50", "-3.5"), ("100.000", "100")] {
+            assert_eq!(canonical(a), b, "{a}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `tally-shipper restore`: rebuilds the Redis state from the Postgres history after Redis
+//! lost its data: balances, per-key sequence numbers (so new events continue the sequence),
+//! coupon campaigns (stock, issued, holders, issue counter) and usage counters. Writes plain
+//! Redis hashes in pipelined batches (replicated and AOF'd by Redis like any write); it
+//! appends no events, because the history already has them. Standalone Redis only.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use redis::aio::MultiplexedConnection;
+use sqlx::PgPool;
+
+pub struct Options {
+    pub prefix: String,
+    pub force: bool,
+    pub batch: usize,
+}
+
+#[derive(Default, Debug)]
+pub struct Restored {
+    pub balance_keys: u64,
+    pub balance_fields: u64,
+    pub campaigns: u64,
+    pub holders: u64,
+    pub usage_keys: u64,
+    pub sequences: u64,
+}
+
+/// Every data key the history knows, in pages (keyset pagination on key_seqs).
+async fn history_keys(pool: &PgPool, after: &str, batch: usize) -> anyhow::Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as("SELECT data_key, last_seq FROM key_seqs WHERE data_key > $1 ORDER BY data_key LIMIT $2")
+        .bind(after).bind(batch as i64).fetch_all(pool).await?)
+}
+
+/// Refuses to overwrite: any key with history that exists in Redis, or the sequence hash.
+async fn existing_keys(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    let seq_hash = format!("{}:seq", opt.prefix);
+    let n: i64 = redis::cmd("EXISTS").arg(&seq_hash).query_async(conn).await?;
+    if n > 0 {
+        found.push(seq_hash);
+    }
+    let mut after = String::new();
+    loop {
+        let page = history_keys(pool, &after, opt.batch).await?;
+        let Some(last) = page.last() else { break };
+        after = last.0.clone();
+        let mut pipe = redis::pipe();
+        for (k, _) in &page {
+            pipe.cmd("EXISTS").arg(k);
+        }
+        let exists: Vec<i64> = pipe.query_async(conn).await?;
+        found.extend(page.iter().zip(exists).filter(|(_, e)| *e > 0).map(|((k, _), _)| k.clone()));
+        if found.len() >= 10 {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
+    let existing = existing_keys(conn, pool, opt).await?;
+    if !existing.is_empty() && !opt.force {
+        bail!(
+            "refusing to overwrite existing Redis keys (e.g. {}); pass --force to replace them with the history's state",
+            existing.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let started = Instant::now();
+    let mut done = Restored::default();
+    let seq_hash = format!("{}:seq", opt.prefix);
+
+    // Keys are restored in pages of the history's key list; each page is one pipeline.
+    let mut after = String::new();
+    loop {
+        let page = history_keys(pool, &after, opt.batch).await?;
+        let Some(last) = page.last() else { break };
+        after = last.0.clone();
+        let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
+        let mut pipe = redis::pipe();
+        if opt.force {
+            for k in &keys {
+                pipe.cmd("DEL").arg(k).ignore();
+            }
+        }
+
+        let balances: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT data_key, field, balance::text FROM balances WHERE data_key = ANY($1) ORDER BY data_key, field",
+        ).bind(&keys).fetch_all(pool).await?;
+        let mut last_key = None;
+        for (k, f, b) in &balances {
+            if last_key != Some(k) {
+                done.balance_keys += 1;
+                last_key = Some(k);
+            }
+            pipe.cmd("HSET").arg(k).arg(f).arg(crate::reconcile::canonical(b)).ignore();
+            done.balance_fields += 1;
+        }
+
+        let campaigns: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT c.campaign, c.total, c.issued, c.peruser, c.start_ms, c.end_ms,
+                    COALESCE((SELECT max(i.issue) FROM coupon_issues i WHERE i.campaign = c.campaign), 0)
+             FROM coupon_campaigns c WHERE c.campaign = ANY($1)",
+        ).bind(&keys).fetch_all(pool).await?;
+        for (c, total, issued, peruser, start, end, last_issue) in &campaigns {
+            pipe.cmd("HSET").arg(c)
+                .arg("kind").arg("coupon")
+                .arg("total").arg(total)
+                .arg("issued").arg(issued)
+                .arg("last_issue").arg(last_issue)
+                .arg("peruser").arg(peruser)
+                .arg("start").arg(start)
+                .arg("end").arg(end)
+                .ignore();
+            done.campaigns += 1;
+        }
+        let holders: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT campaign, user_id, string_agg(issue::text, ',' ORDER BY issue)
+             FROM coupon_issues WHERE campaign = ANY($1) AND NOT released AND user_id IS NOT NULL
+             GROUP BY campaign, user_id",
+        ).bind(&keys).fetch_all(pool).await?;
+        for (c, u, issues) in &holders {
+            pipe.cmd("HSET").arg(c).arg(format!("u:{u}")).arg(issues).ignore();
+            done.holders += 1;
+        }
+
+        let usage: Vec<(String, String, String, String, String)> = sqlx::query_as(
+            "SELECT DISTINCT ON (usage_key) usage_key, period, period_id, used::text, quota::text
+             FROM usage_totals WHERE usage_key = ANY($1) ORDER BY usage_key, seq DESC",
+        ).bind(&keys).fetch_all(pool).await?;
+        for (k, period, period_id, used, quota) in &usage {
+            pipe.cmd("HSET").arg(k)
+                .arg("kind").arg("usage")
+                .arg("limit").arg(crate::reconcile::canonical(quota))
+                .arg("period").arg(period)
+                .arg("period_id").arg(period_id)
+                .arg("used").arg(crate::reconcile::canonical(used))
+                .ignore();
+            done.usage_keys += 1;
+        }
+
+        for (k, seq) in &page {
+            pipe.cmd("HSET").arg(&seq_hash).arg(k).arg(seq).ignore();
+            done.sequences += 1;
+        }
+        pipe.query_async::<()>(conn).await.context("writing a restore batch to redis")?;
+        println!(
+            "restore: {} keys so far ({} balance fields, {} campaigns, {} usage counters) in {} ms",
+            done.sequences, done.balance_fields, done.campaigns, done.usage_keys, started.elapsed().as_millis()
+        );
+    }
+    Ok(done)
+}
+
+pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
+    let client = redis::Client::open(redis_url).context("redis url")?;
+    let mut conn = client.get_multiplexed_async_connection().await.context("connect to redis")?;
+    run(&mut conn, pool, opt).await
+}
