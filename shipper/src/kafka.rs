@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -40,7 +42,7 @@ pub async fn ensure_topic(k: &KafkaOpts) -> anyhow::Result<()> {
     if !k.kafka_create_topic {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = base_config(k)?.create()?;
+    let admin: AdminClient<QuietContext> = base_config(k)?.create_with_context(QuietContext)?;
     let topic = NewTopic::new(&k.topic, k.kafka_topic_partitions.max(1), TopicReplication::Fixed(1));
     let res = admin.create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await?;
     for r in res {
@@ -53,12 +55,49 @@ pub async fn ensure_topic(k: &KafkaOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Routes librdkafka's own logs to tracing at WARN at most: broker/transport trouble is
+/// retried and is not data loss (ERROR is reserved for that).
+#[derive(Clone, Default)]
+pub struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {msg}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(facility = fac, "librdkafka: {msg}"),
+            RDKafkaLogLevel::Debug => tracing::debug!(facility = fac, "librdkafka: {msg}"),
+        }
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, "librdkafka: {reason}");
+    }
+}
+
+impl ConsumerContext for QuietContext {}
+
 pub struct Forwarder {
-    producer: FutureProducer,
+    producer: std::sync::RwLock<FutureProducer<QuietContext>>,
+    config: ClientConfig,
     topic: String,
 }
 
 impl Forwarder {
+    /// Replace the producer (new producer id). Used after a failed batch: an idempotent
+    /// producer can get stuck on sequence errors after a broker restart; the batch is re-sent
+    /// in full and duplicates are removed downstream by event id.
+    fn renew(&self) {
+        match self.config.create_with_context::<_, FutureProducer<QuietContext>>(QuietContext) {
+            Ok(p) => {
+                let old = std::mem::replace(&mut *self.producer.write().unwrap(), p);
+                // dropping purges and flushes for up to 500 ms: keep it off the async threads
+                tokio::task::spawn_blocking(move || drop(old));
+                tracing::info!("Kafka producer renewed");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew Kafka producer"),
+        }
+    }
+
     pub fn new(k: &KafkaOpts) -> anyhow::Result<Forwarder> {
         let mut c = base_config(k)?;
         c.set("enable.idempotence", "true")
@@ -70,12 +109,22 @@ impl Forwarder {
         for (key, v) in &k.opts {
             c.set(key, v);
         }
-        let producer: FutureProducer = c.create().context("creating Kafka producer")?;
-        Ok(Forwarder { producer, topic: k.topic.clone() })
+        let producer: FutureProducer<QuietContext> =
+            c.create_with_context(QuietContext).context("creating Kafka producer")?;
+        Ok(Forwarder { producer: std::sync::RwLock::new(producer), config: c, topic: k.topic.clone() })
     }
 
     /// Produce the whole batch and wait for every delivery report (acks=all).
     pub async fn send_batch(&self, recs: &[Record]) -> anyhow::Result<()> {
+        let r = self.send_batch_once(recs).await;
+        if r.is_err() {
+            self.renew();
+        }
+        r
+    }
+
+    async fn send_batch_once(&self, recs: &[Record]) -> anyhow::Result<()> {
+        let producer = self.producer.read().unwrap().clone();
         let mut futures = Vec::with_capacity(recs.len());
         for r in recs {
             let key: &str = match &r.decoded {
@@ -100,7 +149,7 @@ impl Forwarder {
             let mut rec = FutureRecord::to(&self.topic).key(key).payload(r.raw.as_str()).headers(headers);
             let started = Instant::now();
             loop {
-                match self.producer.send_result(rec) {
+                match producer.send_result(rec) {
                     Ok(f) => {
                         futures.push(f);
                         break;
@@ -135,7 +184,7 @@ impl Forwarder {
     }
 
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Err(e) = self.producer.read().unwrap().flush(timeout) {
             tracing::warn!(error = %e, "producer flush incomplete");
         }
     }
@@ -189,7 +238,7 @@ pub async fn run_persist(k: KafkaOpts, batch: BatchOpts, pool: PgPool, shutdown:
     for (key, v) in &k.opts {
         c.set(key, v);
     }
-    let consumer: StreamConsumer = c.create().context("creating Kafka consumer")?;
+    let consumer: StreamConsumer<QuietContext> = c.create_with_context(QuietContext).context("creating Kafka consumer")?;
     consumer.subscribe(&[&k.topic]).context("subscribe")?;
     tracing::info!(topic = %k.topic, group = %k.kafka_group, "consuming");
     let size = batch.batch_size.max(1);
