@@ -60,6 +60,46 @@ pub enum Command {
         #[arg(long, env = "TALLY_RETRY_LIMIT", default_value_t = 10_000)]
         limit: i64,
     },
+    /// Compare Redis with Postgres (balances, coupons, usage, sequences); exit 0 when they
+    /// match, 1 on any mismatch, 2 when they match but events are still in flight.
+    Reconcile {
+        #[command(flatten)]
+        target: CheckOpts,
+        #[command(flatten)]
+        pg: PgOpts,
+        /// Wait up to this long for the pipeline to drain before comparing (0 = do not wait).
+        #[arg(long, env = "TALLY_RECONCILE_WAIT_MS", default_value_t = 60_000)]
+        wait_ms: u64,
+    },
+    /// Rebuild Redis state from Postgres after Redis lost its data, then reconcile.
+    Restore {
+        #[command(flatten)]
+        target: CheckOpts,
+        #[command(flatten)]
+        pg: PgOpts,
+        /// Overwrite keys that already exist in Redis.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Options of `reconcile` and `restore` (standalone Redis).
+#[derive(Args, Debug, Clone)]
+pub struct CheckOpts {
+    #[arg(long = "redis-url", id = "redis_url", env = "TALLY_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub url: String,
+    /// Module key prefix (`tally.prefix`).
+    #[arg(long, env = "TALLY_PREFIX", default_value = "tally")]
+    pub prefix: String,
+    /// The shipper's consumer group (to count entries still in flight).
+    #[arg(long = "group", env = "TALLY_GROUP", default_value = "tally-shipper")]
+    pub group: String,
+    /// Keys per batch (SCAN/HSCAN page, Postgres query, Redis pipeline).
+    #[arg(long = "check-batch", env = "TALLY_CHECK_BATCH", default_value_t = 1000)]
+    pub batch: usize,
+    /// How many mismatches to print.
+    #[arg(long, default_value_t = 20)]
+    pub show: usize,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -7,8 +7,10 @@ mod event;
 mod kafka;
 mod metrics;
 mod pipeline;
+mod reconcile;
 mod record;
 mod redis_src;
+mod restore;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +94,22 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(resolved = ok, still_failing = bad, "retry-failed done");
             println!("resolved={ok} still_failing={bad}");
         }
+        Command::Reconcile { target, pg, wait_ms } => {
+            let pool = db::connect(&pg.url, 2).await?;
+            let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, wait_ms)).await?;
+            std::process::exit(code);
+        }
+        Command::Restore { target, pg, force } => {
+            let pool = db::connect(&pg.url, 2).await?;
+            let opt = restore::Options { prefix: target.prefix.clone(), force, batch: target.batch.max(1) };
+            let done = restore::command(&target.url, &pool, &opt).await?;
+            println!(
+                "restored {} balance keys ({} fields), {} campaigns ({} holders), {} usage counters, {} sequences",
+                done.balance_keys, done.balance_fields, done.campaigns, done.holders, done.usage_keys, done.sequences
+            );
+            let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, 0)).await?;
+            std::process::exit(code);
+        }
         Command::Run { redis, kafka, pg, batch, ops } => {
             install_signals(shutdown.clone(), ops.shutdown_deadline_ms);
             start_ops(&ops, &shutdown);
@@ -126,6 +144,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+fn reconcile_options(t: &config::CheckOpts, wait_ms: u64) -> reconcile::Options {
+    reconcile::Options { prefix: t.prefix.clone(), group: t.group.clone(), wait_ms, batch: t.batch.max(1), show: t.show }
 }
 
 fn main() {

@@ -18,7 +18,7 @@ fn tansu_or_skip(test: &str) -> Option<Tansu> {
     match Tansu::start() {
         Some(t) => Some(t),
         None => {
-            eprintln!("SKIPPED {test}: tansu not found (set TANSU_BIN or install into ~/.cargo/bin/tansu)");
+            skip(test, "tansu not found (set TANSU_BIN or install into ~/.cargo/bin/tansu)");
             None
         }
     }

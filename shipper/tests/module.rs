@@ -22,7 +22,7 @@ async fn cmd(c: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> redis:
 async fn module_events_are_shipped_with_correct_state() {
     let _g = serial();
     let Some(module) = module_path() else {
-        eprintln!("SKIPPED module_events_are_shipped_with_correct_state: libtally.so not found (build module/ in release or set TALLY_MODULE)");
+        skip("module_events_are_shipped_with_correct_state", "libtally.so not found (build module/ in release or set TALLY_MODULE)");
         return;
     };
     let redis = Redis::start(Some(&module));
