@@ -12,4 +12,5 @@ cargo build --release --locked -p tally
 export TALLY_MODULE="$PWD/target/release/libtally.so"
 
 echo "[test] running the workspace tests"
+export TALLY_REQUIRE_ALL=1 # a test that cannot run fails instead of skipping
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${TALLY_TEST_THREADS:-2}"
