@@ -95,7 +95,13 @@ stop_all() {
     for _ in $(seq 1 300); do alive "$TALLY_HOME/shipper.pid" || break; sleep 0.1; done
     say "tally-shipper stopped"
   fi
-  if alive "$TALLY_HOME/kafka.pid"; then kill -TERM "$(cat "$TALLY_HOME/kafka.pid")"; sleep 1; say "tansu stopped"; fi
+  if alive "$TALLY_HOME/kafka.pid"; then
+    kill -TERM "$(cat "$TALLY_HOME/kafka.pid")"
+    for _ in $(seq 1 100); do alive "$TALLY_HOME/kafka.pid" || break; sleep 0.1; done
+    # tansu's sqlite storage is durable, so a broker that ignores SIGTERM can be killed.
+    alive "$TALLY_HOME/kafka.pid" && kill -KILL "$(cat "$TALLY_HOME/kafka.pid")"
+    say "tansu stopped"
+  fi
   if alive "$TALLY_HOME/redis.pid"; then redis-cli -p "$REDIS_PORT" shutdown >/dev/null 2>&1 || true; say "redis-server stopped"; fi
   if [ -f "$PG_HOME/data/PG_VERSION" ] && pg "$PG_BIN/pg_ctl" -D "$PG_HOME/data" status >/dev/null 2>&1; then
     pg "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -m fast -w stop >/dev/null && say "PostgreSQL stopped"
