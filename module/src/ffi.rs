@@ -53,7 +53,24 @@ impl RStr {
     pub fn ptr(&self) -> *mut RedisModuleString {
         self.ptr
     }
+
+    /// An empty handle (no string).
+    pub const fn null() -> RStr {
+        RStr { ptr: ptr::null_mut() }
+    }
+
+    /// The bytes of the string, `None` for an empty handle.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        if self.ptr.is_null() {
+            None
+        } else {
+            Some(slice_of(self.ptr))
+        }
+    }
 }
+
+/// Up to this many fields are read by one `Key::hget_many` call.
+pub const HGET_MAX: usize = 8;
 
 impl Drop for RStr {
     fn drop(&mut self) {
@@ -158,6 +175,60 @@ impl Key {
         Ok(f(Some(slice_of(owned.ptr()))))
     }
 
+    /// Reads up to `HGET_MAX` hash fields with one variadic `RedisModule_HashGet` call;
+    /// entry `i` of the result holds field `i` (an empty handle when the field or the key is
+    /// missing).
+    pub fn hget_many(&self, fields: &[*mut RedisModuleString]) -> Result<[RStr; HGET_MAX], CmdError> {
+        let mut out: [*mut RedisModuleString; HGET_MAX] = [ptr::null_mut(); HGET_MAX];
+        if fields.len() > HGET_MAX || fields.iter().any(|f| f.is_null()) {
+            return Err(CmdError::err("could not create a field name"));
+        }
+        if !self.ptr.is_null() && !fields.is_empty() {
+            let get = unsafe { raw::RedisModule_HashGet }.ok_or_else(|| missing_api("HashGet"))?;
+            // (field, out) pairs, ended by the first null field; the arguments after it are
+            // never read.
+            let mut f: [*mut RedisModuleString; HGET_MAX + 1] = [ptr::null_mut(); HGET_MAX + 1];
+            f[..fields.len()].copy_from_slice(fields);
+            let o = out.as_mut_ptr();
+            let rc = unsafe {
+                get(
+                    self.ptr,
+                    HASH_NONE,
+                    f[0], o,
+                    f[1], o.add(1),
+                    f[2], o.add(2),
+                    f[3], o.add(3),
+                    f[4], o.add(4),
+                    f[5], o.add(5),
+                    f[6], o.add(6),
+                    f[7], o.add(7),
+                    f[8],
+                )
+            };
+            if rc != raw::REDISMODULE_OK as c_int {
+                // Free whatever was returned before the failure.
+                drop(out.map(|p| RStr { ptr: p }));
+                return Err(CmdError::wrong_type("key holds a value that is not a hash"));
+            }
+        }
+        Ok(out.map(|p| RStr { ptr: p }))
+    }
+
+    /// Sets (`Some`) or deletes (`None`) one field; both given as RedisModuleStrings.
+    pub fn hset_rs(&self, field: *mut RedisModuleString, value: Option<*mut RedisModuleString>) -> Result<(), CmdError> {
+        let set = unsafe { raw::RedisModule_HashSet }.ok_or_else(|| missing_api("HashSet"))?;
+        if self.ptr.is_null() {
+            return Err(CmdError::err("key is not open for writing"));
+        }
+        // REDISMODULE_HASH_DELETE is the sentinel pointer value 1.
+        let v = value.unwrap_or(1usize as *mut RedisModuleString);
+        if field.is_null() || v.is_null() {
+            return Err(CmdError::err("could not create a field or value"));
+        }
+        unsafe { set(self.ptr, HASH_NONE, field, v, ptr::null_mut::<c_void>()) };
+        Ok(())
+    }
+
     pub fn hset(&self, ctx: &Context, field: &[u8], value: &[u8]) -> Result<(), CmdError> {
         let f = RStr::new(field);
         self.hset_raw(ctx, f.ptr(), value)
@@ -174,21 +245,6 @@ impl Key {
             return Err(CmdError::err("could not create a field or value"));
         }
         unsafe { set(self.ptr, HASH_NONE, field, v.ptr(), ptr::null_mut::<c_void>()) };
-        Ok(())
-    }
-
-    pub fn hdel(&self, _ctx: &Context, field: &[u8]) -> Result<(), CmdError> {
-        let set = unsafe { raw::RedisModule_HashSet }.ok_or_else(|| missing_api("HashSet"))?;
-        if self.ptr.is_null() {
-            return Err(CmdError::err("key is not open for writing"));
-        }
-        let f = RStr::new(field);
-        if f.ptr().is_null() {
-            return Err(CmdError::err("could not create a field name"));
-        }
-        // REDISMODULE_HASH_DELETE is the sentinel pointer value 1.
-        let delete = 1usize as *mut RedisModuleString;
-        unsafe { set(self.ptr, HASH_NONE, f.ptr(), delete, ptr::null_mut::<c_void>()) };
         Ok(())
     }
 

@@ -44,7 +44,7 @@ fn reply_error(ctx: &Context, message: &str) -> c_int {
 /// bug; it is caught here so it can never unwind into Redis.
 fn dispatch(raw_ctx: *mut RedisModuleCtx, argv: *mut *mut RedisModuleString, argc: c_int, handler: Handler) -> c_int {
     let ctx = Context::new(raw_ctx);
-    let mut args: Vec<&[u8]> = Vec::with_capacity(argc.max(0) as usize);
+    let mut args: smallvec::SmallVec<[&[u8]; 16]> = smallvec::SmallVec::new();
     let Some(ptr_len) = (unsafe { raw::RedisModule_StringPtrLen }) else {
         return reply_error(&ctx, "ERR this Redis lacks RedisModule_StringPtrLen");
     };

@@ -2,7 +2,10 @@
 //! writes, the per-key sequence numbers, one stream entry, the op-id record, and their
 //! propagation to replicas/AOF as concrete commands (wrapped by Redis in MULTI/EXEC).
 
+use std::cell::Cell;
 use std::ops::Deref;
+
+use smallvec::SmallVec;
 use std::sync::OnceLock;
 
 use redis_module::raw::{KeyType, RedisModuleString, REDISMODULE_NOTIFY_HASH, REDISMODULE_NOTIFY_STREAM, REDISMODULE_NOTIFY_STRING};
@@ -90,8 +93,24 @@ pub fn check_user_key(key: &str) -> Result<(), CmdError> {
     Ok(())
 }
 
-/// A hash write: `None` deletes the field.
-type FieldWrite = (Vec<u8>, Option<Vec<u8>>);
+/// A field name of a queued write: a process-lifetime constant or one made for the write.
+pub enum FieldName {
+    Static(&'static RStr),
+    Owned(RStr),
+}
+
+impl FieldName {
+    fn rs(&self) -> &RStr {
+        match self {
+            FieldName::Static(r) => r,
+            FieldName::Owned(r) => r,
+        }
+    }
+}
+
+/// A hash write: `None` deletes the field. Names and values are RedisModuleStrings made
+/// once, used for the write and read back as bytes for replication.
+type FieldWrite = (FieldName, Option<RStr>);
 
 /// A data key of the command, opened once for writing (reads go through the same handle)
 /// with the writes queued for it.
@@ -99,16 +118,16 @@ struct DataKey {
     name: String,
     rs: RStr,
     key: Key,
-    writes: Vec<FieldWrite>,
+    writes: SmallVec<[FieldWrite; 4]>,
 }
 
 pub struct Tx<'a> {
     pub ctx: &'a Context,
     pub now_ms: i64,
     names: &'a Names,
-    keys: Vec<DataKey>,
+    keys: SmallVec<[DataKey; 2]>,
     seq_key: Option<Key>,
-    seqs: Vec<(String, i64)>,
+    seqs: SmallVec<[(String, i64); 2]>,
     /// A key that could not be opened for a queued write: the command fails before writing.
     failed: Option<CmdError>,
 }
@@ -168,7 +187,7 @@ impl<'a> Tx<'a> {
             None => {
                 let rs = RStr::new(key.as_bytes());
                 let handle = Key::open_raw(self.ctx, rs.ptr(), true)?;
-                self.keys.push(DataKey { name: key.to_string(), rs, key: handle, writes: Vec::new() });
+                self.keys.push(DataKey { name: key.to_string(), rs, key: handle, writes: SmallVec::new() });
                 self.keys.len() - 1
             }
         };
@@ -199,7 +218,12 @@ impl<'a> Tx<'a> {
     }
 
     pub fn set(&mut self, key: &str, field: &[u8], value: Option<&[u8]>) {
-        let write = (field.to_vec(), value.map(<[u8]>::to_vec));
+        self.set_named(key, FieldName::Owned(RStr::new(field)), value)
+    }
+
+    /// `set` with the field name given as a RedisModuleString.
+    pub fn set_named(&mut self, key: &str, field: FieldName, value: Option<&[u8]>) {
+        let write = (field, value.map(RStr::new));
         match self.keys.iter_mut().find(|k| k.name == key) {
             Some(d) => d.writes.push(write),
             None => match self.data(key) {
@@ -364,15 +388,22 @@ pub fn mutate(
         ));
     }
 
-    let mut tx = Tx { ctx, now_ms: ffi::now_ms(), names, keys: Vec::with_capacity(2), seq_key: None, seqs: Vec::with_capacity(2), failed: None };
+    let mut tx = Tx { ctx, now_ms: ffi::now_ms(), names, keys: SmallVec::new(), seq_key: None, seqs: SmallVec::new(), failed: None };
     let (reply, event) = body(&mut tx)?;
     let Tx { keys, seq_key, seqs, failed, .. } = tx;
     if let Some(e) = failed {
         return Err(e);
     }
-    let mut json = Vec::with_capacity(512);
+    // The JSON buffer is reused from command to command (Redis's main thread only).
+    thread_local! {
+        static JSON_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    }
+    let mut json = JSON_BUF.take();
+    json.clear();
+    json.reserve(512);
     event.write_json(&mut json);
     let json_rs = RStr::new(&json);
+    JSON_BUF.set(json);
     let seq_key = match seq_key {
         Some(k) => k,
         None => Key::open_raw(ctx, names.seq_rs.ptr(), true)?,
@@ -385,22 +416,26 @@ pub fn mutate(
         if dk.writes.is_empty() {
             continue;
         }
-        let mut hset_args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * dk.writes.len());
+        let mut hset_args: SmallVec<[&[u8]; 9]> = SmallVec::new();
         hset_args.push(dk.name.as_bytes());
-        let mut hdel_args: Vec<&[u8]> = Vec::new();
+        let mut hdel_args: SmallVec<[&[u8]; 4]> = SmallVec::new();
         for (field, value) in &dk.writes {
+            let f = field.rs();
+            let (Some(fb), Some(vb)) = (f.bytes(), value.as_ref().map_or(Some(&[][..]), RStr::bytes)) else {
+                return Err(CmdError::err("could not create a field or value"));
+            };
             match value {
                 Some(v) => {
-                    dk.key.hset(ctx, field, v)?;
-                    hset_args.push(field);
-                    hset_args.push(v);
+                    dk.key.hset_rs(f.ptr(), Some(v.ptr()))?;
+                    hset_args.push(fb);
+                    hset_args.push(vb);
                 }
                 None => {
-                    dk.key.hdel(ctx, field)?;
+                    dk.key.hset_rs(f.ptr(), None)?;
                     if hdel_args.is_empty() {
                         hdel_args.push(dk.name.as_bytes());
                     }
-                    hdel_args.push(field);
+                    hdel_args.push(fb);
                 }
             }
         }
@@ -414,8 +449,8 @@ pub fn mutate(
         }
         ffi::signal_modified(ctx, dk.rs.ptr());
     }
-    let seq_texts: Vec<IntText> = seqs.iter().map(|(_, s)| IntText::new(*s)).collect();
-    let mut seq_args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * seqs.len());
+    let seq_texts: SmallVec<[IntText; 2]> = seqs.iter().map(|(_, s)| IntText::new(*s)).collect();
+    let mut seq_args: SmallVec<[&[u8]; 5]> = SmallVec::new();
     seq_args.push(names.seq.as_bytes());
     for ((k, _), text) in seqs.iter().zip(&seq_texts) {
         match keys.iter().find(|d| d.name == *k) {

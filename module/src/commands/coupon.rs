@@ -14,12 +14,16 @@ use std::sync::OnceLock;
 
 use crate::ffi::{Key, RStr};
 use crate::logic::{self, Campaign};
-use crate::tx::{self, Tx};
+use crate::tx::{self, FieldName, Tx};
+use redis_module::raw::RedisModuleString;
 
 const KIND: &[u8] = b"coupon";
 
-fn holder_field(user: &str) -> Vec<u8> {
-    format!("u:{user}").into_bytes()
+fn holder_field(user: &str) -> smallvec::SmallVec<[u8; 64]> {
+    let mut f = smallvec::SmallVec::new();
+    f.extend_from_slice(b"u:");
+    f.extend_from_slice(user.as_bytes());
+    f
 }
 
 /// The campaign's fixed field names, created once.
@@ -38,21 +42,42 @@ struct Loaded {
 }
 
 fn load(ctx: &Context, key: &Key) -> std::result::Result<Loaded, CmdError> {
+    load_with(ctx, key, None).map(|(l, _)| l)
+}
+
+/// Loads the campaign with one read of all its fields and, when given, one more field read
+/// in the same call (the holder record), returned as stored.
+fn load_with(
+    _ctx: &Context,
+    key: &Key,
+    extra: Option<*mut RedisModuleString>,
+) -> std::result::Result<(Loaded, RStr), CmdError> {
     if !tx::kind_is_hash(key.kind())? {
         return Err(CmdError::code("NOTFOUND", "no such campaign"));
     }
     let names = field_names();
-    if !tx::field_with(ctx, key, names[0].ptr(), |v| v == Some(KIND))? {
+    let mut fields: [*mut RedisModuleString; 8] = [std::ptr::null_mut(); 8];
+    for (slot, name) in fields.iter_mut().zip(names.iter()) {
+        *slot = name.ptr();
+    }
+    let n = match extra {
+        Some(f) => {
+            fields[7] = f;
+            8
+        }
+        None => 7,
+    };
+    let [kind, f1, f2, f3, f4, f5, f6, holder] = key.hget_many(&fields[..n])?;
+    if kind.bytes() != Some(KIND) {
         return Err(CmdError::wrong_type("the key is not a tally coupon campaign"));
     }
     let mut canonical = 0u8;
     let mut values = [0i64; 6];
-    for i in 0..6 {
-        let parsed = tx::field_with(ctx, key, names[i + 1].ptr(), |raw| {
-            let raw = raw?;
+    for (i, raw) in [f1, f2, f3, f4, f5, f6].iter().enumerate() {
+        let parsed = raw.bytes().and_then(|raw| {
             let n = std::str::from_utf8(raw).ok()?.parse::<i64>().ok()?;
             Some((n, tx::IntText::new(n).as_bytes() == raw))
-        })?;
+        });
         let (n, canon) = parsed
             .ok_or_else(|| CmdError::wrong_type(format!("the campaign's '{}' field is corrupt", FIELD_NAMES[i + 1])))?;
         values[i] = n;
@@ -61,7 +86,7 @@ fn load(ctx: &Context, key: &Key) -> std::result::Result<Loaded, CmdError> {
         }
     }
     let [total, issued, last_issue, per_user, start_ms, end_ms] = values;
-    Ok(Loaded { campaign: Campaign { total, issued, last_issue, per_user, start_ms, end_ms }, canonical })
+    Ok((Loaded { campaign: Campaign { total, issued, last_issue, per_user, start_ms, end_ms }, canonical }, holder))
 }
 
 fn state(campaign: &str, user: Option<&str>, issue: Option<i64>, c: &Campaign) -> CouponState {
@@ -92,7 +117,7 @@ fn store(tx: &mut Tx, key: &str, old: Option<&Loaded>, c: &Campaign) {
             _ => false,
         };
         if !unchanged {
-            tx.set(key, FIELD_NAMES[i + 1].as_bytes(), Some(tx::IntText::new(value).as_bytes()));
+            tx.set_named(key, FieldName::Static(&field_names()[i + 1]), Some(tx::IntText::new(value).as_bytes()));
         }
     }
 }
@@ -119,7 +144,7 @@ pub fn create(ctx: &Context, raw: &[&[u8]]) -> Result {
             start_ms: req.start_ms,
             end_ms: req.end_ms,
         };
-        tx.set(&req.campaign, b"kind", Some(KIND));
+        tx.set_named(&req.campaign, FieldName::Static(&field_names()[0]), Some(KIND));
         store(tx, &req.campaign, None, &c);
         let e = event(tx, "coupon.create", &req.common, state(&req.campaign, None, None, &c))?;
         Ok((Reply::Ok, e))
@@ -131,16 +156,17 @@ pub fn claim(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::coupon_user(raw)?;
     tx::check_user_key(&req.campaign)?;
     let reply = tx::mutate(ctx, "COUPON.CLAIM", raw, &req.common, &req.campaign, |tx| {
-        let loaded = {
+        let field = RStr::new(&holder_field(&req.user));
+        let (loaded, held_raw) = {
             let (ctx, k) = tx.handle(&req.campaign)?;
-            load(ctx, k)?
+            load_with(ctx, k, Some(field.ptr()))?
         };
         let mut c = loaded.campaign;
-        let field = holder_field(&req.user);
-        let mut held = tx.hget_with(&req.campaign, &field, logic::parse_held)??;
+        let mut held = logic::parse_held(held_raw.bytes())?;
+        drop(held_raw);
         let issue = c.claim(&held, tx.now_ms)?;
         held.push(issue);
-        tx.set(&req.campaign, &field, Some(logic::format_held(&held).as_bytes()));
+        tx.set_named(&req.campaign, FieldName::Owned(field), Some(logic::format_held(&held).as_bytes()));
         store(tx, &req.campaign, Some(&loaded), &c);
         let e = event(tx, "coupon.claim", &req.common, state(&req.campaign, Some(&req.user), Some(issue), &c))?;
         Ok((Reply::Array(vec![Item::Int(issue), Item::Int(c.remaining())]), e))
@@ -152,17 +178,18 @@ pub fn release(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::coupon_user(raw)?;
     tx::check_user_key(&req.campaign)?;
     let reply = tx::mutate(ctx, "COUPON.RELEASE", raw, &req.common, &req.campaign, |tx| {
-        let loaded = {
+        let field = RStr::new(&holder_field(&req.user));
+        let (loaded, held_raw) = {
             let (ctx, k) = tx.handle(&req.campaign)?;
-            load(ctx, k)?
+            load_with(ctx, k, Some(field.ptr()))?
         };
         let mut c = loaded.campaign;
-        let field = holder_field(&req.user);
-        let mut held = tx.hget_with(&req.campaign, &field, logic::parse_held)??;
+        let mut held = logic::parse_held(held_raw.bytes())?;
+        drop(held_raw);
         let issue = c.release(&held)?;
         held.pop();
         let record = logic::format_held(&held);
-        tx.set(&req.campaign, &field, if held.is_empty() { None } else { Some(record.as_bytes()) });
+        tx.set_named(&req.campaign, FieldName::Owned(field), if held.is_empty() { None } else { Some(record.as_bytes()) });
         store(tx, &req.campaign, Some(&loaded), &c);
         let e = event(tx, "coupon.release", &req.common, state(&req.campaign, Some(&req.user), Some(issue), &c))?;
         Ok((Reply::Array(vec![Item::Int(issue), Item::Int(c.remaining())]), e))

@@ -13,7 +13,7 @@ use crate::period::Period;
 use std::sync::OnceLock;
 
 use crate::ffi::{Key, RStr};
-use crate::tx::{self, Tx};
+use crate::tx::{self, FieldName, Tx};
 
 const KIND: &[u8] = b"usage";
 
@@ -27,34 +27,38 @@ fn field_names() -> &'static [RStr; 5] {
 
 /// The stored texts, so that only changed fields are rewritten.
 struct Stored {
-    period: String,
-    limit: String,
-    used: String,
-    period_id: String,
+    period: RStr,
+    limit: RStr,
+    used: RStr,
+    period_id: RStr,
 }
 
-fn load(ctx: &Context, key: &Key) -> std::result::Result<Option<(Usage, Stored)>, CmdError> {
+/// The stored text of a field (`None` for a missing field or one that is not UTF-8).
+fn text_of(s: &RStr) -> Option<&str> {
+    s.bytes().and_then(|b| std::str::from_utf8(b).ok())
+}
+
+fn load(_ctx: &Context, key: &Key) -> std::result::Result<Option<(Usage, Stored)>, CmdError> {
     if !tx::kind_is_hash(key.kind())? {
         return Ok(None);
     }
     let names = field_names();
-    if !tx::field_with(ctx, key, names[0].ptr(), |v| v == Some(KIND))? {
+    let fields = [names[0].ptr(), names[1].ptr(), names[2].ptr(), names[3].ptr(), names[4].ptr()];
+    let [kind, period, limit, used, period_id, ..] = key.hget_many(&fields)?;
+    if kind.bytes() != Some(KIND) {
         return Err(CmdError::wrong_type("the key is not a tally usage counter"));
     }
-    let text = |i: usize| -> std::result::Result<String, CmdError> {
-        tx::field_with(ctx, key, names[i].ptr(), |raw| raw.and_then(|b| std::str::from_utf8(b).ok()).map(str::to_string))?
-            .ok_or_else(|| CmdError::wrong_type(format!("the usage counter's '{}' field is corrupt", FIELD_NAMES[i])))
-    };
-    let period_text = text(1)?;
-    let period = Period::parse(&period_text.to_ascii_uppercase())
+    let corrupt = |i: usize| CmdError::wrong_type(format!("the usage counter's '{}' field is corrupt", FIELD_NAMES[i]));
+    let period_text = text_of(&period).ok_or_else(|| corrupt(1))?;
+    let parsed_period = Period::parse(&period_text.to_ascii_uppercase())
         .ok_or_else(|| CmdError::wrong_type("the usage counter's 'period' field is corrupt"))?;
-    let limit_text = text(2)?;
-    let limit = logic::stored_decimal("limit", Some(limit_text.as_bytes()))?;
-    let used_text = text(3)?;
-    let used = logic::stored_decimal("used", Some(used_text.as_bytes()))?;
-    let period_id = text(4)?;
-    let stored = Stored { period: period_text, limit: limit_text, used: used_text, period_id: period_id.clone() };
-    Ok(Some((Usage { limit, used, period, period_id }, stored)))
+    let limit_text = text_of(&limit).ok_or_else(|| corrupt(2))?;
+    let limit_value = logic::stored_decimal("limit", Some(limit_text.as_bytes()))?;
+    let used_text = text_of(&used).ok_or_else(|| corrupt(3))?;
+    let used_value = logic::stored_decimal("used", Some(used_text.as_bytes()))?;
+    let period_id_text = text_of(&period_id).ok_or_else(|| corrupt(4))?.to_string();
+    let stored = Stored { period, limit, used, period_id };
+    Ok(Some((Usage { limit: limit_value, used: used_value, period: parsed_period, period_id: period_id_text }, stored)))
 }
 
 /// Queues the counter's fields (all for a new counter, otherwise those whose stored text
@@ -62,21 +66,22 @@ fn load(ctx: &Context, key: &Key) -> std::result::Result<Option<(Usage, Stored)>
 fn store_and_event(tx: &mut Tx, key: &str, kind: &'static str, u: &Usage, old: Option<&Stored>, amount: Option<String>,
     common: &args::Common) -> std::result::Result<Event, CmdError> {
     let (limit, used) = (u.limit.to_string(), u.used.to_string());
-    let changed = |new: &str, stored: Option<&String>| stored.map_or(true, |s| s.as_str() != new);
+    let changed = |new: &str, stored: Option<&RStr>| stored.map_or(true, |s| s.bytes() != Some(new.as_bytes()));
+    let names = field_names();
     if old.is_none() {
-        tx.set(key, b"kind", Some(KIND));
+        tx.set_named(key, FieldName::Static(&names[0]), Some(KIND));
     }
     if changed(&limit, old.map(|o| &o.limit)) {
-        tx.set(key, b"limit", Some(limit.as_bytes()));
+        tx.set_named(key, FieldName::Static(&names[2]), Some(limit.as_bytes()));
     }
     if changed(u.period.as_str(), old.map(|o| &o.period)) {
-        tx.set(key, b"period", Some(u.period.as_str().as_bytes()));
+        tx.set_named(key, FieldName::Static(&names[1]), Some(u.period.as_str().as_bytes()));
     }
     if changed(&u.period_id, old.map(|o| &o.period_id)) {
-        tx.set(key, b"period_id", Some(u.period_id.as_bytes()));
+        tx.set_named(key, FieldName::Static(&names[4]), Some(u.period_id.as_bytes()));
     }
     if changed(&used, old.map(|o| &o.used)) {
-        tx.set(key, b"used", Some(used.as_bytes()));
+        tx.set_named(key, FieldName::Static(&names[3]), Some(used.as_bytes()));
     }
     let seq = tx.next_seq(key)?;
     let mut e = Event::new(kind, tx.now_ms, common, vec![KeySeq { key: key.to_string(), seq }]);
