@@ -365,7 +365,7 @@ mod tests {
     fn err_text<T: std::fmt::Debug>(r: Result<T, CmdError>) -> String {
         match r {
             Err(e) => e.to_string(),
-            Ok(v) => panic!("expected an error, got {v:?}"),
+            Ok(v) => panic!("expected an error, got {v:?}"), // ok: test-only helper
         }
     }
 
@@ -374,7 +374,7 @@ mod tests {
         let r = asset_incr(&words("acct gold 10.5 gems -2 ID op-1 META hello FLOOR -100 CEIL 1000"));
         let r = match r {
             Ok(r) => r,
-            Err(e) => panic!("{e}"),
+            Err(e) => panic!("{e}"), // ok: test-only helper
         };
         assert_eq!(r.key, "acct");
         assert_eq!(r.deltas.len(), 2);

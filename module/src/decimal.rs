@@ -213,7 +213,7 @@ mod tests {
     fn d(s: &str) -> Decimal {
         match Decimal::parse(s.as_bytes()) {
             Ok(v) => v,
-            Err(e) => panic!("{s}: {e}"),
+            Err(e) => panic!("{s}: {e}"), // ok: test-only helper
         }
     }
 

@@ -176,22 +176,38 @@ impl Event {
 }
 
 fn json_int(out: &mut Vec<u8>, v: i64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = v.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+    out.extend_from_slice(IntText::new(v).as_bytes());
+}
+
+/// Decimal text of an integer in a stack buffer.
+pub struct IntText {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl IntText {
+    pub fn new(v: i64) -> IntText {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        let mut n = v.unsigned_abs();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        if v < 0 {
+            i -= 1;
+            buf[i] = b'-';
+        }
+        IntText { buf, start: i }
     }
-    if v < 0 {
-        i -= 1;
-        buf[i] = b'-';
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
     }
-    out.extend_from_slice(&buf[i..]);
 }
 
 fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {

@@ -171,7 +171,7 @@ mod tests {
     use super::*;
 
     fn d(s: &str) -> Decimal {
-        Decimal::parse(s.as_bytes()).unwrap_or_else(|e| panic!("{s}: {e}"))
+        Decimal::parse(s.as_bytes()).unwrap_or_else(|e| panic!("{s}: {e}")) // ok: test-only helper
     }
 
     #[test]

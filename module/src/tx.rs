@@ -258,36 +258,7 @@ impl<'a> Tx<'a> {
     }
 }
 
-/// Decimal text of an integer in a stack buffer.
-pub struct IntText {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl IntText {
-    pub fn new(v: i64) -> IntText {
-        let mut buf = [0u8; 20];
-        let mut i = buf.len();
-        let mut n = v.unsigned_abs();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        if v < 0 {
-            i -= 1;
-            buf[i] = b'-';
-        }
-        IntText { buf, start: i }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-}
+pub use crate::event::IntText;
 
 /// Redis checks ACL key permissions only for the keys a command declares; tally's helper
 /// keys are derived, so they are checked here for the calling user (one user lookup).

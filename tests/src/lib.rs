@@ -201,3 +201,26 @@ pub fn wait_for_text(conn: &mut redis::Connection, args: &[&str], needle: &str) 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Everything a test can observe: every key with its type and full content, stream entry
+/// ids included.
+pub fn snapshot(conn: &mut redis::Connection) -> Vec<(String, String)> {
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(conn).expect("KEYS");
+    keys.sort();
+    keys.into_iter()
+        .map(|k| {
+            let t: String = redis::cmd("TYPE").arg(&k).query(conn).expect("TYPE");
+            let v = match t.as_str() {
+                "hash" => {
+                    let mut m: Vec<(String, String)> = redis::cmd("HGETALL").arg(&k).query(conn).expect("HGETALL");
+                    m.sort();
+                    format!("{m:?}")
+                }
+                "stream" => format!("{:?}", events(conn, &k)),
+                "string" => redis::cmd("GET").arg(&k).query::<String>(conn).expect("GET"),
+                other => other.to_string(),
+            };
+            (k, format!("{t}:{v}"))
+        })
+        .collect()
+}

@@ -3,29 +3,7 @@
 
 use std::collections::HashMap;
 
-use tally_tests::{cmd, error_of, events, Redis};
-
-/// Everything a test can observe: all keys with their values, and the stream.
-fn snapshot(conn: &mut redis::Connection) -> Vec<(String, String)> {
-    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(conn).unwrap();
-    keys.sort();
-    keys.into_iter()
-        .map(|k| {
-            let t: String = redis::cmd("TYPE").arg(&k).query(conn).unwrap();
-            let v = match t.as_str() {
-                "hash" => {
-                    let mut m: Vec<(String, String)> = redis::cmd("HGETALL").arg(&k).query(conn).unwrap();
-                    m.sort();
-                    format!("{m:?}")
-                }
-                "stream" => format!("{:?}", events(conn, &k)),
-                "string" => redis::cmd("GET").arg(&k).query::<String>(conn).unwrap(),
-                other => other.to_string(),
-            };
-            (k, v)
-        })
-        .collect()
-}
+use tally_tests::{cmd, error_of, events, snapshot, Redis};
 
 /// Asserts `args` fails with an error starting with `code` and changes nothing.
 fn rejected(conn: &mut redis::Connection, args: &[&str], code: &str) -> String {

@@ -1,29 +1,7 @@
 //! Replication and AOF: the data change and its event travel as one MULTI/EXEC with the
 //! concrete stream id, so a replica and a restarted server hold exactly the same state.
 
-use tally_tests::{cmd, events, wait_for_text, Redis};
-
-/// Every key with its type and full content, stream entry ids included.
-fn state(conn: &mut redis::Connection) -> Vec<(String, String)> {
-    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(conn).unwrap();
-    keys.sort();
-    keys.into_iter()
-        .map(|k| {
-            let t: String = redis::cmd("TYPE").arg(&k).query(conn).unwrap();
-            let v = match t.as_str() {
-                "hash" => {
-                    let mut m: Vec<(String, String)> = redis::cmd("HGETALL").arg(&k).query(conn).unwrap();
-                    m.sort();
-                    format!("{m:?}")
-                }
-                "stream" => format!("{:?}", events(conn, &k)),
-                "string" => redis::cmd("GET").arg(&k).query::<String>(conn).unwrap(),
-                other => other.to_string(),
-            };
-            (k, format!("{t}:{v}"))
-        })
-        .collect()
-}
+use tally_tests::{cmd, events, snapshot as state, wait_for_text, Redis};
 
 fn workload(c: &mut redis::Connection) {
     let _: () = cmd(&["COUPON.CREATE", "camp", "50", "ID", "create-camp"]).query(c).unwrap();

@@ -152,10 +152,18 @@ pub fn create(ctx: &Context, raw: &[&[u8]]) -> Result {
     Ok(to_value(reply))
 }
 
-pub fn claim(ctx: &Context, raw: &[&[u8]]) -> Result {
+/// CLAIM and RELEASE: load the campaign and the user's holding through one handle, let
+/// `change` decide (it returns the issue number involved), store what changed, log it.
+fn change_holding(
+    ctx: &Context,
+    raw: &[&[u8]],
+    command: &str,
+    kind: &'static str,
+    change: fn(&mut Campaign, &mut Vec<i64>, i64) -> std::result::Result<i64, CmdError>,
+) -> Result {
     let req = args::coupon_user(raw)?;
     tx::check_user_key(&req.campaign)?;
-    let reply = tx::mutate(ctx, "COUPON.CLAIM", raw, &req.common, &req.campaign, |tx| {
+    let reply = tx::mutate(ctx, command, raw, &req.common, &req.campaign, |tx| {
         let field = RStr::new(&holder_field(&req.user));
         let (loaded, held_raw) = {
             let (ctx, k) = tx.handle(&req.campaign)?;
@@ -164,37 +172,30 @@ pub fn claim(ctx: &Context, raw: &[&[u8]]) -> Result {
         let mut c = loaded.campaign;
         let mut held = logic::parse_held(held_raw.bytes())?;
         drop(held_raw);
-        let issue = c.claim(&held, tx.now_ms)?;
-        held.push(issue);
-        tx.set_named(&req.campaign, FieldName::Owned(field), Some(logic::format_held(&held).as_bytes()));
+        let issue = change(&mut c, &mut held, tx.now_ms)?;
+        let record = logic::format_held(&held);
+        tx.set_named(&req.campaign, FieldName::Owned(field), if held.is_empty() { None } else { Some(record.as_bytes()) });
         store(tx, &req.campaign, Some(&loaded), &c);
-        let e = event(tx, "coupon.claim", &req.common, state(&req.campaign, Some(&req.user), Some(issue), &c))?;
+        let e = event(tx, kind, &req.common, state(&req.campaign, Some(&req.user), Some(issue), &c))?;
         Ok((Reply::Array(vec![Item::Int(issue), Item::Int(c.remaining())]), e))
     })?;
     Ok(to_value(reply))
 }
 
+pub fn claim(ctx: &Context, raw: &[&[u8]]) -> Result {
+    change_holding(ctx, raw, "COUPON.CLAIM", "coupon.claim", |c, held, now_ms| {
+        let issue = c.claim(held, now_ms)?;
+        held.push(issue);
+        Ok(issue)
+    })
+}
+
 pub fn release(ctx: &Context, raw: &[&[u8]]) -> Result {
-    let req = args::coupon_user(raw)?;
-    tx::check_user_key(&req.campaign)?;
-    let reply = tx::mutate(ctx, "COUPON.RELEASE", raw, &req.common, &req.campaign, |tx| {
-        let field = RStr::new(&holder_field(&req.user));
-        let (loaded, held_raw) = {
-            let (ctx, k) = tx.handle(&req.campaign)?;
-            load_with(ctx, k, Some(field.ptr()))?
-        };
-        let mut c = loaded.campaign;
-        let mut held = logic::parse_held(held_raw.bytes())?;
-        drop(held_raw);
-        let issue = c.release(&held)?;
+    change_holding(ctx, raw, "COUPON.RELEASE", "coupon.release", |c, held, _| {
+        let issue = c.release(held)?;
         held.pop();
-        let record = logic::format_held(&held);
-        tx.set_named(&req.campaign, FieldName::Owned(field), if held.is_empty() { None } else { Some(record.as_bytes()) });
-        store(tx, &req.campaign, Some(&loaded), &c);
-        let e = event(tx, "coupon.release", &req.common, state(&req.campaign, Some(&req.user), Some(issue), &c))?;
-        Ok((Reply::Array(vec![Item::Int(issue), Item::Int(c.remaining())]), e))
-    })?;
-    Ok(to_value(reply))
+        Ok(issue)
+    })
 }
 
 pub fn info(ctx: &Context, raw: &[&[u8]]) -> Result {
