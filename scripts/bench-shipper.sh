@@ -1,0 +1,419 @@
+#!/usr/bin/env bash
+# tally-shipper benchmarks: drain rate (direct and through Kafka), sustained freshness, memory.
+#
+#   scripts/bench-shipper.sh
+#
+# Starts its own redis-server (with target/release/libtally.so, no AOF/RDB), PostgreSQL 15 and
+# tansu (Kafka protocol), all on free 127.0.0.1 ports with data in temp dirs, and stops them on
+# exit. Uses the already built target/release/tally-shipper. Writes docs/bench-shipper.md.
+#
+# 1. Drain rate: pre-fill a backlog of N events (redis-benchmark -P 16 -c 50 ASSET.INCR on
+#    10,000 random keys, tally.max-backlog 0), check XLEN == N, start `tally-shipper run`
+#    with --batch-size B, time until SELECT count(*) FROM events == N (polled). Redis is
+#    flushed and the Postgres tables truncated before each run. Same through Kafka.
+# 2. Freshness: `tally-shipper run` (direct) running, bench/shipper/load.py sends ASSET.INCR
+#    at a fixed rate (one connection, no pipelining) for S seconds and samples XLEN and the
+#    group's pending / lag every second; then p50/p99/max of persisted_at - ts_ms per event.
+# 3. Memory: used_memory and MEMORY USAGE tally:log with the backlog, and after the drain.
+#
+# Knobs (environment):
+#   BENCH_SHIPPER_N=1000000           backlog size, direct path
+#   BENCH_SHIPPER_BATCHES="100 500 2000"   --batch-size values, direct path
+#   BENCH_SHIPPER_KAFKA_N=5000        backlog size through Kafka (tansu; small, see docs/bench-shipper.md)
+#   BENCH_SHIPPER_KAFKA_BATCHES="500" --batch-size values through Kafka ("" skips Kafka)
+#   BENCH_SHIPPER_TANSU_STORAGE=sqlite   sqlite (durable, as scripts/stack.sh) or memory
+#   BENCH_SHIPPER_DRAIN_TIMEOUT=180   seconds allowed per direct drain run (then reported as timed out,
+#                                     with the rate of what was persisted by then)
+#   BENCH_SHIPPER_KAFKA_TIMEOUT=120   the same for the Kafka runs
+#   BENCH_SHIPPER_RATES="1000 4000"   steady load rates (ASSET.INCR/s) for the freshness runs
+#   BENCH_SHIPPER_SECONDS=30          length of each freshness run
+#   BENCH_SHIPPER_FRESH_BATCH=500     --batch-size of the freshness runs
+#   BENCH_SHIPPER_DOC=docs/bench-shipper.md
+#   BENCH_SHIPPER_KEEP=dir            keep logs and raw samples in dir
+#   TALLY_MODULE=path  TALLY_SHIPPER=path  PG_BIN=/usr/lib/postgresql/15/bin  TANSU_BIN=path
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+COMMAND_LINE="scripts/bench-shipper.sh"
+for v in BENCH_SHIPPER_N BENCH_SHIPPER_BATCHES BENCH_SHIPPER_KAFKA_N BENCH_SHIPPER_KAFKA_BATCHES \
+         BENCH_SHIPPER_TANSU_STORAGE BENCH_SHIPPER_DRAIN_TIMEOUT BENCH_SHIPPER_KAFKA_TIMEOUT BENCH_SHIPPER_RATES \
+         BENCH_SHIPPER_SECONDS BENCH_SHIPPER_FRESH_BATCH BENCH_SHIPPER_DOC TALLY_MODULE TALLY_SHIPPER; do
+  if [[ -n "${!v+x}" ]]; then COMMAND_LINE="$v=\"${!v}\" $COMMAND_LINE"; fi
+done
+
+N="${BENCH_SHIPPER_N:-1000000}"
+BATCHES="${BENCH_SHIPPER_BATCHES-100 500 2000}"
+KAFKA_N="${BENCH_SHIPPER_KAFKA_N:-5000}"
+KAFKA_BATCHES="${BENCH_SHIPPER_KAFKA_BATCHES-500}"
+TANSU_STORAGE="${BENCH_SHIPPER_TANSU_STORAGE:-sqlite}"
+DRAIN_TIMEOUT="${BENCH_SHIPPER_DRAIN_TIMEOUT:-180}"
+KAFKA_TIMEOUT="${BENCH_SHIPPER_KAFKA_TIMEOUT:-120}"
+RATES="${BENCH_SHIPPER_RATES-1000 4000}"
+SECONDS_RUN="${BENCH_SHIPPER_SECONDS:-30}"
+FRESH_BATCH="${BENCH_SHIPPER_FRESH_BATCH:-500}"
+DOC="${BENCH_SHIPPER_DOC:-docs/bench-shipper.md}"
+MODULE="${TALLY_MODULE:-$ROOT/target/release/libtally.so}"
+SHIPPER="${TALLY_SHIPPER:-$ROOT/target/release/tally-shipper}"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+TANSU="${TANSU_BIN:-$HOME/.cargo/bin/tansu}"
+
+for tool in redis-server redis-cli redis-benchmark python3 runuser; do
+  command -v "$tool" >/dev/null || { echo "bench-shipper.sh: $tool is required" >&2; exit 1; }
+done
+[[ -f "$MODULE" ]] || { echo "bench-shipper.sh: $MODULE missing (cargo build --release -p tally)" >&2; exit 1; }
+[[ -x "$SHIPPER" ]] || { echo "bench-shipper.sh: $SHIPPER missing (cargo build --release -p tally-shipper)" >&2; exit 1; }
+[[ -x "$PG_BIN/postgres" ]] || { echo "bench-shipper.sh: PostgreSQL binaries not in $PG_BIN" >&2; exit 1; }
+if [[ -n "$KAFKA_BATCHES" && ! -x "$TANSU" ]]; then
+  echo "bench-shipper.sh: tansu not found at $TANSU; skipping the Kafka runs" >&2; KAFKA_BATCHES=""
+fi
+
+say() { printf '[bench-shipper %s] %s\n' "$(date +%T)" "$*" >&2; }
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_port() { # port seconds
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+now_s() { date +%s.%N; }
+
+# ---- temp dirs, ports, cleanup
+WORK="$(mktemp -d /tmp/bench-shipper.XXXXXX)"
+PG_HOME="$(mktemp -d /var/tmp/bench-shipper-pg.XXXXXX)"   # the postgres user must be able to enter it
+chown postgres:postgres "$PG_HOME"
+REDIS_PORT="$(free_port)"; PG_PORT="$(free_port)"; KAFKA_PORT="$(free_port)"; METRICS_PORT="$(free_port)"
+REDIS_PID=""; TANSU_PID=""; SHIPPER_PID=""; PG_STARTED=0
+
+pg() { runuser -u postgres -- "$@"; }
+
+cleanup() {
+  set +e
+  if [[ -n "$SHIPPER_PID" ]] && kill -0 "$SHIPPER_PID" 2>/dev/null; then
+    kill -TERM "$SHIPPER_PID"; for _ in $(seq 1 100); do kill -0 "$SHIPPER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SHIPPER_PID" 2>/dev/null
+  fi
+  if [[ -n "$TANSU_PID" ]] && kill -0 "$TANSU_PID" 2>/dev/null; then
+    kill -TERM "$TANSU_PID"; for _ in $(seq 1 50); do kill -0 "$TANSU_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$TANSU_PID" 2>/dev/null
+  fi
+  if [[ -n "$REDIS_PID" ]] && kill -0 "$REDIS_PID" 2>/dev/null; then
+    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
+    for _ in $(seq 1 50); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$REDIS_PID" 2>/dev/null
+  fi
+  if [[ "$PG_STARTED" == 1 ]]; then
+    pg "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -m immediate -w -t 30 stop >/dev/null 2>&1
+  fi
+  if [[ -n "${BENCH_SHIPPER_KEEP:-}" ]]; then
+    mkdir -p "$BENCH_SHIPPER_KEEP" && cp -r "$WORK"/. "$BENCH_SHIPPER_KEEP"/ 2>/dev/null
+    cp "$PG_HOME/pg.log" "$BENCH_SHIPPER_KEEP"/ 2>/dev/null
+  fi
+  rm -rf "$WORK" "$PG_HOME"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
+psqlq() { pg psql -h 127.0.0.1 -p "$PG_PORT" -U tally -d tally -tAqX -v ON_ERROR_STOP=1 -c "$1"; }
+
+# ---- start redis-server + module
+say "redis-server on $REDIS_PORT, PostgreSQL on $PG_PORT, tansu on $KAFKA_PORT (work dir $WORK)"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK" --save '' --appendonly no \
+  --maxclients 4000 --daemonize yes --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log" \
+  --loadmodule "$MODULE"
+wait_port "$REDIS_PORT" 20 || { tail -20 "$WORK/redis.log" >&2; exit 1; }
+REDIS_PID="$(cat "$WORK/redis.pid")"
+rcli CONFIG SET tally.max-backlog 0 >/dev/null
+
+# ---- PostgreSQL 15 (defaults except the port/socket; fsync and synchronous_commit on)
+pg "$PG_BIN/initdb" -D "$PG_HOME/data" -A trust -U postgres -E UTF8 >/dev/null
+pg "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -l "$PG_HOME/pg.log" -w -t 60 \
+  -o "-p $PG_PORT -k $PG_HOME -c listen_addresses=127.0.0.1" start >/dev/null
+PG_STARTED=1
+pg psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE ROLE tally LOGIN"
+pg psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE tally OWNER tally"
+DATABASE_URL="postgres://tally@127.0.0.1:$PG_PORT/tally"
+"$SHIPPER" migrate --database-url "$DATABASE_URL" >"$WORK/migrate.log" 2>&1
+TABLES="$(psqlq "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables WHERE schemaname='public' AND tablename NOT LIKE '\_sqlx%'")"
+
+# ---- tansu
+if [[ -n "$KAFKA_BATCHES" ]]; then
+  mkdir -p "$WORK/kafka"
+  case "$TANSU_STORAGE" in
+    sqlite) STORAGE_URL="sqlite://tansu.db" ;;
+    memory) STORAGE_URL="memory://tansu/" ;;
+    *) STORAGE_URL="$TANSU_STORAGE" ;;
+  esac
+  (cd "$WORK/kafka" && RUST_LOG=warn exec "$TANSU" broker --storage-engine "$STORAGE_URL" \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    >"$WORK/tansu.log" 2>&1) &
+  TANSU_PID=$!
+  wait_port "$KAFKA_PORT" 30 || { tail -20 "$WORK/tansu.log" >&2; exit 1; }
+fi
+
+# ---- helpers
+reset_state() {
+  rcli FLUSHALL >/dev/null
+  rcli MEMORY PURGE >/dev/null 2>&1 || true
+  psqlq "TRUNCATE $TABLES" >/dev/null
+  psqlq "VACUUM ANALYZE" >/dev/null 2>&1 || true
+}
+info_field() { rcli INFO memory | tr -d '\r' | awk -F: -v k="$1" '$1==k{print $2}'; }
+xlen() { rcli XLEN tally:log | tr -d '\r'; }
+stream_mem() { local m; m="$(rcli MEMORY USAGE tally:log SAMPLES 0 | tr -d '\r')"; echo "${m:-0}"; }
+pg_count() { psqlq "SELECT count(*) FROM events"; }
+
+start_shipper() { # name batch [kafka topic]
+  local name="$1" batch="$2" topic="${3:-}"
+  local args=(run --redis-url "redis://127.0.0.1:$REDIS_PORT/" --database-url "$DATABASE_URL"
+    --consumer "bench-$name" --batch-size "$batch" --metrics-addr "127.0.0.1:$METRICS_PORT"
+    --progress-interval-ms 5000)
+  if [[ -n "$topic" ]]; then
+    args+=(--kafka-brokers "127.0.0.1:$KAFKA_PORT" --kafka-topic "$topic" --kafka-create-topic
+      --kafka-group "persist-$name")
+  fi
+  TALLY_LOG=info "$SHIPPER" "${args[@]}" >"$WORK/shipper-$name.log" 2>&1 &
+  SHIPPER_PID=$!
+}
+stop_shipper() {
+  [[ -n "$SHIPPER_PID" ]] || return 0
+  kill -TERM "$SHIPPER_PID" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 400; i++)); do kill -0 "$SHIPPER_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$SHIPPER_PID" 2>/dev/null || true
+  wait "$SHIPPER_PID" 2>/dev/null || true
+  SHIPPER_PID=""
+}
+
+fill() { # n -> prints seconds taken; fails if XLEN != n
+  local n="$1" t0 t1 len
+  t0="$(now_s)"
+  # redis-benchmark overshoots -n when it is not a multiple of the pipeline depth: fill the
+  # multiple of 16 pipelined, the remainder one command at a time.
+  local bulk=$(( n / 16 * 16 )) rest=$(( n % 16 ))
+  : >"$WORK/fill.out"
+  if (( bulk > 0 )); then
+    redis-benchmark -p "$REDIS_PORT" -P 16 -c 50 -n "$bulk" -r 10000 -q \
+      ASSET.INCR acct:__rand_int__ gold 1 >>"$WORK/fill.out" 2>&1
+  fi
+  if (( rest > 0 )); then
+    redis-benchmark -p "$REDIS_PORT" -P 1 -c 1 -n "$rest" -r 10000 -q \
+      ASSET.INCR acct:__rand_int__ gold 1 >>"$WORK/fill.out" 2>&1
+  fi
+  t1="$(now_s)"
+  len="$(xlen)"
+  if [[ "$len" != "$n" ]]; then
+    say "fill: XLEN $len != $n"; tail -5 "$WORK/fill.out" >&2; return 1
+  fi
+  python3 -c "print(f'{$t1-$t0:.2f}')"
+}
+
+RESULTS="$WORK/drain.tsv"; : >"$RESULTS"
+# columns: path batch n fill_s fill_rate used_before used_backlog stream_backlog drain_s rate status first_row_s stream_after used_after xlen_after
+drain_run() { # path(direct|kafka) batch n
+  local path="$1" batch="$2" n="$3" name topic="" t0 t1 cnt status="ok" first="" elapsed
+  name="$path-$batch-$n"
+  say "drain $path batch=$batch N=$n: fill"
+  reset_state
+  local used0 used1 smem0 fill_s
+  used0="$(info_field used_memory)"
+  fill_s="$(fill "$n")" || { echo -e "$path\t$batch\t$n\tfill-failed" >>"$RESULTS"; return 0; }
+  used1="$(info_field used_memory)"
+  smem0="$(stream_mem)"
+  [[ "$path" == kafka ]] && topic="bench.$batch.$n.$RANDOM"
+  say "drain $path batch=$batch N=$n: backlog filled in ${fill_s}s, shipping"
+  t0="$(now_s)"
+  start_shipper "$name" "$batch" "$topic"
+  local limit="$DRAIN_TIMEOUT"; [[ "$path" == kafka ]] && limit="$KAFKA_TIMEOUT"
+  local deadline=$(( $(date +%s) + limit ))
+  while :; do
+    cnt="$(pg_count)"
+    if [[ -z "$first" && "$cnt" -gt 0 ]]; then first="$(python3 -c "print(f'{$(now_s)-$t0:.2f}')")"; fi
+    [[ "$cnt" -ge "$n" ]] && break
+    if ! kill -0 "$SHIPPER_PID" 2>/dev/null; then status="shipper-exited"; break; fi
+    if (( $(date +%s) >= deadline )); then status="timeout"; break; fi
+    sleep 0.5
+  done
+  t1="$(now_s)"
+  elapsed="$(python3 -c "print(f'{$t1-$t0:.2f}')")"
+  # let XTRIM MINID (every 1 s) catch up, then measure what is left of the stream
+  local i xl
+  for ((i = 0; i < 20; i++)); do xl="$(xlen)"; [[ "$xl" -lt 1000 ]] && break; sleep 0.5; done
+  local smem1 used2
+  smem1="$(stream_mem)"; used2="$(info_field used_memory)"; xl="$(xlen)"
+  stop_shipper
+  local rate
+  rate="$(python3 -c "print(int($cnt/$elapsed))")"
+  local fill_rate
+  fill_rate="$(python3 -c "print(int($n/$fill_s))")"
+  echo -e "$path\t$batch\t$n\t$fill_s\t$fill_rate\t$used0\t$used1\t$smem0\t$elapsed\t$rate\t$status\t$cnt\t${first:-}\t$smem1\t$used2\t$xl\t$(grep -c " WARN " "$WORK/shipper-$name.log" || true)\t$(grep -c "session timed out" "$WORK/shipper-$name.log" || true)" >>"$RESULTS"
+  say "drain $path batch=$batch N=$n: $cnt rows in ${elapsed}s = $rate ev/s ($status)"
+}
+
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+T_START="$(date +%s)"
+
+for b in $BATCHES; do drain_run direct "$b" "$N"; done
+LOAD_AFTER_DIRECT="$(cut -d' ' -f1-3 /proc/loadavg)"
+for b in $KAFKA_BATCHES; do drain_run kafka "$b" "$KAFKA_N"; done
+LOAD_AFTER_KAFKA="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---- sustained freshness
+FRESH="$WORK/fresh.tsv"; : >"$FRESH"
+for r in $RATES; do
+  say "freshness: $r ASSET.INCR/s for ${SECONDS_RUN}s, direct shipper batch=$FRESH_BATCH"
+  reset_state
+  start_shipper "fresh-$r" "$FRESH_BATCH"
+  for ((i = 0; i < 100; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT") 2>/dev/null && break; sleep 0.1
+  done
+  sleep 1
+  python3 "$ROOT/bench/shipper/load.py" "$REDIS_PORT" "$r" "$SECONDS_RUN" "$WORK/load-$r.json"
+  sent="$(python3 -c "import json;print(json.load(open('$WORK/load-$r.json'))['sent'])")"
+  errs="$(python3 -c "import json;print(json.load(open('$WORK/load-$r.json'))['errors'])")"
+  expect=$((sent - errs))
+  for ((i = 0; i < 120; i++)); do [[ "$(pg_count)" -ge "$expect" ]] && break; sleep 0.5; done
+  stop_shipper
+  stats="$(psqlq "SELECT count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY f)::numeric,1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY f)::numeric,1), round(max(f)::numeric,1), round(avg(f)::numeric,1) FROM (SELECT extract(epoch FROM persisted_at)*1000 - ts_ms AS f FROM events) s" | tr '|' '\t')"
+  echo -e "$r\t$WORK/load-$r.json\t$expect\t$stats" >>"$FRESH"
+  say "freshness $r/s: $(echo "$stats" | tr '\t' ' ')"
+done
+LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+T_END="$(date +%s)"
+
+# ---- report
+export RESULTS FRESH DOC COMMAND_LINE LOAD_START LOAD_AFTER_DIRECT LOAD_AFTER_KAFKA LOAD_END \
+  KAFKA_TIMEOUT T_START T_END TANSU_STORAGE SECONDS_RUN FRESH_BATCH MODULE SHIPPER TANSU DRAIN_TIMEOUT N KAFKA_N
+export REDIS_VER="$(redis-server --version)"
+export PG_VER="$("$PG_BIN/postgres" --version)"
+export TANSU_VER="$([[ -x "$TANSU" ]] && "$TANSU" --version 2>/dev/null || echo n/a)"
+export CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+export NPROC="$(nproc)"
+export GIT_REV="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- module shipper 2>/dev/null || echo ' (module/ or shipper/ with uncommitted changes)')"
+export MODULE_SHA="$(sha256sum "$MODULE" | cut -c1-12)  $(date -r "$MODULE" '+%F %T')"
+export SHIPPER_SHA="$(sha256sum "$SHIPPER" | cut -c1-12)  $(date -r "$SHIPPER" '+%F %T')"
+export PG_SETTINGS="$(psqlq "SELECT string_agg(name||'='||setting, ', ' ORDER BY name) FROM pg_settings WHERE name IN ('fsync','synchronous_commit','shared_buffers','wal_level','max_wal_size')")"
+python3 - <<'PY'
+import json, os, datetime
+E = os.environ
+def mib(b): return f"{int(b)/1048576:.1f} MiB"
+rows = [l.rstrip("\n").split("\t") for l in open(E["RESULTS"]) if l.strip()]
+fresh = [l.rstrip("\n").split("\t") for l in open(E["FRESH"]) if l.strip()]
+out = []
+w = out.append
+w("# tally-shipper benchmarks")
+w("")
+w("Written by `scripts/bench-shipper.sh` (unedited output). Numbers are from one run on a shared")
+w("machine: another engineer was running callgrind/benchmarks at the same time, so compare")
+w("them with the load averages below, not with other machines.")
+w("")
+w("## Machine and run")
+w("")
+w(f"- date: {datetime.datetime.fromtimestamp(int(E['T_START'])).strftime('%Y-%m-%d %H:%M:%S %Z').strip()}, "
+  f"wall time of the whole script: {int(E['T_END'])-int(E['T_START'])} s")
+w(f"- command: `{E['COMMAND_LINE']}`")
+w(f"- nproc: {E['NPROC']}, CPU: {E['CPU_MODEL']}")
+w(f"- load average (1/5/15 min): start {E['LOAD_START']}; after the direct drains {E['LOAD_AFTER_DIRECT']}; "
+  f"after the Kafka drains {E['LOAD_AFTER_KAFKA']}; end {E['LOAD_END']}")
+w(f"- {E['REDIS_VER']}")
+w(f"- {E['PG_VER']} (initdb defaults: {E['PG_SETTINGS']})")
+w(f"- tansu: {E['TANSU_VER']}, storage `{E['TANSU_STORAGE']}`")
+w(f"- git: {E['GIT_REV']}; libtally.so sha256 {E['MODULE_SHA']}; tally-shipper sha256 {E['SHIPPER_SHA']}")
+w("- everything on 127.0.0.1: redis-server (no AOF/RDB, `tally.max-backlog 0`), PostgreSQL, tansu and")
+w("  tally-shipper share the 2 cores with the load generator.")
+w("")
+w("## 1. Drain rate (backlog -> Postgres)")
+w("")
+w("Backlog pre-filled with `redis-benchmark -P 16 -c 50 -n N -r 10000 ASSET.INCR acct:__rand_int__ gold 1`")
+w("(XLEN checked == N), then `tally-shipper run --batch-size B` (default `--batch-wait-ms 50`,")
+w("`--max-in-flight 4`, `--pg-max-conns 4`) started; time = from starting the shipper process until")
+w("`SELECT count(*) FROM events` (polled every 0.5 s) reached N, so it includes shipper start-up")
+w("(and, through Kafka, topic creation and consumer-group join). Redis flushed and all tables")
+w(f"truncated before each run; time limit {E['DRAIN_TIMEOUT']} s per direct run, {E['KAFKA_TIMEOUT']} s per Kafka run (a timed-out")
+w("run reports the rows persisted by then divided by the time). WARN = WARN lines in the shipper log")
+w("(of which: librdkafka consumer-group session timeouts).")
+w("")
+w("| path | batch size | N | fill time (s) | fill rate (ev/s) | drain time (s) | drain rate (ev/s) | first row after (s) | status | WARN (session timeouts) |")
+w("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+for r in rows:
+    if len(r) < 16:
+        w(f"| {r[0]} | {r[1]} | {int(r[2]):,} | | | | | | {r[3]} | |"); continue
+    path, b, n, fs, fr, u0, u1, sm0, ds, rate, st, cnt, first, sm1, u2, xl, nwarn, nsess = r
+    status = st if st == "ok" else f"{st} ({cnt} rows persisted)"
+    w(f"| {path} | {b} | {int(n):,} | {fs} | {int(fr):,} | {ds} | **{int(rate):,}** | {first} | {status} | {nwarn} ({nsess}) |")
+kn = [r for r in rows if r[0] == "kafka"]
+if kn:
+    w("")
+    w(f"Kafka runs use N = {int(E['KAFKA_N']):,} (BENCH_SHIPPER_KAFKA_N), not the direct path's "
+      f"{int(E['N']):,}: the path goes through a single tansu broker (storage `{E['TANSU_STORAGE']}`) on the same")
+    w("2 cores; in trial runs while writing this script it moved only a few hundred events/s and the")
+    w("`persist` consumer stopped making progress after a librdkafka consumer-group session timeout")
+    w("against tansu, so a 1,000,000 backlog would not finish within the script's ~12 min budget.")
+    w("The rate is what was measured at this N; nothing is extrapolated.")
+w("")
+w("## 2. Memory (Redis)")
+w("")
+w("`used_memory` after FLUSHALL, with the backlog of N unshipped events, and after the drain (the")
+w("shipper XTRIMs acknowledged entries with MINID every second); `MEMORY USAGE tally:log SAMPLES 0`.")
+w("The used_memory delta also contains the 10,000 `acct:*` hashes and the module's `tally:seq` hash;")
+w("the stream column is the stream alone.")
+w("")
+w("| path | batch | N | used_memory empty | with backlog | delta per event | stream with backlog | stream per event | stream after drain (XLEN) | used_memory after drain |")
+w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    if len(r) < 16: continue
+    path, b, n, fs, fr, u0, u1, sm0, ds, rate, st, cnt, first, sm1, u2, xl = r[:16]
+    n_ = int(n)
+    w(f"| {path} | {b} | {n_:,} | {mib(u0)} | {mib(u1)} | {(int(u1)-int(u0))/n_:.0f} B | {mib(sm0)} | "
+      f"{int(sm0)/n_:.0f} B | {int(sm1):,} B ({int(xl):,}) | {mib(u2)} |")
+w("")
+w("## 3. Sustained freshness (direct path)")
+w("")
+w(f"`tally-shipper run --batch-size {E['FRESH_BATCH']}` running; `bench/shipper/load.py` sends `ASSET.INCR acct:<i%10000> gold 1`")
+w(f"at a fixed rate on one connection without pipelining for {E['SECONDS_RUN']} s and samples the stream every")
+w("second (XLEN; `pending` = read, not yet acked and `lag` = not yet read, from XINFO GROUPS).")
+w("Freshness per event = `persisted_at` - `ts_ms` (module server time) in ms over all events of the run.")
+w("`persisted_at` is the column default `now()`, i.e. the start of the shipper's Postgres")
+w("transaction, so this excludes the insert and commit time of the event's own batch (a lower bound")
+w("of the true time to visibility, by up to one batch's transaction time).")
+w("")
+w("| target rate (ev/s) | achieved rate | events | p50 (ms) | p99 (ms) | max (ms) | mean (ms) | XLEN max / last | pending max | lag (unread) max | bounded? |")
+w("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
+series = []
+for f in fresh:
+    rate, path, expect, cnt, p50, p99, mx, mean = f
+    L = json.load(open(path))
+    s = L["samples"]
+    xl = [x["xlen"] for x in s if isinstance(x["xlen"], int)]
+    pe = [x["pending"] for x in s if isinstance(x["pending"], int)]
+    lg = [x["lag"] for x in s if isinstance(x["lag"], int)]
+    # bounded: the second half of the load window does not trend above the first half
+    dur = L["seconds"]
+    first = [x["xlen"] for x in s if x["t"] < dur/2]
+    second = [x["xlen"] for x in s if dur/2 <= x["t"] <= dur]
+    bounded = "n/a"
+    if first and second:
+        bounded = "yes" if max(second) <= 2*max(first) + 2*float(rate) else "no (growing)"
+    ok = "" if int(cnt) == int(expect) else f" ({cnt}/{expect} persisted)"
+    w(f"| {int(float(rate)):,} | {L['achieved_rate']:,.0f} | {int(cnt):,}{ok} | {p50} | {p99} | {mx} | {mean} | "
+      f"{max(xl) if xl else '-'} / {xl[-1] if xl else '-'} | {max(pe) if pe else '-'} | {max(lg) if lg else '-'} | {bounded} |")
+    series.append((rate, s))
+w("")
+w("bounded? = yes when the largest XLEN sampled in the second half of the load window is at most")
+w("twice the largest of the first half plus two seconds of load (i.e. the backlog did not keep growing).")
+w("XLEN includes entries already acked but not yet trimmed (XTRIM MINID runs every second).")
+w("")
+w("Per-second samples (t = seconds since the load started; the load stops at the end of the window")
+w("and the last samples show the tail):")
+for rate, s in series:
+    w("")
+    w(f"- {int(float(rate)):,} ev/s, XLEN: " + " ".join(str(x["xlen"]) for x in s))
+    w(f"  pending: " + " ".join(str(x["pending"]) for x in s))
+w("")
+open(E["DOC"], "w").write("\n".join(out))
+print("\n".join(out))
+PY
+say "wrote $DOC"
