@@ -165,6 +165,11 @@ pub struct KafkaOpts {
     pub kafka_create_topic: bool,
     #[arg(long, env = "TALLY_KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
     pub kafka_topic_partitions: i32,
+    /// persist: when no message arrived for this long while the group still has unconsumed
+    /// messages (high watermark above the committed offset), recreate the consumer. Recovers
+    /// from a consumer that a broker left stuck after a group session timeout.
+    #[arg(long, env = "TALLY_KAFKA_STALL_MS", default_value_t = 30_000)]
+    pub kafka_stall_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -226,14 +226,13 @@ pub fn commit_offsets(seen: impl IntoIterator<Item = (String, i32, i64)>) -> Vec
     out
 }
 
-/// Kafka -> Postgres. Offsets are committed only after the Postgres transaction commits.
-pub async fn run_persist(k: KafkaOpts, batch: BatchOpts, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut c = base_config(&k)?;
+fn persist_consumer(k: &KafkaOpts) -> anyhow::Result<StreamConsumer<QuietContext>> {
+    let mut c = base_config(k)?;
     c.set("group.id", &k.kafka_group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
+        .set("session.timeout.ms", "45000")
         .set("max.poll.interval.ms", "600000");
     for (key, v) in &k.opts {
         c.set(key, v);
@@ -241,11 +240,53 @@ pub async fn run_persist(k: KafkaOpts, batch: BatchOpts, pool: PgPool, shutdown:
     let consumer: StreamConsumer<QuietContext> = c.create_with_context(QuietContext).context("creating Kafka consumer")?;
     consumer.subscribe(&[&k.topic]).context("subscribe")?;
     tracing::info!(topic = %k.topic, group = %k.kafka_group, "consuming");
+    Ok(consumer)
+}
+
+/// Messages in the topic the group has not committed yet (None when the broker cannot tell).
+fn group_lag(consumer: &StreamConsumer<QuietContext>, topic: &str) -> Option<i64> {
+    let timeout = Duration::from_secs(5);
+    let meta = consumer.fetch_metadata(Some(topic), timeout).ok()?;
+    let partitions: Vec<i32> = meta.topics().first()?.partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout).ok()?;
+    let mut lag = 0;
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout).ok()?;
+        let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => low,
+        };
+        lag += (high - done).max(0);
+    }
+    Some(lag)
+}
+
+/// Kafka -> Postgres. Offsets are committed only after the Postgres transaction commits.
+pub async fn run_persist(k: KafkaOpts, batch: BatchOpts, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut consumer = persist_consumer(&k)?;
+    let stall = Duration::from_millis(k.kafka_stall_ms.max(1_000));
     let size = batch.batch_size.max(1);
     loop {
         // first message (or shutdown)
         let first = tokio::select! {
-            m = consumer.recv() => m,
+            m = tokio::time::timeout(stall, consumer.recv()) => match m {
+                Ok(m) => m,
+                Err(_) => {
+                    // Idle: fine when there is nothing to consume; a stuck consumer otherwise.
+                    let lag = tokio::task::block_in_place(|| group_lag(&consumer, &k.topic));
+                    if lag.unwrap_or(1) > 0 {
+                        tracing::warn!(stall_ms = stall.as_millis() as u64, lag = ?lag,
+                            "no Kafka message while the group has unconsumed messages; recreating the consumer");
+                        drop(consumer);
+                        consumer = persist_consumer(&k)?;
+                    }
+                    continue;
+                }
+            },
             _ = shutdown.cancelled() => break,
         };
         let mut recs = Vec::with_capacity(size);
