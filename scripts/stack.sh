@@ -20,7 +20,14 @@ KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 
 say() { printf '\033[1m[tally]\033[0m %s\n' "$*"; }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A pid on file that runs and is not a zombie (kill -0 succeeds on zombies).
+alive() {
+  [ -f "$1" ] || return 1
+  local pid
+  pid="$(cat "$1")"
+  kill -0 "$pid" 2>/dev/null || return 1
+  [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != "Z" ]
+}
 
 wait_port() { # port seconds
   local i
@@ -42,6 +49,11 @@ start_redis() {
     --daemonize yes --pidfile "$TALLY_HOME/redis.pid" --logfile "$TALLY_HOME/redis.log" \
     --loadmodule "$BIN/libtally.so"
   wait_port "$REDIS_PORT" 20 || { tail -20 "$TALLY_HOME/redis.log"; exit 1; }
+  # The port opens before the AOF is loaded: wait for PONG (not LOADING).
+  for _ in $(seq 1 600); do
+    [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ] && break
+    sleep 0.2
+  done
   say "redis-server + tally on 127.0.0.1:$REDIS_PORT (AOF in $TALLY_HOME/redis)"
 }
 
@@ -71,9 +83,14 @@ start_kafka() {
   mkdir -p "$TALLY_HOME/kafka"
   if alive "$TALLY_HOME/kafka.pid"; then say "tansu already running on $KAFKA_PORT"; return; fi
   port_busy "$KAFKA_PORT" && { echo "port $KAFKA_PORT is taken (set TALLY_KAFKA_PORT)" >&2; exit 1; }
-  (cd "$TALLY_HOME/kafka" && RUST_LOG=warn nohup tansu broker --storage-engine "sqlite://tansu.db" \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    >>"$TALLY_HOME/kafka.log" 2>&1 & echo $! >"$TALLY_HOME/kafka.pid")
+  # `$!` must be tansu itself (not a subshell around it) so stop.sh can signal it.
+  (
+    cd "$TALLY_HOME/kafka" || exit 1
+    RUST_LOG=warn nohup tansu broker --storage-engine "sqlite://tansu.db" \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      >>"$TALLY_HOME/kafka.log" 2>&1 &
+    echo $! >"$TALLY_HOME/kafka.pid"
+  )
   wait_port "$KAFKA_PORT" 30 || { tail -20 "$TALLY_HOME/kafka.log"; exit 1; }
   say "tansu (Kafka protocol) on 127.0.0.1:$KAFKA_PORT (durable sqlite storage in $TALLY_HOME/kafka)"
 }
@@ -90,6 +107,15 @@ start_shipper() {
 }
 
 stop_all() {
+  # tansu is a development broker whose storage grows with every run and slows down (its
+  # group coordinator stopped answering after a few full-size runs here). When reconcile
+  # proves every event is in Postgres, Kafka holds nothing that is not also persisted, so
+  # its storage can be dropped at stop; otherwise it is kept.
+  local kafka_drained=0
+  if alive "$TALLY_HOME/shipper.pid" && [ -x "$BIN/tally-shipper" ] &&
+     "$BIN/tally-shipper" reconcile --redis-url "$REDIS_URL" --database-url "$DATABASE_URL" --wait-ms 60000 >/dev/null 2>&1; then
+    kafka_drained=1
+  fi
   if alive "$TALLY_HOME/shipper.pid"; then
     kill -TERM "$(cat "$TALLY_HOME/shipper.pid")"
     for _ in $(seq 1 300); do alive "$TALLY_HOME/shipper.pid" || break; sleep 0.1; done
@@ -101,6 +127,14 @@ stop_all() {
     # tansu's sqlite storage is durable, so a broker that ignores SIGTERM can be killed.
     alive "$TALLY_HOME/kafka.pid" && kill -KILL "$(cat "$TALLY_HOME/kafka.pid")"
     say "tansu stopped"
+  fi
+  # A broker started by an older version of this script may not be the pid on file.
+  pkill -KILL -f "tansu broker .*tcp://127.0.0.1:$KAFKA_PORT" 2>/dev/null || true
+  if [ "$kafka_drained" = 1 ]; then
+    rm -f "$TALLY_HOME"/kafka/tansu.db*
+    say "every event is in Postgres (reconcile): dropped the development broker's storage"
+  elif [ -f "$TALLY_HOME/kafka/tansu.db" ]; then
+    say "kept the broker's storage: reconcile could not prove every event reached Postgres"
   fi
   if alive "$TALLY_HOME/redis.pid"; then redis-cli -p "$REDIS_PORT" shutdown >/dev/null 2>&1 || true; say "redis-server stopped"; fi
   if [ -f "$PG_HOME/data/PG_VERSION" ] && pg "$PG_BIN/pg_ctl" -D "$PG_HOME/data" status >/dev/null 2>&1; then
