@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use rand::{Rng, SeedableRng};
 
-const STREAM: &str = "tally:log";
 const GROUP: &str = "tally-shipper";
 const EVENTS_SQL: &str = "SELECT count(*) FROM events";
 
@@ -24,14 +23,7 @@ async fn e2e_direct_exactly_once_with_replays_and_trim() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
 
     // backlog before the shipper starts
-    let mut replay = Vec::new();
-    for i in 0..800 {
-        let e = m.random_event(&mut rng);
-        xadd(&mut c, STREAM, "event", &e).await;
-        if i % 100 == 0 {
-            replay.push(e);
-        }
-    }
+    let replay = fill_with_replays(&mut c, &mut m, &mut rng, 800).await;
     let dir = tmpdir("direct");
     let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
     let metrics_addr = args[args.iter().position(|a| a == "--metrics-addr").unwrap() + 1].clone();

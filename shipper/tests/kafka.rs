@@ -10,7 +10,6 @@ use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-const STREAM: &str = "tally:log";
 const GROUP: &str = "tally-shipper";
 const EVENTS_SQL: &str = "SELECT count(*) FROM events";
 
@@ -40,14 +39,7 @@ async fn e2e_kafka_run_exactly_once() {
     let mut c = redis.conn().await;
     let mut m = Model::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
-    let mut replay = Vec::new();
-    for i in 0..600 {
-        let e = m.random_event(&mut rng);
-        xadd(&mut c, STREAM, "event", &e).await;
-        if i % 100 == 0 {
-            replay.push(e);
-        }
-    }
+    let replay = fill_with_replays(&mut c, &mut m, &mut rng, 600).await;
     let dir = tmpdir("kafka-e2e");
     let mut sh = Shipper::spawn(
         &base_args("run", Some(&redis.url()), Some(&pg.url()), Some(&kafka.brokers())),

@@ -480,6 +480,22 @@ impl Model {
     }
 }
 
+/// The module's log stream in standalone mode.
+pub const STREAM: &str = "tally:log";
+
+/// Appends `n` model events to the stream and returns every 100th, for replaying later.
+pub async fn fill_with_replays(c: &mut MultiplexedConnection, m: &mut Model, rng: &mut impl rand::Rng, n: usize) -> Vec<String> {
+    let mut replay = Vec::new();
+    for i in 0..n {
+        let e = m.random_event(rng);
+        xadd(c, STREAM, "event", &e).await;
+        if i % 100 == 0 {
+            replay.push(e);
+        }
+    }
+    replay
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
