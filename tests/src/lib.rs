@@ -24,9 +24,59 @@ pub fn module_path() -> PathBuf {
     panic!("libtally.so not found: run `cargo build --release -p tally` or set TALLY_MODULE");
 }
 
+/// Ports handed out by this process: never given twice, even after the listener closed.
+static ISSUED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A loopback port that is bindable now, drawn at random from 20000-32767: below Linux's
+/// ephemeral range (32768-60999), so no outgoing connection can take it between this check
+/// and the server's bind, and never returned twice in one process. A server can still lose
+/// a race with another program; `Redis::start`, `Pg::start` and the broker retry on a new
+/// port when that happens.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
+    use std::hash::{BuildHasher, Hasher};
+    let mut issued = ISSUED.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..10_000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
+        let port = 20_000 + (h.finish() % 12_768) as u16;
+        if issued.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            issued.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000-32767");
+}
+
+/// The server binary under test: `$TALLY_SERVER_BIN` (e.g. valkey-server), else redis-server.
+pub fn server_bin() -> String {
+    std::env::var("TALLY_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_string())
+}
+
+/// Waits until the server on `port` answers PING and is `child` itself (INFO's process_id),
+/// so a test never talks to a server it did not start. Err when the child exited (for
+/// example because another program took the port) or the deadline passed.
+pub fn wait_server_owned(port: u16, child: &mut Child, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let want = format!("process_id:{}", child.id());
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("server exited early ({status})"));
+        }
+        if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(2)) {
+            let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query(&mut c);
+            match info {
+                Ok(text) if text.lines().any(|l| l.trim() == want) => return Ok(()),
+                Ok(_) => return Err(format!("port {port} is served by another process")),
+                Err(_) => {} // LOADING: keep waiting
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("server on port {port} not ready after {timeout:?}"))
 }
 
 /// Lets one process hold the thousands of connections the concurrency stories open.
@@ -46,6 +96,7 @@ pub struct Redis {
     pub dir: tempfile::TempDir,
     module_args: Vec<String>,
     extra: Vec<String>,
+    restarting: bool,
 }
 
 impl Redis {
@@ -67,14 +118,30 @@ impl Redis {
             dir,
             module_args: module_args.iter().map(|s| s.to_string()).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            restarting: false,
         };
         r.spawn();
         r
     }
 
+    /// Start on `self.port`; when the port turns out to be taken (the server exits or
+    /// another process answers), retry on a new one (first start only: a restart keeps its port).
     fn spawn(&mut self) {
+        for attempt in 0..5 {
+            match self.spawn_once() {
+                Ok(()) => return,
+                Err(e) if attempt < 4 && !self.restarting => {
+                    eprintln!("redis-server on port {}: {e}; retrying on another port", self.port);
+                    self.port = free_port();
+                }
+                Err(e) => panic!("{e}; log:\n{}", self.log()),
+            }
+        }
+    }
+
+    fn spawn_once(&mut self) -> Result<(), String> {
         raise_fd_limit();
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = Command::new(server_bin());
         cmd.arg("--port").arg(self.port.to_string())
             .arg("--bind").arg("127.0.0.1")
             .arg("--dir").arg(self.dir.path())
@@ -85,28 +152,18 @@ impl Redis {
         for a in self.module_args.iter().chain(&self.extra) {
             cmd.arg(a);
         }
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start redis-server");
-        self.child = Some(child);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(mut c) = self.client().get_connection() {
-                let loading: redis::RedisResult<String> = redis::cmd("PING").query(&mut c);
-                if loading.is_ok() {
-                    return;
-                }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("start {}: {e}", server_bin()))?;
+        match wait_server_owned(self.port, &mut child, Duration::from_secs(30)) {
+            Ok(()) => {
+                self.child = Some(child);
+                Ok(())
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("redis-server exited early ({status}); log:\n{}", self.log());
-                }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("redis-server did not become ready; log:\n{}", self.log());
     }
 
     pub fn log(&self) -> String {
@@ -135,6 +192,7 @@ impl Redis {
         if let Some(mut c) = self.child.take() {
             let _ = c.wait();
         }
+        self.restarting = true;
         self.spawn();
     }
 
