@@ -131,6 +131,10 @@ pub struct RedisOpts {
     /// How often to look for new log streams (SCAN MATCH <prefix>:log* TYPE stream).
     #[arg(long, env = "TALLY_DISCOVER_INTERVAL_MS", default_value_t = 10_000)]
     pub discover_interval_ms: u64,
+    /// How often to sample each stream's length, pending entries and lag for /metrics, on a
+    /// connection of its own (so the figures keep moving while Kafka or Postgres is down).
+    #[arg(long, env = "TALLY_STREAM_METRICS_INTERVAL_MS", default_value_t = 1_000)]
+    pub stream_metrics_interval_ms: u64,
 }
 
 pub fn default_consumer() -> String {
@@ -183,6 +187,22 @@ pub struct PgOpts {
     /// Apply migrations at start (run/persist).
     #[arg(long, env = "TALLY_MIGRATE")]
     pub migrate: bool,
+    /// Longest wait for a pooled connection (including connecting); past it the batch fails
+    /// and is retried with backoff, so a Postgres that does not answer shows as a failure.
+    #[arg(long, env = "TALLY_PG_ACQUIRE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub pg_acquire_timeout_ms: u64,
+    /// Server-side `statement_timeout` of every shipper connection. The whole batch
+    /// transaction also has a client-side deadline of acquire + 2 x statement timeout, which
+    /// catches a server that stopped answering altogether.
+    #[arg(long, env = "TALLY_PG_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub pg_statement_timeout_ms: u64,
+}
+
+impl PgOpts {
+    /// Client-side deadline of one batch transaction.
+    pub fn batch_deadline_ms(&self) -> u64 {
+        self.pg_acquire_timeout_ms.saturating_add(self.pg_statement_timeout_ms.saturating_mul(2))
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -215,6 +235,10 @@ pub struct OpsOpts {
     /// Interval of the progress log line (only while events flow).
     #[arg(long, env = "TALLY_PROGRESS_INTERVAL_MS", default_value_t = 10_000)]
     pub progress_interval_ms: u64,
+    /// /healthz answers 503 "degraded" once deliveries to the next stage (Kafka or Postgres)
+    /// have failed continuously for this long; /metrics counts every failure at once.
+    #[arg(long, env = "TALLY_UNHEALTHY_AFTER_MS", default_value_t = 10_000)]
+    pub unhealthy_after_ms: u64,
 }
 
 pub fn parse_kv(s: &str) -> Result<(String, String), String> {

@@ -3,19 +3,30 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
+use crate::config::PgOpts;
 use crate::event::{Body, Event};
 use crate::record::Record;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-pub async fn connect(url: &str, max_conns: u32) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
-        .max_connections(max_conns)
-        .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect_lazy(url)
+/// A lazily connecting pool whose every wait is bounded: acquiring a connection (which
+/// includes connecting) by `pg_acquire_timeout_ms`, each statement by the server-side
+/// `statement_timeout`, and a transaction left idle by `idle_in_transaction_session_timeout`.
+pub async fn connect(pg: &PgOpts, max_conns: u32) -> Result<PgPool, sqlx::Error> {
+    let statement_ms = pg.pg_statement_timeout_ms.to_string();
+    let opts = PgConnectOptions::from_str(&pg.url)?.options([
+        ("statement_timeout", statement_ms.as_str()),
+        ("idle_in_transaction_session_timeout", statement_ms.as_str()),
+    ]);
+    Ok(PgPoolOptions::new()
+        .max_connections(max_conns.max(1))
+        .acquire_timeout(std::time::Duration::from_millis(pg.pg_acquire_timeout_ms.max(1)))
+        .connect_lazy_with(opts))
 }
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

@@ -14,7 +14,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BatchOpts, KafkaOpts};
@@ -266,7 +265,7 @@ fn group_lag(consumer: &StreamConsumer<QuietContext>, topic: &str) -> Option<i64
 }
 
 /// Kafka -> Postgres. Offsets are committed only after the Postgres transaction commits.
-pub async fn run_persist(k: KafkaOpts, batch: BatchOpts, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_persist(k: KafkaOpts, batch: BatchOpts, pg: pipeline::PgSink, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut consumer = persist_consumer(&k)?;
     let stall = Duration::from_millis(k.kafka_stall_ms.max(1_000));
     let size = batch.batch_size.max(1);
@@ -319,7 +318,7 @@ pub async fn run_persist(k: KafkaOpts, batch: BatchOpts, pool: PgPool, shutdown:
             }
         }
         metrics::KAFKA_CONSUMED.inc_by(recs.len() as u64);
-        pipeline::Sink::Pg(pool.clone()).deliver(&recs, &batch).await;
+        pipeline::Sink::Pg(pg.clone()).deliver(&recs, &batch).await;
         let mut tpl = TopicPartitionList::new();
         for (t, p, o) in commit_offsets(offsets) {
             tpl.add_partition_offset(&t, p, Offset::Offset(o))?;

@@ -11,10 +11,12 @@ mod reconcile;
 mod record;
 mod redis_src;
 mod restore;
+mod stream_keeper;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -31,23 +33,27 @@ fn init_tracing() {
         .init();
 }
 
-/// SIGTERM/SIGINT -> cancel the token; then enforce the shutdown deadline.
-fn install_signals(shutdown: CancellationToken, deadline_ms: u64) {
+/// SIGTERM/SIGINT -> cancel the token; then enforce the shutdown deadline. The handlers are
+/// registered before this returns, so once /healthz answers a SIGTERM is never lost.
+fn install_signals(shutdown: CancellationToken, deadline_ms: u64) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping reads, finishing in-flight batch"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping reads, finishing in-flight batch"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping reads, finishing in-flight batch"),
         }
         shutdown.cancel();
         tokio::time::sleep(Duration::from_millis(deadline_ms)).await;
         tracing::warn!(deadline_ms, "shutdown deadline exceeded; exiting with in-flight work unacknowledged (it will be re-shipped)");
         std::process::exit(3);
     });
+    Ok(())
 }
 
 async fn pg_pool(pg: &PgOpts) -> anyhow::Result<sqlx::PgPool> {
-    let pool = db::connect(&pg.url, pg.pg_max_conns).await?;
+    let pool = db::connect(pg, pg.pg_max_conns).await?;
     if pg.migrate {
         migrate_with_retry(&pool).await?;
     }
@@ -69,38 +75,45 @@ async fn migrate_with_retry(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     }
 }
 
-fn start_ops(ops: &OpsOpts, shutdown: &CancellationToken) {
-    let addr = ops.metrics_addr.clone();
+/// Signal handlers, then /metrics + /healthz (bound before this returns: a taken address is
+/// a fatal start-up error), then the progress line.
+async fn start_ops(ops: &OpsOpts, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    install_signals(shutdown.clone(), ops.shutdown_deadline_ms)?;
+    metrics::set_unhealthy_after_ms(ops.unhealthy_after_ms);
+    let server = metrics::bind(&ops.metrics_addr).await?;
     let s = shutdown.clone();
     tokio::spawn(async move {
-        if let Err(e) = metrics::serve(addr, s).await {
-            tracing::warn!(error = %format!("{e:#}"), "metrics server failed");
+        if let Some(listener) = server {
+            if let Err(e) = metrics::serve(listener, s).await {
+                tracing::warn!(error = %format!("{e:#}"), "metrics server failed");
+            }
         }
     });
     tokio::spawn(metrics::progress(ops.progress_interval_ms, shutdown.clone()));
+    Ok(())
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     match cli.cmd {
         Command::Migrate { pg } => {
-            let pool = db::connect(&pg.url, 1).await?;
+            let pool = db::connect(&pg, 1).await?;
             migrate_with_retry(&pool).await?;
             tracing::info!("migrations applied");
         }
         Command::RetryFailed { pg, limit } => {
-            let pool = db::connect(&pg.url, 1).await?;
+            let pool = db::connect(&pg, 1).await?;
             let (ok, bad) = db::retry_failed(&pool, limit).await?;
             tracing::info!(resolved = ok, still_failing = bad, "retry-failed done");
             println!("resolved={ok} still_failing={bad}");
         }
         Command::Reconcile { target, pg, wait_ms } => {
-            let pool = db::connect(&pg.url, 2).await?;
+            let pool = db::connect(&pg, 2).await?;
             let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, wait_ms)).await?;
             std::process::exit(code);
         }
         Command::Restore { target, pg, force } => {
-            let pool = db::connect(&pg.url, 2).await?;
+            let pool = db::connect(&pg, 2).await?;
             let opt = restore::Options { prefix: target.prefix.clone(), force, batch: target.batch.max(1) };
             let done = restore::command(&target.url, &pool, &opt).await?;
             println!(
@@ -111,35 +124,32 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Run { redis, kafka, pg, batch, ops } => {
-            install_signals(shutdown.clone(), ops.shutdown_deadline_ms);
-            start_ops(&ops, &shutdown);
+            start_ops(&ops, &shutdown).await?;
             let pool = pg_pool(&pg).await?;
             if kafka.brokers.as_deref().map(|b| b.trim().is_empty()).unwrap_or(true) {
                 tracing::info!("no Kafka brokers configured: direct path stream -> Postgres");
-                redis_src::run_source(redis, batch, pipeline::Sink::Pg(pool), shutdown.clone()).await;
+                redis_src::run_source(redis, batch, pipeline::Sink::Pg(pipeline::PgSink::new(pool, &pg)), shutdown.clone()).await;
             } else {
                 kafka::ensure_topic(&kafka).await?;
                 let fwd = Arc::new(kafka::Forwarder::new(&kafka)?);
-                let persist = tokio::spawn(kafka::run_persist(kafka.clone(), batch.clone(), pool, shutdown.clone()));
+                let persist = tokio::spawn(kafka::run_persist(kafka.clone(), batch.clone(), pipeline::PgSink::new(pool, &pg), shutdown.clone()));
                 redis_src::run_source(redis, batch, pipeline::Sink::Kafka(fwd.clone()), shutdown.clone()).await;
                 fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
                 persist.await??;
             }
         }
         Command::Forward { redis, kafka, batch, ops } => {
-            install_signals(shutdown.clone(), ops.shutdown_deadline_ms);
-            start_ops(&ops, &shutdown);
+            start_ops(&ops, &shutdown).await?;
             kafka::ensure_topic(&kafka).await?;
             let fwd = Arc::new(kafka::Forwarder::new(&kafka)?);
             redis_src::run_source(redis, batch, pipeline::Sink::Kafka(fwd.clone()), shutdown.clone()).await;
             fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
         }
         Command::Persist { kafka, pg, batch, ops } => {
-            install_signals(shutdown.clone(), ops.shutdown_deadline_ms);
-            start_ops(&ops, &shutdown);
+            start_ops(&ops, &shutdown).await?;
             let pool = pg_pool(&pg).await?;
             kafka::ensure_topic(&kafka).await?;
-            kafka::run_persist(kafka, batch, pool, shutdown.clone()).await?;
+            kafka::run_persist(kafka, batch, pipeline::PgSink::new(pool, &pg), shutdown.clone()).await?;
         }
     }
     tracing::info!("stopped cleanly");

@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    register_gauge_vec, register_histogram_vec, register_int_counter, register_int_gauge_vec, Encoder, GaugeVec,
-    HistogramVec, IntCounter, IntGaugeVec, TextEncoder,
+    register_gauge_vec, register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec, Encoder,
+    GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,28 @@ pub static SEQ_ANOMALIES: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 pub static RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("tally_transient_retries_total", "Retries after transient failures").unwrap()
+});
+pub static DELIVERY_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_delivery_failures_total",
+        "Failed attempts to deliver a batch to the next stage (each is retried with backoff)",
+        &["stage"]
+    )
+    .unwrap()
+});
+pub static ENTRIES_CLAIMED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("tally_entries_claimed_total", "Pending entries of idle consumers taken over (XAUTOCLAIM)").unwrap()
+});
+pub static STREAM_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "tally_stream_lag_seconds",
+        "Age of the oldest entry of the stream not yet acknowledged by the group (0 when none)",
+        &["stream"]
+    )
+    .unwrap()
+});
+pub static STREAM_UNREAD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("tally_stream_unread_entries", "Entries the group has not read yet", &["stream"]).unwrap()
 });
 pub static PENDING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("tally_stream_pending_entries", "Pending (delivered, unacked) entries of the group", &["stream"])
@@ -67,8 +89,13 @@ pub static BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 
 /// 0 when healthy, else the Unix ms since which deliveries to the next stage keep failing.
 pub static FAILING_SINCE_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-/// /healthz turns 503 after deliveries have failed continuously for this long.
-pub const UNHEALTHY_AFTER_MS: i64 = 30_000;
+/// /healthz turns 503 after deliveries have failed continuously for this long
+/// (`--unhealthy-after-ms`).
+static UNHEALTHY_AFTER_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(10_000);
+
+pub fn set_unhealthy_after_ms(ms: u64) {
+    UNHEALTHY_AFTER_MS.store(i64::try_from(ms).unwrap_or(i64::MAX), std::sync::atomic::Ordering::Relaxed);
+}
 
 pub fn set_failing(failing: bool) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -81,7 +108,8 @@ pub fn set_failing(failing: bool) {
 
 async fn healthz() -> (axum::http::StatusCode, String) {
     let since = FAILING_SINCE_MS.load(std::sync::atomic::Ordering::Relaxed);
-    if since != 0 && now_ms() - since > UNHEALTHY_AFTER_MS {
+    let after = UNHEALTHY_AFTER_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if since != 0 && now_ms() - since >= after {
         let secs = (now_ms() - since) / 1000;
         (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("degraded: deliveries failing for {secs}s\n"))
     } else {
@@ -103,20 +131,31 @@ fn render() -> String {
     // touch the lazies so every series is exported from the start
     let _ = (&*EVENTS_READ, &*EVENTS_FORWARDED, &*EVENTS_PERSISTED, &*EVENTS_DUPLICATE, &*EVENTS_FAILED);
     let _ = (&*KAFKA_CONSUMED, &*SEQ_ANOMALIES, &*RETRIES, &*PENDING, &*STREAM_LEN, &*LAG, &*BATCH_SIZE, &*BATCH_SECONDS);
+    let _ = (&*ENTRIES_CLAIMED, &*STREAM_LAG, &*STREAM_UNREAD);
+    for stage in ["forward", "persist"] {
+        let _ = DELIVERY_FAILURES.with_label_values(&[stage]);
+    }
     let mut buf = Vec::new();
     TextEncoder::new().encode(&prometheus::gather(), &mut buf).ok();
     String::from_utf8(buf).unwrap_or_default()
 }
 
-pub async fn serve(addr: String, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Binds the /metrics address; None when it is "off".
+pub async fn bind(addr: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
     if addr == "off" || addr.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-addr {addr}: {e} (use another address or \"off\")"))?;
+    tracing::info!(addr = %addr, "metrics listening");
+    Ok(Some(listener))
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(|| async { render() }))
         .route("/healthz", axum::routing::get(healthz));
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
-    tracing::info!(addr = %addr, "metrics listening");
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
     Ok(())
 }

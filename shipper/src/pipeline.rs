@@ -11,9 +11,22 @@ use crate::kafka::Forwarder;
 use crate::metrics;
 use crate::record::Record;
 
+/// Postgres as a sink: the pool and the client-side deadline of one batch transaction.
+#[derive(Clone)]
+pub struct PgSink {
+    pub pool: PgPool,
+    pub batch_deadline: Duration,
+}
+
+impl PgSink {
+    pub fn new(pool: PgPool, pg: &crate::config::PgOpts) -> PgSink {
+        PgSink { pool, batch_deadline: Duration::from_millis(pg.batch_deadline_ms()) }
+    }
+}
+
 #[derive(Clone)]
 pub enum Sink {
-    Pg(PgPool),
+    Pg(PgSink),
     Kafka(Arc<Forwarder>),
 }
 
@@ -27,8 +40,8 @@ impl Sink {
 
     async fn deliver_once(&self, recs: &[Record]) -> anyhow::Result<()> {
         match self {
-            Sink::Pg(pool) => {
-                let out = persist_robust(pool, recs).await?;
+            Sink::Pg(pg) => {
+                let out = persist_robust(pg, recs).await?;
                 account(&out);
                 Ok(())
             }
@@ -54,6 +67,7 @@ impl Sink {
                 }
                 Err(e) => {
                     metrics::set_failing(true);
+                    metrics::DELIVERY_FAILURES.with_label_values(&[self.stage()]).inc();
                     let wait = backoff_ms(b.retry_backoff_ms, b.retry_backoff_cap_ms, attempt);
                     metrics::RETRIES.inc();
                     tracing::warn!(stage = self.stage(), batch = recs.len(), attempt, retry_in_ms = wait, error = %format!("{e:#}"),
@@ -89,8 +103,9 @@ fn is_data_error(e: &sqlx::Error) -> bool {
 
 /// Persist a batch; if Postgres rejects the data itself (not a transient failure), isolate the
 /// offending records one by one into failed_events so they never block the rest.
-pub async fn persist_robust(pool: &PgPool, recs: &[Record]) -> Result<db::Outcome, sqlx::Error> {
-    match db::persist_batch(pool, recs).await {
+pub async fn persist_robust(pg: &PgSink, recs: &[Record]) -> Result<db::Outcome, sqlx::Error> {
+    let pool = &pg.pool;
+    match persist_with_deadline(pg, recs).await {
         Err(e) if is_data_error(&e) && recs.len() > 0 => {
             tracing::warn!(error = %e, batch = recs.len(), "batch rejected by Postgres, isolating records");
             let mut total = db::Outcome::default();
@@ -112,5 +127,17 @@ pub async fn persist_robust(pool: &PgPool, recs: &[Record]) -> Result<db::Outcom
             Ok(total)
         }
         other => other,
+    }
+}
+
+/// One batch transaction under the client-side deadline: a server that accepted the
+/// connection and then stopped answering fails the batch instead of hanging it.
+async fn persist_with_deadline(pg: &PgSink, recs: &[Record]) -> Result<db::Outcome, sqlx::Error> {
+    match tokio::time::timeout(pg.batch_deadline, db::persist_batch(&pg.pool, recs)).await {
+        Ok(r) => r,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("batch transaction exceeded {} ms", pg.batch_deadline.as_millis()),
+        ))),
     }
 }

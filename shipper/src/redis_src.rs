@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{backoff_ms, BatchOpts, RedisOpts};
 use crate::metrics;
 use crate::pipeline::Sink;
-use crate::record::{next_stream_id, parse_stream_id, Record};
+use crate::record::Record;
 
 type RResult<T> = Result<T, redis::RedisError>;
 
@@ -24,7 +24,7 @@ pub struct Entry {
     pub fields: Option<Vec<(String, Vec<u8>)>>,
 }
 
-fn as_str(v: &Value) -> Option<String> {
+pub(crate) fn as_str(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
@@ -34,14 +34,14 @@ fn as_str(v: &Value) -> Option<String> {
     }
 }
 
-fn as_int(v: &Value) -> Option<i64> {
+pub(crate) fn as_int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
         other => as_str(other)?.parse().ok(),
     }
 }
 
-fn as_array(v: &Value) -> &[Value] {
+pub(crate) fn as_array(v: &Value) -> &[Value] {
     match v {
         Value::Array(a) | Value::Set(a) => a,
         _ => &[],
@@ -257,49 +257,6 @@ impl Worker {
         Ok(())
     }
 
-    /// Trim entries every group has acknowledged: MINID = min over groups of (oldest pending id,
-    /// or last-delivered-id + 1 when nothing is pending). Never removes undelivered/unacked entries.
-    async fn trim(&self, conn: &mut MultiplexedConnection) -> RResult<()> {
-        let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(&self.stream).query_async(conn).await?;
-        let mut floor: Option<(u64, u64, String)> = None;
-        let mut own_pending = 0;
-        for g in as_array(&groups) {
-            let kv: HashMap<String, &Value> = match g {
-                Value::Map(m) => m.iter().filter_map(|(k, v)| Some((as_str(k)?, v))).collect(),
-                other => as_array(other).chunks(2).filter_map(|p| Some((as_str(&p[0])?, p.get(1)?))).collect(),
-            };
-            let Some(name) = kv.get("name").and_then(|v| as_str(v)) else { return Ok(()) };
-            let pending = kv.get("pending").and_then(|v| as_int(v)).unwrap_or(0);
-            let Some(last) = kv.get("last-delivered-id").and_then(|v| as_str(v)) else { return Ok(()) };
-            if name == self.redis.redis_group {
-                own_pending = pending;
-            }
-            let min = if pending > 0 {
-                let p: Value = redis::cmd("XPENDING").arg(&self.stream).arg(&name).query_async(conn).await?;
-                match as_array(&p).get(1).and_then(as_str) {
-                    Some(id) => id,
-                    None => return Ok(()),
-                }
-            } else {
-                match next_stream_id(&last) {
-                    Some(id) => id,
-                    None => return Ok(()),
-                }
-            };
-            let Some((ms, n)) = parse_stream_id(&min) else { return Ok(()) };
-            if floor.as_ref().map(|f| (ms, n) < (f.0, f.1)).unwrap_or(true) {
-                floor = Some((ms, n, min));
-            }
-        }
-        if let Some((_, _, minid)) = floor {
-            let _: Value = redis::cmd("XTRIM").arg(&self.stream).arg("MINID").arg(&minid).query_async(conn).await?;
-        }
-        let len: i64 = redis::cmd("XLEN").arg(&self.stream).query_async(conn).await?;
-        metrics::STREAM_LEN.with_label_values(&[self.stream.as_str()]).set(len);
-        metrics::PENDING.with_label_values(&[self.stream.as_str()]).set(own_pending);
-        Ok(())
-    }
-
     pub async fn run(self) {
         let mut attempt = 0u32;
         loop {
@@ -333,14 +290,8 @@ impl Worker {
         let mut phase = Phase::OwnPending("0".into());
         let mut last_claim = Instant::now() - Duration::from_millis(self.redis.claim_interval_ms);
         let mut claim_cursor = "0-0".to_string();
-        let mut last_trim = Instant::now();
-        let trim_every = Duration::from_millis(self.redis.trim_interval_ms);
-        let mut dirty = true; // something was acked since the last trim
         loop {
             if self.shutdown.is_cancelled() {
-                if dirty && self.redis.trim_interval_ms > 0 {
-                    let _ = self.trim(&mut conn).await;
-                }
                 return Ok(());
             }
             let entries = match &phase {
@@ -368,6 +319,7 @@ impl Worker {
                         claim_cursor = next;
                     }
                     if !e.is_empty() {
+                        metrics::ENTRIES_CLAIMED.inc_by(e.len() as u64);
                         tracing::info!(stream = %self.stream, count = e.len(), "claimed idle pending entries");
                     }
                     e
@@ -383,12 +335,6 @@ impl Worker {
                 }
                 let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
                 self.ack_with_retry(&mut conn, &ids).await;
-                dirty = true;
-            }
-            if self.redis.trim_interval_ms > 0 && dirty && last_trim.elapsed() >= trim_every {
-                self.trim(&mut conn).await?;
-                last_trim = Instant::now();
-                dirty = false;
             }
         }
     }
@@ -422,6 +368,9 @@ impl Worker {
 pub async fn run_source(redis: RedisOpts, batch: BatchOpts, sink: Sink, shutdown: CancellationToken) {
     let inflight = Arc::new(Semaphore::new(batch.max_in_flight.max(1)));
     let mut workers: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
+    // trimming and stream metrics: stopped only after every worker acked its last batch
+    let keep_token = CancellationToken::new();
+    let mut keepers = Vec::new();
     loop {
         for url in &redis.urls {
             let streams = match connect(url, Duration::from_secs(10)).await {
@@ -440,6 +389,7 @@ pub async fn run_source(redis: RedisOpts, batch: BatchOpts, sink: Sink, shutdown
                 if workers.get(&key).map(|h| !h.is_finished()).unwrap_or(false) || workers.contains_key(&key) {
                     continue;
                 }
+                let s_name = s.clone();
                 let w = Worker {
                     url: url.clone(),
                     stream: s,
@@ -450,6 +400,8 @@ pub async fn run_source(redis: RedisOpts, batch: BatchOpts, sink: Sink, shutdown
                     shutdown: shutdown.clone(),
                 };
                 workers.insert(key, tokio::spawn(w.run()));
+                let keeper = crate::stream_keeper::Keeper::new(url, &s_name, &redis, &batch, keep_token.clone());
+                keepers.push(tokio::spawn(keeper.run()));
             }
         }
         tokio::select! {
@@ -458,6 +410,10 @@ pub async fn run_source(redis: RedisOpts, batch: BatchOpts, sink: Sink, shutdown
         }
     }
     for (_, h) in workers {
+        let _ = h.await;
+    }
+    keep_token.cancel();
+    for h in keepers {
         let _ = h.await;
     }
 }

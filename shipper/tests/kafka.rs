@@ -24,8 +24,7 @@ fn tansu_or_skip(test: &str) -> Option<Tansu> {
 }
 
 fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
+    tail_lines(s, 60)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,9 +140,15 @@ async fn broker_restart_under_load_loses_nothing() {
     for _ in 0..700 {
         xadd(&mut c, STREAM, "event", &m.random_event(&mut rng)).await;
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // the outage shows as failed deliveries (after --kafka-message-timeout-ms), and nothing
+    // is acknowledged or trimmed meanwhile
+    let failures = "tally_delivery_failures_total{stage=\"forward\"}";
+    let f = sh.wait_metric(failures, Duration::from_secs(90), |v| v >= 1.0).await;
+    assert!(f >= Some(1.0), "no failed delivery counted while the broker was down ({f:?})");
     let len = xlen(&mut c, STREAM).await;
     assert!(len >= 700, "entries trimmed while the broker was down (xlen {len})");
+    let m_len = sh.metric(&format!("tally_stream_length{{stream=\"{STREAM}\"}}"));
+    assert!(m_len >= Some(700.0), "stream length metric while the broker was down: {m_len:?}");
     kafka.start_server();
     let n = m.ids.len() as i64;
     let got = wait_count(&pool, EVENTS_SQL, n, Duration::from_secs(120)).await;

@@ -30,9 +30,7 @@ pub fn serial() -> MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use tally_tests::free_port;
 
 pub fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
@@ -71,21 +69,31 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// A server of our own: retried on a new port if the chosen one turns out to be taken.
     pub fn start(module: Option<&Path>) -> Redis {
-        let port = free_port();
         let dir = tmpdir("redis");
-        let mut cmd = Command::new("/usr/bin/redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(m) = module {
-            cmd.arg("--loadmodule").arg(m);
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(tally_tests::server_bin());
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Some(m) = module {
+                cmd.arg("--loadmodule").arg(m);
+            }
+            let mut child = cmd.spawn().expect("spawn redis-server");
+            match tally_tests::wait_server_owned(port, &mut child, Duration::from_secs(30)) {
+                Ok(()) => return Redis { port, child, dir },
+                Err(e) => {
+                    eprintln!("redis-server on port {port}: {e}; retrying on another port");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
         }
-        let child = cmd.spawn().expect("spawn redis-server");
-        assert!(wait_port(port, Duration::from_secs(10)), "redis did not start");
-        Redis { port, child, dir }
+        panic!("redis-server did not start on any of 5 ports");
     }
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -155,11 +163,27 @@ impl Pg {
         ]);
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
         let mut pg = Pg { port, dir, running: false };
+        for _ in 0..4 {
+            match pg.try_start_server() {
+                Ok(()) => return pg,
+                Err(e) => {
+                    eprintln!("postgres on port {}: {e}; retrying on another port", pg.port);
+                    pg.port = free_port();
+                }
+            }
+        }
         pg.start_server();
         pg
     }
 
+    /// Start (again) on the same port and data directory.
     pub fn start_server(&mut self) {
+        if let Err(e) = self.try_start_server() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_start_server(&mut self) -> Result<(), String> {
         let data = self.dir.join("data");
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=on -c max_connections=50",
@@ -180,8 +204,12 @@ impl Pg {
             "30",
             "start",
         ]);
-        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!("pg_ctl start: {}\n{log}", String::from_utf8_lossy(&out.stderr)));
+        }
         self.running = true;
+        Ok(())
     }
 
     pub fn stop_server(&mut self) {
@@ -231,11 +259,29 @@ impl Tansu {
         let bin = tansu_bin()?;
         let dir = tmpdir("tansu");
         let mut t = Tansu { port: free_port(), child: None, dir, bin };
+        for _ in 0..4 {
+            match t.try_start_server() {
+                Ok(()) => return Some(t),
+                Err(e) => {
+                    eprintln!("tansu on port {}: {e}; retrying on another port", t.port);
+                    t.port = free_port();
+                }
+            }
+        }
         t.start_server();
         Some(t)
     }
 
+    /// Start (again) on the same port and storage.
     pub fn start_server(&mut self) {
+        if let Err(e) = self.try_start_server() {
+            panic!("{e}");
+        }
+    }
+
+    /// Up when the port accepts connections and the child is still running (a broker that
+    /// lost the port race exits).
+    fn try_start_server(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tansu.log")).unwrap();
         let child = Command::new(&self.bin)
             .arg("broker")
@@ -252,7 +298,14 @@ impl Tansu {
             .spawn()
             .expect("spawn tansu");
         self.child = Some(child);
-        assert!(wait_port(self.port, Duration::from_secs(20)), "tansu did not start");
+        let up = wait_port(self.port, Duration::from_secs(30));
+        let exited = self.child.as_mut().map(|c| matches!(c.try_wait(), Ok(Some(_)))).unwrap_or(true);
+        if up && !exited {
+            return Ok(());
+        }
+        self.stop_server();
+        let log = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
+        Err(format!("tansu did not start (listening: {up}, exited: {exited})\n{}", tail_lines(&log, 20)))
     }
 
     pub fn stop_server(&mut self) {
@@ -279,14 +332,19 @@ impl Drop for Tansu {
 pub struct Shipper {
     pub child: Child,
     pub log: PathBuf,
-    /// readiness lines already in the (shared, appended) log before this process started
-    ready_marks: usize,
+    /// host:port of its /metrics and /healthz
+    pub metrics_addr: String,
 }
 
 impl Shipper {
+    /// `args` must carry `--metrics-addr` (base_args adds one).
     pub fn spawn(args: &[String], log: &Path) -> Shipper {
-        let prev = std::fs::read_to_string(log).unwrap_or_default();
-        let ready_marks = prev.matches("reading stream").count() + prev.matches("consuming").count();
+        let metrics_addr = args
+            .iter()
+            .position(|a| a == "--metrics-addr")
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .expect("shipper args without --metrics-addr");
         let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(BIN)
             .args(args)
@@ -296,7 +354,7 @@ impl Shipper {
             .stderr(f)
             .spawn()
             .expect("spawn tally-shipper");
-        Shipper { child, log: log.to_path_buf(), ready_marks }
+        Shipper { child, log: log.to_path_buf(), metrics_addr }
     }
 
     pub fn kill9(&mut self) {
@@ -304,17 +362,19 @@ impl Shipper {
         let _ = self.child.wait();
     }
 
-    /// Wait until the process logged that it reads its source (signal handlers are set by then).
-    pub fn wait_ready(&self, t: Duration) {
+    /// Wait until /healthz answers: the signal handlers are installed before it listens.
+    pub fn wait_ready(&mut self, t: Duration) {
         let start = Instant::now();
         while start.elapsed() < t {
-            let l = self.log_text();
-            if l.matches("reading stream").count() + l.matches("consuming").count() > self.ready_marks {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("shipper exited ({st}) before it was ready:\n{}", tail_lines(&self.log_text(), 40));
+            }
+            if http_get_blocking(&self.metrics_addr, "/healthz").is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("shipper not ready after {t:?}:\n{}", self.log_text());
+        panic!("shipper not ready after {t:?}:\n{}", tail_lines(&self.log_text(), 40));
     }
 
     pub fn sigterm(&mut self) {
@@ -335,9 +395,63 @@ impl Shipper {
         None
     }
 
+    /// For failure messages only: tests assert on what a user observes, never on the log.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// (HTTP status, body) of /healthz; None while it does not answer.
+    pub fn healthz(&self) -> Option<(u16, String)> {
+        http_get_blocking(&self.metrics_addr, "/healthz")
+    }
+
+    /// The value of one series of /metrics (exact name with labels, e.g.
+    /// `tally_stream_length{stream="tally:log"}`); None when absent or unreachable.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = http_get_blocking(&self.metrics_addr, "/metrics")?;
+        metric_value(&body, series)
+    }
+
+    /// Poll until `cond(value of series)` holds; returns the last value seen.
+    pub async fn wait_metric(&self, series: &str, timeout: Duration, cond: impl Fn(f64) -> bool) -> Option<f64> {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < timeout {
+            last = self.metric(series);
+            if last.map(&cond).unwrap_or(false) {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last
+    }
+}
+
+/// Parse one series out of a Prometheus text exposition.
+pub fn metric_value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A plain HTTP/1.1 GET with a 5 s timeout: (status, body), None when nothing answers.
+pub fn http_get_blocking(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+pub fn tail_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 impl Drop for Shipper {
