@@ -155,11 +155,13 @@ pub struct KafkaOpts {
     /// Topic carrying the events.
     #[arg(long = "kafka-topic", env = "TALLY_KAFKA_TOPIC", default_value = "tally.events")]
     pub topic: String,
-    /// Consumer group of `persist`.
+    /// Group id under which `persist` commits its offsets to the broker, for lag tools only:
+    /// it never joins the group; its positions live in Postgres (table kafka_offsets).
     #[arg(long = "kafka-group", env = "TALLY_KAFKA_GROUP", default_value = "tally-persist")]
     pub kafka_group: String,
-    /// librdkafka property passthrough, `key=value` (repeatable), e.g. for SASL/TLS.
-    #[arg(long = "kafka-opt", value_parser = parse_kv)]
+    /// librdkafka property passthrough, `key=value` (repeatable), e.g. for SASL/TLS. From the
+    /// environment: TALLY_KAFKA_OPTS, one `key=value` per line (keeps secrets off the command line).
+    #[arg(long = "kafka-opt", env = "TALLY_KAFKA_OPTS", value_parser = parse_kv, value_delimiter = '\n')]
     pub opts: Vec<(String, String)>,
     /// Producer delivery timeout (message.timeout.ms); the batch is retried after it.
     #[arg(long, env = "TALLY_KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 30_000)]
@@ -169,11 +171,10 @@ pub struct KafkaOpts {
     pub kafka_create_topic: bool,
     #[arg(long, env = "TALLY_KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
     pub kafka_topic_partitions: i32,
-    /// persist: when no message arrived for this long while the group still has unconsumed
-    /// messages (high watermark above the committed offset), recreate the consumer. Recovers
-    /// from a consumer that a broker left stuck after a group session timeout.
-    #[arg(long, env = "TALLY_KAFKA_STALL_MS", default_value_t = 30_000)]
-    pub kafka_stall_ms: u64,
+    /// persist: how often to look for partitions added to the topic (they are assigned at
+    /// their stored positions, or from the beginning).
+    #[arg(long, env = "TALLY_KAFKA_METADATA_INTERVAL_MS", default_value_t = 30_000)]
+    pub kafka_metadata_interval_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -34,6 +34,22 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Versions of the embedded migrations the database has not applied (all of them when the
+/// migrations table does not exist).
+pub async fn missing_migrations(pool: &PgPool) -> anyhow::Result<Vec<String>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+    let applied: Vec<i64> = if exists {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?
+    } else {
+        Vec::new()
+    };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+        .map(|m| format!("{:04}_{}", m.version, m.description.replace(' ', "_")))
+        .collect())
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// events newly inserted
@@ -48,46 +64,59 @@ pub struct Outcome {
     pub inserted_ts: Vec<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Anomaly {
-    pub key: String,
-    pub kind: &'static str,
-    pub expected: i64,
-    pub got: i64,
-    pub event_id: String,
-}
-
-/// Per-key seq checking for events in arrival order. `last` holds the highest seq seen per key
-/// (updated in place). Returns gaps (seq > last+1) and out-of-order arrivals (seq <= last).
-/// A key never seen before is expected to start at 1.
-pub fn check_seqs(events: &[&Event], last: &mut HashMap<String, i64>) -> Vec<Anomaly> {
-    let mut out = Vec::new();
-    for e in events {
-        for k in &e.keys {
-            let prev = last.get(&k.key).copied().unwrap_or(0);
-            let expected = prev + 1;
-            if k.seq != expected {
-                out.push(Anomaly {
-                    key: k.key.clone(),
-                    kind: if k.seq > expected { "gap" } else { "out_of_order" },
-                    expected,
-                    got: k.seq,
-                    event_id: e.id.clone(),
-                });
-            }
-            if k.seq > prev {
-                last.insert(k.key.clone(), k.seq);
-            }
-        }
+impl Outcome {
+    pub fn add(&mut self, o: Outcome) {
+        self.inserted += o.inserted;
+        self.duplicates += o.duplicates;
+        self.failed += o.failed;
+        self.anomalies += o.anomalies;
+        self.inserted_ts.extend(o.inserted_ts);
     }
-    out
 }
 
-pub async fn persist_batch(pool: &PgPool, records: &[Record]) -> Result<Outcome, sqlx::Error> {
+/// A Kafka position: the next offset to read of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+/// One transaction: the records, and the Kafka positions they came from (empty on the direct
+/// path). A stored position never moves backwards.
+pub async fn persist_batch(pool: &PgPool, records: &[Record], positions: &[Position]) -> Result<Outcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let outcome = persist_in_tx(&mut tx, records).await?;
+    store_positions(&mut tx, positions).await?;
     tx.commit().await?;
     Ok(outcome)
+}
+
+async fn store_positions(tx: &mut Transaction<'_, Postgres>, positions: &[Position]) -> Result<(), sqlx::Error> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO kafka_offsets (topic, partition, next_offset)
+         SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[])
+         ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()
+         WHERE kafka_offsets.next_offset < EXCLUDED.next_offset",
+    )
+    .bind(positions.iter().map(|p| p.topic.as_str()).collect::<Vec<_>>())
+    .bind(positions.iter().map(|p| p.partition).collect::<Vec<_>>())
+    .bind(positions.iter().map(|p| p.next_offset).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Every stored position of `topic`: partition -> next offset.
+pub async fn load_positions(pool: &PgPool, topic: &str) -> Result<std::collections::BTreeMap<i32, i64>, sqlx::Error> {
+    let rows: Vec<(i32, i64)> = sqlx::query_as("SELECT partition, next_offset FROM kafka_offsets WHERE topic = $1")
+        .bind(topic)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().collect())
 }
 
 async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -> Result<Outcome, sqlx::Error> {
@@ -188,88 +217,18 @@ async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
     Ok(outcome)
 }
 
-/// Update derived tables for newly inserted events (in arrival order). Returns anomalies count.
+/// Update derived tables for newly inserted events (in arrival order). Returns the number of
+/// anomalies (forks) recorded.
 async fn derive(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<usize, sqlx::Error> {
-    // event_keys
-    let (mut k_ev, mut k_key, mut k_seq) = (vec![], vec![], vec![]);
-    for e in fresh {
-        for k in &e.keys {
-            k_ev.push(e.id.as_str());
-            k_key.push(k.key.as_str());
-            k_seq.push(k.seq);
-        }
-    }
-    sqlx::query(
-        "INSERT INTO event_keys (event_id, data_key, seq)
-         SELECT e::uuid, k, s FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS t(e, k, s)",
-    )
-    .bind(&k_ev)
-    .bind(&k_key)
-    .bind(&k_seq)
-    .execute(&mut **tx)
-    .await?;
+    let forks = crate::seqs::record(tx, fresh).await?;
+    derive_assets(tx, fresh).await?;
+    derive_coupons(tx, fresh).await?;
+    derive_usage(tx, fresh).await?;
+    Ok(forks)
+}
 
-    // sequence checking against key_seqs (locked) then upsert key_seqs
-    let mut uniq_keys: Vec<&str> = k_key.clone();
-    uniq_keys.sort_unstable();
-    uniq_keys.dedup();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT data_key, last_seq FROM key_seqs WHERE data_key = ANY($1::text[]) ORDER BY data_key FOR UPDATE",
-    )
-    .bind(&uniq_keys)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut last: HashMap<String, i64> = rows.into_iter().collect();
-    let anomalies = check_seqs(fresh, &mut last);
-    for a in &anomalies {
-        tracing::warn!(key = %a.key, kind = a.kind, expected = a.expected, got = a.got, event_id = %a.event_id,
-            "per-key seq anomaly");
-    }
-    if !anomalies.is_empty() {
-        let ak: Vec<&str> = anomalies.iter().map(|a| a.key.as_str()).collect();
-        let kind: Vec<&str> = anomalies.iter().map(|a| a.kind).collect();
-        let exp: Vec<i64> = anomalies.iter().map(|a| a.expected).collect();
-        let got: Vec<i64> = anomalies.iter().map(|a| a.got).collect();
-        let ev: Vec<&str> = anomalies.iter().map(|a| a.event_id.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO sequence_anomalies (data_key, kind, expected_seq, got_seq, event_id)
-             SELECT k, kd, x, g, e::uuid FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[])
-                 AS t(k, kd, x, g, e)",
-        )
-        .bind(&ak)
-        .bind(&kind)
-        .bind(&exp)
-        .bind(&got)
-        .bind(&ev)
-        .execute(&mut **tx)
-        .await?;
-    }
-    // key -> (max seq, event id) among fresh events
-    let mut maxseq: HashMap<&str, (i64, &str)> = HashMap::new();
-    for e in fresh {
-        for k in &e.keys {
-            let ent = maxseq.entry(k.key.as_str()).or_insert((k.seq, e.id.as_str()));
-            if k.seq > ent.0 {
-                *ent = (k.seq, e.id.as_str());
-            }
-        }
-    }
-    let ks_key: Vec<&str> = maxseq.keys().copied().collect();
-    let ks_seq: Vec<i64> = ks_key.iter().map(|k| maxseq[k].0).collect();
-    let ks_ev: Vec<&str> = ks_key.iter().map(|k| maxseq[k].1).collect();
-    sqlx::query(
-        "INSERT INTO key_seqs (data_key, last_seq, event_id)
-         SELECT k, s, e::uuid FROM UNNEST($1::text[], $2::int8[], $3::text[]) AS t(k, s, e)
-         ON CONFLICT (data_key) DO UPDATE SET last_seq = EXCLUDED.last_seq, event_id = EXCLUDED.event_id,
-             updated_at = now()
-         WHERE key_seqs.last_seq < EXCLUDED.last_seq",
-    )
-    .bind(&ks_key)
-    .bind(&ks_seq)
-    .bind(&ks_ev)
-    .execute(&mut **tx)
-    .await?;
-
+/// event_changes rows, and per (key, field) the balance carried by the highest seq.
+async fn derive_assets(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(), sqlx::Error> {
     // asset changes + balances
     let (mut c_ev, mut c_idx, mut c_key, mut c_field, mut c_delta, mut c_bal, mut c_seq, mut c_ts) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -338,7 +297,11 @@ async fn derive(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<
         .await?;
     }
 
-    // coupons
+    Ok(())
+}
+
+/// Campaign state from the highest seq; one coupon_issues row per claim / release.
+async fn derive_coupons(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(), sqlx::Error> {
     let mut campaigns: HashMap<&str, (&Event, &crate::event::Coupon, i64)> = HashMap::new();
     let mut claims: HashMap<(&str, i64), (&Event, &crate::event::Coupon)> = HashMap::new();
     let mut releases: HashMap<(&str, i64), (&Event, &crate::event::Coupon)> = HashMap::new();
@@ -425,7 +388,11 @@ async fn derive(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<
         .await?;
     }
 
-    // usage totals per (key, period_id): latest used/limit by seq, consumed summed in SQL
+    Ok(())
+}
+
+/// Usage totals per (key, period_id): latest used/limit by seq, consumed summed in SQL.
+async fn derive_usage(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(), sqlx::Error> {
     struct Agg<'a> {
         ev: &'a Event,
         u: &'a crate::event::Usage,
@@ -484,10 +451,12 @@ async fn derive(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<
         .execute(&mut **tx)
         .await?;
     }
-    Ok(anomalies.len())
+    Ok(())
 }
 
-/// Re-process unresolved failed_events. Returns (resolved, still failing).
+/// Re-process unresolved failed_events, each row in its own transaction: a row that still
+/// fails (to decode, or to be stored) is counted and left for later, never blocking the
+/// rows after it. Returns (resolved, still failing).
 pub async fn retry_failed(pool: &PgPool, limit: i64) -> Result<(usize, usize), sqlx::Error> {
     let rows: Vec<(i64, String, Option<String>, Option<String>, Option<String>, String)> = sqlx::query_as(
         "SELECT id, source, via, stream, stream_id, raw FROM failed_events WHERE NOT resolved ORDER BY id LIMIT $1",
@@ -498,78 +467,38 @@ pub async fn retry_failed(pool: &PgPool, limit: i64) -> Result<(usize, usize), s
     let (mut ok, mut bad) = (0, 0);
     for (id, source, via, stream, stream_id, raw) in rows {
         let rec = Record::new(source, via, stream, stream_id, raw, None);
-        let mut tx = pool.begin().await?;
-        match &rec.decoded {
-            Ok(ev) => {
-                let ev_id = ev.id.clone();
-                persist_in_tx(&mut tx, std::slice::from_ref(&rec)).await?;
-                sqlx::query(
-                    "UPDATE failed_events SET resolved = true, resolved_at = now(), event_id = $2::uuid,
-                         attempts = attempts + 1, last_seen = now() WHERE id = $1",
-                )
+        let error = match &rec.decoded {
+            Ok(ev) => match resolve_one(pool, id, &rec, &ev.id).await {
+                Ok(()) => None,
+                Err(e @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)) => return Err(e),
+                Err(e) => Some(format!("refused by Postgres: {e}")),
+            },
+            Err(e) => Some(e.clone()),
+        };
+        if let Some(e) = error {
+            sqlx::query("UPDATE failed_events SET attempts = attempts + 1, last_seen = now(), error = $2 WHERE id = $1")
                 .bind(id)
-                .bind(&ev_id)
-                .execute(&mut *tx)
+                .bind(&e)
+                .execute(pool)
                 .await?;
-                ok += 1;
-            }
-            Err(e) => {
-                sqlx::query(
-                    "UPDATE failed_events SET attempts = attempts + 1, last_seen = now(), error = $2 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(e)
-                .execute(&mut *tx)
-                .await?;
-                bad += 1;
-            }
+            bad += 1;
+        } else {
+            ok += 1;
         }
-        tx.commit().await?;
     }
     Ok((ok, bad))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::decode;
-
-    fn ev(id: u8, keys: &[(&str, i64)]) -> Event {
-        let ks: Vec<String> = keys.iter().map(|(k, s)| format!(r#"{{"key":"{k}","seq":{s}}}"#)).collect();
-        let ch: Vec<String> =
-            keys.iter().map(|(k, _)| format!(r#"{{"key":"{k}","field":"g","delta":"1","balance":"1"}}"#)).collect();
-        let typ = if keys.len() == 2 { "asset.transfer" } else { "asset.incr" };
-        decode(&format!(
-            r#"{{"v":1,"id":"0193508e-7c4a-7b3e-9f1c-3d2a8e5b6c{id:02x}","type":"{typ}","ts":1,"op":null,"meta":null,"keys":[{}],"changes":[{}]}}"#,
-            ks.join(","),
-            ch.join(",")
-        ))
-        .unwrap()
-    }
-
-    #[test]
-    fn seq_check_in_order_is_clean() {
-        let a = ev(1, &[("a", 1)]);
-        let b = ev(2, &[("a", 2), ("b", 1)]);
-        let c = ev(3, &[("a", 3)]);
-        let mut last = HashMap::new();
-        assert!(check_seqs(&[&a, &b, &c], &mut last).is_empty());
-        assert_eq!(last["a"], 3);
-        assert_eq!(last["b"], 1);
-    }
-
-    #[test]
-    fn seq_check_reports_gap_and_out_of_order() {
-        let mut last = HashMap::from([("a".to_string(), 5)]);
-        let gap = ev(1, &[("a", 8)]);
-        let late = ev(2, &[("a", 6)]);
-        let fresh_key_gap = ev(3, &[("z", 2)]);
-        let got = check_seqs(&[&gap, &late, &fresh_key_gap], &mut last);
-        assert_eq!(got.len(), 3);
-        assert_eq!((got[0].kind, got[0].expected, got[0].got), ("gap", 6, 8));
-        assert_eq!((got[1].kind, got[1].expected, got[1].got), ("out_of_order", 9, 6));
-        assert_eq!((got[2].kind, got[2].expected, got[2].got), ("gap", 1, 2));
-        assert_eq!(last["a"], 8);
-    }
-
+async fn resolve_one(pool: &PgPool, id: i64, rec: &Record, event_id: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    persist_in_tx(&mut tx, std::slice::from_ref(rec)).await?;
+    sqlx::query(
+        "UPDATE failed_events SET resolved = true, resolved_at = now(), event_id = $2::uuid,
+             attempts = attempts + 1, last_seen = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(event_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }

@@ -4,13 +4,17 @@
 mod config;
 mod db;
 mod event;
-mod kafka;
+mod forward;
+mod kafka_client;
+mod persist;
 mod metrics;
 mod pipeline;
 mod reconcile;
 mod record;
 mod redis_src;
 mod restore;
+mod seqs;
+mod sink_pg;
 mod stream_keeper;
 
 use std::sync::Arc;
@@ -21,6 +25,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use config::{Cli, Command, OpsOpts, PgOpts};
+use pipeline::Sink;
+use sink_pg::PgSink;
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
@@ -52,21 +58,36 @@ fn install_signals(shutdown: CancellationToken, deadline_ms: u64) -> anyhow::Res
     Ok(())
 }
 
+/// The pool of run/persist: migrations applied (--migrate) or checked, so a missing schema
+/// stops the process at start with the fix named instead of failing every batch.
 async fn pg_pool(pg: &PgOpts) -> anyhow::Result<sqlx::PgPool> {
     let pool = db::connect(pg, pg.pg_max_conns).await?;
     if pg.migrate {
-        migrate_with_retry(&pool).await?;
+        with_retry("migration", || db::migrate(&pool)).await?;
+    } else {
+        let missing = with_retry("schema check", || db::missing_migrations(&pool)).await?;
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "the database lacks tally's migrations {}: run `tally-shipper migrate --database-url ...` first, or start with --migrate",
+                missing.join(", ")
+            );
+        }
     }
     Ok(pool)
 }
 
-async fn migrate_with_retry(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+/// Retries a start-up step while Postgres is not reachable yet (about 2 minutes in all).
+async fn with_retry<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let mut attempt = 0;
     loop {
-        match db::migrate(pool).await {
-            Ok(()) => return Ok(()),
+        match f().await {
+            Ok(v) => return Ok(v),
             Err(e) if attempt < 30 => {
-                tracing::warn!(error = %format!("{e:#}"), attempt, "migration failed, retrying");
+                tracing::warn!(error = %format!("{e:#}"), attempt, step = what, "start-up step failed, retrying");
                 tokio::time::sleep(Duration::from_millis(config::backoff_ms(200, 5_000, attempt))).await;
                 attempt += 1;
             }
@@ -98,7 +119,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Command::Migrate { pg } => {
             let pool = db::connect(&pg, 1).await?;
-            migrate_with_retry(&pool).await?;
+            with_retry("migration", || db::migrate(&pool)).await?;
             tracing::info!("migrations applied");
         }
         Command::RetryFailed { pg, limit } => {
@@ -126,31 +147,43 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run { redis, kafka, pg, batch, ops } => {
             start_ops(&ops, &shutdown).await?;
             let pool = pg_pool(&pg).await?;
+            let pg_sink = PgSink::new(pool, &pg);
             if kafka.brokers.as_deref().map(|b| b.trim().is_empty()).unwrap_or(true) {
                 tracing::info!("no Kafka brokers configured: direct path stream -> Postgres");
-                redis_src::run_source(redis, batch, pipeline::Sink::Pg(pipeline::PgSink::new(pool, &pg)), shutdown.clone()).await;
+                redis_src::run_source(redis, batch, Sink::Pg(pg_sink), shutdown.clone()).await;
             } else {
-                kafka::ensure_topic(&kafka).await?;
-                let fwd = Arc::new(kafka::Forwarder::new(&kafka)?);
-                let persist = tokio::spawn(kafka::run_persist(kafka.clone(), batch.clone(), pipeline::PgSink::new(pool, &pg), shutdown.clone()));
-                redis_src::run_source(redis, batch, pipeline::Sink::Kafka(fwd.clone()), shutdown.clone()).await;
+                kafka_client::ensure_topic(&kafka).await?;
+                let fwd = Arc::new(forward::Forwarder::new(&kafka)?);
+                let persist = persist::Persist::new(kafka.clone(), batch.clone(), pg_sink, shutdown.clone())?;
+                // a persist that dies stops the whole process: forward must not keep
+                // acknowledging the stream into a topic nobody persists
+                let s = shutdown.clone();
+                let persist = tokio::spawn(async move {
+                    if let Err(e) = persist.run().await {
+                        pipeline::fail(format!("persist stopped: {e:#}"), &s);
+                    }
+                });
+                redis_src::run_source(redis, batch, Sink::Kafka(fwd.clone()), shutdown.clone()).await;
                 fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
-                persist.await??;
+                persist.await.context("persist task")?;
             }
         }
         Command::Forward { redis, kafka, batch, ops } => {
             start_ops(&ops, &shutdown).await?;
-            kafka::ensure_topic(&kafka).await?;
-            let fwd = Arc::new(kafka::Forwarder::new(&kafka)?);
-            redis_src::run_source(redis, batch, pipeline::Sink::Kafka(fwd.clone()), shutdown.clone()).await;
+            kafka_client::ensure_topic(&kafka).await?;
+            let fwd = Arc::new(forward::Forwarder::new(&kafka)?);
+            redis_src::run_source(redis, batch, Sink::Kafka(fwd.clone()), shutdown.clone()).await;
             fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
         }
         Command::Persist { kafka, pg, batch, ops } => {
             start_ops(&ops, &shutdown).await?;
             let pool = pg_pool(&pg).await?;
-            kafka::ensure_topic(&kafka).await?;
-            kafka::run_persist(kafka, batch, pipeline::PgSink::new(pool, &pg), shutdown.clone()).await?;
+            kafka_client::ensure_topic(&kafka).await?;
+            persist::Persist::new(kafka, batch, PgSink::new(pool, &pg), shutdown.clone())?.run().await?;
         }
+    }
+    if let Some(msg) = pipeline::fatal_error() {
+        anyhow::bail!(msg);
     }
     tracing::info!("stopped cleanly");
     Ok(())

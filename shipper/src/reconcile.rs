@@ -54,6 +54,10 @@ pub struct Report {
     pub sequences: Tally,
     pub mismatches: Vec<String>,
     pub stream_in_flight: u64,
+    /// seqs carried by two different events
+    pub forks: u64,
+    /// keys with seqs missing after the pipeline drained
+    pub gaps: u64,
     pub drained: bool,
     pub waited_ms: u64,
 }
@@ -61,6 +65,8 @@ pub struct Report {
 impl Report {
     pub fn ok(&self) -> bool {
         [self.balances, self.coupons, self.usage, self.sequences].iter().all(|t| t.mismatched == 0)
+            && self.forks == 0
+            && self.gaps == 0
     }
     pub fn in_flight(&self) -> u64 {
         [self.balances, self.coupons, self.usage, self.sequences].iter().map(|t| t.in_flight).sum::<u64>()
@@ -78,6 +84,7 @@ impl Report {
             println!("{name:<10} {:>10} {:>10} {:>11} {:>10}", t.checked, t.matching, t.mismatched, t.in_flight);
         }
         println!("stream entries not yet acknowledged by the shipper: {}", self.stream_in_flight);
+        println!("history: {} forks, {} keys with gaps", self.forks, self.gaps);
         if self.drained {
             println!("pipeline: drained (waited {} ms); every event appended so far is in Postgres", self.waited_ms);
         } else {
@@ -165,8 +172,9 @@ impl SeqPager {
     }
 }
 
+/// Per key, the contiguous watermark: the highest n such that seqs 1..n are all in Postgres.
 async fn pg_seqs(pool: &PgPool, keys: &[String]) -> anyhow::Result<HashMap<String, i64>> {
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT data_key, last_seq FROM key_seqs WHERE data_key = ANY($1)")
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT data_key, contiguous_seq FROM key_seqs WHERE data_key = ANY($1)")
         .bind(keys).fetch_all(pool).await?;
     Ok(rows.into_iter().collect())
 }
@@ -227,7 +235,8 @@ pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options)
                 report.sequences.in_flight += 1;
             } else {
                 report.sequences.mismatched += 1;
-                report.mismatch(opt.show, format!("sequences {key}: redis seq {seq}, postgres seq {pg_seq}"));
+                let ahead = if behind { "redis is ahead of the history" } else { "the history is ahead of redis" };
+                report.mismatch(opt.show, format!("sequences {key}: redis seq {seq}, postgres contiguous seq {pg_seq} ({ahead})"));
             }
             if behind && events_pending {
                 continue; // its newest events are still on their way
@@ -257,6 +266,8 @@ pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options)
         check_usage(pool, &mut report, opt, &usages).await?;
     }
 
+    check_history(pool, &mut report, opt, events_pending).await?;
+
     // Postgres -> Redis: every key with history must still have its sequence in Redis.
     let seq_hashes = scan_keys(conn, &format!("{}:seq*", opt.prefix), "hash").await?;
     let mut after = String::new();
@@ -285,6 +296,46 @@ pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options)
         }
     }
     Ok(report)
+}
+
+/// The history's own proof: every fork (one seq carried by two events), and, once the
+/// pipeline has drained, every gap (seqs missing below the highest seen).
+async fn check_history(pool: &PgPool, report: &mut Report, opt: &Options, events_pending: bool) -> anyhow::Result<()> {
+    let forks: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT data_key, got_seq, event_id::text, other_event_id::text FROM sequence_anomalies WHERE kind = 'fork' ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (key, seq, ev, other) in forks {
+        report.forks += 1;
+        let other = other.unwrap_or_else(|| "?".into());
+        report.mismatch(opt.show, format!("fork {key} seq {seq}: events {other} and {ev} (one timeline was lost, e.g. by a failover)"));
+    }
+    if events_pending {
+        return Ok(());
+    }
+    let gaps: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE last_seq > contiguous_seq ORDER BY data_key",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (key, c, last) in gaps {
+        let missing: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT s + 1, next_s - 1 FROM (
+                 SELECT seq AS s, lead(seq) OVER (ORDER BY seq) AS next_s
+                 FROM (SELECT DISTINCT seq FROM event_keys WHERE data_key = $1 AND seq >= $2
+                       UNION SELECT $2) d) x
+             WHERE next_s > s + 1 ORDER BY s LIMIT 20",
+        )
+        .bind(&key)
+        .bind(c)
+        .fetch_all(pool)
+        .await?;
+        let ranges: Vec<String> = missing.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}..{b}") }).collect();
+        report.gaps += 1;
+        report.mismatch(opt.show, format!("gap {key}: seq {} missing (contiguous to {c}, highest seen {last})", ranges.join(", ")));
+    }
+    Ok(())
 }
 
 async fn check_assets(

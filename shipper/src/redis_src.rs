@@ -331,7 +331,11 @@ impl Worker {
                 let records: Vec<Record> = entries.iter().map(|e| entry_to_record(&self.stream, e)).collect();
                 {
                     let _permit = self.inflight.acquire().await.expect("semaphore");
-                    self.sink.deliver(&records, &self.batch).await;
+                    if let Err(fatal) = self.sink.deliver(&records, &[], &self.batch).await {
+                        // not acknowledged: the entries stay pending for the next run
+                        crate::pipeline::fail(fatal.0, &self.shutdown);
+                        return Ok(());
+                    }
                 }
                 let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
                 self.ack_with_retry(&mut conn, &ids).await;

@@ -64,12 +64,7 @@ async fn e2e_direct_exactly_once_with_replays_and_trim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_stream_entries_go_to_failed_events_and_pipeline_continues() {
     let _g = serial();
-    let redis = Redis::start(None);
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
-    let mut c = redis.conn().await;
-    let mut m = Model::default();
+    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
     let dir = tmpdir("malformed");
     let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
 
@@ -124,10 +119,7 @@ async fn malformed_stream_entries_go_to_failed_events_and_pipeline_continues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_random_moments_direct_exactly_once() {
     let _g = serial();
-    let redis = Redis::start(None);
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
+    let Stack { redis, pg, pool, .. } = stack().await;
     let dir = tmpdir("kill9");
     let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
     let args = [args, vec!["--batch-size".into(), "50".into()]].concat();
@@ -249,10 +241,7 @@ async fn postgres_outage_under_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_batch_and_exits_zero() {
     let _g = serial();
-    let redis = Redis::start(None);
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
+    let Stack { redis, pg, pool, .. } = stack().await;
     let dir = tmpdir("sigterm");
     let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
     let args = [args, vec!["--batch-size".into(), "100".into(), "--shutdown-deadline-ms".into(), "10000".into()]].concat();
@@ -284,12 +273,7 @@ async fn sigterm_drains_in_flight_batch_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_entries_of_dead_consumer_are_claimed() {
     let _g = serial();
-    let redis = Redis::start(None);
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
-    let mut c = redis.conn().await;
-    let mut m = Model::default();
+    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
     let _: redis::Value = redis::cmd("XGROUP").arg("CREATE").arg(STREAM).arg(GROUP).arg("0").arg("MKSTREAM")
         .query_async(&mut c).await.unwrap();
     for i in 0..20 {
@@ -307,4 +291,106 @@ async fn pending_entries_of_dead_consumer_are_claimed() {
     assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
     assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
     assert_matches_model(&pool, &m, 0).await;
+}
+
+/// One (key, seq) carried by two different events (what a Redis failover that lost shipped
+/// writes produces): both versions are kept, the fork is recorded with both ids, and
+/// `reconcile` names it and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_is_recorded_and_named_by_reconcile() {
+    let _g = serial();
+    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
+    let first = m.asset_incr("acct:f", "gold", 100);
+    let second = m.asset_incr("acct:f", "gold", 5);
+    // the "new primary" reissues seq 2 with another event id
+    let mut other = Model::default();
+    other.asset_incr("acct:f", "gold", 100);
+    let fork = other.asset_incr("acct:f", "gold", 7);
+    for e in [&first, &second, &fork] {
+        xadd(&mut c, STREAM, "event", e).await;
+    }
+    let dir = tmpdir("fork");
+    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
+    assert_eq!(wait_count(&pool, EVENTS_SQL, 3, Duration::from_secs(60)).await, 3, "{}", sh.log_text());
+    let forks: Vec<(String, i64, String, String)> = sqlx::query_as(
+        "SELECT data_key, got_seq, event_id::text, other_event_id::text FROM sequence_anomalies WHERE kind = 'fork'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let id_of = |e: &str| serde_json::from_str::<serde_json::Value>(e).unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(forks, vec![("acct:f".to_string(), 2, id_of(&fork), id_of(&second))]);
+    assert_eq!(count(&pool, "SELECT count(*) FROM event_keys WHERE data_key = 'acct:f' AND seq = 2").await, 2, "both versions kept");
+    assert_eq!(sh.metric("tally_seq_anomalies_total"), Some(1.0));
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    let out = std::process::Command::new(BIN)
+        .args(["reconcile", "--redis-url", &redis.url(), "--database-url", &pg.url(), "--wait-ms", "0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("fork acct:f seq 2: events {} and {}", id_of(&second), id_of(&fork))), "{text}");
+    assert!(text.contains("history: 1 forks"), "{text}");
+}
+
+/// Events Postgres refuses (a 4 KB key exceeds the index row limit: SQLSTATE 54000) land in
+/// failed_events one by one while the 10,000 events around them all arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_are_isolated_and_the_rest_flows() {
+    let _g = serial();
+    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    // random text: a repetitive key would compress below the index row limit
+    let noise: String = (0..4096).map(|_| rng.random_range(b'a'..=b'z') as char).collect();
+    let big_key = format!("user:{noise}");
+    let mut poison = Vec::new();
+    let mut pipe = redis::pipe();
+    for i in 0..10_000 {
+        if i % 2500 == 1000 {
+            let mut side = Model::default(); // not expected in Postgres
+            let e = side.asset_incr(&big_key, "gold", 1);
+            poison.push(serde_json::from_str::<serde_json::Value>(&e).unwrap()["id"].as_str().unwrap().to_string());
+            pipe.cmd("XADD").arg(STREAM).arg("*").arg("event").arg(e).ignore();
+        }
+        pipe.cmd("XADD").arg(STREAM).arg("*").arg("event").arg(m.random_event(&mut rng)).ignore();
+    }
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    let dir = tmpdir("poison");
+    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
+    let got = wait_count(&pool, EVENTS_SQL, 10_000, Duration::from_secs(180)).await;
+    assert_eq!(got, 10_000, "{}", tail_lines(&sh.log_text(), 40));
+    let failed = wait_count(&pool, "SELECT count(*) FROM failed_events", poison.len() as i64, Duration::from_secs(30)).await;
+    assert_eq!(failed, poison.len() as i64);
+    let errors: Vec<String> = sqlx::query_scalar("SELECT error FROM failed_events ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert!(errors.iter().all(|e| e.starts_with("refused by Postgres")), "{errors:?}");
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(30)).expect("exit").success());
+    assert_matches_model(&pool, &m, poison.len() as i64).await;
+    assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
+    // retry-failed is never blocked by them either: they stay failing, counted
+    let out = std::process::Command::new(BIN).args(["retry-failed", "--database-url", &pg.url()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = format!("resolved=0 still_failing={}", poison.len());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().any(|l| l == want), "{stdout}");
+}
+
+/// A failure that retrying cannot fix (the schema was never migrated) stops the process at
+/// once with a non-zero exit and the fix named, instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_schema_exits_non_zero_naming_the_fix() {
+    let _g = serial();
+    let redis = Redis::start(None);
+    let pg = Pg::start();
+    let mut c = redis.conn().await;
+    let mut m = Model::default();
+    xadd(&mut c, STREAM, "event", &m.asset_incr("user:1", "gold", 1)).await;
+    let dir = tmpdir("noschema");
+    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
+    let st = sh.wait_timeout(Duration::from_secs(60)).expect("the shipper kept running without a schema");
+    assert_eq!(st.code(), Some(1));
+    let log = sh.log_text();
+    assert!(log.contains("tally-shipper: fatal:") && log.contains("tally-shipper migrate"), "{log}");
+    assert_eq!(xlen(&mut c, STREAM).await, 1, "the entry stays in the stream");
 }

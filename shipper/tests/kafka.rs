@@ -31,12 +31,7 @@ fn tail(s: &str) -> String {
 async fn e2e_kafka_run_exactly_once() {
     let _g = serial();
     let Some(kafka) = tansu_or_skip("e2e_kafka_run_exactly_once") else { return };
-    let redis = Redis::start(None);
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
-    let mut c = redis.conn().await;
-    let mut m = Model::default();
+    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
     let replay = fill_with_replays(&mut c, &mut m, &mut rng, 600).await;
     let dir = tmpdir("kafka-e2e");
@@ -72,12 +67,7 @@ async fn e2e_kafka_run_exactly_once() {
 async fn sidecars_and_malformed_kafka_message() {
     let _g = serial();
     let Some(kafka) = tansu_or_skip("sidecars_and_malformed_kafka_message") else { return };
-    let redis = Redis::start(None);
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
-    let mut c = redis.conn().await;
-    let mut m = Model::default();
+    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
     let dir = tmpdir("kafka-sidecars");
     let mut fwd = Shipper::spawn(&base_args("forward", Some(&redis.url()), None, Some(&kafka.brokers())), &dir.join("fwd.log"));
     let mut per = Shipper::spawn(&base_args("persist", None, Some(&pg.url()), Some(&kafka.brokers())), &dir.join("per.log"));
@@ -120,12 +110,7 @@ async fn sidecars_and_malformed_kafka_message() {
 async fn broker_restart_under_load_loses_nothing() {
     let _g = serial();
     let Some(mut kafka) = tansu_or_skip("broker_restart_under_load_loses_nothing") else { return };
-    let redis = Redis::start(None);
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
-    let mut c = redis.conn().await;
-    let mut m = Model::default();
+    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let dir = tmpdir("kafka-restart");
     let mut sh = Shipper::spawn(
@@ -163,19 +148,12 @@ async fn broker_restart_under_load_loses_nothing() {
 async fn kill9_at_random_moments_kafka_exactly_once() {
     let _g = serial();
     let Some(kafka) = tansu_or_skip("kill9_at_random_moments_kafka_exactly_once") else { return };
-    let redis = Redis::start(None);
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
+    let Stack { redis, pg, pool, .. } = stack().await;
     let dir = tmpdir("kafka-kill9");
     let args = base_args("run", Some(&redis.url()), Some(&pg.url()), Some(&kafka.brokers()));
-    // short session so a restarted consumer gets the partition soon after the old one died
-    let args = [
-        args,
-        vec!["--batch-size".into(), "50".into()],
-        vec!["--kafka-opt".into(), "session.timeout.ms=2000".into(), "--kafka-opt".into(), "heartbeat.interval.ms=500".into()],
-    ]
-    .concat();
+    // no consumer-group session to wait for: persist assigns every partition itself and
+    // seeks to the positions stored in Postgres
+    let args = [args, vec!["--batch-size".into(), "50".into()]].concat();
     let url = redis.url();
     let producer = tokio::spawn(async move {
         let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();

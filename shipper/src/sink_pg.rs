@@ -1,0 +1,122 @@
+//! Postgres as a sink: one transaction per batch under bounded waits, and the error policy
+//! that keeps one bad event from wedging a stream.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::db::{self, Outcome, Position};
+use crate::record::Record;
+
+/// The pool and the client-side deadline of one batch transaction.
+#[derive(Clone)]
+pub struct PgSink {
+    pub pool: PgPool,
+    pub batch_deadline: Duration,
+}
+
+/// What a failed batch means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// the database is unavailable, slow or busy: retry the batch with backoff
+    Transient,
+    /// retrying cannot help (schema missing, permission denied, wrong database): stop
+    Permanent,
+    /// the data itself is refused: isolate the offending events into failed_events
+    Data,
+}
+
+/// SQLSTATE classes: 08 connection, 40 transaction rollback (serialization, deadlock),
+/// 53 insufficient resources, 57 operator intervention (incl. statement timeout 57014),
+/// 55P03 lock not available; 28 auth, 3D/3F missing database/schema, 42501 privilege,
+/// 42P01/42703/42883 missing table/column/function (migrations not applied).
+pub fn classify(e: &sqlx::Error) -> ErrorClass {
+    match e {
+        sqlx::Error::Database(d) => {
+            let code = d.code().map(|c| c.to_string()).unwrap_or_default();
+            let class = code.get(..2).unwrap_or("");
+            if matches!(class, "08" | "40" | "53" | "57") || code == "55P03" {
+                ErrorClass::Transient
+            } else if matches!(class, "28" | "3D" | "3F") || matches!(code.as_str(), "42501" | "42P01" | "42703" | "42883") {
+                ErrorClass::Permanent
+            } else {
+                ErrorClass::Data
+            }
+        }
+        sqlx::Error::Configuration(_) => ErrorClass::Permanent,
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// A failure that retrying cannot fix, with the fix named.
+pub fn permanent_message(e: &sqlx::Error) -> String {
+    let hint = match e {
+        sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("42P01" | "42703" | "42883")) => {
+            "the schema is missing or old: run `tally-shipper migrate --database-url ...` (or start with --migrate)"
+        }
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("42501") => {
+            "the database user lacks a privilege on tally's tables: GRANT it, or use the user that ran the migrations"
+        }
+        _ => "check --database-url and the database's state",
+    };
+    format!("Postgres refused the batch permanently: {e}; {hint}")
+}
+
+impl PgSink {
+    pub fn new(pool: PgPool, pg: &crate::config::PgOpts) -> PgSink {
+        PgSink { pool, batch_deadline: Duration::from_millis(pg.batch_deadline_ms()) }
+    }
+
+    /// Persist a batch; when Postgres refuses the data itself, isolate the offending records
+    /// one by one into failed_events so they never block the rest. Positions are stored with
+    /// the batch, or after the isolated records.
+    pub async fn persist(&self, recs: &[Record], positions: &[Position]) -> Result<Outcome, sqlx::Error> {
+        match self.once(recs, positions).await {
+            Err(e) if classify(&e) == ErrorClass::Data && !recs.is_empty() => {
+                tracing::warn!(error = %e, batch = recs.len(), "batch refused by Postgres, isolating its records");
+                let mut total = Outcome::default();
+                for r in recs {
+                    total.add(self.persist_one(r).await?);
+                }
+                self.once(&[], positions).await?;
+                Ok(total)
+            }
+            other => other,
+        }
+    }
+
+    async fn persist_one(&self, r: &Record) -> Result<Outcome, sqlx::Error> {
+        match self.once(std::slice::from_ref(r), &[]).await {
+            Err(e) if classify(&e) == ErrorClass::Data => {
+                let mut bad = r.clone();
+                bad.decoded = Err(format!("refused by Postgres: {e}"));
+                self.once(std::slice::from_ref(&bad), &[]).await
+            }
+            other => other,
+        }
+    }
+
+    /// One transaction under the client-side deadline: a server that accepted the
+    /// connection and then stopped answering fails the batch instead of hanging it.
+    async fn once(&self, recs: &[Record], positions: &[Position]) -> Result<Outcome, sqlx::Error> {
+        match tokio::time::timeout(self.batch_deadline, db::persist_batch(&self.pool, recs, positions)).await {
+            Ok(r) => r,
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("batch transaction exceeded {} ms", self.batch_deadline.as_millis()),
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_and_pool_errors_are_transient() {
+        assert_eq!(classify(&sqlx::Error::PoolTimedOut), ErrorClass::Transient);
+        assert_eq!(classify(&sqlx::Error::Io(std::io::Error::other("x"))), ErrorClass::Transient);
+        assert_eq!(classify(&sqlx::Error::Configuration("bad url".into())), ErrorClass::Permanent);
+    }
+}
