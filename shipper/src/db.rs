@@ -171,6 +171,9 @@ async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
     if batch.is_empty() {
         return Ok(outcome);
     }
+    // in id order: two concurrent batches holding the same replayed events lock them in the
+    // same order, so they wait for each other instead of deadlocking
+    batch.sort_unstable_by(|a, b| a.1.id.cmp(&b.1.id));
     let ids: Vec<&str> = batch.iter().map(|(_, e)| e.id.as_str()).collect();
     let types: Vec<&str> = batch.iter().map(|(_, e)| e.typ.as_str()).collect();
     let ts: Vec<i64> = batch.iter().map(|(_, e)| e.ts).collect();

@@ -249,14 +249,6 @@ impl Worker {
         Ok((next, entries))
     }
 
-    async fn ack(&self, conn: &mut MultiplexedConnection, ids: &[String]) -> RResult<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let _: Value = redis::cmd("XACK").arg(&self.stream).arg(&self.redis.redis_group).arg(ids).query_async(conn).await?;
-        Ok(())
-    }
-
     pub async fn run(self) {
         let mut attempt = 0u32;
         loop {
@@ -285,8 +277,19 @@ impl Worker {
 
     async fn run_connected(&self) -> RResult<()> {
         let mut conn = connect(&self.url, self.response_timeout()).await?;
+        // acks travel on their own connection: a blocked XREADGROUP would hold them back
+        let ack_conn = connect(&self.url, self.response_timeout()).await?;
         self.ensure_group(&mut conn).await?;
         tracing::info!(stream = %self.stream, group = %self.redis.redis_group, consumer = %self.redis.consumer, "reading stream");
+        let mut deliveries = Deliveries::new(ack_conn);
+        let r = self.read_loop(&mut conn, &mut deliveries).await;
+        // stop or error: every batch already handed over finishes (delivered and acked, or
+        // left pending for the next run) before this returns
+        deliveries.drain().await;
+        r
+    }
+
+    async fn read_loop(&self, conn: &mut MultiplexedConnection, deliveries: &mut Deliveries) -> RResult<()> {
         let mut phase = Phase::OwnPending("0".into());
         let mut last_claim = Instant::now() - Duration::from_millis(self.redis.claim_interval_ms);
         let mut claim_cursor = "0-0".to_string();
@@ -296,7 +299,7 @@ impl Worker {
             }
             let entries = match &phase {
                 Phase::OwnPending(from) => {
-                    let e = self.xreadgroup(&mut conn, from, self.batch.batch_size, None).await?;
+                    let e = self.xreadgroup(conn, from, self.batch.batch_size, None).await?;
                     // entries with id > `from` that are pending for us
                     match e.last() {
                         Some(last) => phase = Phase::OwnPending(last.id.clone()),
@@ -305,63 +308,119 @@ impl Worker {
                             continue;
                         }
                     }
-                    if !e.is_empty() {
-                        tracing::info!(stream = %self.stream, count = e.len(), "re-reading own pending entries");
-                    }
+                    tracing::info!(stream = %self.stream, count = e.len(), "re-reading own pending entries");
                     e
                 }
                 Phase::New if last_claim.elapsed() >= Duration::from_millis(self.redis.claim_interval_ms) => {
-                    let (next, e) = self.autoclaim(&mut conn, &claim_cursor).await?;
+                    let (next, e) = self.autoclaim(conn, &claim_cursor).await?;
                     if next == "0-0" {
                         last_claim = Instant::now();
                         claim_cursor = "0-0".into();
                     } else {
                         claim_cursor = next;
                     }
+                    // our own batches still being delivered go idle during an outage: not claims
+                    let e = deliveries.not_in_flight(e);
                     if !e.is_empty() {
                         metrics::ENTRIES_CLAIMED.inc_by(e.len() as u64);
                         tracing::info!(stream = %self.stream, count = e.len(), "claimed idle pending entries");
                     }
                     e
                 }
-                Phase::New => self.read_new(&mut conn).await?,
+                Phase::New => self.read_new(conn).await?,
             };
             if !entries.is_empty() {
                 metrics::EVENTS_READ.inc_by(entries.len() as u64);
-                let records: Vec<Record> = entries.iter().map(|e| entry_to_record(&self.stream, e)).collect();
-                {
-                    let _permit = self.inflight.acquire().await.expect("semaphore");
-                    if let Err(fatal) = self.sink.deliver(&records, &[], &self.batch).await {
-                        // not acknowledged: the entries stay pending for the next run
-                        crate::pipeline::fail(fatal.0, &self.shutdown);
-                        return Ok(());
-                    }
-                }
-                let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-                self.ack_with_retry(&mut conn, &ids).await;
+                deliveries.start(self, entries).await;
             }
         }
     }
+}
 
-    /// The batch is durable downstream; XACK must not be lost to a blip, so retry it
-    /// (a reconnect if needed). If we die first, the entries are re-shipped and deduped.
-    async fn ack_with_retry(&self, conn: &mut MultiplexedConnection, ids: &[String]) {
-        let mut attempt = 0u32;
-        loop {
-            match self.ack(conn, ids).await {
-                Ok(()) => return,
-                Err(e) => {
-                    let wait = backoff_ms(self.batch.retry_backoff_ms, self.batch.retry_backoff_cap_ms, attempt);
-                    tracing::warn!(stream = %self.stream, error = %e, retry_in_ms = wait, "XACK failed, retrying");
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                    attempt = attempt.saturating_add(1);
-                    if let Ok(c) = connect(&self.url, self.response_timeout()).await {
-                        *conn = c;
-                    }
-                    if attempt > 20 && self.shutdown.is_cancelled() {
-                        tracing::warn!(stream = %self.stream, "giving up XACK at shutdown; entries will be re-shipped (deduped)");
-                        return;
-                    }
+/// The batches of one stream being delivered: up to --max-in-flight at once (shared by all
+/// streams), each acknowledged as soon as its own delivery completes, in any order.
+struct Deliveries {
+    tasks: tokio::task::JoinSet<()>,
+    in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    ack_conn: MultiplexedConnection,
+}
+
+impl Deliveries {
+    fn new(ack_conn: MultiplexedConnection) -> Deliveries {
+        Deliveries { tasks: tokio::task::JoinSet::new(), in_flight: Default::default(), ack_conn }
+    }
+
+    fn not_in_flight(&self, entries: Vec<Entry>) -> Vec<Entry> {
+        let held = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        entries.into_iter().filter(|e| !held.contains(&e.id)).collect()
+    }
+
+    /// Waits for a free slot, then delivers and acknowledges in the background.
+    async fn start(&mut self, w: &Worker, entries: Vec<Entry>) {
+        while let Some(r) = self.tasks.try_join_next() {
+            log_task_end(r);
+        }
+        let Ok(permit) = w.inflight.clone().acquire_owned().await else { return };
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).extend(ids.iter().cloned());
+        let records: Vec<Record> = entries.iter().map(|e| entry_to_record(&w.stream, e)).collect();
+        let (sink, batch, shutdown) = (w.sink.clone(), w.batch.clone(), w.shutdown.clone());
+        let (url, stream, group) = (w.url.clone(), w.stream.clone(), w.redis.redis_group.clone());
+        let (mut conn, held) = (self.ack_conn.clone(), self.in_flight.clone());
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            match sink.deliver(&records, &[], &batch).await {
+                Ok(()) => ack_with_retry(&url, &stream, &group, &batch, &shutdown, &mut conn, &ids).await,
+                // not acknowledged: the entries stay pending for the next run
+                Err(fatal) => crate::pipeline::fail(fatal.0, &shutdown),
+            }
+            let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                h.remove(id);
+            }
+        });
+    }
+
+    async fn drain(&mut self) {
+        while let Some(r) = self.tasks.join_next().await {
+            log_task_end(r);
+        }
+    }
+}
+
+fn log_task_end(r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "a delivery task ended abnormally; its entries stay pending and are re-read");
+    }
+}
+
+/// The batch is durable downstream; XACK must not be lost to a blip, so retry it (a
+/// reconnect if needed). If we die first, the entries are re-shipped and deduped.
+async fn ack_with_retry(
+    url: &str,
+    stream: &str,
+    group: &str,
+    batch: &BatchOpts,
+    shutdown: &CancellationToken,
+    conn: &mut MultiplexedConnection,
+    ids: &[String],
+) {
+    let mut attempt = 0u32;
+    loop {
+        let r: RResult<Value> = redis::cmd("XACK").arg(stream).arg(group).arg(ids).query_async(conn).await;
+        match r {
+            Ok(_) => return,
+            Err(e) => {
+                let wait = backoff_ms(batch.retry_backoff_ms, batch.retry_backoff_cap_ms, attempt);
+                tracing::warn!(stream = %stream, error = %e, retry_in_ms = wait, "XACK failed, retrying");
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                attempt = attempt.saturating_add(1);
+                if let Ok(c) = connect(url, Duration::from_secs(10)).await {
+                    *conn = c;
+                }
+                if attempt > 20 && shutdown.is_cancelled() {
+                    tracing::warn!(stream = %stream, "giving up XACK at shutdown; entries will be re-shipped (deduped)");
+                    return;
                 }
             }
         }

@@ -75,6 +75,7 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Res
             k_seq.push(k.seq);
         }
     }
+    lock_keys(tx, &k_key).await?;
     let mut forks = forks_within(fresh);
     forks.extend(stored_forks(tx, &k_key, &k_seq, &k_ev).await?);
     sqlx::query(
@@ -89,6 +90,23 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Res
     insert_forks(tx, &forks).await?;
     advance(tx, fresh).await?;
     Ok(forks.len())
+}
+
+/// Serializes the batches that touch the same keys (batches are committed concurrently, and
+/// a transfer's two keys may sit in two of them): a transaction-scoped advisory lock per key,
+/// taken in key order so two batches cannot deadlock on them. It also covers keys that have
+/// no key_seqs row yet, which `SELECT ... FOR UPDATE` could not lock. The last batch to
+/// take a key's lock sees every other batch's seqs committed, so the watermark it computes
+/// is complete.
+async fn lock_keys(tx: &mut Transaction<'_, Postgres>, keys: &[&str]) -> Result<(), sqlx::Error> {
+    let mut sorted: Vec<&str> = keys.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sqlx::query("SELECT count(pg_advisory_xact_lock(hashtextextended(k, 7357))) FROM unnest($1::text[]) WITH ORDINALITY AS t(k, i)")
+        .bind(&sorted)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Forks against versions stored by earlier batches.
@@ -142,7 +160,7 @@ async fn advance(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result
     }
     let keys: Vec<&str> = batch_max.keys().copied().collect();
     let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT data_key, contiguous_seq FROM key_seqs WHERE data_key = ANY($1::text[]) ORDER BY data_key FOR UPDATE",
+        "SELECT data_key, contiguous_seq FROM key_seqs WHERE data_key = ANY($1::text[])",
     )
     .bind(&keys)
     .fetch_all(&mut **tx)
