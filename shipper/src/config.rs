@@ -214,9 +214,17 @@ pub struct BatchOpts {
     /// How long to keep filling a batch after its first entry.
     #[arg(long, env = "TALLY_BATCH_WAIT_MS", default_value_t = 50)]
     pub batch_wait_ms: u64,
-    /// Maximum batches being delivered to the next stage at once (across streams).
+    /// Kafka path (forward): maximum batches being produced at once, across streams; each
+    /// is acknowledged in the stream as soon as all its delivery reports are in.
     #[arg(long, env = "TALLY_MAX_IN_FLIGHT", default_value_t = 4)]
     pub max_in_flight: usize,
+    /// Direct path: Postgres writers, each owning a partition of the keys (hash of the
+    /// event's first key) and committing its own transactions.
+    #[arg(long, env = "TALLY_PG_WRITERS", default_value_t = 4)]
+    pub pg_writers: usize,
+    /// Direct path: jobs (parts of read batches) queued per writer before the reader waits.
+    #[arg(long, env = "TALLY_WRITER_QUEUE_JOBS", default_value_t = 8)]
+    pub writer_queue_jobs: usize,
     /// First retry delay after a transient failure.
     #[arg(long, env = "TALLY_RETRY_BACKOFF_MS", default_value_t = 100)]
     pub retry_backoff_ms: u64,

@@ -62,6 +62,8 @@ pub struct Outcome {
     pub anomalies: usize,
     /// ts_ms of the newly inserted events (for lag metrics)
     pub inserted_ts: Vec<i64>,
+    /// keys whose contiguous watermark stayed below their highest seq
+    pub behind_keys: Vec<String>,
 }
 
 impl Outcome {
@@ -71,6 +73,7 @@ impl Outcome {
         self.failed += o.failed;
         self.anomalies += o.anomalies;
         self.inserted_ts.extend(o.inserted_ts);
+        self.behind_keys.extend(o.behind_keys);
     }
 }
 
@@ -179,19 +182,17 @@ async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
     let ts: Vec<i64> = batch.iter().map(|(_, e)| e.ts).collect();
     let ops: Vec<Option<&str>> = batch.iter().map(|(_, e)| e.op.as_deref()).collect();
     let metas: Vec<Option<&str>> = batch.iter().map(|(_, e)| e.meta.as_deref()).collect();
-    let keys: Vec<&str> = batch.iter().map(|(_, e)| e.keys_json.as_str()).collect();
     let raws: Vec<&str> = batch.iter().map(|(r, _)| r.raw.as_str()).collect();
     let streams: Vec<Option<&str>> = batch.iter().map(|(r, _)| r.stream.as_deref()).collect();
     let sids: Vec<Option<&str>> = batch.iter().map(|(r, _)| r.stream_id.as_deref()).collect();
     let sources: Vec<&str> = batch.iter().map(|(r, _)| r.source.as_str()).collect();
     let vias: Vec<Option<&str>> = batch.iter().map(|(r, _)| r.via.as_deref()).collect();
     let inserted: Vec<(String,)> = sqlx::query_as(
-        "INSERT INTO events (event_id, type, ts_ms, ts, op, meta, keys, raw, stream, stream_id, source, via)
-         SELECT id::uuid, type, ts_ms, to_timestamp(ts_ms::float8 / 1000), op, meta, keys::jsonb, raw::jsonb,
-                stream, stream_id, source, via
-         FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::text[], $9::text[], $10::text[], $11::text[])
-              AS t(id, type, ts_ms, op, meta, keys, raw, stream, stream_id, source, via)
+        "INSERT INTO events (event_id, type, ts_ms, op, meta, raw, stream, stream_id, source, via)
+         SELECT id::uuid, type, ts_ms, op, meta, raw, stream, stream_id, source, via
+         FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[], $10::text[])
+              AS t(id, type, ts_ms, op, meta, raw, stream, stream_id, source, via)
          ON CONFLICT (event_id) DO NOTHING
          RETURNING event_id::text",
     )
@@ -200,7 +201,6 @@ async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
     .bind(&ts)
     .bind(&ops)
     .bind(&metas)
-    .bind(&keys)
     .bind(&raws)
     .bind(&streams)
     .bind(&sids)
@@ -216,18 +216,18 @@ async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
     if fresh.is_empty() {
         return Ok(outcome);
     }
-    outcome.anomalies = derive(tx, &fresh).await?;
+    (outcome.anomalies, outcome.behind_keys) = derive(tx, &fresh).await?;
     Ok(outcome)
 }
 
 /// Update derived tables for newly inserted events (in arrival order). Returns the number of
-/// anomalies (forks) recorded.
-async fn derive(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<usize, sqlx::Error> {
-    let forks = crate::seqs::record(tx, fresh).await?;
+/// anomalies (forks) recorded and the keys whose watermark is behind.
+async fn derive(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(usize, Vec<String>), sqlx::Error> {
+    let seqs = crate::seqs::record(tx, fresh).await?;
     derive_assets(tx, fresh).await?;
     derive_coupons(tx, fresh).await?;
     derive_usage(tx, fresh).await?;
-    Ok(forks)
+    Ok(seqs)
 }
 
 /// event_changes rows, and per (key, field) the balance carried by the highest seq.

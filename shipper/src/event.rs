@@ -59,8 +59,6 @@ pub struct Event {
     pub meta: Option<String>,
     pub keys: Vec<KeySeq>,
     pub body: Body,
-    /// `keys` re-serialized as JSON (for the events table)
-    pub keys_json: String,
 }
 
 impl Event {
@@ -278,10 +276,6 @@ pub fn decode(json: &str) -> Result<Event, String> {
             })
         }
     };
-    let keys_json = serde_json::to_string(
-        &keys.iter().map(|k| serde_json::json!({"key": k.key, "seq": k.seq})).collect::<Vec<_>>(),
-    )
-    .expect("serialize keys");
     Ok(Event {
         id: id.hyphenated().to_string(),
         typ: raw.typ,
@@ -290,7 +284,6 @@ pub fn decode(json: &str) -> Result<Event, String> {
         meta,
         keys,
         body,
-        keys_json,
     })
 }
 

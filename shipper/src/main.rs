@@ -14,6 +14,7 @@ mod record;
 mod redis_src;
 mod restore;
 mod seqs;
+mod writers;
 mod sink_pg;
 mod stream_keeper;
 
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use config::{Cli, Command, OpsOpts, PgOpts};
 use pipeline::Sink;
+use redis_src::Downstream;
 use sink_pg::PgSink;
 
 fn init_tracing() {
@@ -60,8 +62,8 @@ fn install_signals(shutdown: CancellationToken, deadline_ms: u64) -> anyhow::Res
 
 /// The pool of run/persist: migrations applied (--migrate) or checked, so a missing schema
 /// stops the process at start with the fix named instead of failing every batch.
-async fn pg_pool(pg: &PgOpts) -> anyhow::Result<sqlx::PgPool> {
-    let pool = db::connect(pg, pg.pg_max_conns).await?;
+async fn pg_pool(pg: &PgOpts, conns: u32) -> anyhow::Result<sqlx::PgPool> {
+    let pool = db::connect(pg, conns).await?;
     if pg.migrate {
         with_retry("migration", || db::migrate(&pool)).await?;
     } else {
@@ -146,11 +148,15 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { redis, kafka, pg, batch, ops } => {
             start_ops(&ops, &shutdown).await?;
-            let pool = pg_pool(&pg).await?;
+            let direct = kafka.brokers.as_deref().map(|b| b.trim().is_empty()).unwrap_or(true);
+            let conns = if direct { pg.pg_max_conns.max(batch.pg_writers as u32 + 1) } else { pg.pg_max_conns };
+            let pool = pg_pool(&pg, conns).await?;
             let pg_sink = PgSink::new(pool, &pg);
-            if kafka.brokers.as_deref().map(|b| b.trim().is_empty()).unwrap_or(true) {
-                tracing::info!("no Kafka brokers configured: direct path stream -> Postgres");
-                redis_src::run_source(redis, batch, Sink::Pg(pg_sink), shutdown.clone()).await;
+            if direct {
+                tracing::info!(writers = batch.pg_writers, "no Kafka brokers configured: direct path stream -> Postgres");
+                let writers = writers::Writers::start(batch.pg_writers, batch.writer_queue_jobs, pg_sink.clone(), batch.clone(), shutdown.clone());
+                redis_src::run_source(redis, batch, Downstream::Writers(Arc::new(writers)), shutdown.clone()).await;
+                pg_sink.finish().await;
             } else {
                 kafka_client::ensure_topic(&kafka).await?;
                 let fwd = Arc::new(forward::Forwarder::new(&kafka)?);
@@ -163,7 +169,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                         pipeline::fail(format!("persist stopped: {e:#}"), &s);
                     }
                 });
-                redis_src::run_source(redis, batch, Sink::Kafka(fwd.clone()), shutdown.clone()).await;
+                redis_src::run_source(redis, batch, Downstream::Sink(Sink::Kafka(fwd.clone())), shutdown.clone()).await;
                 fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
                 persist.await.context("persist task")?;
             }
@@ -172,12 +178,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             start_ops(&ops, &shutdown).await?;
             kafka_client::ensure_topic(&kafka).await?;
             let fwd = Arc::new(forward::Forwarder::new(&kafka)?);
-            redis_src::run_source(redis, batch, Sink::Kafka(fwd.clone()), shutdown.clone()).await;
+            redis_src::run_source(redis, batch, Downstream::Sink(Sink::Kafka(fwd.clone())), shutdown.clone()).await;
             fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
         }
         Command::Persist { kafka, pg, batch, ops } => {
             start_ops(&ops, &shutdown).await?;
-            let pool = pg_pool(&pg).await?;
+            let pool = pg_pool(&pg, pg.pg_max_conns).await?;
             kafka_client::ensure_topic(&kafka).await?;
             persist::Persist::new(kafka, batch, PgSink::new(pool, &pg), shutdown.clone())?.run().await?;
         }

@@ -185,7 +185,14 @@ async fn keys_behind(conn: &mut MultiplexedConnection, pool: &PgPool, prefix: &s
     let mut behind = 0;
     while let Some(page) = pager.next(conn, batch).await? {
         let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
-        let pg = pg_seqs(pool, &keys).await?;
+        let mut pg = pg_seqs(pool, &keys).await?;
+        let lagging: Vec<String> =
+            page.iter().filter(|(k, s)| pg.get(k).copied().unwrap_or(0) < *s).map(|(k, _)| k.clone()).collect();
+        if !lagging.is_empty() {
+            // a watermark left behind by concurrent writers is recomputed before it counts
+            crate::seqs::repair(pool, &lagging).await?;
+            pg = pg_seqs(pool, &keys).await?;
+        }
         behind += page.iter().filter(|(k, s)| pg.get(k).copied().unwrap_or(0) < *s).count() as u64;
     }
     Ok(behind)
@@ -319,7 +326,10 @@ async fn check_history(pool: &PgPool, report: &mut Report, opt: &Options, events
     )
     .fetch_all(pool)
     .await?;
-    for (key, c, last) in gaps {
+    let candidates: Vec<String> = gaps.iter().map(|g| g.0.clone()).collect();
+    let still: std::collections::HashSet<String> = crate::seqs::repair(pool, &candidates).await?.into_iter().collect();
+    for (key, _, last) in gaps.into_iter().filter(|g| still.contains(&g.0)) {
+        let c: i64 = sqlx::query_scalar("SELECT contiguous_seq FROM key_seqs WHERE data_key = $1").bind(&key).fetch_one(pool).await?;
         let missing: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT s + 1, next_s - 1 FROM (
                  SELECT seq AS s, lead(seq) OVER (ORDER BY seq) AS next_s

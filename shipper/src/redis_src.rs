@@ -1,7 +1,7 @@
 //! Reading the log streams with a consumer group, acking after the next stage holds the
 //! entries durably, and trimming only acknowledged entries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{backoff_ms, BatchOpts, RedisOpts};
 use crate::metrics;
 use crate::pipeline::Sink;
+use crate::writers::{AckTarget, Writers};
+
+/// Where a worker hands its batches: a sink delivered batch by batch (Kafka), or the
+/// per-key Postgres writers (direct path).
+#[derive(Clone)]
+pub enum Downstream {
+    Sink(Sink),
+    Writers(Arc<Writers>),
+}
 use crate::record::Record;
 
 type RResult<T> = Result<T, redis::RedisError>;
@@ -158,7 +167,7 @@ pub struct Worker {
     pub stream: String,
     pub redis: RedisOpts,
     pub batch: BatchOpts,
-    pub sink: Sink,
+    pub downstream: Downstream,
     pub inflight: Arc<Semaphore>,
     pub shutdown: CancellationToken,
 }
@@ -341,7 +350,7 @@ impl Worker {
 /// streams), each acknowledged as soon as its own delivery completes, in any order.
 struct Deliveries {
     tasks: tokio::task::JoinSet<()>,
-    in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    in_flight: Arc<std::sync::Mutex<HashSet<String>>>,
     ack_conn: MultiplexedConnection,
 }
 
@@ -355,16 +364,32 @@ impl Deliveries {
         entries.into_iter().filter(|e| !held.contains(&e.id)).collect()
     }
 
-    /// Waits for a free slot, then delivers and acknowledges in the background.
+    /// Hands the batch on: to the writers, or (a sink) as a background delivery once a slot
+    /// is free. Either acknowledges the entries when they are durable.
     async fn start(&mut self, w: &Worker, entries: Vec<Entry>) {
+        let records: Vec<Record> = entries.iter().map(|e| entry_to_record(&w.stream, e)).collect();
+        let sink = match &w.downstream {
+            Downstream::Writers(writers) => {
+                self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).extend(entries.iter().map(|e| e.id.clone()));
+                let ack = AckTarget {
+                    url: w.url.clone(),
+                    stream: w.stream.clone(),
+                    group: w.redis.redis_group.clone(),
+                    conn: self.ack_conn.clone(),
+                    held: self.in_flight.clone(),
+                };
+                writers.submit(records, &ack).await;
+                return;
+            }
+            Downstream::Sink(s) => s.clone(),
+        };
         while let Some(r) = self.tasks.try_join_next() {
             log_task_end(r);
         }
         let Ok(permit) = w.inflight.clone().acquire_owned().await else { return };
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).extend(ids.iter().cloned());
-        let records: Vec<Record> = entries.iter().map(|e| entry_to_record(&w.stream, e)).collect();
-        let (sink, batch, shutdown) = (w.sink.clone(), w.batch.clone(), w.shutdown.clone());
+        let (batch, shutdown) = (w.batch.clone(), w.shutdown.clone());
         let (url, stream, group) = (w.url.clone(), w.stream.clone(), w.redis.redis_group.clone());
         let (mut conn, held) = (self.ack_conn.clone(), self.in_flight.clone());
         self.tasks.spawn(async move {
@@ -396,7 +421,7 @@ fn log_task_end(r: Result<(), tokio::task::JoinError>) {
 
 /// The batch is durable downstream; XACK must not be lost to a blip, so retry it (a
 /// reconnect if needed). If we die first, the entries are re-shipped and deduped.
-async fn ack_with_retry(
+pub async fn ack_with_retry(
     url: &str,
     stream: &str,
     group: &str,
@@ -428,7 +453,7 @@ async fn ack_with_retry(
 }
 
 /// Discover streams on every URL and run one worker per stream until shutdown.
-pub async fn run_source(redis: RedisOpts, batch: BatchOpts, sink: Sink, shutdown: CancellationToken) {
+pub async fn run_source(redis: RedisOpts, batch: BatchOpts, downstream: Downstream, shutdown: CancellationToken) {
     let inflight = Arc::new(Semaphore::new(batch.max_in_flight.max(1)));
     let mut workers: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
     // trimming and stream metrics: stopped only after every worker acked its last batch
@@ -458,7 +483,7 @@ pub async fn run_source(redis: RedisOpts, batch: BatchOpts, sink: Sink, shutdown
                     stream: s,
                     redis: redis.clone(),
                     batch: batch.clone(),
-                    sink: sink.clone(),
+                    downstream: downstream.clone(),
                     inflight: inflight.clone(),
                     shutdown: shutdown.clone(),
                 };
@@ -474,6 +499,9 @@ pub async fn run_source(redis: RedisOpts, batch: BatchOpts, sink: Sink, shutdown
     }
     for (_, h) in workers {
         let _ = h.await;
+    }
+    if let Downstream::Writers(w) = &downstream {
+        w.finish().await;
     }
     keep_token.cancel();
     for h in keepers {

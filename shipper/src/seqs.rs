@@ -8,9 +8,9 @@
 //! missing once the pipeline has drained (`reconcile` reports it). A fork is one (key, seq)
 //! carried by two different event ids: recorded, never overwritten.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::event::Event;
 
@@ -41,32 +41,37 @@ pub fn advance_watermark(contiguous: i64, seqs_above: &[i64]) -> i64 {
     c
 }
 
-/// Forks among the fresh events of one batch (the same (key, seq) twice with different ids).
-pub fn forks_within(fresh: &[&Event]) -> Vec<Fork> {
-    let mut first: HashMap<(&str, i64), &str> = HashMap::new();
-    let mut out = Vec::new();
-    for e in fresh {
-        for k in &e.keys {
-            match first.get(&(k.key.as_str(), k.seq)) {
-                Some(other) if *other != e.id => out.push(Fork {
-                    key: k.key.clone(),
-                    seq: k.seq,
-                    event_id: e.id.clone(),
-                    other_event_id: other.to_string(),
-                }),
-                Some(_) => {}
-                None => {
-                    first.insert((k.key.as_str(), k.seq), e.id.as_str());
-                }
-            }
+/// The watermark of each key after a batch, when it can be decided without reading
+/// event_keys: the key had no early arrivals stored (`last == contiguous`) and the batch
+/// brings exactly the next seqs. The keys returned second need `advance_watermark` over the
+/// stored seqs above their watermark.
+pub fn fast_watermarks<'a>(
+    current: &HashMap<String, (i64, i64)>,
+    batch: &BTreeMap<&'a str, Vec<i64>>,
+) -> (HashMap<&'a str, i64>, Vec<&'a str>) {
+    let mut fast = HashMap::new();
+    let mut slow = Vec::new();
+    for (key, seqs) in batch {
+        let (c, last) = current.get(*key).copied().unwrap_or((0, 0));
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        let consecutive = sorted.iter().enumerate().all(|(i, s)| *s == c + 1 + i as i64);
+        if last == c && consecutive {
+            fast.insert(*key, c + sorted.len() as i64);
+        } else {
+            slow.push(*key);
         }
     }
-    out
+    (fast, slow)
 }
 
-/// Records the batch's (key, seq) pairs, its forks, and advances each key's watermark.
-/// Returns the number of forks found.
-pub async fn record(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<usize, sqlx::Error> {
+/// Records the batch's (key, seq) pairs and its forks, and advances each key's watermark.
+/// Returns the number of forks and the keys whose watermark stayed below their highest seq.
+///
+/// No locks: a watermark computed while another transaction holds seqs of the same key
+/// uncommitted (a transfer whose second key belongs to another writer) can only be too low,
+/// never too high; `repair` recomputes such keys after the fact.
+pub async fn record(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(usize, Vec<String>), sqlx::Error> {
     let (mut k_ev, mut k_key, mut k_seq) = (vec![], vec![], vec![]);
     for e in fresh {
         for k in &e.keys {
@@ -75,53 +80,61 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Res
             k_seq.push(k.seq);
         }
     }
-    lock_keys(tx, &k_key).await?;
-    let mut forks = forks_within(fresh);
-    forks.extend(stored_forks(tx, &k_key, &k_seq, &k_ev).await?);
-    sqlx::query(
+    // the unique (data_key, seq) keeps the first version; the others are forks, exactly,
+    // even against a concurrent transaction (the insert waits for it)
+    let stored: Vec<(String, i64)> = sqlx::query_as(
         "INSERT INTO event_keys (event_id, data_key, seq)
-         SELECT e::uuid, k, s FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS t(e, k, s)",
+         SELECT e::uuid, k, s FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS t(e, k, s)
+         ON CONFLICT (data_key, seq) DO NOTHING
+         RETURNING data_key, seq",
     )
     .bind(&k_ev)
     .bind(&k_key)
     .bind(&k_seq)
-    .execute(&mut **tx)
-    .await?;
-    insert_forks(tx, &forks).await?;
-    advance(tx, fresh).await?;
-    Ok(forks.len())
-}
-
-/// Serializes the batches that touch the same keys (batches are committed concurrently, and
-/// a transfer's two keys may sit in two of them): a transaction-scoped advisory lock per key,
-/// taken in key order so two batches cannot deadlock on them. It also covers keys that have
-/// no key_seqs row yet, which `SELECT ... FOR UPDATE` could not lock. The last batch to
-/// take a key's lock sees every other batch's seqs committed, so the watermark it computes
-/// is complete.
-async fn lock_keys(tx: &mut Transaction<'_, Postgres>, keys: &[&str]) -> Result<(), sqlx::Error> {
-    let mut sorted: Vec<&str> = keys.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    sqlx::query("SELECT count(pg_advisory_xact_lock(hashtextextended(k, 7357))) FROM unnest($1::text[]) WITH ORDINALITY AS t(k, i)")
-        .bind(&sorted)
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Forks against versions stored by earlier batches.
-async fn stored_forks(tx: &mut Transaction<'_, Postgres>, keys: &[&str], seqs: &[i64], ids: &[&str]) -> Result<Vec<Fork>, sqlx::Error> {
-    let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
-        "SELECT t.k, t.s, t.e, ek.event_id::text
-         FROM UNNEST($1::text[], $2::int8[], $3::text[]) AS t(k, s, e)
-         JOIN event_keys ek ON ek.data_key = t.k AND ek.seq = t.s AND ek.event_id <> t.e::uuid",
-    )
-    .bind(keys)
-    .bind(seqs)
-    .bind(ids)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows.into_iter().map(|(key, seq, event_id, other_event_id)| Fork { key, seq, event_id, other_event_id }).collect())
+    let mut stored: HashSet<(String, i64)> = stored.into_iter().collect();
+    let mut kept: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
+    let mut fork_in = Vec::new();
+    for ((ev, key), seq) in k_ev.iter().zip(&k_key).zip(&k_seq) {
+        if stored.remove(&(key.to_string(), *seq)) {
+            kept.entry(key).or_default().push(*seq);
+            let n = newest.entry(key).or_insert((*seq, ev));
+            if *seq > n.0 {
+                *n = (*seq, ev);
+            }
+        } else {
+            fork_in.push((*key, *seq, *ev));
+        }
+    }
+    let forks = name_forks(tx, &fork_in).await?;
+    insert_forks(tx, &forks).await?;
+    let behind = advance(tx, &kept, &newest).await?;
+    Ok((forks.len(), behind))
+}
+
+/// The stored version of each forked (key, seq).
+async fn name_forks(tx: &mut Transaction<'_, Postgres>, fork_in: &[(&str, i64, &str)]) -> Result<Vec<Fork>, sqlx::Error> {
+    if fork_in.is_empty() {
+        return Ok(vec![]);
+    }
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT ek.data_key, ek.seq, ek.event_id::text FROM UNNEST($1::text[], $2::int8[]) AS t(k, s)
+         JOIN event_keys ek ON ek.data_key = t.k AND ek.seq = t.s",
+    )
+    .bind(fork_in.iter().map(|f| f.0).collect::<Vec<_>>())
+    .bind(fork_in.iter().map(|f| f.1).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    let first: HashMap<(String, i64), String> = rows.into_iter().map(|(k, s, e)| ((k, s), e)).collect();
+    Ok(fork_in
+        .iter()
+        .filter_map(|(k, s, e)| {
+            let other = first.get(&(k.to_string(), *s))?;
+            (other != e).then(|| Fork { key: k.to_string(), seq: *s, event_id: e.to_string(), other_event_id: other.clone() })
+        })
+        .collect())
 }
 
 async fn insert_forks(tx: &mut Transaction<'_, Postgres>, forks: &[Fork]) -> Result<(), sqlx::Error> {
@@ -146,44 +159,33 @@ async fn insert_forks(tx: &mut Transaction<'_, Postgres>, forks: &[Fork]) -> Res
     Ok(())
 }
 
-/// Upsert key_seqs: last_seq = highest seen, contiguous_seq advanced over stored seqs.
-async fn advance(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(), sqlx::Error> {
-    // key -> (max seq in batch, its event id); BTreeMap: rows are locked in key order
-    let mut batch_max: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
-    for e in fresh {
-        for k in &e.keys {
-            let ent = batch_max.entry(k.key.as_str()).or_insert((k.seq, e.id.as_str()));
-            if k.seq > ent.0 {
-                *ent = (k.seq, e.id.as_str());
-            }
+/// Upsert key_seqs: last_seq = highest seen, contiguous_seq advanced. Returns the keys left
+/// with contiguous_seq < last_seq.
+async fn advance(
+    tx: &mut Transaction<'_, Postgres>,
+    kept: &BTreeMap<&str, Vec<i64>>,
+    newest: &HashMap<&str, (i64, &str)>,
+) -> Result<Vec<String>, sqlx::Error> {
+    if kept.is_empty() {
+        return Ok(vec![]);
+    }
+    let keys: Vec<&str> = kept.keys().copied().collect();
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE data_key = ANY($1::text[])")
+            .bind(&keys)
+            .fetch_all(&mut **tx)
+            .await?;
+    let current: HashMap<String, (i64, i64)> = rows.into_iter().map(|(k, c, l)| (k, (c, l))).collect();
+    let (mut contiguous, slow) = fast_watermarks(&current, kept);
+    if !slow.is_empty() {
+        let from: Vec<i64> = slow.iter().map(|k| current.get(*k).map(|c| c.0).unwrap_or(0)).collect();
+        let above = seqs_above(&mut **tx, &slow, &from).await?;
+        for (k, c) in slow.iter().zip(&from) {
+            contiguous.insert(k, advance_watermark(*c, above.get(*k).map(Vec::as_slice).unwrap_or(&[])));
         }
     }
-    let keys: Vec<&str> = batch_max.keys().copied().collect();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT data_key, contiguous_seq FROM key_seqs WHERE data_key = ANY($1::text[])",
-    )
-    .bind(&keys)
-    .fetch_all(&mut **tx)
-    .await?;
-    let current: HashMap<String, i64> = rows.into_iter().collect();
-    let from: Vec<i64> = keys.iter().map(|k| current.get(*k).copied().unwrap_or(0)).collect();
-    let above: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT t.k, ek.seq FROM UNNEST($1::text[], $2::int8[]) AS t(k, c)
-         JOIN event_keys ek ON ek.data_key = t.k AND ek.seq > t.c",
-    )
-    .bind(&keys)
-    .bind(&from)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut seqs: HashMap<&str, Vec<i64>> = HashMap::new();
-    for (k, s) in &above {
-        seqs.entry(k.as_str()).or_default().push(*s);
-    }
-    let contiguous: Vec<i64> = keys
-        .iter()
-        .zip(&from)
-        .map(|(k, c)| advance_watermark(*c, seqs.get(k).map(Vec::as_slice).unwrap_or(&[])))
-        .collect();
+    let c: Vec<i64> = keys.iter().map(|k| contiguous.get(k).copied().unwrap_or(0)).collect();
+    let last: Vec<i64> = keys.iter().map(|k| newest.get(k).map(|n| n.0).unwrap_or(0)).collect();
     sqlx::query(
         "INSERT INTO key_seqs (data_key, last_seq, event_id, contiguous_seq)
          SELECT k, s, e::uuid, c FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[]) AS t(k, s, e, c)
@@ -194,31 +196,104 @@ async fn advance(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result
              updated_at = now()",
     )
     .bind(&keys)
-    .bind(keys.iter().map(|k| batch_max[k].0).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| batch_max[k].1).collect::<Vec<_>>())
-    .bind(&contiguous)
+    .bind(&last)
+    .bind(keys.iter().map(|k| newest.get(k).map(|n| n.1).unwrap_or("")).collect::<Vec<_>>())
+    .bind(&c)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    let highest = |k: &str, batch_max: i64| current.get(k).map(|x| x.1).unwrap_or(0).max(batch_max);
+    Ok(keys
+        .iter()
+        .zip(c.iter().zip(&last))
+        .filter(|(k, (c, l))| **c < highest(k, **l))
+        .map(|(k, _)| k.to_string())
+        .collect())
+}
+
+/// Stored seqs above each key's watermark.
+async fn seqs_above<'e, E>(ex: E, keys: &[&str], from: &[i64]) -> Result<HashMap<String, Vec<i64>>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let above: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT t.k, ek.seq FROM UNNEST($1::text[], $2::int8[]) AS t(k, c)
+         JOIN event_keys ek ON ek.data_key = t.k AND ek.seq > t.c",
+    )
+    .bind(keys)
+    .bind(from)
+    .fetch_all(ex)
+    .await?;
+    let mut out: HashMap<String, Vec<i64>> = HashMap::new();
+    for (k, s) in above {
+        out.entry(k).or_default().push(s);
+    }
+    Ok(out)
+}
+
+/// `repair` over every key whose watermark is below its highest seq (a scan of key_seqs, in
+/// pages): at start, after a crash lost the in-process repair queue, and at shutdown.
+pub async fn repair_all(pool: &PgPool) -> Result<usize, sqlx::Error> {
+    const PAGE: i64 = 1_000;
+    let mut after = String::new();
+    let mut still = 0;
+    loop {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT data_key FROM key_seqs WHERE last_seq > contiguous_seq AND data_key > $1 ORDER BY data_key LIMIT $2",
+        )
+        .bind(&after)
+        .bind(PAGE)
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = keys.last().cloned() else { return Ok(still) };
+        still += repair(pool, &keys).await?.len();
+        after = last;
+    }
+}
+
+/// Recompute the watermark of `keys` from everything committed (after concurrent writers
+/// finished). Returns the keys still behind their highest seq: early arrivals waiting for
+/// the rest, or, once the pipeline has drained, gaps.
+pub async fn repair(pool: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE data_key = ANY($1::text[])")
+            .bind(keys)
+            .fetch_all(pool)
+            .await?;
+    let behind: Vec<(String, i64, i64)> = rows.into_iter().filter(|r| r.1 < r.2).collect();
+    let ks: Vec<&str> = behind.iter().map(|r| r.0.as_str()).collect();
+    let from: Vec<i64> = behind.iter().map(|r| r.1).collect();
+    let above = seqs_above(pool, &ks, &from).await?;
+    let mut still = Vec::new();
+    let (mut uk, mut uc) = (vec![], vec![]);
+    for (k, c, last) in &behind {
+        let n = advance_watermark(*c, above.get(k).map(Vec::as_slice).unwrap_or(&[]));
+        if n > *c {
+            uk.push(k.as_str());
+            uc.push(n);
+        }
+        if n < *last {
+            still.push(k.clone());
+        }
+    }
+    if !uk.is_empty() {
+        sqlx::query(
+            "UPDATE key_seqs ks SET contiguous_seq = GREATEST(ks.contiguous_seq, t.c), updated_at = now()
+             FROM UNNEST($1::text[], $2::int8[]) AS t(k, c) WHERE ks.data_key = t.k",
+        )
+        .bind(&uk)
+        .bind(&uc)
+        .execute(pool)
+        .await?;
+    }
+    Ok(still)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::decode;
-
-    fn ev(id: u8, keys: &[(&str, i64)]) -> Event {
-        let ks: Vec<String> = keys.iter().map(|(k, s)| format!(r#"{{"key":"{k}","seq":{s}}}"#)).collect();
-        let ch: Vec<String> =
-            keys.iter().map(|(k, _)| format!(r#"{{"key":"{k}","field":"g","delta":"1","balance":"1"}}"#)).collect();
-        let typ = if keys.len() == 2 { "asset.transfer" } else { "asset.incr" };
-        decode(&format!(
-            r#"{{"v":1,"id":"0193508e-7c4a-7b3e-9f1c-3d2a8e5b6c{id:02x}","type":"{typ}","ts":1,"op":null,"meta":null,"keys":[{}],"changes":[{}]}}"#,
-            ks.join(","),
-            ch.join(",")
-        ))
-        .unwrap()
-    }
 
     #[test]
     fn watermark_advances_only_over_consecutive_seqs() {
@@ -241,16 +316,16 @@ mod tests {
     }
 
     #[test]
-    fn forks_within_a_batch_are_named_once() {
-        let a = ev(1, &[("a", 1)]);
-        let b = ev(2, &[("a", 2), ("b", 1)]);
-        let fork = ev(3, &[("a", 2)]);
-        let replay = ev(2, &[("a", 2), ("b", 1)]);
-        let got = forks_within(&[&a, &b, &fork, &replay]);
-        assert_eq!(got.len(), 1, "{got:?}");
-        assert_eq!((got[0].key.as_str(), got[0].seq), ("a", 2));
-        assert_eq!(got[0].event_id, fork.id);
-        assert_eq!(got[0].other_event_id, b.id);
-        assert!(forks_within(&[&a, &b]).is_empty());
+    fn fast_path_only_for_the_next_seqs_of_a_settled_key() {
+        let current = HashMap::from([("a".to_string(), (5, 5)), ("b".to_string(), (2, 4))]);
+        let batch: BTreeMap<&str, Vec<i64>> =
+            BTreeMap::from([("a", vec![7, 6]), ("b", vec![3]), ("new", vec![1, 2]), ("late", vec![2])]);
+        let (fast, mut slow) = fast_watermarks(&current, &batch);
+        slow.sort();
+        assert_eq!(fast, HashMap::from([("a", 7), ("new", 2)]));
+        // b had early arrivals stored (last 4 > contiguous 2); "late" lacks seq 1
+        assert_eq!(slow, vec!["b", "late"]);
+        let gap: BTreeMap<&str, Vec<i64>> = BTreeMap::from([("a", vec![6, 8])]);
+        assert_eq!(fast_watermarks(&current, &gap).1, vec!["a"]);
     }
 }

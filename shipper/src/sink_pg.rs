@@ -1,6 +1,8 @@
 //! Postgres as a sink: one transaction per batch under bounded waits, and the error policy
 //! that keeps one bad event from wedging a stream.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -8,11 +10,55 @@ use sqlx::PgPool;
 use crate::db::{self, Outcome, Position};
 use crate::record::Record;
 
-/// The pool and the client-side deadline of one batch transaction.
+/// The pool, the client-side deadline of one batch transaction, and the keys whose
+/// watermark a concurrent commit may have left behind (see `seqs::repair`).
 #[derive(Clone)]
 pub struct PgSink {
     pub pool: PgPool,
     pub batch_deadline: Duration,
+    behind: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// How often keys left behind are recomputed, how many per pass, and how many passes a key
+/// gets before it is left to `reconcile` (a real early arrival or gap stays behind).
+const REPAIR_INTERVAL: Duration = Duration::from_millis(1_000);
+const REPAIR_KEYS_PER_PASS: usize = 1_000;
+const REPAIR_PASSES: u32 = 10;
+
+async fn repair_loop(pool: PgPool, behind: Arc<Mutex<HashMap<String, u32>>>) {
+    match crate::seqs::repair_all(&pool).await {
+        Ok(n) if n > 0 => tracing::info!(keys = n, "keys whose history waits for missing seqs (reconcile names them once drained)"),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "start-up watermark repair failed; reconcile repeats it"),
+    }
+    loop {
+        tokio::time::sleep(REPAIR_INTERVAL).await;
+        let keys: Vec<(String, u32)> = {
+            let mut q = behind.lock().unwrap_or_else(|e| e.into_inner());
+            let take: Vec<String> = q.keys().take(REPAIR_KEYS_PER_PASS).cloned().collect();
+            take.into_iter().filter_map(|k| q.remove_entry(&k)).collect()
+        };
+        if keys.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = keys.iter().map(|k| k.0.clone()).collect();
+        match crate::seqs::repair(&pool, &names).await {
+            Ok(still) => {
+                let still: std::collections::HashSet<String> = still.into_iter().collect();
+                let mut q = behind.lock().unwrap_or_else(|e| e.into_inner());
+                for (k, passes) in keys {
+                    if still.contains(&k) && passes + 1 < REPAIR_PASSES {
+                        q.insert(k, passes + 1);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "watermark repair failed; retried next pass");
+                let mut q = behind.lock().unwrap_or_else(|e| e.into_inner());
+                q.extend(keys);
+            }
+        }
+    }
 }
 
 /// What a failed batch means.
@@ -63,14 +109,41 @@ pub fn permanent_message(e: &sqlx::Error) -> String {
 }
 
 impl PgSink {
+    /// Also starts the watermark repair task (runs until the process exits).
     pub fn new(pool: PgPool, pg: &crate::config::PgOpts) -> PgSink {
-        PgSink { pool, batch_deadline: Duration::from_millis(pg.batch_deadline_ms()) }
+        let behind: Arc<Mutex<HashMap<String, u32>>> = Default::default();
+        tokio::spawn(repair_loop(pool.clone(), behind.clone()));
+        PgSink { pool, batch_deadline: Duration::from_millis(pg.batch_deadline_ms()), behind }
+    }
+
+    /// At shutdown, after the last commit: leave every watermark exact.
+    pub async fn finish(&self) {
+        self.behind.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        if let Err(e) = crate::seqs::repair_all(&self.pool).await {
+            tracing::warn!(error = %e, "final watermark repair failed; the next start or reconcile repeats it");
+        }
+    }
+
+    fn note_behind(&self, out: &Outcome) {
+        if out.behind_keys.is_empty() {
+            return;
+        }
+        let mut q = self.behind.lock().unwrap_or_else(|e| e.into_inner());
+        for k in &out.behind_keys {
+            q.entry(k.clone()).or_insert(0);
+        }
     }
 
     /// Persist a batch; when Postgres refuses the data itself, isolate the offending records
     /// one by one into failed_events so they never block the rest. Positions are stored with
     /// the batch, or after the isolated records.
     pub async fn persist(&self, recs: &[Record], positions: &[Position]) -> Result<Outcome, sqlx::Error> {
+        let out = self.persist_isolating(recs, positions).await?;
+        self.note_behind(&out);
+        Ok(out)
+    }
+
+    async fn persist_isolating(&self, recs: &[Record], positions: &[Position]) -> Result<Outcome, sqlx::Error> {
         match self.once(recs, positions).await {
             Err(e) if classify(&e) == ErrorClass::Data && !recs.is_empty() => {
                 tracing::warn!(error = %e, batch = recs.len(), "batch refused by Postgres, isolating its records");

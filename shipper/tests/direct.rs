@@ -321,7 +321,14 @@ async fn fork_is_recorded_and_named_by_reconcile() {
     .unwrap();
     let id_of = |e: &str| serde_json::from_str::<serde_json::Value>(e).unwrap()["id"].as_str().unwrap().to_string();
     assert_eq!(forks, vec![("acct:f".to_string(), 2, id_of(&fork), id_of(&second))]);
-    assert_eq!(count(&pool, "SELECT count(*) FROM event_keys WHERE data_key = 'acct:f' AND seq = 2").await, 2, "both versions kept");
+    // the first version holds the seq; the second is kept as an event and named by the fork
+    let holder: String = sqlx::query_scalar("SELECT event_id::text FROM event_keys WHERE data_key = 'acct:f' AND seq = 2")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(holder, id_of(&second));
+    let kept = count(&pool, &format!("SELECT count(*) FROM events WHERE event_id = '{}'", id_of(&fork))).await;
+    assert_eq!(kept, 1, "the forked event is kept");
     assert_eq!(sh.metric("tally_seq_anomalies_total"), Some(1.0));
     sh.sigterm();
     assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
