@@ -101,6 +101,16 @@ pub fn name(what: &str, raw: &[u8]) -> Result<String, CmdError> {
     String::from_utf8(raw.to_vec()).map_err(|_| CmdError::err(format!("{what} must be valid UTF-8")))
 }
 
+/// A balance field of `ASSET.*`: a name that is not tally's reserved `kind` field (which
+/// marks campaigns and usage counters).
+pub fn balance_field(raw: &[u8]) -> Result<String, CmdError> {
+    let field = name("field", raw)?;
+    if field == crate::logic::KIND_FIELD {
+        return Err(CmdError::err("the field name 'kind' is reserved by tally"));
+    }
+    Ok(field)
+}
+
 pub fn decimal(what: &str, raw: &[u8]) -> Result<Decimal, CmdError> {
     Decimal::parse(raw).map_err(|e| CmdError::err(format!("{what} {e}")))
 }
@@ -215,7 +225,7 @@ pub fn asset_incr(args: &[&[u8]]) -> Result<AssetIncr, CmdError> {
     let mut deltas: Vec<(String, Decimal)> = Vec::new();
     let mut i = 1;
     while i < args.len() && !INCR_OPTIONS.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(args[i])) {
-        let field = name("field", args[i])?;
+        let field = balance_field(args[i])?;
         let raw = args.get(i + 1).ok_or(CmdError::Arity)?;
         let delta = decimal("delta", raw)?;
         if deltas.iter().any(|(f, _)| *f == field) {
@@ -266,7 +276,7 @@ pub fn asset_transfer(args: &[&[u8]]) -> Result<AssetTransfer, CmdError> {
     if from == to {
         return Err(CmdError::err("from and to are the same key"));
     }
-    let field = name("field", args[2])?;
+    let field = balance_field(args[2])?;
     let amount = decimal("amount", args[3])?;
     if !amount.is_positive() {
         return Err(CmdError::err("amount must be positive"));
@@ -289,7 +299,8 @@ pub fn coupon_create(args: &[&[u8]]) -> Result<CouponCreate, CmdError> {
         match opt {
             "PERUSER" => per_user = integer("PERUSER", o.value(opt)?, 1, MAX_PER_USER)?,
             "START" => start_ms = integer("START", o.value(opt)?, 0, i64::MAX)?,
-            "END" => end_ms = integer("END", o.value(opt)?, 1, i64::MAX)?,
+            // 0 = no end, as for START.
+            "END" => end_ms = integer("END", o.value(opt)?, 0, i64::MAX)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -427,6 +438,21 @@ mod tests {
         assert!(err_text(coupon_create(&words("camp 99999999999999999999999"))).contains("not an integer"));
         assert!(err_text(coupon_create(&words("camp 10 START 20 END 10"))).contains("after START"));
         assert!(err_text(coupon_create(&words("camp 10 PERUSER 0"))).contains("between"));
+    }
+
+    #[test]
+    fn end_zero_means_unbounded() {
+        assert!(matches!(coupon_create(&words("camp 5 END 0")), Ok(CouponCreate { end_ms: 0, .. })));
+        assert!(matches!(coupon_create(&words("camp 5 START 10 END 0")), Ok(CouponCreate { start_ms: 10, end_ms: 0, .. })));
+        assert!(err_text(coupon_create(&words("camp 5 END -1"))).contains("between"));
+    }
+
+    #[test]
+    fn the_kind_field_is_reserved() {
+        assert!(err_text(asset_incr(&words("acct kind 1"))).contains("reserved"));
+        assert!(err_text(asset_incr(&words("acct gold 1 kind 1"))).contains("reserved"));
+        assert!(err_text(asset_transfer(&words("a b kind 1"))).contains("reserved"));
+        assert!(asset_incr(&words("acct Kind 1")).is_ok());
     }
 
     #[test]

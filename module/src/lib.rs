@@ -58,6 +58,13 @@ fn dispatch(raw_ctx: *mut RedisModuleCtx, argv: *mut *mut RedisModuleString, arg
             args.push(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) });
         }
     }
+    // One stream per server: the shipper reads database 0, so other databases are refused.
+    if let Some(db) = unsafe { raw::RedisModule_GetSelectedDb } {
+        if unsafe { db(raw_ctx) } != 0 {
+            stats::rejected("ERR");
+            return reply_error(&ctx, "ERR tally serves database 0 only (SELECT 0)");
+        }
+    }
     match catch_unwind(AssertUnwindSafe(|| handler(&ctx, &args))) {
         Ok(Ok(value)) => ctx.reply(Ok(value)) as c_int,
         Ok(Err(CmdError::Arity)) => {

@@ -16,10 +16,22 @@ pub fn replay() {
     REPLAYS.fetch_add(1, Relaxed);
 }
 
-/// Counts a rejection under its code; unknown codes (e.g. NOPERM) count as `other`.
+/// Counts a rejection under its code; a code outside `CODES` counts as `other`.
 pub fn rejected(code: &str) {
     let i = CODES.iter().position(|c| *c == code).unwrap_or(CODES.len());
     REJECTED[i].fetch_add(1, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn noperm_has_its_own_counter() {
+        super::rejected("NOPERM");
+        let snap = super::snapshot();
+        let get = |n: &str| snap.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+        assert_eq!(get("rejected_noperm"), Some(1));
+        assert_eq!(get("rejected_other"), Some(0));
+    }
 }
 
 pub fn snapshot() -> Vec<(String, u64)> {

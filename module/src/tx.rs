@@ -136,16 +136,6 @@ fn wrong_kind() -> CmdError {
     CmdError::wrong_type("Operation against a key holding the wrong kind of value")
 }
 
-/// One field of a hash key; a missing key reads as no field, another type is WRONGTYPE.
-pub fn read_field(ctx: &Context, key: &str, field: &[u8]) -> Result<Option<Vec<u8>>, CmdError> {
-    let k = open_read(ctx, key)?;
-    match k.kind() {
-        KeyType::Empty => Ok(None),
-        KeyType::Hash => k.hget(ctx, field),
-        _ => Err(wrong_kind()),
-    }
-}
-
 /// Opens a key for reading (read-only commands).
 pub fn open_read(ctx: &Context, key: &str) -> Result<Key, CmdError> {
     let name = RStr::new(key.as_bytes());
@@ -251,8 +241,8 @@ impl<'a> Tx<'a> {
             None => Some(0),
             Some(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse::<i64>().ok()),
         })?;
-        let current = parsed.ok_or_else(|| CmdError::wrong_type("the sequence record of this key is corrupt"))?;
-        let next = current + 1;
+        let corrupt = || CmdError::wrong_type("the sequence record of this key is corrupt");
+        let next = parsed.ok_or_else(corrupt)?.checked_add(1).ok_or_else(corrupt)?;
         self.seqs.push((key.to_string(), next));
         Ok(next)
     }

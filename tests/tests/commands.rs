@@ -3,20 +3,10 @@
 
 use std::collections::HashMap;
 
+mod common;
+
+use common::{rejected, strings};
 use tally_tests::{cmd, error_of, events, snapshot, Redis};
-
-/// Asserts `args` fails with an error starting with `code` and changes nothing.
-fn rejected(conn: &mut redis::Connection, args: &[&str], code: &str) -> String {
-    let before = snapshot(conn);
-    let err = error_of(conn, args);
-    assert!(err.starts_with(code), "{args:?}: expected {code}, got '{err}'");
-    assert_eq!(snapshot(conn), before, "{args:?} changed data or history");
-    err
-}
-
-fn strings(conn: &mut redis::Connection, args: &[&str]) -> Vec<String> {
-    cmd(args).query(conn).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
 
 #[test]
 fn asset_incr_is_exact_and_bounded() {

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use crate::ffi::{Key, RStr};
 use crate::tx::{self, FieldName, Tx};
 
-const KIND: &[u8] = b"usage";
+const KIND: &[u8] = logic::KIND_USAGE;
 
 /// The counter's field names, created once.
 const FIELD_NAMES: [&str; 5] = ["kind", "period", "limit", "used", "period_id"];
@@ -45,9 +45,7 @@ fn load(_ctx: &Context, key: &Key) -> std::result::Result<Option<(Usage, Stored)
     let names = field_names();
     let fields = [names[0].ptr(), names[1].ptr(), names[2].ptr(), names[3].ptr(), names[4].ptr()];
     let [kind, period, limit, used, period_id, ..] = key.hget_many(&fields)?;
-    if kind.bytes() != Some(KIND) {
-        return Err(CmdError::wrong_type("the key is not a tally usage counter"));
-    }
+    logic::check_kind(kind.bytes(), KIND)?;
     let corrupt = |i: usize| CmdError::wrong_type(format!("the usage counter's '{}' field is corrupt", FIELD_NAMES[i]));
     let period_text = text_of(&period).ok_or_else(|| corrupt(1))?;
     let parsed_period = Period::parse(&period_text.to_ascii_uppercase())

@@ -1,0 +1,134 @@
+//! Issue 12: type confusion, period order, settings limits, the smaller holes. Each rejected
+//! call must leave the data and the stream exactly as they were.
+
+use std::collections::HashMap;
+
+mod common;
+
+use common::{ok, rejected, strings};
+use tally_tests::{cmd, events, Redis};
+
+#[test]
+fn each_command_refuses_a_hash_of_another_kind() {
+    let redis = Redis::start(&[]);
+    let mut c = redis.conn();
+    ok(&mut c, &["COUPON.CREATE", "camp", "2"]);
+    ok(&mut c, &["USAGE.LIMIT", "q", "10"]);
+    ok(&mut c, &["USAGE.CONSUME", "q", "4"]);
+    strings(&mut c, &["ASSET.INCR", "acct", "gold", "5"]);
+    let cases: &[&[&str]] = &[
+        // The reported attacks: hand out more coupons, refill a quota.
+        &["ASSET.INCR", "camp", "issued", "-2"],
+        &["ASSET.INCR", "camp", "last_issue", "-2"],
+        &["ASSET.INCR", "q", "used", "-10"],
+        &["ASSET.TRANSFER", "camp", "acct", "total", "1"],
+        &["ASSET.TRANSFER", "acct", "q", "gold", "1"],
+        &["ASSET.GET", "camp", "issued"],
+        &["ASSET.GET", "q"],
+        &["COUPON.CREATE", "acct", "5"],
+        &["COUPON.CREATE", "q", "5"],
+        &["COUPON.CLAIM", "acct", "u"],
+        &["COUPON.CLAIM", "q", "u"],
+        &["COUPON.RELEASE", "q", "u"],
+        &["COUPON.INFO", "q"],
+        &["COUPON.INFO", "acct"],
+        &["USAGE.LIMIT", "camp", "5"],
+        &["USAGE.LIMIT", "acct", "5"],
+        &["USAGE.CONSUME", "camp", "1"],
+        &["USAGE.CONSUME", "acct", "1"],
+        &["USAGE.GET", "camp"],
+        &["USAGE.GET", "acct"],
+    ];
+    for args in cases {
+        rejected(&mut c, args, "WRONGTYPE");
+    }
+    // The reserved field cannot be written through ASSET.*, so an asset hash never looks
+    // like a campaign or counter.
+    let e = rejected(&mut c, &["ASSET.INCR", "acct", "kind", "1"], "ERR");
+    assert!(e.contains("reserved"), "{e}");
+    // Each kind still works on its own keys.
+    assert_eq!(cmd(&["COUPON.CLAIM", "camp", "u"]).query::<(i64, i64)>(&mut c).unwrap(), (1, 1));
+    assert_eq!(strings(&mut c, &["USAGE.CONSUME", "q", "1"]), ["5", "5"]);
+    assert_eq!(strings(&mut c, &["ASSET.GET", "acct"]), ["gold", "5"]);
+    let info: String = cmd(&["INFO", "tally"]).query(&mut c).unwrap();
+    assert!(info.contains(&format!("tally_rejected_wrongtype:{}", cases.len())), "{info}");
+}
+
+#[test]
+fn a_stored_period_ahead_of_the_clock_keeps_its_usage() {
+    let redis = Redis::start(&[]);
+    let mut c = redis.conn();
+    ok(&mut c, &["USAGE.LIMIT", "q", "10", "PERIOD", "day"]);
+    assert_eq!(strings(&mut c, &["USAGE.CONSUME", "q", "9"]), ["9", "1"]);
+    // As if written by a node whose clock is a day ahead (then a failover to this one).
+    let _: () = cmd(&["HSET", "q", "period_id", "2999-12-31"]).query(&mut c).unwrap();
+    let got: HashMap<String, String> = cmd(&["USAGE.GET", "q"]).query(&mut c).unwrap();
+    assert_eq!((got["used"].as_str(), got["period_id"].as_str()), ("9", "2999-12-31"));
+    rejected(&mut c, &["USAGE.CONSUME", "q", "2"], "LIMIT");
+    assert_eq!(strings(&mut c, &["USAGE.CONSUME", "q", "1"]), ["10", "0"]);
+    // A period in the past still starts again from 0.
+    let _: () = cmd(&["HSET", "q", "period_id", "2000-01-01"]).query(&mut c).unwrap();
+    assert_eq!(strings(&mut c, &["USAGE.CONSUME", "q", "2"]), ["2", "8"]);
+}
+
+#[test]
+fn asset_get_reports_binary_field_names_byte_exact() {
+    let redis = Redis::start(&[]);
+    let mut c = redis.conn();
+    let _: () = redis::cmd("HSET").arg("acct").arg(&b"g\xffx"[..]).arg("1.5").arg("a").arg("2").query(&mut c).unwrap();
+    let all: Vec<Vec<u8>> = cmd(&["ASSET.GET", "acct"]).query(&mut c).unwrap();
+    assert_eq!(all, vec![b"a".to_vec(), b"2".to_vec(), b"g\xffx".to_vec(), b"1.5".to_vec()]);
+}
+
+#[test]
+fn end_zero_means_no_end() {
+    let redis = Redis::start(&[]);
+    let mut c = redis.conn();
+    ok(&mut c, &["COUPON.CREATE", "camp", "2", "END", "0"]);
+    let info: HashMap<String, i64> = cmd(&["COUPON.INFO", "camp"]).query(&mut c).unwrap();
+    assert_eq!(info["end"], 0);
+    assert_eq!(cmd(&["COUPON.CLAIM", "camp", "u"]).query::<(i64, i64)>(&mut c).unwrap(), (1, 1));
+}
+
+#[test]
+fn long_decimals_with_trailing_zeros_parse() {
+    let redis = Redis::start(&[]);
+    let mut c = redis.conn();
+    let long = format!("1.5{}", "0".repeat(100));
+    assert_eq!(strings(&mut c, &["ASSET.INCR", "acct", "f", &long]), ["1.5"]);
+    let e = rejected(&mut c, &["ASSET.INCR", "acct", "f", &format!("0.{}1", "0".repeat(100))], "ERR");
+    assert!(e.contains("18 fractional"), "{e}");
+}
+
+#[test]
+fn hand_edited_counters_near_i64_max_are_refused() {
+    let redis = Redis::start(&[]);
+    let mut c = redis.conn();
+    strings(&mut c, &["ASSET.INCR", "acct", "f", "1"]);
+    ok(&mut c, &["COUPON.CREATE", "camp", "5"]);
+    let max = i64::MAX.to_string();
+    let _: () = cmd(&["HSET", "tally:seq", "acct", &max]).query(&mut c).unwrap();
+    let e = rejected(&mut c, &["ASSET.INCR", "acct", "f", "1"], "WRONGTYPE");
+    assert!(e.contains("sequence"), "{e}");
+    let _: () = cmd(&["HSET", "camp", "last_issue", &max]).query(&mut c).unwrap();
+    rejected(&mut c, &["COUPON.CLAIM", "camp", "u"], "WRONGTYPE");
+}
+
+#[test]
+fn only_database_zero_is_served() {
+    let redis = Redis::start(&[]);
+    let mut c = redis.conn();
+    let _: () = cmd(&["SELECT", "1"]).query(&mut c).unwrap();
+    for args in [
+        &["ASSET.INCR", "acct", "f", "1"][..],
+        &["ASSET.GET", "acct"],
+        &["COUPON.CREATE", "camp", "1"],
+        &["USAGE.GET", "q"],
+    ] {
+        let e = rejected(&mut c, args, "ERR");
+        assert!(e.contains("database 0"), "{e}");
+    }
+    let _: () = cmd(&["SELECT", "0"]).query(&mut c).unwrap();
+    assert_eq!(strings(&mut c, &["ASSET.INCR", "acct", "f", "1"]), ["1"]);
+    assert_eq!(events(&mut c, "tally:log").len(), 1);
+}
