@@ -277,27 +277,17 @@ pub enum Reply {
     Array(Vec<Item>),
 }
 
-/// Fingerprint of a request: the command name and every argument except the `ID` pair,
-/// length-prefixed so that argument boundaries matter.
-pub fn fingerprint(command: &str, args_without_id: &[&[u8]]) -> String {
+/// Fingerprint of a request: the command name and the parsed request's canonical parts
+/// (`args::Canonical`), length-prefixed so that part boundaries matter.
+pub fn fingerprint(command: &str, parts: &[Vec<u8>]) -> String {
     let mut buf = Vec::with_capacity(64);
-    for part in std::iter::once(command.as_bytes()).chain(args_without_id.iter().copied()) {
+    for part in std::iter::once(command.as_bytes()).chain(parts.iter().map(Vec::as_slice)) {
         buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
         buf.extend_from_slice(part);
     }
     let h = xxh3_128(&buf);
     const HEX: &[u8; 16] = b"0123456789abcdef";
     (0..32).rev().map(|i| HEX[((h >> (4 * i)) & 0xf) as usize] as char).collect()
-}
-
-/// The arguments without the `ID <op-id>` pair found by the parser at `id_index`, so the
-/// fingerprint covers everything else.
-pub fn args_without_id<'a>(args: &[&'a [u8]], id_index: Option<usize>) -> Vec<&'a [u8]> {
-    args.iter()
-        .enumerate()
-        .filter(|(i, _)| id_index.map_or(true, |at| *i != at && *i != at + 1))
-        .map(|(_, a)| *a)
-        .collect()
 }
 
 /// The stored idempotency record: `<fingerprint>\n<reply JSON>`.
@@ -380,13 +370,12 @@ mod tests {
 
         #[test]
         fn fingerprint_hex_matches_format(a in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..8), 0..4)) {
-            let args: Vec<&[u8]> = a.iter().map(|v| v.as_slice()).collect();
             let mut buf = Vec::new();
-            for part in std::iter::once(&b"X"[..]).chain(args.iter().copied()) {
+            for part in std::iter::once(&b"X"[..]).chain(a.iter().map(Vec::as_slice)) {
                 buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
                 buf.extend_from_slice(part);
             }
-            proptest::prop_assert_eq!(fingerprint("X", &args), format!("{:032x}", xxh3_128(&buf)));
+            proptest::prop_assert_eq!(fingerprint("X", &a), format!("{:032x}", xxh3_128(&buf)));
         }
     }
 
@@ -404,19 +393,11 @@ mod tests {
     }
 
     #[test]
-    fn fingerprint_ignores_only_the_id_option() {
-        let a: Vec<&[u8]> = vec![b"k", b"f", b"1", b"ID", b"x", b"META", b"m"];
-        let b: Vec<&[u8]> = vec![b"k", b"f", b"1", b"META", b"m", b"id", b"y"];
-        let c: Vec<&[u8]> = vec![b"k", b"f", b"2", b"ID", b"x", b"META", b"m"];
-        let b2: Vec<&[u8]> = vec![b"k", b"f", b"1", b"META", b"m"];
-        let fa = fingerprint("ASSET.INCR", &args_without_id(&a, Some(3)));
-        let fb = fingerprint("ASSET.INCR", &args_without_id(&b, Some(5)));
-        let fb2 = fingerprint("ASSET.INCR", &args_without_id(&b2, None));
-        let fc = fingerprint("ASSET.INCR", &args_without_id(&c, Some(3)));
-        assert_eq!(fa, fb);
-        assert_eq!(fa, fb2);
-        assert_ne!(fa, fc);
-        assert_ne!(fa, fingerprint("ASSET.TRANSFER", &args_without_id(&a, Some(3))));
+    fn fingerprint_separates_commands_and_part_boundaries() {
+        let p = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(fingerprint("ASSET.INCR", &p(&["k", "f"])), fingerprint("ASSET.INCR", &p(&["k", "f"])));
+        assert_ne!(fingerprint("ASSET.INCR", &p(&["k", "f"])), fingerprint("ASSET.INCR", &p(&["kf"])));
+        assert_ne!(fingerprint("ASSET.INCR", &p(&["k", "f"])), fingerprint("ASSET.TRANSFER", &p(&["k", "f"])));
     }
 
     #[test]

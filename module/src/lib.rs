@@ -21,7 +21,6 @@ pub mod tx;
 use std::ffi::CString;
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::Relaxed;
 
 use redis_module::configuration::ConfigurationFlags;
 use redis_module::raw::{self, RedisModuleCtx, RedisModuleString};
@@ -197,35 +196,16 @@ fn register_commands(ctx: &Context) -> Result<(), String> {
     Ok(())
 }
 
-/// Module arguments: `prefix <p>`, `max-backlog <n>`, `op-ttl-ms <n>` (pairs).
+/// Module arguments: `prefix <p>`, `max-backlog <n>`, `op-ttl-ms <n>` (pairs), each checked
+/// by `config::validate` like every other way of setting them.
 fn apply_args(args: &[RedisString]) -> Result<(), String> {
     if args.len() % 2 != 0 {
         return Err("module arguments come in pairs: <name> <value>".into());
     }
     for pair in args.chunks(2) {
-        let name = String::from_utf8_lossy(pair[0].as_slice()).to_ascii_lowercase();
-        let value = String::from_utf8_lossy(pair[1].as_slice()).into_owned();
-        let number = || value.parse::<i64>().map_err(|_| format!("{name} needs an integer, got '{value}'"));
-        match name.as_str() {
-            "prefix" => {
-                if value.is_empty() || value.contains(['{', '}', ' ']) {
-                    return Err("prefix must be non-empty without '{', '}' or spaces".into());
-                }
-                match config::prefix_cell().lock() {
-                    Ok(mut p) => *p = value.clone(),
-                    Err(_) => return Err("prefix lock poisoned".into()),
-                }
-            }
-            "max-backlog" => config::MAX_BACKLOG.store(number()?.max(0), Relaxed),
-            "op-ttl-ms" => {
-                let n = number()?;
-                if n < 1000 {
-                    return Err("op-ttl-ms must be at least 1000".into());
-                }
-                config::OP_TTL_MS.store(n, Relaxed)
-            }
-            other => return Err(format!("unknown module argument '{other}'")),
-        }
+        let [name, value] = pair else { continue };
+        let name = String::from_utf8_lossy(name.as_slice()).into_owned();
+        config::apply(config::validate(&name, value.as_slice())?);
     }
     Ok(())
 }
@@ -239,6 +219,18 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
     if let Err(e) = apply_args(args) {
         ctx.log_warning(&format!("tally: {e}"));
         return Status::Err;
+    }
+    // Whatever path set them, the values in force pass the same validation.
+    let current = [
+        ("prefix", config::prefix()),
+        ("max-backlog", config::max_backlog().to_string()),
+        ("op-ttl-ms", config::op_ttl_ms().to_string()),
+    ];
+    for (name, value) in current {
+        if let Err(e) = config::validate(name, value.as_bytes()) {
+            ctx.log_warning(&format!("tally: {e}"));
+            return Status::Err;
+        }
     }
     if let Err(e) = register_commands(ctx) {
         ctx.log_warning(&format!("tally: {e}"));
@@ -270,11 +262,11 @@ macro_rules! tally_module {
         commands: [],
         configurations: [
             i64: [
-                ["max-backlog", &config::MAX_BACKLOG, config::DEFAULT_MAX_BACKLOG, 0, i64::MAX, ConfigurationFlags::DEFAULT, None],
-                ["op-ttl-ms", &config::OP_TTL_MS, config::DEFAULT_OP_TTL_MS, 1000, i64::MAX, ConfigurationFlags::DEFAULT, None],
+                ["max-backlog", &config::MAX_BACKLOG, config::DEFAULT_MAX_BACKLOG, config::MIN_MAX_BACKLOG, config::MAX_MAX_BACKLOG, ConfigurationFlags::DEFAULT, None],
+                ["op-ttl-ms", &config::OP_TTL_MS, config::DEFAULT_OP_TTL_MS, config::MIN_OP_TTL_MS, config::MAX_OP_TTL_MS, ConfigurationFlags::DEFAULT, None],
             ],
             string: [
-                ["prefix", config::prefix_cell(), config::DEFAULT_PREFIX, ConfigurationFlags::IMMUTABLE, None],
+                ["prefix", &config::PREFIX, config::DEFAULT_PREFIX, ConfigurationFlags::IMMUTABLE, None],
             ],
             bool: [],
             enum: [],

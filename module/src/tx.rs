@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use redis_module::raw::{KeyType, RedisModuleString, REDISMODULE_NOTIFY_HASH, REDISMODULE_NOTIFY_STREAM, REDISMODULE_NOTIFY_STRING};
 use redis_module::{AclPermissions, Context, ContextFlags};
 
-use crate::args::Common;
+use crate::args::{Canonical, Common};
 use crate::config;
 use crate::error::CmdError;
 use crate::event::{self, Event, Recorded, Reply};
@@ -75,9 +75,18 @@ impl Names {
         }
     }
 
-    pub fn op(&self, op_id: &str) -> String {
-        let mut s = String::with_capacity(self.op_prefix.len() + op_id.len());
+    /// The record of `op_id` sent with a command whose first key is `key`. An op-id is
+    /// scoped to the command's first key, in standalone and cluster mode alike:
+    /// `<prefix>:op[:{tag}]:<byte length of key>:<key>:<op-id>` (the length keeps the
+    /// name unambiguous whatever bytes the key holds).
+    pub fn op(&self, key: &str, op_id: &str) -> String {
+        let len = crate::event::IntText::new(key.len() as i64);
+        let mut s = String::with_capacity(self.op_prefix.len() + 24 + key.len() + op_id.len());
         s.push_str(&self.op_prefix);
+        s.push_str(std::str::from_utf8(len.as_bytes()).unwrap_or("0"));
+        s.push(':');
+        s.push_str(key);
+        s.push(':');
         s.push_str(op_id);
         s
     }
@@ -291,14 +300,14 @@ fn check_acl(ctx: &Context, keys: &[(&str, *mut RedisModuleString)]) -> Result<(
 pub fn mutate(
     ctx: &Context,
     command: &str,
-    raw_args: &[&[u8]],
+    request: &impl Canonical,
     common: &Common,
     first_key: &str,
     body: impl FnOnce(&mut Tx) -> Result<(Reply, Event), CmdError>,
 ) -> Result<Reply, CmdError> {
     let names = Names::for_key(ctx, first_key);
     let names: &Names = &names;
-    let op_key = common.op_id.as_deref().map(|id| names.op(id));
+    let op_key = common.op_id.as_deref().map(|id| names.op(first_key, id));
     let op_rs = op_key.as_deref().map(|k| RStr::new(k.as_bytes()));
     {
         let mut helper_keys: [(&str, *mut RedisModuleString); 3] =
@@ -314,7 +323,7 @@ pub fn mutate(
     // Idempotent replay: same op-id and same request returns the first reply, writes nothing.
     let mut fingerprint = String::new();
     if let Some(op_rs) = op_rs.as_ref() {
-        fingerprint = event::fingerprint(command, &event::args_without_id(raw_args, common.id_index));
+        fingerprint = event::fingerprint(command, &request.canonical());
         let k = Key::open_raw(ctx, op_rs.ptr(), false)?;
         match k.kind() {
             KeyType::Empty => {}
@@ -445,7 +454,8 @@ pub fn mutate(
         let k = Key::open_raw(ctx, op_rs.ptr(), true)?;
         k.string_set_with_expire(ctx, record.as_bytes(), ttl_ms)?;
         drop(k);
-        let at = IntText::new(ffi::now_ms() + ttl_ms);
+        // ttl_ms is at most config::MAX_OP_TTL_MS, so this cannot wrap; saturate anyway.
+        let at = IntText::new(ffi::now_ms().saturating_add(ttl_ms));
         let _ = ffi::replicate(ctx, c"SET", &[op_key.as_bytes(), record.as_bytes(), b"PXAT".as_slice(), at.as_bytes()], None);
         ffi::notify(ctx, REDISMODULE_NOTIFY_STRING, c"set", op_rs.ptr());
         ffi::signal_modified(ctx, op_rs.ptr());

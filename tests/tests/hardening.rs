@@ -6,7 +6,7 @@ use std::collections::HashMap;
 mod common;
 
 use common::{ok, rejected, strings};
-use tally_tests::{cmd, events, Redis};
+use tally_tests::{cmd, error_of, events, Redis};
 
 #[test]
 fn each_command_refuses_a_hash_of_another_kind() {
@@ -131,4 +131,62 @@ fn only_database_zero_is_served() {
     let _: () = cmd(&["SELECT", "0"]).query(&mut c).unwrap();
     assert_eq!(strings(&mut c, &["ASSET.INCR", "acct", "f", "1"]), ["1"]);
     assert_eq!(events(&mut c, "tally:log").len(), 1);
+}
+
+#[test]
+fn settings_are_validated_the_same_way_on_every_path() {
+    use common::refuses_to_start;
+    for (args, needle) in [
+        (&["max-backlog", "-1"][..], "max-backlog must be between 0 and"),
+        (&["op-ttl-ms", "9223372036854775807"], "op-ttl-ms must be between 1000 and"),
+        (&["prefix", "{x}"], "prefix must be"),
+        (&["prefix", "a b"], "prefix must be"),
+        (&["--tally.prefix", "{x}"], "prefix must be"),
+        (&["--tally.op-ttl-ms", "9223372036854775807"], "op-ttl-ms"),
+    ] {
+        let log = refuses_to_start(args);
+        assert!(log.contains(needle), "{args:?}: log lacks '{needle}':\n{log}");
+    }
+    let redis = Redis::start(&["--tally.max-backlog", "7"]);
+    let mut c = redis.conn();
+    for (name, value) in [("tally.op-ttl-ms", "9223372036854775807"), ("tally.max-backlog", "-1"), ("tally.op-ttl-ms", "10")] {
+        let e = error_of(&mut c, &["CONFIG", "SET", name, value]);
+        assert!(e.contains(name.trim_start_matches("tally.")) || e.contains("argument"), "{name} {value}: {e}");
+    }
+    let v: Vec<String> = cmd(&["CONFIG", "GET", "tally.*"]).query(&mut c).unwrap();
+    let v: HashMap<String, String> = v.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+    assert_eq!((v["tally.max-backlog"].as_str(), v["tally.op-ttl-ms"].as_str()), ("7", "86400000"));
+    // The largest op-ttl-ms gives a deadline the replica accepts.
+    ok(&mut c, &["CONFIG", "SET", "tally.op-ttl-ms", "315360000000"]);
+    strings(&mut c, &["ASSET.INCR", "k", "f", "1", "ID", "long"]);
+    let ttl: i64 = cmd(&["PTTL", "tally:op:1:k:long"]).query(&mut c).unwrap();
+    assert!(ttl > 315_000_000_000, "{ttl}");
+}
+
+#[test]
+fn op_ids_compare_the_parsed_request_and_are_scoped_to_the_first_key() {
+    let redis = Redis::start(&[]);
+    let mut c = redis.conn();
+    let first = strings(&mut c, &["ASSET.INCR", "k", "f", "10", "FLOOR", "-5", "CEIL", "100", "META", "m", "ID", "op"]);
+    let n = events(&mut c, "tally:log").len();
+    // Reordered options, lower-case option names, 10.0 vs 10, +10, 1e1-free canonical forms.
+    for retry in [
+        &["ASSET.INCR", "k", "f", "10.0", "CEIL", "100", "FLOOR", "-5", "META", "m", "ID", "op"][..],
+        &["ASSET.INCR", "k", "f", "+10", "id", "op", "meta", "m", "ceil", "100.000", "floor", "-5.0"],
+    ] {
+        assert_eq!(strings(&mut c, retry), first, "{retry:?}");
+    }
+    assert_eq!(events(&mut c, "tally:log").len(), n);
+    rejected(&mut c, &["ASSET.INCR", "k", "f", "10", "FLOOR", "-5", "META", "m", "ID", "op"], "CONFLICT");
+    ok(&mut c, &["USAGE.LIMIT", "q", "10", "PERIOD", "day", "ID", "lim"]);
+    ok(&mut c, &["USAGE.LIMIT", "q", "10.0", "period", "DAY", "ID", "lim"]);
+    // The same op-id on another key is another operation: no CONFLICT, nothing revealed.
+    assert_eq!(strings(&mut c, &["ASSET.INCR", "other", "f", "1", "ID", "op"]), ["1"]);
+    assert_eq!(events(&mut c, "tally:log").len(), n + 2);
+    let keys: Vec<String> = cmd(&["KEYS", "tally:op:*"]).query(&mut c).unwrap();
+    let mut keys = keys;
+    keys.sort();
+    assert_eq!(keys, ["tally:op:1:k:op", "tally:op:1:q:lim", "tally:op:5:other:op"]);
+    let info: String = cmd(&["INFO", "tally"]).query(&mut c).unwrap();
+    assert!(info.contains("tally_idempotent_replays:3"), "{info}");
 }

@@ -20,3 +20,30 @@ pub fn strings(conn: &mut redis::Connection, args: &[&str]) -> Vec<String> {
 pub fn ok(conn: &mut redis::Connection, args: &[&str]) {
     let _: redis::Value = cmd(args).query(conn).unwrap_or_else(|e| panic!("{args:?}: {e}"));
 }
+
+/// Starts the server under test with `args` (after `--loadmodule <tally>`) and expects it to
+/// refuse to start; returns its log. Panics if the server comes up.
+pub fn refuses_to_start(module_and_server_args: &[&str]) -> String {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("server.log");
+    let port = tally_tests::free_port();
+    let mut child = Command::new(tally_tests::server_bin())
+        .arg("--port").arg(port.to_string())
+        .arg("--bind").arg("127.0.0.1")
+        .arg("--dir").arg(dir.path())
+        .arg("--save").arg("")
+        .arg("--logfile").arg(&log)
+        .arg("--loadmodule").arg(tally_tests::module_path())
+        .args(module_and_server_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let started = tally_tests::wait_server_owned(port, &mut child, std::time::Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(started.is_err(), "server started with {module_and_server_args:?}; log:\n{text}");
+    text
+}
