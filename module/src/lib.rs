@@ -5,6 +5,7 @@
 //! without Redis); `ffi` and `tx` are the thin layer over the module API; `commands/*`
 //! glue the two together, one file per command family.
 
+pub mod acl;
 pub mod args;
 pub mod commands;
 pub mod config;
@@ -82,14 +83,14 @@ fn dispatch(raw_ctx: *mut RedisModuleCtx, argv: *mut *mut RedisModuleString, arg
 }
 
 macro_rules! commands_table {
-    ($( $fn_name:ident => $name:literal, $handler:path, $flags:literal, $arity:literal, $first:literal, $last:literal, $summary:literal ;)*) => {
+    ($( $fn_name:ident => $name:literal, $handler:path, $flags:literal, $arity:literal, $first:literal, $last:literal, $keys:expr, $summary:literal ;)*) => {
         $(
             extern "C" fn $fn_name(ctx: *mut RedisModuleCtx, argv: *mut *mut RedisModuleString, argc: c_int) -> c_int {
                 dispatch(ctx, argv, argc, $handler)
             }
         )*
         const COMMANDS: &[CommandSpec] = &[
-            $( CommandSpec { name: $name, entry: $fn_name, flags: $flags, arity: $arity, first_key: $first, last_key: $last, summary: $summary }, )*
+            $( CommandSpec { name: $name, entry: $fn_name, flags: $flags, arity: $arity, first_key: $first, last_key: $last, key_flags: $keys, summary: $summary }, )*
         ];
     };
 }
@@ -104,33 +105,44 @@ struct CommandSpec {
     arity: c_int,
     first_key: c_int,
     last_key: c_int,
+    /// The key spec's flags (`REDISMODULE_CMD_KEY_*`), one spec over `first_key..=last_key`.
+    key_flags: u32,
     summary: &'static str,
 }
 
+/// Key-spec flags. Reads only read the key (`%R~` suffices). Writes that reply with values
+/// of the key read and update it, like HINCRBY (`RW ACCESS UPDATE`: `%RW~` needed);
+/// COUPON.CREATE only inserts a new key and USAGE.LIMIT only updates one, replying `OK`
+/// (`%W~` suffices).
+const KEY_READ: u32 = raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS;
+const KEY_READ_UPDATE: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_UPDATE;
+const KEY_INSERT: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_INSERT;
+const KEY_UPDATE: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE;
+
 commands_table! {
-    cmd_asset_incr => "asset.incr", commands::asset::incr, "write deny-oom", -4, 1, 1,
+    cmd_asset_incr => "asset.incr", commands::asset::incr, "write deny-oom", -4, 1, 1, KEY_READ_UPDATE,
         "Add signed decimal deltas to balances and log one event";
-    cmd_asset_get => "asset.get", commands::asset::get, "readonly", -2, 1, 1,
+    cmd_asset_get => "asset.get", commands::asset::get, "readonly", -2, 1, 1, KEY_READ,
         "Read balances as exact decimals";
-    cmd_asset_transfer => "asset.transfer", commands::asset::transfer, "write deny-oom fast", -5, 1, 2,
+    cmd_asset_transfer => "asset.transfer", commands::asset::transfer, "write deny-oom fast", -5, 1, 2, KEY_READ_UPDATE,
         "Move an amount between two accounts and log one event";
-    cmd_coupon_create => "coupon.create", commands::coupon::create, "write deny-oom fast", -3, 1, 1,
+    cmd_coupon_create => "coupon.create", commands::coupon::create, "write deny-oom fast", -3, 1, 1, KEY_INSERT,
         "Create a coupon campaign with a fixed stock";
-    cmd_coupon_claim => "coupon.claim", commands::coupon::claim, "write deny-oom fast", -3, 1, 1,
+    cmd_coupon_claim => "coupon.claim", commands::coupon::claim, "write deny-oom fast", -3, 1, 1, KEY_READ_UPDATE,
         "Claim one coupon for a user";
-    cmd_coupon_release => "coupon.release", commands::coupon::release, "write deny-oom fast", -3, 1, 1,
+    cmd_coupon_release => "coupon.release", commands::coupon::release, "write deny-oom fast", -3, 1, 1, KEY_READ_UPDATE,
         "Give a user's latest claim back to the stock";
-    cmd_coupon_info => "coupon.info", commands::coupon::info, "readonly fast", 2, 1, 1,
+    cmd_coupon_info => "coupon.info", commands::coupon::info, "readonly fast", 2, 1, 1, KEY_READ,
         "Show a campaign's stock and limits";
-    cmd_usage_limit => "usage.limit", commands::usage::limit, "write deny-oom fast", -3, 1, 1,
+    cmd_usage_limit => "usage.limit", commands::usage::limit, "write deny-oom fast", -3, 1, 1, KEY_UPDATE,
         "Set the quota and period of a usage counter";
-    cmd_usage_consume => "usage.consume", commands::usage::consume, "write deny-oom fast", -3, 1, 1,
+    cmd_usage_consume => "usage.consume", commands::usage::consume, "write deny-oom fast", -3, 1, 1, KEY_READ_UPDATE,
         "Consume from a quota if it fits";
-    cmd_usage_get => "usage.get", commands::usage::get, "readonly fast", 2, 1, 1,
+    cmd_usage_get => "usage.get", commands::usage::get, "readonly fast", 2, 1, 1, KEY_READ,
         "Show a usage counter in the current period";
 }
 
-/// Arity and summary for COMMAND INFO / COMMAND DOCS (key specs come from the key range).
+/// Arity, summary and key spec for COMMAND INFO / COMMAND DOCS and for ACL key checks.
 fn set_command_info(cmd: *mut raw::RedisModuleCommand, spec: &CommandSpec) -> Result<(), String> {
     let Some(set_info) = (unsafe { raw::RedisModule_SetCommandInfo }) else { return Ok(()) };
     let version = raw::RedisModuleCommandInfoVersion {
@@ -140,6 +152,18 @@ fn set_command_info(cmd: *mut raw::RedisModuleCommand, spec: &CommandSpec) -> Re
         sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
     };
     let summary = CString::new(spec.summary).map_err(|e| e.to_string())?;
+    // One range spec from the first key to the last, then the all-zero terminator.
+    // SAFETY: a key spec is plain data; all zeros is the terminator Redis expects.
+    let mut key_specs: [raw::RedisModuleCommandKeySpec; 2] = unsafe { std::mem::zeroed() };
+    key_specs[0].flags = u64::from(spec.key_flags);
+    key_specs[0].begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
+    key_specs[0].bs.index = raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_1 { pos: spec.first_key };
+    key_specs[0].find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
+    key_specs[0].fk.range = raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_1 {
+        lastkey: spec.last_key - spec.first_key,
+        keystep: 1,
+        limit: 0,
+    };
     let since = CString::new(env!("CARGO_PKG_VERSION")).map_err(|e| e.to_string())?;
     let mut info = raw::RedisModuleCommandInfo {
         version: &version,
@@ -149,7 +173,7 @@ fn set_command_info(cmd: *mut raw::RedisModuleCommand, spec: &CommandSpec) -> Re
         history: std::ptr::null_mut(),
         tips: std::ptr::null(),
         arity: spec.arity,
-        key_specs: std::ptr::null_mut(),
+        key_specs: key_specs.as_mut_ptr(),
         args: std::ptr::null_mut(),
     };
     if unsafe { set_info(cmd, &mut info) } != raw::REDISMODULE_OK as c_int {
@@ -184,7 +208,10 @@ fn register_commands(ctx: &Context) -> Result<(), String> {
             return Err(format!("could not look up command {name}"));
         }
         set_command_info(cmd, spec)?;
-        if let Some(set) = unsafe { raw::RedisModule_SetCommandACLCategories } {
+        let set_categories = unsafe { raw::RedisModule_SetCommandACLCategories };
+        // Redis 7.0: no categories for module commands, so the module enforces the rule itself.
+        acl::set_enforce_core_commands(set_categories.is_none());
+        if let Some(set) = set_categories {
             let base = if spec.flags.starts_with("write") { "write" } else { "read" };
             let cats = if has_category { format!("{base} tally") } else { base.to_string() };
             let ccats = CString::new(cats).map_err(|e| e.to_string())?;

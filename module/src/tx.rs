@@ -9,7 +9,7 @@ use smallvec::SmallVec;
 use std::sync::OnceLock;
 
 use redis_module::raw::{KeyType, RedisModuleString, REDISMODULE_NOTIFY_HASH, REDISMODULE_NOTIFY_STREAM, REDISMODULE_NOTIFY_STRING};
-use redis_module::{AclPermissions, Context, ContextFlags};
+use redis_module::{Context, ContextFlags};
 
 use crate::args::{Canonical, Common};
 use crate::config;
@@ -259,42 +259,6 @@ impl<'a> Tx<'a> {
 
 pub use crate::event::IntText;
 
-/// Redis checks ACL key permissions only for the keys a command declares; tally's helper
-/// keys are derived, so they are checked here for the calling user (one user lookup).
-fn check_acl(ctx: &Context, keys: &[(&str, *mut RedisModuleString)]) -> Result<(), CmdError> {
-    let user_name = ctx.get_current_user();
-    if user_name.inner.is_null() {
-        return Ok(()); // no client (internal call): nothing to check against
-    }
-    let apis = unsafe {
-        (
-            redis_module::raw::RedisModule_GetModuleUserFromUserName,
-            redis_module::raw::RedisModule_ACLCheckKeyPermissions,
-            redis_module::raw::RedisModule_FreeModuleUser,
-        )
-    };
-    let (Some(lookup), Some(check), Some(free)) = apis else {
-        return Err(CmdError::err("this Redis lacks the ACL module API (Redis 7.0+ required)"));
-    };
-    let user = unsafe { lookup(user_name.inner) };
-    if user.is_null() {
-        return Err(CmdError::code("NOPERM", "the current user does not exist or is disabled"));
-    }
-    let flags = (AclPermissions::INSERT | AclPermissions::UPDATE | AclPermissions::ACCESS).bits();
-    let mut denied = None;
-    for (name, key) in keys {
-        if key.is_null() || unsafe { check(user, *key, flags) } != redis_module::raw::REDISMODULE_OK as i32 {
-            denied = Some(*name);
-            break;
-        }
-    }
-    unsafe { free(user) };
-    match denied {
-        Some(name) => Err(CmdError::code("NOPERM", format!("this user has no write access to tally's key '{name}'"))),
-        None => Ok(()),
-    }
-}
-
 /// Runs a mutating command. `body` reads state, decides, queues writes and returns the reply
 /// and the event; nothing is written unless it succeeds.
 pub fn mutate(
@@ -302,9 +266,10 @@ pub fn mutate(
     command: &str,
     request: &impl Canonical,
     common: &Common,
-    first_key: &str,
+    data_keys: &[&str],
     body: impl FnOnce(&mut Tx) -> Result<(Reply, Event), CmdError>,
 ) -> Result<Reply, CmdError> {
+    let first_key = data_keys.first().copied().unwrap_or_default();
     let names = Names::for_key(ctx, first_key);
     let names: &Names = &names;
     let op_key = common.op_id.as_deref().map(|id| names.op(first_key, id));
@@ -317,7 +282,9 @@ pub fn mutate(
             helper_keys[2] = (k, rs.ptr());
             n = 3;
         }
-        check_acl(ctx, &helper_keys[..n])?;
+        // Redis checks ACL key permissions only for the keys a command declares; the
+        // helper keys are derived, so `acl` checks them (and, on 7.0, the core writes).
+        crate::acl::check_write(ctx, data_keys, &helper_keys[..n], &names.stream, &names.seq, op_key.as_deref())?;
     }
 
     // Idempotent replay: same op-id and same request returns the first reply, writes nothing.

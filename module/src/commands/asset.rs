@@ -26,7 +26,7 @@ fn balance(tx: &mut Tx, key: &str, field: &str) -> std::result::Result<Decimal, 
 pub fn incr(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::asset_incr(raw)?;
     tx::check_user_key(&req.key)?;
-    let reply = tx::mutate(ctx, "ASSET.INCR", &req, &req.common, &req.key, |tx| {
+    let reply = tx::mutate(ctx, "ASSET.INCR", &req, &req.common, &[&req.key], |tx| {
         check_asset(tx, &req.key)?;
         let mut changes = Vec::with_capacity(req.deltas.len());
         let mut items = Vec::with_capacity(req.deltas.len());
@@ -49,7 +49,7 @@ pub fn transfer(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::asset_transfer(raw)?;
     tx::check_user_key(&req.from)?;
     tx::check_user_key(&req.to)?;
-    let reply = tx::mutate(ctx, "ASSET.TRANSFER", &req, &req.common, &req.from, |tx| {
+    let reply = tx::mutate(ctx, "ASSET.TRANSFER", &req, &req.common, &[&req.from, &req.to], |tx| {
         check_asset(tx, &req.from)?;
         check_asset(tx, &req.to)?;
         let out = req.amount.neg();
@@ -76,6 +76,7 @@ pub fn transfer(ctx: &Context, raw: &[&[u8]]) -> Result {
 pub fn get(ctx: &Context, raw: &[&[u8]]) -> Result {
     let Some((key_raw, fields)) = raw.split_first() else { return Err(CmdError::Arity) };
     let key = args::name("key", key_raw)?;
+    crate::acl::check_read(ctx, &key)?;
     let names = fields.iter().map(|f| args::name("field", f)).collect::<std::result::Result<Vec<_>, _>>()?;
     let handle = tx::open_read(ctx, &key)?;
     if !tx::kind_is_hash(handle.kind())? {

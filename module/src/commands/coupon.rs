@@ -130,7 +130,7 @@ fn event(tx: &mut Tx, kind: &'static str, common: &Common, coupon: CouponState) 
 pub fn create(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::coupon_create(raw)?;
     tx::check_user_key(&req.campaign)?;
-    let reply = tx::mutate(ctx, "COUPON.CREATE", &req, &req.common, &req.campaign, |tx| {
+    let reply = tx::mutate(ctx, "COUPON.CREATE", &req, &req.common, &[&req.campaign], |tx| {
         if tx.hash_exists(&req.campaign)? {
             // Another kind of hash is WRONGTYPE; a campaign already exists.
             tx.hget_with(&req.campaign, logic::KIND_FIELD.as_bytes(), |k| logic::check_kind(k, KIND))??;
@@ -163,7 +163,7 @@ fn change_holding(
 ) -> Result {
     let req = args::coupon_user(raw)?;
     tx::check_user_key(&req.campaign)?;
-    let reply = tx::mutate(ctx, command, &req, &req.common, &req.campaign, |tx| {
+    let reply = tx::mutate(ctx, command, &req, &req.common, &[&req.campaign], |tx| {
         let field = RStr::new(&holder_field(&req.user));
         let (loaded, held_raw) = {
             let (ctx, k) = tx.handle(&req.campaign)?;
@@ -201,6 +201,7 @@ pub fn release(ctx: &Context, raw: &[&[u8]]) -> Result {
 pub fn info(ctx: &Context, raw: &[&[u8]]) -> Result {
     let [key_raw] = raw else { return Err(CmdError::Arity) };
     let key = args::name("campaign", key_raw)?;
+    crate::acl::check_read(ctx, &key)?;
     let c = load(ctx, &tx::open_read(ctx, &key)?)?.campaign;
     Ok(pairs(vec![
         ("total", RedisValue::Integer(c.total)),

@@ -102,7 +102,7 @@ fn load_in(tx: &mut Tx, key: &str) -> std::result::Result<Option<(Usage, Stored)
 pub fn limit(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::usage_limit(raw)?;
     tx::check_user_key(&req.key)?;
-    let reply = tx::mutate(ctx, "USAGE.LIMIT", &req, &req.common, &req.key, |tx| {
+    let reply = tx::mutate(ctx, "USAGE.LIMIT", &req, &req.common, &[&req.key], |tx| {
         let now = tx.now_ms;
         // Usage already counted in the current period carries over to the new quota.
         let old = load_in(tx, &req.key)?;
@@ -120,7 +120,7 @@ pub fn limit(ctx: &Context, raw: &[&[u8]]) -> Result {
 pub fn consume(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::usage_consume(raw)?;
     tx::check_user_key(&req.key)?;
-    let reply = tx::mutate(ctx, "USAGE.CONSUME", &req, &req.common, &req.key, |tx| {
+    let reply = tx::mutate(ctx, "USAGE.CONSUME", &req, &req.common, &[&req.key], |tx| {
         let (u, stored) = load_in(tx, &req.key)?
             .ok_or_else(|| CmdError::code("NOTFOUND", "no usage limit is set for this key (USAGE.LIMIT)"))?;
         let next = u.consume(req.amount, tx.now_ms)?;
@@ -135,6 +135,7 @@ pub fn consume(ctx: &Context, raw: &[&[u8]]) -> Result {
 pub fn get(ctx: &Context, raw: &[&[u8]]) -> Result {
     let [key_raw] = raw else { return Err(CmdError::Arity) };
     let key = args::name("key", key_raw)?;
+    crate::acl::check_read(ctx, &key)?;
     let u = load(ctx, &tx::open_read(ctx, &key)?)?
         .map(|(u, _)| u)
         .ok_or_else(|| CmdError::code("NOTFOUND", "no usage limit is set for this key"))?

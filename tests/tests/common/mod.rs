@@ -5,10 +5,16 @@ use tally_tests::{cmd, error_of, snapshot};
 
 /// Asserts `args` fails with an error starting with `code` and changes nothing.
 pub fn rejected(conn: &mut redis::Connection, args: &[&str], code: &str) -> String {
-    let before = snapshot(conn);
+    rejected_seen_by(conn, None, args, code)
+}
+
+/// `rejected` for a connection that may not read everything: `observer` (an admin
+/// connection) takes the before/after snapshots.
+pub fn rejected_seen_by(conn: &mut redis::Connection, mut observer: Option<&mut redis::Connection>, args: &[&str], code: &str) -> String {
+    let before = snapshot(observer.as_deref_mut().unwrap_or(conn));
     let err = error_of(conn, args);
     assert!(err.starts_with(code), "{args:?}: expected {code}, got '{err}'");
-    assert_eq!(snapshot(conn), before, "{args:?} changed data or history");
+    assert_eq!(snapshot(observer.unwrap_or(conn)), before, "{args:?} changed data or history");
     err
 }
 
