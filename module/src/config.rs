@@ -140,6 +140,12 @@ pub fn op_ttl_ms() -> i64 {
     OP_TTL_MS.value.load(Relaxed)
 }
 
+/// Whether a `maxmemory-policy` can evict op-id records (string keys with a TTL): every
+/// `volatile-*` and `allkeys-*` policy can; only `noeviction` keeps them.
+pub fn policy_can_evict_op_ids(policy: &str) -> bool {
+    !policy.eq_ignore_ascii_case("noeviction")
+}
+
 /// The hash tag for `slot` (built once, on first use in cluster mode).
 pub fn slot_tag(slot: usize) -> &'static str {
     let table = TAGS.get_or_init(slot::build_tag_table);
@@ -177,6 +183,14 @@ mod tests {
         assert!(err("op-ttl-ms", "999").contains("between 1000 and"));
         assert!(err("op-ttl-ms", "99999999999999999999999").contains("needs an integer"));
         assert!(err("bogus", "1").contains("unknown setting"));
+    }
+
+    #[test]
+    fn only_noeviction_keeps_op_id_records() {
+        assert!(!policy_can_evict_op_ids("noeviction"));
+        for p in ["volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "allkeys-lru", "allkeys-lfu", "allkeys-random"] {
+            assert!(policy_can_evict_op_ids(p), "{p}");
+        }
     }
 
     #[test]

@@ -19,6 +19,12 @@ use crate::error::CmdError;
 const MODE_READ: c_int = 1;
 const MODE_WRITE: c_int = 2;
 const HASH_NONE: c_int = 0;
+/// `RedisModule_HashSet` counts inserted fields too, so a successful set returns >= 1.
+const HASH_COUNT_ALL: c_int = raw::REDISMODULE_HASH_COUNT_ALL as c_int;
+
+fn write_failed(what: &str) -> CmdError {
+    CmdError::err(format!("Redis refused the {what} write"))
+}
 const STREAM_ADD_AUTOID: c_int = 1;
 
 fn missing_api(name: &str) -> CmdError {
@@ -225,7 +231,11 @@ impl Key {
         if field.is_null() || v.is_null() {
             return Err(CmdError::err("could not create a field or value"));
         }
-        unsafe { set(self.ptr, HASH_NONE, field, v, ptr::null_mut::<c_void>()) };
+        let n = unsafe { set(self.ptr, HASH_COUNT_ALL, field, v, ptr::null_mut::<c_void>()) };
+        // A delete of a field that is already gone counts 0 and is not a failure.
+        if value.is_some() && n < 1 {
+            return Err(write_failed("hash field"));
+        }
         Ok(())
     }
 
@@ -244,7 +254,9 @@ impl Key {
         if field.is_null() || v.ptr().is_null() {
             return Err(CmdError::err("could not create a field or value"));
         }
-        unsafe { set(self.ptr, HASH_NONE, field, v.ptr(), ptr::null_mut::<c_void>()) };
+        if unsafe { set(self.ptr, HASH_COUNT_ALL, field, v.ptr(), ptr::null_mut::<c_void>()) } < 1 {
+            return Err(write_failed("hash field"));
+        }
         Ok(())
     }
 
@@ -289,9 +301,11 @@ impl Key {
         if v.ptr().is_null() {
             return Err(CmdError::err("could not create a value"));
         }
-        unsafe {
-            set(self.ptr, v.ptr());
-            expire(self.ptr, ttl_ms);
+        if unsafe { set(self.ptr, v.ptr()) } != raw::REDISMODULE_OK as c_int {
+            return Err(write_failed("op-id record"));
+        }
+        if unsafe { expire(self.ptr, ttl_ms) } != raw::REDISMODULE_OK as c_int {
+            return Err(write_failed("op-id record expiry"));
         }
         Ok(())
     }

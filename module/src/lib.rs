@@ -25,7 +25,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use redis_module::configuration::ConfigurationFlags;
 use redis_module::raw::{self, RedisModuleCtx, RedisModuleString};
-use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
+use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, RedisValue, Status};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::error::CmdError;
 
@@ -237,6 +238,84 @@ fn apply_args(args: &[RedisString]) -> Result<(), String> {
     Ok(())
 }
 
+/// The commands the module propagates its changes as (`tx::mutate`).
+const PROPAGATED: [&str; 4] = ["HSET", "HDEL", "XADD", "SET"];
+
+/// Refuses to load when a command the module propagates is missing (`rename-command XADD ""`):
+/// replicas and the AOF would silently lack the events otherwise.
+fn check_propagated_commands(ctx: &Context) -> Result<(), String> {
+    for name in PROPAGATED {
+        let found = matches!(
+            ctx.call("COMMAND", &["INFO", name][..]),
+            Ok(RedisValue::Array(v)) if v.first().is_some_and(|c| !matches!(c, RedisValue::Null))
+        );
+        if !found {
+            return Err(format!(
+                "the command {name} does not exist under that name on this server (rename-command?); tally propagates its changes to replicas and the AOF as {name}, so it refuses to load"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Set while `maxmemory-policy` can evict op-id records (`INFO tally`).
+static EVICTION_RISK: AtomicBool = AtomicBool::new(false);
+
+fn text_of(v: &RedisValue) -> Option<String> {
+    match v {
+        RedisValue::SimpleString(s) | RedisValue::BulkString(s) => Some(s.clone()),
+        RedisValue::StringBuffer(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        RedisValue::BulkRedisString(s) => Some(String::from_utf8_lossy(s.as_slice()).into_owned()),
+        _ => None,
+    }
+}
+
+/// Reads `maxmemory-policy`; warns (log and `INFO tally`) when it can evict op-id records.
+fn check_eviction_policy(ctx: &Context) {
+    let policy = match ctx.call("CONFIG", &["GET", "maxmemory-policy"][..]) {
+        Ok(RedisValue::Array(v)) => v.get(1).and_then(text_of),
+        _ => None,
+    };
+    let Some(policy) = policy else { return };
+    let risky = config::policy_can_evict_op_ids(&policy);
+    EVICTION_RISK.store(risky, Relaxed);
+    if risky {
+        ctx.log_warning(&format!(
+            "tally: maxmemory-policy is {policy}: Redis may evict tally's op-id records, and a retry of an evicted op-id would be applied twice. tally needs maxmemory-policy noeviction"
+        ));
+    }
+}
+
+/// `CONFIG SET maxmemory-policy ...` (server event): check the new policy.
+extern "C" fn on_config_change(ctx: *mut RedisModuleCtx, _eid: raw::RedisModuleEvent, _sub: u64, data: *mut std::os::raw::c_void) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if data.is_null() {
+            return;
+        }
+        let change = unsafe { &*(data as *const raw::RedisModuleConfigChange) };
+        let names = (0..change.num_changes as usize).filter_map(|i| {
+            let p = unsafe { *change.config_names.add(i) };
+            (!p.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(p) })
+        });
+        let mut relevant = false;
+        for name in names {
+            relevant |= name.to_bytes().eq_ignore_ascii_case(b"maxmemory-policy");
+        }
+        if relevant {
+            check_eviction_policy(&Context::new(ctx));
+        }
+    }));
+}
+
+fn subscribe_config_changes(ctx: &Context) -> Result<(), String> {
+    let subscribe = unsafe { raw::RedisModule_SubscribeToServerEvent }.ok_or("RedisModule_SubscribeToServerEvent missing")?;
+    let event = raw::RedisModuleEvent { id: raw::REDISMODULE_EVENT_CONFIG, dataver: 1 };
+    if unsafe { subscribe(ctx.get_raw(), event, Some(on_config_change)) } != raw::REDISMODULE_OK as c_int {
+        return Err("could not subscribe to configuration changes".into());
+    }
+    Ok(())
+}
+
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
     // Keys are signalled as modified (WATCH, client tracking) explicitly, only when a command
     // wrote them: a rejected command opens keys for writing but changes nothing.
@@ -259,6 +338,11 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
             return Status::Err;
         }
     }
+    if let Err(e) = check_propagated_commands(ctx).and_then(|()| subscribe_config_changes(ctx)) {
+        ctx.log_warning(&format!("tally: {e}"));
+        return Status::Err;
+    }
+    check_eviction_policy(ctx);
     if let Err(e) = register_commands(ctx) {
         ctx.log_warning(&format!("tally: {e}"));
         return Status::Err;
@@ -274,6 +358,8 @@ fn info(ctx: &InfoContext, _for_crash_report: bool) {
     }
     let _ = ctx.add_info_field_long_long("max_backlog", config::max_backlog());
     let _ = ctx.add_info_field_long_long("op_ttl_ms", config::op_ttl_ms());
+    // 1 while maxmemory-policy can evict op-id records (tally needs noeviction).
+    let _ = ctx.add_info_field_long_long("maxmemory_policy_evicts_op_ids", i64::from(EVICTION_RISK.load(Relaxed)));
 }
 
 /// Unit tests run outside Redis, where the Redis allocator does not exist.

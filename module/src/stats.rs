@@ -6,10 +6,15 @@ use crate::error::CODES;
 
 static EVENTS: AtomicU64 = AtomicU64::new(0);
 static REPLAYS: AtomicU64 = AtomicU64::new(0);
+static PROPAGATION_FAILURES: AtomicU64 = AtomicU64::new(0);
 static REJECTED: [AtomicU64; CODES.len() + 1] = [const { AtomicU64::new(0) }; CODES.len() + 1];
 
 pub fn event_appended() {
     EVENTS.fetch_add(1, Relaxed);
+}
+
+pub fn propagation_failed() {
+    PROPAGATION_FAILURES.fetch_add(1, Relaxed);
 }
 
 pub fn replay() {
@@ -38,6 +43,7 @@ pub fn snapshot() -> Vec<(String, u64)> {
     let mut out = vec![
         ("events_appended".to_string(), EVENTS.load(Relaxed)),
         ("idempotent_replays".to_string(), REPLAYS.load(Relaxed)),
+        ("propagation_failures".to_string(), PROPAGATION_FAILURES.load(Relaxed)),
     ];
     for (i, counter) in REJECTED.iter().enumerate() {
         let code = CODES.get(i).copied().unwrap_or("other");

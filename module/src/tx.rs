@@ -346,6 +346,7 @@ pub fn mutate(
         None => Key::open_raw(ctx, names.seq_rs.ptr(), true)?,
     };
 
+    let mut propagated = Propagation::default();
     // The event first: if the stream refuses it, nothing has been changed yet.
     let (ms, sq) = stream.stream_add(ctx, &[event_field().ptr(), json_rs.ptr()])?;
 
@@ -377,11 +378,11 @@ pub fn mutate(
             }
         }
         if hset_args.len() > 1 {
-            let _ = ffi::replicate(ctx, c"HSET", &hset_args, None);
+            propagated.note(ctx, ffi::replicate(ctx, c"HSET", &hset_args, None));
             ffi::notify(ctx, REDISMODULE_NOTIFY_HASH, c"hset", dk.rs.ptr());
         }
         if hdel_args.len() > 1 {
-            let _ = ffi::replicate(ctx, c"HDEL", &hdel_args, None);
+            propagated.note(ctx, ffi::replicate(ctx, c"HDEL", &hdel_args, None));
             ffi::notify(ctx, REDISMODULE_NOTIFY_HASH, c"hdel", dk.rs.ptr());
         }
         ffi::signal_modified(ctx, dk.rs.ptr());
@@ -400,17 +401,17 @@ pub fn mutate(
     drop(seq_key);
     drop(keys);
     if seq_args.len() > 1 {
-        let _ = ffi::replicate(ctx, c"HSET", &seq_args, None);
+        propagated.note(ctx, ffi::replicate(ctx, c"HSET", &seq_args, None));
         ffi::signal_modified(ctx, names.seq_rs.ptr());
     }
 
     let id = entry_id(ms, sq);
-    let _ = ffi::replicate(
+    propagated.note(ctx, ffi::replicate(
         ctx,
         c"XADD",
         &[names.stream.as_bytes(), id.as_bytes(), event::STREAM_FIELD.as_bytes()],
         Some(json_rs.ptr()),
-    );
+    ));
     ffi::notify(ctx, REDISMODULE_NOTIFY_STREAM, c"xadd", names.stream_rs.ptr());
     drop(stream);
     ffi::signal_modified(ctx, names.stream_rs.ptr());
@@ -423,12 +424,40 @@ pub fn mutate(
         drop(k);
         // ttl_ms is at most config::MAX_OP_TTL_MS, so this cannot wrap; saturate anyway.
         let at = IntText::new(ffi::now_ms().saturating_add(ttl_ms));
-        let _ = ffi::replicate(ctx, c"SET", &[op_key.as_bytes(), record.as_bytes(), b"PXAT".as_slice(), at.as_bytes()], None);
+        propagated.note(ctx, ffi::replicate(ctx, c"SET", &[op_key.as_bytes(), record.as_bytes(), b"PXAT".as_slice(), at.as_bytes()], None));
         ffi::notify(ctx, REDISMODULE_NOTIFY_STRING, c"set", op_rs.ptr());
         ffi::signal_modified(ctx, op_rs.ptr());
     }
     stats::event_appended();
+    propagated.result()?;
     Ok(reply)
+}
+
+/// The outcome of a command's propagation calls. The commands the module propagates are
+/// checked at load (`check_propagated_commands`), so a failure here means the server changed
+/// under the module: it is logged, counted, and the client gets an error instead of `OK`.
+#[derive(Default)]
+struct Propagation {
+    failed: Option<CmdError>,
+}
+
+impl Propagation {
+    fn note(&mut self, ctx: &Context, r: Result<(), CmdError>) {
+        if let Err(e) = r {
+            ctx.log_warning(&format!("tally: {e}; this node holds a change its replicas and AOF lack"));
+            stats::propagation_failed();
+            self.failed.get_or_insert(e);
+        }
+    }
+
+    fn result(self) -> Result<(), CmdError> {
+        match self.failed {
+            Some(_) => Err(CmdError::err(
+                "the change was applied on this node but could not be propagated to replicas/AOF (see the server log)",
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The stream field name, created once.

@@ -190,3 +190,32 @@ fn op_ids_compare_the_parsed_request_and_are_scoped_to_the_first_key() {
     let info: String = cmd(&["INFO", "tally"]).query(&mut c).unwrap();
     assert!(info.contains("tally_idempotent_replays:3"), "{info}");
 }
+
+#[test]
+fn an_eviction_policy_that_can_drop_op_ids_is_reported() {
+    let redis = Redis::start(&["--maxmemory-policy", "allkeys-lru"]);
+    let mut c = redis.conn();
+    let flag = |c: &mut redis::Connection| -> String {
+        let info: String = cmd(&["INFO", "tally"]).query(c).unwrap();
+        info.lines().find(|l| l.starts_with("tally_maxmemory_policy_evicts_op_ids:")).unwrap_or("missing").trim().to_string()
+    };
+    assert_eq!(flag(&mut c), "tally_maxmemory_policy_evicts_op_ids:1");
+    assert!(redis.log().contains("maxmemory-policy is allkeys-lru"), "{}", redis.log());
+    ok(&mut c, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    assert_eq!(flag(&mut c), "tally_maxmemory_policy_evicts_op_ids:0");
+    ok(&mut c, &["CONFIG", "SET", "maxmemory-policy", "volatile-ttl"]);
+    assert_eq!(flag(&mut c), "tally_maxmemory_policy_evicts_op_ids:1");
+    assert!(redis.log().contains("maxmemory-policy is volatile-ttl"), "{}", redis.log());
+    let default = Redis::start(&[]);
+    assert_eq!(flag(&mut default.conn()), "tally_maxmemory_policy_evicts_op_ids:0");
+}
+
+#[test]
+fn the_module_refuses_to_load_without_a_command_it_propagates() {
+    for name in ["XADD", "HSET", "HDEL", "SET"] {
+        let log = common::refuses_to_start(&["--rename-command", name, ""]);
+        assert!(log.contains(&format!("the command {name} does not exist")), "{name}: {log}");
+    }
+    let renamed = common::refuses_to_start(&["--rename-command", "XADD", "XADD2"]);
+    assert!(renamed.contains("the command XADD does not exist"), "{renamed}");
+}
