@@ -12,6 +12,7 @@
 //!   the user may `HGET` the key.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::OnceLock;
 
 use redis_module::raw::{self, RedisModuleString, RedisModuleUser};
 use redis_module::{AclPermissions, Context};
@@ -55,16 +56,40 @@ impl User {
         Ok(!key.is_null() && unsafe { check(self.0, key, flags) } == raw::REDISMODULE_OK as i32)
     }
 
-    fn may_run(&self, argv: &[&[u8]]) -> Result<bool, CmdError> {
+    fn may_run(&self, argv: &mut [*mut RedisModuleString]) -> Result<bool, CmdError> {
         let check = unsafe { raw::RedisModule_ACLCheckCommandPermissions }
             .ok_or_else(|| CmdError::err("this Redis lacks RedisModule_ACLCheckCommandPermissions"))?;
-        let owned: smallvec::SmallVec<[RStr; 5]> = argv.iter().map(|a| RStr::new(a)).collect();
-        let mut ptrs: smallvec::SmallVec<[*mut RedisModuleString; 5]> = owned.iter().map(RStr::ptr).collect();
-        if ptrs.iter().any(|p| p.is_null()) {
+        if argv.iter().any(|p| p.is_null()) {
             return Err(CmdError::err("could not create a string"));
         }
-        Ok(unsafe { check(self.0, ptrs.as_mut_ptr(), ptrs.len() as i32) } == raw::REDISMODULE_OK as i32)
+        Ok(unsafe { check(self.0, argv.as_mut_ptr(), argv.len() as i32) } == raw::REDISMODULE_OK as i32)
     }
+}
+
+/// The constant words of the core commands, created once (Redis's main thread only).
+struct Words {
+    hset: RStr,
+    hget: RStr,
+    xadd: RStr,
+    set: RStr,
+    field: RStr,
+    value: RStr,
+    star: RStr,
+    event: RStr,
+}
+
+fn words() -> &'static Words {
+    static WORDS: OnceLock<Words> = OnceLock::new();
+    WORDS.get_or_init(|| Words {
+        hset: RStr::new(b"HSET"),
+        hget: RStr::new(b"HGET"),
+        xadd: RStr::new(b"XADD"),
+        set: RStr::new(b"SET"),
+        field: RStr::new(b"f"),
+        value: RStr::new(b"0"),
+        star: RStr::new(b"*"),
+        event: RStr::new(b"event"),
+    })
 }
 
 impl Drop for User {
@@ -75,41 +100,41 @@ impl Drop for User {
     }
 }
 
-fn denied_core(argv: &[&[u8]]) -> CmdError {
-    let name = argv.first().map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
-    let key = argv.get(1).map(|k| crate::args::printable(k)).unwrap_or_default();
-    CmdError::code("NOPERM", format!("this user may not run {name} on '{key}', which this command performs"))
+fn denied_core(command: &str, key: &str) -> CmdError {
+    CmdError::code("NOPERM", format!("this user may not run {command} on '{key}', which this command performs"))
 }
 
+/// A key name and its RedisModuleString.
+pub type NamedKey<'a> = (&'a str, *mut RedisModuleString);
+
 /// A mutating command: write permission on the helper keys, and (Redis 7.0) the core writes.
-pub fn check_write(
-    ctx: &Context,
-    data_keys: &[&str],
-    helpers: &[(&str, *mut RedisModuleString)],
-    stream: &str,
-    seq: &str,
-    op_key: Option<&str>,
-) -> Result<(), CmdError> {
+pub fn check_write(ctx: &Context, data_keys: &[&str], stream: NamedKey, seq: NamedKey, op: Option<NamedKey>) -> Result<(), CmdError> {
     let Some(user) = User::current(ctx)? else { return Ok(()) };
-    for (name, key) in helpers {
-        if !user.may_write_key(*key)? {
+    for (name, key) in [Some(stream), Some(seq), op].into_iter().flatten() {
+        if !user.may_write_key(key)? {
             return Err(CmdError::code("NOPERM", format!("this user has no write access to tally's key '{name}'")));
         }
     }
     if !enforces_core_commands() {
         return Ok(());
     }
-    let hset = |k: &'_ str| -> Vec<Vec<u8>> { vec![b"HSET".to_vec(), k.as_bytes().to_vec(), b"f".to_vec(), b"0".to_vec()] };
-    let mut core: Vec<Vec<Vec<u8>>> = data_keys.iter().map(|k| hset(k)).collect();
-    core.push(vec![b"XADD".to_vec(), stream.as_bytes().to_vec(), b"*".to_vec(), b"event".to_vec(), b"{}".to_vec()]);
-    core.push(hset(seq));
-    if let Some(op) = op_key {
-        core.push(vec![b"SET".to_vec(), op.as_bytes().to_vec(), b"r".to_vec()]);
+    let w = words();
+    let hset = |key: *mut RedisModuleString| [w.hset.ptr(), key, w.field.ptr(), w.value.ptr()];
+    for k in data_keys {
+        let rs = RStr::new(k.as_bytes());
+        if !user.may_run(&mut hset(rs.ptr()))? {
+            return Err(denied_core("HSET", k));
+        }
     }
-    for argv in &core {
-        let argv: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
-        if !user.may_run(&argv)? {
-            return Err(denied_core(&argv));
+    if !user.may_run(&mut [w.xadd.ptr(), stream.1, w.star.ptr(), w.event.ptr(), w.value.ptr()])? {
+        return Err(denied_core("XADD", stream.0));
+    }
+    if !user.may_run(&mut hset(seq.1))? {
+        return Err(denied_core("HSET", seq.0));
+    }
+    if let Some((name, key)) = op {
+        if !user.may_run(&mut [w.set.ptr(), key, w.value.ptr()])? {
+            return Err(denied_core("SET", name));
         }
     }
     Ok(())
@@ -121,9 +146,10 @@ pub fn check_read(ctx: &Context, key: &str) -> Result<(), CmdError> {
         return Ok(());
     }
     let Some(user) = User::current(ctx)? else { return Ok(()) };
-    let argv: [&[u8]; 3] = [b"HGET", key.as_bytes(), b"f"];
-    if !user.may_run(&argv)? {
-        return Err(denied_core(&argv));
+    let w = words();
+    let rs = RStr::new(key.as_bytes());
+    if !user.may_run(&mut [w.hget.ptr(), rs.ptr(), w.field.ptr()])? {
+        return Err(denied_core("HGET", key));
     }
     Ok(())
 }

@@ -274,18 +274,15 @@ pub fn mutate(
     let names: &Names = &names;
     let op_key = common.op_id.as_deref().map(|id| names.op(first_key, id));
     let op_rs = op_key.as_deref().map(|k| RStr::new(k.as_bytes()));
-    {
-        let mut helper_keys: [(&str, *mut RedisModuleString); 3] =
-            [(&names.stream, names.stream_rs.ptr()), (&names.seq, names.seq_rs.ptr()), ("", std::ptr::null_mut())];
-        let mut n = 2;
-        if let (Some(k), Some(rs)) = (op_key.as_deref(), op_rs.as_ref()) {
-            helper_keys[2] = (k, rs.ptr());
-            n = 3;
-        }
-        // Redis checks ACL key permissions only for the keys a command declares; the
-        // helper keys are derived, so `acl` checks them (and, on 7.0, the core writes).
-        crate::acl::check_write(ctx, data_keys, &helper_keys[..n], &names.stream, &names.seq, op_key.as_deref())?;
-    }
+    // Redis checks ACL key permissions only for the keys a command declares; the helper
+    // keys are derived, so `acl` checks them (and, on Redis 7.0, the core writes).
+    crate::acl::check_write(
+        ctx,
+        data_keys,
+        (&names.stream, names.stream_rs.ptr()),
+        (&names.seq, names.seq_rs.ptr()),
+        op_key.as_deref().zip(op_rs.as_ref().map(RStr::ptr)),
+    )?;
 
     // Idempotent replay: same op-id and same request returns the first reply, writes nothing.
     let mut fingerprint = String::new();
