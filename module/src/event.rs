@@ -256,10 +256,38 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// A UUIDv7 with the server's millisecond time and a random tail.
+///
+/// The tail comes from a SplitMix64 generator seeded once per thread from the operating
+/// system's randomness (through `RandomState`), not from a `getrandom` system call per event:
+/// ids must be unique and unpredictable enough to never collide, not secret.
 pub fn new_event_id(ts_ms: i64) -> String {
     let ms = u64::try_from(ts_ms).unwrap_or(0);
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
-    uuid::Uuid::new_v7(ts).hyphenated().to_string()
+    let mut tail = [0u8; 10];
+    let (a, b) = (next_random(), next_random());
+    tail[..8].copy_from_slice(&a.to_le_bytes());
+    tail[8..].copy_from_slice(&b.to_le_bytes()[..2]);
+    uuid::Builder::from_unix_timestamp_millis(ms, &tail).into_uuid().hyphenated().to_string()
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a full-period 64-bit generator.
+fn next_random() -> u64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.finish()
+        });
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        s.set(x);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
 }
 
 /// One element of a stored reply.
@@ -390,6 +418,17 @@ mod tests {
     fn event_ids_are_unique_within_one_millisecond() {
         let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_event_id(5)).collect();
         assert_eq!(ids.len(), 10_000);
+    }
+
+    #[test]
+    fn event_ids_are_version_7_with_the_time_and_sort_by_it() {
+        let a = uuid::Uuid::parse_str(&new_event_id(1_732_272_000_123)).ok();
+        let b = uuid::Uuid::parse_str(&new_event_id(1_732_272_000_124)).ok();
+        assert_eq!(a.map(|u| u.get_version_num()), Some(7));
+        assert_eq!(a.map(|u| u.get_variant()), Some(uuid::Variant::RFC4122));
+        let ms = a.and_then(|u| u.get_timestamp()).map(|t| t.to_unix()).map(|(s, n)| s * 1000 + u64::from(n / 1_000_000));
+        assert_eq!(ms, Some(1_732_272_000_123));
+        assert!(a < b);
     }
 
     #[test]
