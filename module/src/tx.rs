@@ -357,16 +357,16 @@ pub fn mutate(
         for (field, value) in &dk.writes {
             let f = field.rs();
             let (Some(fb), Some(vb)) = (f.bytes(), value.as_ref().map_or(Some(&[][..]), RStr::bytes)) else {
-                return Err(CmdError::err("could not create a field or value"));
+                return Err(partial_write(ctx, CmdError::err("could not create a field or value")));
             };
             match value {
                 Some(v) => {
-                    dk.key.hset_rs(f.ptr(), Some(v.ptr()))?;
+                    dk.key.hset_rs(f.ptr(), Some(v.ptr())).map_err(|e| partial_write(ctx, e))?;
                     hset_args.push(fb);
                     hset_args.push(vb);
                 }
                 None => {
-                    dk.key.hset_rs(f.ptr(), None)?;
+                    dk.key.hset_rs(f.ptr(), None).map_err(|e| partial_write(ctx, e))?;
                     if hdel_args.is_empty() {
                         hdel_args.push(dk.name.as_bytes());
                     }
@@ -389,8 +389,8 @@ pub fn mutate(
     seq_args.push(names.seq.as_bytes());
     for ((k, _), text) in seqs.iter().zip(&seq_texts) {
         match keys.iter().find(|d| d.name == *k) {
-            Some(d) => seq_key.hset_raw(ctx, d.rs.ptr(), text.as_bytes())?,
-            None => seq_key.hset(ctx, k.as_bytes(), text.as_bytes())?,
+            Some(d) => seq_key.hset_raw(ctx, d.rs.ptr(), text.as_bytes()).map_err(|e| partial_write(ctx, e))?,
+            None => seq_key.hset(ctx, k.as_bytes(), text.as_bytes()).map_err(|e| partial_write(ctx, e))?,
         }
         seq_args.push(k.as_bytes());
         seq_args.push(text.as_bytes());
@@ -416,8 +416,8 @@ pub fn mutate(
     if let (Some(op_key), Some(op_rs)) = (op_key, op_rs) {
         let ttl_ms = config::op_ttl_ms();
         let record = event::encode_record(&fingerprint, &reply);
-        let k = Key::open_raw(ctx, op_rs.ptr(), true)?;
-        k.string_set_with_expire(ctx, record.as_bytes(), ttl_ms)?;
+        let k = Key::open_raw(ctx, op_rs.ptr(), true).map_err(|e| partial_write(ctx, e))?;
+        k.string_set_with_expire(ctx, record.as_bytes(), ttl_ms).map_err(|e| partial_write(ctx, e))?;
         drop(k);
         // ttl_ms is at most config::MAX_OP_TTL_MS, so this cannot wrap; saturate anyway.
         let at = IntText::new(ffi::now_ms().saturating_add(ttl_ms));
@@ -428,6 +428,14 @@ pub fn mutate(
     stats::event_appended();
     propagated.result()?;
     Ok(reply)
+}
+
+/// A write that failed after the event was appended (Redis refused it: out of memory, or the
+/// server changed under the module). Never silent: logged, counted, replied as an error.
+fn partial_write(ctx: &Context, e: CmdError) -> CmdError {
+    ctx.log_warning(&format!("tally: {e} after the event was appended; this command's change is incomplete"));
+    stats::propagation_failed();
+    e
 }
 
 /// The outcome of a command's propagation calls. The commands the module propagates are
