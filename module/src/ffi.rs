@@ -3,9 +3,9 @@
 //!
 //! Hot-path notes: key and field names are passed as `RStr` (one RedisModuleString each,
 //! reused for every call on the same name); helper-key names and constant field names are
-//! created once and kept for the life of the process; replication calls
-//! `RedisModule_Replicate` directly with the `b` (buffer, length) format, so Redis copies
-//! each argument once and nothing else is allocated.
+//! created once and kept for the life of the process; replication passes those same
+//! RedisModuleStrings to `RedisModule_Replicate` (`v` format), so Redis takes a reference to
+//! each argument instead of copying it.
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_void};
@@ -239,27 +239,6 @@ impl Key {
         Ok(())
     }
 
-    pub fn hset(&self, ctx: &Context, field: &[u8], value: &[u8]) -> Result<(), CmdError> {
-        let f = RStr::new(field);
-        self.hset_raw(ctx, f.ptr(), value)
-    }
-
-    /// Sets one field (given as a RedisModuleString) to `value`.
-    pub fn hset_raw(&self, _ctx: &Context, field: *mut RedisModuleString, value: &[u8]) -> Result<(), CmdError> {
-        let set = unsafe { raw::RedisModule_HashSet }.ok_or_else(|| missing_api("HashSet"))?;
-        if self.ptr.is_null() {
-            return Err(CmdError::err("key is not open for writing"));
-        }
-        let v = RStr::new(value);
-        if field.is_null() || v.ptr().is_null() {
-            return Err(CmdError::err("could not create a field or value"));
-        }
-        if unsafe { set(self.ptr, HASH_COUNT_ALL, field, v.ptr(), ptr::null_mut::<c_void>()) } < 1 {
-            return Err(write_failed("hash field"));
-        }
-        Ok(())
-    }
-
     /// Appends one entry with an automatic id; returns the id as (ms, seq).
     pub fn stream_add(&self, _ctx: &Context, fields: &[*mut RedisModuleString]) -> Result<(u64, u64), CmdError> {
         let add = unsafe { raw::RedisModule_StreamAdd }.ok_or_else(|| missing_api("StreamAdd"))?;
@@ -291,17 +270,17 @@ impl Key {
         Some(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }.to_vec())
     }
 
-    pub fn string_set_with_expire(&self, _ctx: &Context, value: &[u8], ttl_ms: i64) -> Result<(), CmdError> {
+    /// Sets the string value (an existing RedisModuleString) and its TTL.
+    pub fn string_set_with_expire(&self, value: *mut RedisModuleString, ttl_ms: i64) -> Result<(), CmdError> {
         let set = unsafe { raw::RedisModule_StringSet }.ok_or_else(|| missing_api("StringSet"))?;
         let expire = unsafe { raw::RedisModule_SetExpire }.ok_or_else(|| missing_api("SetExpire"))?;
         if self.ptr.is_null() {
             return Err(CmdError::err("key is not open for writing"));
         }
-        let v = RStr::new(value);
-        if v.ptr().is_null() {
+        if value.is_null() {
             return Err(CmdError::err("could not create a value"));
         }
-        if unsafe { set(self.ptr, v.ptr()) } != raw::REDISMODULE_OK as c_int {
+        if unsafe { set(self.ptr, value) } != raw::REDISMODULE_OK as c_int {
             return Err(write_failed("op-id record"));
         }
         if unsafe { expire(self.ptr, ttl_ms) } != raw::REDISMODULE_OK as c_int {
@@ -351,57 +330,18 @@ pub fn notify(ctx: &Context, kind: c_int, event: &CStr, key: *mut RedisModuleStr
     }
 }
 
-/// Propagates `cmd args... [tail]` to replicas and the AOF (inside the MULTI/EXEC Redis
-/// wraps around a module command's effects). `args` are copied by Redis from the buffers;
-/// `tail`, an existing RedisModuleString, is shared by reference count. Up to 9 buffer
-/// arguments go through one direct variadic `RedisModule_Replicate` call with the `b`
-/// format; longer lists through the vector format.
-pub fn replicate(ctx: &Context, cmd: &CStr, args: &[&[u8]], tail: Option<*mut RedisModuleString>) -> Result<(), CmdError> {
+/// Propagates `cmd argv...` to replicas and the AOF (inside the MULTI/EXEC Redis wraps around a
+/// module command's effects). Every argument is an existing RedisModuleString: Redis
+/// takes a reference to each (no copy, no allocation per argument).
+pub fn replicate_rs(ctx: &Context, cmd: &CStr, argv: &mut [*mut RedisModuleString]) -> Result<(), CmdError> {
     let rep = unsafe { raw::RedisModule_Replicate }.ok_or_else(|| missing_api("Replicate"))?;
-    let failed = || CmdError::err("could not propagate the change to replicas/AOF");
-    if tail.is_some_and(|t| t.is_null()) {
-        return Err(failed());
-    }
-    let c = ctx.get_raw();
-    let name = cmd.as_ptr();
-    let n = args.len();
-    if (1..=9).contains(&n) {
-        let mut fmt = [0u8; 12];
-        fmt[..n].fill(b'b');
-        if tail.is_some() {
-            fmt[n] = b's';
-        }
-        let f = fmt.as_ptr().cast::<c_char>();
-        // A trailing null `s` argument is never read when the format does not name it.
-        let t = tail.unwrap_or(ptr::null_mut());
-        macro_rules! call {
-            ($($i:literal)*) => {
-                unsafe { rep(c, name, f $(, args[$i].as_ptr().cast::<c_char>(), args[$i].len())*, t) }
-            };
-        }
-        let rc = match n {
-            1 => call!(0),
-            2 => call!(0 1),
-            3 => call!(0 1 2),
-            4 => call!(0 1 2 3),
-            5 => call!(0 1 2 3 4),
-            6 => call!(0 1 2 3 4 5),
-            7 => call!(0 1 2 3 4 5 6),
-            8 => call!(0 1 2 3 4 5 6 7),
-            _ => call!(0 1 2 3 4 5 6 7 8),
-        };
-        return if rc == raw::REDISMODULE_OK as c_int { Ok(()) } else { Err(failed()) };
-    }
-    let owned: Vec<RStr> = args.iter().map(|a| RStr::new(a)).collect();
-    let mut argv: Vec<*mut RedisModuleString> = owned.iter().map(RStr::ptr).collect();
-    argv.extend(tail);
     if argv.is_empty() || argv.iter().any(|p| p.is_null()) {
-        return Err(failed());
+        return Err(CmdError::err("could not propagate the change to replicas/AOF"));
     }
-    let rc = unsafe { rep(c, name, c"v".as_ptr(), argv.as_mut_ptr(), argv.len()) };
+    let rc = unsafe { rep(ctx.get_raw(), cmd.as_ptr(), c"v".as_ptr(), argv.as_mut_ptr(), argv.len()) };
     if rc == raw::REDISMODULE_OK as c_int {
         Ok(())
     } else {
-        Err(failed())
+        Err(CmdError::err(format!("could not propagate {} to replicas/AOF", cmd.to_string_lossy())))
     }
 }

@@ -351,77 +351,77 @@ pub fn mutate(
         if dk.writes.is_empty() {
             continue;
         }
-        let mut hset_args: SmallVec<[&[u8]; 9]> = SmallVec::new();
-        hset_args.push(dk.name.as_bytes());
-        let mut hdel_args: SmallVec<[&[u8]; 4]> = SmallVec::new();
+        let mut hset_args: SmallVec<[*mut RedisModuleString; 9]> = SmallVec::new();
+        hset_args.push(dk.rs.ptr());
+        let mut hdel_args: SmallVec<[*mut RedisModuleString; 4]> = SmallVec::new();
         for (field, value) in &dk.writes {
             let f = field.rs();
-            let (Some(fb), Some(vb)) = (f.bytes(), value.as_ref().map_or(Some(&[][..]), RStr::bytes)) else {
-                return Err(partial_write(ctx, CmdError::err("could not create a field or value")));
-            };
             match value {
                 Some(v) => {
                     dk.key.hset_rs(f.ptr(), Some(v.ptr())).map_err(|e| partial_write(ctx, e))?;
-                    hset_args.push(fb);
-                    hset_args.push(vb);
+                    hset_args.push(f.ptr());
+                    hset_args.push(v.ptr());
                 }
                 None => {
                     dk.key.hset_rs(f.ptr(), None).map_err(|e| partial_write(ctx, e))?;
                     if hdel_args.is_empty() {
-                        hdel_args.push(dk.name.as_bytes());
+                        hdel_args.push(dk.rs.ptr());
                     }
-                    hdel_args.push(fb);
+                    hdel_args.push(f.ptr());
                 }
             }
         }
         if hset_args.len() > 1 {
-            propagated.note(ctx, ffi::replicate(ctx, c"HSET", &hset_args, None));
+            propagated.note(ctx, ffi::replicate_rs(ctx, c"HSET", &mut hset_args));
             ffi::notify(ctx, REDISMODULE_NOTIFY_HASH, c"hset", dk.rs.ptr());
         }
         if hdel_args.len() > 1 {
-            propagated.note(ctx, ffi::replicate(ctx, c"HDEL", &hdel_args, None));
+            propagated.note(ctx, ffi::replicate_rs(ctx, c"HDEL", &mut hdel_args));
             ffi::notify(ctx, REDISMODULE_NOTIFY_HASH, c"hdel", dk.rs.ptr());
         }
         ffi::signal_modified(ctx, dk.rs.ptr());
     }
-    let seq_texts: SmallVec<[IntText; 2]> = seqs.iter().map(|(_, s)| IntText::new(*s)).collect();
-    let mut seq_args: SmallVec<[&[u8]; 5]> = SmallVec::new();
-    seq_args.push(names.seq.as_bytes());
+    let seq_texts: SmallVec<[RStr; 2]> = seqs.iter().map(|(_, s)| RStr::new(IntText::new(*s).as_bytes())).collect();
+    // Data keys not among the written keys (none today) get a name string made here.
+    let mut seq_names: SmallVec<[RStr; 2]> = SmallVec::new();
+    let mut seq_args: SmallVec<[*mut RedisModuleString; 5]> = SmallVec::new();
+    seq_args.push(names.seq_rs.ptr());
     for ((k, _), text) in seqs.iter().zip(&seq_texts) {
-        match keys.iter().find(|d| d.name == *k) {
-            Some(d) => seq_key.hset_raw(ctx, d.rs.ptr(), text.as_bytes()).map_err(|e| partial_write(ctx, e))?,
-            None => seq_key.hset(ctx, k.as_bytes(), text.as_bytes()).map_err(|e| partial_write(ctx, e))?,
-        }
-        seq_args.push(k.as_bytes());
-        seq_args.push(text.as_bytes());
+        let name = match keys.iter().find(|d| d.name == *k) {
+            Some(d) => d.rs.ptr(),
+            None => {
+                seq_names.push(RStr::new(k.as_bytes()));
+                seq_names.last().map_or(std::ptr::null_mut(), RStr::ptr)
+            }
+        };
+        seq_key.hset_rs(name, Some(text.ptr())).map_err(|e| partial_write(ctx, e))?;
+        seq_args.push(name);
+        seq_args.push(text.ptr());
     }
     drop(seq_key);
-    drop(keys);
     if seq_args.len() > 1 {
-        propagated.note(ctx, ffi::replicate(ctx, c"HSET", &seq_args, None));
+        propagated.note(ctx, ffi::replicate_rs(ctx, c"HSET", &mut seq_args));
         ffi::signal_modified(ctx, names.seq_rs.ptr());
     }
+    drop(seq_names);
+    drop(keys);
 
-    let id = entry_id(ms, sq);
-    propagated.note(ctx, ffi::replicate(
-        ctx,
-        c"XADD",
-        &[names.stream.as_bytes(), id.as_bytes(), event::STREAM_FIELD.as_bytes()],
-        Some(json_rs.ptr()),
-    ));
+    let id = RStr::new(entry_id(ms, sq).as_bytes());
+    propagated.note(ctx, ffi::replicate_rs(ctx, c"XADD", &mut [names.stream_rs.ptr(), id.ptr(), event_field().ptr(), json_rs.ptr()]));
     ffi::notify(ctx, REDISMODULE_NOTIFY_STREAM, c"xadd", names.stream_rs.ptr());
     drop(stream);
     ffi::signal_modified(ctx, names.stream_rs.ptr());
 
-    if let (Some(op_key), Some(op_rs)) = (op_key, op_rs) {
+    if let Some(op_rs) = op_rs {
         let ttl_ms = config::op_ttl_ms();
-        let record = event::encode_record(&fingerprint, &reply);
+        let record = RStr::new(event::encode_record(&fingerprint, &reply).as_bytes());
         let k = Key::open_raw(ctx, op_rs.ptr(), true).map_err(|e| partial_write(ctx, e))?;
-        k.string_set_with_expire(ctx, record.as_bytes(), ttl_ms).map_err(|e| partial_write(ctx, e))?;
+        k.string_set_with_expire(record.ptr(), ttl_ms).map_err(|e| partial_write(ctx, e))?;
         drop(k);
         // ttl_ms is at most config::MAX_OP_TTL_MS, so this cannot wrap; saturate anyway.
-        let at = IntText::new(ffi::now_ms().saturating_add(ttl_ms));
-        propagated.note(ctx, ffi::replicate(ctx, c"SET", &[op_key.as_bytes(), record.as_bytes(), b"PXAT".as_slice(), at.as_bytes()], None));
+        let at = RStr::new(IntText::new(ffi::now_ms().saturating_add(ttl_ms)).as_bytes());
+        let pxat = pxat_word().ptr();
+        propagated.note(ctx, ffi::replicate_rs(ctx, c"SET", &mut [op_rs.ptr(), record.ptr(), pxat, at.ptr()]));
         ffi::notify(ctx, REDISMODULE_NOTIFY_STRING, c"set", op_rs.ptr());
         ffi::signal_modified(ctx, op_rs.ptr());
     }
@@ -463,6 +463,12 @@ impl Propagation {
             None => Ok(()),
         }
     }
+}
+
+/// `PXAT`, created once.
+fn pxat_word() -> &'static RStr {
+    static WORD: OnceLock<RStr> = OnceLock::new();
+    WORD.get_or_init(|| RStr::new(b"PXAT"))
 }
 
 /// The stream field name, created once.
