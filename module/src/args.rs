@@ -86,6 +86,87 @@ pub struct UsageConsume {
     pub common: Common,
 }
 
+/// The parsed request in canonical form, for the idempotency fingerprint: every value that
+/// decides what the command does, in a fixed order, numbers in canonical text, the op-id
+/// left out. Two requests that mean the same (options reordered or in another case,
+/// `1.0` vs `1`, `FLOOR 0` vs the default floor) have the same parts.
+pub trait Canonical {
+    fn canonical(&self) -> Vec<Vec<u8>>;
+}
+
+fn meta_part(common: &Common) -> Vec<u8> {
+    match &common.meta {
+        None => b"-".to_vec(),
+        Some(m) => [b"+", m.as_bytes()].concat(),
+    }
+}
+
+impl Canonical for AssetIncr {
+    fn canonical(&self) -> Vec<Vec<u8>> {
+        let mut v = vec![self.key.clone().into_bytes()];
+        for (field, delta) in &self.deltas {
+            v.push(field.clone().into_bytes());
+            v.push(delta.to_string().into_bytes());
+        }
+        // FLOOR 0 is the default floor.
+        v.push(match self.floor {
+            Floor::Default => b"floor=0".to_vec(),
+            Floor::At(f) if f.is_zero() => b"floor=0".to_vec(),
+            Floor::At(f) => format!("floor={f}").into_bytes(),
+            Floor::None => b"nofloor".to_vec(),
+        });
+        v.push(self.ceil.map_or(b"-".to_vec(), |c| format!("ceil={c}").into_bytes()));
+        v.push(meta_part(&self.common));
+        v
+    }
+}
+
+impl Canonical for AssetTransfer {
+    fn canonical(&self) -> Vec<Vec<u8>> {
+        vec![
+            self.from.clone().into_bytes(),
+            self.to.clone().into_bytes(),
+            self.field.clone().into_bytes(),
+            self.amount.to_string().into_bytes(),
+            meta_part(&self.common),
+        ]
+    }
+}
+
+impl Canonical for CouponCreate {
+    fn canonical(&self) -> Vec<Vec<u8>> {
+        let mut v = vec![self.campaign.clone().into_bytes()];
+        for n in [self.total, self.per_user, self.start_ms, self.end_ms] {
+            v.push(n.to_string().into_bytes());
+        }
+        v.push(meta_part(&self.common));
+        v
+    }
+}
+
+impl Canonical for CouponUser {
+    fn canonical(&self) -> Vec<Vec<u8>> {
+        vec![self.campaign.clone().into_bytes(), self.user.clone().into_bytes(), meta_part(&self.common)]
+    }
+}
+
+impl Canonical for UsageLimit {
+    fn canonical(&self) -> Vec<Vec<u8>> {
+        vec![
+            self.key.clone().into_bytes(),
+            self.limit.to_string().into_bytes(),
+            self.period.as_str().as_bytes().to_vec(),
+            meta_part(&self.common),
+        ]
+    }
+}
+
+impl Canonical for UsageConsume {
+    fn canonical(&self) -> Vec<Vec<u8>> {
+        vec![self.key.clone().into_bytes(), self.amount.to_string().into_bytes(), meta_part(&self.common)]
+    }
+}
+
 /// A name (key, field, user): valid UTF-8, non-empty, bounded, no control characters that
 /// would make downstream text columns ambiguous (NUL).
 pub fn name(what: &str, raw: &[u8]) -> Result<String, CmdError> {
@@ -99,6 +180,16 @@ pub fn name(what: &str, raw: &[u8]) -> Result<String, CmdError> {
         return Err(CmdError::err(format!("{what} must not contain NUL bytes")));
     }
     String::from_utf8(raw.to_vec()).map_err(|_| CmdError::err(format!("{what} must be valid UTF-8")))
+}
+
+/// A balance field of `ASSET.*`: a name that is not tally's reserved `kind` field (which
+/// marks campaigns and usage counters).
+pub fn balance_field(raw: &[u8]) -> Result<String, CmdError> {
+    let field = name("field", raw)?;
+    if field == crate::logic::KIND_FIELD {
+        return Err(CmdError::err("the field name 'kind' is reserved by tally"));
+    }
+    Ok(field)
 }
 
 pub fn decimal(what: &str, raw: &[u8]) -> Result<Decimal, CmdError> {
@@ -215,7 +306,7 @@ pub fn asset_incr(args: &[&[u8]]) -> Result<AssetIncr, CmdError> {
     let mut deltas: Vec<(String, Decimal)> = Vec::new();
     let mut i = 1;
     while i < args.len() && !INCR_OPTIONS.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(args[i])) {
-        let field = name("field", args[i])?;
+        let field = balance_field(args[i])?;
         let raw = args.get(i + 1).ok_or(CmdError::Arity)?;
         let delta = decimal("delta", raw)?;
         if deltas.iter().any(|(f, _)| *f == field) {
@@ -266,7 +357,7 @@ pub fn asset_transfer(args: &[&[u8]]) -> Result<AssetTransfer, CmdError> {
     if from == to {
         return Err(CmdError::err("from and to are the same key"));
     }
-    let field = name("field", args[2])?;
+    let field = balance_field(args[2])?;
     let amount = decimal("amount", args[3])?;
     if !amount.is_positive() {
         return Err(CmdError::err("amount must be positive"));
@@ -289,7 +380,8 @@ pub fn coupon_create(args: &[&[u8]]) -> Result<CouponCreate, CmdError> {
         match opt {
             "PERUSER" => per_user = integer("PERUSER", o.value(opt)?, 1, MAX_PER_USER)?,
             "START" => start_ms = integer("START", o.value(opt)?, 0, i64::MAX)?,
-            "END" => end_ms = integer("END", o.value(opt)?, 1, i64::MAX)?,
+            // 0 = no end, as for START.
+            "END" => end_ms = integer("END", o.value(opt)?, 0, i64::MAX)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -427,6 +519,46 @@ mod tests {
         assert!(err_text(coupon_create(&words("camp 99999999999999999999999"))).contains("not an integer"));
         assert!(err_text(coupon_create(&words("camp 10 START 20 END 10"))).contains("after START"));
         assert!(err_text(coupon_create(&words("camp 10 PERUSER 0"))).contains("between"));
+    }
+
+    fn canon<T: Canonical>(r: Result<T, CmdError>) -> Vec<Vec<u8>> {
+        match r {
+            Ok(r) => r.canonical(),
+            Err(e) => panic!("{e}"), // ok: test-only helper
+        }
+    }
+
+    #[test]
+    fn requests_that_mean_the_same_have_one_canonical_form() {
+        let a = canon(asset_incr(&words("k f 1.0 ID x META m FLOOR -5 CEIL 10")));
+        assert_eq!(a, canon(asset_incr(&words("k f 1 ceil 10.00 floor -5.0 meta m id y"))));
+        assert_eq!(a, canon(asset_incr(&words("k f +01 CEIL 10 META m FLOOR -5"))));
+        assert_ne!(a, canon(asset_incr(&words("k f 1 FLOOR -5 CEIL 10"))));
+        assert_ne!(a, canon(asset_incr(&words("k f 2 ID x META m FLOOR -5 CEIL 10"))));
+        assert_eq!(canon(asset_incr(&words("k f 1 FLOOR 0"))), canon(asset_incr(&words("k f 1"))));
+        assert_ne!(canon(asset_incr(&words("k f 1 NOFLOOR"))), canon(asset_incr(&words("k f 1"))));
+        // Field order decides the reply order: it is part of the request.
+        assert_ne!(canon(asset_incr(&words("k f 1 g 2"))), canon(asset_incr(&words("k g 2 f 1"))));
+        assert_eq!(canon(usage_limit(&words("q 10.0 PERIOD Day"))), canon(usage_limit(&words("q 10 period day"))));
+        assert_eq!(canon(coupon_create(&words("c 5 END 9 PERUSER 2"))), canon(coupon_create(&words("c 5 peruser 2 end 9"))));
+        assert_eq!(canon(asset_transfer(&words("a b f 1.50"))), canon(asset_transfer(&words("a b f 1.5 ID z"))));
+        assert_eq!(canon(usage_consume(&words("q 2.0 META x"))), canon(usage_consume(&words("q 2 meta x"))));
+        assert_ne!(canon(coupon_user(&words("c u META a"))), canon(coupon_user(&words("c u"))));
+    }
+
+    #[test]
+    fn end_zero_means_unbounded() {
+        assert!(matches!(coupon_create(&words("camp 5 END 0")), Ok(CouponCreate { end_ms: 0, .. })));
+        assert!(matches!(coupon_create(&words("camp 5 START 10 END 0")), Ok(CouponCreate { start_ms: 10, end_ms: 0, .. })));
+        assert!(err_text(coupon_create(&words("camp 5 END -1"))).contains("between"));
+    }
+
+    #[test]
+    fn the_kind_field_is_reserved() {
+        assert!(err_text(asset_incr(&words("acct kind 1"))).contains("reserved"));
+        assert!(err_text(asset_incr(&words("acct gold 1 kind 1"))).contains("reserved"));
+        assert!(err_text(asset_transfer(&words("a b kind 1"))).contains("reserved"));
+        assert!(asset_incr(&words("acct Kind 1")).is_ok());
     }
 
     #[test]

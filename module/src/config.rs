@@ -1,29 +1,128 @@
-//! Module configuration: `--loadmodule libtally.so prefix tally max-backlog 1000000 ...`
-//! or `CONFIG SET tally.<name> <value>` at run time (prefix is fixed at load time).
+//! Module configuration: `--loadmodule libtally.so prefix tally max-backlog 1000000 ...`,
+//! `--tally.<name> <value>` / `tally.<name> <value>` in the config file, or
+//! `CONFIG SET tally.<name> <value>` at run time (prefix is fixed at load time).
+//!
+//! Every path goes through [`validate`]: a value it refuses is refused with the same message
+//! whether it came as a module argument, a config-file or command-line setting, or CONFIG SET.
 
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 
+use redis_module::configuration::ConfigurationContext;
+use redis_module::{ConfigurationValue, RedisError, RedisString};
+
 use crate::slot;
 
-pub static MAX_BACKLOG: AtomicI64 = AtomicI64::new(DEFAULT_MAX_BACKLOG);
-pub static OP_TTL_MS: AtomicI64 = AtomicI64::new(DEFAULT_OP_TTL_MS);
-pub static PREFIX: OnceLock<Mutex<String>> = OnceLock::new();
+pub static MAX_BACKLOG: IntSetting = IntSetting::new("max-backlog", DEFAULT_MAX_BACKLOG);
+pub static OP_TTL_MS: IntSetting = IntSetting::new("op-ttl-ms", DEFAULT_OP_TTL_MS);
+pub static PREFIX: PrefixSetting = PrefixSetting(OnceLock::new());
 static TAGS: OnceLock<Vec<String>> = OnceLock::new();
 
 pub const DEFAULT_MAX_BACKLOG: i64 = 1_000_000;
 pub const DEFAULT_OP_TTL_MS: i64 = 86_400_000;
 pub const DEFAULT_PREFIX: &str = "tally";
 
-pub fn prefix_cell() -> &'static Mutex<String> {
-    PREFIX.get_or_init(|| Mutex::new(DEFAULT_PREFIX.to_string()))
+/// Bounds, also declared to Redis when the configs are registered.
+pub const MIN_MAX_BACKLOG: i64 = 0;
+pub const MAX_MAX_BACKLOG: i64 = 1_000_000_000_000;
+pub const MIN_OP_TTL_MS: i64 = 1000;
+/// 10 years: far from any wrap of `now + ttl`, far beyond any sensible retry window.
+pub const MAX_OP_TTL_MS: i64 = 10 * 365 * 86_400_000;
+pub const MAX_PREFIX_LEN: usize = 64;
+
+/// A validated setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    Prefix(String),
+    MaxBacklog(i64),
+    OpTtlMs(i64),
+}
+
+/// The one validation of every setting: `name` (case-insensitive, with or without the
+/// `tally.` prefix) and its value as given.
+pub fn validate(name: &str, value: &[u8]) -> Result<Setting, String> {
+    let lower = name.to_ascii_lowercase();
+    let name = lower.strip_prefix("tally.").unwrap_or(&lower);
+    let text = std::str::from_utf8(value).map_err(|_| format!("{name} must be ASCII text"))?;
+    let int = |min: i64, max: i64| -> Result<i64, String> {
+        let n: i64 = text.parse().map_err(|_| format!("{name} needs an integer, got '{}'", printable(text)))?;
+        if n < min || n > max {
+            return Err(format!("{name} must be between {min} and {max}, got {n}"));
+        }
+        Ok(n)
+    };
+    match name {
+        "prefix" => {
+            let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
+            if text.is_empty() || text.len() > MAX_PREFIX_LEN || !text.chars().all(ok_char) {
+                return Err(format!(
+                    "prefix must be 1 to {MAX_PREFIX_LEN} characters of A-Z a-z 0-9 _ - . : (no '{{', '}}', spaces or control characters), got '{}'",
+                    printable(text)
+                ));
+            }
+            Ok(Setting::Prefix(text.to_string()))
+        }
+        "max-backlog" => int(MIN_MAX_BACKLOG, MAX_MAX_BACKLOG).map(Setting::MaxBacklog),
+        "op-ttl-ms" => int(MIN_OP_TTL_MS, MAX_OP_TTL_MS).map(Setting::OpTtlMs),
+        other => Err(format!("unknown setting '{}'", printable(other))),
+    }
+}
+
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(32).collect()
+}
+
+/// Stores a validated setting.
+pub fn apply(setting: Setting) {
+    match setting {
+        Setting::Prefix(p) => *lock_prefix() = p,
+        Setting::MaxBacklog(n) => MAX_BACKLOG.value.store(n, Relaxed),
+        Setting::OpTtlMs(n) => OP_TTL_MS.value.store(n, Relaxed),
+    }
+}
+
+/// An integer module config whose every write is validated.
+pub struct IntSetting {
+    name: &'static str,
+    value: AtomicI64,
+}
+
+impl IntSetting {
+    const fn new(name: &'static str, default: i64) -> IntSetting {
+        IntSetting { name, value: AtomicI64::new(default) }
+    }
+}
+
+impl ConfigurationValue<i64> for IntSetting {
+    fn get(&self, _ctx: &ConfigurationContext) -> i64 {
+        self.value.load(Relaxed)
+    }
+    fn set(&self, _ctx: &ConfigurationContext, val: i64) -> Result<(), RedisError> {
+        apply(validate(self.name, val.to_string().as_bytes()).map_err(RedisError::String)?);
+        Ok(())
+    }
+}
+
+/// The prefix config: validated on every write.
+pub struct PrefixSetting(OnceLock<Mutex<String>>);
+
+fn lock_prefix() -> std::sync::MutexGuard<'static, String> {
+    let cell = PREFIX.0.get_or_init(|| Mutex::new(DEFAULT_PREFIX.to_string()));
+    cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ConfigurationValue<RedisString> for PrefixSetting {
+    fn get(&self, _ctx: &ConfigurationContext) -> RedisString {
+        RedisString::create(None, lock_prefix().as_str())
+    }
+    fn set(&self, _ctx: &ConfigurationContext, val: RedisString) -> Result<(), RedisError> {
+        apply(validate("prefix", val.as_slice()).map_err(RedisError::String)?);
+        Ok(())
+    }
 }
 
 pub fn prefix() -> String {
-    match prefix_cell().lock() {
-        Ok(p) => p.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    }
+    lock_prefix().clone()
 }
 
 /// The prefix as fixed at load time (it is immutable afterwards), read once on the first
@@ -34,15 +133,69 @@ pub fn prefix_fixed() -> &'static str {
 }
 
 pub fn max_backlog() -> i64 {
-    MAX_BACKLOG.load(Relaxed)
+    MAX_BACKLOG.value.load(Relaxed)
 }
 
 pub fn op_ttl_ms() -> i64 {
-    OP_TTL_MS.load(Relaxed)
+    OP_TTL_MS.value.load(Relaxed)
+}
+
+/// Whether a `maxmemory-policy` can evict op-id records (string keys with a TTL): every
+/// `volatile-*` and `allkeys-*` policy can; only `noeviction` keeps them.
+pub fn policy_can_evict_op_ids(policy: &str) -> bool {
+    !policy.eq_ignore_ascii_case("noeviction")
 }
 
 /// The hash tag for `slot` (built once, on first use in cluster mode).
 pub fn slot_tag(slot: usize) -> &'static str {
     let table = TAGS.get_or_init(slot::build_tag_table);
     table.get(slot).map(String::as_str).unwrap_or("0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(name: &str, value: &str) -> String {
+        match validate(name, value.as_bytes()) {
+            Err(e) => e,
+            Ok(s) => panic!("{name}={value} accepted as {s:?}"), // ok: test-only helper
+        }
+    }
+
+    #[test]
+    fn valid_settings() {
+        assert_eq!(validate("prefix", b"hist"), Ok(Setting::Prefix("hist".into())));
+        assert_eq!(validate("tally.prefix", b"app:v2_x-1.0"), Ok(Setting::Prefix("app:v2_x-1.0".into())));
+        assert_eq!(validate("MAX-BACKLOG", b"0"), Ok(Setting::MaxBacklog(0)));
+        assert_eq!(validate("op-ttl-ms", b"1000"), Ok(Setting::OpTtlMs(1000)));
+        assert_eq!(validate("op-ttl-ms", MAX_OP_TTL_MS.to_string().as_bytes()), Ok(Setting::OpTtlMs(MAX_OP_TTL_MS)));
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_with_a_reason() {
+        for bad in ["{x}", "a{b", "a}b", "", "a b", "a\nb", "é", &"p".repeat(MAX_PREFIX_LEN + 1)] {
+            assert!(err("prefix", bad).starts_with("prefix must be"), "{bad:?}");
+        }
+        assert!(err("max-backlog", "-1").contains("between 0 and"));
+        assert!(err("max-backlog", "x").contains("needs an integer"));
+        assert!(err("op-ttl-ms", &i64::MAX.to_string()).contains("between 1000 and"));
+        assert!(err("op-ttl-ms", "999").contains("between 1000 and"));
+        assert!(err("op-ttl-ms", "99999999999999999999999").contains("needs an integer"));
+        assert!(err("bogus", "1").contains("unknown setting"));
+    }
+
+    #[test]
+    fn only_noeviction_keeps_op_id_records() {
+        assert!(!policy_can_evict_op_ids("noeviction"));
+        for p in ["volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "allkeys-lru", "allkeys-lfu", "allkeys-random"] {
+            assert!(policy_can_evict_op_ids(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn the_op_id_deadline_cannot_wrap() {
+        // now (ms, year 2262 at most for an i64 of ns; ms go much further) + the largest TTL.
+        assert!(i64::MAX.checked_sub(MAX_OP_TTL_MS).is_some_and(|room| room > 253_402_300_800_000));
+    }
 }

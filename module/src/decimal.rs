@@ -12,8 +12,6 @@ pub const SCALE: u32 = 18;
 const ONE: i128 = 1_000_000_000_000_000_000; // 10^18
 /// Largest magnitude in raw units: 10^38 - 1 (20 integer digits, 18 fractional).
 const MAX_RAW: i128 = 99_999_999_999_999_999_999_999_999_999_999_999_999;
-/// Longest textual input accepted; longer inputs are rejected before any work.
-pub const MAX_INPUT_LEN: usize = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug)]
 pub struct Decimal(i128);
@@ -42,19 +40,15 @@ impl Decimal {
     pub const ZERO: Decimal = Decimal(0);
 
     /// Parses `[+-]digits[.digits]`. Leading zeros are allowed; trailing fractional zeros
-    /// beyond 18 digits are allowed (they carry no value); anything else is rejected.
+    /// beyond 18 digits are allowed (they carry no value); anything else is rejected. One
+    /// pass over the input without allocating, whatever its length, so an over-long input
+    /// gets the error of what is wrong with it (too precise, out of range, malformed).
     pub fn parse(input: &[u8]) -> Result<Decimal, DecimalError> {
-        if input.is_empty() || input.len() > MAX_INPUT_LEN {
-            return Err(if input.is_empty() {
-                DecimalError::Malformed
-            } else {
-                DecimalError::OutOfRange
-            });
-        }
-        let (negative, body) = match input[0] {
-            b'-' => (true, &input[1..]),
-            b'+' => (false, &input[1..]),
-            _ => (false, input),
+        let (negative, body) = match input.split_first() {
+            None => return Err(DecimalError::Malformed),
+            Some((b'-', rest)) => (true, rest),
+            Some((b'+', rest)) => (false, rest),
+            Some(_) => (false, input),
         };
         let (int_part, frac_part) = match body.iter().position(|&b| b == b'.') {
             Some(dot) => (&body[..dot], Some(&body[dot + 1..])),
@@ -260,9 +254,17 @@ mod tests {
             ("0.0000000000000000001", TooPrecise),
             ("100000000000000000000", OutOfRange),
             ("1234567890123456789012345678901234567890123456789012345678901234567890", OutOfRange),
+            ("0.00000000000000000000000000000000000000000000000000000000000000000001", TooPrecise),
+            ("1.5.00000000000000000000000000000000000000000000000000000000000000000", Malformed),
         ] {
             assert_eq!(Decimal::parse(input.as_bytes()), Err(err), "{input:?}");
         }
+    }
+
+    #[test]
+    fn long_inputs_with_trailing_or_leading_zeros_parse() {
+        assert_eq!(d(&format!("1.5{}", "0".repeat(200))).to_string(), "1.5");
+        assert_eq!(d(&format!("-{}7.25", "0".repeat(200))).to_string(), "-7.25");
     }
 
     #[test]

@@ -10,9 +10,9 @@ pub enum CmdError {
     Coded(&'static str, String),
 }
 
-pub const CODES: [&str; 10] = [
+pub const CODES: [&str; 11] = [
     "INSUFFICIENT", "SOLDOUT", "DUPLICATE", "NOTFOUND", "CLOSED", "LIMIT", "CONFLICT", "BACKLOG",
-    "WRONGTYPE", "ERR",
+    "WRONGTYPE", "NOPERM", "ERR",
 ];
 
 impl CmdError {

@@ -256,10 +256,38 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// A UUIDv7 with the server's millisecond time and a random tail.
+///
+/// The tail comes from a SplitMix64 generator seeded once per thread from the operating
+/// system's randomness (through `RandomState`), not from a `getrandom` system call per event:
+/// ids must be unique and unpredictable enough to never collide, not secret.
 pub fn new_event_id(ts_ms: i64) -> String {
     let ms = u64::try_from(ts_ms).unwrap_or(0);
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
-    uuid::Uuid::new_v7(ts).hyphenated().to_string()
+    let mut tail = [0u8; 10];
+    let (a, b) = (next_random(), next_random());
+    tail[..8].copy_from_slice(&a.to_le_bytes());
+    tail[8..].copy_from_slice(&b.to_le_bytes()[..2]);
+    uuid::Builder::from_unix_timestamp_millis(ms, &tail).into_uuid().hyphenated().to_string()
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a full-period 64-bit generator.
+fn next_random() -> u64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.finish()
+        });
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        s.set(x);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
 }
 
 /// One element of a stored reply.
@@ -277,27 +305,17 @@ pub enum Reply {
     Array(Vec<Item>),
 }
 
-/// Fingerprint of a request: the command name and every argument except the `ID` pair,
-/// length-prefixed so that argument boundaries matter.
-pub fn fingerprint(command: &str, args_without_id: &[&[u8]]) -> String {
+/// Fingerprint of a request: the command name and the parsed request's canonical parts
+/// (`args::Canonical`), length-prefixed so that part boundaries matter.
+pub fn fingerprint(command: &str, parts: &[Vec<u8>]) -> String {
     let mut buf = Vec::with_capacity(64);
-    for part in std::iter::once(command.as_bytes()).chain(args_without_id.iter().copied()) {
+    for part in std::iter::once(command.as_bytes()).chain(parts.iter().map(Vec::as_slice)) {
         buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
         buf.extend_from_slice(part);
     }
     let h = xxh3_128(&buf);
     const HEX: &[u8; 16] = b"0123456789abcdef";
     (0..32).rev().map(|i| HEX[((h >> (4 * i)) & 0xf) as usize] as char).collect()
-}
-
-/// The arguments without the `ID <op-id>` pair found by the parser at `id_index`, so the
-/// fingerprint covers everything else.
-pub fn args_without_id<'a>(args: &[&'a [u8]], id_index: Option<usize>) -> Vec<&'a [u8]> {
-    args.iter()
-        .enumerate()
-        .filter(|(i, _)| id_index.map_or(true, |at| *i != at && *i != at + 1))
-        .map(|(_, a)| *a)
-        .collect()
 }
 
 /// The stored idempotency record: `<fingerprint>\n<reply JSON>`.
@@ -380,13 +398,12 @@ mod tests {
 
         #[test]
         fn fingerprint_hex_matches_format(a in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..8), 0..4)) {
-            let args: Vec<&[u8]> = a.iter().map(|v| v.as_slice()).collect();
             let mut buf = Vec::new();
-            for part in std::iter::once(&b"X"[..]).chain(args.iter().copied()) {
+            for part in std::iter::once(&b"X"[..]).chain(a.iter().map(Vec::as_slice)) {
                 buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
                 buf.extend_from_slice(part);
             }
-            proptest::prop_assert_eq!(fingerprint("X", &args), format!("{:032x}", xxh3_128(&buf)));
+            proptest::prop_assert_eq!(fingerprint("X", &a), format!("{:032x}", xxh3_128(&buf)));
         }
     }
 
@@ -404,19 +421,22 @@ mod tests {
     }
 
     #[test]
-    fn fingerprint_ignores_only_the_id_option() {
-        let a: Vec<&[u8]> = vec![b"k", b"f", b"1", b"ID", b"x", b"META", b"m"];
-        let b: Vec<&[u8]> = vec![b"k", b"f", b"1", b"META", b"m", b"id", b"y"];
-        let c: Vec<&[u8]> = vec![b"k", b"f", b"2", b"ID", b"x", b"META", b"m"];
-        let b2: Vec<&[u8]> = vec![b"k", b"f", b"1", b"META", b"m"];
-        let fa = fingerprint("ASSET.INCR", &args_without_id(&a, Some(3)));
-        let fb = fingerprint("ASSET.INCR", &args_without_id(&b, Some(5)));
-        let fb2 = fingerprint("ASSET.INCR", &args_without_id(&b2, None));
-        let fc = fingerprint("ASSET.INCR", &args_without_id(&c, Some(3)));
-        assert_eq!(fa, fb);
-        assert_eq!(fa, fb2);
-        assert_ne!(fa, fc);
-        assert_ne!(fa, fingerprint("ASSET.TRANSFER", &args_without_id(&a, Some(3))));
+    fn event_ids_are_version_7_with_the_time_and_sort_by_it() {
+        let a = uuid::Uuid::parse_str(&new_event_id(1_732_272_000_123)).ok();
+        let b = uuid::Uuid::parse_str(&new_event_id(1_732_272_000_124)).ok();
+        assert_eq!(a.map(|u| u.get_version_num()), Some(7));
+        assert_eq!(a.map(|u| u.get_variant()), Some(uuid::Variant::RFC4122));
+        let ms = a.and_then(|u| u.get_timestamp()).map(|t| t.to_unix()).map(|(s, n)| s * 1000 + u64::from(n / 1_000_000));
+        assert_eq!(ms, Some(1_732_272_000_123));
+        assert!(a < b);
+    }
+
+    #[test]
+    fn fingerprint_separates_commands_and_part_boundaries() {
+        let p = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(fingerprint("ASSET.INCR", &p(&["k", "f"])), fingerprint("ASSET.INCR", &p(&["k", "f"])));
+        assert_ne!(fingerprint("ASSET.INCR", &p(&["k", "f"])), fingerprint("ASSET.INCR", &p(&["kf"])));
+        assert_ne!(fingerprint("ASSET.INCR", &p(&["k", "f"])), fingerprint("ASSET.TRANSFER", &p(&["k", "f"])));
     }
 
     #[test]

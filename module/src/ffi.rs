@@ -3,9 +3,9 @@
 //!
 //! Hot-path notes: key and field names are passed as `RStr` (one RedisModuleString each,
 //! reused for every call on the same name); helper-key names and constant field names are
-//! created once and kept for the life of the process; replication calls
-//! `RedisModule_Replicate` directly with the `b` (buffer, length) format, so Redis copies
-//! each argument once and nothing else is allocated.
+//! created once and kept for the life of the process; replication passes those same
+//! RedisModuleStrings to `RedisModule_Replicate` (`v` format), so Redis takes a reference to
+//! each argument instead of copying it.
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_void};
@@ -19,6 +19,12 @@ use crate::error::CmdError;
 const MODE_READ: c_int = 1;
 const MODE_WRITE: c_int = 2;
 const HASH_NONE: c_int = 0;
+/// `RedisModule_HashSet` counts inserted fields too, so a successful set returns >= 1.
+const HASH_COUNT_ALL: c_int = raw::REDISMODULE_HASH_COUNT_ALL as c_int;
+
+fn write_failed(what: &str) -> CmdError {
+    CmdError::err(format!("Redis refused the {what} write"))
+}
 const STREAM_ADD_AUTOID: c_int = 1;
 
 fn missing_api(name: &str) -> CmdError {
@@ -225,26 +231,11 @@ impl Key {
         if field.is_null() || v.is_null() {
             return Err(CmdError::err("could not create a field or value"));
         }
-        unsafe { set(self.ptr, HASH_NONE, field, v, ptr::null_mut::<c_void>()) };
-        Ok(())
-    }
-
-    pub fn hset(&self, ctx: &Context, field: &[u8], value: &[u8]) -> Result<(), CmdError> {
-        let f = RStr::new(field);
-        self.hset_raw(ctx, f.ptr(), value)
-    }
-
-    /// Sets one field (given as a RedisModuleString) to `value`.
-    pub fn hset_raw(&self, _ctx: &Context, field: *mut RedisModuleString, value: &[u8]) -> Result<(), CmdError> {
-        let set = unsafe { raw::RedisModule_HashSet }.ok_or_else(|| missing_api("HashSet"))?;
-        if self.ptr.is_null() {
-            return Err(CmdError::err("key is not open for writing"));
+        let n = unsafe { set(self.ptr, HASH_COUNT_ALL, field, v, ptr::null_mut::<c_void>()) };
+        // A delete of a field that is already gone counts 0 and is not a failure.
+        if value.is_some() && n < 1 {
+            return Err(write_failed("hash field"));
         }
-        let v = RStr::new(value);
-        if field.is_null() || v.ptr().is_null() {
-            return Err(CmdError::err("could not create a field or value"));
-        }
-        unsafe { set(self.ptr, HASH_NONE, field, v.ptr(), ptr::null_mut::<c_void>()) };
         Ok(())
     }
 
@@ -279,19 +270,21 @@ impl Key {
         Some(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }.to_vec())
     }
 
-    pub fn string_set_with_expire(&self, _ctx: &Context, value: &[u8], ttl_ms: i64) -> Result<(), CmdError> {
+    /// Sets the string value (an existing RedisModuleString) and its TTL.
+    pub fn string_set_with_expire(&self, value: *mut RedisModuleString, ttl_ms: i64) -> Result<(), CmdError> {
         let set = unsafe { raw::RedisModule_StringSet }.ok_or_else(|| missing_api("StringSet"))?;
         let expire = unsafe { raw::RedisModule_SetExpire }.ok_or_else(|| missing_api("SetExpire"))?;
         if self.ptr.is_null() {
             return Err(CmdError::err("key is not open for writing"));
         }
-        let v = RStr::new(value);
-        if v.ptr().is_null() {
+        if value.is_null() {
             return Err(CmdError::err("could not create a value"));
         }
-        unsafe {
-            set(self.ptr, v.ptr());
-            expire(self.ptr, ttl_ms);
+        if unsafe { set(self.ptr, value) } != raw::REDISMODULE_OK as c_int {
+            return Err(write_failed("op-id record"));
+        }
+        if unsafe { expire(self.ptr, ttl_ms) } != raw::REDISMODULE_OK as c_int {
+            return Err(write_failed("op-id record expiry"));
         }
         Ok(())
     }
@@ -337,57 +330,18 @@ pub fn notify(ctx: &Context, kind: c_int, event: &CStr, key: *mut RedisModuleStr
     }
 }
 
-/// Propagates `cmd args... [tail]` to replicas and the AOF (inside the MULTI/EXEC Redis
-/// wraps around a module command's effects). `args` are copied by Redis from the buffers;
-/// `tail`, an existing RedisModuleString, is shared by reference count. Up to 9 buffer
-/// arguments go through one direct variadic `RedisModule_Replicate` call with the `b`
-/// format; longer lists through the vector format.
-pub fn replicate(ctx: &Context, cmd: &CStr, args: &[&[u8]], tail: Option<*mut RedisModuleString>) -> Result<(), CmdError> {
+/// Propagates `cmd argv...` to replicas and the AOF (inside the MULTI/EXEC Redis wraps around a
+/// module command's effects). Every argument is an existing RedisModuleString: Redis
+/// takes a reference to each (no copy, no allocation per argument).
+pub fn replicate_rs(ctx: &Context, cmd: &CStr, argv: &mut [*mut RedisModuleString]) -> Result<(), CmdError> {
     let rep = unsafe { raw::RedisModule_Replicate }.ok_or_else(|| missing_api("Replicate"))?;
-    let failed = || CmdError::err("could not propagate the change to replicas/AOF");
-    if tail.is_some_and(|t| t.is_null()) {
-        return Err(failed());
-    }
-    let c = ctx.get_raw();
-    let name = cmd.as_ptr();
-    let n = args.len();
-    if (1..=9).contains(&n) {
-        let mut fmt = [0u8; 12];
-        fmt[..n].fill(b'b');
-        if tail.is_some() {
-            fmt[n] = b's';
-        }
-        let f = fmt.as_ptr().cast::<c_char>();
-        // A trailing null `s` argument is never read when the format does not name it.
-        let t = tail.unwrap_or(ptr::null_mut());
-        macro_rules! call {
-            ($($i:literal)*) => {
-                unsafe { rep(c, name, f $(, args[$i].as_ptr().cast::<c_char>(), args[$i].len())*, t) }
-            };
-        }
-        let rc = match n {
-            1 => call!(0),
-            2 => call!(0 1),
-            3 => call!(0 1 2),
-            4 => call!(0 1 2 3),
-            5 => call!(0 1 2 3 4),
-            6 => call!(0 1 2 3 4 5),
-            7 => call!(0 1 2 3 4 5 6),
-            8 => call!(0 1 2 3 4 5 6 7),
-            _ => call!(0 1 2 3 4 5 6 7 8),
-        };
-        return if rc == raw::REDISMODULE_OK as c_int { Ok(()) } else { Err(failed()) };
-    }
-    let owned: Vec<RStr> = args.iter().map(|a| RStr::new(a)).collect();
-    let mut argv: Vec<*mut RedisModuleString> = owned.iter().map(RStr::ptr).collect();
-    argv.extend(tail);
     if argv.is_empty() || argv.iter().any(|p| p.is_null()) {
-        return Err(failed());
+        return Err(CmdError::err("could not propagate the change to replicas/AOF"));
     }
-    let rc = unsafe { rep(c, name, c"v".as_ptr(), argv.as_mut_ptr(), argv.len()) };
+    let rc = unsafe { rep(ctx.get_raw(), cmd.as_ptr(), c"v".as_ptr(), argv.as_mut_ptr(), argv.len()) };
     if rc == raw::REDISMODULE_OK as c_int {
         Ok(())
     } else {
-        Err(failed())
+        Err(CmdError::err(format!("could not propagate {} to replicas/AOF", cmd.to_string_lossy())))
     }
 }

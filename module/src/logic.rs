@@ -48,6 +48,40 @@ pub fn apply_delta(current: Decimal, delta: Decimal, floor: Floor, ceil: Option<
     Ok(next)
 }
 
+/// The reserved field that marks a hash as a tally campaign (`coupon`) or usage counter
+/// (`usage`). A hash without it is an asset hash; `ASSET.*` never writes it.
+pub const KIND_FIELD: &str = "kind";
+pub const KIND_COUPON: &[u8] = b"coupon";
+pub const KIND_USAGE: &[u8] = b"usage";
+
+/// What the `kind` field of an existing hash says it is, for error messages.
+fn kind_name(kind: &[u8]) -> &'static str {
+    if kind == KIND_COUPON {
+        "a tally coupon campaign"
+    } else if kind == KIND_USAGE {
+        "a tally usage counter"
+    } else {
+        "a hash with tally's reserved field 'kind'"
+    }
+}
+
+/// `ASSET.*` on an existing hash: refused (WRONGTYPE) when the hash carries a `kind`.
+pub fn check_asset_hash(kind: Option<&[u8]>) -> Result<(), CmdError> {
+    match kind {
+        None => Ok(()),
+        Some(k) => Err(CmdError::wrong_type(format!("the key is {}, not an asset hash", kind_name(k)))),
+    }
+}
+
+/// `COUPON.*` / `USAGE.*` on an existing hash: its `kind` must be `want`.
+pub fn check_kind(kind: Option<&[u8]>, want: &[u8]) -> Result<(), CmdError> {
+    match kind {
+        Some(k) if k == want => Ok(()),
+        Some(k) => Err(CmdError::wrong_type(format!("the key is {}, not {}", kind_name(k), kind_name(want)))),
+        None => Err(CmdError::wrong_type(format!("the key is an asset hash, not {}", kind_name(want)))),
+    }
+}
+
 /// A coupon campaign as stored in its hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Campaign {
@@ -63,7 +97,7 @@ pub struct Campaign {
 
 impl Campaign {
     pub fn remaining(&self) -> i64 {
-        self.total - self.issued
+        self.total.saturating_sub(self.issued).max(0)
     }
 
     /// Claim for a user who currently holds `held` issue numbers.
@@ -84,8 +118,11 @@ impl Campaign {
         if self.issued >= self.total {
             return Err(CmdError::code("SOLDOUT", "no coupons remain"));
         }
-        self.issued += 1;
-        self.last_issue += 1;
+        let corrupt = || CmdError::wrong_type("the campaign's counters are out of range (edited by hand?)");
+        let issued = self.issued.checked_add(1).ok_or_else(corrupt)?;
+        let last_issue = self.last_issue.checked_add(1).ok_or_else(corrupt)?;
+        self.issued = issued;
+        self.last_issue = last_issue;
         Ok(self.last_issue)
     }
 
@@ -129,13 +166,15 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// The usage as seen at `now_ms`: a new period starts from 0.
+    /// The usage as seen at `now_ms`: only a period LATER than the stored one starts from 0.
+    /// A stored period ahead of the clock (the clock stepped back, or a failover to a node
+    /// whose clock is behind) keeps counting in the stored period.
     pub fn at(&self, now_ms: i64) -> Usage {
         let current = self.period.id_at(now_ms);
-        if current == self.period_id {
-            self.clone()
-        } else {
+        if crate::period::is_later(&current, &self.period_id) {
             Usage { period_id: current, used: Decimal::ZERO, ..self.clone() }
+        } else {
+            self.clone()
         }
     }
 
@@ -252,6 +291,41 @@ mod tests {
         assert_eq!(format_held(&[3, 17]), "3,17");
         assert_eq!(parse_held(None), Ok(vec![]));
         assert!(parse_held(Some(b"x")).is_err());
+    }
+
+    #[test]
+    fn asset_commands_refuse_campaigns_and_counters() {
+        assert_eq!(check_asset_hash(None), Ok(()));
+        for kind in [&b"coupon"[..], b"usage", b"other"] {
+            assert_eq!(check_asset_hash(Some(kind)).map_err(|e| e.code_name()), Err("WRONGTYPE"));
+        }
+        assert_eq!(check_kind(Some(b"coupon"), KIND_COUPON), Ok(()));
+        assert_eq!(check_kind(Some(b"usage"), KIND_COUPON).map_err(|e| e.code_name()), Err("WRONGTYPE"));
+        assert_eq!(check_kind(None, KIND_USAGE).map_err(|e| e.code_name()), Err("WRONGTYPE"));
+    }
+
+    #[test]
+    fn hand_edited_counters_at_the_limit_are_errors_not_wraps() {
+        let mut c = Campaign { total: i64::MAX, issued: i64::MAX - 1, last_issue: i64::MAX, per_user: 1, start_ms: 0, end_ms: 0 };
+        let before = c;
+        assert_eq!(c.claim(&[], 1).map_err(|e| e.code_name()), Err("WRONGTYPE"));
+        assert_eq!(c, before);
+        let c = Campaign { total: 5, issued: i64::MIN, last_issue: 0, per_user: 1, start_ms: 0, end_ms: 0 };
+        assert_eq!(c.remaining(), i64::MAX);
+    }
+
+    #[test]
+    fn a_stored_period_ahead_of_the_clock_does_not_reset() {
+        let day = 86_400_000;
+        // Stored in day 2 (1970-01-03); the clock now says day 1.
+        let u = Usage { limit: d("10"), period: Period::Day, period_id: Period::Day.id_at(2 * day), used: d("9") };
+        assert_eq!(u.at(day), u);
+        assert_eq!(u.consume(d("2"), day).map_err(|e| e.code_name()), Err("LIMIT"));
+        assert_eq!(u.consume(d("1"), day).map(|u| (u.used, u.period_id)), Ok((d("10"), "1970-01-03".to_string())));
+        // A later period still resets.
+        assert_eq!(u.at(3 * day).used, d("0"));
+        let m = Usage { limit: d("10"), period: Period::Month, period_id: "1970-02".into(), used: d("9") };
+        assert_eq!(m.at(0).used, d("9"));
     }
 
     #[test]

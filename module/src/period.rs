@@ -38,6 +38,16 @@ impl Period {
     }
 }
 
+/// Whether the period id `current` is later than `stored`. Ids of one period kind have a
+/// fixed width (`YYYY-MM-DD`, `YYYY-MM`, `all`) for years 0-9999, so their text order is
+/// their time order. Ids of different widths (the stored one was edited by hand, or its
+/// period kind changed, or it is not an id at all) count as a new period.
+pub fn is_later(current: &str, stored: &str) -> bool {
+    let same_shape = current.len() == stored.len()
+        && current.bytes().zip(stored.bytes()).all(|(a, b)| a.is_ascii_digit() == b.is_ascii_digit() && (a.is_ascii_digit() || a == b));
+    !same_shape || current > stored
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -68,5 +78,18 @@ mod tests {
         assert_eq!(Period::Month.id_at(1_798_761_599_999), "2026-12");
         assert_eq!(Period::Day.id_at(1_798_761_600_000), "2027-01-01");
         assert_eq!(Period::None.id_at(1_798_761_600_000), "all");
+    }
+
+    #[test]
+    fn only_a_later_period_is_later() {
+        assert!(is_later("2026-11-24", "2026-11-23"));
+        assert!(!is_later("2026-11-23", "2026-11-23"));
+        assert!(!is_later("2026-11-22", "2026-11-23"));
+        assert!(is_later("2027-01", "2026-12"));
+        assert!(!is_later("2026-12", "2027-01"));
+        assert!(!is_later("all", "all"));
+        assert!(is_later("2026-11", "corrupt"));
+        assert!(is_later("2026-11", "9999x11"));
+        assert!(is_later("2026-11-23", "2026-11"));
     }
 }

@@ -9,9 +9,9 @@ use smallvec::SmallVec;
 use std::sync::OnceLock;
 
 use redis_module::raw::{KeyType, RedisModuleString, REDISMODULE_NOTIFY_HASH, REDISMODULE_NOTIFY_STREAM, REDISMODULE_NOTIFY_STRING};
-use redis_module::{AclPermissions, Context, ContextFlags};
+use redis_module::{Context, ContextFlags};
 
-use crate::args::Common;
+use crate::args::{Canonical, Common};
 use crate::config;
 use crate::error::CmdError;
 use crate::event::{self, Event, Recorded, Reply};
@@ -75,9 +75,18 @@ impl Names {
         }
     }
 
-    pub fn op(&self, op_id: &str) -> String {
-        let mut s = String::with_capacity(self.op_prefix.len() + op_id.len());
+    /// The record of `op_id` sent with a command whose first key is `key`. An op-id is
+    /// scoped to the command's first key, in standalone and cluster mode alike:
+    /// `<prefix>:op[:{tag}]:<byte length of key>:<key>:<op-id>` (the length keeps the
+    /// name unambiguous whatever bytes the key holds).
+    pub fn op(&self, key: &str, op_id: &str) -> String {
+        let len = crate::event::IntText::new(key.len() as i64);
+        let mut s = String::with_capacity(self.op_prefix.len() + 24 + key.len() + op_id.len());
         s.push_str(&self.op_prefix);
+        s.push_str(std::str::from_utf8(len.as_bytes()).unwrap_or("0"));
+        s.push(':');
+        s.push_str(key);
+        s.push(':');
         s.push_str(op_id);
         s
     }
@@ -134,16 +143,6 @@ pub struct Tx<'a> {
 
 fn wrong_kind() -> CmdError {
     CmdError::wrong_type("Operation against a key holding the wrong kind of value")
-}
-
-/// One field of a hash key; a missing key reads as no field, another type is WRONGTYPE.
-pub fn read_field(ctx: &Context, key: &str, field: &[u8]) -> Result<Option<Vec<u8>>, CmdError> {
-    let k = open_read(ctx, key)?;
-    match k.kind() {
-        KeyType::Empty => Ok(None),
-        KeyType::Hash => k.hget(ctx, field),
-        _ => Err(wrong_kind()),
-    }
 }
 
 /// Opens a key for reading (read-only commands).
@@ -251,8 +250,8 @@ impl<'a> Tx<'a> {
             None => Some(0),
             Some(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse::<i64>().ok()),
         })?;
-        let current = parsed.ok_or_else(|| CmdError::wrong_type("the sequence record of this key is corrupt"))?;
-        let next = current + 1;
+        let corrupt = || CmdError::wrong_type("the sequence record of this key is corrupt");
+        let next = parsed.ok_or_else(corrupt)?.checked_add(1).ok_or_else(corrupt)?;
         self.seqs.push((key.to_string(), next));
         Ok(next)
     }
@@ -260,71 +259,35 @@ impl<'a> Tx<'a> {
 
 pub use crate::event::IntText;
 
-/// Redis checks ACL key permissions only for the keys a command declares; tally's helper
-/// keys are derived, so they are checked here for the calling user (one user lookup).
-fn check_acl(ctx: &Context, keys: &[(&str, *mut RedisModuleString)]) -> Result<(), CmdError> {
-    let user_name = ctx.get_current_user();
-    if user_name.inner.is_null() {
-        return Ok(()); // no client (internal call): nothing to check against
-    }
-    let apis = unsafe {
-        (
-            redis_module::raw::RedisModule_GetModuleUserFromUserName,
-            redis_module::raw::RedisModule_ACLCheckKeyPermissions,
-            redis_module::raw::RedisModule_FreeModuleUser,
-        )
-    };
-    let (Some(lookup), Some(check), Some(free)) = apis else {
-        return Err(CmdError::err("this Redis lacks the ACL module API (Redis 7.0+ required)"));
-    };
-    let user = unsafe { lookup(user_name.inner) };
-    if user.is_null() {
-        return Err(CmdError::code("NOPERM", "the current user does not exist or is disabled"));
-    }
-    let flags = (AclPermissions::INSERT | AclPermissions::UPDATE | AclPermissions::ACCESS).bits();
-    let mut denied = None;
-    for (name, key) in keys {
-        if key.is_null() || unsafe { check(user, *key, flags) } != redis_module::raw::REDISMODULE_OK as i32 {
-            denied = Some(*name);
-            break;
-        }
-    }
-    unsafe { free(user) };
-    match denied {
-        Some(name) => Err(CmdError::code("NOPERM", format!("this user has no write access to tally's key '{name}'"))),
-        None => Ok(()),
-    }
-}
-
 /// Runs a mutating command. `body` reads state, decides, queues writes and returns the reply
 /// and the event; nothing is written unless it succeeds.
 pub fn mutate(
     ctx: &Context,
     command: &str,
-    raw_args: &[&[u8]],
+    request: &impl Canonical,
     common: &Common,
-    first_key: &str,
+    data_keys: &[&str],
     body: impl FnOnce(&mut Tx) -> Result<(Reply, Event), CmdError>,
 ) -> Result<Reply, CmdError> {
+    let first_key = data_keys.first().copied().unwrap_or_default();
     let names = Names::for_key(ctx, first_key);
     let names: &Names = &names;
-    let op_key = common.op_id.as_deref().map(|id| names.op(id));
+    let op_key = common.op_id.as_deref().map(|id| names.op(first_key, id));
     let op_rs = op_key.as_deref().map(|k| RStr::new(k.as_bytes()));
-    {
-        let mut helper_keys: [(&str, *mut RedisModuleString); 3] =
-            [(&names.stream, names.stream_rs.ptr()), (&names.seq, names.seq_rs.ptr()), ("", std::ptr::null_mut())];
-        let mut n = 2;
-        if let (Some(k), Some(rs)) = (op_key.as_deref(), op_rs.as_ref()) {
-            helper_keys[2] = (k, rs.ptr());
-            n = 3;
-        }
-        check_acl(ctx, &helper_keys[..n])?;
-    }
+    // Redis checks ACL key permissions only for the keys a command declares; the helper
+    // keys are derived, so `acl` checks them (and, on Redis 7.0, the core writes).
+    crate::acl::check_write(
+        ctx,
+        data_keys,
+        (&names.stream, names.stream_rs.ptr()),
+        (&names.seq, names.seq_rs.ptr()),
+        op_key.as_deref().zip(op_rs.as_ref().map(RStr::ptr)),
+    )?;
 
     // Idempotent replay: same op-id and same request returns the first reply, writes nothing.
     let mut fingerprint = String::new();
     if let Some(op_rs) = op_rs.as_ref() {
-        fingerprint = event::fingerprint(command, &event::args_without_id(raw_args, common.id_index));
+        fingerprint = event::fingerprint(command, &request.canonical());
         let k = Key::open_raw(ctx, op_rs.ptr(), false)?;
         match k.kind() {
             KeyType::Empty => {}
@@ -380,6 +343,7 @@ pub fn mutate(
         None => Key::open_raw(ctx, names.seq_rs.ptr(), true)?,
     };
 
+    let mut propagated = Propagation::default();
     // The event first: if the stream refuses it, nothing has been changed yet.
     let (ms, sq) = stream.stream_add(ctx, &[event_field().ptr(), json_rs.ptr()])?;
 
@@ -387,81 +351,124 @@ pub fn mutate(
         if dk.writes.is_empty() {
             continue;
         }
-        let mut hset_args: SmallVec<[&[u8]; 9]> = SmallVec::new();
-        hset_args.push(dk.name.as_bytes());
-        let mut hdel_args: SmallVec<[&[u8]; 4]> = SmallVec::new();
+        let mut hset_args: SmallVec<[*mut RedisModuleString; 9]> = SmallVec::new();
+        hset_args.push(dk.rs.ptr());
+        let mut hdel_args: SmallVec<[*mut RedisModuleString; 4]> = SmallVec::new();
         for (field, value) in &dk.writes {
             let f = field.rs();
-            let (Some(fb), Some(vb)) = (f.bytes(), value.as_ref().map_or(Some(&[][..]), RStr::bytes)) else {
-                return Err(CmdError::err("could not create a field or value"));
-            };
             match value {
                 Some(v) => {
-                    dk.key.hset_rs(f.ptr(), Some(v.ptr()))?;
-                    hset_args.push(fb);
-                    hset_args.push(vb);
+                    dk.key.hset_rs(f.ptr(), Some(v.ptr())).map_err(|e| partial_write(ctx, e))?;
+                    hset_args.push(f.ptr());
+                    hset_args.push(v.ptr());
                 }
                 None => {
-                    dk.key.hset_rs(f.ptr(), None)?;
+                    dk.key.hset_rs(f.ptr(), None).map_err(|e| partial_write(ctx, e))?;
                     if hdel_args.is_empty() {
-                        hdel_args.push(dk.name.as_bytes());
+                        hdel_args.push(dk.rs.ptr());
                     }
-                    hdel_args.push(fb);
+                    hdel_args.push(f.ptr());
                 }
             }
         }
         if hset_args.len() > 1 {
-            let _ = ffi::replicate(ctx, c"HSET", &hset_args, None);
+            propagated.note(ctx, ffi::replicate_rs(ctx, c"HSET", &mut hset_args));
             ffi::notify(ctx, REDISMODULE_NOTIFY_HASH, c"hset", dk.rs.ptr());
         }
         if hdel_args.len() > 1 {
-            let _ = ffi::replicate(ctx, c"HDEL", &hdel_args, None);
+            propagated.note(ctx, ffi::replicate_rs(ctx, c"HDEL", &mut hdel_args));
             ffi::notify(ctx, REDISMODULE_NOTIFY_HASH, c"hdel", dk.rs.ptr());
         }
         ffi::signal_modified(ctx, dk.rs.ptr());
     }
-    let seq_texts: SmallVec<[IntText; 2]> = seqs.iter().map(|(_, s)| IntText::new(*s)).collect();
-    let mut seq_args: SmallVec<[&[u8]; 5]> = SmallVec::new();
-    seq_args.push(names.seq.as_bytes());
+    let seq_texts: SmallVec<[RStr; 2]> = seqs.iter().map(|(_, s)| RStr::new(IntText::new(*s).as_bytes())).collect();
+    // Data keys not among the written keys (none today) get a name string made here.
+    let mut seq_names: SmallVec<[RStr; 2]> = SmallVec::new();
+    let mut seq_args: SmallVec<[*mut RedisModuleString; 5]> = SmallVec::new();
+    seq_args.push(names.seq_rs.ptr());
     for ((k, _), text) in seqs.iter().zip(&seq_texts) {
-        match keys.iter().find(|d| d.name == *k) {
-            Some(d) => seq_key.hset_raw(ctx, d.rs.ptr(), text.as_bytes())?,
-            None => seq_key.hset(ctx, k.as_bytes(), text.as_bytes())?,
-        }
-        seq_args.push(k.as_bytes());
-        seq_args.push(text.as_bytes());
+        let name = match keys.iter().find(|d| d.name == *k) {
+            Some(d) => d.rs.ptr(),
+            None => {
+                seq_names.push(RStr::new(k.as_bytes()));
+                seq_names.last().map_or(std::ptr::null_mut(), RStr::ptr)
+            }
+        };
+        seq_key.hset_rs(name, Some(text.ptr())).map_err(|e| partial_write(ctx, e))?;
+        seq_args.push(name);
+        seq_args.push(text.ptr());
     }
     drop(seq_key);
-    drop(keys);
     if seq_args.len() > 1 {
-        let _ = ffi::replicate(ctx, c"HSET", &seq_args, None);
+        propagated.note(ctx, ffi::replicate_rs(ctx, c"HSET", &mut seq_args));
         ffi::signal_modified(ctx, names.seq_rs.ptr());
     }
+    drop(seq_names);
+    drop(keys);
 
-    let id = entry_id(ms, sq);
-    let _ = ffi::replicate(
-        ctx,
-        c"XADD",
-        &[names.stream.as_bytes(), id.as_bytes(), event::STREAM_FIELD.as_bytes()],
-        Some(json_rs.ptr()),
-    );
+    let id = RStr::new(entry_id(ms, sq).as_bytes());
+    propagated.note(ctx, ffi::replicate_rs(ctx, c"XADD", &mut [names.stream_rs.ptr(), id.ptr(), event_field().ptr(), json_rs.ptr()]));
     ffi::notify(ctx, REDISMODULE_NOTIFY_STREAM, c"xadd", names.stream_rs.ptr());
     drop(stream);
     ffi::signal_modified(ctx, names.stream_rs.ptr());
 
-    if let (Some(op_key), Some(op_rs)) = (op_key, op_rs) {
+    if let Some(op_rs) = op_rs {
         let ttl_ms = config::op_ttl_ms();
-        let record = event::encode_record(&fingerprint, &reply);
-        let k = Key::open_raw(ctx, op_rs.ptr(), true)?;
-        k.string_set_with_expire(ctx, record.as_bytes(), ttl_ms)?;
+        let record = RStr::new(event::encode_record(&fingerprint, &reply).as_bytes());
+        let k = Key::open_raw(ctx, op_rs.ptr(), true).map_err(|e| partial_write(ctx, e))?;
+        k.string_set_with_expire(record.ptr(), ttl_ms).map_err(|e| partial_write(ctx, e))?;
         drop(k);
-        let at = IntText::new(ffi::now_ms() + ttl_ms);
-        let _ = ffi::replicate(ctx, c"SET", &[op_key.as_bytes(), record.as_bytes(), b"PXAT".as_slice(), at.as_bytes()], None);
+        // ttl_ms is at most config::MAX_OP_TTL_MS, so this cannot wrap; saturate anyway.
+        let at = RStr::new(IntText::new(ffi::now_ms().saturating_add(ttl_ms)).as_bytes());
+        let pxat = pxat_word().ptr();
+        propagated.note(ctx, ffi::replicate_rs(ctx, c"SET", &mut [op_rs.ptr(), record.ptr(), pxat, at.ptr()]));
         ffi::notify(ctx, REDISMODULE_NOTIFY_STRING, c"set", op_rs.ptr());
         ffi::signal_modified(ctx, op_rs.ptr());
     }
     stats::event_appended();
+    propagated.result()?;
     Ok(reply)
+}
+
+/// A write that failed after the event was appended (Redis refused it: out of memory, or the
+/// server changed under the module). Never silent: logged, counted, replied as an error.
+fn partial_write(ctx: &Context, e: CmdError) -> CmdError {
+    ctx.log_warning(&format!("tally: {e} after the event was appended; this command's change is incomplete"));
+    stats::propagation_failed();
+    e
+}
+
+/// The outcome of a command's propagation calls. The commands the module propagates are
+/// checked at load (`check_propagated_commands`), so a failure here means the server changed
+/// under the module: it is logged, counted, and the client gets an error instead of `OK`.
+#[derive(Default)]
+struct Propagation {
+    failed: Option<CmdError>,
+}
+
+impl Propagation {
+    fn note(&mut self, ctx: &Context, r: Result<(), CmdError>) {
+        if let Err(e) = r {
+            ctx.log_warning(&format!("tally: {e}; this node holds a change its replicas and AOF lack"));
+            stats::propagation_failed();
+            self.failed.get_or_insert(e);
+        }
+    }
+
+    fn result(self) -> Result<(), CmdError> {
+        match self.failed {
+            Some(_) => Err(CmdError::err(
+                "the change was applied on this node but could not be propagated to replicas/AOF (see the server log)",
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `PXAT`, created once.
+fn pxat_word() -> &'static RStr {
+    static WORD: OnceLock<RStr> = OnceLock::new();
+    WORD.get_or_init(|| RStr::new(b"PXAT"))
 }
 
 /// The stream field name, created once.

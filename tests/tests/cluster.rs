@@ -24,8 +24,10 @@ fn helper_keys_share_the_commands_slot() {
         assert_eq!(evs[0].1["keys"][0]["key"], key);
         let tag = stream.trim_start_matches("tally:log:");
         assert_eq!(slot_of(&mut c, &format!("tally:seq:{tag}")), slot);
-        assert_eq!(slot_of(&mut c, &format!("tally:op:{tag}:op-{key}")), slot);
-        let exists: i64 = cmd(&["EXISTS", &format!("tally:op:{tag}:op-{key}")]).query(&mut c).unwrap();
+        // Same op-id scope as standalone mode: the command's first key.
+        let op = format!("tally:op:{tag}:{}:{key}:op-{key}", key.len());
+        assert_eq!(slot_of(&mut c, &op), slot);
+        let exists: i64 = cmd(&["EXISTS", &op]).query(&mut c).unwrap();
         assert_eq!(exists, 1);
     }
     // Two keys in different slots cannot be moved between in one command.

@@ -3,20 +3,10 @@
 
 use std::collections::HashMap;
 
+mod common;
+
+use common::{rejected, strings};
 use tally_tests::{cmd, error_of, events, snapshot, Redis};
-
-/// Asserts `args` fails with an error starting with `code` and changes nothing.
-fn rejected(conn: &mut redis::Connection, args: &[&str], code: &str) -> String {
-    let before = snapshot(conn);
-    let err = error_of(conn, args);
-    assert!(err.starts_with(code), "{args:?}: expected {code}, got '{err}'");
-    assert_eq!(snapshot(conn), before, "{args:?} changed data or history");
-    err
-}
-
-fn strings(conn: &mut redis::Connection, args: &[&str]) -> Vec<String> {
-    cmd(args).query(conn).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
 
 #[test]
 fn asset_incr_is_exact_and_bounded() {
@@ -84,7 +74,7 @@ fn idempotent_retries_and_conflicts() {
     assert_eq!(strings(&mut c, &["ASSET.GET", "k", "f"]), ["10"]);
     rejected(&mut c, &["ASSET.INCR", "k", "f", "11", "ID", "grant-1", "META", "bonus"], "CONFLICT");
     rejected(&mut c, &["ASSET.INCR", "k", "f", "10", "ID", "grant-1"], "CONFLICT");
-    rejected(&mut c, &["USAGE.LIMIT", "k2", "10", "ID", "grant-1"], "CONFLICT");
+    rejected(&mut c, &["ASSET.INCR", "k", "g", "10", "ID", "grant-1", "META", "bonus"], "CONFLICT");
     // A rejected call does not burn its op-id: the retry can succeed later.
     rejected(&mut c, &["ASSET.INCR", "k", "f", "-20", "ID", "spend-1"], "INSUFFICIENT");
     assert_eq!(strings(&mut c, &["ASSET.INCR", "k", "f", "-5", "ID", "spend-1"]), ["5"]);
@@ -96,7 +86,7 @@ fn idempotent_retries_and_conflicts() {
     assert_eq!(a, b);
     let ev = &events(&mut c, "tally:log").last().unwrap().1.clone();
     assert_eq!(ev["op"], "c-1");
-    let ttl: i64 = cmd(&["PTTL", "tally:op:c-1"]).query(&mut c).unwrap();
+    let ttl: i64 = cmd(&["PTTL", "tally:op:4:camp:c-1"]).query(&mut c).unwrap();
     assert!(ttl > 86_000_000 && ttl <= 86_400_000, "op-id window {ttl}");
     let info: String = cmd(&["INFO", "tally"]).query(&mut c).unwrap();
     assert!(info.contains("tally_idempotent_replays:4"), "{info}");

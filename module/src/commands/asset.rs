@@ -1,5 +1,6 @@
 //! ASSET.INCR, ASSET.GET, ASSET.TRANSFER
 
+use redis_module::{CallOptionsBuilder, CallReply, CallResult};
 use redis_module::{Context, RedisValue};
 
 use super::{to_value, Result};
@@ -10,6 +11,14 @@ use crate::event::{Change, Event, Item, KeySeq, Reply};
 use crate::logic;
 use crate::tx::{self, Tx};
 
+/// An existing hash must not be a campaign or usage counter (a `kind` field).
+fn check_asset(tx: &mut Tx, key: &str) -> std::result::Result<(), CmdError> {
+    if tx.hash_exists(key)? {
+        tx.hget_with(key, logic::KIND_FIELD.as_bytes(), logic::check_asset_hash)??;
+    }
+    Ok(())
+}
+
 fn balance(tx: &mut Tx, key: &str, field: &str) -> std::result::Result<Decimal, CmdError> {
     tx.hget_with(key, field.as_bytes(), |raw| logic::stored_decimal_lazy(raw, || format!("field '{field}'")))?
 }
@@ -17,8 +26,8 @@ fn balance(tx: &mut Tx, key: &str, field: &str) -> std::result::Result<Decimal, 
 pub fn incr(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::asset_incr(raw)?;
     tx::check_user_key(&req.key)?;
-    let reply = tx::mutate(ctx, "ASSET.INCR", raw, &req.common, &req.key, |tx| {
-        tx.hash_exists(&req.key)?;
+    let reply = tx::mutate(ctx, "ASSET.INCR", &req, &req.common, &[&req.key], |tx| {
+        check_asset(tx, &req.key)?;
         let mut changes = Vec::with_capacity(req.deltas.len());
         let mut items = Vec::with_capacity(req.deltas.len());
         for (field, delta) in &req.deltas {
@@ -40,9 +49,9 @@ pub fn transfer(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::asset_transfer(raw)?;
     tx::check_user_key(&req.from)?;
     tx::check_user_key(&req.to)?;
-    let reply = tx::mutate(ctx, "ASSET.TRANSFER", raw, &req.common, &req.from, |tx| {
-        tx.hash_exists(&req.from)?;
-        tx.hash_exists(&req.to)?;
+    let reply = tx::mutate(ctx, "ASSET.TRANSFER", &req, &req.common, &[&req.from, &req.to], |tx| {
+        check_asset(tx, &req.from)?;
+        check_asset(tx, &req.to)?;
         let out = req.amount.neg();
         let from_balance = logic::apply_delta(balance(tx, &req.from, &req.field)?, out, Floor::Default, None)?;
         let to_balance = logic::apply_delta(balance(tx, &req.to, &req.field)?, req.amount, Floor::None, None)?;
@@ -63,47 +72,49 @@ pub fn transfer(ctx: &Context, raw: &[&[u8]]) -> Result {
 }
 
 /// `ASSET.GET key [field ...]`: the named balances in order, or every field as
-/// `[field, balance, ...]` sorted by field name.
+/// `[field, balance, ...]` sorted by field name (byte order; names are returned byte-exact).
 pub fn get(ctx: &Context, raw: &[&[u8]]) -> Result {
     let Some((key_raw, fields)) = raw.split_first() else { return Err(CmdError::Arity) };
     let key = args::name("key", key_raw)?;
+    crate::acl::check_read(ctx, &key)?;
+    let names = fields.iter().map(|f| args::name("field", f)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let handle = tx::open_read(ctx, &key)?;
+    if !tx::kind_is_hash(handle.kind())? {
+        return Ok(RedisValue::Array(fields.iter().map(|_| RedisValue::BulkString("0".into())).collect()));
+    }
+    logic::check_asset_hash(handle.hget(ctx, logic::KIND_FIELD.as_bytes())?.as_deref())?;
     if !fields.is_empty() {
         let mut out = Vec::with_capacity(fields.len());
-        for f in fields {
-            let field = args::name("field", f)?;
-            let value = tx::read_field(ctx, &key, field.as_bytes())?;
+        for field in names {
+            let value = handle.hget(ctx, field.as_bytes())?;
             let d = logic::stored_decimal(&format!("field '{field}'"), value.as_deref())?;
             out.push(RedisValue::BulkString(d.to_string()));
         }
         return Ok(RedisValue::Array(out));
     }
-    if !tx::hash_exists(ctx, &key)? {
-        return Ok(RedisValue::Array(Vec::new()));
-    }
-    let all = ctx
-        .call("HGETALL", &[key.as_str()][..])
-        .map_err(|_| CmdError::err("could not read the hash"))?;
-    let RedisValue::Array(flat) = all else { return Err(CmdError::err("unexpected HGETALL reply")) };
-    let text = |v: &RedisValue| -> Vec<u8> {
+    drop(handle);
+    let opts = CallOptionsBuilder::new().build();
+    let all: CallResult = ctx.call_ext("HGETALL", &opts, &[key.as_str()][..]);
+    let Ok(CallReply::Array(flat)) = all else { return Err(CmdError::err("could not read the hash")) };
+    // Field names are returned byte for byte (they need not be UTF-8).
+    let bytes = |v: Option<CallResult>| -> Vec<u8> {
         match v {
-            RedisValue::BulkString(s) | RedisValue::SimpleString(s) => s.as_bytes().to_vec(),
-            RedisValue::StringBuffer(b) => b.clone(),
-            RedisValue::BulkRedisString(s) => s.as_slice().to_vec(),
+            Some(Ok(CallReply::String(s))) => s.as_bytes().to_vec(),
             _ => Vec::new(),
         }
     };
     let mut balances = Vec::with_capacity(flat.len() / 2);
-    for pair in flat.chunks(2) {
-        let [f, v] = pair else { continue };
-        let field = String::from_utf8_lossy(&text(f)).into_owned();
-        let d = logic::stored_decimal(&format!("field '{field}'"), Some(&text(v)))?;
+    let mut it = flat.iter();
+    while let (Some(f), Some(v)) = (it.next(), it.next()) {
+        let field = bytes(Some(f));
+        let d = logic::stored_decimal_lazy(Some(&bytes(Some(v))), || format!("field '{}'", args::printable(&field)))?;
         balances.push((field, d));
     }
     balances.sort();
     Ok(RedisValue::Array(
         balances
             .into_iter()
-            .flat_map(|(f, d)| [RedisValue::BulkString(f), RedisValue::BulkString(d.to_string())])
+            .flat_map(|(f, d)| [RedisValue::StringBuffer(f), RedisValue::BulkString(d.to_string())])
             .collect(),
     ))
 }

@@ -17,7 +17,7 @@ use crate::logic::{self, Campaign};
 use crate::tx::{self, FieldName, Tx};
 use redis_module::raw::RedisModuleString;
 
-const KIND: &[u8] = b"coupon";
+const KIND: &[u8] = logic::KIND_COUPON;
 
 fn holder_field(user: &str) -> smallvec::SmallVec<[u8; 64]> {
     let mut f = smallvec::SmallVec::new();
@@ -68,9 +68,7 @@ fn load_with(
         None => 7,
     };
     let [kind, f1, f2, f3, f4, f5, f6, holder] = key.hget_many(&fields[..n])?;
-    if kind.bytes() != Some(KIND) {
-        return Err(CmdError::wrong_type("the key is not a tally coupon campaign"));
-    }
+    logic::check_kind(kind.bytes(), KIND)?;
     let mut canonical = 0u8;
     let mut values = [0i64; 6];
     for (i, raw) in [f1, f2, f3, f4, f5, f6].iter().enumerate() {
@@ -132,8 +130,10 @@ fn event(tx: &mut Tx, kind: &'static str, common: &Common, coupon: CouponState) 
 pub fn create(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::coupon_create(raw)?;
     tx::check_user_key(&req.campaign)?;
-    let reply = tx::mutate(ctx, "COUPON.CREATE", raw, &req.common, &req.campaign, |tx| {
+    let reply = tx::mutate(ctx, "COUPON.CREATE", &req, &req.common, &[&req.campaign], |tx| {
         if tx.hash_exists(&req.campaign)? {
+            // Another kind of hash is WRONGTYPE; a campaign already exists.
+            tx.hget_with(&req.campaign, logic::KIND_FIELD.as_bytes(), |k| logic::check_kind(k, KIND))??;
             return Err(CmdError::err("the campaign already exists"));
         }
         let c = Campaign {
@@ -163,7 +163,7 @@ fn change_holding(
 ) -> Result {
     let req = args::coupon_user(raw)?;
     tx::check_user_key(&req.campaign)?;
-    let reply = tx::mutate(ctx, command, raw, &req.common, &req.campaign, |tx| {
+    let reply = tx::mutate(ctx, command, &req, &req.common, &[&req.campaign], |tx| {
         let field = RStr::new(&holder_field(&req.user));
         let (loaded, held_raw) = {
             let (ctx, k) = tx.handle(&req.campaign)?;
@@ -201,6 +201,7 @@ pub fn release(ctx: &Context, raw: &[&[u8]]) -> Result {
 pub fn info(ctx: &Context, raw: &[&[u8]]) -> Result {
     let [key_raw] = raw else { return Err(CmdError::Arity) };
     let key = args::name("campaign", key_raw)?;
+    crate::acl::check_read(ctx, &key)?;
     let c = load(ctx, &tx::open_read(ctx, &key)?)?.campaign;
     Ok(pairs(vec![
         ("total", RedisValue::Integer(c.total)),

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use crate::ffi::{Key, RStr};
 use crate::tx::{self, FieldName, Tx};
 
-const KIND: &[u8] = b"usage";
+const KIND: &[u8] = logic::KIND_USAGE;
 
 /// The counter's field names, created once.
 const FIELD_NAMES: [&str; 5] = ["kind", "period", "limit", "used", "period_id"];
@@ -45,9 +45,7 @@ fn load(_ctx: &Context, key: &Key) -> std::result::Result<Option<(Usage, Stored)
     let names = field_names();
     let fields = [names[0].ptr(), names[1].ptr(), names[2].ptr(), names[3].ptr(), names[4].ptr()];
     let [kind, period, limit, used, period_id, ..] = key.hget_many(&fields)?;
-    if kind.bytes() != Some(KIND) {
-        return Err(CmdError::wrong_type("the key is not a tally usage counter"));
-    }
+    logic::check_kind(kind.bytes(), KIND)?;
     let corrupt = |i: usize| CmdError::wrong_type(format!("the usage counter's '{}' field is corrupt", FIELD_NAMES[i]));
     let period_text = text_of(&period).ok_or_else(|| corrupt(1))?;
     let parsed_period = Period::parse(&period_text.to_ascii_uppercase())
@@ -104,7 +102,7 @@ fn load_in(tx: &mut Tx, key: &str) -> std::result::Result<Option<(Usage, Stored)
 pub fn limit(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::usage_limit(raw)?;
     tx::check_user_key(&req.key)?;
-    let reply = tx::mutate(ctx, "USAGE.LIMIT", raw, &req.common, &req.key, |tx| {
+    let reply = tx::mutate(ctx, "USAGE.LIMIT", &req, &req.common, &[&req.key], |tx| {
         let now = tx.now_ms;
         // Usage already counted in the current period carries over to the new quota.
         let old = load_in(tx, &req.key)?;
@@ -122,7 +120,7 @@ pub fn limit(ctx: &Context, raw: &[&[u8]]) -> Result {
 pub fn consume(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::usage_consume(raw)?;
     tx::check_user_key(&req.key)?;
-    let reply = tx::mutate(ctx, "USAGE.CONSUME", raw, &req.common, &req.key, |tx| {
+    let reply = tx::mutate(ctx, "USAGE.CONSUME", &req, &req.common, &[&req.key], |tx| {
         let (u, stored) = load_in(tx, &req.key)?
             .ok_or_else(|| CmdError::code("NOTFOUND", "no usage limit is set for this key (USAGE.LIMIT)"))?;
         let next = u.consume(req.amount, tx.now_ms)?;
@@ -137,6 +135,7 @@ pub fn consume(ctx: &Context, raw: &[&[u8]]) -> Result {
 pub fn get(ctx: &Context, raw: &[&[u8]]) -> Result {
     let [key_raw] = raw else { return Err(CmdError::Arity) };
     let key = args::name("key", key_raw)?;
+    crate::acl::check_read(ctx, &key)?;
     let u = load(ctx, &tx::open_read(ctx, &key)?)?
         .map(|(u, _)| u)
         .ok_or_else(|| CmdError::code("NOTFOUND", "no usage limit is set for this key"))?
