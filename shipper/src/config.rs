@@ -128,7 +128,8 @@ pub struct RedisOpts {
     /// How often to trim acknowledged entries (XTRIM MINID); 0 disables trimming.
     #[arg(long, env = "TALLY_TRIM_INTERVAL_MS", default_value_t = 1_000)]
     pub trim_interval_ms: u64,
-    /// How often to look for new log streams (SCAN MATCH <prefix>:log* TYPE stream).
+    /// Cluster mode: how often to look for new per-slot log streams (SCAN MATCH
+    /// <prefix>:log* TYPE stream). A standalone server has one stream and is never scanned.
     #[arg(long, env = "TALLY_DISCOVER_INTERVAL_MS", default_value_t = 10_000)]
     pub discover_interval_ms: u64,
     /// How often to sample each stream's length, pending entries and lag for /metrics, on a
@@ -209,7 +210,7 @@ impl PgOpts {
 #[derive(Args, Debug, Clone)]
 pub struct BatchOpts {
     /// Maximum entries per batch (one Postgres transaction / one Kafka produce round).
-    #[arg(long, env = "TALLY_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "TALLY_BATCH_SIZE", default_value_t = 2_000)]
     pub batch_size: usize,
     /// How long to keep filling a batch after its first entry.
     #[arg(long, env = "TALLY_BATCH_WAIT_MS", default_value_t = 50)]

@@ -128,8 +128,13 @@ pub async fn connect(url: &str, response_timeout: Duration) -> RResult<Multiplex
     client.get_multiplexed_async_connection_with_config(&cfg).await
 }
 
-/// SCAN for log streams; always includes `<prefix>:log`.
+/// The log streams a node holds. Standalone: the one stream `<prefix>:log`, known without
+/// looking at the keyspace. Cluster mode: the per-slot streams, found with SCAN.
 pub async fn discover(conn: &mut MultiplexedConnection, prefix: &str) -> RResult<Vec<String>> {
+    let info: String = redis::cmd("INFO").arg("cluster").query_async(conn).await?;
+    if !cluster_enabled(&info) {
+        return Ok(vec![format!("{prefix}:log")]);
+    }
     let mut found = vec![format!("{prefix}:log")];
     let mut cursor = "0".to_string();
     loop {
@@ -160,6 +165,11 @@ pub async fn discover(conn: &mut MultiplexedConnection, prefix: &str) -> RResult
         }
     }
     Ok(found)
+}
+
+/// `INFO cluster` says `cluster_enabled:1` on a cluster node.
+pub fn cluster_enabled(info: &str) -> bool {
+    info.lines().any(|l| l.trim() == "cluster_enabled:1")
 }
 
 pub struct Worker {
@@ -515,6 +525,13 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn standalone_needs_no_scan() {
+        assert!(!cluster_enabled("# Cluster\r\ncluster_enabled:0\r\n"));
+        assert!(cluster_enabled("# Cluster\r\ncluster_enabled:1\r\n"));
+        assert!(!cluster_enabled(""));
     }
 
     #[test]
