@@ -17,8 +17,9 @@
 # 3. Memory: used_memory and MEMORY USAGE tally:log with the backlog, and after the drain.
 #
 # Knobs (environment):
-#   BENCH_SHIPPER_N=1000000           backlog size, direct path
-#   BENCH_SHIPPER_BATCHES="100 500 2000"   --batch-size values, direct path
+#   BENCH_SHIPPER_N=200000            backlog size, direct path
+#   BENCH_SHIPPER_WRITERS="1 2 4"     --pg-writers values, direct path (the curve over writers)
+#   BENCH_SHIPPER_BATCH=default       --batch-size of the direct drains ("default" = the shipper's)
 #   BENCH_SHIPPER_KAFKA_N=5000        backlog size through Kafka (tansu; small, see docs/bench-shipper.md)
 #   BENCH_SHIPPER_KAFKA_BATCHES="500" --batch-size values through Kafka ("" skips Kafka)
 #   BENCH_SHIPPER_TANSU_STORAGE=sqlite   sqlite (durable, as scripts/stack.sh) or memory
@@ -27,7 +28,7 @@
 #   BENCH_SHIPPER_KAFKA_TIMEOUT=120   the same for the Kafka runs
 #   BENCH_SHIPPER_RATES="1000 4000"   steady load rates (ASSET.INCR/s) for the freshness runs
 #   BENCH_SHIPPER_SECONDS=30          length of each freshness run
-#   BENCH_SHIPPER_FRESH_BATCH=500     --batch-size of the freshness runs
+#   BENCH_SHIPPER_FRESH_BATCH=default --batch-size of the freshness runs
 #   BENCH_SHIPPER_DOC=docs/bench-shipper.md
 #   BENCH_SHIPPER_KEEP=dir            keep logs and raw samples in dir
 #   TALLY_MODULE=path  TALLY_SHIPPER=path  PG_BIN=/usr/lib/postgresql/15/bin  TANSU_BIN=path
@@ -36,14 +37,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 COMMAND_LINE="scripts/bench-shipper.sh"
-for v in BENCH_SHIPPER_N BENCH_SHIPPER_BATCHES BENCH_SHIPPER_KAFKA_N BENCH_SHIPPER_KAFKA_BATCHES \
+for v in BENCH_SHIPPER_N BENCH_SHIPPER_WRITERS BENCH_SHIPPER_BATCH BENCH_SHIPPER_KAFKA_N BENCH_SHIPPER_KAFKA_BATCHES \
          BENCH_SHIPPER_TANSU_STORAGE BENCH_SHIPPER_DRAIN_TIMEOUT BENCH_SHIPPER_KAFKA_TIMEOUT BENCH_SHIPPER_RATES \
          BENCH_SHIPPER_SECONDS BENCH_SHIPPER_FRESH_BATCH BENCH_SHIPPER_DOC TALLY_MODULE TALLY_SHIPPER; do
   if [[ -n "${!v+x}" ]]; then COMMAND_LINE="$v=\"${!v}\" $COMMAND_LINE"; fi
 done
 
-N="${BENCH_SHIPPER_N:-1000000}"
-BATCHES="${BENCH_SHIPPER_BATCHES-100 500 2000}"
+N="${BENCH_SHIPPER_N:-200000}"
+WRITERS="${BENCH_SHIPPER_WRITERS-1 2 4}"
+BATCH="${BENCH_SHIPPER_BATCH:-default}"
 KAFKA_N="${BENCH_SHIPPER_KAFKA_N:-5000}"
 KAFKA_BATCHES="${BENCH_SHIPPER_KAFKA_BATCHES-500}"
 TANSU_STORAGE="${BENCH_SHIPPER_TANSU_STORAGE:-sqlite}"
@@ -51,7 +53,7 @@ DRAIN_TIMEOUT="${BENCH_SHIPPER_DRAIN_TIMEOUT:-180}"
 KAFKA_TIMEOUT="${BENCH_SHIPPER_KAFKA_TIMEOUT:-120}"
 RATES="${BENCH_SHIPPER_RATES-1000 4000}"
 SECONDS_RUN="${BENCH_SHIPPER_SECONDS:-30}"
-FRESH_BATCH="${BENCH_SHIPPER_FRESH_BATCH:-500}"
+FRESH_BATCH="${BENCH_SHIPPER_FRESH_BATCH:-default}"
 DOC="${BENCH_SHIPPER_DOC:-docs/bench-shipper.md}"
 MODULE="${TALLY_MODULE:-$ROOT/target/release/libtally.so}"
 SHIPPER="${TALLY_SHIPPER:-$ROOT/target/release/tally-shipper}"
@@ -131,7 +133,7 @@ rcli CONFIG SET tally.max-backlog 0 >/dev/null
 # ---- PostgreSQL 15 (defaults except the port/socket; fsync and synchronous_commit on)
 pg "$PG_BIN/initdb" -D "$PG_HOME/data" -A trust -U postgres -E UTF8 >/dev/null
 pg "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -l "$PG_HOME/pg.log" -w -t 60 \
-  -o "-p $PG_PORT -k $PG_HOME -c listen_addresses=127.0.0.1" start >/dev/null
+  -o "-p $PG_PORT -k $PG_HOME -c listen_addresses=127.0.0.1 -c track_commit_timestamp=on" start >/dev/null
 PG_STARTED=1
 pg psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE ROLE tally LOGIN"
 pg psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE tally OWNER tally"
@@ -166,11 +168,12 @@ xlen() { rcli XLEN tally:log | tr -d '\r'; }
 stream_mem() { local m; m="$(rcli MEMORY USAGE tally:log SAMPLES 0 | tr -d '\r')"; echo "${m:-0}"; }
 pg_count() { psqlq "SELECT count(*) FROM events"; }
 
-start_shipper() { # name batch [kafka topic]
-  local name="$1" batch="$2" topic="${3:-}"
+start_shipper() { # name batch [kafka topic] [writers]
+  local name="$1" batch="$2" topic="${3:-}" writers="${4:-}"
   local args=(run --redis-url "redis://127.0.0.1:$REDIS_PORT/" --database-url "$DATABASE_URL"
-    --consumer "bench-$name" --batch-size "$batch" --metrics-addr "127.0.0.1:$METRICS_PORT"
-    --progress-interval-ms 5000)
+    --consumer "bench-$name" --metrics-addr "127.0.0.1:$METRICS_PORT" --progress-interval-ms 5000)
+  [[ "$batch" == default ]] || args+=(--batch-size "$batch")
+  [[ -z "$writers" ]] || args+=(--pg-writers "$writers")
   if [[ -n "$topic" ]]; then
     args+=(--kafka-brokers "127.0.0.1:$KAFKA_PORT" --kafka-topic "$topic" --kafka-create-topic
       --kafka-group "persist-$name")
@@ -213,9 +216,9 @@ fill() { # n -> prints seconds taken; fails if XLEN != n
 
 RESULTS="$WORK/drain.tsv"; : >"$RESULTS"
 # columns: path batch n fill_s fill_rate used_before used_backlog stream_backlog drain_s rate status first_row_s stream_after used_after xlen_after
-drain_run() { # path(direct|kafka) batch n
-  local path="$1" batch="$2" n="$3" name topic="" t0 t1 cnt status="ok" first="" elapsed
-  name="$path-$batch-$n"
+drain_run() { # path(direct|kafka) batch n [writers]
+  local path="$1" batch="$2" n="$3" writers="${4:-}" name topic="" t0 t1 cnt status="ok" first="" elapsed
+  name="$path-$batch-$n-w${writers:-d}"
   say "drain $path batch=$batch N=$n: fill"
   reset_state
   local used0 used1 smem0 fill_s
@@ -226,7 +229,7 @@ drain_run() { # path(direct|kafka) batch n
   [[ "$path" == kafka ]] && topic="bench.$batch.$n.$RANDOM"
   say "drain $path batch=$batch N=$n: backlog filled in ${fill_s}s, shipping"
   t0="$(now_s)"
-  start_shipper "$name" "$batch" "$topic"
+  start_shipper "$name" "$batch" "$topic" "$writers"
   local limit="$DRAIN_TIMEOUT"; [[ "$path" == kafka ]] && limit="$KAFKA_TIMEOUT"
   local deadline=$(( $(date +%s) + limit ))
   while :; do
@@ -245,19 +248,33 @@ drain_run() { # path(direct|kafka) batch n
   local smem1 used2
   smem1="$(stream_mem)"; used2="$(info_field used_memory)"; xl="$(xlen)"
   stop_shipper
+  psqlq "SELECT coalesce(round(avg(length(raw))), 0) FROM events" >"$WORK/raw_len"
   local rate
   rate="$(python3 -c "print(int($cnt/$elapsed))")"
   local fill_rate
   fill_rate="$(python3 -c "print(int($n/$fill_s))")"
-  echo -e "$path\t$batch\t$n\t$fill_s\t$fill_rate\t$used0\t$used1\t$smem0\t$elapsed\t$rate\t$status\t$cnt\t${first:-}\t$smem1\t$used2\t$xl\t$(grep -c " WARN " "$WORK/shipper-$name.log" || true)\t$(grep -c "session timed out" "$WORK/shipper-$name.log" || true)" >>"$RESULTS"
+  echo -e "$path\t$batch\t$n\t$fill_s\t$fill_rate\t$used0\t$used1\t$smem0\t$elapsed\t$rate\t$status\t$cnt\t${first:-}\t$smem1\t$used2\t$xl\t$(grep -c " WARN " "$WORK/shipper-$name.log" || true)\t$(grep -c "session timed out" "$WORK/shipper-$name.log" || true)\t${writers:-default}" >>"$RESULTS"
   say "drain $path batch=$batch N=$n: $cnt rows in ${elapsed}s = $rate ev/s ($status)"
 }
 
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 T_START="$(date +%s)"
 
-for b in $BATCHES; do drain_run direct "$b" "$N"; done
+for w in $WRITERS; do drain_run direct "$BATCH" "$N" "$w"; done
 LOAD_AFTER_DIRECT="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---- the server-side ceiling: N event-sized rows with a uuid primary key (time-ordered, as
+# the module's UUIDv7 ids) inserted by one INSERT ... SELECT generate_series statement, on
+# the same server in the same run
+RAW_LEN="$(cat "$WORK/raw_len" 2>/dev/null || echo 300)"; [[ "$RAW_LEN" -gt 0 ]] || RAW_LEN=300
+psqlq "DROP TABLE IF EXISTS bench_ceiling; CREATE TABLE bench_ceiling (event_id uuid PRIMARY KEY, type text NOT NULL, ts_ms bigint NOT NULL, raw text NOT NULL)" >/dev/null
+psqlq "CHECKPOINT" >/dev/null 2>&1 || true
+t0="$(now_s)"
+psqlq "INSERT INTO bench_ceiling SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(i), 12, '0'))::uuid, 'asset.incr', i, repeat('x', $RAW_LEN) FROM generate_series(1, $N) AS i" >/dev/null
+t1="$(now_s)"
+CEILING_RATE="$(python3 -c "print(int($N/($t1-$t0)))")"
+psqlq "DROP TABLE bench_ceiling" >/dev/null
+say "ceiling: $N rows of $RAW_LEN bytes in one INSERT ... SELECT: $CEILING_RATE rows/s"
 for b in $KAFKA_BATCHES; do drain_run kafka "$b" "$KAFKA_N"; done
 LOAD_AFTER_KAFKA="$(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -277,7 +294,7 @@ for r in $RATES; do
   expect=$((sent - errs))
   for ((i = 0; i < 120; i++)); do [[ "$(pg_count)" -ge "$expect" ]] && break; sleep 0.5; done
   stop_shipper
-  stats="$(psqlq "SELECT count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY f)::numeric,1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY f)::numeric,1), round(max(f)::numeric,1), round(avg(f)::numeric,1) FROM (SELECT extract(epoch FROM persisted_at)*1000 - ts_ms AS f FROM events) s" | tr '|' '\t')"
+  stats="$(psqlq "SELECT count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY f)::numeric,1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY f)::numeric,1), round(max(f)::numeric,1), round(avg(f)::numeric,1) FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin))*1000 - ts_ms AS f FROM events) s" | tr '|' '\t')"
   echo -e "$r\t$WORK/load-$r.json\t$expect\t$stats" >>"$FRESH"
   say "freshness $r/s: $(echo "$stats" | tr '\t' ' ')"
 done
@@ -286,7 +303,8 @@ T_END="$(date +%s)"
 
 # ---- report
 export RESULTS FRESH DOC COMMAND_LINE LOAD_START LOAD_AFTER_DIRECT LOAD_AFTER_KAFKA LOAD_END \
-  KAFKA_TIMEOUT T_START T_END TANSU_STORAGE SECONDS_RUN FRESH_BATCH MODULE SHIPPER TANSU DRAIN_TIMEOUT N KAFKA_N
+  KAFKA_TIMEOUT T_START T_END TANSU_STORAGE SECONDS_RUN FRESH_BATCH MODULE SHIPPER TANSU DRAIN_TIMEOUT N KAFKA_N \
+  CEILING_RATE RAW_LEN
 export REDIS_VER="$(redis-server --version)"
 export PG_VER="$("$PG_BIN/postgres" --version)"
 export TANSU_VER="$([[ -x "$TANSU" ]] && "$TANSU" --version 2>/dev/null || echo n/a)"
@@ -328,22 +346,30 @@ w("")
 w("## 1. Drain rate (backlog -> Postgres)")
 w("")
 w("Backlog pre-filled with `redis-benchmark -P 16 -c 50 -n N -r 10000 ASSET.INCR acct:__rand_int__ gold 1`")
-w("(XLEN checked == N), then `tally-shipper run --batch-size B` (default `--batch-wait-ms 50`,")
-w("`--max-in-flight 4`, `--pg-max-conns 4`) started; time = from starting the shipper process until")
+w("(XLEN checked == N), then `tally-shipper run --pg-writers W` (batch size B, `default` = the")
+w("shipper's default; other settings default) started; time = from starting the shipper process until")
 w("`SELECT count(*) FROM events` (polled every 0.5 s) reached N, so it includes shipper start-up")
 w("(and, through Kafka, topic creation and consumer-group join). Redis flushed and all tables")
 w(f"truncated before each run; time limit {E['DRAIN_TIMEOUT']} s per direct run, {E['KAFKA_TIMEOUT']} s per Kafka run (a timed-out")
 w("run reports the rows persisted by then divided by the time). WARN = WARN lines in the shipper log")
 w("(of which: librdkafka consumer-group session timeouts).")
 w("")
-w("| path | batch size | N | fill time (s) | fill rate (ev/s) | drain time (s) | drain rate (ev/s) | first row after (s) | status | WARN (session timeouts) |")
-w("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+ceiling = int(E["CEILING_RATE"])
+w(f"Server-side ceiling, same server, same run: {int(E['N']):,} rows of {E['RAW_LEN']} bytes (the mean event")
+w(f"size of the last drain) with a time-ordered uuid primary key, inserted by one")
+w(f"`INSERT ... SELECT ... FROM generate_series` statement: **{ceiling:,} rows/s**. The ratio column is")
+w("the drain rate over that ceiling (what share of the database's raw insert speed the whole")
+w("pipeline reaches, with its history, derived tables and acknowledgements).")
+w("")
+w("| path | writers | batch size | N | fill time (s) | fill rate (ev/s) | drain time (s) | drain rate (ev/s) | ratio to ceiling | first row after (s) | status | WARN |")
+w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
 for r in rows:
     if len(r) < 16:
-        w(f"| {r[0]} | {r[1]} | {int(r[2]):,} | | | | | | {r[3]} | |"); continue
-    path, b, n, fs, fr, u0, u1, sm0, ds, rate, st, cnt, first, sm1, u2, xl, nwarn, nsess = r
+        w(f"| {r[0]} | | {r[1]} | {int(r[2]):,} | | | | | | | {r[3]} | |"); continue
+    path, b, n, fs, fr, u0, u1, sm0, ds, rate, st, cnt, first, sm1, u2, xl, nwarn, nsess, writers = r[:19]
     status = st if st == "ok" else f"{st} ({cnt} rows persisted)"
-    w(f"| {path} | {b} | {int(n):,} | {fs} | {int(fr):,} | {ds} | **{int(rate):,}** | {first} | {status} | {nwarn} ({nsess}) |")
+    ratio = f"{int(rate)/ceiling:.2f}" if ceiling and path == "direct" else ""
+    w(f"| {path} | {writers if path == 'direct' else ''} | {b} | {int(n):,} | {fs} | {int(fr):,} | {ds} | **{int(rate):,}** | {ratio} | {first} | {status} | {nwarn} |")
 kn = [r for r in rows if r[0] == "kafka"]
 if kn:
     w("")
@@ -375,10 +401,9 @@ w("")
 w(f"`tally-shipper run --batch-size {E['FRESH_BATCH']}` running; `bench/shipper/load.py` sends `ASSET.INCR acct:<i%10000> gold 1`")
 w(f"at a fixed rate on one connection without pipelining for {E['SECONDS_RUN']} s and samples the stream every")
 w("second (XLEN; `pending` = read, not yet acked and `lag` = not yet read, from XINFO GROUPS).")
-w("Freshness per event = `persisted_at` - `ts_ms` (module server time) in ms over all events of the run.")
-w("`persisted_at` is the column default `now()`, i.e. the start of the shipper's Postgres")
-w("transaction, so this excludes the insert and commit time of the event's own batch (a lower bound")
-w("of the true time to visibility, by up to one batch's transaction time).")
+w("Freshness per event = commit time of the transaction that stored it (`pg_xact_commit_timestamp(xmin)`,")
+w("with `track_commit_timestamp = on`) - `ts_ms` (module server time), in ms, over all events of the run:")
+w("from the change in Redis to the history row being visible, commit included.")
 w("")
 w("| target rate (ev/s) | achieved rate | events | p50 (ms) | p99 (ms) | max (ms) | mean (ms) | XLEN max / last | pending max | lag (unread) max | bounded? |")
 w("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
