@@ -71,13 +71,18 @@ pub enum Command {
         #[arg(long, env = "TALLY_RECONCILE_WAIT_MS", default_value_t = 60_000)]
         wait_ms: u64,
     },
-    /// Rebuild Redis state from Postgres after Redis lost its data, then reconcile.
+    /// Rebuild Redis state from Postgres after Redis lost its data, then reconcile. Refuses
+    /// unless the pipeline has drained (stream, Kafka when --kafka-brokers is given or the
+    /// history came through Kafka, failed_events, keys with missing seqs).
     Restore {
         #[command(flatten)]
         target: CheckOpts,
         #[command(flatten)]
         pg: PgOpts,
-        /// Overwrite keys that already exist in Redis.
+        #[command(flatten)]
+        kafka: KafkaOpts,
+        /// Run although the pipeline has not drained (prints exactly what will be lost) and
+        /// overwrite keys that already exist in Redis.
         #[arg(long)]
         force: bool,
     },

@@ -135,9 +135,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, wait_ms)).await?;
             std::process::exit(code);
         }
-        Command::Restore { target, pg, force } => {
+        Command::Restore { target, pg, kafka, force } => {
             let pool = db::connect(&pg, 2).await?;
-            let opt = restore::Options { prefix: target.prefix.clone(), force, batch: target.batch.max(1) };
+            let kafka = kafka.brokers.as_deref().is_some_and(|b| !b.trim().is_empty()).then_some(kafka);
+            let opt = restore::Options {
+                prefix: target.prefix.clone(),
+                group: target.group.clone(),
+                kafka,
+                force,
+                batch: target.batch.max(1),
+            };
             let done = restore::command(&target.url, &pool, &opt).await?;
             println!(
                 "restored {} balance keys ({} fields), {} campaigns ({} holders), {} usage counters, {} sequences",

@@ -131,6 +131,28 @@ fn watermarks(c: &StreamConsumer<QuietContext>, topic: &str) -> anyhow::Result<B
     Ok(out)
 }
 
+/// Messages of the topic that `persist` has not stored in Postgres yet: per partition the
+/// broker's end minus the stored position (or minus the earliest offset when none is stored).
+/// `restore` refuses to run while this is not zero.
+pub async fn unpersisted(k: &KafkaOpts, pool: &sqlx::PgPool) -> anyhow::Result<u64> {
+    let stored = crate::db::load_positions(pool, &k.topic).await.context("reading kafka_offsets")?;
+    let (k2, topic) = (k.clone(), k.topic.clone());
+    let marks = tokio::task::spawn_blocking(move || watermarks(&consumer(&k2)?, &topic))
+        .await
+        .context("watermark task")??;
+    Ok(unpersisted_count(&marks, &stored))
+}
+
+pub fn unpersisted_count(watermarks: &BTreeMap<i32, (i64, i64)>, stored: &BTreeMap<i32, i64>) -> u64 {
+    watermarks
+        .iter()
+        .map(|(p, &(low, high))| {
+            let from = stored.get(p).copied().unwrap_or(low).max(low);
+            u64::try_from(high - from).unwrap_or(0)
+        })
+        .sum()
+}
+
 pub struct Persist {
     k: KafkaOpts,
     batch: BatchOpts,
@@ -304,6 +326,15 @@ mod tests {
         assert_eq!(got, BTreeMap::from([(0, Some(40)), (1, Some(10)), (2, None)]));
         // a position at the end is fine (everything persisted)
         assert!(start_offsets("t", &marks, &BTreeMap::from([(0, 100)])).is_ok());
+    }
+
+    #[test]
+    fn unpersisted_messages_count_from_the_stored_position() {
+        let marks: BTreeMap<i32, (i64, i64)> = [(0, (0, 10)), (1, (5, 8)), (2, (0, 0))].into();
+        assert_eq!(unpersisted_count(&marks, &BTreeMap::new()), 13);
+        assert_eq!(unpersisted_count(&marks, &[(0, 10), (1, 6)].into()), 2);
+        // a position below the earliest offset counts only what the broker still has
+        assert_eq!(unpersisted_count(&marks, &[(0, 10), (1, 2)].into()), 3);
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! coupon campaigns (stock, issued, holders, issue counter) and usage counters. Writes plain
 //! Redis hashes in pipelined batches (replicated and AOF'd by Redis like any write); it
 //! appends no events, because the history already has them. Standalone Redis only.
+//!
+//! It refuses to run before the pipeline has drained: an event still in the stream, in Kafka
+//! or in `failed_events` is not in the derived tables, so the rebuilt state would lack it and
+//! Redis would hand its seq numbers out again. `--force` runs anyway and prints what is lost.
 
 use std::time::Instant;
 
@@ -10,8 +14,14 @@ use anyhow::{bail, Context as _};
 use redis::aio::MultiplexedConnection;
 use sqlx::PgPool;
 
+use crate::config::KafkaOpts;
+
 pub struct Options {
     pub prefix: String,
+    /// the shipper's consumer group (stream entries it has not acknowledged are in flight)
+    pub group: String,
+    /// check the topic against the positions in kafka_offsets
+    pub kafka: Option<KafkaOpts>,
     pub force: bool,
     pub batch: usize,
 }
@@ -24,6 +34,48 @@ pub struct Restored {
     pub holders: u64,
     pub usage_keys: u64,
     pub sequences: u64,
+}
+
+/// What has not reached the derived tables yet; each entry is one sentence for the operator.
+async fn not_drained(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let stream = crate::reconcile::stream_in_flight(conn, &opt.prefix, &opt.group).await?;
+    if stream > 0 {
+        out.push(format!("{stream} stream entries not yet acknowledged by the shipper (group {})", opt.group));
+    }
+    match &opt.kafka {
+        Some(k) => {
+            let n = crate::persist::unpersisted(k, pool).await?;
+            if n > 0 {
+                out.push(format!("{n} Kafka messages of topic {} not yet persisted (kafka_offsets behind the topic's end)", k.topic));
+            }
+        }
+        None => {
+            let topics: Vec<String> =
+                sqlx::query_scalar("SELECT DISTINCT topic FROM kafka_offsets ORDER BY 1").fetch_all(pool).await?;
+            if !topics.is_empty() {
+                out.push(format!(
+                    "unchecked: the history came through Kafka (topics {}); pass --kafka-brokers so restore can check that every message is persisted",
+                    topics.join(", ")
+                ));
+            }
+        }
+    }
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM failed_events WHERE NOT resolved").fetch_one(pool).await?;
+    if failed > 0 {
+        out.push(format!("{failed} unresolved failed_events (fix them and run retry-failed)"));
+    }
+    let behind: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE last_seq > contiguous_seq ORDER BY data_key",
+    )
+    .fetch_all(pool)
+    .await?;
+    if !behind.is_empty() {
+        let shown: Vec<String> =
+            behind.iter().take(5).map(|(k, c, l)| format!("{k} (seqs {}..{} missing or not applied)", c + 1, l)).collect();
+        out.push(format!("{} keys whose history has missing seqs, e.g. {}", behind.len(), shown.join(", ")));
+    }
+    Ok(out)
 }
 
 /// Every data key the history knows, in pages (keyset pagination on key_seqs).
@@ -59,6 +111,18 @@ async fn existing_keys(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Op
 }
 
 pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
+    let pending = not_drained(conn, pool, opt).await?;
+    if !pending.is_empty() {
+        if !opt.force {
+            bail!(
+                "refusing to restore: the pipeline has not drained, and these events would be missing from the restored \
+                 state while Redis hands their seq numbers out again:\n  - {}\nLet the shipper drain (reconcile says \
+                 'drained'), or pass --force to restore without them",
+                pending.join("\n  - ")
+            );
+        }
+        eprintln!("restore --force: the restored state will NOT include:\n  - {}", pending.join("\n  - "));
+    }
     let existing = existing_keys(conn, pool, opt).await?;
     if !existing.is_empty() && !opt.force {
         bail!(

@@ -7,29 +7,10 @@ use std::time::Duration;
 
 use common::*;
 
-async fn cmd(c: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> redis::Value {
-    let mut k = redis::cmd(args[0]);
-    for a in &args[1..] {
-        k.arg(*a);
-    }
-    match k.query_async::<redis::Value>(c).await {
-        Ok(v) => v,
-        Err(e) => panic!("{args:?} failed: {e}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn module_events_are_shipped_with_correct_state() {
     let _g = serial();
-    let Some(module) = module_path() else {
-        skip("module_events_are_shipped_with_correct_state", "libtally.so not found (build module/ in release or set TALLY_MODULE)");
-        return;
-    };
-    let redis = Redis::start(Some(&module));
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
-    let mut c = redis.conn().await;
+    let Some(ModuleStack { redis, pg, pool, mut c }) = module_stack("module_events_are_shipped_with_correct_state").await else { return };
     let script: &[&[&str]] = &[
         &["ASSET.INCR", "user:1", "gold", "10", "gems", "2.5"],
         &["ASSET.INCR", "user:1", "gold", "-3.25"],

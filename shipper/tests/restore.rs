@@ -5,26 +5,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tally-shipper");
-
-async fn cmd(c: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> redis::Value {
-    let mut k = redis::cmd(args[0]);
-    for a in &args[1..] {
-        k.arg(*a);
-    }
-    k.query_async::<redis::Value>(c).await.unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
-}
-
-fn shipper_cmd(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN).args(args).output().expect("run tally-shipper");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
-}
 
 /// Every key (but the stream and op-id records) with its full hash content.
 async fn state(c: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, BTreeMap<String, String>> {
@@ -43,19 +27,11 @@ async fn state(c: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, BT
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_restore_reconcile_and_keep_operating() {
     let _g = serial();
-    let Some(module) = module_path() else {
-        skip("flush_restore_reconcile_and_keep_operating", "libtally.so not found (build module/ in release or set TALLY_MODULE)");
-        return;
-    };
-    let redis = Redis::start(Some(&module));
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
+    let Some(ModuleStack { redis, pg, pool, mut c }) = module_stack("flush_restore_reconcile_and_keep_operating").await else { return };
     let log = tmpdir("restore").join("shipper.log");
     let mut shipper = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &log);
     shipper.wait_ready(Duration::from_secs(30));
 
-    let mut c = redis.conn().await;
     cmd(&mut c, &["COUPON.CREATE", "camp", "10", "PERUSER", "2"]).await;
     cmd(&mut c, &["USAGE.LIMIT", "quota", "100", "PERIOD", "month"]).await;
     for i in 0..60 {
@@ -123,4 +99,54 @@ async fn flush_restore_reconcile_and_keep_operating() {
     assert_eq!(count(&pool, "SELECT count(*) FROM failed_events").await, 0);
     shipper.sigterm();
     assert!(shipper.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
+
+/// restore refuses while events are in flight (stream entries not acknowledged, unresolved
+/// failed events) and leaves Redis untouched; --force says what it leaves out and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_until_the_pipeline_drains() {
+    let _g = serial();
+    let Some(ModuleStack { redis, pg, pool, mut c }) = module_stack("restore_refuses_until_the_pipeline_drains").await else { return };
+    let restore = |force: bool| {
+        let mut a = vec!["restore", "--redis-url", "", "--database-url", ""];
+        let (r, p) = (redis.url(), pg.url());
+        a[2] = &r;
+        a[4] = &p;
+        if force {
+            a.push("--force");
+        }
+        shipper_cmd(&a)
+    };
+    for i in 0..5 {
+        cmd(&mut c, &["ASSET.INCR", "acct:1", "gold", "1", "ID", &format!("r{i}")]).await;
+    }
+    // Redis loses its data keys, the stream still holds 5 unshipped events
+    cmd(&mut c, &["DEL", "acct:1", "tally:seq"]).await;
+    let (code, out) = restore(false);
+    assert_ne!(code, 0, "restore ran with 5 events in the stream:\n{out}");
+    assert!(out.contains("5 stream entries not yet acknowledged"), "{out}");
+    assert_eq!(xlen(&mut c, STREAM).await, 5);
+    let keys: Vec<String> = redis::cmd("KEYS").arg("acct:*").query_async(&mut c).await.unwrap();
+    assert!(keys.is_empty(), "a refused restore wrote {keys:?}");
+
+    // shipped, but one entry is not an event: an unresolved failed event blocks the restore
+    xadd(&mut c, STREAM, "nope", "x").await;
+    let log = tmpdir("restore-drain").join("shipper.log");
+    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &log);
+    assert_eq!(wait_count(&pool, "SELECT count(*) FROM failed_events", 1, Duration::from_secs(60)).await, 1);
+    assert_eq!(wait_count(&pool, "SELECT count(*) FROM events", 5, Duration::from_secs(60)).await, 5);
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert_eq!(group_pending(&mut c, STREAM, "tally-shipper").await, 0);
+    let (code, out) = restore(false);
+    assert_ne!(code, 0, "restore ran with an unresolved failed event:\n{out}");
+    assert!(out.contains("1 unresolved failed_events") && !out.contains("stream entries"), "{out}");
+
+    // --force names what it leaves out, restores, and the state matches the history
+    let (code, out) = restore(true);
+    assert_eq!(code, 0, "restore --force:\n{out}");
+    assert!(out.contains("will NOT include") && out.contains("1 unresolved failed_events"), "{out}");
+    let gold: String = redis::cmd("HGET").arg("acct:1").arg("gold").query_async(&mut c).await.unwrap();
+    let seq: i64 = redis::cmd("HGET").arg("tally:seq").arg("acct:1").query_async(&mut c).await.unwrap();
+    assert_eq!((gold.as_str(), seq), ("5", 5));
 }

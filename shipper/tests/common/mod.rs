@@ -481,6 +481,44 @@ pub async fn stack() -> Stack {
     Stack { redis, pg, pool, c, m: Model::default() }
 }
 
+/// Redis with the tally module, a migrated Postgres, a pool and a connection; None (after
+/// `skip`) when the module is not built.
+pub struct ModuleStack {
+    pub redis: Redis,
+    pub pg: Pg,
+    pub pool: PgPool,
+    pub c: MultiplexedConnection,
+}
+
+pub async fn module_stack(test: &str) -> Option<ModuleStack> {
+    let Some(module) = module_path() else {
+        skip(test, "libtally.so not found (build module/ in release or set TALLY_MODULE)");
+        return None;
+    };
+    let redis = Redis::start(Some(&module));
+    let pg = Pg::start();
+    run_migrate(&pg.url());
+    let pool = pg.pool().await;
+    let c = redis.conn().await;
+    Some(ModuleStack { redis, pg, pool, c })
+}
+
+/// One Redis command that must succeed.
+pub async fn cmd(c: &mut MultiplexedConnection, args: &[&str]) -> redis::Value {
+    let mut k = redis::cmd(args[0]);
+    for a in &args[1..] {
+        k.arg(*a);
+    }
+    k.query_async::<redis::Value>(c).await.unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+}
+
+/// A one-shot `tally-shipper` subcommand: (exit code, stdout + stderr).
+pub fn shipper_cmd(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().expect("run tally-shipper");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
 pub fn run_migrate(pg_url: &str) {
     let out = Command::new(BIN).args(["migrate", "--database-url", pg_url]).output().unwrap();
     assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
