@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -184,4 +185,191 @@ async fn kill9_at_random_moments_kafka_exactly_once() {
     let st = sh.wait_timeout(Duration::from_secs(30)).expect("exit");
     assert!(st.success(), "{st:?}\n{}", tail(&sh.log_text()));
     assert_matches_model(&pool, &m, 0).await;
+}
+
+// ------------------------------------------------------------- module workload through Kafka
+
+const USERS: usize = 60;
+const QUOTAS: usize = 10;
+const CLIENTS: u64 = 50;
+const OPS_PER_CLIENT: usize = 40; // 50 x 40 = 2,000 mixed operations
+
+/// One client's share of the workload: deposits/withdrawals, transfers, coupon claims and
+/// usage, paced over ~15 s. Returns how many commands succeeded (each appended one event).
+async fn workload_client(url: String, seed: u64) -> i64 {
+    let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut appended = 0;
+    for _ in 0..OPS_PER_CLIENT {
+        let user = |rng: &mut rand::rngs::StdRng| format!("user:{}", rng.random_range(0..USERS));
+        let cents = |v: i64| format!("{}.{:02}", v / 100, v % 100);
+        let args: Vec<String> = match rng.random_range(0..10) {
+            0..=3 => {
+                let d: i64 = rng.random_range(-500..1000);
+                let amount = if d < 0 { format!("-{}", cents(-d)) } else { cents(d) };
+                vec!["ASSET.INCR".into(), user(&mut rng), "gold".into(), amount]
+            }
+            4..=5 => {
+                let (a, b) = (user(&mut rng), user(&mut rng));
+                if a == b {
+                    continue;
+                }
+                vec!["ASSET.TRANSFER".into(), a, b, "gold".into(), cents(rng.random_range(1..3000))]
+            }
+            6..=7 => vec!["COUPON.CLAIM".into(), "camp".into(), format!("u{}", rng.random_range(0..300))],
+            _ => vec!["USAGE.CONSUME".into(), format!("q:{}", rng.random_range(0..QUOTAS)), cents(rng.random_range(50..300))],
+        };
+        let mut k = redis::cmd(&args[0]);
+        for a in &args[1..] {
+            k.arg(a);
+        }
+        match k.query_async::<redis::Value>(&mut c).await {
+            Ok(_) => appended += 1,
+            Err(e) if matches!(e.code(), Some("INSUFFICIENT" | "SOLDOUT" | "DUPLICATE" | "LIMIT")) => {}
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..700))).await;
+    }
+    appended
+}
+
+/// Initial balances, a 100-coupon campaign and usage limits; returns the events appended.
+async fn workload_setup(c: &mut redis::aio::MultiplexedConnection) -> i64 {
+    for u in 0..USERS {
+        cmd(c, &["ASSET.INCR", &format!("user:{u}"), "gold", "100"]).await;
+    }
+    cmd(c, &["COUPON.CREATE", "camp", "100"]).await;
+    for q in 0..QUOTAS {
+        cmd(c, &["USAGE.LIMIT", &format!("q:{q}"), "50"]).await;
+    }
+    (USERS + 1 + QUOTAS) as i64
+}
+
+/// Which shipper processes the workload runs: `run`, or `forward` + `persist` sidecars.
+enum Topology {
+    Combined(Vec<String>),
+    Sidecars(Vec<String>, Vec<String>),
+}
+
+impl Topology {
+    fn processes(&self) -> usize {
+        match self {
+            Topology::Combined(_) => 1,
+            Topology::Sidecars(..) => 2,
+        }
+    }
+
+    /// Starts process `i` (0 = run or forward, 1 = persist), appending to its own log.
+    fn spawn(&self, i: usize, log: &std::path::Path) -> Shipper {
+        match (self, i) {
+            (Topology::Combined(a), _) => Shipper::spawn(a, log),
+            (Topology::Sidecars(f, _), 0) => Shipper::spawn(f, &log.with_extension("fwd.log")),
+            (Topology::Sidecars(_, p), _) => Shipper::spawn(p, &log.with_extension("per.log")),
+        }
+    }
+}
+
+/// Plays the workload while a shipper process is SIGKILLed `kills` times at seeded random
+/// moments (sidecars: forward and persist in turn) and Postgres is stopped for 5 s. Returns
+/// the number of events Redis appended and the processes left running.
+async fn play_with_kills(ms: &mut ModuleStack, top: &Topology, log: &std::path::Path, kills: usize) -> (i64, Vec<Shipper>) {
+    let mut expected = workload_setup(&mut ms.c).await;
+    let clients: Vec<_> = (0..CLIENTS).map(|i| tokio::spawn(workload_client(ms.redis.url(), 1000 + i))).collect();
+    xadd(&mut ms.c, STREAM, "nope", "not an event").await; // the one malformed entry
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4242);
+    let mut running: Vec<Shipper> = (0..top.processes()).map(|i| top.spawn(i, log)).collect();
+    for round in 0..kills {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..4000))).await;
+        if round == 1 {
+            ms.pg.stop_server();
+            tokio::time::sleep(Duration::from_secs(5)).await; // the outage itself, not a wait for a state
+            ms.pg.start_server();
+        }
+        let victim = round % running.len();
+        running[victim].kill9();
+        eprintln!("round {round}: killed process {victim}, {} persisted", count(&ms.pool, EVENTS_SQL).await);
+        running[victim] = top.spawn(victim, log);
+    }
+    for cl in clients {
+        expected += cl.await.unwrap();
+    }
+    (expected, running)
+}
+
+/// After the drain: every event exactly once, every key's seq 1..n equal to Redis, the
+/// derived state equal to Redis (checked here and by reconcile), one failed event, no
+/// anomaly, nothing pending; then SIGTERM exits 0.
+async fn assert_workload_drained(ms: &mut ModuleStack, expected: i64, mut running: Vec<Shipper>) {
+    let logs = |r: &[Shipper]| r.iter().map(|s| tail(&s.log_text())).collect::<Vec<_>>().join("\n----\n");
+    let got = wait_count(&ms.pool, EVENTS_SQL, expected, Duration::from_secs(240)).await;
+    assert_eq!(got, expected, "events in Postgres vs appended by Redis\n{}", logs(&running));
+    let (code, out) = shipper_cmd(&["reconcile", "--redis-url", &ms.redis.url(), "--database-url", &ms.pg.url(), "--wait-ms", "120000"]);
+    assert_eq!(code, 0, "reconcile:\n{out}");
+    assert!(out.contains("pipeline: drained"), "{out}");
+    assert_eq!(count(&ms.pool, "SELECT count(*) FROM failed_events").await, 1, "the malformed entry, once");
+    assert_eq!(count(&ms.pool, "SELECT count(*) FROM sequence_anomalies").await, 0, "anomalies");
+    // every key's history is 1..n with n = Redis's own sequence number
+    let seqs: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT data_key, last_seq, contiguous_seq FROM key_seqs ORDER BY 1").fetch_all(&ms.pool).await.unwrap();
+    let redis_seqs: BTreeMap<String, i64> = redis::cmd("HGETALL").arg("tally:seq").query_async(&mut ms.c).await.unwrap();
+    assert_eq!(seqs.len(), redis_seqs.len(), "keys with history");
+    for (k, last, contiguous) in &seqs {
+        assert_eq!((Some(last), contiguous), (redis_seqs.get(k), last), "seq of {k}");
+        let n = count(&ms.pool, &format!("SELECT count(*) FROM event_keys WHERE data_key = '{k}'")).await;
+        assert_eq!(n, *last, "{k}: one event per seq 1..{last}");
+    }
+    // balances, coupons and usage as Redis holds them, independently of reconcile
+    for u in 0..USERS {
+        let k = format!("user:{u}");
+        let r: String = redis::cmd("HGET").arg(&k).arg("gold").query_async(&mut ms.c).await.unwrap();
+        let p: String = sqlx::query_scalar("SELECT balance::text FROM balances WHERE data_key = $1 AND field = 'gold'")
+            .bind(&k).fetch_one(&ms.pool).await.unwrap();
+        assert_eq!(normalize_decimal(&p), normalize_decimal(&r), "balance of {k}");
+    }
+    let issued: i64 = redis::cmd("HGET").arg("camp").arg("issued").query_async(&mut ms.c).await.unwrap();
+    assert_eq!(count(&ms.pool, "SELECT count(*) FROM coupon_issues WHERE NOT released").await, issued);
+    assert_eq!(issued, 100, "about 400 claims by up to 300 users sell the 100 coupons out");
+    for q in 0..QUOTAS {
+        let k = format!("q:{q}");
+        let r: String = redis::cmd("HGET").arg(&k).arg("used").query_async(&mut ms.c).await.unwrap();
+        let p: String = sqlx::query_scalar("SELECT used::text FROM usage_totals WHERE usage_key = $1 ORDER BY seq DESC LIMIT 1")
+            .bind(&k).fetch_one(&ms.pool).await.unwrap();
+        assert_eq!(normalize_decimal(&p), normalize_decimal(&r), "usage of {k}");
+    }
+    assert_eq!(group_pending(&mut ms.c, STREAM, GROUP).await, 0);
+    for s in &mut running {
+        s.sigterm();
+    }
+    for s in &mut running {
+        let st = s.wait_timeout(Duration::from_secs(30)).expect("no exit after SIGTERM");
+        assert!(st.success(), "{st:?}\n{}", tail(&s.log_text()));
+    }
+}
+
+/// The workload of issue 10 with the real module through Kafka: 2,000 mixed operations from
+/// 50 clients, a malformed entry, 4 SIGKILLs of `run`, Postgres stopped for 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_workload_through_kafka_survives_kills_and_a_postgres_outage() {
+    let _g = serial();
+    let Some(kafka) = tansu_or_skip("module_workload_through_kafka_survives_kills_and_a_postgres_outage") else { return };
+    let Some(mut ms) = module_stack("module_workload_through_kafka_survives_kills_and_a_postgres_outage").await else { return };
+    let top = Topology::Combined(base_args("run", Some(&ms.redis.url()), Some(&ms.pg.url()), Some(&kafka.brokers())));
+    let log = tmpdir("kafka-workload").join("shipper.log");
+    let (expected, running) = play_with_kills(&mut ms, &top, &log, 4).await;
+    assert_workload_drained(&mut ms, expected, running).await;
+}
+
+/// The same with `forward` and `persist` as separate processes, each SIGKILLed 3 times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_workload_through_kafka_sidecars_killed_in_turn() {
+    let _g = serial();
+    let Some(kafka) = tansu_or_skip("module_workload_through_kafka_sidecars_killed_in_turn") else { return };
+    let Some(mut ms) = module_stack("module_workload_through_kafka_sidecars_killed_in_turn").await else { return };
+    let top = Topology::Sidecars(
+        base_args("forward", Some(&ms.redis.url()), None, Some(&kafka.brokers())),
+        base_args("persist", None, Some(&ms.pg.url()), Some(&kafka.brokers())),
+    );
+    let log = tmpdir("kafka-workload-sidecars").join("shipper.log");
+    let (expected, running) = play_with_kills(&mut ms, &top, &log, 6).await;
+    assert_workload_drained(&mut ms, expected, running).await;
 }
