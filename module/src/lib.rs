@@ -316,11 +316,30 @@ fn subscribe_config_changes(ctx: &Context) -> Result<(), String> {
     Ok(())
 }
 
+/// Valkey's `VALKEYMODULE_OPTIONS_HANDLE_ATOMIC_SLOT_MIGRATION` (valkeymodule.h, Valkey 9.0):
+/// without it Valkey refuses `CLUSTER MIGRATESLOTS` while the module is loaded.
+const VALKEY_OPTION_HANDLE_ATOMIC_SLOT_MIGRATION: c_int = 1 << 5;
+
+/// The module options to declare, given `INFO server`. Keys are signalled as modified (WATCH,
+/// client tracking) explicitly, only when a command wrote them: a rejected command opens keys
+/// for writing but changes nothing. On Valkey, tally also declares that it supports atomic
+/// slot migration: it keeps no per-key or per-slot state outside the keyspace, and a slot's
+/// data keys, stream, sequence hash and op-id records move together as one unit. The bit is
+/// only set on Valkey: Redis gives its option bits other meanings.
+fn module_options(info_server: &str) -> c_int {
+    let base = raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED as c_int;
+    let valkey = info_server.lines().any(|l| l.starts_with("valkey_version:") || l.trim() == "server_name:valkey");
+    if valkey {
+        base | VALKEY_OPTION_HANDLE_ATOMIC_SLOT_MIGRATION
+    } else {
+        base
+    }
+}
+
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
-    // Keys are signalled as modified (WATCH, client tracking) explicitly, only when a command
-    // wrote them: a rejected command opens keys for writing but changes nothing.
     if let Some(set_options) = unsafe { raw::RedisModule_SetModuleOptions } {
-        unsafe { set_options(ctx.get_raw(), raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED as c_int) };
+        let info = ctx.call("INFO", &["server"][..]).ok().as_ref().and_then(text_of).unwrap_or_default();
+        unsafe { set_options(ctx.get_raw(), module_options(&info)) };
     }
     if let Err(e) = apply_args(args) {
         ctx.log_warning(&format!("tally: {e}"));
@@ -393,3 +412,18 @@ macro_rules! tally_module {
 tally_module!(redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc);
 #[cfg(test)]
 tally_module!(std::alloc::System, std::alloc::System);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_slot_migration_is_declared_on_valkey_only() {
+        let base = raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED as c_int;
+        let redis = "# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\n";
+        let valkey = "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:9.1.2\r\n";
+        assert_eq!(module_options(redis), base);
+        assert_eq!(module_options(valkey), base | VALKEY_OPTION_HANDLE_ATOMIC_SLOT_MIGRATION);
+        assert_eq!(module_options(""), base);
+    }
+}
