@@ -306,14 +306,16 @@ if [[ -n "$KAFKA_BATCHES" && -x "$CEILING_BIN" ]]; then
   reset_state
   fill "$STAGES_N" >/dev/null
   topic="bench.stages.$RANDOM"
-  # Each stage is timed from its first progress (start-up and topic creation excluded, as the
-  # plain client's are), so a stage rate = events moved after that moment / time.
+  # Each stage is timed from its first progress (forward: its first read; persist: its first
+  # committed row), so start-up and topic creation are excluded, as they are from the plain
+  # client's times: a stage rate = events moved after that moment / time.
   stage_run forward "$topic"; fstatus=ok; t0=""; left0=""
   deadline=$(( $(date +%s) + KAFKA_TIMEOUT ))
   while :; do
     gp="$(group_field pending)"; gl="$(group_field lag)"
     if [[ "$gp" =~ ^[0-9]+$ && "$gl" =~ ^[0-9]+$ ]]; then left=$(( gp + gl )); else left="$STAGES_N"; fi
-    [[ -z "$t0" && "$left" -lt "$STAGES_N" ]] && { t0="$(now_s)"; left0="$left"; }
+    # forward's progress starts with its first read (entries leave `lag`), before any ack
+    [[ -z "$t0" && "$gl" =~ ^[0-9]+$ && "$gl" -lt "$STAGES_N" ]] && { t0="$(now_s)"; left0="$left"; }
     [[ "$left" == 0 ]] && break
     kill -0 "$SHIPPER_PID" 2>/dev/null || { fstatus=exited; break; }
     (( $(date +%s) >= deadline )) && { fstatus=timeout; break; }
@@ -451,7 +453,8 @@ if ks:
     w("")
     w(f"`forward` alone drains a backlog of {n:,} events into a new topic (until the group has nothing")
     w("pending or unread); then `persist` alone moves that topic into Postgres (until N rows). Each stage is")
-    w("timed from its first progress (the events it moved after that moment / the time), so start-up and")
+    w("timed from its first progress (forward: its first read from the stream; persist: its first committed")
+    w("row; the rate is the events moved after that moment / the time), so start-up and")
     w("topic creation are excluded, as they are from the plain client's times. The")
     w(f"ceiling: a plain librdkafka producer (idempotent, acks=all, linger 5 ms, 10,000 outstanding) and a")
     w(f"plain consumer assigned to every partition move {n:,} messages of {size} bytes through a new 3-partition")

@@ -34,6 +34,14 @@ fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
     h.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// `redis:<stream>/<entry id>` -> (stream, entry id). Stream names (`<prefix>:log[:{tag}]`)
+/// contain no `/`; the entry id is `<ms>-<n>`.
+pub fn stream_coordinates(source: &str) -> Option<(&str, &str)> {
+    let (stream, id) = source.strip_prefix("redis:")?.rsplit_once('/')?;
+    crate::record::parse_stream_id(id)?;
+    Some((stream, id))
+}
+
 /// Kafka message -> pipeline record (never fails: problems become the record's error).
 pub fn message_to_record(m: &BorrowedMessage<'_>) -> Record {
     let coord = format!("kafka:{}/{}/{}", m.topic(), m.partition(), m.offset());
@@ -41,8 +49,14 @@ pub fn message_to_record(m: &BorrowedMessage<'_>) -> Record {
         Some(s) => (s, Some(coord)),
         None => (coord, None),
     };
-    let stream = header(m, H_STREAM);
-    let stream_id = header(m, H_STREAM_ID);
+    // messages from forward before 2026-11 carry the stream and entry id as headers too
+    let (stream, stream_id) = match (header(m, H_STREAM), header(m, H_STREAM_ID)) {
+        (Some(s), Some(id)) => (Some(s), Some(id)),
+        _ => match stream_coordinates(&source) {
+            Some((s, id)) => (Some(s.to_string()), Some(id.to_string())),
+            None => (None, None),
+        },
+    };
     let (raw, err) = match m.payload() {
         None => (String::new(), Some("Kafka message without payload".to_string())),
         Some(p) => match std::str::from_utf8(p) {
@@ -326,6 +340,14 @@ mod tests {
         assert_eq!(got, BTreeMap::from([(0, Some(40)), (1, Some(10)), (2, None)]));
         // a position at the end is fine (everything persisted)
         assert!(start_offsets("t", &marks, &BTreeMap::from([(0, 100)])).is_ok());
+    }
+
+    #[test]
+    fn stream_coordinates_come_from_the_source() {
+        assert_eq!(stream_coordinates("redis:tally:log/1732272000123-5"), Some(("tally:log", "1732272000123-5")));
+        assert_eq!(stream_coordinates("redis:tally:log:{t1}/1-0"), Some(("tally:log:{t1}", "1-0")));
+        assert_eq!(stream_coordinates("kafka:tally.events/0/5"), None);
+        assert_eq!(stream_coordinates("redis:tally:log/not-an-id"), None);
     }
 
     #[test]
