@@ -85,6 +85,11 @@ pub enum Command {
         /// overwrite keys that already exist in Redis.
         #[arg(long)]
         force: bool,
+        /// Instead of rebuilding a lost Redis, roll its balances and coupon claims back to
+        /// what they were at this moment (unix milliseconds, e.g. `date -d '2026-11-23 10:00Z' +%s%3N`),
+        /// by appending correcting events through the module. Writers should be stopped.
+        #[arg(long, value_name = "UNIX_MS")]
+        as_of: Option<i64>,
     },
 }
 

@@ -13,6 +13,7 @@ mod reconcile;
 mod record;
 mod redis_src;
 mod restore;
+mod restore_as_of;
 mod seqs;
 mod writers;
 mod sink_pg;
@@ -135,7 +136,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, wait_ms)).await?;
             std::process::exit(code);
         }
-        Command::Restore { target, pg, kafka, force } => {
+        Command::Restore { target, pg, kafka, force, as_of } => {
             let pool = db::connect(&pg, 2).await?;
             let kafka = kafka.brokers.as_deref().is_some_and(|b| !b.trim().is_empty()).then_some(kafka);
             let opt = restore::Options {
@@ -145,6 +146,18 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 force,
                 batch: target.batch.max(1),
             };
+            if let Some(ms) = as_of {
+                let done = restore::as_of_command(&target.url, &pool, &opt, ms).await?;
+                println!(
+                    "rolled back to {ms}: {} fields of {} keys corrected, {} claims released",
+                    done.fields, done.keys, done.releases
+                );
+                for n in &done.not_rolled_back {
+                    println!("not rolled back: {n}");
+                }
+                let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, 30_000)).await?;
+                std::process::exit(code);
+            }
             let done = restore::command(&target.url, &pool, &opt).await?;
             println!(
                 "restored {} balance keys ({} fields), {} campaigns ({} holders), {} usage counters, {} sequences",

@@ -110,7 +110,8 @@ async fn existing_keys(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Op
     Ok(found)
 }
 
-pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
+/// Refuses (or with --force, warns) while events are in flight.
+async fn require_drained(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<()> {
     let pending = not_drained(conn, pool, opt).await?;
     if !pending.is_empty() {
         if !opt.force {
@@ -123,6 +124,11 @@ pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options)
         }
         eprintln!("restore --force: the restored state will NOT include:\n  - {}", pending.join("\n  - "));
     }
+    Ok(())
+}
+
+pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
+    require_drained(conn, pool, opt).await?;
     let existing = existing_keys(conn, pool, opt).await?;
     if !existing.is_empty() && !opt.force {
         bail!(
@@ -220,4 +226,12 @@ pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::R
     let client = redis::Client::open(redis_url).context("redis url")?;
     let mut conn = client.get_multiplexed_async_connection().await.context("connect to redis")?;
     run(&mut conn, pool, opt).await
+}
+
+/// `restore --as-of`: the same drain rule, then the rollback through the module.
+pub async fn as_of_command(redis_url: &str, pool: &PgPool, opt: &Options, as_of_ms: i64) -> anyhow::Result<crate::restore_as_of::RolledBack> {
+    let client = redis::Client::open(redis_url).context("redis url")?;
+    let mut conn = client.get_multiplexed_async_connection().await.context("connect to redis")?;
+    require_drained(&mut conn, pool, opt).await?;
+    crate::restore_as_of::run(&mut conn, pool, as_of_ms).await
 }

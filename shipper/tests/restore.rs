@@ -150,3 +150,78 @@ async fn restore_refuses_until_the_pipeline_drains() {
     let seq: i64 = redis::cmd("HGET").arg("tally:seq").arg("acct:1").query_async(&mut c).await.unwrap();
     assert_eq!((gold.as_str(), seq), ("5", 5));
 }
+
+async fn hgetall(c: &mut redis::aio::MultiplexedConnection, key: &str) -> BTreeMap<String, String> {
+    redis::cmd("HGETALL").arg(key).query_async(c).await.unwrap()
+}
+
+/// `restore --as-of` rolls balances and claims back to a moment by appending correcting
+/// events through the module: the state equals a snapshot taken at that moment, the history
+/// keeps the incident and the correction, reconcile matches, and a second run changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_as_of_rolls_balances_and_claims_back_through_the_module() {
+    let _g = serial();
+    let Some(ModuleStack { redis, pg, pool, mut c }) = module_stack("restore_as_of_rolls_balances_and_claims_back").await else { return };
+    let log = tmpdir("restore-as-of").join("shipper.log");
+    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &log);
+    cmd(&mut c, &["COUPON.CREATE", "camp", "10", "PERUSER", "2"]).await;
+    for i in 0..20 {
+        cmd(&mut c, &["ASSET.INCR", &format!("acct:{}", i % 4), "gold", "10.43", "gems", "1"]).await;
+        if i % 5 == 0 {
+            cmd(&mut c, &["COUPON.CLAIM", "camp", &format!("u{}", i % 3)]).await;
+        }
+    }
+    // the moment, in the server's clock (events carry the server's time)
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let moment = secs * 1000 + micros / 1000;
+    let mut before = BTreeMap::new();
+    for k in ["acct:0", "acct:1", "acct:2", "acct:3", "camp"] {
+        before.insert(k.to_string(), hgetall(&mut c, k).await);
+    }
+    // the incident, strictly after the moment
+    loop {
+        let (s, us): (i64, i64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+        if s * 1000 + us / 1000 > moment {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    cmd(&mut c, &["ASSET.INCR", "acct:1", "gold", "1000"]).await;
+    cmd(&mut c, &["ASSET.INCR", "acct:9", "gold", "5"]).await;
+    cmd(&mut c, &["ASSET.INCR", "acct:2", "silver", "3"]).await;
+    cmd(&mut c, &["ASSET.TRANSFER", "acct:0", "acct:3", "gold", "5"]).await;
+    cmd(&mut c, &["COUPON.CLAIM", "camp", "u7"]).await;
+    cmd(&mut c, &["COUPON.CLAIM", "camp", "u1"]).await; // a second claim of a holder
+    let (r, p) = (redis.url(), pg.url());
+    let (code, out) = shipper_cmd(&["reconcile", "--redis-url", &r, "--database-url", &p, "--wait-ms", "60000"]);
+    assert_eq!(code, 0, "{out}");
+
+    let m = moment.to_string();
+    let (code, out) = shipper_cmd(&["restore", "--redis-url", &r, "--database-url", &p, "--as-of", &m]);
+    assert_eq!(code, 0, "restore --as-of (ends with reconcile):\n{out}");
+    assert!(out.contains("2 claims released"), "{out}");
+    for k in ["acct:0", "acct:1", "acct:3"] {
+        assert_eq!(hgetall(&mut c, k).await, before[k], "{k} after the rollback");
+    }
+    let mut acct2 = before["acct:2"].clone();
+    acct2.insert("silver".into(), "0".into());
+    assert_eq!(hgetall(&mut c, "acct:2").await, acct2, "a field first written after the moment rolls back to 0");
+    let acct9: Option<String> = redis::cmd("HGET").arg("acct:9").arg("gold").query_async(&mut c).await.unwrap();
+    assert_eq!(acct9.as_deref(), Some("0"));
+    let camp = hgetall(&mut c, "camp").await;
+    let holders = |h: &BTreeMap<String, String>| -> Vec<(String, String)> {
+        h.iter().filter(|(f, _)| f.starts_with("u:")).map(|(f, v)| (f.clone(), v.clone())).collect()
+    };
+    assert_eq!(camp["issued"], before["camp"]["issued"]);
+    assert_eq!(holders(&camp), holders(&before["camp"]), "claims held at the moment, no other");
+
+    // the history has the incident and the correction; a second run changes nothing
+    let corrections = count(&pool, &format!("SELECT count(*) FROM events WHERE meta = 'restore --as-of {m}'")).await;
+    assert!(corrections >= 5, "correcting events in the history: {corrections}");
+    let (code, out) = shipper_cmd(&["restore", "--redis-url", &r, "--database-url", &p, "--as-of", &m]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 fields of 0 keys corrected, 0 claims released"), "{out}");
+    assert_eq!(hgetall(&mut c, "acct:1").await, before["acct:1"]);
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
