@@ -123,43 +123,8 @@ pub async fn load_positions(pool: &PgPool, topic: &str) -> Result<std::collectio
 }
 
 async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -> Result<Outcome, sqlx::Error> {
-    let mut outcome = Outcome::default();
-
-    // 1. failed records (dedupe on source within the batch)
-    let mut seen_src = HashSet::new();
-    let (mut f_src, mut f_via, mut f_stream, mut f_sid, mut f_raw, mut f_err) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for r in records {
-        if let Err(e) = &r.decoded {
-            if seen_src.insert(r.source.clone()) {
-                f_src.push(r.source.clone());
-                f_via.push(r.via.clone());
-                f_stream.push(r.stream.clone());
-                f_sid.push(r.stream_id.clone());
-                f_raw.push(r.raw.replace('\0', "\\u0000"));
-                f_err.push(e.clone());
-            }
-        }
-    }
-    if !f_src.is_empty() {
-        outcome.failed = f_src.len();
-        sqlx::query(
-            "INSERT INTO failed_events (source, via, stream, stream_id, raw, error)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-             ON CONFLICT (source) DO UPDATE
-               SET attempts = failed_events.attempts + 1, last_seen = now(), error = EXCLUDED.error",
-        )
-        .bind(&f_src)
-        .bind(&f_via)
-        .bind(&f_stream)
-        .bind(&f_sid)
-        .bind(&f_raw)
-        .bind(&f_err)
-        .execute(&mut **tx)
-        .await?;
-    }
-
-    // 2. events (dedupe on id within the batch, keep first arrival)
+    let mut outcome = Outcome { failed: insert_failed(tx, records).await?, ..Outcome::default() };
+    // events (dedupe on id within the batch, keep first arrival)
     let mut seen_id = HashSet::new();
     let mut batch: Vec<(&Record, &Event)> = Vec::new();
     for r in records {
@@ -177,6 +142,58 @@ async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
     // in id order: two concurrent batches holding the same replayed events lock them in the
     // same order, so they wait for each other instead of deadlocking
     batch.sort_unstable_by(|a, b| a.1.id.cmp(&b.1.id));
+    let new_ids = insert_events(tx, &batch).await?;
+    let fresh: Vec<&Event> = batch.iter().map(|(_, e)| *e).filter(|e| new_ids.contains(&e.id)).collect();
+    outcome.inserted = fresh.len();
+    outcome.duplicates += batch.len() - fresh.len();
+    outcome.inserted_ts = fresh.iter().map(|e| e.ts).collect();
+    if fresh.is_empty() {
+        return Ok(outcome);
+    }
+    (outcome.anomalies, outcome.behind_keys) = derive(tx, &fresh).await?;
+    Ok(outcome)
+}
+
+/// Records that are not events go to failed_events (deduplicated on source within the
+/// batch; a source seen again counts an attempt). Returns how many.
+async fn insert_failed(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -> Result<usize, sqlx::Error> {
+    let mut seen_src = HashSet::new();
+    let (mut f_src, mut f_via, mut f_stream, mut f_sid, mut f_raw, mut f_err) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for r in records {
+        if let Err(e) = &r.decoded {
+            if seen_src.insert(r.source.clone()) {
+                f_src.push(r.source.clone());
+                f_via.push(r.via.clone());
+                f_stream.push(r.stream.clone());
+                f_sid.push(r.stream_id.clone());
+                f_raw.push(r.raw.replace('\0', "\\u0000"));
+                f_err.push(e.clone());
+            }
+        }
+    }
+    if f_src.is_empty() {
+        return Ok(0);
+    }
+    sqlx::query(
+        "INSERT INTO failed_events (source, via, stream, stream_id, raw, error)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+         ON CONFLICT (source) DO UPDATE
+           SET attempts = failed_events.attempts + 1, last_seen = now(), error = EXCLUDED.error",
+    )
+    .bind(&f_src)
+    .bind(&f_via)
+    .bind(&f_stream)
+    .bind(&f_sid)
+    .bind(&f_raw)
+    .bind(&f_err)
+    .execute(&mut **tx)
+    .await?;
+    Ok(f_src.len())
+}
+
+/// Inserts the events; returns the ids that were new (a replayed event is skipped).
+async fn insert_events(tx: &mut Transaction<'_, Postgres>, batch: &[(&Record, &Event)]) -> Result<HashSet<String>, sqlx::Error> {
     let ids: Vec<&str> = batch.iter().map(|(_, e)| e.id.as_str()).collect();
     let types: Vec<&str> = batch.iter().map(|(_, e)| e.typ.as_str()).collect();
     let ts: Vec<i64> = batch.iter().map(|(_, e)| e.ts).collect();
@@ -208,16 +225,7 @@ async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
     .bind(&vias)
     .fetch_all(&mut **tx)
     .await?;
-    let new_ids: HashSet<String> = inserted.into_iter().map(|(s,)| s).collect();
-    let fresh: Vec<&Event> = batch.iter().map(|(_, e)| *e).filter(|e| new_ids.contains(&e.id)).collect();
-    outcome.inserted = fresh.len();
-    outcome.duplicates += batch.len() - fresh.len();
-    outcome.inserted_ts = fresh.iter().map(|e| e.ts).collect();
-    if fresh.is_empty() {
-        return Ok(outcome);
-    }
-    (outcome.anomalies, outcome.behind_keys) = derive(tx, &fresh).await?;
-    Ok(outcome)
+    Ok(inserted.into_iter().map(|(s,)| s).collect())
 }
 
 /// Update derived tables for newly inserted events (in arrival order). Returns the number of
@@ -303,11 +311,13 @@ async fn derive_assets(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> 
     Ok(())
 }
 
+type CouponRef<'a> = (&'a Event, &'a crate::event::Coupon);
+
 /// Campaign state from the highest seq; one coupon_issues row per claim / release.
 async fn derive_coupons(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(), sqlx::Error> {
     let mut campaigns: HashMap<&str, (&Event, &crate::event::Coupon, i64)> = HashMap::new();
-    let mut claims: HashMap<(&str, i64), (&Event, &crate::event::Coupon)> = HashMap::new();
-    let mut releases: HashMap<(&str, i64), (&Event, &crate::event::Coupon)> = HashMap::new();
+    let mut claims: HashMap<(&str, i64), CouponRef<'_>> = HashMap::new();
+    let mut releases: HashMap<(&str, i64), CouponRef<'_>> = HashMap::new();
     for e in fresh {
         if let Body::Coupon(c) = &e.body {
             let seq = e.seq_of(&c.campaign).unwrap_or(e.keys[0].seq);
@@ -315,82 +325,88 @@ async fn derive_coupons(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) ->
             if ent.2 <= seq {
                 *ent = (e, c, seq);
             }
-            if let Some(issue) = c.issue {
-                match e.typ.as_str() {
-                    "coupon.claim" => {
-                        claims.insert((c.campaign.as_str(), issue), (e, c));
-                    }
-                    "coupon.release" => {
-                        releases.insert((c.campaign.as_str(), issue), (e, c));
-                    }
-                    _ => {}
+            match (c.issue, e.typ.as_str()) {
+                (Some(issue), "coupon.claim") => {
+                    claims.insert((c.campaign.as_str(), issue), (e, c));
                 }
+                (Some(issue), "coupon.release") => {
+                    releases.insert((c.campaign.as_str(), issue), (e, c));
+                }
+                _ => {}
             }
         }
     }
-    if !campaigns.is_empty() {
-        let v: Vec<_> = campaigns.values().collect();
-        sqlx::query(
-            "INSERT INTO coupon_campaigns (campaign, total, issued, remaining, peruser, start_ms, end_ms, seq, event_id)
-             SELECT c, t, i, r, p, s, en, q, e::uuid
-             FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::text[])
-                 AS u(c, t, i, r, p, s, en, q, e)
-             ON CONFLICT (campaign) DO UPDATE
-               SET total = EXCLUDED.total, issued = EXCLUDED.issued, remaining = EXCLUDED.remaining,
-                   peruser = EXCLUDED.peruser, start_ms = EXCLUDED.start_ms, end_ms = EXCLUDED.end_ms,
-                   seq = EXCLUDED.seq, event_id = EXCLUDED.event_id, updated_at = now()
-             WHERE coupon_campaigns.seq < EXCLUDED.seq",
-        )
-        .bind(v.iter().map(|x| x.1.campaign.as_str()).collect::<Vec<_>>())
-        .bind(v.iter().map(|x| x.1.total).collect::<Vec<_>>())
-        .bind(v.iter().map(|x| x.1.issued).collect::<Vec<_>>())
-        .bind(v.iter().map(|x| x.1.remaining).collect::<Vec<_>>())
-        .bind(v.iter().map(|x| x.1.peruser).collect::<Vec<_>>())
-        .bind(v.iter().map(|x| x.1.start).collect::<Vec<_>>())
-        .bind(v.iter().map(|x| x.1.end).collect::<Vec<_>>())
-        .bind(v.iter().map(|x| x.2).collect::<Vec<_>>())
-        .bind(v.iter().map(|x| x.0.id.as_str()).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !claims.is_empty() {
-        let v: Vec<_> = claims.iter().collect();
-        sqlx::query(
-            "INSERT INTO coupon_issues (campaign, issue, user_id, claim_event_id, claimed_ts_ms)
-             SELECT c, i, u, e::uuid, t FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[])
-                 AS x(c, i, u, e, t)
-             ON CONFLICT (campaign, issue) DO UPDATE
-               SET user_id = EXCLUDED.user_id, claim_event_id = EXCLUDED.claim_event_id,
-                   claimed_ts_ms = EXCLUDED.claimed_ts_ms",
-        )
-        .bind(v.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
-        .bind(v.iter().map(|(k, _)| k.1).collect::<Vec<_>>())
-        .bind(v.iter().map(|(_, x)| x.1.user.as_deref()).collect::<Vec<_>>())
-        .bind(v.iter().map(|(_, x)| x.0.id.as_str()).collect::<Vec<_>>())
-        .bind(v.iter().map(|(_, x)| x.0.ts).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !releases.is_empty() {
-        let v: Vec<_> = releases.iter().collect();
-        sqlx::query(
-            "INSERT INTO coupon_issues (campaign, issue, user_id, released, release_event_id, released_ts_ms)
-             SELECT c, i, u, true, e::uuid, t FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[])
-                 AS x(c, i, u, e, t)
-             ON CONFLICT (campaign, issue) DO UPDATE
-               SET released = true, release_event_id = EXCLUDED.release_event_id,
-                   released_ts_ms = EXCLUDED.released_ts_ms,
-                   user_id = COALESCE(coupon_issues.user_id, EXCLUDED.user_id)",
-        )
-        .bind(v.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
-        .bind(v.iter().map(|(k, _)| k.1).collect::<Vec<_>>())
-        .bind(v.iter().map(|(_, x)| x.1.user.as_deref()).collect::<Vec<_>>())
-        .bind(v.iter().map(|(_, x)| x.0.id.as_str()).collect::<Vec<_>>())
-        .bind(v.iter().map(|(_, x)| x.0.ts).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    }
+    upsert_campaigns(tx, &campaigns.values().collect::<Vec<_>>()).await?;
+    upsert_issues(
+        tx,
+        &claims,
+        "INSERT INTO coupon_issues (campaign, issue, user_id, claim_event_id, claimed_ts_ms)
+         SELECT c, i, u, e::uuid, t FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[])
+             AS x(c, i, u, e, t)
+         ON CONFLICT (campaign, issue) DO UPDATE
+           SET user_id = EXCLUDED.user_id, claim_event_id = EXCLUDED.claim_event_id,
+               claimed_ts_ms = EXCLUDED.claimed_ts_ms",
+    )
+    .await?;
+    upsert_issues(
+        tx,
+        &releases,
+        "INSERT INTO coupon_issues (campaign, issue, user_id, released, release_event_id, released_ts_ms)
+         SELECT c, i, u, true, e::uuid, t FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[])
+             AS x(c, i, u, e, t)
+         ON CONFLICT (campaign, issue) DO UPDATE
+           SET released = true, release_event_id = EXCLUDED.release_event_id,
+               released_ts_ms = EXCLUDED.released_ts_ms,
+               user_id = COALESCE(coupon_issues.user_id, EXCLUDED.user_id)",
+    )
+    .await
+}
 
+/// Each campaign's state as carried by its highest seq in the batch (an older seq never
+/// overwrites a newer one).
+async fn upsert_campaigns(tx: &mut Transaction<'_, Postgres>, v: &[&(&Event, &crate::event::Coupon, i64)]) -> Result<(), sqlx::Error> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO coupon_campaigns (campaign, total, issued, remaining, peruser, start_ms, end_ms, seq, event_id)
+         SELECT c, t, i, r, p, s, en, q, e::uuid
+         FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::text[])
+             AS u(c, t, i, r, p, s, en, q, e)
+         ON CONFLICT (campaign) DO UPDATE
+           SET total = EXCLUDED.total, issued = EXCLUDED.issued, remaining = EXCLUDED.remaining,
+               peruser = EXCLUDED.peruser, start_ms = EXCLUDED.start_ms, end_ms = EXCLUDED.end_ms,
+               seq = EXCLUDED.seq, event_id = EXCLUDED.event_id, updated_at = now()
+         WHERE coupon_campaigns.seq < EXCLUDED.seq",
+    )
+    .bind(v.iter().map(|x| x.1.campaign.as_str()).collect::<Vec<_>>())
+    .bind(v.iter().map(|x| x.1.total).collect::<Vec<_>>())
+    .bind(v.iter().map(|x| x.1.issued).collect::<Vec<_>>())
+    .bind(v.iter().map(|x| x.1.remaining).collect::<Vec<_>>())
+    .bind(v.iter().map(|x| x.1.peruser).collect::<Vec<_>>())
+    .bind(v.iter().map(|x| x.1.start).collect::<Vec<_>>())
+    .bind(v.iter().map(|x| x.1.end).collect::<Vec<_>>())
+    .bind(v.iter().map(|x| x.2).collect::<Vec<_>>())
+    .bind(v.iter().map(|x| x.0.id.as_str()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// One coupon_issues row per (campaign, issue): `sql` binds campaign, issue, user, event id, ts.
+async fn upsert_issues(tx: &mut Transaction<'_, Postgres>, rows: &HashMap<(&str, i64), CouponRef<'_>>, sql: &str) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let v: Vec<_> = rows.iter().collect();
+    sqlx::query(sql)
+        .bind(v.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+        .bind(v.iter().map(|(k, _)| k.1).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, x)| x.1.user.as_deref()).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, x)| x.0.id.as_str()).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, x)| x.0.ts).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

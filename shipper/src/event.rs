@@ -197,11 +197,22 @@ pub fn decode(json: &str) -> Result<Event, String> {
     }
     let op = opt_string(&raw.op, "op")?;
     let meta = opt_string(&raw.meta, "meta")?;
-    if raw.keys.is_empty() {
+    let keys = decode_keys(raw.keys)?;
+    let body = match raw.typ.as_str() {
+        "asset.incr" | "asset.transfer" => Body::Asset(decode_changes(&raw.typ, raw.changes, &keys)?),
+        t if t.starts_with("coupon.") => Body::Coupon(decode_coupon(t, raw.coupon)?),
+        t => Body::Usage(decode_usage(t, raw.usage)?),
+    };
+    Ok(Event { id: id.hyphenated().to_string(), typ: raw.typ, ts: raw.ts, op, meta, keys, body })
+}
+
+/// `keys`: at least one, each listed once, seq >= 1.
+fn decode_keys(raw: Vec<RawKey>) -> Result<Vec<KeySeq>, String> {
+    if raw.is_empty() {
         return Err("`keys` is empty".into());
     }
-    let mut keys = Vec::with_capacity(raw.keys.len());
-    for k in raw.keys {
+    let mut keys = Vec::with_capacity(raw.len());
+    for k in raw {
         if k.seq < 1 {
             return Err(format!("key {:?} has seq {} < 1", k.key, k.seq));
         }
@@ -210,80 +221,73 @@ pub fn decode(json: &str) -> Result<Event, String> {
         }
         keys.push(KeySeq { key: k.key, seq: k.seq });
     }
-    let has_key = |k: &str| keys.iter().any(|x| x.key == k);
-    let body = match raw.typ.as_str() {
-        "asset.incr" | "asset.transfer" => {
-            let changes = raw.changes.ok_or("asset event without `changes`")?;
-            if changes.is_empty() {
-                return Err("`changes` is empty".into());
-            }
-            let mut out = Vec::with_capacity(changes.len());
-            for c in changes {
-                if !has_key(&c.key) {
-                    return Err(format!("change for key {:?} not listed in `keys`", c.key));
-                }
-                out.push(Change {
-                    delta: decimal(&c.delta, "delta")?,
-                    balance: decimal(&c.balance, "balance")?,
-                    key: c.key,
-                    field: c.field,
-                });
-            }
-            if raw.typ == "asset.transfer" && (keys.len() != 2 || out.len() != 2) {
-                return Err("asset.transfer needs two keys and two changes".into());
-            }
-            Body::Asset(out)
+    Ok(keys)
+}
+
+/// An asset event's `changes`: canonical decimals, each on a listed key; a transfer has two.
+fn decode_changes(typ: &str, changes: Option<Vec<RawChange>>, keys: &[KeySeq]) -> Result<Vec<Change>, String> {
+    let changes = changes.ok_or("asset event without `changes`")?;
+    if changes.is_empty() {
+        return Err("`changes` is empty".into());
+    }
+    let mut out = Vec::with_capacity(changes.len());
+    for c in changes {
+        if !keys.iter().any(|x| x.key == c.key) {
+            return Err(format!("change for key {:?} not listed in `keys`", c.key));
         }
-        t if t.starts_with("coupon.") => {
-            let c = raw.coupon.ok_or("coupon event without `coupon`")?;
-            if t != "coupon.create" && (c.user.is_none() || c.issue.is_none()) {
-                return Err(format!("{t} without `user`/`issue`"));
-            }
-            if let Some(i) = c.issue {
-                if i < 1 {
-                    return Err(format!("coupon issue {i} < 1"));
-                }
-            }
-            Body::Coupon(Coupon {
-                campaign: c.campaign,
-                user: c.user,
-                issue: c.issue,
-                total: c.total,
-                issued: c.issued,
-                remaining: c.remaining,
-                peruser: c.peruser,
-                start: c.start,
-                end: c.end,
-            })
+        out.push(Change {
+            delta: decimal(&c.delta, "delta")?,
+            balance: decimal(&c.balance, "balance")?,
+            key: c.key,
+            field: c.field,
+        });
+    }
+    if typ == "asset.transfer" && (keys.len() != 2 || out.len() != 2) {
+        return Err("asset.transfer needs two keys and two changes".into());
+    }
+    Ok(out)
+}
+
+fn decode_coupon(t: &str, c: Option<RawCoupon>) -> Result<Coupon, String> {
+    let c = c.ok_or("coupon event without `coupon`")?;
+    if t != "coupon.create" && (c.user.is_none() || c.issue.is_none()) {
+        return Err(format!("{t} without `user`/`issue`"));
+    }
+    if let Some(i) = c.issue {
+        if i < 1 {
+            return Err(format!("coupon issue {i} < 1"));
         }
-        t => {
-            let u = raw.usage.ok_or("usage event without `usage`")?;
-            let amount = match (&u.amount, t) {
-                (Some(a), _) => Some(decimal(a, "amount")?),
-                (None, "usage.consume") => return Err("usage.consume without `amount`".into()),
-                (None, _) => None,
-            };
-            if !["none", "day", "month"].contains(&u.period.as_str()) {
-                return Err(format!("unknown usage period {:?}", u.period));
-            }
-            Body::Usage(Usage {
-                used: decimal(&u.used, "used")?,
-                limit: decimal(&u.limit, "limit")?,
-                amount,
-                key: u.key,
-                period: u.period,
-                period_id: u.period_id,
-            })
-        }
+    }
+    Ok(Coupon {
+        campaign: c.campaign,
+        user: c.user,
+        issue: c.issue,
+        total: c.total,
+        issued: c.issued,
+        remaining: c.remaining,
+        peruser: c.peruser,
+        start: c.start,
+        end: c.end,
+    })
+}
+
+fn decode_usage(t: &str, u: Option<RawUsage>) -> Result<Usage, String> {
+    let u = u.ok_or("usage event without `usage`")?;
+    let amount = match (&u.amount, t) {
+        (Some(a), _) => Some(decimal(a, "amount")?),
+        (None, "usage.consume") => return Err("usage.consume without `amount`".into()),
+        (None, _) => None,
     };
-    Ok(Event {
-        id: id.hyphenated().to_string(),
-        typ: raw.typ,
-        ts: raw.ts,
-        op,
-        meta,
-        keys,
-        body,
+    if !["none", "day", "month"].contains(&u.period.as_str()) {
+        return Err(format!("unknown usage period {:?}", u.period));
+    }
+    Ok(Usage {
+        used: decimal(&u.used, "used")?,
+        limit: decimal(&u.limit, "limit")?,
+        amount,
+        key: u.key,
+        period: u.period,
+        period_id: u.period_id,
     })
 }
 

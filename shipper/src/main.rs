@@ -136,64 +136,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, wait_ms)).await?;
             std::process::exit(code);
         }
-        Command::Restore { target, pg, kafka, force, as_of } => {
-            let pool = db::connect(&pg, 2).await?;
-            let kafka = kafka.brokers.as_deref().is_some_and(|b| !b.trim().is_empty()).then_some(kafka);
-            let opt = restore::Options {
-                prefix: target.prefix.clone(),
-                group: target.group.clone(),
-                kafka,
-                force,
-                batch: target.batch.max(1),
-            };
-            if let Some(ms) = as_of {
-                let done = restore::as_of_command(&target.url, &pool, &opt, ms).await?;
-                println!(
-                    "rolled back to {ms}: {} fields of {} keys corrected, {} claims released",
-                    done.fields, done.keys, done.releases
-                );
-                for n in &done.not_rolled_back {
-                    println!("not rolled back: {n}");
-                }
-                let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, 30_000)).await?;
-                std::process::exit(code);
-            }
-            let done = restore::command(&target.url, &pool, &opt).await?;
-            println!(
-                "restored {} balance keys ({} fields), {} campaigns ({} holders), {} usage counters, {} sequences",
-                done.balance_keys, done.balance_fields, done.campaigns, done.holders, done.usage_keys, done.sequences
-            );
-            let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, 0)).await?;
-            std::process::exit(code);
-        }
-        Command::Run { redis, kafka, pg, batch, ops } => {
-            start_ops(&ops, &shutdown).await?;
-            let direct = kafka.brokers.as_deref().map(|b| b.trim().is_empty()).unwrap_or(true);
-            let conns = if direct { pg.pg_max_conns.max(batch.pg_writers as u32 + 1) } else { pg.pg_max_conns };
-            let pool = pg_pool(&pg, conns).await?;
-            let pg_sink = PgSink::new(pool, &pg);
-            if direct {
-                tracing::info!(writers = batch.pg_writers, "no Kafka brokers configured: direct path stream -> Postgres");
-                let writers = writers::Writers::start(batch.pg_writers, batch.writer_queue_jobs, pg_sink.clone(), batch.clone(), shutdown.clone());
-                redis_src::run_source(redis, batch, Downstream::Writers(Arc::new(writers)), shutdown.clone()).await;
-                pg_sink.finish().await;
-            } else {
-                kafka_client::ensure_topic(&kafka).await?;
-                let fwd = Arc::new(forward::Forwarder::new(&kafka)?);
-                let persist = persist::Persist::new(kafka.clone(), batch.clone(), pg_sink, shutdown.clone())?;
-                // a persist that dies stops the whole process: forward must not keep
-                // acknowledging the stream into a topic nobody persists
-                let s = shutdown.clone();
-                let persist = tokio::spawn(async move {
-                    if let Err(e) = persist.run().await {
-                        pipeline::fail(format!("persist stopped: {e:#}"), &s);
-                    }
-                });
-                redis_src::run_source(redis, batch, Downstream::Sink(Sink::Kafka(fwd.clone())), shutdown.clone()).await;
-                fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
-                persist.await.context("persist task")?;
-            }
-        }
+        Command::Restore { target, pg, kafka, force, as_of } => restore_command(target, pg, kafka, force, as_of).await?,
+        Command::Run { redis, kafka, pg, batch, ops } => run_command(redis, kafka, pg, batch, ops, &shutdown).await?,
         Command::Forward { redis, kafka, batch, ops } => {
             start_ops(&ops, &shutdown).await?;
             kafka_client::ensure_topic(&kafka).await?;
@@ -212,6 +156,81 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!(msg);
     }
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// `restore` (a lost Redis rebuilt) or `restore --as-of` (a rollback); both end with
+/// reconcile, whose exit code is the command's.
+async fn restore_command(
+    target: config::CheckOpts,
+    pg: config::PgOpts,
+    kafka: config::KafkaOpts,
+    force: bool,
+    as_of: Option<i64>,
+) -> anyhow::Result<()> {
+    let pool = db::connect(&pg, 2).await?;
+    let kafka = kafka.brokers.as_deref().is_some_and(|b| !b.trim().is_empty()).then_some(kafka);
+    let opt = restore::Options {
+        prefix: target.prefix.clone(),
+        group: target.group.clone(),
+        kafka,
+        force,
+        batch: target.batch.max(1),
+    };
+    let wait_ms = if let Some(ms) = as_of {
+        let done = restore::as_of_command(&target.url, &pool, &opt, ms).await?;
+        println!("rolled back to {ms}: {} fields of {} keys corrected, {} claims released", done.fields, done.keys, done.releases);
+        for n in &done.not_rolled_back {
+            println!("not rolled back: {n}");
+        }
+        30_000 // the corrections travel through the shipper
+    } else {
+        let done = restore::command(&target.url, &pool, &opt).await?;
+        println!(
+            "restored {} balance keys ({} fields), {} campaigns ({} holders), {} usage counters, {} sequences",
+            done.balance_keys, done.balance_fields, done.campaigns, done.holders, done.usage_keys, done.sequences
+        );
+        0
+    };
+    let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, wait_ms)).await?;
+    std::process::exit(code);
+}
+
+/// `run`: the direct path (stream -> writers -> Postgres) or the Kafka path in one process.
+async fn run_command(
+    redis: config::RedisOpts,
+    kafka: config::KafkaOpts,
+    pg: config::PgOpts,
+    batch: config::BatchOpts,
+    ops: config::OpsOpts,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    start_ops(&ops, shutdown).await?;
+    let direct = kafka.brokers.as_deref().map(|b| b.trim().is_empty()).unwrap_or(true);
+    let conns = if direct { pg.pg_max_conns.max(batch.pg_writers as u32 + 1) } else { pg.pg_max_conns };
+    let pool = pg_pool(&pg, conns).await?;
+    let pg_sink = PgSink::new(pool, &pg);
+    if direct {
+        tracing::info!(writers = batch.pg_writers, "no Kafka brokers configured: direct path stream -> Postgres");
+        let writers = writers::Writers::start(batch.pg_writers, batch.writer_queue_jobs, pg_sink.clone(), batch.clone(), shutdown.clone());
+        redis_src::run_source(redis, batch, Downstream::Writers(Arc::new(writers)), shutdown.clone()).await;
+        pg_sink.finish().await;
+        return Ok(());
+    }
+    kafka_client::ensure_topic(&kafka).await?;
+    let fwd = Arc::new(forward::Forwarder::new(&kafka)?);
+    let persist = persist::Persist::new(kafka.clone(), batch.clone(), pg_sink, shutdown.clone())?;
+    // a persist that dies stops the whole process: forward must not keep acknowledging the
+    // stream into a topic nobody persists
+    let s = shutdown.clone();
+    let persist = tokio::spawn(async move {
+        if let Err(e) = persist.run().await {
+            pipeline::fail(format!("persist stopped: {e:#}"), &s);
+        }
+    });
+    redis_src::run_source(redis, batch, Downstream::Sink(Sink::Kafka(fwd.clone())), shutdown.clone()).await;
+    fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
+    persist.await.context("persist task")?;
     Ok(())
 }
 

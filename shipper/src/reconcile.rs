@@ -200,8 +200,25 @@ async fn keys_behind(conn: &mut MultiplexedConnection, pool: &PgPool, prefix: &s
 
 pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<Report> {
     let mut report = Report::default();
+    wait_for_drain(conn, pool, opt, &mut report).await?;
+    let events_pending = !report.drained;
+    // Redis -> Postgres, batch by batch.
+    let mut pager = SeqPager::new(conn, &opt.prefix).await?;
+    while let Some(page) = pager.next(conn, opt.batch).await? {
+        let hashes = compare_sequences(conn, pool, opt, &mut report, &page, events_pending).await?;
+        check_assets(pool, &mut report, opt, &hashes.assets, &hashes.missing).await?;
+        check_coupons(pool, &mut report, opt, &hashes.coupons).await?;
+        check_usage(pool, &mut report, opt, &hashes.usages).await?;
+    }
+    check_history(pool, &mut report, opt, events_pending).await?;
+    check_keys_with_history(conn, pool, opt, &mut report).await?;
+    Ok(report)
+}
+
+/// Waits (up to `wait_ms`) until nothing is pending in the streams and no key's history is
+/// behind Redis; records whether that happened.
+async fn wait_for_drain(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options, report: &mut Report) -> anyhow::Result<()> {
     let started = Instant::now();
-    // Wait phase: until nothing is pending in the streams and no key's history is behind.
     loop {
         let in_stream = stream_in_flight(conn, &opt.prefix, &opt.group).await?;
         let behind = keys_behind(conn, pool, &opt.prefix, opt.batch).await?;
@@ -216,66 +233,77 @@ pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options)
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     report.waited_ms = started.elapsed().as_millis() as u64;
-    let events_pending = !report.drained;
+    Ok(())
+}
 
-    // Redis -> Postgres, batch by batch.
-    let mut pager = SeqPager::new(conn, &opt.prefix).await?;
-    while let Some(page) = pager.next(conn, opt.batch).await? {
-        let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
-        let pg = pg_seqs(pool, &keys).await?;
-        let mut pipe = redis::pipe();
-        for k in &keys {
-            pipe.cmd("TYPE").arg(k).cmd("HGETALL").arg(k);
-        }
-        let replies: Vec<redis::Value> = pipe.query_async(conn).await?;
-        let mut assets: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        let mut coupons: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        let mut usages: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        let mut missing: Vec<String> = Vec::new();
-        for (i, (key, seq)) in page.iter().enumerate() {
-            let pg_seq = pg.get(key).copied().unwrap_or(0);
-            report.sequences.checked += 1;
-            let behind = pg_seq < *seq;
-            if pg_seq == *seq {
-                report.sequences.matching += 1;
-            } else if behind && events_pending {
-                report.sequences.in_flight += 1;
-            } else {
-                report.sequences.mismatched += 1;
-                let ahead = if behind { "redis is ahead of the history" } else { "the history is ahead of redis" };
-                report.mismatch(opt.show, format!("sequences {key}: redis seq {seq}, postgres contiguous seq {pg_seq} ({ahead})"));
-            }
-            if behind && events_pending {
-                continue; // its newest events are still on their way
-            }
-            let kind: String = redis::from_redis_value(replies[2 * i].clone()).unwrap_or_default();
-            let fields: BTreeMap<String, String> = redis::from_redis_value(replies[2 * i + 1].clone()).unwrap_or_default();
-            match (kind.as_str(), fields.get("kind").map(String::as_str)) {
-                ("none", _) => missing.push(key.clone()),
-                ("hash", Some("coupon")) => {
-                    coupons.insert(key.clone(), fields);
-                }
-                ("hash", Some("usage")) => {
-                    usages.insert(key.clone(), fields);
-                }
-                ("hash", _) => {
-                    assets.insert(key.clone(), fields);
-                }
-                (other, _) => {
-                    report.balances.checked += 1;
-                    report.balances.mismatched += 1;
-                    report.mismatch(opt.show, format!("{key}: redis holds a {other}, not a hash"));
-                }
-            }
-        }
-        check_assets(pool, &mut report, opt, &assets, &missing).await?;
-        check_coupons(pool, &mut report, opt, &coupons).await?;
-        check_usage(pool, &mut report, opt, &usages).await?;
+/// One page of keys as Redis holds them, sorted by kind.
+#[derive(Default)]
+struct PageHashes {
+    assets: BTreeMap<String, BTreeMap<String, String>>,
+    coupons: BTreeMap<String, BTreeMap<String, String>>,
+    usages: BTreeMap<String, BTreeMap<String, String>>,
+    missing: Vec<String>,
+}
+
+/// Compares each key's seq in Redis with the history's contiguous seq and loads the keys
+/// whose history is complete (a key still receiving events is counted in flight instead).
+async fn compare_sequences(
+    conn: &mut MultiplexedConnection,
+    pool: &PgPool,
+    opt: &Options,
+    report: &mut Report,
+    page: &[(String, i64)],
+    events_pending: bool,
+) -> anyhow::Result<PageHashes> {
+    let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
+    let pg = pg_seqs(pool, &keys).await?;
+    let mut pipe = redis::pipe();
+    for k in &keys {
+        pipe.cmd("TYPE").arg(k).cmd("HGETALL").arg(k);
     }
+    let replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let mut out = PageHashes::default();
+    for ((key, seq), reply) in page.iter().zip(replies.chunks(2)) {
+        let pg_seq = pg.get(key).copied().unwrap_or(0);
+        report.sequences.checked += 1;
+        let behind = pg_seq < *seq;
+        if pg_seq == *seq {
+            report.sequences.matching += 1;
+        } else if behind && events_pending {
+            report.sequences.in_flight += 1;
+        } else {
+            report.sequences.mismatched += 1;
+            let ahead = if behind { "redis is ahead of the history" } else { "the history is ahead of redis" };
+            report.mismatch(opt.show, format!("sequences {key}: redis seq {seq}, postgres contiguous seq {pg_seq} ({ahead})"));
+        }
+        if behind && events_pending {
+            continue; // its newest events are still on their way
+        }
+        let kind: String = reply.first().and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or_default();
+        let fields: BTreeMap<String, String> = reply.get(1).and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or_default();
+        match (kind.as_str(), fields.get("kind").map(String::as_str)) {
+            ("none", _) => out.missing.push(key.clone()),
+            ("hash", Some("coupon")) => {
+                out.coupons.insert(key.clone(), fields);
+            }
+            ("hash", Some("usage")) => {
+                out.usages.insert(key.clone(), fields);
+            }
+            ("hash", _) => {
+                out.assets.insert(key.clone(), fields);
+            }
+            (other, _) => {
+                report.balances.checked += 1;
+                report.balances.mismatched += 1;
+                report.mismatch(opt.show, format!("{key}: redis holds a {other}, not a hash"));
+            }
+        }
+    }
+    Ok(out)
+}
 
-    check_history(pool, &mut report, opt, events_pending).await?;
-
-    // Postgres -> Redis: every key with history must still have its sequence in Redis.
+/// Postgres -> Redis: every key with history must still have its sequence in Redis.
+async fn check_keys_with_history(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options, report: &mut Report) -> anyhow::Result<()> {
     let seq_hashes = scan_keys(conn, &format!("{}:seq*", opt.prefix), "hash").await?;
     let mut after = String::new();
     loop {
@@ -302,7 +330,7 @@ pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options)
             }
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 /// The history's own proof: every fork (one seq carried by two events), and, once the

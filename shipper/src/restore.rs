@@ -153,62 +153,9 @@ pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options)
                 pipe.cmd("DEL").arg(k).ignore();
             }
         }
-
-        let balances: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT data_key, field, balance::text FROM balances WHERE data_key = ANY($1) ORDER BY data_key, field",
-        ).bind(&keys).fetch_all(pool).await?;
-        let mut last_key = None;
-        for (k, f, b) in &balances {
-            if last_key != Some(k) {
-                done.balance_keys += 1;
-                last_key = Some(k);
-            }
-            pipe.cmd("HSET").arg(k).arg(f).arg(crate::reconcile::canonical(b)).ignore();
-            done.balance_fields += 1;
-        }
-
-        let campaigns: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT c.campaign, c.total, c.issued, c.peruser, c.start_ms, c.end_ms,
-                    COALESCE((SELECT max(i.issue) FROM coupon_issues i WHERE i.campaign = c.campaign), 0)
-             FROM coupon_campaigns c WHERE c.campaign = ANY($1)",
-        ).bind(&keys).fetch_all(pool).await?;
-        for (c, total, issued, peruser, start, end, last_issue) in &campaigns {
-            pipe.cmd("HSET").arg(c)
-                .arg("kind").arg("coupon")
-                .arg("total").arg(total)
-                .arg("issued").arg(issued)
-                .arg("last_issue").arg(last_issue)
-                .arg("peruser").arg(peruser)
-                .arg("start").arg(start)
-                .arg("end").arg(end)
-                .ignore();
-            done.campaigns += 1;
-        }
-        let holders: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT campaign, user_id, string_agg(issue::text, ',' ORDER BY issue)
-             FROM coupon_issues WHERE campaign = ANY($1) AND NOT released AND user_id IS NOT NULL
-             GROUP BY campaign, user_id",
-        ).bind(&keys).fetch_all(pool).await?;
-        for (c, u, issues) in &holders {
-            pipe.cmd("HSET").arg(c).arg(format!("u:{u}")).arg(issues).ignore();
-            done.holders += 1;
-        }
-
-        let usage: Vec<(String, String, String, String, String)> = sqlx::query_as(
-            "SELECT DISTINCT ON (usage_key) usage_key, period, period_id, used::text, quota::text
-             FROM usage_totals WHERE usage_key = ANY($1) ORDER BY usage_key, seq DESC",
-        ).bind(&keys).fetch_all(pool).await?;
-        for (k, period, period_id, used, quota) in &usage {
-            pipe.cmd("HSET").arg(k)
-                .arg("kind").arg("usage")
-                .arg("limit").arg(crate::reconcile::canonical(quota))
-                .arg("period").arg(period)
-                .arg("period_id").arg(period_id)
-                .arg("used").arg(crate::reconcile::canonical(used))
-                .ignore();
-            done.usage_keys += 1;
-        }
-
+        add_balances(&mut pipe, pool, &keys, &mut done).await?;
+        add_campaigns(&mut pipe, pool, &keys, &mut done).await?;
+        add_usage(&mut pipe, pool, &keys, &mut done).await?;
         for (k, seq) in &page {
             pipe.cmd("HSET").arg(&seq_hash).arg(k).arg(seq).ignore();
             done.sequences += 1;
@@ -220,6 +167,73 @@ pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options)
         );
     }
     Ok(done)
+}
+
+/// The balances of `keys`, one HSET per field.
+async fn add_balances(pipe: &mut redis::Pipeline, pool: &PgPool, keys: &[String], done: &mut Restored) -> anyhow::Result<()> {
+    let balances: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT data_key, field, balance::text FROM balances WHERE data_key = ANY($1) ORDER BY data_key, field",
+    ).bind(keys).fetch_all(pool).await?;
+    let mut last_key = None;
+    for (k, f, b) in &balances {
+        if last_key != Some(k) {
+            done.balance_keys += 1;
+            last_key = Some(k);
+        }
+        pipe.cmd("HSET").arg(k).arg(f).arg(crate::reconcile::canonical(b)).ignore();
+        done.balance_fields += 1;
+    }
+    Ok(())
+}
+
+/// The campaigns among `keys`: stock, issued, issue counter, window, and every holder.
+async fn add_campaigns(pipe: &mut redis::Pipeline, pool: &PgPool, keys: &[String], done: &mut Restored) -> anyhow::Result<()> {
+    let campaigns: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT c.campaign, c.total, c.issued, c.peruser, c.start_ms, c.end_ms,
+                COALESCE((SELECT max(i.issue) FROM coupon_issues i WHERE i.campaign = c.campaign), 0)
+         FROM coupon_campaigns c WHERE c.campaign = ANY($1)",
+    ).bind(keys).fetch_all(pool).await?;
+    for (c, total, issued, peruser, start, end, last_issue) in &campaigns {
+        pipe.cmd("HSET").arg(c)
+            .arg("kind").arg("coupon")
+            .arg("total").arg(total)
+            .arg("issued").arg(issued)
+            .arg("last_issue").arg(last_issue)
+            .arg("peruser").arg(peruser)
+            .arg("start").arg(start)
+            .arg("end").arg(end)
+            .ignore();
+        done.campaigns += 1;
+    }
+    let holders: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT campaign, user_id, string_agg(issue::text, ',' ORDER BY issue)
+         FROM coupon_issues WHERE campaign = ANY($1) AND NOT released AND user_id IS NOT NULL
+         GROUP BY campaign, user_id",
+    ).bind(keys).fetch_all(pool).await?;
+    for (c, u, issues) in &holders {
+        pipe.cmd("HSET").arg(c).arg(format!("u:{u}")).arg(issues).ignore();
+        done.holders += 1;
+    }
+    Ok(())
+}
+
+/// The usage counters among `keys`, as of their highest seq.
+async fn add_usage(pipe: &mut redis::Pipeline, pool: &PgPool, keys: &[String], done: &mut Restored) -> anyhow::Result<()> {
+    let usage: Vec<(String, String, String, String, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (usage_key) usage_key, period, period_id, used::text, quota::text
+         FROM usage_totals WHERE usage_key = ANY($1) ORDER BY usage_key, seq DESC",
+    ).bind(keys).fetch_all(pool).await?;
+    for (k, period, period_id, used, quota) in &usage {
+        pipe.cmd("HSET").arg(k)
+            .arg("kind").arg("usage")
+            .arg("limit").arg(crate::reconcile::canonical(quota))
+            .arg("period").arg(period)
+            .arg("period_id").arg(period_id)
+            .arg("used").arg(crate::reconcile::canonical(used))
+            .ignore();
+        done.usage_keys += 1;
+    }
+    Ok(())
 }
 
 pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
