@@ -103,6 +103,20 @@ impl Event {
         json_opt_str(out, self.op.as_deref());
         out.extend_from_slice(b",\"meta\":");
         json_opt_str(out, self.meta.as_deref());
+        self.write_keys(out);
+        if let Some(changes) = &self.changes {
+            write_changes(out, changes);
+        }
+        if let Some(c) = &self.coupon {
+            write_coupon(out, c);
+        }
+        if let Some(u) = &self.usage {
+            write_usage(out, u);
+        }
+        out.push(b'}');
+    }
+
+    fn write_keys(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"keys\":[");
         for (i, k) in self.keys.iter().enumerate() {
             if i > 0 {
@@ -115,64 +129,66 @@ impl Event {
             out.push(b'}');
         }
         out.push(b']');
-        if let Some(changes) = &self.changes {
-            out.extend_from_slice(b",\"changes\":[");
-            for (i, c) in changes.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(b"{\"key\":");
-                json_str(out, &c.key);
-                out.extend_from_slice(b",\"field\":");
-                json_str(out, &c.field);
-                out.extend_from_slice(b",\"delta\":");
-                json_str(out, &c.delta);
-                out.extend_from_slice(b",\"balance\":");
-                json_str(out, &c.balance);
-                out.push(b'}');
-            }
-            out.push(b']');
+    }
+}
+
+fn write_changes(out: &mut Vec<u8>, changes: &[Change]) {
+    out.extend_from_slice(b",\"changes\":[");
+    for (i, c) in changes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        if let Some(c) = &self.coupon {
-            out.extend_from_slice(b",\"coupon\":{\"campaign\":");
-            json_str(out, &c.campaign);
-            out.extend_from_slice(b",\"user\":");
-            json_opt_str(out, c.user.as_deref());
-            out.extend_from_slice(b",\"issue\":");
-            match c.issue {
-                Some(n) => json_int(out, n),
-                None => out.extend_from_slice(b"null"),
-            }
-            for (name, v) in [
-                (&b",\"total\":"[..], c.total),
-                (b",\"issued\":", c.issued),
-                (b",\"remaining\":", c.remaining),
-                (b",\"peruser\":", c.peruser),
-                (b",\"start\":", c.start),
-                (b",\"end\":", c.end),
-            ] {
-                out.extend_from_slice(name);
-                json_int(out, v);
-            }
-            out.push(b'}');
-        }
-        if let Some(u) = &self.usage {
-            out.extend_from_slice(b",\"usage\":{\"key\":");
-            json_str(out, &u.key);
-            out.extend_from_slice(b",\"amount\":");
-            json_opt_str(out, u.amount.as_deref());
-            out.extend_from_slice(b",\"used\":");
-            json_str(out, &u.used);
-            out.extend_from_slice(b",\"limit\":");
-            json_str(out, &u.limit);
-            out.extend_from_slice(b",\"period\":");
-            json_str(out, u.period);
-            out.extend_from_slice(b",\"period_id\":");
-            json_str(out, &u.period_id);
-            out.push(b'}');
-        }
+        out.extend_from_slice(b"{\"key\":");
+        json_str(out, &c.key);
+        out.extend_from_slice(b",\"field\":");
+        json_str(out, &c.field);
+        out.extend_from_slice(b",\"delta\":");
+        json_str(out, &c.delta);
+        out.extend_from_slice(b",\"balance\":");
+        json_str(out, &c.balance);
         out.push(b'}');
     }
+    out.push(b']');
+}
+
+fn write_coupon(out: &mut Vec<u8>, c: &CouponState) {
+    out.extend_from_slice(b",\"coupon\":{\"campaign\":");
+    json_str(out, &c.campaign);
+    out.extend_from_slice(b",\"user\":");
+    json_opt_str(out, c.user.as_deref());
+    out.extend_from_slice(b",\"issue\":");
+    match c.issue {
+        Some(n) => json_int(out, n),
+        None => out.extend_from_slice(b"null"),
+    }
+    for (name, v) in [
+        (&b",\"total\":"[..], c.total),
+        (b",\"issued\":", c.issued),
+        (b",\"remaining\":", c.remaining),
+        (b",\"peruser\":", c.peruser),
+        (b",\"start\":", c.start),
+        (b",\"end\":", c.end),
+    ] {
+        out.extend_from_slice(name);
+        json_int(out, v);
+    }
+    out.push(b'}');
+}
+
+fn write_usage(out: &mut Vec<u8>, u: &UsageState) {
+    out.extend_from_slice(b",\"usage\":{\"key\":");
+    json_str(out, &u.key);
+    out.extend_from_slice(b",\"amount\":");
+    json_opt_str(out, u.amount.as_deref());
+    out.extend_from_slice(b",\"used\":");
+    json_str(out, &u.used);
+    out.extend_from_slice(b",\"limit\":");
+    json_str(out, &u.limit);
+    out.extend_from_slice(b",\"period\":");
+    json_str(out, u.period);
+    out.extend_from_slice(b",\"period_id\":");
+    json_str(out, &u.period_id);
+    out.push(b'}');
 }
 
 fn json_int(out: &mut Vec<u8>, v: i64) {

@@ -288,39 +288,12 @@ pub fn mutate(
     let mut fingerprint = String::new();
     if let Some(op_rs) = op_rs.as_ref() {
         fingerprint = event::fingerprint(command, &request.canonical());
-        let k = Key::open_raw(ctx, op_rs.ptr(), false)?;
-        match k.kind() {
-            KeyType::Empty => {}
-            KeyType::String => {
-                let stored = k.string_get().unwrap_or_default();
-                return match event::check_record(&stored, &fingerprint) {
-                    Recorded::Same(reply) => {
-                        stats::replay();
-                        Ok(reply)
-                    }
-                    Recorded::Different => Err(CmdError::code(
-                        "CONFLICT",
-                        "this op-id was already used with different arguments",
-                    )),
-                    Recorded::Corrupt => Err(CmdError::code("CONFLICT", "this op-id's record is not a tally record")),
-                };
-            }
-            _ => return Err(CmdError::code("CONFLICT", "this op-id's record is not a tally record")),
+        if let Some(done) = replay(ctx, op_rs, &fingerprint)? {
+            return Ok(done);
         }
     }
 
-    let stream = Key::open_raw(ctx, names.stream_rs.ptr(), true)?;
-    match stream.kind() {
-        KeyType::Empty | KeyType::Stream => {}
-        _ => return Err(CmdError::wrong_type(format!("tally's log key '{}' is not a stream", names.stream))),
-    }
-    let max_backlog = config::max_backlog();
-    if max_backlog > 0 && stream.len() as i64 >= max_backlog {
-        return Err(CmdError::code(
-            "BACKLOG",
-            format!("the event stream holds {} unshipped entries (tally.max-backlog); is the shipper running?", stream.len()),
-        ));
-    }
+    let stream = open_stream(ctx, names)?;
 
     let mut tx = Tx { ctx, now_ms: ffi::now_ms(), names, keys: SmallVec::new(), seq_key: None, seqs: SmallVec::new(), failed: None };
     let (reply, event) = body(&mut tx)?;
@@ -348,39 +321,110 @@ pub fn mutate(
     let (ms, sq) = stream.stream_add(ctx, &[event_field().ptr(), json_rs.ptr()])?;
 
     for dk in &keys {
-        if dk.writes.is_empty() {
-            continue;
-        }
-        let mut hset_args: SmallVec<[*mut RedisModuleString; 9]> = SmallVec::new();
-        hset_args.push(dk.rs.ptr());
-        let mut hdel_args: SmallVec<[*mut RedisModuleString; 4]> = SmallVec::new();
-        for (field, value) in &dk.writes {
-            let f = field.rs();
-            match value {
-                Some(v) => {
-                    dk.key.hset_rs(f.ptr(), Some(v.ptr())).map_err(|e| partial_write(ctx, e))?;
-                    hset_args.push(f.ptr());
-                    hset_args.push(v.ptr());
+        write_data_key(ctx, dk, &mut propagated)?;
+    }
+    write_seqs(ctx, names, seq_key, &seqs, &keys, &mut propagated)?;
+    drop(keys);
+
+    let id = RStr::new(entry_id(ms, sq).as_bytes());
+    propagated.note(ctx, ffi::replicate_rs(ctx, c"XADD", &mut [names.stream_rs.ptr(), id.ptr(), event_field().ptr(), json_rs.ptr()]));
+    ffi::notify(ctx, REDISMODULE_NOTIFY_STREAM, c"xadd", names.stream_rs.ptr());
+    drop(stream);
+    ffi::signal_modified(ctx, names.stream_rs.ptr());
+
+    if let Some(op_rs) = op_rs {
+        write_op_record(ctx, &op_rs, &fingerprint, &reply, &mut propagated)?;
+    }
+    stats::event_appended();
+    propagated.result()?;
+    Ok(reply)
+}
+
+/// The stored reply when `op_rs` records this same request (counted as a replay); CONFLICT
+/// when it records another request or is not a tally record; None when the op-id is new.
+fn replay(ctx: &Context, op_rs: &RStr, fingerprint: &str) -> Result<Option<Reply>, CmdError> {
+    let k = Key::open_raw(ctx, op_rs.ptr(), false)?;
+    match k.kind() {
+        KeyType::Empty => Ok(None),
+        KeyType::String => {
+            let stored = k.string_get().unwrap_or_default();
+            match event::check_record(&stored, fingerprint) {
+                Recorded::Same(reply) => {
+                    stats::replay();
+                    Ok(Some(reply))
                 }
-                None => {
-                    dk.key.hset_rs(f.ptr(), None).map_err(|e| partial_write(ctx, e))?;
-                    if hdel_args.is_empty() {
-                        hdel_args.push(dk.rs.ptr());
-                    }
-                    hdel_args.push(f.ptr());
-                }
+                Recorded::Different => Err(CmdError::code("CONFLICT", "this op-id was already used with different arguments")),
+                Recorded::Corrupt => Err(CmdError::code("CONFLICT", "this op-id's record is not a tally record")),
             }
         }
-        if hset_args.len() > 1 {
-            propagated.note(ctx, ffi::replicate_rs(ctx, c"HSET", &mut hset_args));
-            ffi::notify(ctx, REDISMODULE_NOTIFY_HASH, c"hset", dk.rs.ptr());
-        }
-        if hdel_args.len() > 1 {
-            propagated.note(ctx, ffi::replicate_rs(ctx, c"HDEL", &mut hdel_args));
-            ffi::notify(ctx, REDISMODULE_NOTIFY_HASH, c"hdel", dk.rs.ptr());
-        }
-        ffi::signal_modified(ctx, dk.rs.ptr());
+        _ => Err(CmdError::code("CONFLICT", "this op-id's record is not a tally record")),
     }
+}
+
+/// The log stream, open for writing: WRONGTYPE when the name holds something else, BACKLOG
+/// when it holds `tally.max-backlog` unshipped entries.
+fn open_stream(ctx: &Context, names: &Names) -> Result<Key, CmdError> {
+    let stream = Key::open_raw(ctx, names.stream_rs.ptr(), true)?;
+    match stream.kind() {
+        KeyType::Empty | KeyType::Stream => {}
+        _ => return Err(CmdError::wrong_type(format!("tally's log key '{}' is not a stream", names.stream))),
+    }
+    let max_backlog = config::max_backlog();
+    if max_backlog > 0 && stream.len() as i64 >= max_backlog {
+        return Err(CmdError::code(
+            "BACKLOG",
+            format!("the event stream holds {} unshipped entries (tally.max-backlog); is the shipper running?", stream.len()),
+        ));
+    }
+    Ok(stream)
+}
+
+/// One data key's queued writes, propagated as one HSET (and one HDEL for removed fields).
+fn write_data_key(ctx: &Context, dk: &DataKey, propagated: &mut Propagation) -> Result<(), CmdError> {
+    if dk.writes.is_empty() {
+        return Ok(());
+    }
+    let mut hset_args: SmallVec<[*mut RedisModuleString; 9]> = SmallVec::new();
+    hset_args.push(dk.rs.ptr());
+    let mut hdel_args: SmallVec<[*mut RedisModuleString; 4]> = SmallVec::new();
+    for (field, value) in &dk.writes {
+        let f = field.rs();
+        match value {
+            Some(v) => {
+                dk.key.hset_rs(f.ptr(), Some(v.ptr())).map_err(|e| partial_write(ctx, e))?;
+                hset_args.push(f.ptr());
+                hset_args.push(v.ptr());
+            }
+            None => {
+                dk.key.hset_rs(f.ptr(), None).map_err(|e| partial_write(ctx, e))?;
+                if hdel_args.is_empty() {
+                    hdel_args.push(dk.rs.ptr());
+                }
+                hdel_args.push(f.ptr());
+            }
+        }
+    }
+    if hset_args.len() > 1 {
+        propagated.note(ctx, ffi::replicate_rs(ctx, c"HSET", &mut hset_args));
+        ffi::notify(ctx, REDISMODULE_NOTIFY_HASH, c"hset", dk.rs.ptr());
+    }
+    if hdel_args.len() > 1 {
+        propagated.note(ctx, ffi::replicate_rs(ctx, c"HDEL", &mut hdel_args));
+        ffi::notify(ctx, REDISMODULE_NOTIFY_HASH, c"hdel", dk.rs.ptr());
+    }
+    ffi::signal_modified(ctx, dk.rs.ptr());
+    Ok(())
+}
+
+/// The new per-key seqs into the sequence hash, propagated as one HSET.
+fn write_seqs(
+    ctx: &Context,
+    names: &Names,
+    seq_key: Key,
+    seqs: &[(String, i64)],
+    keys: &[DataKey],
+    propagated: &mut Propagation,
+) -> Result<(), CmdError> {
     let seq_texts: SmallVec<[RStr; 2]> = seqs.iter().map(|(_, s)| RStr::new(IntText::new(*s).as_bytes())).collect();
     // Data keys not among the written keys (none today) get a name string made here.
     let mut seq_names: SmallVec<[RStr; 2]> = SmallVec::new();
@@ -403,31 +447,23 @@ pub fn mutate(
         propagated.note(ctx, ffi::replicate_rs(ctx, c"HSET", &mut seq_args));
         ffi::signal_modified(ctx, names.seq_rs.ptr());
     }
-    drop(seq_names);
-    drop(keys);
+    Ok(())
+}
 
-    let id = RStr::new(entry_id(ms, sq).as_bytes());
-    propagated.note(ctx, ffi::replicate_rs(ctx, c"XADD", &mut [names.stream_rs.ptr(), id.ptr(), event_field().ptr(), json_rs.ptr()]));
-    ffi::notify(ctx, REDISMODULE_NOTIFY_STREAM, c"xadd", names.stream_rs.ptr());
-    drop(stream);
-    ffi::signal_modified(ctx, names.stream_rs.ptr());
-
-    if let Some(op_rs) = op_rs {
-        let ttl_ms = config::op_ttl_ms();
-        let record = RStr::new(event::encode_record(&fingerprint, &reply).as_bytes());
-        let k = Key::open_raw(ctx, op_rs.ptr(), true).map_err(|e| partial_write(ctx, e))?;
-        k.string_set_with_expire(record.ptr(), ttl_ms).map_err(|e| partial_write(ctx, e))?;
-        drop(k);
-        // ttl_ms is at most config::MAX_OP_TTL_MS, so this cannot wrap; saturate anyway.
-        let at = RStr::new(IntText::new(ffi::now_ms().saturating_add(ttl_ms)).as_bytes());
-        let pxat = pxat_word().ptr();
-        propagated.note(ctx, ffi::replicate_rs(ctx, c"SET", &mut [op_rs.ptr(), record.ptr(), pxat, at.ptr()]));
-        ffi::notify(ctx, REDISMODULE_NOTIFY_STRING, c"set", op_rs.ptr());
-        ffi::signal_modified(ctx, op_rs.ptr());
-    }
-    stats::event_appended();
-    propagated.result()?;
-    Ok(reply)
+/// The op-id record (fingerprint and reply) with its TTL, propagated as SET ... PXAT.
+fn write_op_record(ctx: &Context, op_rs: &RStr, fingerprint: &str, reply: &Reply, propagated: &mut Propagation) -> Result<(), CmdError> {
+    let ttl_ms = config::op_ttl_ms();
+    let record = RStr::new(event::encode_record(fingerprint, reply).as_bytes());
+    let k = Key::open_raw(ctx, op_rs.ptr(), true).map_err(|e| partial_write(ctx, e))?;
+    k.string_set_with_expire(record.ptr(), ttl_ms).map_err(|e| partial_write(ctx, e))?;
+    drop(k);
+    // ttl_ms is at most config::MAX_OP_TTL_MS, so this cannot wrap; saturate anyway.
+    let at = RStr::new(IntText::new(ffi::now_ms().saturating_add(ttl_ms)).as_bytes());
+    let pxat = pxat_word().ptr();
+    propagated.note(ctx, ffi::replicate_rs(ctx, c"SET", &mut [op_rs.ptr(), record.ptr(), pxat, at.ptr()]));
+    ffi::notify(ctx, REDISMODULE_NOTIFY_STRING, c"set", op_rs.ptr());
+    ffi::signal_modified(ctx, op_rs.ptr());
+    Ok(())
 }
 
 /// A write that failed after the event was appended (Redis refused it: out of memory, or the
