@@ -45,7 +45,7 @@ Poke the running system by hand:
   redis-cli -p $REDIS_PORT ASSET.INCR user.asset.42 BDP 10.43 ID my-op-1 META "by hand"
   redis-cli -p $REDIS_PORT ASSET.GET user.asset.42
   redis-cli -p $REDIS_PORT XRANGE tally:log - + COUNT 5
-  psql $DATABASE_URL -c "SELECT type, ts, op, meta FROM events ORDER BY ts_ms DESC LIMIT 5"
+  psql $DATABASE_URL -c "SELECT type, to_timestamp(ts_ms / 1000.0) AS at, op, meta FROM events ORDER BY ts_ms DESC LIMIT 5"
   $BIN/tally-shipper reconcile --redis-url $REDIS_URL --database-url $DATABASE_URL
   curl -s http://127.0.0.1:$METRICS_PORT/metrics | grep tally_
 Stop it all: bash scripts/stop.sh
