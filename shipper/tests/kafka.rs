@@ -373,3 +373,61 @@ async fn module_workload_through_kafka_sidecars_killed_in_turn() {
     let (expected, running) = play_with_kills(&mut ms, &top, &log, 6).await;
     assert_workload_drained(&mut ms, expected, running).await;
 }
+
+/// `restore` with `--kafka-brokers` counts the messages `forward` delivered that `persist` has
+/// not stored yet, and refuses; once persist has stored them, only the existing keys stop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_while_kafka_holds_unpersisted_events() {
+    let _g = serial();
+    let Some(kafka) = tansu_or_skip("restore_refuses_while_kafka_holds_unpersisted_events") else { return };
+    let Some(mut ms) = module_stack("restore_refuses_while_kafka_holds_unpersisted_events").await else { return };
+    let dir = tmpdir("kafka-restore");
+    let mut fwd = Shipper::spawn(&base_args("forward", Some(&ms.redis.url()), None, Some(&kafka.brokers())), &dir.join("fwd.log"));
+    for i in 0..40 {
+        cmd(&mut ms.c, &["ASSET.INCR", &format!("acct:{}", i % 4), "gold", "1"]).await;
+    }
+    // forward has delivered and acknowledged every entry: nothing is in flight in the stream
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // the group exists once forward has started reading
+        let pending: redis::RedisResult<redis::Value> = redis::cmd("XPENDING").arg(STREAM).arg(GROUP).query_async(&mut ms.c).await;
+        let drained = matches!(&pending, Ok(redis::Value::Array(a)) if a.first() == Some(&redis::Value::Int(0)));
+        if drained && xlen(&mut ms.c, STREAM).await == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "forward did not ack and trim:\n{}", tail(&fwd.log_text()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (r, p, b) = (ms.redis.url(), ms.pg.url(), kafka.brokers());
+    let restore = |extra: &[&str]| {
+        let mut a = vec!["restore", "--redis-url", r.as_str(), "--database-url", p.as_str()];
+        a.extend_from_slice(extra);
+        shipper_cmd(&a)
+    };
+    let (code, out) = restore(&["--kafka-brokers", &b]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("40 Kafka messages of topic tally.events not yet persisted"), "{out}");
+
+    let mut per = Shipper::spawn(&base_args("persist", None, Some(&p), Some(&b)), &dir.join("per.log"));
+    assert_eq!(wait_count(&ms.pool, EVENTS_SQL, 40, Duration::from_secs(90)).await, 40, "{}", tail(&per.log_text()));
+    // positions are stored with the events: nothing unpersisted is left
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let (code, out) = restore(&["--kafka-brokers", &b]);
+        assert_ne!(code, 0, "the keys exist, restore must still refuse:\n{out}");
+        if !out.contains("Kafka messages") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(out.contains("refusing to overwrite existing Redis keys"), "{out}");
+    // without brokers, a history that came through Kafka is reported as unchecked
+    let (code, out) = restore(&[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("unchecked: the history came through Kafka (topics tally.events)"), "{out}");
+    for s in [&mut fwd, &mut per] {
+        s.sigterm();
+        assert!(s.wait_timeout(Duration::from_secs(30)).is_some_and(|st| st.success()));
+    }
+}
