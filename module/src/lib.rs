@@ -15,7 +15,7 @@ pub mod event;
 pub mod ffi;
 pub mod logic;
 pub mod period;
-pub mod slot;
+pub use tally_slot as slot;
 pub mod stats;
 pub mod tx;
 

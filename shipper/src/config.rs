@@ -114,7 +114,8 @@ pub struct CheckOpts {
 
 #[derive(Args, Debug, Clone)]
 pub struct RedisOpts {
-    /// Redis URL(s); in cluster mode give one per primary (comma separated or repeated).
+    /// Redis URL(s), comma separated or repeated. Standalone: one per server. Cluster: any
+    /// node(s) as seeds; the primaries and their slots are read from CLUSTER SLOTS.
     #[arg(long = "redis-url", env = "TALLY_REDIS_URL", default_value = "redis://127.0.0.1:6379", value_delimiter = ',')]
     pub urls: Vec<String>,
     /// Module key prefix (`tally.prefix`): streams are `<prefix>:log` and `<prefix>:log:{tag}`.
@@ -138,8 +139,8 @@ pub struct RedisOpts {
     /// How often to trim acknowledged entries (XTRIM MINID); 0 disables trimming.
     #[arg(long, env = "TALLY_TRIM_INTERVAL_MS", default_value_t = 1_000)]
     pub trim_interval_ms: u64,
-    /// Cluster mode: how often to look for new per-slot log streams (SCAN MATCH
-    /// <prefix>:log* TYPE stream). A standalone server has one stream and is never scanned.
+    /// Cluster mode: how often to re-read CLUSTER SLOTS and look for per-slot log streams
+    /// (computed names, one pipelined EXISTS per primary). Standalone: unused.
     #[arg(long, env = "TALLY_DISCOVER_INTERVAL_MS", default_value_t = 10_000)]
     pub discover_interval_ms: u64,
     /// How often to sample each stream's length, pending entries and lag for /metrics, on a

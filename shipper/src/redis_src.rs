@@ -128,43 +128,104 @@ pub async fn connect(url: &str, response_timeout: Duration) -> RResult<Multiplex
     client.get_multiplexed_async_connection_with_config(&cfg).await
 }
 
-/// The log streams a node holds. Standalone: the one stream `<prefix>:log`, known without
-/// looking at the keyspace. Cluster mode: the per-slot streams, found with SCAN.
-pub async fn discover(conn: &mut MultiplexedConnection, prefix: &str) -> RResult<Vec<String>> {
-    let info: String = redis::cmd("INFO").arg("cluster").query_async(conn).await?;
-    if !cluster_enabled(&info) {
-        return Ok(vec![format!("{prefix}:log")]);
-    }
-    let mut found = vec![format!("{prefix}:log")];
-    let mut cursor = "0".to_string();
-    loop {
-        let v: Value = redis::cmd("SCAN")
-            .arg(&cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}:log*"))
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(conn)
-            .await?;
-        let parts = as_array(&v);
-        cursor = parts.first().and_then(as_str).unwrap_or_else(|| "0".into());
-        for k in parts.get(1).map(as_array).unwrap_or(&[]) {
-            if let Some(name) = as_str(k) {
-                // `<prefix>:log` or `<prefix>:log:{tag}` only
-                if name == format!("{prefix}:log") || name.starts_with(&format!("{prefix}:log:")) {
-                    if !found.contains(&name) {
-                        found.push(name);
+/// Where the log streams are, as (node URL, stream) pairs, for every URL given.
+/// Standalone: the one stream `<prefix>:log` of that server, known without looking at the
+/// keyspace. Cluster mode: the primaries and their slots from `CLUSTER SLOTS` (any node of
+/// the cluster will do as a seed, so primaries added or promoted later are found at the next
+/// discovery), and per slot the stream name computed from the slot's tag, kept when it exists
+/// (one pipelined EXISTS per primary). A node that does not answer is skipped until the next
+/// discovery; the others keep shipping.
+pub async fn discover_all(urls: &[String], prefix: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for url in urls {
+        let found = match connect(url, Duration::from_secs(10)).await {
+            Ok(mut c) => discover(&mut c, url, prefix).await,
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(pairs) => {
+                for p in pairs {
+                    if !out.contains(&p) {
+                        out.push(p);
                     }
                 }
             }
-        }
-        if cursor == "0" {
-            break;
+            Err(e) => tracing::warn!(url = %url, error = %e, "stream discovery failed; retrying at the next discovery"),
         }
     }
-    Ok(found)
+    out
+}
+
+async fn discover(conn: &mut MultiplexedConnection, url: &str, prefix: &str) -> RResult<Vec<(String, String)>> {
+    let info: String = redis::cmd("INFO").arg("cluster").query_async(conn).await?;
+    if !cluster_enabled(&info) {
+        return Ok(vec![(url.to_string(), format!("{prefix}:log"))]);
+    }
+    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let mut out = Vec::new();
+    for (addr, ranges) in primaries(&slots) {
+        let Some(node_url) = node_url(url, &addr.0, addr.1) else { continue };
+        let streams: Vec<String> = ranges
+            .iter()
+            .flat_map(|&(lo, hi)| lo..=hi)
+            .map(|slot| slot_stream(prefix, slot))
+            .collect();
+        let existing = match connect(&node_url, Duration::from_secs(10)).await {
+            Ok(mut node) => existing_streams(&mut node, &streams).await,
+            Err(e) => Err(e),
+        };
+        match existing {
+            Ok(names) => out.extend(names.into_iter().map(|s| (node_url.clone(), s))),
+            Err(e) => tracing::warn!(node = %node_url, error = %e, "primary did not answer discovery; retrying at the next discovery"),
+        }
+    }
+    Ok(out)
+}
+
+/// The stream of `slot`: `<prefix>:log:{<tag of the slot>}`, as the module names it.
+pub fn slot_stream(prefix: &str, slot: usize) -> String {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(tally_slot::build_tag_table);
+    format!("{prefix}:log:{{{}}}", tags.get(slot).map(String::as_str).unwrap_or("0"))
+}
+
+/// `CLUSTER SLOTS` -> per primary (host, port), its slot ranges.
+fn primaries(v: &Value) -> Vec<((String, u16), Vec<(usize, usize)>)> {
+    let mut out: Vec<((String, u16), Vec<(usize, usize)>)> = Vec::new();
+    for range in as_array(v) {
+        let r = as_array(range);
+        let (Some(lo), Some(hi), Some(node)) = (r.first().and_then(as_int), r.get(1).and_then(as_int), r.get(2)) else { continue };
+        let n = as_array(node);
+        let (Some(host), Some(port)) = (n.first().and_then(as_str), n.get(1).and_then(as_int)) else { continue };
+        let (Ok(lo), Ok(hi), Ok(port)) = (usize::try_from(lo), usize::try_from(hi), u16::try_from(port)) else { continue };
+        let addr = (host, port);
+        match out.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, ranges)) => ranges.push((lo, hi.min(tally_slot::SLOTS - 1))),
+            None => out.push((addr, vec![(lo, hi.min(tally_slot::SLOTS - 1))])),
+        }
+    }
+    out
+}
+
+/// The seed URL with another host and port (same scheme, credentials and options).
+fn node_url(seed: &str, host: &str, port: u16) -> Option<String> {
+    let mut u = redis::parse_redis_url(seed)?;
+    u.set_host(Some(host)).ok()?;
+    u.set_port(Some(port)).ok()?;
+    Some(u.to_string())
+}
+
+async fn existing_streams(conn: &mut MultiplexedConnection, names: &[String]) -> RResult<Vec<String>> {
+    let mut out = Vec::new();
+    for chunk in names.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for n in chunk {
+            pipe.cmd("EXISTS").arg(n);
+        }
+        let exists: Vec<i64> = pipe.query_async(conn).await?;
+        out.extend(chunk.iter().zip(exists).filter(|(_, e)| *e > 0).map(|(n, _)| n.clone()));
+    }
+    Ok(out)
 }
 
 /// `INFO cluster` says `cluster_enabled:1` on a cluster node.
@@ -468,38 +529,28 @@ pub async fn run_source(redis: RedisOpts, batch: BatchOpts, downstream: Downstre
     let mut workers: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
     // trimming and stream metrics: stopped only after every worker acked its last batch
     let keep_token = CancellationToken::new();
-    let mut keepers = Vec::new();
+    let mut keepers: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
-        for url in &redis.urls {
-            let streams = match connect(url, Duration::from_secs(10)).await {
-                Ok(mut c) => discover(&mut c, &redis.prefix).await,
-                Err(e) => Err(e),
+        for (url, s) in discover_all(&redis.urls, &redis.prefix).await {
+            let key = (url.clone(), s.clone());
+            // a worker stops when its stream's slot moved away (MOVED); it is started again
+            // if the slot comes back
+            if workers.get(&key).is_some_and(|h| !h.is_finished()) {
+                continue;
+            }
+            let w = Worker {
+                url: url.clone(),
+                stream: s.clone(),
+                redis: redis.clone(),
+                batch: batch.clone(),
+                downstream: downstream.clone(),
+                inflight: inflight.clone(),
+                shutdown: shutdown.clone(),
             };
-            let streams = match streams {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(url = %url, error = %e, "stream discovery failed; using the default stream");
-                    vec![format!("{}:log", redis.prefix)]
-                }
-            };
-            for s in streams {
-                let key = (url.clone(), s.clone());
-                if workers.get(&key).map(|h| !h.is_finished()).unwrap_or(false) || workers.contains_key(&key) {
-                    continue;
-                }
-                let s_name = s.clone();
-                let w = Worker {
-                    url: url.clone(),
-                    stream: s,
-                    redis: redis.clone(),
-                    batch: batch.clone(),
-                    downstream: downstream.clone(),
-                    inflight: inflight.clone(),
-                    shutdown: shutdown.clone(),
-                };
-                workers.insert(key, tokio::spawn(w.run()));
-                let keeper = crate::stream_keeper::Keeper::new(url, &s_name, &redis, &batch, keep_token.clone());
-                keepers.push(tokio::spawn(keeper.run()));
+            workers.insert(key.clone(), tokio::spawn(w.run()));
+            if !keepers.contains_key(&key) {
+                let keeper = crate::stream_keeper::Keeper::new(&url, &s, &redis, &batch, keep_token.clone());
+                keepers.insert(key, tokio::spawn(keeper.run()));
             }
         }
         tokio::select! {
@@ -514,7 +565,7 @@ pub async fn run_source(redis: RedisOpts, batch: BatchOpts, downstream: Downstre
         w.finish().await;
     }
     keep_token.cancel();
-    for h in keepers {
+    for (_, h) in keepers {
         let _ = h.await;
     }
 }
@@ -525,6 +576,34 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn cluster_slots_give_each_primary_its_ranges() {
+        let node = |port: i64| Value::Array(vec![bulk("10.0.0.1"), Value::Int(port), bulk("id")]);
+        let range = |lo: i64, hi: i64, port: i64| Value::Array(vec![Value::Int(lo), Value::Int(hi), node(port), node(port + 1000)]);
+        let v = Value::Array(vec![range(0, 5, 7000), range(10, 11, 7001), range(6, 9, 7000)]);
+        assert_eq!(
+            primaries(&v),
+            vec![(("10.0.0.1".to_string(), 7000), vec![(0, 5), (6, 9)]), (("10.0.0.1".to_string(), 7001), vec![(10, 11)])]
+        );
+        assert!(primaries(&Value::Array(vec![bulk("junk")])).is_empty());
+    }
+
+    #[test]
+    fn node_urls_keep_credentials_and_options() {
+        assert_eq!(node_url("redis://u:p@seed:6379/0", "10.0.0.2", 7001).as_deref(), Some("redis://u:p@10.0.0.2:7001/0"));
+        assert_eq!(node_url("rediss://seed:6380", "h", 1).as_deref(), Some("rediss://h:1"));
+        assert_eq!(node_url("not a url", "h", 1), None);
+    }
+
+    #[test]
+    fn slot_streams_are_named_as_the_module_names_them() {
+        for slot in [0, 1, 8191, 16383] {
+            let name = slot_stream("tally", slot);
+            assert!(name.starts_with("tally:log:{") && name.ends_with('}'), "{name}");
+            assert_eq!(tally_slot::key_slot(name.as_bytes()), slot);
+        }
     }
 
     #[test]

@@ -71,6 +71,11 @@ pub struct Redis {
 impl Redis {
     /// A server of our own: retried on a new port if the chosen one turns out to be taken.
     pub fn start(module: Option<&Path>) -> Redis {
+        Redis::start_with(module, &[])
+    }
+
+    /// The same with extra server arguments (e.g. `--cluster-enabled yes`).
+    pub fn start_with(module: Option<&Path>, extra: &[&str]) -> Redis {
         let dir = tmpdir("redis");
         for _ in 0..5 {
             let port = free_port();
@@ -83,6 +88,7 @@ impl Redis {
             if let Some(m) = module {
                 cmd.arg("--loadmodule").arg(m);
             }
+            cmd.args(extra);
             let mut child = cmd.spawn().expect("spawn redis-server");
             match tally_tests::wait_server_owned(port, &mut child, Duration::from_secs(30)) {
                 Ok(()) => return Redis { port, child, dir },

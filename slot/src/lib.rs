@@ -1,5 +1,7 @@
 //! Redis Cluster hash slots (CRC16/XMODEM of the key or its `{hash tag}`) and, for each
 //! slot, a short tag that maps to it, so tally's helper keys can share a command's slot.
+//! Shared by the module (which names the helper keys) and the shipper (which computes the
+//! per-slot stream names of the slots a node serves instead of scanning its keyspace).
 
 pub const SLOTS: usize = 16384;
 

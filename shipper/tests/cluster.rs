@@ -1,0 +1,101 @@
+//! The shipper on a real two-primary cluster, given one seed node: it finds both primaries
+//! and the per-slot streams from CLUSTER SLOTS (no keyspace scan), ships every event of
+//! both nodes exactly once, and picks up streams of slots first written after it started.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+async fn info_has(c: &mut redis::aio::MultiplexedConnection, needle: &str) -> bool {
+    let text: String = redis::cmd("CLUSTER").arg("INFO").query_async(c).await.unwrap();
+    text.contains(needle)
+}
+
+/// Two primaries with the module: A serves slots 0-8191, B 8192-16383.
+async fn two_primaries(module: &std::path::Path) -> (Redis, Redis) {
+    let node = || {
+        let bus = tally_tests::free_port().to_string();
+        Redis::start_with(Some(module), &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", &bus])
+    };
+    let (a, b) = (node(), node());
+    let (mut ca, mut cb) = (a.conn().await, b.conn().await);
+    cmd(&mut ca, &["CLUSTER", "ADDSLOTSRANGE", "0", "8191"]).await;
+    cmd(&mut cb, &["CLUSTER", "ADDSLOTSRANGE", "8192", "16383"]).await;
+    let bus_b: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("cluster-port").query_async(&mut cb).await.unwrap();
+    cmd(&mut ca, &["CLUSTER", "MEET", "127.0.0.1", &b.port.to_string(), &bus_b[1]]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for c in [&mut ca, &mut cb] {
+        while !(info_has(c, "cluster_state:ok").await && info_has(c, "cluster_known_nodes:2").await) {
+            assert!(Instant::now() < deadline, "cluster never formed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    (a, b)
+}
+
+/// `n` increments on keys spread over both nodes, each sent to the node that serves it.
+async fn incr_spread(a: &mut redis::aio::MultiplexedConnection, b: &mut redis::aio::MultiplexedConnection, tag: &str, n: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    for i in 0..n {
+        let key = format!("{tag}:acct:{}", i % 20);
+        let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key).query_async(a).await.unwrap();
+        let c = if slot < 8192 { &mut *a } else { &mut *b };
+        cmd(c, &["ASSET.INCR", &key, "gold", "1"]).await;
+        keys.push(key);
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_seed_node_ships_every_primary_of_a_cluster() {
+    let _g = serial();
+    let Some(module) = module_path() else {
+        skip("one_seed_node_ships_every_primary_of_a_cluster", "libtally.so not found (build module/ in release or set TALLY_MODULE)");
+        return;
+    };
+    let (a, b) = two_primaries(&module).await;
+    let pg = Pg::start();
+    run_migrate(&pg.url());
+    let pool = pg.pool().await;
+    let (mut ca, mut cb) = (a.conn().await, b.conn().await);
+    let first = incr_spread(&mut ca, &mut cb, "x", 200).await;
+
+    let args = [
+        base_args("run", Some(&a.url()), Some(&pg.url()), None),
+        vec!["--discover-interval-ms".into(), "300".into()],
+    ]
+    .concat();
+    let mut sh = Shipper::spawn(&args, &tmpdir("cluster").join("shipper.log"));
+    assert_eq!(wait_count(&pool, "SELECT count(*) FROM events", 200, Duration::from_secs(60)).await, 200, "{}", tail_lines(&sh.log_text(), 40));
+    // keys in slots first written now get streams the shipper has not seen yet
+    let later = incr_spread(&mut ca, &mut cb, "y", 100).await;
+    assert_eq!(wait_count(&pool, "SELECT count(*) FROM events", 300, Duration::from_secs(60)).await, 300, "{}", tail_lines(&sh.log_text(), 40));
+
+    // both nodes held streams, and every key's balance and seq are exact
+    let mut nodes_with_streams = 0;
+    for c in [&mut ca, &mut cb] {
+        let streams: Vec<String> = redis::cmd("KEYS").arg("tally:log:*").query_async(c).await.unwrap();
+        nodes_with_streams += usize::from(!streams.is_empty());
+        for s in &streams {
+            assert_eq!(group_pending(c, s, "tally-shipper").await, 0, "{s}");
+        }
+    }
+    assert_eq!(nodes_with_streams, 2);
+    for key in first.iter().chain(&later).collect::<std::collections::BTreeSet<_>>() {
+        let n = first.iter().chain(&later).filter(|k| *k == key).count() as i64;
+        let (bal, seq): (String, i64) = sqlx::query_as(
+            "SELECT b.balance::text, s.contiguous_seq FROM balances b JOIN key_seqs s USING (data_key) WHERE b.data_key = $1 AND b.field = 'gold'",
+        )
+        .bind(key)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((normalize_decimal(&bal), seq), (n.to_string(), n), "{key}");
+    }
+    assert_eq!(count(&pool, "SELECT count(*) FROM sequence_anomalies").await, 0);
+    assert_eq!(count(&pool, "SELECT count(*) FROM failed_events").await, 0);
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
