@@ -198,30 +198,37 @@ async fn keys_behind(conn: &mut MultiplexedConnection, pool: &PgPool, prefix: &s
     Ok(behind)
 }
 
-pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<Report> {
+/// Compares Redis with the history. `nodes` holds one connection per primary: a standalone
+/// server, or every primary of a cluster (each node's sequence hashes and streams are its own).
+pub async fn run(nodes: &mut [MultiplexedConnection], pool: &PgPool, opt: &Options) -> anyhow::Result<Report> {
     let mut report = Report::default();
-    wait_for_drain(conn, pool, opt, &mut report).await?;
+    wait_for_drain(nodes, pool, opt, &mut report).await?;
     let events_pending = !report.drained;
-    // Redis -> Postgres, batch by batch.
-    let mut pager = SeqPager::new(conn, &opt.prefix).await?;
-    while let Some(page) = pager.next(conn, opt.batch).await? {
-        let hashes = compare_sequences(conn, pool, opt, &mut report, &page, events_pending).await?;
-        check_assets(pool, &mut report, opt, &hashes.assets, &hashes.missing).await?;
-        check_coupons(pool, &mut report, opt, &hashes.coupons).await?;
-        check_usage(pool, &mut report, opt, &hashes.usages).await?;
+    // Redis -> Postgres, node by node, batch by batch.
+    for conn in nodes.iter_mut() {
+        let mut pager = SeqPager::new(conn, &opt.prefix).await?;
+        while let Some(page) = pager.next(conn, opt.batch).await? {
+            let hashes = compare_sequences(conn, pool, opt, &mut report, &page, events_pending).await?;
+            check_assets(pool, &mut report, opt, &hashes.assets, &hashes.missing).await?;
+            check_coupons(pool, &mut report, opt, &hashes.coupons).await?;
+            check_usage(pool, &mut report, opt, &hashes.usages).await?;
+        }
     }
     check_history(pool, &mut report, opt, events_pending).await?;
-    check_keys_with_history(conn, pool, opt, &mut report).await?;
+    check_keys_with_history(nodes, pool, opt, &mut report).await?;
     Ok(report)
 }
 
 /// Waits (up to `wait_ms`) until nothing is pending in the streams and no key's history is
 /// behind Redis; records whether that happened.
-async fn wait_for_drain(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options, report: &mut Report) -> anyhow::Result<()> {
+async fn wait_for_drain(nodes: &mut [MultiplexedConnection], pool: &PgPool, opt: &Options, report: &mut Report) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let in_stream = stream_in_flight(conn, &opt.prefix, &opt.group).await?;
-        let behind = keys_behind(conn, pool, &opt.prefix, opt.batch).await?;
+        let (mut in_stream, mut behind) = (0, 0);
+        for conn in nodes.iter_mut() {
+            in_stream += stream_in_flight(conn, &opt.prefix, &opt.group).await?;
+            behind += keys_behind(conn, pool, &opt.prefix, opt.batch).await?;
+        }
         report.stream_in_flight = in_stream;
         if in_stream == 0 && behind == 0 {
             report.drained = true;
@@ -303,8 +310,11 @@ async fn compare_sequences(
 }
 
 /// Postgres -> Redis: every key with history must still have its sequence in Redis.
-async fn check_keys_with_history(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options, report: &mut Report) -> anyhow::Result<()> {
-    let seq_hashes = scan_keys(conn, &format!("{}:seq*", opt.prefix), "hash").await?;
+async fn check_keys_with_history(nodes: &mut [MultiplexedConnection], pool: &PgPool, opt: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let mut seq_hashes = Vec::new();
+    for (i, conn) in nodes.iter_mut().enumerate() {
+        seq_hashes.extend(scan_keys(conn, &format!("{}:seq*", opt.prefix), "hash").await?.into_iter().map(|h| (i, h)));
+    }
     let mut after = String::new();
     loop {
         let rows: Vec<(String, i64)> = sqlx::query_as("SELECT data_key, last_seq FROM key_seqs WHERE data_key > $1 ORDER BY data_key LIMIT $2")
@@ -312,12 +322,12 @@ async fn check_keys_with_history(conn: &mut MultiplexedConnection, pool: &PgPool
         let Some(last) = rows.last() else { break };
         after = last.0.clone();
         let mut found: HashMap<String, bool> = HashMap::new();
-        for h in &seq_hashes {
+        for (node, h) in &seq_hashes {
             let mut pipe = redis::pipe();
             for (k, _) in &rows {
                 pipe.cmd("HEXISTS").arg(h).arg(k);
             }
-            let exists: Vec<bool> = pipe.query_async(conn).await?;
+            let exists: Vec<bool> = pipe.query_async(&mut nodes[*node]).await?;
             for ((k, _), e) in rows.iter().zip(exists) {
                 *found.entry(k.clone()).or_insert(false) |= e;
             }
@@ -487,9 +497,12 @@ async fn check_usage(pool: &PgPool, report: &mut Report, opt: &Options, usages: 
 
 /// Connects and runs; returns the process exit code (0 match, 1 mismatch, 2 only in flight).
 pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::Result<i32> {
-    let client = redis::Client::open(redis_url).context("redis url")?;
-    let mut conn = client.get_multiplexed_async_connection().await.context("connect to redis")?;
-    let report = run(&mut conn, pool, opt).await?;
+    let mut nodes = Vec::new();
+    for url in crate::redis_src::primary_urls(redis_url).await.context("finding the primaries")? {
+        let client = redis::Client::open(url.as_str()).context("redis url")?;
+        nodes.push(client.get_multiplexed_async_connection().await.with_context(|| format!("connect to {url}"))?);
+    }
+    let report = run(&mut nodes, pool, opt).await?;
     report.print();
     Ok(if !report.ok() { 1 } else if report.in_flight() > 0 { 2 } else { 0 })
 }

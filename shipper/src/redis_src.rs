@@ -182,6 +182,18 @@ async fn discover(conn: &mut MultiplexedConnection, url: &str, prefix: &str) -> 
     Ok(out)
 }
 
+/// The URL of every primary: the server itself when standalone, each primary from
+/// `CLUSTER SLOTS` (with the seed's credentials and options) in cluster mode.
+pub async fn primary_urls(seed: &str) -> RResult<Vec<String>> {
+    let mut conn = connect(seed, Duration::from_secs(10)).await?;
+    let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await?;
+    if !cluster_enabled(&info) {
+        return Ok(vec![seed.to_string()]);
+    }
+    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await?;
+    Ok(primaries(&slots).into_iter().filter_map(|((host, port), _)| node_url(seed, &host, port)).collect())
+}
+
 /// The stream of `slot`: `<prefix>:log:{<tag of the slot>}`, as the module names it.
 pub fn slot_stream(prefix: &str, slot: usize) -> String {
     static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();

@@ -1,6 +1,7 @@
 //! The shipper on a real two-primary cluster, given one seed node: it finds both primaries
 //! and the per-slot streams from CLUSTER SLOTS (no keyspace scan), ships every event of
-//! both nodes exactly once, and picks up streams of slots first written after it started.
+//! both nodes exactly once, and picks up streams of slots first written after it started;
+//! reconcile given the same seed checks every primary.
 
 mod common;
 
@@ -40,12 +41,16 @@ async fn incr_spread(a: &mut redis::aio::MultiplexedConnection, b: &mut redis::a
     let mut keys = Vec::new();
     for i in 0..n {
         let key = format!("{tag}:acct:{}", i % 20);
-        let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key).query_async(a).await.unwrap();
-        let c = if slot < 8192 { &mut *a } else { &mut *b };
+        let c = if a_serves(&key) { &mut *a } else { &mut *b };
         cmd(c, &["ASSET.INCR", &key, "gold", "1"]).await;
         keys.push(key);
     }
     keys
+}
+
+/// Whether node A (slots 0-8191) serves `key`.
+fn a_serves(key: &str) -> bool {
+    tally_slot::key_slot(key.as_bytes()) < 8192
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,6 +101,19 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
     }
     assert_eq!(count(&pool, "SELECT count(*) FROM sequence_anomalies").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM failed_events").await, 0);
+
+    // reconcile, given the same seed, walks every primary
+    let reconcile = || shipper_cmd(&["reconcile", "--redis-url", &a.url(), "--database-url", &pg.url(), "--wait-ms", "30000"]);
+    let (code, out) = reconcile();
+    assert_eq!(code, 0, "{out}");
+    let checked = out.lines().find(|l| l.starts_with("sequences")).and_then(|l| l.split_whitespace().nth(1)).unwrap_or_default().to_string();
+    assert_eq!(checked, "40", "every key of both nodes:\n{out}");
+    // a balance tampered with on the node the seed is not
+    let on_b = first.iter().chain(&later).find(|k| !a_serves(k)).expect("a key served by B").clone();
+    let _: () = redis::cmd("HSET").arg(&on_b).arg("gold").arg("999").query_async(&mut cb).await.unwrap();
+    let (code, out) = reconcile();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("balances {on_b} gold: redis 999")), "{out}");
     sh.sigterm();
     assert!(sh.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success()));
 }
