@@ -93,7 +93,7 @@ pub enum Command {
     },
 }
 
-/// Options of `reconcile` and `restore` (standalone Redis).
+/// Options of `reconcile` and `restore`: a standalone server, or any node of a cluster (every primary is used).
 #[derive(Args, Debug, Clone)]
 pub struct CheckOpts {
     #[arg(long = "redis-url", id = "redis_url", env = "TALLY_REDIS_URL", default_value = "redis://127.0.0.1:6379")]

@@ -8,6 +8,7 @@ mod forward;
 mod kafka_client;
 mod persist;
 mod metrics;
+mod nodes;
 mod pipeline;
 mod reconcile;
 mod record;

@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use redis::aio::MultiplexedConnection;
 use sqlx::PgPool;
 
@@ -105,7 +104,7 @@ pub struct Options {
     pub show: usize,
 }
 
-async fn scan_keys(conn: &mut MultiplexedConnection, pattern: &str, kind: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn scan_keys(conn: &mut MultiplexedConnection, pattern: &str, kind: &str) -> anyhow::Result<Vec<String>> {
     let mut cursor: u64 = 0;
     let mut out = BTreeSet::new();
     loop {
@@ -497,12 +496,8 @@ async fn check_usage(pool: &PgPool, report: &mut Report, opt: &Options, usages: 
 
 /// Connects and runs; returns the process exit code (0 match, 1 mismatch, 2 only in flight).
 pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::Result<i32> {
-    let mut nodes = Vec::new();
-    for url in crate::redis_src::primary_urls(redis_url).await.context("finding the primaries")? {
-        let client = redis::Client::open(url.as_str()).context("redis url")?;
-        nodes.push(client.get_multiplexed_async_connection().await.with_context(|| format!("connect to {url}"))?);
-    }
-    let report = run(&mut nodes, pool, opt).await?;
+    let mut nodes = crate::nodes::Nodes::connect(redis_url).await?;
+    let report = run(&mut nodes.conns, pool, opt).await?;
     report.print();
     Ok(if !report.ok() { 1 } else if report.in_flight() > 0 { 2 } else { 0 })
 }

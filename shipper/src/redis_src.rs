@@ -182,23 +182,34 @@ async fn discover(conn: &mut MultiplexedConnection, url: &str, prefix: &str) -> 
     Ok(out)
 }
 
-/// The URL of every primary: the server itself when standalone, each primary from
-/// `CLUSTER SLOTS` (with the seed's credentials and options) in cluster mode.
-pub async fn primary_urls(seed: &str) -> RResult<Vec<String>> {
+/// The primaries of the cluster `seed` belongs to, each with its URL (the seed's credentials
+/// and options) and slot ranges; None when `seed` is a standalone server.
+pub async fn cluster_layout(seed: &str) -> RResult<Option<Vec<(String, Vec<(usize, usize)>)>>> {
     let mut conn = connect(seed, Duration::from_secs(10)).await?;
     let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await?;
     if !cluster_enabled(&info) {
-        return Ok(vec![seed.to_string()]);
+        return Ok(None);
     }
     let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await?;
-    Ok(primaries(&slots).into_iter().filter_map(|((host, port), _)| node_url(seed, &host, port)).collect())
+    Ok(Some(
+        primaries(&slots)
+            .into_iter()
+            .filter_map(|((host, port), ranges)| node_url(seed, &host, port).map(|u| (u, ranges)))
+            .collect(),
+    ))
+}
+
+/// The tag of `slot` (the module's table): helper keys are `<prefix>:log:{tag}`,
+/// `<prefix>:seq:{tag}`, `<prefix>:op:{tag}:...`.
+pub fn slot_tag(slot: usize) -> &'static str {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(tally_slot::build_tag_table);
+    tags.get(slot).map(String::as_str).unwrap_or("0")
 }
 
 /// The stream of `slot`: `<prefix>:log:{<tag of the slot>}`, as the module names it.
 pub fn slot_stream(prefix: &str, slot: usize) -> String {
-    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let tags = TAGS.get_or_init(tally_slot::build_tag_table);
-    format!("{prefix}:log:{{{}}}", tags.get(slot).map(String::as_str).unwrap_or("0"))
+    format!("{prefix}:log:{{{}}}", slot_tag(slot))
 }
 
 /// `CLUSTER SLOTS` -> per primary (host, port), its slot ranges.

@@ -2,7 +2,8 @@
 //! lost its data: balances, per-key sequence numbers (so new events continue the sequence),
 //! coupon campaigns (stock, issued, holders, issue counter) and usage counters. Writes plain
 //! Redis hashes in pipelined batches (replicated and AOF'd by Redis like any write); it
-//! appends no events, because the history already has them. Standalone Redis only.
+//! appends no events, because the history already has them. On a cluster, given any node, it
+//! writes each key, and its seq into its slot's sequence hash, on the primary that serves it.
 //!
 //! It refuses to run before the pipeline has drained: an event still in the stream, in Kafka
 //! or in `failed_events` is not in the derived tables, so the rebuilt state would lack it and
@@ -11,10 +12,10 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use redis::aio::MultiplexedConnection;
 use sqlx::PgPool;
 
 use crate::config::KafkaOpts;
+use crate::nodes::Nodes;
 
 pub struct Options {
     pub prefix: String,
@@ -37,9 +38,12 @@ pub struct Restored {
 }
 
 /// What has not reached the derived tables yet; each entry is one sentence for the operator.
-async fn not_drained(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<Vec<String>> {
+async fn not_drained(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
-    let stream = crate::reconcile::stream_in_flight(conn, &opt.prefix, &opt.group).await?;
+    let mut stream = 0;
+    for conn in nodes.conns.iter_mut() {
+        stream += crate::reconcile::stream_in_flight(conn, &opt.prefix, &opt.group).await?;
+    }
     if stream > 0 {
         out.push(format!("{stream} stream entries not yet acknowledged by the shipper (group {})", opt.group));
     }
@@ -84,25 +88,30 @@ async fn history_keys(pool: &PgPool, after: &str, batch: usize) -> anyhow::Resul
         .bind(after).bind(batch as i64).fetch_all(pool).await?)
 }
 
-/// Refuses to overwrite: any key with history that exists in Redis, or the sequence hash.
-async fn existing_keys(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<Vec<String>> {
+/// Refuses to overwrite: any key with history that exists in Redis, or a sequence hash.
+async fn existing_keys(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Result<Vec<String>> {
     let mut found = Vec::new();
-    let seq_hash = format!("{}:seq", opt.prefix);
-    let n: i64 = redis::cmd("EXISTS").arg(&seq_hash).query_async(conn).await?;
-    if n > 0 {
-        found.push(seq_hash);
+    for conn in nodes.conns.iter_mut() {
+        found.extend(crate::reconcile::scan_keys(conn, &format!("{}:seq*", opt.prefix), "hash").await?);
     }
     let mut after = String::new();
     loop {
         let page = history_keys(pool, &after, opt.batch).await?;
         let Some(last) = page.last() else { break };
         after = last.0.clone();
-        let mut pipe = redis::pipe();
-        for (k, _) in &page {
-            pipe.cmd("EXISTS").arg(k);
+        // one pipelined EXISTS per node for the keys it serves
+        for node in 0..nodes.conns.len() {
+            let mine: Vec<&String> = page.iter().map(|(k, _)| k).filter(|k| nodes.node_of(k) == node).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for k in &mine {
+                pipe.cmd("EXISTS").arg(*k);
+            }
+            let exists: Vec<i64> = pipe.query_async(&mut nodes.conns[node]).await?;
+            found.extend(mine.into_iter().zip(exists).filter(|(_, e)| *e > 0).map(|(k, _)| k.clone()));
         }
-        let exists: Vec<i64> = pipe.query_async(conn).await?;
-        found.extend(page.iter().zip(exists).filter(|(_, e)| *e > 0).map(|((k, _), _)| k.clone()));
         if found.len() >= 10 {
             break;
         }
@@ -111,8 +120,8 @@ async fn existing_keys(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Op
 }
 
 /// Refuses (or with --force, warns) while events are in flight.
-async fn require_drained(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<()> {
-    let pending = not_drained(conn, pool, opt).await?;
+async fn require_drained(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Result<()> {
+    let pending = not_drained(nodes, pool, opt).await?;
     if !pending.is_empty() {
         if !opt.force {
             bail!(
@@ -127,9 +136,9 @@ async fn require_drained(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &
     Ok(())
 }
 
-pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
-    require_drained(conn, pool, opt).await?;
-    let existing = existing_keys(conn, pool, opt).await?;
+pub async fn run(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
+    require_drained(nodes, pool, opt).await?;
+    let existing = existing_keys(nodes, pool, opt).await?;
     if !existing.is_empty() && !opt.force {
         bail!(
             "refusing to overwrite existing Redis keys (e.g. {}); pass --force to replace them with the history's state",
@@ -138,7 +147,6 @@ pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options)
     }
     let started = Instant::now();
     let mut done = Restored::default();
-    let seq_hash = format!("{}:seq", opt.prefix);
 
     // Keys are restored in pages of the history's key list; each page is one pipeline.
     let mut after = String::new();
@@ -147,20 +155,20 @@ pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options)
         let Some(last) = page.last() else { break };
         after = last.0.clone();
         let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
-        let mut pipe = redis::pipe();
+        let mut pipes = nodes.pipes();
         if opt.force {
             for k in &keys {
-                pipe.cmd("DEL").arg(k).ignore();
+                pipes.on(nodes, k).cmd("DEL").arg(k).ignore();
             }
         }
-        add_balances(&mut pipe, pool, &keys, &mut done).await?;
-        add_campaigns(&mut pipe, pool, &keys, &mut done).await?;
-        add_usage(&mut pipe, pool, &keys, &mut done).await?;
+        add_balances(&mut pipes, nodes, pool, &keys, &mut done).await?;
+        add_campaigns(&mut pipes, nodes, pool, &keys, &mut done).await?;
+        add_usage(&mut pipes, nodes, pool, &keys, &mut done).await?;
         for (k, seq) in &page {
-            pipe.cmd("HSET").arg(&seq_hash).arg(k).arg(seq).ignore();
+            pipes.on(nodes, k).cmd("HSET").arg(nodes.seq_hash(&opt.prefix, k)).arg(k).arg(seq).ignore();
             done.sequences += 1;
         }
-        pipe.query_async::<()>(conn).await.context("writing a restore batch to redis")?;
+        pipes.send(nodes).await.context("writing a restore batch to redis")?;
         println!(
             "restore: {} keys so far ({} balance fields, {} campaigns, {} usage counters) in {} ms",
             done.sequences, done.balance_fields, done.campaigns, done.usage_keys, started.elapsed().as_millis()
@@ -170,7 +178,7 @@ pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, opt: &Options)
 }
 
 /// The balances of `keys`, one HSET per field.
-async fn add_balances(pipe: &mut redis::Pipeline, pool: &PgPool, keys: &[String], done: &mut Restored) -> anyhow::Result<()> {
+async fn add_balances(pipes: &mut crate::nodes::Pipes, nodes: &Nodes, pool: &PgPool, keys: &[String], done: &mut Restored) -> anyhow::Result<()> {
     let balances: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT data_key, field, balance::text FROM balances WHERE data_key = ANY($1) ORDER BY data_key, field",
     ).bind(keys).fetch_all(pool).await?;
@@ -180,21 +188,21 @@ async fn add_balances(pipe: &mut redis::Pipeline, pool: &PgPool, keys: &[String]
             done.balance_keys += 1;
             last_key = Some(k);
         }
-        pipe.cmd("HSET").arg(k).arg(f).arg(crate::reconcile::canonical(b)).ignore();
+        pipes.on(nodes, k).cmd("HSET").arg(k).arg(f).arg(crate::reconcile::canonical(b)).ignore();
         done.balance_fields += 1;
     }
     Ok(())
 }
 
 /// The campaigns among `keys`: stock, issued, issue counter, window, and every holder.
-async fn add_campaigns(pipe: &mut redis::Pipeline, pool: &PgPool, keys: &[String], done: &mut Restored) -> anyhow::Result<()> {
+async fn add_campaigns(pipes: &mut crate::nodes::Pipes, nodes: &Nodes, pool: &PgPool, keys: &[String], done: &mut Restored) -> anyhow::Result<()> {
     let campaigns: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT c.campaign, c.total, c.issued, c.peruser, c.start_ms, c.end_ms,
                 COALESCE((SELECT max(i.issue) FROM coupon_issues i WHERE i.campaign = c.campaign), 0)
          FROM coupon_campaigns c WHERE c.campaign = ANY($1)",
     ).bind(keys).fetch_all(pool).await?;
     for (c, total, issued, peruser, start, end, last_issue) in &campaigns {
-        pipe.cmd("HSET").arg(c)
+        pipes.on(nodes, c).cmd("HSET").arg(c)
             .arg("kind").arg("coupon")
             .arg("total").arg(total)
             .arg("issued").arg(issued)
@@ -211,20 +219,20 @@ async fn add_campaigns(pipe: &mut redis::Pipeline, pool: &PgPool, keys: &[String
          GROUP BY campaign, user_id",
     ).bind(keys).fetch_all(pool).await?;
     for (c, u, issues) in &holders {
-        pipe.cmd("HSET").arg(c).arg(format!("u:{u}")).arg(issues).ignore();
+        pipes.on(nodes, c).cmd("HSET").arg(c).arg(format!("u:{u}")).arg(issues).ignore();
         done.holders += 1;
     }
     Ok(())
 }
 
 /// The usage counters among `keys`, as of their highest seq.
-async fn add_usage(pipe: &mut redis::Pipeline, pool: &PgPool, keys: &[String], done: &mut Restored) -> anyhow::Result<()> {
+async fn add_usage(pipes: &mut crate::nodes::Pipes, nodes: &Nodes, pool: &PgPool, keys: &[String], done: &mut Restored) -> anyhow::Result<()> {
     let usage: Vec<(String, String, String, String, String)> = sqlx::query_as(
         "SELECT DISTINCT ON (usage_key) usage_key, period, period_id, used::text, quota::text
          FROM usage_totals WHERE usage_key = ANY($1) ORDER BY usage_key, seq DESC",
     ).bind(keys).fetch_all(pool).await?;
     for (k, period, period_id, used, quota) in &usage {
-        pipe.cmd("HSET").arg(k)
+        pipes.on(nodes, k).cmd("HSET").arg(k)
             .arg("kind").arg("usage")
             .arg("limit").arg(crate::reconcile::canonical(quota))
             .arg("period").arg(period)
@@ -237,15 +245,13 @@ async fn add_usage(pipe: &mut redis::Pipeline, pool: &PgPool, keys: &[String], d
 }
 
 pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
-    let client = redis::Client::open(redis_url).context("redis url")?;
-    let mut conn = client.get_multiplexed_async_connection().await.context("connect to redis")?;
-    run(&mut conn, pool, opt).await
+    let mut nodes = Nodes::connect(redis_url).await?;
+    run(&mut nodes, pool, opt).await
 }
 
 /// `restore --as-of`: the same drain rule, then the rollback through the module.
 pub async fn as_of_command(redis_url: &str, pool: &PgPool, opt: &Options, as_of_ms: i64) -> anyhow::Result<crate::restore_as_of::RolledBack> {
-    let client = redis::Client::open(redis_url).context("redis url")?;
-    let mut conn = client.get_multiplexed_async_connection().await.context("connect to redis")?;
-    require_drained(&mut conn, pool, opt).await?;
-    crate::restore_as_of::run(&mut conn, pool, as_of_ms).await
+    let mut nodes = Nodes::connect(redis_url).await?;
+    require_drained(&mut nodes, pool, opt).await?;
+    crate::restore_as_of::run(&mut nodes, pool, as_of_ms).await
 }

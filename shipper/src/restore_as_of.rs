@@ -15,7 +15,7 @@
 //! created after it.
 
 use anyhow::Context as _;
-use redis::aio::MultiplexedConnection;
+use crate::nodes::Nodes;
 use sqlx::PgPool;
 
 /// At most this many fields per ASSET.INCR (the command's own limit is 64).
@@ -59,7 +59,7 @@ async fn deltas(pool: &PgPool, fields: &[String], current: &[String], target: &[
     Ok(rows.into_iter().map(|(f, d)| (f, crate::reconcile::canonical(&d))).collect())
 }
 
-async fn roll_back_balances(conn: &mut MultiplexedConnection, pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> anyhow::Result<()> {
+async fn roll_back_balances(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> anyhow::Result<()> {
     let rows = balances_at(pool, as_of_ms).await?;
     let mut i = 0;
     while i < rows.len() {
@@ -69,7 +69,7 @@ async fn roll_back_balances(conn: &mut MultiplexedConnection, pool: &PgPool, as_
         let targets: Vec<String> = rows[i..end].iter().map(|r| r.2.clone()).collect();
         let mut get = redis::cmd("HMGET");
         get.arg(key).arg(&fields);
-        let current: Vec<Option<String>> = get.query_async(conn).await?;
+        let current: Vec<Option<String>> = get.query_async(nodes.conn_for(key)).await?;
         let current: Vec<String> = current.into_iter().map(|v| v.unwrap_or_else(|| "0".into())).collect();
         let changes = deltas(pool, &fields, &current, &targets).await?;
         for (n, chunk) in changes.chunks(FIELDS_PER_COMMAND).enumerate() {
@@ -80,7 +80,7 @@ async fn roll_back_balances(conn: &mut MultiplexedConnection, pool: &PgPool, as_
             }
             c.arg("NOFLOOR").arg("ID").arg(format!("restore-as-of:{as_of_ms}:{n}"));
             c.arg("META").arg(format!("restore --as-of {as_of_ms}"));
-            c.query_async::<redis::Value>(conn).await.with_context(|| format!("rolling back {key}"))?;
+            c.query_async::<redis::Value>(nodes.conn_for(key)).await.with_context(|| format!("rolling back {key}"))?;
             out.fields += chunk.len() as u64;
         }
         if !changes.is_empty() {
@@ -91,7 +91,7 @@ async fn roll_back_balances(conn: &mut MultiplexedConnection, pool: &PgPool, as_
     Ok(())
 }
 
-async fn roll_back_claims(conn: &mut MultiplexedConnection, pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> anyhow::Result<()> {
+async fn roll_back_claims(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> anyhow::Result<()> {
     // claims made after the moment and still held: the user's most recent ones
     let held: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT campaign, user_id, count(*) FROM coupon_issues
@@ -107,7 +107,7 @@ async fn roll_back_claims(conn: &mut MultiplexedConnection, pool: &PgPool, as_of
                 .arg(&campaign).arg(&user)
                 .arg("ID").arg(format!("restore-as-of:{as_of_ms}:{user}:{i}"))
                 .arg("META").arg(format!("restore --as-of {as_of_ms}"))
-                .query_async::<redis::Value>(conn)
+                .query_async::<redis::Value>(nodes.conn_for(&campaign))
                 .await
                 .with_context(|| format!("releasing a claim of {user} in {campaign}"))?;
             out.releases += 1;
@@ -146,10 +146,10 @@ async fn report_unrolled(pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> 
     Ok(())
 }
 
-pub async fn run(conn: &mut MultiplexedConnection, pool: &PgPool, as_of_ms: i64) -> anyhow::Result<RolledBack> {
+pub async fn run(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64) -> anyhow::Result<RolledBack> {
     let mut out = RolledBack::default();
-    roll_back_balances(conn, pool, as_of_ms, &mut out).await?;
-    roll_back_claims(conn, pool, as_of_ms, &mut out).await?;
+    roll_back_balances(nodes, pool, as_of_ms, &mut out).await?;
+    roll_back_claims(nodes, pool, as_of_ms, &mut out).await?;
     report_unrolled(pool, as_of_ms, &mut out).await?;
     Ok(out)
 }

@@ -1,7 +1,7 @@
 //! The shipper on a real two-primary cluster, given one seed node: it finds both primaries
 //! and the per-slot streams from CLUSTER SLOTS (no keyspace scan), ships every event of
 //! both nodes exactly once, and picks up streams of slots first written after it started;
-//! reconcile given the same seed checks every primary.
+//! reconcile given the same seed checks every primary, and restore rebuilds every primary.
 
 mod common;
 
@@ -114,6 +114,27 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
     let (code, out) = reconcile();
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("balances {on_b} gold: redis 999")), "{out}");
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success()));
+
+    // both nodes lose everything; restore from the seed writes each key on its node, its
+    // seq into its slot's sequence hash, and ends with a matching reconcile
+    cmd(&mut ca, &["FLUSHALL"]).await;
+    cmd(&mut cb, &["FLUSHALL"]).await;
+    let (code, out) = shipper_cmd(&["restore", "--redis-url", &a.url(), "--database-url", &pg.url()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("verdict: MATCH"), "{out}");
+    let n_b = first.iter().chain(&later).filter(|k| **k == on_b).count();
+    let restored: String = redis::cmd("HGET").arg(&on_b).arg("gold").query_async(&mut cb).await.unwrap();
+    assert_eq!(restored, n_b.to_string(), "{on_b} restored on B with its history's balance");
+    // and the system keeps going: sequences continue on both nodes, no anomaly
+    let mut sh = Shipper::spawn(&args, &tmpdir("cluster-after").join("shipper.log"));
+    let more = incr_spread(&mut ca, &mut cb, "x", 40).await;
+    assert_eq!(wait_count(&pool, "SELECT count(*) FROM events", 340, Duration::from_secs(60)).await, 340, "{}", tail_lines(&sh.log_text(), 40));
+    assert_eq!(count(&pool, "SELECT count(*) FROM sequence_anomalies").await, 0, "the restored sequences continued");
+    let (code, out) = shipper_cmd(&["reconcile", "--redis-url", &a.url(), "--database-url", &pg.url(), "--wait-ms", "30000"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(more.len(), 40);
     sh.sigterm();
     assert!(sh.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success()));
 }
