@@ -11,12 +11,10 @@ use std::sync::{Mutex, OnceLock};
 use redis_module::configuration::ConfigurationContext;
 use redis_module::{ConfigurationValue, RedisError, RedisString};
 
-use crate::slot;
 
 pub static MAX_BACKLOG: IntSetting = IntSetting::new("max-backlog", DEFAULT_MAX_BACKLOG);
 pub static OP_TTL_MS: IntSetting = IntSetting::new("op-ttl-ms", DEFAULT_OP_TTL_MS);
 pub static PREFIX: PrefixSetting = PrefixSetting(OnceLock::new());
-static TAGS: OnceLock<Vec<String>> = OnceLock::new();
 
 pub const DEFAULT_MAX_BACKLOG: i64 = 1_000_000;
 pub const DEFAULT_OP_TTL_MS: i64 = 86_400_000;
@@ -144,12 +142,6 @@ pub fn op_ttl_ms() -> i64 {
 /// `volatile-*` and `allkeys-*` policy can; only `noeviction` keeps them.
 pub fn policy_can_evict_op_ids(policy: &str) -> bool {
     !policy.eq_ignore_ascii_case("noeviction")
-}
-
-/// The hash tag for `slot` (built once, on first use in cluster mode).
-pub fn slot_tag(slot: usize) -> &'static str {
-    let table = TAGS.get_or_init(slot::build_tag_table);
-    table.get(slot).map(String::as_str).unwrap_or("0")
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ impl Names {
     pub fn for_key(ctx: &Context, key: &str) -> NamesRef {
         let prefix = config::prefix_fixed();
         if cluster_mode(ctx) {
-            let suffix = format!(":{{{}}}", config::slot_tag(slot::key_slot(key.as_bytes())));
+            let suffix = format!(":{{{}}}", slot::tag(slot::key_slot(key.as_bytes())));
             NamesRef::Slot(Names::build(prefix, &suffix))
         } else {
             static FIXED: OnceLock<Names> = OnceLock::new();

@@ -45,7 +45,7 @@ impl Nodes {
     /// The hash holding `key`'s seq: `<prefix>:seq`, or `<prefix>:seq:{tag of its slot}` in a cluster.
     pub fn seq_hash(&self, prefix: &str, key: &str) -> String {
         if self.is_cluster() {
-            format!("{prefix}:seq:{{{}}}", crate::redis_src::slot_tag(tally_slot::key_slot(key.as_bytes())))
+            format!("{prefix}:seq:{{{}}}", tally_slot::tag(tally_slot::key_slot(key.as_bytes())))
         } else {
             format!("{prefix}:seq")
         }

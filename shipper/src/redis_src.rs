@@ -138,11 +138,7 @@ pub async fn connect(url: &str, response_timeout: Duration) -> RResult<Multiplex
 pub async fn discover_all(urls: &[String], prefix: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for url in urls {
-        let found = match connect(url, Duration::from_secs(10)).await {
-            Ok(mut c) => discover(&mut c, url, prefix).await,
-            Err(e) => Err(e),
-        };
-        match found {
+        match discover(url, prefix).await {
             Ok(pairs) => {
                 for p in pairs {
                     if !out.contains(&p) {
@@ -156,15 +152,12 @@ pub async fn discover_all(urls: &[String], prefix: &str) -> Vec<(String, String)
     out
 }
 
-async fn discover(conn: &mut MultiplexedConnection, url: &str, prefix: &str) -> RResult<Vec<(String, String)>> {
-    let info: String = redis::cmd("INFO").arg("cluster").query_async(conn).await?;
-    if !cluster_enabled(&info) {
+async fn discover(url: &str, prefix: &str) -> RResult<Vec<(String, String)>> {
+    let Some(primaries) = cluster_layout(url).await? else {
         return Ok(vec![(url.to_string(), format!("{prefix}:log"))]);
-    }
-    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    };
     let mut out = Vec::new();
-    for (addr, ranges) in primaries(&slots) {
-        let Some(node_url) = node_url(url, &addr.0, addr.1) else { continue };
+    for (node_url, ranges) in primaries {
         let streams: Vec<String> = ranges
             .iter()
             .flat_map(|&(lo, hi)| lo..=hi)
@@ -199,17 +192,9 @@ pub async fn cluster_layout(seed: &str) -> RResult<Option<Vec<(String, Vec<(usiz
     ))
 }
 
-/// The tag of `slot` (the module's table): helper keys are `<prefix>:log:{tag}`,
-/// `<prefix>:seq:{tag}`, `<prefix>:op:{tag}:...`.
-pub fn slot_tag(slot: usize) -> &'static str {
-    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let tags = TAGS.get_or_init(tally_slot::build_tag_table);
-    tags.get(slot).map(String::as_str).unwrap_or("0")
-}
-
 /// The stream of `slot`: `<prefix>:log:{<tag of the slot>}`, as the module names it.
 pub fn slot_stream(prefix: &str, slot: usize) -> String {
-    format!("{prefix}:log:{{{}}}", slot_tag(slot))
+    format!("{prefix}:log:{{{}}}", tally_slot::tag(slot))
 }
 
 /// `CLUSTER SLOTS` -> per primary (host, port), its slot ranges.

@@ -45,6 +45,14 @@ pub fn build_tag_table() -> Vec<String> {
     table.into_iter().map(Option::unwrap_or_default).collect()
 }
 
+/// The tag of `slot` from the table above, built once on first use; "0" for a slot out of
+/// range. tally's helper keys of a slot are `<prefix>:log:{tag}`, `<prefix>:seq:{tag}` and
+/// `<prefix>:op:{tag}:...`.
+pub fn tag(slot: usize) -> &'static str {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    TAGS.get_or_init(build_tag_table).get(slot).map(String::as_str).unwrap_or("0")
+}
+
 fn base36(mut n: u64) -> String {
     const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
@@ -80,6 +88,7 @@ mod tests {
         for (slot, tag) in table.iter().enumerate() {
             assert!(!tag.is_empty());
             assert_eq!(key_slot(format!("tally:log:{{{tag}}}").as_bytes()), slot);
+            assert_eq!(super::tag(slot), tag);
         }
     }
 }
