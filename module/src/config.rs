@@ -14,10 +14,13 @@ use redis_module::{ConfigurationValue, RedisError, RedisString};
 
 pub static MAX_BACKLOG: IntSetting = IntSetting::new("max-backlog", DEFAULT_MAX_BACKLOG);
 pub static OP_TTL_MS: IntSetting = IntSetting::new("op-ttl-ms", DEFAULT_OP_TTL_MS);
+pub static MAX_OP_IDS: IntSetting = IntSetting::new("max-op-ids", DEFAULT_MAX_OP_IDS);
 pub static PREFIX: PrefixSetting = PrefixSetting(OnceLock::new());
 
 pub const DEFAULT_MAX_BACKLOG: i64 = 1_000_000;
 pub const DEFAULT_OP_TTL_MS: i64 = 86_400_000;
+/// About 2 GB of op-id records at their ~213 bytes each.
+pub const DEFAULT_MAX_OP_IDS: i64 = 10_000_000;
 pub const DEFAULT_PREFIX: &str = "tally";
 
 /// Bounds, also declared to Redis when the configs are registered.
@@ -26,6 +29,8 @@ pub const MAX_MAX_BACKLOG: i64 = 1_000_000_000_000;
 pub const MIN_OP_TTL_MS: i64 = 1000;
 /// 10 years: far from any wrap of `now + ttl`, far beyond any sensible retry window.
 pub const MAX_OP_TTL_MS: i64 = 10 * 365 * 86_400_000;
+pub const MIN_MAX_OP_IDS: i64 = 0;
+pub const MAX_MAX_OP_IDS: i64 = 1_000_000_000_000;
 pub const MAX_PREFIX_LEN: usize = 64;
 
 /// A validated setting.
@@ -34,6 +39,7 @@ pub enum Setting {
     Prefix(String),
     MaxBacklog(i64),
     OpTtlMs(i64),
+    MaxOpIds(i64),
 }
 
 /// The one validation of every setting: `name` (case-insensitive, with or without the
@@ -62,6 +68,7 @@ pub fn validate(name: &str, value: &[u8]) -> Result<Setting, String> {
         }
         "max-backlog" => int(MIN_MAX_BACKLOG, MAX_MAX_BACKLOG).map(Setting::MaxBacklog),
         "op-ttl-ms" => int(MIN_OP_TTL_MS, MAX_OP_TTL_MS).map(Setting::OpTtlMs),
+        "max-op-ids" => int(MIN_MAX_OP_IDS, MAX_MAX_OP_IDS).map(Setting::MaxOpIds),
         other => Err(format!("unknown setting '{}'", printable(other))),
     }
 }
@@ -76,6 +83,7 @@ pub fn apply(setting: Setting) {
         Setting::Prefix(p) => *lock_prefix() = p,
         Setting::MaxBacklog(n) => MAX_BACKLOG.value.store(n, Relaxed),
         Setting::OpTtlMs(n) => OP_TTL_MS.value.store(n, Relaxed),
+        Setting::MaxOpIds(n) => MAX_OP_IDS.value.store(n, Relaxed),
     }
 }
 
@@ -138,6 +146,10 @@ pub fn op_ttl_ms() -> i64 {
     OP_TTL_MS.value.load(Relaxed)
 }
 
+pub fn max_op_ids() -> i64 {
+    MAX_OP_IDS.value.load(Relaxed)
+}
+
 /// Whether a `maxmemory-policy` can evict op-id records (string keys with a TTL): every
 /// `volatile-*` and `allkeys-*` policy can; only `noeviction` keeps them.
 pub fn policy_can_evict_op_ids(policy: &str) -> bool {
@@ -161,6 +173,7 @@ mod tests {
         assert_eq!(validate("tally.prefix", b"app:v2_x-1.0"), Ok(Setting::Prefix("app:v2_x-1.0".into())));
         assert_eq!(validate("MAX-BACKLOG", b"0"), Ok(Setting::MaxBacklog(0)));
         assert_eq!(validate("op-ttl-ms", b"1000"), Ok(Setting::OpTtlMs(1000)));
+        assert_eq!(validate("tally.max-op-ids", b"0"), Ok(Setting::MaxOpIds(0)));
         assert_eq!(validate("op-ttl-ms", MAX_OP_TTL_MS.to_string().as_bytes()), Ok(Setting::OpTtlMs(MAX_OP_TTL_MS)));
     }
 
@@ -171,6 +184,8 @@ mod tests {
         }
         assert!(err("max-backlog", "-1").contains("between 0 and"));
         assert!(err("max-backlog", "x").contains("needs an integer"));
+        assert!(err("max-op-ids", "-1").contains("between 0 and"));
+        assert!(err("max-op-ids", "1e6").contains("needs an integer"));
         assert!(err("op-ttl-ms", &i64::MAX.to_string()).contains("between 1000 and"));
         assert!(err("op-ttl-ms", "999").contains("between 1000 and"));
         assert!(err("op-ttl-ms", "99999999999999999999999").contains("needs an integer"));

@@ -10,8 +10,8 @@ pub enum CmdError {
     Coded(&'static str, String),
 }
 
-pub const CODES: [&str; 11] = [
-    "INSUFFICIENT", "SOLDOUT", "DUPLICATE", "NOTFOUND", "CLOSED", "LIMIT", "CONFLICT", "BACKLOG",
+pub const CODES: [&str; 12] = [
+    "INSUFFICIENT", "SOLDOUT", "DUPLICATE", "NOTFOUND", "CLOSED", "LIMIT", "CONFLICT", "BACKLOG", "OPIDS",
     "WRONGTYPE", "NOPERM", "ERR",
 ];
 

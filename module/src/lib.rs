@@ -14,6 +14,7 @@ pub mod error;
 pub mod event;
 pub mod ffi;
 pub mod logic;
+pub mod opids;
 pub mod period;
 pub use tally_slot as slot;
 pub mod stats;
@@ -350,6 +351,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         ("prefix", config::prefix()),
         ("max-backlog", config::max_backlog().to_string()),
         ("op-ttl-ms", config::op_ttl_ms().to_string()),
+        ("max-op-ids", config::max_op_ids().to_string()),
     ];
     for (name, value) in current {
         if let Err(e) = config::validate(name, value.as_bytes()) {
@@ -377,6 +379,9 @@ fn info(ctx: &InfoContext, _for_crash_report: bool) {
     }
     let _ = ctx.add_info_field_long_long("max_backlog", config::max_backlog());
     let _ = ctx.add_info_field_long_long("op_ttl_ms", config::op_ttl_ms());
+    let _ = ctx.add_info_field_long_long("max_op_ids", config::max_op_ids());
+    let live = opids::window().live(ffi::now_ms());
+    let _ = ctx.add_info_field_long_long("op_ids_counted", i64::try_from(live).unwrap_or(i64::MAX));
     // 1 while maxmemory-policy can evict op-id records (tally needs noeviction).
     let _ = ctx.add_info_field_long_long("maxmemory_policy_evicts_op_ids", i64::from(EVICTION_RISK.load(Relaxed)));
 }
@@ -396,6 +401,7 @@ macro_rules! tally_module {
             i64: [
                 ["max-backlog", &config::MAX_BACKLOG, config::DEFAULT_MAX_BACKLOG, config::MIN_MAX_BACKLOG, config::MAX_MAX_BACKLOG, ConfigurationFlags::DEFAULT, None],
                 ["op-ttl-ms", &config::OP_TTL_MS, config::DEFAULT_OP_TTL_MS, config::MIN_OP_TTL_MS, config::MAX_OP_TTL_MS, ConfigurationFlags::DEFAULT, None],
+                ["max-op-ids", &config::MAX_OP_IDS, config::DEFAULT_MAX_OP_IDS, config::MIN_MAX_OP_IDS, config::MAX_MAX_OP_IDS, ConfigurationFlags::DEFAULT, None],
             ],
             string: [
                 ["prefix", &config::PREFIX, config::DEFAULT_PREFIX, ConfigurationFlags::IMMUTABLE, None],

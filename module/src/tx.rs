@@ -291,6 +291,7 @@ pub fn mutate(
         if let Some(done) = replay(ctx, op_rs, &fingerprint)? {
             return Ok(done);
         }
+        admit_op_id()?;
     }
 
     let stream = open_stream(ctx, names)?;
@@ -450,6 +451,22 @@ fn write_seqs(
     Ok(())
 }
 
+/// OPIDS while this node counts `tally.max-op-ids` op-id records in their window.
+fn admit_op_id() -> Result<(), CmdError> {
+    let max = config::max_op_ids();
+    let mut window = crate::opids::window();
+    if window.admits(ffi::now_ms(), max) {
+        return Ok(());
+    }
+    Err(CmdError::code(
+        "OPIDS",
+        format!(
+            "{} op-id records are within tally.op-ttl-ms and tally.max-op-ids is {max}: retry later, or raise tally.max-op-ids / lower tally.op-ttl-ms",
+            window.live(ffi::now_ms())
+        ),
+    ))
+}
+
 /// The op-id record (fingerprint and reply) with its TTL, propagated as SET ... PXAT.
 fn write_op_record(ctx: &Context, op_rs: &RStr, fingerprint: &str, reply: &Reply, propagated: &mut Propagation) -> Result<(), CmdError> {
     let ttl_ms = config::op_ttl_ms();
@@ -457,6 +474,7 @@ fn write_op_record(ctx: &Context, op_rs: &RStr, fingerprint: &str, reply: &Reply
     let k = Key::open_raw(ctx, op_rs.ptr(), true).map_err(|e| partial_write(ctx, e))?;
     k.string_set_with_expire(record.ptr(), ttl_ms).map_err(|e| partial_write(ctx, e))?;
     drop(k);
+    crate::opids::window().record(ffi::now_ms(), ttl_ms);
     // ttl_ms is at most config::MAX_OP_TTL_MS, so this cannot wrap; saturate anyway.
     let at = RStr::new(IntText::new(ffi::now_ms().saturating_add(ttl_ms)).as_bytes());
     let pxat = pxat_word().ptr();

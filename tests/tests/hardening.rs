@@ -138,6 +138,7 @@ fn settings_are_validated_the_same_way_on_every_path() {
     use common::refuses_to_start;
     for (args, needle) in [
         (&["max-backlog", "-1"][..], "max-backlog must be between 0 and"),
+        (&["max-op-ids", "-1"], "max-op-ids must be between 0 and"),
         (&["op-ttl-ms", "9223372036854775807"], "op-ttl-ms must be between 1000 and"),
         (&["prefix", "{x}"], "prefix must be"),
         (&["prefix", "a b"], "prefix must be"),
@@ -218,4 +219,57 @@ fn the_module_refuses_to_load_without_a_command_it_propagates() {
     }
     let renamed = common::refuses_to_start(&["--rename-command", "XADD", "XADD2"]);
     assert!(renamed.contains("the command XADD does not exist"), "{renamed}");
+}
+
+fn info_field(c: &mut redis::Connection, name: &str) -> String {
+    let info: String = cmd(&["INFO", "tally"]).query(c).unwrap();
+    let prefix = format!("{name}:");
+    info.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or("missing").trim().to_string()
+}
+
+#[test]
+fn op_id_records_are_bounded_by_max_op_ids() {
+    let redis = Redis::start(&["--tally.max-op-ids", "3"]);
+    let mut c = redis.conn();
+    for i in 0..3 {
+        strings(&mut c, &["ASSET.INCR", "k", "f", "1", "ID", &format!("op{i}")]);
+    }
+    let e = rejected(&mut c, &["ASSET.INCR", "k", "f", "1", "ID", "op3"], "OPIDS");
+    assert!(e.contains("tally.max-op-ids is 3"), "{e}");
+    rejected(&mut c, &["COUPON.CREATE", "camp", "2", "ID", "c1"], "OPIDS");
+    // A retry of a remembered op-id is still answered; a command without ID still runs.
+    assert_eq!(strings(&mut c, &["ASSET.INCR", "k", "f", "1", "ID", "op0"]), ["1"]);
+    assert_eq!(strings(&mut c, &["ASSET.INCR", "k", "f", "1"]), ["4"]);
+    assert_eq!(info_field(&mut c, "tally_op_ids_counted"), "3");
+    assert_eq!(info_field(&mut c, "tally_max_op_ids"), "3");
+    assert_eq!(info_field(&mut c, "tally_rejected_opids"), "2");
+    let records: Vec<String> = cmd(&["KEYS", "tally:op:*"]).query(&mut c).unwrap();
+    assert_eq!(records.len(), 3, "{records:?}");
+    // 0 lifts the bound at run time.
+    ok(&mut c, &["CONFIG", "SET", "tally.max-op-ids", "0"]);
+    assert_eq!(strings(&mut c, &["ASSET.INCR", "k", "f", "1", "ID", "op3"]), ["5"]);
+    assert_eq!(info_field(&mut c, "tally_op_ids_counted"), "4");
+}
+
+#[test]
+fn expired_op_id_records_make_room_again() {
+    let redis = Redis::start(&["--tally.max-op-ids", "1", "--tally.op-ttl-ms", "1000"]);
+    let mut c = redis.conn();
+    assert_eq!(strings(&mut c, &["ASSET.INCR", "k", "f", "1", "ID", "a"]), ["1"]);
+    // Polled: the record expires after 1 s and is counted at most one bucket (1 s) longer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match cmd(&["ASSET.INCR", "k", "f", "1", "ID", "b"]).query::<Vec<String>>(&mut c) {
+            Ok(v) => {
+                assert_eq!(v, ["2"]);
+                break;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("OPIDS"), "{e}");
+                assert!(std::time::Instant::now() < deadline, "op-id 'a' still counted after 60 s");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+    assert_eq!(info_field(&mut c, "tally_op_ids_counted"), "1");
 }
