@@ -62,6 +62,12 @@ pub struct Event {
     pub coupon: Option<CouponState>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageState>,
+    /// With an op-id: the idempotency record (fingerprint and reply), so that
+    /// `tally-shipper restore` can rebuild the record of an op-id still inside its window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Reply>,
 }
 
 impl Event {
@@ -77,6 +83,8 @@ impl Event {
             changes: None,
             coupon: None,
             usage: None,
+            fp: None,
+            reply: None,
         }
     }
 
@@ -112,6 +120,15 @@ impl Event {
         }
         if let Some(u) = &self.usage {
             write_usage(out, u);
+        }
+        if let Some(fp) = &self.fp {
+            out.extend_from_slice(b",\"fp\":");
+            json_str(out, fp);
+        }
+        if let Some(reply) = &self.reply {
+            out.extend_from_slice(b",\"reply\":");
+            // Only with an op-id; serde's form is the record's (encode_record).
+            let _ = serde_json::to_writer(&mut *out, reply);
         }
         out.push(b'}');
     }
@@ -408,6 +425,10 @@ mod tests {
                     total: n, issued: seq, remaining: -n, peruser: 3, start: 0, end: i64::MIN }),
                 _ => e.usage = Some(UsageState { key: key.clone(), amount: op.clone(), used: field.clone(), limit: "10".into(),
                     period: "day", period_id: meta.clone().unwrap_or_default() }),
+            }
+            if let Some(op) = &op {
+                e.fp = Some(fingerprint("ASSET.INCR", &[op.as_bytes().to_vec()]));
+                e.reply = Some(if n % 2 == 0 { Reply::Ok } else { Reply::Array(vec![Item::Int(n), Item::Str(field.clone())]) });
             }
             proptest::prop_assert_eq!(e.to_json(), serde_json_of(&e));
         }

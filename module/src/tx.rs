@@ -297,7 +297,7 @@ pub fn mutate(
     let stream = open_stream(ctx, names)?;
 
     let mut tx = Tx { ctx, now_ms: ffi::now_ms(), names, keys: SmallVec::new(), seq_key: None, seqs: SmallVec::new(), failed: None };
-    let (reply, event) = body(&mut tx)?;
+    let (reply, mut event) = body(&mut tx)?;
     let Tx { keys, seq_key, seqs, failed, .. } = tx;
     if let Some(e) = failed {
         return Err(e);
@@ -305,6 +305,10 @@ pub fn mutate(
     // The JSON buffer is reused from command to command (Redis's main thread only).
     thread_local! {
         static JSON_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    }
+    if op_rs.is_some() {
+        event.fp = Some(fingerprint.clone());
+        event.reply = Some(reply.clone());
     }
     let mut json = JSON_BUF.take();
     json.clear();

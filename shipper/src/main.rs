@@ -15,6 +15,7 @@ mod record;
 mod redis_src;
 mod restore;
 mod restore_as_of;
+mod restore_ops;
 mod seqs;
 mod writers;
 mod sink_pg;
@@ -191,6 +192,13 @@ async fn restore_command(
             "restored {} balance keys ({} fields), {} campaigns ({} holders), {} usage counters, {} sequences",
             done.balance_keys, done.balance_fields, done.campaigns, done.holders, done.usage_keys, done.sequences
         );
+        println!("restored {} op-id records still inside tally.op-ttl-ms", done.op_ids.restored);
+        if done.op_ids.without_record > 0 {
+            println!(
+                "not restored: {} op-ids inside the window whose events carry no record (written by an older module); a retry of one is applied again",
+                done.op_ids.without_record
+            );
+        }
         0
     };
     let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, wait_ms)).await?;

@@ -51,6 +51,13 @@ impl Nodes {
         }
     }
 
+    /// The op-id record of `op` sent with a command whose first key is `key`, named as the
+    /// module names it: `<prefix>:op[:{tag}]:<byte length of key>:<key>:<op>`.
+    pub fn op_key(&self, prefix: &str, key: &str, op: &str) -> String {
+        let tag = if self.is_cluster() { format!(":{{{}}}", tally_slot::tag(tally_slot::key_slot(key.as_bytes()))) } else { String::new() };
+        format!("{prefix}:op{tag}:{}:{key}:{op}", key.len())
+    }
+
     /// One empty pipeline per node.
     pub fn pipes(&self) -> Pipes {
         Pipes { pipes: (0..self.conns.len()).map(|_| redis::pipe()).collect() }
@@ -83,4 +90,19 @@ impl Pipes {
 async fn open(url: &str) -> anyhow::Result<MultiplexedConnection> {
     let client = redis::Client::open(url).context("redis url")?;
     client.get_multiplexed_async_connection().await.with_context(|| format!("connect to {url}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Nodes;
+
+    #[test]
+    fn op_keys_are_named_as_the_module_names_them() {
+        let standalone = Nodes { conns: Vec::new(), ranges: Vec::new() };
+        assert_eq!(standalone.op_key("tally", "other", "op"), "tally:op:5:other:op");
+        let cluster = Nodes { conns: Vec::new(), ranges: vec![(0, 16383, 0)] };
+        let tag = tally_slot::tag(tally_slot::key_slot(b"acct:1"));
+        assert_eq!(cluster.op_key("tally", "acct:1", "g1"), format!("tally:op:{{{tag}}}:6:acct:1:g1"));
+        assert_eq!(cluster.seq_hash("tally", "acct:1"), format!("tally:seq:{{{tag}}}"));
+    }
 }

@@ -2,7 +2,8 @@
 //! lost its data: balances, per-key sequence numbers (so new events continue the sequence),
 //! coupon campaigns (stock, issued, holders, issue counter) and usage counters. Writes plain
 //! Redis hashes in pipelined batches (replicated and AOF'd by Redis like any write); it
-//! appends no events, because the history already has them. On a cluster, given any node, it
+//! appends no events, because the history already has them. Last, the op-id records still
+//! inside `tally.op-ttl-ms` (restore_ops.rs), so a client's retry is not applied twice. On a cluster, given any node, it
 //! writes each key, and its seq into its slot's sequence hash, on the primary that serves it.
 //!
 //! It refuses to run before the pipeline has drained: an event still in the stream, in Kafka
@@ -35,6 +36,7 @@ pub struct Restored {
     pub holders: u64,
     pub usage_keys: u64,
     pub sequences: u64,
+    pub op_ids: crate::restore_ops::OpRecords,
 }
 
 /// What has not reached the derived tables yet; each entry is one sentence for the operator.
@@ -174,6 +176,8 @@ pub async fn run(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Res
             done.sequences, done.balance_fields, done.campaigns, done.usage_keys, started.elapsed().as_millis()
         );
     }
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    done.op_ids = crate::restore_ops::restore(nodes, pool, &opt.prefix, now_ms, opt.batch).await?;
     Ok(done)
 }
 

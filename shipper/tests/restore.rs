@@ -34,9 +34,10 @@ async fn flush_restore_reconcile_and_keep_operating() {
 
     cmd(&mut c, &["COUPON.CREATE", "camp", "10", "PERUSER", "2"]).await;
     cmd(&mut c, &["USAGE.LIMIT", "quota", "100", "PERIOD", "month"]).await;
+    let mut first_replies = Vec::new();
     for i in 0..60 {
         let acct = format!("acct:{}", i % 7);
-        cmd(&mut c, &["ASSET.INCR", &acct, "gold", "10.43", "gems", "1", "ID", &format!("g{i}")]).await;
+        first_replies.push(cmd(&mut c, &["ASSET.INCR", &acct, "gold", "10.43", "gems", "1", "ID", &format!("g{i}")]).await);
         if i % 4 == 0 {
             cmd(&mut c, &["ASSET.TRANSFER", &acct, "acct:bank", "gold", "0.1"]).await;
         }
@@ -81,6 +82,25 @@ async fn flush_restore_reconcile_and_keep_operating() {
     assert!(out.contains("verdict: MATCH"), "{out}");
     let after = state(&mut c).await;
     assert_eq!(after, before, "restored state differs from the state before the loss");
+    // The op-ids are remembered again: a client's retry gets its first reply, changes nothing,
+    // appends nothing; the same op-id with other arguments is a CONFLICT.
+    assert!(out.contains("restored 60 op-id records"), "{out}");
+    let xlen = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        async move { redis::cmd("XLEN").arg("tally:log").query_async::<i64>(&mut c).await.unwrap() }
+    };
+    let events_before = xlen(&mut c).await;
+    for i in [0usize, 31, 59] {
+        let acct = format!("acct:{}", i % 7);
+        let again = cmd(&mut c, &["ASSET.INCR", &acct, "gold", "10.43", "gems", "1", "ID", &format!("g{i}")]).await;
+        assert_eq!(again, first_replies[i], "retry of g{i} after restore");
+    }
+    let conflict = redis::cmd("ASSET.INCR").arg("acct:0").arg("gold").arg("1").arg("ID").arg("g0").query_async::<redis::Value>(&mut c).await;
+    assert!(conflict.as_ref().is_err_and(|e| e.to_string().contains("CONFLICT")), "{conflict:?}");
+    assert_eq!(xlen(&mut c).await, events_before, "a retry after restore appended an event");
+    assert_eq!(state(&mut c).await, before, "a retry after restore changed a balance");
+    let ttl: i64 = redis::cmd("PTTL").arg("tally:op:6:acct:0:g0").query_async(&mut c).await.unwrap();
+    assert!(ttl > 0 && ttl <= 86_400_000, "op-id record TTL {ttl}");
 
     // It keeps operating: sequences and issue numbers continue, rows persist without conflict.
     let seq_before: i64 = redis::cmd("HGET").arg("tally:seq").arg("acct:1").query_async(&mut c).await.unwrap();
