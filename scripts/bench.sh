@@ -7,8 +7,8 @@
 # every workload on it (redis-benchmark where it fits, the Rust load generator `tally-bench`
 # for MULTI/EXEC and the WATCH loop), the memory test, and (if valgrind is installed and
 # BENCH_PROFILE is not 0) a callgrind profile of a fixed small workload on a second
-# redis-server. Writes docs/bench.md and docs/bench-ratios.png and prints a Markdown table
-# for the README.
+# redis-server (with XADD alone and MULTI/EXEC HINCRBYFLOAT+XADD, for the native floor).
+# Writes docs/bench.md and docs/bench-ratios.png and prints a Markdown table for the README.
 #
 # Knobs (environment):
 #   BENCH_SECONDS=3          target length of each measured run (redis-benchmark runs are
@@ -123,7 +123,9 @@ if [[ "$BENCH_PROFILE" != 0 ]] && need valgrind && need callgrind_control; then
     --callgrind-out-file="$PROFILE_DIR/callgrind.out.%p" -q
   VPID=${PIDS[-1]}
   BENCH_PORT=$PPORT "$BENCH_BIN" profile-setup
-  for w in ping hincrbyfloat asset lua_asset coupon lua_coupon usage lua_usage; do
+  for w in ping hincrbyfloat asset lua_asset coupon lua_coupon usage lua_usage xadd multi; do
+    # Outside the counted part: the xadd/multi streams never hold more than one run's events.
+    redis-cli -p "$PPORT" DEL bench:xa:log bench:mx:log >/dev/null
     callgrind_control -z "$VPID" >/dev/null
     BENCH_PORT=$PPORT "$BENCH_BIN" profile "$w"
     before=$(ls "$PROFILE_DIR"/callgrind.out.* 2>/dev/null | wc -l)

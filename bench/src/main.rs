@@ -193,7 +193,8 @@ impl Conn {
         self.flush().await?;
         for _ in 0..n {
             let v = self.read().await?;
-            if v.is_err() {
+            // An EXEC reply is an array: a command that failed inside it is an error too.
+            if v.is_err() || matches!(&v, Val::Arr(Some(a)) if a.iter().any(Val::is_err)) {
                 bail!("bulk command failed: {}", v.text());
             }
         }
@@ -689,42 +690,64 @@ async fn memory_test(c: &mut Conn, cfg: &Cfg) -> Result<Value> {
 // ---------------------------------------------------------------- callgrind workload
 
 /// A fixed workload for one profile phase: setup outside the measured part is done by
-/// `profile-setup`; `profile WORKLOAD` sends BENCH_PROFILE_OPS commands, 16 per write.
+/// `profile-setup`; `profile WORKLOAD` sends BENCH_PROFILE_OPS operations, 16 per write. An
+/// operation is one command, except `multi`: one MULTI/HINCRBYFLOAT/XADD/EXEC transaction.
 async fn profile(cfg: Cfg, id: &str) -> Result<()> {
     let mut c = Conn::connect(cfg.port).await?;
     let shas = load_scripts(&mut c).await?;
     let keys = 1000u64;
     let mut rng = fastrand::Rng::with_seed(42);
+    fastrand::seed(42); // the event ids of `xadd` and `multi`
     let n = cfg.profile_ops;
-    let mut cmds: Vec<Vec<String>> = Vec::with_capacity(n as usize);
+    let mut ops: Vec<Vec<Vec<String>>> = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let k = rng.u64(..keys);
         let u = rng.u64(..cfg.users);
-        let v: Vec<String> = match id {
-            "asset" => vec!["ASSET.INCR".into(), key("acct:", k), "gold".into(), "1.25".into()],
-            "hincrbyfloat" => vec!["HINCRBYFLOAT".into(), key("hf:", k), "gold".into(), "1.25".into()],
-            "lua_asset" => vec!["EVALSHA".into(), shas.asset.clone(), "2".into(), key("la:", k), "bench:lua:log".into(), "gold".into(), "1.25".into()],
-            "coupon" => vec!["COUPON.CLAIM".into(), "camp".into(), key("user:", u)],
-            "lua_coupon" => vec!["EVALSHA".into(), shas.coupon.clone(), "2".into(), "lcamp".into(), "bench:lc:log".into(), key("user:", u)],
-            "usage" => vec!["USAGE.CONSUME".into(), key("use:", k), "1".into()],
-            "lua_usage" => vec!["EVALSHA".into(), shas.usage.clone(), "2".into(), key("lu:", k), "bench:lu:log".into(), "1".into()],
-            "ping" => vec!["PING".into()],
-            _ => bail!("unknown profile workload {id}"),
-        };
-        cmds.push(v);
+        ops.push(profile_op(id, &shas, k, u)?);
     }
-    let mut pending = 0;
-    for v in cmds {
-        let a: Vec<&[u8]> = v.iter().map(|s| s.as_bytes()).collect();
-        c.push(&a);
+    let (mut pending, mut replies) = (0, 0);
+    for op in ops {
+        for v in &op {
+            let a: Vec<&[u8]> = v.iter().map(|s| s.as_bytes()).collect();
+            c.push(&a);
+        }
+        replies += op.len();
         pending += 1;
         if pending == 16 {
-            c.drain(pending).await?;
-            pending = 0;
+            c.drain(replies).await?;
+            (pending, replies) = (0, 0);
         }
     }
-    c.drain(pending).await?;
+    c.drain(replies).await?;
     Ok(())
+}
+
+/// The commands of one profiled operation on key number `k` (user `u` for the coupon rows).
+fn profile_op(id: &str, shas: &Shas, k: u64, u: u64) -> Result<Vec<Vec<String>>> {
+    let v: Vec<String> = match id {
+        "asset" => vec!["ASSET.INCR".into(), key("acct:", k), "gold".into(), "1.25".into()],
+        "hincrbyfloat" => vec!["HINCRBYFLOAT".into(), key("hf:", k), "gold".into(), "1.25".into()],
+        "lua_asset" => vec!["EVALSHA".into(), shas.asset.clone(), "2".into(), key("la:", k), "bench:lua:log".into(), "gold".into(), "1.25".into()],
+        "coupon" => vec!["COUPON.CLAIM".into(), "camp".into(), key("user:", u)],
+        "lua_coupon" => vec!["EVALSHA".into(), shas.coupon.clone(), "2".into(), "lcamp".into(), "bench:lc:log".into(), key("user:", u)],
+        "usage" => vec!["USAGE.CONSUME".into(), key("use:", k), "1".into()],
+        "lua_usage" => vec!["EVALSHA".into(), shas.usage.clone(), "2".into(), key("lu:", k), "bench:lu:log".into(), "1".into()],
+        "ping" => vec!["PING".into()],
+        // The append ASSET.INCR makes, alone: one stream, an event-sized JSON in field `event`.
+        "xadd" => vec!["XADD".into(), "bench:xa:log".into(), "*".into(), "event".into(), event_json(&key("xa:", k), None)],
+        "multi" => {
+            let k = key("mx:", k);
+            let ev = event_json(&k, None);
+            return Ok(vec![
+                vec!["MULTI".into()],
+                vec!["HINCRBYFLOAT".into(), k, "gold".into(), "1.25".into()],
+                vec!["XADD".into(), "bench:mx:log".into(), "*".into(), "event".into(), ev],
+                vec!["EXEC".into()],
+            ]);
+        }
+        _ => bail!("unknown profile workload {id}"),
+    };
+    Ok(vec![v])
 }
 
 async fn profile_setup(cfg: Cfg) -> Result<()> {
@@ -740,6 +763,7 @@ async fn profile_setup(cfg: Cfg) -> Result<()> {
     c.bulk((0..1000).map(|i| vec!["ASSET.INCR".into(), key("acct:", i), "gold".into(), "1".into()])).await?;
     c.bulk((0..1000).map(|i| vec!["HINCRBYFLOAT".into(), key("hf:", i), "gold".into(), "1".into()])).await?;
     c.bulk((0..1000).map(|i| vec!["HINCRBYFLOAT".into(), key("la:", i), "gold".into(), "1".into()])).await?;
+    c.bulk((0..1000).map(|i| vec!["HINCRBYFLOAT".into(), key("mx:", i), "gold".into(), "1".into()])).await?;
     Ok(())
 }
 
