@@ -187,6 +187,43 @@ pub struct KafkaOpts {
     /// their stored positions, or from the beginning).
     #[arg(long, env = "TALLY_KAFKA_METADATA_INTERVAL_MS", default_value_t = 30_000)]
     pub kafka_metadata_interval_ms: u64,
+    /// persist: the partitions this instance owns, `i/n` = every partition p with p % n == i.
+    /// Several `persist` instances given 0/n .. (n-1)/n share the topic without a consumer
+    /// group (no coordinator, no rebalance); partitions added later go to their owner.
+    #[arg(long = "persist-shard", env = "TALLY_PERSIST_SHARD", default_value = "0/1", value_parser = parse_shard)]
+    pub persist_shard: Shard,
+}
+
+/// `i/n`: this instance owns the partitions p with p % n == i.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// The most persist instances one topic can be split over.
+pub const MAX_SHARDS: u32 = 1024;
+
+impl Shard {
+    pub fn owns(&self, partition: i32) -> bool {
+        u32::try_from(partition).is_ok_and(|p| p % self.count.max(1) == self.index)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+pub fn parse_shard(s: &str) -> Result<Shard, String> {
+    let bad = || format!("expected i/n with 0 <= i < n <= {MAX_SHARDS} (e.g. 0/2), got {s:?}");
+    let (i, n) = s.trim().split_once('/').ok_or_else(bad)?;
+    let (index, count): (u32, u32) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if count == 0 || count > MAX_SHARDS || index >= count {
+        return Err(bad());
+    }
+    Ok(Shard { index, count })
 }
 
 #[derive(Args, Debug, Clone)]
@@ -266,6 +303,25 @@ pub fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
         _ => Err(format!("expected key=value, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_the_partitions_exactly_once() {
+        assert_eq!(parse_shard("1/3"), Ok(Shard { index: 1, count: 3 }));
+        for bad in ["", "1", "3/3", "0/0", "-1/2", "a/b", "0/1025", "1/2/3"] {
+            assert!(parse_shard(bad).is_err(), "{bad}");
+        }
+        let shards: Vec<Shard> = (0..3).map(|i| Shard { index: i, count: 3 }).collect();
+        for p in 0..10 {
+            assert_eq!(shards.iter().filter(|s| s.owns(p)).count(), 1, "partition {p}");
+        }
+        assert!(!Shard { index: 0, count: 1 }.owns(-1));
+        assert!(Shard { index: 0, count: 1 }.owns(7));
     }
 }
 

@@ -1,8 +1,8 @@
 //! The persist stage: Kafka -> Postgres, with the Kafka positions kept in Postgres.
 //!
-//! Every partition of the topic is assigned to this one consumer (no group join, no
-//! rebalance, no heartbeats: nothing on the critical path depends on the broker's group
-//! coordinator). On start it seeks to the positions stored in `kafka_offsets`, which each
+//! Every partition of the topic (or of this instance's shard, `--persist-shard i/n`) is
+//! assigned to this one consumer (no group join, no rebalance, no heartbeats: nothing on the
+//! critical path depends on the broker's group coordinator). On start it seeks to the positions stored in `kafka_offsets`, which each
 //! batch's transaction advances together with the events. Offsets are also committed to the
 //! broker, asynchronously and only so that lag tools see them. A stored position below the
 //! broker's earliest offset means retention deleted events that were never persisted: that
@@ -213,7 +213,9 @@ impl Persist {
 
     async fn try_assign(&mut self) -> anyhow::Result<Assign> {
         let topic = self.k.topic.clone();
-        let marks = tokio::task::block_in_place(|| watermarks(&self.consumer, &topic))?;
+        let shard = self.k.persist_shard;
+        let mut marks = tokio::task::block_in_place(|| watermarks(&self.consumer, &topic))?;
+        marks.retain(|p, _| shard.owns(*p));
         let stored = db::load_positions(&self.pg.pool, &topic).await.context("loading positions from Postgres")?;
         let starts = match start_offsets(&topic, &marks, &stored) {
             Ok(s) => s,
@@ -226,7 +228,8 @@ impl Persist {
         }
         self.consumer.assign(&tpl).context("assign")?;
         self.partitions = starts.len();
-        tracing::info!(topic = %topic, partitions = starts.len(), stored = stored.len(), "consuming from the positions stored in Postgres");
+        metrics::KAFKA_PARTITIONS.set(i64::try_from(starts.len()).unwrap_or(i64::MAX));
+        tracing::info!(topic = %topic, partitions = starts.len(), shard = %shard, stored = stored.len(), "consuming from the positions stored in Postgres");
         Ok(Assign::Done)
     }
 
@@ -234,7 +237,9 @@ impl Persist {
     fn topic_grew(&self) -> bool {
         let meta = tokio::task::block_in_place(|| self.consumer.fetch_metadata(Some(&self.k.topic), BROKER_REQUEST_TIMEOUT));
         meta.ok()
-            .and_then(|m| m.topics().iter().find(|t| t.name() == self.k.topic).map(|t| t.partitions().len()))
+            .and_then(|m| m.topics().iter().find(|t| t.name() == self.k.topic).map(|t| {
+                t.partitions().iter().filter(|p| self.k.persist_shard.owns(p.id())).count()
+            }))
             .map(|n| n > self.partitions)
             .unwrap_or(false)
     }

@@ -245,26 +245,27 @@ async fn workload_setup(c: &mut redis::aio::MultiplexedConnection) -> i64 {
     (USERS + 1 + QUOTAS) as i64
 }
 
-/// Which shipper processes the workload runs: `run`, or `forward` + `persist` sidecars.
+/// Which shipper processes the workload runs: `run`, or `forward` + one `persist` per entry
+/// (sidecars; several entries are the shards of the topic).
 enum Topology {
     Combined(Vec<String>),
-    Sidecars(Vec<String>, Vec<String>),
+    Sidecars(Vec<String>, Vec<Vec<String>>),
 }
 
 impl Topology {
     fn processes(&self) -> usize {
         match self {
             Topology::Combined(_) => 1,
-            Topology::Sidecars(..) => 2,
+            Topology::Sidecars(_, p) => 1 + p.len(),
         }
     }
 
-    /// Starts process `i` (0 = run or forward, 1 = persist), appending to its own log.
+    /// Starts process `i` (0 = run or forward, 1.. = persist), appending to its own log.
     fn spawn(&self, i: usize, log: &std::path::Path) -> Shipper {
         match (self, i) {
             (Topology::Combined(a), _) => Shipper::spawn(a, log),
             (Topology::Sidecars(f, _), 0) => Shipper::spawn(f, &log.with_extension("fwd.log")),
-            (Topology::Sidecars(_, p), _) => Shipper::spawn(p, &log.with_extension("per.log")),
+            (Topology::Sidecars(_, p), i) => Shipper::spawn(&p[(i - 1).min(p.len() - 1)], &log.with_extension(format!("per{i}.log"))),
         }
     }
 }
@@ -367,11 +368,33 @@ async fn module_workload_through_kafka_sidecars_killed_in_turn() {
     let Some(mut ms) = module_stack("module_workload_through_kafka_sidecars_killed_in_turn").await else { return };
     let top = Topology::Sidecars(
         base_args("forward", Some(&ms.redis.url()), None, Some(&kafka.brokers())),
-        base_args("persist", None, Some(&ms.pg.url()), Some(&kafka.brokers())),
+        vec![base_args("persist", None, Some(&ms.pg.url()), Some(&kafka.brokers()))],
     );
     let log = tmpdir("kafka-workload-sidecars").join("shipper.log");
     let (expected, running) = play_with_kills(&mut ms, &top, &log, 6).await;
     assert_workload_drained(&mut ms, expected, running).await;
+}
+
+/// The same workload with two `persist` instances sharing the 3-partition topic by
+/// `--persist-shard` (0/2 owns partitions 0 and 2, 1/2 owns 1), each SIGKILLed in turn with
+/// `forward`: no event lost or doubled, no anomaly, state equal to Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_workload_through_kafka_two_persist_shards_killed_in_turn() {
+    let _g = serial();
+    let Some(kafka) = tansu_or_skip("module_workload_through_kafka_two_persist_shards_killed_in_turn") else { return };
+    let Some(mut ms) = module_stack("module_workload_through_kafka_two_persist_shards_killed_in_turn").await else { return };
+    let persist = |shard: &str| [base_args("persist", None, Some(&ms.pg.url()), Some(&kafka.brokers())), vec!["--persist-shard".into(), shard.into()]].concat();
+    let top = Topology::Sidecars(base_args("forward", Some(&ms.redis.url()), None, Some(&kafka.brokers())), vec![persist("0/2"), persist("1/2")]);
+    let log = tmpdir("kafka-workload-shards").join("shipper.log");
+    let (expected, running) = play_with_kills(&mut ms, &top, &log, 6).await;
+    // each instance consumes its own partitions only
+    for (i, want) in [(1, 2.0), (2, 1.0)] {
+        let got = running[i].wait_metric("tally_kafka_partitions_assigned", Duration::from_secs(60), |v| v == want).await;
+        assert_eq!(got, Some(want), "persist shard {i}");
+    }
+    assert_workload_drained(&mut ms, expected, running).await;
+    let partitions: Vec<i32> = sqlx::query_scalar("SELECT partition FROM kafka_offsets ORDER BY 1").fetch_all(&ms.pool).await.unwrap();
+    assert_eq!(partitions, [0, 1, 2], "both shards stored their positions");
 }
 
 /// `restore` with `--kafka-brokers` counts the messages `forward` delivered that `persist` has
