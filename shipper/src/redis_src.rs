@@ -237,6 +237,41 @@ async fn existing_streams(conn: &mut MultiplexedConnection, names: &[String]) ->
 }
 
 /// `INFO cluster` says `cluster_enabled:1` on a cluster node.
+/// Timeout of a command on a node's shared connection (acks, housekeeping: never blocking).
+const SHARED_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection per node for every non-blocking command of every stream the node holds
+/// (XACK, housekeeping): a node with thousands of slot streams costs one blocking reader per
+/// stream plus this one, not three connections per stream. A task that sees an error on it
+/// calls `renew`; the next `get` opens a new one.
+#[derive(Clone, Default)]
+pub struct NodeConns(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>>>>);
+
+impl NodeConns {
+    fn slot(&self, url: &str) -> Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(url.to_string()).or_default().clone()
+    }
+
+    /// The node's shared connection, opened on first use or after `renew` (one connect at a
+    /// time per node; other nodes are not held up by a node that does not answer).
+    pub async fn get(&self, url: &str) -> RResult<MultiplexedConnection> {
+        let slot = self.slot(url);
+        let mut conn = slot.lock().await;
+        if let Some(c) = conn.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = connect(url, SHARED_RESPONSE_TIMEOUT).await?;
+        *conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forget the node's shared connection after an error on it.
+    pub async fn renew(&self, url: &str) {
+        *self.slot(url).lock().await = None;
+    }
+}
+
 pub fn cluster_enabled(info: &str) -> bool {
     info.lines().any(|l| l.trim() == "cluster_enabled:1")
 }
@@ -249,6 +284,8 @@ pub struct Worker {
     pub downstream: Downstream,
     pub inflight: Arc<Semaphore>,
     pub shutdown: CancellationToken,
+    /// the node's shared connection, for acks
+    pub conns: NodeConns,
 }
 
 enum Phase {
@@ -350,6 +387,7 @@ impl Worker {
                         tracing::info!(stream = %self.stream, url = %self.url, "stream not served by this node, skipping");
                         return;
                     }
+                    self.conns.renew(&self.url).await;
                     let wait = backoff_ms(self.batch.retry_backoff_ms, self.batch.retry_backoff_cap_ms, attempt);
                     metrics::RETRIES.inc();
                     tracing::warn!(stream = %self.stream, url = %self.url, error = %e, retry_in_ms = wait, "redis error");
@@ -365,8 +403,8 @@ impl Worker {
 
     async fn run_connected(&self) -> RResult<()> {
         let mut conn = connect(&self.url, self.response_timeout()).await?;
-        // acks travel on their own connection: a blocked XREADGROUP would hold them back
-        let ack_conn = connect(&self.url, self.response_timeout()).await?;
+        // acks travel on the node's shared connection: a blocked XREADGROUP would hold them back
+        let ack_conn = self.conns.get(&self.url).await?;
         self.ensure_group(&mut conn).await?;
         tracing::info!(stream = %self.stream, group = %self.redis.redis_group, consumer = %self.redis.consumer, "reading stream");
         let mut deliveries = Deliveries::new(ack_conn);
@@ -538,6 +576,7 @@ pub async fn run_source(redis: RedisOpts, batch: BatchOpts, downstream: Downstre
     // trimming and stream metrics: stopped only after every worker acked its last batch
     let keep_token = CancellationToken::new();
     let mut keepers: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
+    let conns = NodeConns::default();
     loop {
         for (url, s) in discover_all(&redis.urls, &redis.prefix).await {
             let key = (url.clone(), s.clone());
@@ -554,10 +593,11 @@ pub async fn run_source(redis: RedisOpts, batch: BatchOpts, downstream: Downstre
                 downstream: downstream.clone(),
                 inflight: inflight.clone(),
                 shutdown: shutdown.clone(),
+                conns: conns.clone(),
             };
             workers.insert(key.clone(), tokio::spawn(w.run()));
             if !keepers.contains_key(&key) {
-                let keeper = crate::stream_keeper::Keeper::new(&url, &s, &redis, &batch, keep_token.clone());
+                let keeper = crate::stream_keeper::Keeper::new(&url, &s, &redis, &batch, keep_token.clone(), conns.clone());
                 keepers.insert(key, tokio::spawn(keeper.run()));
             }
         }

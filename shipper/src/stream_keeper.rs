@@ -1,4 +1,4 @@
-//! Housekeeping of one log stream, beside the reader and on a connection of its own:
+//! Housekeeping of one log stream, beside the reader, on the node's shared connection:
 //! trimming entries every group has acknowledged, and sampling the stream's length, pending
 //! entries and lag for /metrics. Runs on timers, so the figures keep moving while the next
 //! stage (Kafka or Postgres) is down and the reader is stuck retrying a batch.
@@ -13,12 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{backoff_ms, BatchOpts, RedisOpts};
 use crate::metrics;
 use crate::record::{next_stream_id, parse_stream_id};
-use crate::redis_src::{as_array, as_int, as_str, connect};
+use crate::redis_src::{as_array, as_int, as_str, NodeConns};
 
 type RResult<T> = Result<T, redis::RedisError>;
-
-/// Timeout of each housekeeping command.
-const RESPONSE_TIMEOUT_MS: u64 = 10_000;
 
 pub struct Keeper {
     url: String,
@@ -29,6 +26,7 @@ pub struct Keeper {
     backoff_ms: (u64, u64),
     /// cancelled after the readers acked their last batch: one final trim, then stop
     stop: CancellationToken,
+    conns: NodeConns,
 }
 
 /// One group's view of the stream, from XINFO GROUPS.
@@ -78,7 +76,7 @@ pub fn trim_floor(groups: &[(GroupInfo, Option<String>)]) -> Option<String> {
 }
 
 impl Keeper {
-    pub fn new(url: &str, stream: &str, redis: &RedisOpts, batch: &BatchOpts, stop: CancellationToken) -> Keeper {
+    pub fn new(url: &str, stream: &str, redis: &RedisOpts, batch: &BatchOpts, stop: CancellationToken, conns: NodeConns) -> Keeper {
         Keeper {
             url: url.to_string(),
             stream: stream.to_string(),
@@ -87,6 +85,7 @@ impl Keeper {
             sample_every: Duration::from_millis(redis.stream_metrics_interval_ms.max(100)),
             backoff_ms: (batch.retry_backoff_ms, batch.retry_backoff_cap_ms),
             stop,
+            conns,
         }
     }
 
@@ -96,6 +95,7 @@ impl Keeper {
             match self.run_connected().await {
                 Ok(()) => return,
                 Err(e) => {
+                    self.conns.renew(&self.url).await;
                     let wait = backoff_ms(self.backoff_ms.0, self.backoff_ms.1, attempt);
                     tracing::warn!(stream = %self.stream, url = %self.url, error = %e, retry_in_ms = wait,
                         "stream housekeeping failed");
@@ -113,7 +113,7 @@ impl Keeper {
     }
 
     async fn run_connected(&self) -> RResult<()> {
-        let mut conn = connect(&self.url, Duration::from_millis(RESPONSE_TIMEOUT_MS)).await?;
+        let mut conn = self.conns.get(&self.url).await?;
         let mut last_trim = Instant::now();
         loop {
             self.sample(&mut conn).await?;

@@ -86,6 +86,11 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
         for s in &streams {
             assert_eq!(group_pending(c, s, "tally-shipper").await, 0, "{s}");
         }
+        // one blocking reader per stream, one shared connection for acks and housekeeping
+        // (plus this test's connection and discovery's short-lived ones)
+        let info: String = redis::cmd("INFO").arg("clients").query_async(c).await.unwrap();
+        let clients: usize = info.lines().find_map(|l| l.strip_prefix("connected_clients:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+        assert!(streams.len() >= 5 && clients <= streams.len() + 6, "{clients} clients for {} streams", streams.len());
     }
     assert_eq!(nodes_with_streams, 2);
     for key in first.iter().chain(&later).collect::<std::collections::BTreeSet<_>>() {
