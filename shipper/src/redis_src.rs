@@ -266,9 +266,12 @@ impl NodeConns {
         Ok(c)
     }
 
-    /// Forget the node's shared connection after an error on it.
-    pub async fn renew(&self, url: &str) {
-        *self.slot(url).lock().await = None;
+    /// Forget the node's shared connection after a connection error on it (a reply error,
+    /// such as MOVED, leaves it in use).
+    pub async fn renew_after(&self, url: &str, e: &redis::RedisError) {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+            *self.slot(url).lock().await = None;
+        }
     }
 }
 
@@ -387,7 +390,7 @@ impl Worker {
                         tracing::info!(stream = %self.stream, url = %self.url, "stream not served by this node, skipping");
                         return;
                     }
-                    self.conns.renew(&self.url).await;
+                    self.conns.renew_after(&self.url, &e).await;
                     let wait = backoff_ms(self.batch.retry_backoff_ms, self.batch.retry_backoff_cap_ms, attempt);
                     metrics::RETRIES.inc();
                     tracing::warn!(stream = %self.stream, url = %self.url, error = %e, retry_in_ms = wait, "redis error");
@@ -552,6 +555,12 @@ pub async fn ack_with_retry(
         let r: RResult<Value> = redis::cmd("XACK").arg(stream).arg(group).arg(ids).query_async(conn).await;
         match r {
             Ok(_) => return,
+            // The slot moved (resharding) with the stream and its group: the entries are
+            // still pending there, re-read by the reader on the new owner and deduplicated.
+            Err(e) if matches!(e.code(), Some("MOVED" | "ASK")) => {
+                tracing::info!(stream = %stream, url = %url, count = ids.len(), "stream moved before its XACK; the new owner re-delivers these entries");
+                return;
+            }
             Err(e) => {
                 let wait = backoff_ms(batch.retry_backoff_ms, batch.retry_backoff_cap_ms, attempt);
                 tracing::warn!(stream = %stream, error = %e, retry_in_ms = wait, "XACK failed, retrying");
@@ -596,7 +605,8 @@ pub async fn run_source(redis: RedisOpts, batch: BatchOpts, downstream: Downstre
                 conns: conns.clone(),
             };
             workers.insert(key.clone(), tokio::spawn(w.run()));
-            if !keepers.contains_key(&key) {
+            // a keeper stops when its slot moved away (MOVED); started again if it comes back
+            if keepers.get(&key).is_none_or(|h| h.is_finished()) {
                 let keeper = crate::stream_keeper::Keeper::new(&url, &s, &redis, &batch, keep_token.clone(), conns.clone());
                 keepers.insert(key, tokio::spawn(keeper.run()));
             }

@@ -94,8 +94,10 @@ impl Keeper {
         loop {
             match self.run_connected().await {
                 Ok(()) => return,
+                // the slot moved away: the keeper on its new owner takes over
+                Err(e) if e.code() == Some("MOVED") => return,
                 Err(e) => {
-                    self.conns.renew(&self.url).await;
+                    self.conns.renew_after(&self.url, &e).await;
                     let wait = backoff_ms(self.backoff_ms.0, self.backoff_ms.1, attempt);
                     tracing::warn!(stream = %self.stream, url = %self.url, error = %e, retry_in_ms = wait,
                         "stream housekeeping failed");

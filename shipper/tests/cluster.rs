@@ -143,3 +143,82 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
     sh.sigterm();
     assert!(sh.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success()));
 }
+
+/// Grants on `key` until `stop`, as a cluster client does: MOVED switches to B, ASK sends
+/// ASKING + the command to B, TRYAGAIN and other errors wait and retry (none of them applied
+/// anything). Returns the grants acknowledged.
+async fn grants_following_redirects(a: String, b: String, key: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> i64 {
+    let open = |u: &str| redis::Client::open(u).unwrap();
+    let (mut ca, mut cb) = (open(&a).get_multiplexed_async_connection().await.unwrap(), open(&b).get_multiplexed_async_connection().await.unwrap());
+    let (mut on_b, mut acked) = (false, 0i64);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let grant = || redis::cmd("ASSET.INCR").arg(&key).arg("gold").arg("1").clone();
+        let r: redis::RedisResult<redis::Value> = grant().query_async(if on_b { &mut cb } else { &mut ca }).await;
+        let r = match r {
+            Err(e) if e.code() == Some("ASK") => {
+                let mut p = redis::pipe();
+                p.atomic().cmd("ASKING").ignore().add_command(grant());
+                p.query_async::<redis::Value>(&mut cb).await
+            }
+            r => r,
+        };
+        match r {
+            Ok(_) => acked += 1,
+            Err(e) if e.code() == Some("MOVED") => on_b = true,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    acked
+}
+
+/// A slot moves from A to B (scripts/reshard-slot.sh, the legacy procedure for Redis 7.x)
+/// while the shipper ships it and a client keeps writing to it: every acknowledged grant is
+/// in Postgres once, the key's seq is 1..n, nothing is left pending, and SIGTERM exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_while_shipping_loses_nothing() {
+    let _g = serial();
+    let Some(module) = module_path() else {
+        skip("a_slot_moved_while_shipping_loses_nothing", "libtally.so not found (build module/ in release or set TALLY_MODULE)");
+        return;
+    };
+    let (a, b) = two_primaries(&module).await;
+    let pg = Pg::start();
+    run_migrate(&pg.url());
+    let pool = pg.pool().await;
+    let key = (0..).map(|i| format!("mover:{i}")).find(|k| a_serves(k)).unwrap();
+    let slot = tally_slot::key_slot(key.as_bytes());
+    let args = [base_args("run", Some(&a.url()), Some(&pg.url()), None), vec!["--discover-interval-ms".into(), "300".into()]].concat();
+    let mut sh = Shipper::spawn(&args, &tmpdir("cluster-move").join("shipper.log"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(grants_following_redirects(a.url(), b.url(), key.clone(), stop.clone()));
+    let q = format!("SELECT count(*) FROM event_keys WHERE data_key = '{key}'");
+    assert!(wait_count(&pool, &q, 100, Duration::from_secs(60)).await >= 100, "{}", tail_lines(&sh.log_text(), 40));
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/reshard-slot.sh");
+    let out = std::process::Command::new("bash")
+        .args([script, &format!("127.0.0.1:{}", a.port), &format!("127.0.0.1:{}", b.port), &slot.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "reshard: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let before = count(&pool, &q).await;
+    assert!(wait_count(&pool, &q, before + 100, Duration::from_secs(60)).await >= before + 100, "{}", tail_lines(&sh.log_text(), 40));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    eprintln!("moved slot {slot} of {key}: {acked} grants acknowledged");
+
+    assert_eq!(wait_count(&pool, &q, acked, Duration::from_secs(60)).await, acked, "{}", tail_lines(&sh.log_text(), 40));
+    let seq: i64 = sqlx::query_scalar("SELECT contiguous_seq FROM key_seqs WHERE data_key = $1").bind(&key).fetch_one(&pool).await.unwrap();
+    assert_eq!(seq, acked, "seq 1..n across the move");
+    assert_eq!(count(&pool, "SELECT count(*) FROM sequence_anomalies").await, 0);
+    let mut cb = b.conn().await;
+    let stream = format!("tally:log:{{{}}}", tally_slot::tag(slot));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while group_pending(&mut cb, &stream, "tally-shipper").await != 0 {
+        assert!(Instant::now() < deadline, "entries still pending on B:\n{}", tail_lines(&sh.log_text(), 40));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: i64 = redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot).query_async(&mut a.conn().await).await.unwrap();
+    assert_eq!(left, 0, "nothing of the slot left on A");
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(60)).is_some_and(|s| s.success()), "{}", tail_lines(&sh.log_text(), 40));
+}
