@@ -1,7 +1,70 @@
 //! The three stories as load drivers, shared by the tests (which assert) and the demo
-//! binary `tally-stories` (which prints). Every client has its own connection.
+//! binary `tally-stories` (which prints). Every client has its own connection: to one
+//! server, or a cluster connection that sends each command to the node serving its key.
 
 use std::collections::BTreeMap;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// Where the stories run: one server, or a Redis Cluster given seed nodes.
+#[derive(Clone)]
+pub enum Target {
+    Server(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+impl Target {
+    pub fn server(url: &str) -> redis::RedisResult<Target> {
+        Ok(Target::Server(redis::Client::open(url)?))
+    }
+
+    /// A cluster from its seed nodes (comma separated URLs); the client reads CLUSTER SLOTS
+    /// and follows MOVED/ASK like any cluster client.
+    pub fn cluster(seeds: &str) -> redis::RedisResult<Target> {
+        let seeds: Vec<&str> = seeds.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        Ok(Target::Cluster(Box::new(redis::cluster::ClusterClient::new(seeds)?)))
+    }
+
+    /// A new connection of its own (a cluster connection holds one per node).
+    pub async fn conn(&self) -> redis::RedisResult<Conn> {
+        Ok(match self {
+            Target::Server(c) => Conn::Server(c.get_multiplexed_async_connection().await?),
+            Target::Cluster(c) => Conn::Cluster(c.get_async_connection().await?),
+        })
+    }
+}
+
+/// A connection of a [`Target`].
+#[derive(Clone)]
+pub enum Conn {
+    Server(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 /// Exact amounts in cents for the expectations (the grants use at most 2 decimals).
 pub fn cents(s: &str) -> i64 {
@@ -34,10 +97,14 @@ pub struct CurrencyOutcome {
 /// `clients` concurrent clients each grant `grants_per_client` times to accounts
 /// `<prefix>user.asset.<n>` (n < users), overlapping so every account is contended.
 pub async fn currency(url: &str, prefix: &str, clients: usize, users: usize, grants_per_client: usize) -> redis::RedisResult<CurrencyOutcome> {
-    let client = redis::Client::open(url)?;
+    currency_on(&Target::server(url)?, prefix, clients, users, grants_per_client).await
+}
+
+/// [`currency`] against any [`Target`].
+pub async fn currency_on(target: &Target, prefix: &str, clients: usize, users: usize, grants_per_client: usize) -> redis::RedisResult<CurrencyOutcome> {
     let mut tasks = Vec::with_capacity(clients);
     for c in 0..clients {
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = target.conn().await?;
         let prefix = prefix.to_string();
         tasks.push(tokio::spawn(async move {
             let mut granted = Vec::with_capacity(grants_per_client);
@@ -73,12 +140,16 @@ pub struct CouponOutcome {
 
 /// `clients` distinct users race for a campaign of `stock` (created here).
 pub async fn coupons(url: &str, campaign: &str, clients: usize, stock: i64) -> redis::RedisResult<CouponOutcome> {
-    let client = redis::Client::open(url)?;
-    let mut setup = client.get_multiplexed_async_connection().await?;
+    coupons_on(&Target::server(url)?, campaign, clients, stock).await
+}
+
+/// [`coupons`] against any [`Target`].
+pub async fn coupons_on(target: &Target, campaign: &str, clients: usize, stock: i64) -> redis::RedisResult<CouponOutcome> {
+    let mut setup = target.conn().await?;
     let _: () = redis::cmd("COUPON.CREATE").arg(campaign).arg(stock).query_async(&mut setup).await?;
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
-        conns.push(client.get_multiplexed_async_connection().await?);
+        conns.push(target.conn().await?);
     }
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(clients));
     let mut tasks = Vec::with_capacity(clients);
@@ -111,12 +182,16 @@ pub struct UsageOutcome {
 
 /// `consumers` concurrent clients each try `attempts` times to consume 1 from `limit`.
 pub async fn usage(url: &str, key: &str, consumers: usize, limit: i64, attempts: usize) -> redis::RedisResult<UsageOutcome> {
-    let client = redis::Client::open(url)?;
-    let mut setup = client.get_multiplexed_async_connection().await?;
+    usage_on(&Target::server(url)?, key, consumers, limit, attempts).await
+}
+
+/// [`usage`] against any [`Target`].
+pub async fn usage_on(target: &Target, key: &str, consumers: usize, limit: i64, attempts: usize) -> redis::RedisResult<UsageOutcome> {
+    let mut setup = target.conn().await?;
     let _: () = redis::cmd("USAGE.LIMIT").arg(key).arg(limit).query_async(&mut setup).await?;
     let mut tasks = Vec::with_capacity(consumers);
     for _ in 0..consumers {
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = target.conn().await?;
         let key = key.to_string();
         tasks.push(tokio::spawn(async move {
             let mut results = Vec::with_capacity(attempts);
