@@ -77,15 +77,35 @@ async fn every_node_says(nodes: impl Iterator<Item = &Redis>, args: &[&str], nee
     }
 }
 
+/// The port of the primary serving slot 0, as `c` sees the cluster (CLUSTER SLOTS).
+async fn primary_port_of_slot_0(c: &mut MultiplexedConnection) -> Option<i64> {
+    let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await.ok()?;
+    let redis::Value::Array(ranges) = slots else { return None };
+    ranges.iter().find_map(|r| match r {
+        redis::Value::Array(parts) if parts.first() == Some(&redis::Value::Int(0)) => match parts.get(2) {
+            Some(redis::Value::Array(node)) => match node.get(1) {
+                Some(redis::Value::Int(p)) => Some(*p),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
 /// Sends each command to the primary serving its first key, as a cluster client would.
 #[derive(Clone)]
 struct Router(Arc<Mutex<Vec<MultiplexedConnection>>>);
 
+/// Index into RANGES of the range holding `key`.
+fn range_of(key: &str) -> usize {
+    let slot = tally_slot::key_slot(key.as_bytes());
+    RANGES.iter().position(|(lo, hi)| (*lo..=*hi).contains(&slot)).unwrap_or(0)
+}
+
 impl Router {
     fn conn_for(&self, key: &str) -> MultiplexedConnection {
-        let slot = tally_slot::key_slot(key.as_bytes());
-        let i = RANGES.iter().position(|(lo, hi)| (*lo..=*hi).contains(&slot)).unwrap_or(0);
-        self.0.lock().unwrap()[i].clone()
+        self.0.lock().unwrap()[range_of(key)].clone()
     }
 
     async fn call(&self, args: &[String]) -> redis::RedisResult<redis::Value> {
@@ -139,15 +159,17 @@ async fn three_stories(r: &Router) -> i64 {
     1 + 100 + 1 + 500 + 2000 + 1 + 200
 }
 
-/// Grants on 30 accounts until `stop`; counts the acknowledged ones. Errors (the killed
-/// primary) are retried after a pause: the router is switched to the new primary meanwhile.
-fn writer(r: Router, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+/// Grants on 30 accounts until `stop`; counts the acknowledged ones per slot range. Errors
+/// (the killed primary) are retried after a pause: the router is switched to the new primary
+/// meanwhile.
+fn writer(r: Router, stop: Arc<AtomicBool>, acked: Arc<[AtomicU64; 3]>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut i = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            match r.call(&args(&["ASSET.INCR", &format!("load:{}", i % 30), "gold", "1"])).await {
+            let key = format!("load:{}", i % 30);
+            match r.call(&args(&["ASSET.INCR", &key, "gold", "1"])).await {
                 Ok(_) => {
-                    acked.fetch_add(1, Ordering::Relaxed);
+                    acked[range_of(&key)].fetch_add(1, Ordering::Relaxed);
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -186,45 +208,46 @@ async fn three_primaries_with_replicas_ship_the_stories_and_survive_a_failover()
     assert!(out.contains("verdict: MATCH"), "{out}");
 
     // Kill primary 0 (a seed) under load; its replica takes over; writing goes on.
-    let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
     let load = writer(router.clone(), stop.clone(), acked.clone());
-    let before_kill = acked.load(Ordering::Relaxed);
-    wait_until("load is running", Duration::from_secs(60), || {
-        let acked = acked.clone();
-        async move { acked.load(Ordering::Relaxed) >= before_kill + 200 }
+    let on = |range: usize| acked[range].load(Ordering::Relaxed);
+    wait_until("load is running on range 0", Duration::from_secs(60), || {
+        let n = on(0);
+        async move { n >= 100 }
     })
     .await;
     primaries[0].kill9();
     let mut promoted = replicas[0].conn().await;
     cmd(&mut promoted, &["CLUSTER", "FAILOVER", "TAKEOVER"]).await;
-    let port = replicas[0].port.to_string();
+    let port = i64::from(replicas[0].port);
     let mut survivor = primaries[1].conn().await;
-    wait_until("the cluster routes slot 0 to the promoted replica", Duration::from_secs(60), || {
-        let (mut s, port) = (survivor.clone(), port.clone());
+    wait_until("the survivor sees the promoted replica as the primary of slot 0", Duration::from_secs(60), || {
+        let (mut s, mut r) = (survivor.clone(), promoted.clone());
         async move {
-            let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut s).await.unwrap();
-            format!("{slots:?}").contains(&port)
+            text(&mut r, &["INFO", "replication"]).await.contains("role:master")
+                && primary_port_of_slot_0(&mut s).await == Some(port)
                 && text(&mut s, &["CLUSTER", "INFO"]).await.contains("cluster_state:ok")
         }
     })
     .await;
     router.0.lock().unwrap()[0] = promoted.clone();
-    let after_failover = acked.load(Ordering::Relaxed);
-    wait_until("writes acknowledged by the new layout", Duration::from_secs(60), || {
-        let acked = acked.clone();
-        async move { acked.load(Ordering::Relaxed) >= after_failover + 300 }
+    let at_switch = on(0);
+    wait_until("grants acknowledged by the promoted replica", Duration::from_secs(60), || {
+        let n = on(0);
+        async move { n >= at_switch + 100 }
     })
     .await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
+    let after_failover = on(0) - at_switch;
 
     // Drained: nothing pending on any serving primary; the verdict agrees with the forks.
     let (code, out) = shipper_cmd(&["reconcile", "--redis-url", &primaries[1].url(), "--database-url", &pg.url(), "--wait-ms", "120000"]);
     let forks = count(&pool, "SELECT count(*) FROM sequence_anomalies WHERE kind = 'fork'").await;
     eprintln!(
-        "failover: {} grants acknowledged ({} after the takeover), {forks} forks, {} events in the history, reconcile exit {code}",
-        acked.load(Ordering::Relaxed),
-        acked.load(Ordering::Relaxed) - after_failover,
+        "failover: {} grants acknowledged ({after_failover} by the promoted replica), {forks} forks, {} events in the history, reconcile exit {code}",
+        on(0) + on(1) + on(2),
         count(&pool, events).await
     );
     if forks == 0 {
