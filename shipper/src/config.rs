@@ -194,6 +194,13 @@ pub struct KafkaOpts {
     pub persist_shard: Shard,
 }
 
+impl KafkaOpts {
+    /// Whether brokers are given (an empty value means the direct path, no Kafka).
+    pub fn configured(&self) -> bool {
+        self.brokers.as_deref().is_some_and(|b| !b.trim().is_empty())
+    }
+}
+
 /// `i/n`: this instance owns the partitions p with p % n == i.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {

@@ -171,7 +171,7 @@ async fn restore_command(
     as_of: Option<i64>,
 ) -> anyhow::Result<()> {
     let pool = db::connect(&pg, 2).await?;
-    let kafka = kafka.brokers.as_deref().is_some_and(|b| !b.trim().is_empty()).then_some(kafka);
+    let kafka = kafka.configured().then_some(kafka);
     let opt = restore::Options {
         prefix: target.prefix.clone(),
         group: target.group.clone(),
@@ -215,7 +215,7 @@ async fn run_command(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     start_ops(&ops, shutdown).await?;
-    let direct = kafka.brokers.as_deref().map(|b| b.trim().is_empty()).unwrap_or(true);
+    let direct = !kafka.configured();
     let conns = if direct { pg.pg_max_conns.max(batch.pg_writers as u32 + 1) } else { pg.pg_max_conns };
     let pool = pg_pool(&pg, conns).await?;
     let pg_sink = PgSink::new(pool, &pg);

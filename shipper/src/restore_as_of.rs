@@ -61,12 +61,11 @@ async fn deltas(pool: &PgPool, fields: &[String], current: &[String], target: &[
 
 async fn roll_back_balances(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> anyhow::Result<()> {
     let rows = balances_at(pool, as_of_ms).await?;
-    let mut i = 0;
-    while i < rows.len() {
-        let key = &rows[i].0;
-        let end = i + rows[i..].iter().take_while(|r| &r.0 == key).count();
-        let fields: Vec<String> = rows[i..end].iter().map(|r| r.1.clone()).collect();
-        let targets: Vec<String> = rows[i..end].iter().map(|r| r.2.clone()).collect();
+    // rows come ordered by key: one group of fields per key
+    for group in rows.chunk_by(|a, b| a.0 == b.0) {
+        let key = &group[0].0;
+        let fields: Vec<String> = group.iter().map(|r| r.1.clone()).collect();
+        let targets: Vec<String> = group.iter().map(|r| r.2.clone()).collect();
         let mut get = redis::cmd("HMGET");
         get.arg(key).arg(&fields);
         let current: Vec<Option<String>> = get.query_async(nodes.conn_for(key)).await?;
@@ -86,7 +85,6 @@ async fn roll_back_balances(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64, out
         if !changes.is_empty() {
             out.keys += 1;
         }
-        i = end;
     }
     Ok(())
 }
