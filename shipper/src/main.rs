@@ -12,6 +12,7 @@ mod nodes;
 mod pipeline;
 mod reconcile;
 mod record;
+mod redis_io;
 mod redis_src;
 mod restore;
 mod restore_as_of;

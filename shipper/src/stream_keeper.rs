@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{backoff_ms, BatchOpts, RedisOpts};
 use crate::metrics;
 use crate::record::{next_stream_id, parse_stream_id};
-use crate::redis_src::{as_array, as_int, as_str, NodeConns};
+use crate::redis_io::{as_array, as_int, as_str, parse_entries, NodeConns};
 
 type RResult<T> = Result<T, redis::RedisError>;
 
@@ -196,7 +196,7 @@ impl Keeper {
                 .arg(1)
                 .query_async(conn)
                 .await?;
-            crate::redis_src::parse_entries(&v).into_iter().next().map(|e| e.id)
+            parse_entries(&v).into_iter().next().map(|e| e.id)
         };
         let age_s = oldest
             .and_then(|id| parse_stream_id(&id))

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BatchOpts;
 use crate::pipeline::{self, Sink};
 use crate::record::Record;
-use crate::redis_src::ack_with_retry;
+use crate::redis_io::ack_with_retry;
 use crate::sink_pg::PgSink;
 
 /// Where the entries of a job are acknowledged once they are durable.
