@@ -302,20 +302,11 @@ pub fn mutate(
     if let Some(e) = failed {
         return Err(e);
     }
-    // The JSON buffer is reused from command to command (Redis's main thread only).
-    thread_local! {
-        static JSON_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-    }
     if op_rs.is_some() {
         event.fp = Some(fingerprint.clone());
         event.reply = Some(reply.clone());
     }
-    let mut json = JSON_BUF.take();
-    json.clear();
-    json.reserve(512);
-    event.write_json(&mut json);
-    let json_rs = RStr::new(&json);
-    JSON_BUF.set(json);
+    let json_rs = encode_event(&event);
     let seq_key = match seq_key {
         Some(k) => k,
         None => Key::open_raw(ctx, names.seq_rs.ptr(), true)?,
@@ -343,6 +334,21 @@ pub fn mutate(
     stats::event_appended();
     propagated.result()?;
     Ok(reply)
+}
+
+/// The event's JSON as a RedisModuleString, through a buffer reused from command to command
+/// (Redis's main thread only).
+fn encode_event(event: &Event) -> RStr {
+    thread_local! {
+        static JSON_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    }
+    let mut json = JSON_BUF.take();
+    json.clear();
+    json.reserve(512);
+    event.write_json(&mut json);
+    let rs = RStr::new(&json);
+    JSON_BUF.set(json);
+    rs
 }
 
 /// The stored reply when `op_rs` records this same request (counted as a replay); CONFLICT

@@ -178,6 +178,43 @@ fn writer(r: Router, stop: Arc<AtomicBool>, acked: Arc<[AtomicU64; 3]>) -> tokio
     })
 }
 
+/// Kills `primary` (a seed) under load; `replica` takes over; writing goes on until the
+/// promoted replica acknowledged 100 grants. Returns (grants acknowledged, by the promoted).
+async fn failover_under_load(router: &Router, primary: &mut Redis, replica: &Redis, survivor: &Redis) -> (u64, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+    let load = writer(router.clone(), stop.clone(), acked.clone());
+    let on = |range: usize| acked[range].load(Ordering::Relaxed);
+    wait_until("load is running on range 0", Duration::from_secs(60), || {
+        let n = on(0);
+        async move { n >= 100 }
+    })
+    .await;
+    primary.kill9();
+    let promoted = replica.conn().await;
+    cmd(&mut promoted.clone(), &["CLUSTER", "FAILOVER", "TAKEOVER"]).await;
+    let (port, survivor) = (i64::from(replica.port), survivor.conn().await);
+    wait_until("the survivor sees the promoted replica as the primary of slot 0", Duration::from_secs(60), || {
+        let (mut s, mut r) = (survivor.clone(), promoted.clone());
+        async move {
+            text(&mut r, &["INFO", "replication"]).await.contains("role:master")
+                && primary_port_of_slot_0(&mut s).await == Some(port)
+                && text(&mut s, &["CLUSTER", "INFO"]).await.contains("cluster_state:ok")
+        }
+    })
+    .await;
+    router.0.lock().unwrap()[0] = promoted;
+    let at_switch = on(0);
+    wait_until("grants acknowledged by the promoted replica", Duration::from_secs(60), || {
+        let n = on(0);
+        async move { n >= at_switch + 100 }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    (on(0) + on(1) + on(2), on(0) - at_switch)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_primaries_with_replicas_ship_the_stories_and_survive_a_failover() {
     let _g = serial();
@@ -207,47 +244,14 @@ async fn three_primaries_with_replicas_ship_the_stories_and_survive_a_failover()
     assert_eq!(code, 0, "reconcile after the stories:\n{out}");
     assert!(out.contains("verdict: MATCH"), "{out}");
 
-    // Kill primary 0 (a seed) under load; its replica takes over; writing goes on.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
-    let load = writer(router.clone(), stop.clone(), acked.clone());
-    let on = |range: usize| acked[range].load(Ordering::Relaxed);
-    wait_until("load is running on range 0", Duration::from_secs(60), || {
-        let n = on(0);
-        async move { n >= 100 }
-    })
-    .await;
-    primaries[0].kill9();
-    let mut promoted = replicas[0].conn().await;
-    cmd(&mut promoted, &["CLUSTER", "FAILOVER", "TAKEOVER"]).await;
-    let port = i64::from(replicas[0].port);
-    let mut survivor = primaries[1].conn().await;
-    wait_until("the survivor sees the promoted replica as the primary of slot 0", Duration::from_secs(60), || {
-        let (mut s, mut r) = (survivor.clone(), promoted.clone());
-        async move {
-            text(&mut r, &["INFO", "replication"]).await.contains("role:master")
-                && primary_port_of_slot_0(&mut s).await == Some(port)
-                && text(&mut s, &["CLUSTER", "INFO"]).await.contains("cluster_state:ok")
-        }
-    })
-    .await;
-    router.0.lock().unwrap()[0] = promoted.clone();
-    let at_switch = on(0);
-    wait_until("grants acknowledged by the promoted replica", Duration::from_secs(60), || {
-        let n = on(0);
-        async move { n >= at_switch + 100 }
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    let after_failover = on(0) - at_switch;
+    let [first, second, _] = &mut primaries[..] else { unreachable!("three primaries") };
+    let (total, by_promoted) = failover_under_load(&router, first, &replicas[0], second).await;
 
     // Drained: nothing pending on any serving primary; the verdict agrees with the forks.
     let (code, out) = shipper_cmd(&["reconcile", "--redis-url", &primaries[1].url(), "--database-url", &pg.url(), "--wait-ms", "120000"]);
     let forks = count(&pool, "SELECT count(*) FROM sequence_anomalies WHERE kind = 'fork'").await;
     eprintln!(
-        "failover: {} grants acknowledged ({after_failover} by the promoted replica), {forks} forks, {} events in the history, reconcile exit {code}",
-        on(0) + on(1) + on(2),
+        "failover: {total} grants acknowledged ({by_promoted} by the promoted replica), {forks} forks, {} events in the history, reconcile exit {code}",
         count(&pool, events).await
     );
     if forks == 0 {
@@ -260,7 +264,8 @@ async fn three_primaries_with_replicas_ship_the_stories_and_survive_a_failover()
     assert_eq!(count(&pool, "SELECT count(*) FROM sequence_anomalies WHERE kind <> 'fork'").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM failed_events").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM coupon_issues WHERE campaign = 'camp:spring'").await, 100);
-    for c in [&mut promoted, &mut survivor, &mut primaries[2].conn().await] {
+    for n in [&replicas[0], &primaries[1], &primaries[2]] {
+        let c = &mut n.conn().await;
         let streams: Vec<String> = redis::cmd("KEYS").arg("tally:log:*").query_async(c).await.unwrap();
         for s in &streams {
             assert_eq!(group_pending(c, s, "tally-shipper").await, 0, "{s}");

@@ -24,6 +24,24 @@ async fn state(c: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, BT
     out
 }
 
+/// The op-ids are remembered again after a restore: a client's retry of `g<i>` gets its first
+/// reply, changes nothing, appends nothing; the same op-id with other arguments is a CONFLICT.
+async fn op_ids_replay_after_restore(c: &mut redis::aio::MultiplexedConnection, first_replies: &[redis::Value], before: &BTreeMap<String, BTreeMap<String, String>>) {
+    let events_before: i64 = redis::cmd("XLEN").arg("tally:log").query_async(c).await.unwrap();
+    for i in [0usize, 31, 59] {
+        let acct = format!("acct:{}", i % 7);
+        let again = cmd(c, &["ASSET.INCR", &acct, "gold", "10.43", "gems", "1", "ID", &format!("g{i}")]).await;
+        assert_eq!(again, first_replies[i], "retry of g{i} after restore");
+    }
+    let conflict = redis::cmd("ASSET.INCR").arg("acct:0").arg("gold").arg("1").arg("ID").arg("g0").query_async::<redis::Value>(c).await;
+    assert!(conflict.as_ref().is_err_and(|e| e.to_string().contains("CONFLICT")), "{conflict:?}");
+    let events_after: i64 = redis::cmd("XLEN").arg("tally:log").query_async(c).await.unwrap();
+    assert_eq!(events_after, events_before, "a retry after restore appended an event");
+    assert_eq!(&state(c).await, before, "a retry after restore changed a balance");
+    let ttl: i64 = redis::cmd("PTTL").arg("tally:op:6:acct:0:g0").query_async(c).await.unwrap();
+    assert!(ttl > 0 && ttl <= 86_400_000, "op-id record TTL {ttl}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_restore_reconcile_and_keep_operating() {
     let _g = serial();
@@ -82,25 +100,8 @@ async fn flush_restore_reconcile_and_keep_operating() {
     assert!(out.contains("verdict: MATCH"), "{out}");
     let after = state(&mut c).await;
     assert_eq!(after, before, "restored state differs from the state before the loss");
-    // The op-ids are remembered again: a client's retry gets its first reply, changes nothing,
-    // appends nothing; the same op-id with other arguments is a CONFLICT.
     assert!(out.contains("restored 60 op-id records"), "{out}");
-    let xlen = |c: &mut redis::aio::MultiplexedConnection| {
-        let mut c = c.clone();
-        async move { redis::cmd("XLEN").arg("tally:log").query_async::<i64>(&mut c).await.unwrap() }
-    };
-    let events_before = xlen(&mut c).await;
-    for i in [0usize, 31, 59] {
-        let acct = format!("acct:{}", i % 7);
-        let again = cmd(&mut c, &["ASSET.INCR", &acct, "gold", "10.43", "gems", "1", "ID", &format!("g{i}")]).await;
-        assert_eq!(again, first_replies[i], "retry of g{i} after restore");
-    }
-    let conflict = redis::cmd("ASSET.INCR").arg("acct:0").arg("gold").arg("1").arg("ID").arg("g0").query_async::<redis::Value>(&mut c).await;
-    assert!(conflict.as_ref().is_err_and(|e| e.to_string().contains("CONFLICT")), "{conflict:?}");
-    assert_eq!(xlen(&mut c).await, events_before, "a retry after restore appended an event");
-    assert_eq!(state(&mut c).await, before, "a retry after restore changed a balance");
-    let ttl: i64 = redis::cmd("PTTL").arg("tally:op:6:acct:0:g0").query_async(&mut c).await.unwrap();
-    assert!(ttl > 0 && ttl <= 86_400_000, "op-id record TTL {ttl}");
+    op_ids_replay_after_restore(&mut c, &first_replies, &before).await;
 
     // It keeps operating: sequences and issue numbers continue, rows persist without conflict.
     let seq_before: i64 = redis::cmd("HGET").arg("tally:seq").arg("acct:1").query_async(&mut c).await.unwrap();
