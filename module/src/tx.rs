@@ -484,9 +484,12 @@ fn write_op_record(ctx: &Context, op_rs: &RStr, fingerprint: &str, reply: &Reply
     let k = Key::open_raw(ctx, op_rs.ptr(), true).map_err(|e| partial_write(ctx, e))?;
     k.string_set_with_expire(record.ptr(), ttl_ms).map_err(|e| partial_write(ctx, e))?;
     drop(k);
-    crate::opids::window().record(ffi::now_ms(), ttl_ms);
+    // One instant for the count and the replicated deadline: the record is counted at least
+    // until the PXAT the replicas get.
+    let now = ffi::now_ms();
+    crate::opids::window().record(now, ttl_ms);
     // ttl_ms is at most config::MAX_OP_TTL_MS, so this cannot wrap; saturate anyway.
-    let at = RStr::new(IntText::new(ffi::now_ms().saturating_add(ttl_ms)).as_bytes());
+    let at = RStr::new(IntText::new(now.saturating_add(ttl_ms)).as_bytes());
     let pxat = pxat_word().ptr();
     propagated.note(ctx, ffi::replicate_rs(ctx, c"SET", &mut [op_rs.ptr(), record.ptr(), pxat, at.ptr()]));
     ffi::notify(ctx, REDISMODULE_NOTIFY_STRING, c"set", op_rs.ptr());
