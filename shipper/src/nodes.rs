@@ -42,20 +42,25 @@ impl Nodes {
         &mut self.conns[i]
     }
 
+    /// `:{tag of key's slot}` in a cluster, nothing standalone: the suffix of the module's
+    /// per-slot helper keys.
+    fn slot_suffix(&self, key: &str) -> String {
+        if self.is_cluster() {
+            format!(":{{{}}}", tally_slot::tag(tally_slot::key_slot(key.as_bytes())))
+        } else {
+            String::new()
+        }
+    }
+
     /// The hash holding `key`'s seq: `<prefix>:seq`, or `<prefix>:seq:{tag of its slot}` in a cluster.
     pub fn seq_hash(&self, prefix: &str, key: &str) -> String {
-        if self.is_cluster() {
-            format!("{prefix}:seq:{{{}}}", tally_slot::tag(tally_slot::key_slot(key.as_bytes())))
-        } else {
-            format!("{prefix}:seq")
-        }
+        format!("{prefix}:seq{}", self.slot_suffix(key))
     }
 
     /// The op-id record of `op` sent with a command whose first key is `key`, named as the
     /// module names it: `<prefix>:op[:{tag}]:<byte length of key>:<key>:<op>`.
     pub fn op_key(&self, prefix: &str, key: &str, op: &str) -> String {
-        let tag = if self.is_cluster() { format!(":{{{}}}", tally_slot::tag(tally_slot::key_slot(key.as_bytes()))) } else { String::new() };
-        format!("{prefix}:op{tag}:{}:{key}:{op}", key.len())
+        format!("{prefix}:op{}:{}:{key}:{op}", self.slot_suffix(key), key.len())
     }
 
     /// One empty pipeline per node.

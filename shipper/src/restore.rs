@@ -176,8 +176,7 @@ pub async fn run(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Res
             done.sequences, done.balance_fields, done.campaigns, done.usage_keys, started.elapsed().as_millis()
         );
     }
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    done.op_ids = crate::restore_ops::restore(nodes, pool, &opt.prefix, now_ms, opt.batch).await?;
+    done.op_ids = crate::restore_ops::restore(nodes, pool, &opt.prefix, crate::metrics::now_ms(), opt.batch).await?;
     Ok(done)
 }
 

@@ -111,37 +111,44 @@ async fn roll_back_claims(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64, out: 
             out.releases += 1;
         }
     }
-    let released_later: i64 = sqlx::query_scalar(
+    report_count(
+        pool,
         "SELECT count(*) FROM coupon_issues WHERE released AND claimed_ts_ms <= $1 AND released_ts_ms > $1",
+        as_of_ms,
+        "claims held at the moment and released after it (issue numbers are retired)",
+        out,
     )
-    .bind(as_of_ms)
-    .fetch_one(pool)
-    .await?;
-    if released_later > 0 {
-        out.not_rolled_back.push(format!("{released_later} claims held at the moment and released after it (issue numbers are retired)"));
+    .await
+}
+
+/// Runs `count_sql` (a count, `$1` = the moment); a non-zero count is reported as "<n> <what>"
+/// among what the rollback leaves as it is.
+async fn report_count(pool: &PgPool, count_sql: &str, as_of_ms: i64, what: &str, out: &mut RolledBack) -> anyhow::Result<()> {
+    let n: i64 = sqlx::query_scalar(count_sql).bind(as_of_ms).fetch_one(pool).await?;
+    if n > 0 {
+        out.not_rolled_back.push(format!("{n} {what}"));
     }
     Ok(())
 }
 
 async fn report_unrolled(pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> anyhow::Result<()> {
-    let usage: i64 = sqlx::query_scalar(
+    report_count(
+        pool,
         "SELECT count(DISTINCT k.data_key) FROM event_keys k JOIN events e USING (event_id)
          WHERE e.type = 'usage.consume' AND e.ts_ms > $1",
+        as_of_ms,
+        "usage counters consumed after the moment (no command lowers `used`)",
+        out,
     )
-    .bind(as_of_ms)
-    .fetch_one(pool)
     .await?;
-    if usage > 0 {
-        out.not_rolled_back.push(format!("{usage} usage counters consumed after the moment (no command lowers `used`)"));
-    }
-    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE type = 'coupon.create' AND ts_ms > $1")
-        .bind(as_of_ms)
-        .fetch_one(pool)
-        .await?;
-    if created > 0 {
-        out.not_rolled_back.push(format!("{created} campaigns created after the moment (kept)"));
-    }
-    Ok(())
+    report_count(
+        pool,
+        "SELECT count(*) FROM events WHERE type = 'coupon.create' AND ts_ms > $1",
+        as_of_ms,
+        "campaigns created after the moment (kept)",
+        out,
+    )
+    .await
 }
 
 pub async fn run(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64) -> anyhow::Result<RolledBack> {
