@@ -64,14 +64,9 @@ fn a_serves(key: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_seed_node_ships_every_primary_of_a_cluster() {
     let _g = serial();
-    let Some(module) = module_path() else {
-        skip("one_seed_node_ships_every_primary_of_a_cluster", "libtally.so not found (build module/ in release or set TALLY_MODULE)");
-        return;
-    };
+    let Some(module) = module_or_skip("one_seed_node_ships_every_primary_of_a_cluster") else { return };
     let (a, b) = two_primaries(&module).await;
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
+    let (pg, pool) = migrated_pg().await;
     let (mut ca, mut cb) = (a.conn().await, b.conn().await);
     let first = incr_spread(&mut ca, &mut cb, "x", 200).await;
 
@@ -181,14 +176,9 @@ async fn grants_following_redirects(a: String, b: String, key: String, stop: std
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_while_shipping_loses_nothing() {
     let _g = serial();
-    let Some(module) = module_path() else {
-        skip("a_slot_moved_while_shipping_loses_nothing", "libtally.so not found (build module/ in release or set TALLY_MODULE)");
-        return;
-    };
+    let Some(module) = module_or_skip("a_slot_moved_while_shipping_loses_nothing") else { return };
     let (a, b) = two_primaries(&module).await;
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
+    let (pg, pool) = migrated_pg().await;
     let key = (0..).map(|i| format!("mover:{i}")).find(|k| a_serves(k)).unwrap();
     let slot = tally_slot::key_slot(key.as_bytes());
     let args = [base_args("run", Some(&a.url()), Some(&pg.url()), None), vec!["--discover-interval-ms".into(), "300".into()]].concat();

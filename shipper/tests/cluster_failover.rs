@@ -218,14 +218,9 @@ async fn failover_under_load(router: &Router, primary: &mut Redis, replica: &Red
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_primaries_with_replicas_ship_the_stories_and_survive_a_failover() {
     let _g = serial();
-    let Some(module) = module_path() else {
-        skip("three_primaries_with_replicas", "libtally.so not found (build module/ in release or set TALLY_MODULE)");
-        return;
-    };
+    let Some(module) = module_or_skip("three_primaries_with_replicas") else { return };
     let (mut primaries, replicas) = three_primaries_three_replicas(&module).await;
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
+    let (pg, pool) = migrated_pg().await;
     let seeds = format!("{},{}", primaries[0].url(), primaries[1].url());
     let shipper_args = [base_args("run", Some(&seeds), Some(&pg.url()), None), args(&["--discover-interval-ms", "300"])].concat();
     let mut sh = Shipper::spawn(&shipper_args, &tmpdir("cluster3").join("shipper.log"));

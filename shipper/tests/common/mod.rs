@@ -483,11 +483,26 @@ pub struct Stack {
     pub m: Model,
 }
 
-pub async fn stack() -> Stack {
-    let redis = Redis::start(None);
+/// A Postgres with the migrations applied, and a pool on it.
+pub async fn migrated_pg() -> (Pg, PgPool) {
     let pg = Pg::start();
     run_migrate(&pg.url());
     let pool = pg.pool().await;
+    (pg, pool)
+}
+
+/// The built module, or None after `skip` (a test that needs it then returns).
+pub fn module_or_skip(test: &str) -> Option<PathBuf> {
+    let module = module_path();
+    if module.is_none() {
+        skip(test, "libtally.so not found (build module/ in release or set TALLY_MODULE)");
+    }
+    module
+}
+
+pub async fn stack() -> Stack {
+    let redis = Redis::start(None);
+    let (pg, pool) = migrated_pg().await;
     let c = redis.conn().await;
     Stack { redis, pg, pool, c, m: Model::default() }
 }
@@ -502,14 +517,9 @@ pub struct ModuleStack {
 }
 
 pub async fn module_stack(test: &str) -> Option<ModuleStack> {
-    let Some(module) = module_path() else {
-        skip(test, "libtally.so not found (build module/ in release or set TALLY_MODULE)");
-        return None;
-    };
+    let module = module_or_skip(test)?;
     let redis = Redis::start(Some(&module));
-    let pg = Pg::start();
-    run_migrate(&pg.url());
-    let pool = pg.pool().await;
+    let (pg, pool) = migrated_pg().await;
     let c = redis.conn().await;
     Some(ModuleStack { redis, pg, pool, c })
 }
