@@ -133,9 +133,15 @@ pub struct RedisOpts {
     /// How often to run XAUTOCLAIM.
     #[arg(long, env = "TALLY_CLAIM_INTERVAL_MS", default_value_t = 5_000)]
     pub claim_interval_ms: u64,
-    /// XREADGROUP BLOCK time.
+    /// XREADGROUP BLOCK time (a standalone server's one stream). Cluster mode: the longest
+    /// pause between two sweeps of a primary's streams while they are all empty.
     #[arg(long, env = "TALLY_BLOCK_MS", default_value_t = 1_000)]
     pub block_ms: u64,
+    /// Cluster mode: the pause after a sweep of a primary's streams (one pipelined round of
+    /// non-blocking XREADGROUP on one connection) found nothing; it doubles, up to
+    /// --block-ms, while they stay empty, and is back to this after any entry.
+    #[arg(long, env = "TALLY_POLL_MIN_MS", default_value_t = 10)]
+    pub poll_min_ms: u64,
     /// How often to trim acknowledged entries (XTRIM MINID); 0 disables trimming.
     #[arg(long, env = "TALLY_TRIM_INTERVAL_MS", default_value_t = 1_000)]
     pub trim_interval_ms: u64,

@@ -3,6 +3,7 @@
 
 mod config;
 mod db;
+mod discover;
 mod event;
 mod forward;
 mod kafka_client;

@@ -43,6 +43,14 @@ pub static DELIVERY_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static REDIRECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_redis_redirects_total",
+        "Stream reads and acks redirected by the cluster (slot moved or being migrated) and followed",
+        &["kind"]
+    )
+    .unwrap()
+});
 pub static ENTRIES_CLAIMED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("tally_entries_claimed_total", "Pending entries of idle consumers taken over (XAUTOCLAIM)").unwrap()
 });

@@ -14,7 +14,7 @@ pub struct Nodes {
 impl Nodes {
     /// Connects to `seed`, or, when it is a cluster node, to every primary of its cluster.
     pub async fn connect(seed: &str) -> anyhow::Result<Nodes> {
-        let layout = crate::redis_src::cluster_layout(seed).await.with_context(|| format!("reading the layout of {seed}"))?;
+        let layout = crate::discover::cluster_layout(seed).await.with_context(|| format!("reading the layout of {seed}"))?;
         let Some(primaries) = layout else {
             return Ok(Nodes { conns: vec![open(seed).await?], ranges: Vec::new() });
         };

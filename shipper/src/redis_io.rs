@@ -2,8 +2,8 @@
 //! source (readers), the stream keeper (housekeeping) and the ack path (writers). It depends
 //! on no stage, so none of them imports another through it.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -90,8 +90,8 @@ pub async fn connect(url: &str, response_timeout: Duration) -> RResult<Multiplex
 const SHARED_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One connection per node for every non-blocking command of every stream the node holds
-/// (XACK, housekeeping): a node with thousands of slot streams costs one blocking reader per
-/// stream plus this one, not three connections per stream. A task that sees an error on it
+/// (XACK, housekeeping, commands redirected by ASK): with the node's reader, two connections
+/// per node however many slot streams it holds. A task that sees an error on it
 /// calls `renew`; the next `get` opens a new one.
 #[derive(Clone, Default)]
 pub struct NodeConns(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>>>>);
@@ -124,41 +124,130 @@ impl NodeConns {
     }
 }
 
-/// The batch is durable downstream; XACK must not be lost to a blip, so retry it (a
-/// reconnect if needed). If we die first, the entries are re-shipped and deduped.
-pub async fn ack_with_retry(
-    url: &str,
-    stream: &str,
-    group: &str,
-    batch: &BatchOpts,
-    shutdown: &CancellationToken,
-    conn: &mut MultiplexedConnection,
-    ids: &[String],
-) {
-    let mut attempt = 0u32;
+/// The seed URL with another host and port (same scheme, credentials and options). An IPv6
+/// host (as CLUSTER SLOTS and redirections give it, without brackets) is bracketed.
+pub fn node_url(seed: &str, host: &str, port: u16) -> Option<String> {
+    let mut u = redis::parse_redis_url(seed)?;
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+    u.set_host(Some(&host)).ok()?;
+    u.set_port(Some(port)).ok()?;
+    Some(u.to_string())
+}
+
+/// Where a MOVED or ASK reply sends the command: the node's URL (credentials and options of
+/// `from`) and whether it is an ASK (one command, after ASKING). None for any other error.
+pub fn redirect_url(from: &str, e: &redis::RedisError) -> Option<(String, bool)> {
+    let ask = match e.code() {
+        Some("ASK") => true,
+        Some("MOVED") => false,
+        _ => return None,
+    };
+    let (addr, _slot) = e.redirect_node()?;
+    let (host, port) = addr.rsplit_once(':')?;
+    let url = node_url(from, host, port.parse().ok()?)?;
+    crate::metrics::REDIRECTS.with_label_values(&[if ask { "ask" } else { "moved" }]).inc();
+    Some((url, ask))
+}
+
+/// Where the entries of a batch are acknowledged once they are durable downstream.
+#[derive(Clone)]
+pub struct AckTarget {
+    pub url: String,
+    pub stream: String,
+    pub group: String,
+    pub conns: NodeConns,
+    /// ids being delivered (never re-read or re-claimed meanwhile)
+    pub held: Arc<Mutex<HashSet<String>>>,
+}
+
+impl AckTarget {
+    pub fn hold(&self, ids: &[String]) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).extend(ids.iter().cloned());
+    }
+
+    pub fn release(&self, ids: &[String]) {
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            h.remove(id);
+        }
+    }
+}
+
+/// Redirections an XACK follows before it gives up (the entries are then re-delivered by the
+/// stream's new owner and deduplicated downstream).
+const ACK_REDIRECTS_MAX: u32 = 5;
+
+/// The one ack path. The batch is durable downstream; XACK must not be lost to a blip, so it
+/// is retried (on a renewed connection if needed). It follows the stream when its slot moves:
+/// MOVED sends it to the new owner, ASK to the importing node after ASKING (the stream moved
+/// with its group and pending entries). If we die first, the entries are re-shipped and
+/// deduplicated.
+pub async fn ack_with_retry(ack: &AckTarget, batch: &BatchOpts, shutdown: &CancellationToken, ids: &[String]) {
+    let (mut url, mut asking) = (ack.url.clone(), false);
+    let (mut attempt, mut hops) = (0u32, 0u32);
     loop {
-        let r: RResult<Value> = redis::cmd("XACK").arg(stream).arg(group).arg(ids).query_async(conn).await;
-        match r {
-            Ok(_) => return,
-            // The slot moved (resharding) with the stream and its group: the entries are
-            // still pending there, re-read by the reader on the new owner and deduplicated.
-            Err(e) if matches!(e.code(), Some("MOVED" | "ASK")) => {
-                tracing::info!(stream = %stream, url = %url, count = ids.len(), "stream moved before its XACK; the new owner re-delivers these entries");
+        let r = match ack.conns.get(&url).await {
+            Ok(mut conn) => xack(&mut conn, ack, ids, asking).await,
+            Err(e) => Err(e),
+        };
+        let Err(e) = r else { return };
+        if let Some((target, ask)) = redirect_url(&url, &e) {
+            hops += 1;
+            if hops > ACK_REDIRECTS_MAX {
+                tracing::info!(stream = %ack.stream, count = ids.len(), "XACK redirected too often; the stream's owner re-delivers these entries");
                 return;
             }
-            Err(e) => {
-                let wait = backoff_ms(batch.retry_backoff_ms, batch.retry_backoff_cap_ms, attempt);
-                tracing::warn!(stream = %stream, error = %e, retry_in_ms = wait, "XACK failed, retrying");
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-                attempt = attempt.saturating_add(1);
-                if let Ok(c) = connect(url, Duration::from_secs(10)).await {
-                    *conn = c;
-                }
-                if attempt > 20 && shutdown.is_cancelled() {
-                    tracing::warn!(stream = %stream, "giving up XACK at shutdown; entries will be re-shipped (deduped)");
-                    return;
-                }
-            }
+            (url, asking) = (target, ask);
+            continue;
         }
+        ack.conns.renew_after(&url, &e).await;
+        let wait = backoff_ms(batch.retry_backoff_ms, batch.retry_backoff_cap_ms, attempt);
+        tracing::warn!(stream = %ack.stream, error = %e, retry_in_ms = wait, "XACK failed, retrying");
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        attempt = attempt.saturating_add(1);
+        if attempt > 20 && shutdown.is_cancelled() {
+            tracing::warn!(stream = %ack.stream, "giving up XACK at shutdown; entries will be re-shipped (deduped)");
+            return;
+        }
+    }
+}
+
+async fn xack(conn: &mut MultiplexedConnection, ack: &AckTarget, ids: &[String], asking: bool) -> RResult<()> {
+    let mut cmd = redis::cmd("XACK");
+    cmd.arg(&ack.stream).arg(&ack.group).arg(ids);
+    query_asking(conn, &cmd, asking).await.map(drop)
+}
+
+/// `cmd` on `conn`, after ASKING when `asking` (one write, so nothing interleaves): the
+/// command's own reply or error.
+pub async fn query_asking(conn: &mut MultiplexedConnection, cmd: &redis::Cmd, asking: bool) -> RResult<Value> {
+    if !asking {
+        return cmd.query_async(conn).await;
+    }
+    let mut p = redis::pipe();
+    p.ignore_errors().cmd("ASKING").add_command(cmd.clone());
+    let mut replies: Vec<RResult<Value>> = p.query_async(conn).await?;
+    replies.pop().unwrap_or(Ok(Value::Nil))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(resp: &str) -> redis::RedisError {
+        match redis::parse_redis_value(resp.as_bytes()).and_then(Value::extract_error) {
+            Err(e) => e,
+            Ok(v) => panic!("not an error: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn redirections_keep_the_seed_credentials() {
+        let seed = "redis://u:p@127.0.0.1:7000/0";
+        let ask = server_error("-ASK 3999 127.0.0.1:7002\r\n");
+        assert_eq!(redirect_url(seed, &ask), Some(("redis://u:p@127.0.0.1:7002/0".to_string(), true)));
+        let moved = server_error("-MOVED 3999 ::1:7001\r\n");
+        assert_eq!(redirect_url(seed, &moved), Some(("redis://u:p@[::1]:7001/0".to_string(), false)));
+        assert_eq!(redirect_url(seed, &server_error("-NOGROUP no such group\r\n")), None);
     }
 }

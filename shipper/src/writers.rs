@@ -7,11 +7,9 @@
 //! the jobs queued for it into one transaction of up to --batch-size events, then
 //! acknowledges every stream entry of those jobs: the one ack path of the direct pipeline.
 
-use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,19 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BatchOpts;
 use crate::pipeline::{self, Sink};
 use crate::record::Record;
-use crate::redis_io::ack_with_retry;
+use crate::redis_io::{ack_with_retry, AckTarget};
 use crate::sink_pg::PgSink;
-
-/// Where the entries of a job are acknowledged once they are durable.
-#[derive(Clone)]
-pub struct AckTarget {
-    pub url: String,
-    pub stream: String,
-    pub group: String,
-    pub conn: MultiplexedConnection,
-    /// ids being delivered (never re-claimed meanwhile); removed when the job ends
-    pub held: Arc<Mutex<HashSet<String>>>,
-}
 
 struct Job {
     records: Vec<Record>,
@@ -41,10 +28,7 @@ struct Job {
 
 impl Job {
     fn release(&self) {
-        let mut h = self.ack.held.lock().unwrap_or_else(|e| e.into_inner());
-        for id in &self.ids {
-            h.remove(id);
-        }
+        self.ack.release(&self.ids);
     }
 }
 
@@ -136,8 +120,8 @@ async fn write_loop(lane: usize, mut rx: mpsc::Receiver<Job>, pg: PgSink, batch:
         let records: Vec<Record> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.records)).collect();
         match sink.deliver(&records, &[], &batch).await {
             Ok(()) => {
-                for j in &mut jobs {
-                    ack_with_retry(&j.ack.url, &j.ack.stream, &j.ack.group, &batch, &shutdown, &mut j.ack.conn, &j.ids).await;
+                for j in &jobs {
+                    ack_with_retry(&j.ack, &batch, &shutdown, &j.ids).await;
                     j.release();
                 }
             }
@@ -153,6 +137,8 @@ async fn write_loop(lane: usize, mut rx: mpsc::Receiver<Job>, pg: PgSink, batch:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::HashSet;
 
     #[test]
     fn a_key_always_has_the_same_writer() {

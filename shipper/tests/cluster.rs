@@ -48,14 +48,6 @@ async fn incr_spread(a: &mut redis::aio::MultiplexedConnection, b: &mut redis::a
     keys
 }
 
-/// One blocking reader per stream and one shared connection for acks and housekeeping (plus
-/// this test's connection and discovery's short-lived ones), not three per stream.
-async fn assert_one_reader_per_stream(c: &mut redis::aio::MultiplexedConnection, streams: usize) {
-    let info: String = redis::cmd("INFO").arg("clients").query_async(c).await.unwrap();
-    let clients: usize = info.lines().find_map(|l| l.strip_prefix("connected_clients:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
-    assert!(streams >= 5 && clients <= streams + 6, "{clients} clients for {streams} streams");
-}
-
 /// Whether node A (slots 0-8191) serves `key`.
 fn a_serves(key: &str) -> bool {
     tally_slot::key_slot(key.as_bytes()) < 8192
@@ -89,7 +81,7 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
         for s in &streams {
             assert_eq!(group_pending(c, s, "tally-shipper").await, 0, "{s}");
         }
-        assert_one_reader_per_stream(c, streams.len()).await;
+        assert_connections_per_node_not_per_stream(c, streams.len(), 6).await;
     }
     assert_eq!(nodes_with_streams, 2);
     for key in first.iter().chain(&later).collect::<std::collections::BTreeSet<_>>() {

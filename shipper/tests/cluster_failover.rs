@@ -265,6 +265,9 @@ async fn three_primaries_with_replicas_ship_the_stories_and_survive_a_failover()
         for s in &streams {
             assert_eq!(group_pending(c, s, "tally-shipper").await, 0, "{s}");
         }
+        // the router's connection and this one, the shipper's reader and shared connection,
+        // a discovery's short-lived one
+        assert_connections_per_node_not_per_stream(c, streams.len(), 8).await;
     }
     sh.sigterm();
     assert!(sh.wait_timeout(Duration::from_secs(60)).is_some_and(|s| s.success()), "{}", tail_lines(&sh.log_text(), 40));

@@ -130,6 +130,14 @@ pub async fn xlen(c: &mut MultiplexedConnection, stream: &str) -> i64 {
     redis::cmd("XLEN").arg(stream).query_async(c).await.unwrap()
 }
 
+/// The shipper holds a few connections per node (its reader and one shared connection), not
+/// one per stream: at most `max` clients (the test's own included) on a node with `streams`.
+pub async fn assert_connections_per_node_not_per_stream(c: &mut MultiplexedConnection, streams: usize, max: usize) {
+    let info: String = redis::cmd("INFO").arg("clients").query_async(c).await.unwrap();
+    let clients: usize = info.lines().find_map(|l| l.strip_prefix("connected_clients:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+    assert!(streams > max && (2..=max).contains(&clients), "{clients} clients for {streams} streams (at most {max})");
+}
+
 pub async fn group_pending(c: &mut MultiplexedConnection, stream: &str, group: &str) -> i64 {
     let v: redis::Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(c).await.unwrap();
     match v {
