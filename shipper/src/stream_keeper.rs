@@ -17,6 +17,10 @@ use crate::redis_io::{as_array, as_int, as_str, parse_entries, NodeConns};
 
 type RResult<T> = Result<T, redis::RedisError>;
 
+/// An empty stream is sampled at most this many sampling intervals apart (10 s at the default
+/// --stream-metrics-interval-ms).
+const IDLE_TICKS_MAX: u32 = 10;
+
 pub struct Keeper {
     url: String,
     stream: String,
@@ -75,6 +79,17 @@ pub fn trim_floor(groups: &[(GroupInfo, Option<String>)]) -> Option<String> {
     floor.map(|f| f.1)
 }
 
+/// The pause before the next look at a stream: the base interval while it holds entries; an
+/// empty one (nothing to trim, nothing pending) is looked at less and less often, up to
+/// IDLE_TICKS_MAX intervals apart, so thousands of idle slot streams cost a primary little.
+fn next_tick(holds: bool, tick: Duration, base: Duration) -> Duration {
+    if holds {
+        base
+    } else {
+        (tick * 2).min(base * IDLE_TICKS_MAX)
+    }
+}
+
 impl Keeper {
     pub fn new(url: &str, stream: &str, redis: &RedisOpts, batch: &BatchOpts, stop: CancellationToken, conns: NodeConns) -> Keeper {
         Keeper {
@@ -117,15 +132,17 @@ impl Keeper {
     async fn run_connected(&self) -> RResult<()> {
         let mut conn = self.conns.get(&self.url).await?;
         let mut last_trim = Instant::now();
+        let base = self.trim_every.map(|t| t.min(self.sample_every)).unwrap_or(self.sample_every);
+        let mut tick = base;
         loop {
-            self.sample(&mut conn).await?;
+            let holds = self.sample(&mut conn).await?;
             if let Some(every) = self.trim_every {
-                if last_trim.elapsed() >= every {
+                if holds && last_trim.elapsed() >= every {
                     self.trim(&mut conn).await?;
                     last_trim = Instant::now();
                 }
             }
-            let tick = self.trim_every.map(|t| t.min(self.sample_every)).unwrap_or(self.sample_every);
+            tick = next_tick(holds, tick, base);
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = self.stop.cancelled() => {
@@ -173,13 +190,14 @@ impl Keeper {
     }
 
     /// Length, pending entries, unread entries and the age of the oldest unacknowledged entry.
-    async fn sample(&self, conn: &mut MultiplexedConnection) -> RResult<()> {
+    /// Returns whether the stream holds any entry.
+    async fn sample(&self, conn: &mut MultiplexedConnection) -> RResult<bool> {
         let len: i64 = redis::cmd("XLEN").arg(&self.stream).query_async(conn).await?;
         let label = [self.stream.as_str()];
         metrics::STREAM_LEN.with_label_values(&label).set(len);
         let Some(g) = self.groups(conn).await?.into_iter().find(|g| g.name == self.group) else {
             metrics::STREAM_UNREAD.with_label_values(&label).set(len);
-            return Ok(());
+            return Ok(len > 0);
         };
         metrics::PENDING.with_label_values(&label).set(g.pending);
         if let Some(lag) = g.lag {
@@ -203,7 +221,7 @@ impl Keeper {
             .map(|(ms, _)| (metrics::now_ms() - i64::try_from(ms).unwrap_or(i64::MAX)).max(0) as f64 / 1000.0)
             .unwrap_or(0.0);
         metrics::STREAM_LAG.with_label_values(&label).set(age_s);
-        Ok(())
+        Ok(len > 0)
     }
 }
 
@@ -213,6 +231,19 @@ mod tests {
 
     fn g(name: &str, pending: i64, last: &str) -> GroupInfo {
         GroupInfo { name: name.into(), pending, last_delivered: last.into(), lag: None }
+    }
+
+    #[test]
+    fn an_empty_stream_is_looked_at_less_often_and_a_busy_one_at_once() {
+        let base = Duration::from_secs(1);
+        let mut tick = base;
+        let mut seen = vec![];
+        for _ in 0..6 {
+            tick = next_tick(false, tick, base);
+            seen.push(tick.as_secs());
+        }
+        assert_eq!(seen, vec![2, 4, 8, 10, 10, 10]);
+        assert_eq!(next_tick(true, tick, base), base);
     }
 
     #[test]
