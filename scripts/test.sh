@@ -23,4 +23,6 @@ if [ -z "$VALKEY" ]; then
 fi
 echo "[test] module integration tests on $("$VALKEY" --version | cut -d' ' -f1-3)"
 TALLY_SERVER_BIN="$VALKEY" cargo test -p tally-tests --locked --no-fail-fast -- --test-threads="${TALLY_TEST_THREADS:-2}" || status=$?
+echo "[test] the shipper on a Valkey cluster (atomic slot migration, failover)"
+TALLY_SERVER_BIN="$VALKEY" cargo test -p tally-shipper --test cluster --test cluster_failover --locked --no-fail-fast -- --test-threads="${TALLY_TEST_THREADS:-2}" || status=$?
 exit "$status"

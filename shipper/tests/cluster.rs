@@ -162,6 +162,51 @@ async fn grants_following_redirects(a: String, b: String, key: String, stop: std
     acked
 }
 
+/// How a slot moves from A to B.
+#[derive(Clone, Copy, Debug)]
+enum Move {
+    /// scripts/reshard-slot.sh: SETSLOT and MIGRATE key by key (Redis 7.x; Valkey too)
+    KeyByKey,
+    /// CLUSTER MIGRATESLOTS: the whole slot as one unit (Valkey 9+)
+    Atomic,
+}
+
+async fn move_slot(how: Move, a: &Redis, b: &Redis, slot: usize) {
+    match how {
+        Move::KeyByKey => {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/reshard-slot.sh");
+            let out = std::process::Command::new("bash")
+                .args([script, &format!("127.0.0.1:{}", a.port), &format!("127.0.0.1:{}", b.port), &slot.to_string()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "reshard: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        Move::Atomic => {
+            let (mut ca, mut cb) = (a.conn().await, b.conn().await);
+            let b_id: String = redis::cmd("CLUSTER").arg("MYID").query_async(&mut cb).await.unwrap();
+            let s = slot.to_string();
+            cmd(&mut ca, &["CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", &s, &s, "NODE", &b_id]).await;
+            // done when A sends the slot's keys to B and B serves them
+            let probe = format!("probe{{{}}}", tally_slot::tag(slot));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let on_a: redis::RedisResult<i64> = redis::cmd("EXISTS").arg(&probe).query_async(&mut ca).await;
+                let on_b: redis::RedisResult<i64> = redis::cmd("EXISTS").arg(&probe).query_async(&mut cb).await;
+                if on_a.is_err_and(|e| e.code() == Some("MOVED")) && on_b.is_ok() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "slot {slot} not migrated after 60 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Whether the server migrates whole slots (CLUSTER GETSLOTMIGRATIONS exists).
+async fn has_atomic_migration(c: &mut redis::aio::MultiplexedConnection) -> bool {
+    redis::cmd("CLUSTER").arg("GETSLOTMIGRATIONS").query_async::<redis::Value>(c).await.is_ok()
+}
+
 /// A slot moves from A to B (scripts/reshard-slot.sh, the legacy procedure for Redis 7.x)
 /// while the shipper ships it and a client keeps writing to it: every acknowledged grant is
 /// in Postgres once, the key's seq is 1..n, nothing is left pending, and SIGTERM exits 0.
@@ -169,7 +214,25 @@ async fn grants_following_redirects(a: String, b: String, key: String, stop: std
 async fn a_slot_moved_while_shipping_loses_nothing() {
     let _g = serial();
     let Some(module) = module_or_skip("a_slot_moved_while_shipping_loses_nothing") else { return };
-    let (a, b) = two_primaries(&module).await;
+    slot_moved_while_shipping(&module, Move::KeyByKey).await;
+}
+
+/// The same with Valkey's atomic slot migration (`CLUSTER MIGRATESLOTS`): the stream, its
+/// group and pending entries move with the slot at once, and the shipper follows (MOVED).
+/// A server without it (Redis 7.x) says so and the test stops there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atomically_migrated_slot_while_shipping_loses_nothing() {
+    let _g = serial();
+    let Some(module) = module_or_skip("an_atomically_migrated_slot_while_shipping_loses_nothing") else { return };
+    slot_moved_while_shipping(&module, Move::Atomic).await;
+}
+
+async fn slot_moved_while_shipping(module: &std::path::Path, how: Move) {
+    let (a, b) = two_primaries(module).await;
+    if matches!(how, Move::Atomic) && !has_atomic_migration(&mut a.conn().await).await {
+        eprintln!("{}: no atomic slot migration on this server; the key-by-key procedure is tested instead", tally_tests::server_bin());
+        return;
+    }
     let (pg, pool) = migrated_pg().await;
     let key = (0..).map(|i| format!("mover:{i}")).find(|k| a_serves(k)).unwrap();
     let slot = tally_slot::key_slot(key.as_bytes());
@@ -180,17 +243,12 @@ async fn a_slot_moved_while_shipping_loses_nothing() {
     let q = format!("SELECT count(*) FROM event_keys WHERE data_key = '{key}'");
     assert!(wait_count(&pool, &q, 100, Duration::from_secs(60)).await >= 100, "{}", tail_lines(&sh.log_text(), 40));
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/reshard-slot.sh");
-    let out = std::process::Command::new("bash")
-        .args([script, &format!("127.0.0.1:{}", a.port), &format!("127.0.0.1:{}", b.port), &slot.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "reshard: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    move_slot(how, &a, &b, slot).await;
     let before = count(&pool, &q).await;
     assert!(wait_count(&pool, &q, before + 100, Duration::from_secs(60)).await >= before + 100, "{}", tail_lines(&sh.log_text(), 40));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked = writer.await.unwrap();
-    eprintln!("moved slot {slot} of {key}: {acked} grants acknowledged");
+    eprintln!("moved slot {slot} of {key} ({how:?}): {acked} grants acknowledged");
 
     assert_eq!(wait_count(&pool, &q, acked, Duration::from_secs(60)).await, acked, "{}", tail_lines(&sh.log_text(), 40));
     let seq: i64 = sqlx::query_scalar("SELECT contiguous_seq FROM key_seqs WHERE data_key = $1").bind(&key).fetch_one(&pool).await.unwrap();
