@@ -92,9 +92,12 @@ impl Pipes {
     }
 }
 
+/// Reply timeout of reconcile's and restore's commands (redis-rs would give up after 500 ms,
+/// which a busy server can exceed).
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn open(url: &str) -> anyhow::Result<MultiplexedConnection> {
-    let client = redis::Client::open(url).context("redis url")?;
-    client.get_multiplexed_async_connection().await.with_context(|| format!("connect to {url}"))
+    crate::redis_io::connect(url, RESPONSE_TIMEOUT).await.with_context(|| format!("connect to {url}"))
 }
 
 #[cfg(test)]

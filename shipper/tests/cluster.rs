@@ -139,8 +139,7 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
 /// ASKING + the command to B, TRYAGAIN and other errors wait and retry (none of them applied
 /// anything). Returns the grants acknowledged.
 async fn grants_following_redirects(a: String, b: String, key: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> i64 {
-    let open = |u: &str| redis::Client::open(u).unwrap();
-    let (mut ca, mut cb) = (open(&a).get_multiplexed_async_connection().await.unwrap(), open(&b).get_multiplexed_async_connection().await.unwrap());
+    let (mut ca, mut cb) = (aconn(&a).await, aconn(&b).await);
     let (mut on_b, mut acked) = (false, 0i64);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let grant = || redis::cmd("ASSET.INCR").arg(&key).arg("gold").arg("1").clone();

@@ -128,7 +128,7 @@ async fn kill9_at_random_moments_direct_exactly_once() {
     // producer: ~4000 events over ~8s
     let url = redis.url();
     let producer = tokio::spawn(async move {
-        let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let mut c = aconn(&url).await;
         let mut m = Model::default();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for i in 0..4000 {

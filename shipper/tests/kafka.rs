@@ -157,7 +157,7 @@ async fn kill9_at_random_moments_kafka_exactly_once() {
     let args = [args, vec!["--batch-size".into(), "50".into()]].concat();
     let url = redis.url();
     let producer = tokio::spawn(async move {
-        let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let mut c = aconn(&url).await;
         let mut m = Model::default();
         let mut rng = rand::rngs::StdRng::seed_from_u64(8);
         for i in 0..2000 {
@@ -197,7 +197,7 @@ const OPS_PER_CLIENT: usize = 40; // 50 x 40 = 2,000 mixed operations
 /// One client's share of the workload: deposits/withdrawals, transfers, coupon claims and
 /// usage, paced over ~15 s. Returns how many commands succeeded (each appended one event).
 async fn workload_client(url: String, seed: u64) -> i64 {
-    let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut c = aconn(&url).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut appended = 0;
     for _ in 0..OPS_PER_CLIENT {

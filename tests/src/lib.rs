@@ -32,6 +32,19 @@ static ISSUED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
 /// and the server's bind, and never returned twice in one process. A server can still lose
 /// a race with another program; `Redis::start`, `Pg::start` and the broker retry on a new
 /// port when that happens.
+/// How long a test's async connection waits for a reply. redis-rs defaults to 500 ms, which a
+/// loaded machine (or a blocking command such as WAIT) can exceed: a reply that takes longer
+/// is slow, not lost.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An async connection with [`RESPONSE_TIMEOUT`] and a 10 s connect timeout.
+pub async fn async_conn(client: &redis::Client) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    client.get_multiplexed_async_connection_with_config(&cfg).await
+}
+
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     let mut issued = ISSUED.lock().unwrap_or_else(|e| e.into_inner());
@@ -183,7 +196,7 @@ impl Redis {
     }
 
     pub async fn aconn(&self) -> redis::aio::MultiplexedConnection {
-        self.client().get_multiplexed_async_connection().await.expect("connect")
+        async_conn(&self.client()).await.expect("connect")
     }
 
     /// SHUTDOWN (which writes the AOF) then start again on the same port and directory.

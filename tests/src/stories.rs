@@ -24,13 +24,17 @@ impl Target {
     /// and follows MOVED/ASK like any cluster client.
     pub fn cluster(seeds: &str) -> redis::RedisResult<Target> {
         let seeds: Vec<&str> = seeds.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-        Ok(Target::Cluster(Box::new(redis::cluster::ClusterClient::new(seeds)?)))
+        let client = redis::cluster::ClusterClientBuilder::new(seeds)
+            .connection_timeout(std::time::Duration::from_secs(10))
+            .response_timeout(crate::RESPONSE_TIMEOUT)
+            .build()?;
+        Ok(Target::Cluster(Box::new(client)))
     }
 
     /// A new connection of its own (a cluster connection holds one per node).
     pub async fn conn(&self) -> redis::RedisResult<Conn> {
         Ok(match self {
-            Target::Server(c) => Conn::Server(c.get_multiplexed_async_connection().await?),
+            Target::Server(c) => Conn::Server(crate::async_conn(c).await?),
             Target::Cluster(c) => Conn::Cluster(c.get_async_connection().await?),
         })
     }

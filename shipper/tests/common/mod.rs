@@ -110,7 +110,7 @@ impl Redis {
         let _ = self.child.wait();
     }
     pub async fn conn(&self) -> MultiplexedConnection {
-        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+        aconn(&self.url()).await
     }
 }
 
@@ -136,6 +136,12 @@ pub async fn assert_connections_per_node_not_per_stream(c: &mut MultiplexedConne
     let info: String = redis::cmd("INFO").arg("clients").query_async(c).await.unwrap();
     let clients: usize = info.lines().find_map(|l| l.strip_prefix("connected_clients:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
     assert!(streams > max && (2..=max).contains(&clients), "{clients} clients for {streams} streams (at most {max})");
+}
+
+/// An async connection to `url` that waits up to a minute for a reply (redis-rs defaults to
+/// 500 ms, which a loaded machine or WAIT can exceed).
+pub async fn aconn(url: &str) -> MultiplexedConnection {
+    tally_tests::async_conn(&redis::Client::open(url).unwrap()).await.unwrap()
 }
 
 pub async fn group_pending(c: &mut MultiplexedConnection, stream: &str, group: &str) -> i64 {
