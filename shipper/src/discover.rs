@@ -10,6 +10,7 @@ use redis::Value;
 use crate::redis_io::{as_array, as_int, as_str, connect, node_url};
 
 type RResult<T> = Result<T, redis::RedisError>;
+
 /// Where the log streams are: per node that answered, its URL and the streams it holds (maybe
 /// none), for every URL given; and whether every node answered.
 /// Standalone: the one stream `<prefix>:log` of that server, known without looking at the
@@ -105,7 +106,6 @@ fn primaries(v: &Value) -> Vec<((String, u16), Vec<(usize, usize)>)> {
     out
 }
 
-
 async fn existing_streams(conn: &mut MultiplexedConnection, names: &[String]) -> RResult<Vec<String>> {
     let mut out = Vec::new();
     for chunk in names.chunks(1000) {
@@ -126,10 +126,7 @@ pub fn cluster_enabled(info: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
+    use crate::redis_io::bulk;
 
     #[test]
     fn cluster_slots_give_each_primary_its_ranges() {

@@ -230,6 +230,12 @@ pub async fn query_asking(conn: &mut MultiplexedConnection, cmd: &redis::Cmd, as
     replies.pop().unwrap_or(Ok(Value::Nil))
 }
 
+/// A bulk-string reply, for the tests of every module that parses replies.
+#[cfg(test)]
+pub fn bulk(s: &str) -> Value {
+    Value::BulkString(s.as_bytes().to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

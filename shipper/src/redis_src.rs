@@ -612,10 +612,7 @@ pub async fn run_source(redis: RedisOpts, batch: BatchOpts, downstream: Downstre
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
+    use crate::redis_io::bulk;
 
     #[test]
     fn parses_xreadgroup_reply_and_builds_records() {

@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn parses_xinfo_groups_resp2() {
-        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let b = crate::redis_io::bulk;
         let v = Value::Array(vec![Value::Array(vec![
             b("name"), b("tally-shipper"), b("consumers"), Value::Int(1), b("pending"), Value::Int(4),
             b("last-delivered-id"), b("10-2"), b("entries-read"), Value::Int(6), b("lag"), Value::Int(3),
