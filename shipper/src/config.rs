@@ -173,10 +173,24 @@ pub struct KafkaOpts {
     /// Topic carrying the events.
     #[arg(long = "kafka-topic", env = "TALLY_KAFKA_TOPIC", default_value = "tally.events")]
     pub topic: String,
-    /// Group id under which `persist` commits its offsets to the broker, for lag tools only:
-    /// it never joins the group; its positions live in Postgres (table kafka_offsets).
+    /// Group id under which `persist` commits its offsets to the broker, for lag tools only
+    /// (its positions live in Postgres, table kafka_offsets). It joins this group only with
+    /// --persist-group.
     #[arg(long = "kafka-group", env = "TALLY_KAFKA_GROUP", default_value = "tally-persist")]
     pub kafka_group: String,
+    /// persist: share the topic's partitions with the other instances of --kafka-group
+    /// through the broker's consumer group (static membership, see --kafka-instance-id)
+    /// instead of assigning them itself. On every assignment it starts from the positions
+    /// stored in Postgres; a batch is stored only if its positions were not moved meanwhile,
+    /// so an instance that lost a partition cannot write it. Not with --persist-shard.
+    #[arg(long = "persist-group", env = "TALLY_PERSIST_GROUP")]
+    pub persist_group: bool,
+    /// persist --persist-group: this instance's static member id (group.instance.id), stable
+    /// across restarts and distinct per instance. A restarted instance gets its partitions
+    /// back without a rebalance; a dead one's go to the others after session.timeout.ms
+    /// (librdkafka default 45 s; set it with --kafka-opt). Default: the --consumer name.
+    #[arg(long = "kafka-instance-id", env = "TALLY_KAFKA_INSTANCE_ID")]
+    pub kafka_instance_id: Option<String>,
     /// librdkafka property passthrough, `key=value` (repeatable), e.g. for SASL/TLS. From the
     /// environment: TALLY_KAFKA_OPTS, one `key=value` per line (keeps secrets off the command line).
     #[arg(long = "kafka-opt", env = "TALLY_KAFKA_OPTS", value_parser = parse_kv, value_delimiter = '\n')]

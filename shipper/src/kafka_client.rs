@@ -26,6 +26,11 @@ pub fn base_config(k: &KafkaOpts) -> anyhow::Result<ClientConfig> {
     for (key, v) in &k.opts {
         c.set(key, v);
     }
+    // rdkafka takes librdkafka's log level from the `log` crate, which tally does not use
+    // (tracing): without this only errors would reach QuietContext. `--kafka-opt debug=...`
+    // asks librdkafka for its debug contexts; they are logged at DEBUG (TALLY_LOG=debug).
+    let debug = k.opts.iter().any(|(key, _)| key == "debug");
+    c.set_log_level(if debug { RDKafkaLogLevel::Debug } else { RDKafkaLogLevel::Warning });
     Ok(c)
 }
 

@@ -13,6 +13,7 @@ mod event;
 mod forward;
 mod kafka_client;
 mod persist;
+mod persist_group;
 mod metrics;
 mod nodes;
 mod pipeline;

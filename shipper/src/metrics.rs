@@ -27,7 +27,14 @@ pub static KAFKA_CONSUMED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("tally_kafka_messages_consumed_total", "Kafka messages consumed by persist").unwrap()
 });
 pub static KAFKA_PARTITIONS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
-    prometheus::register_int_gauge!("tally_kafka_partitions_assigned", "Partitions persist consumes (its --persist-shard)").unwrap()
+    prometheus::register_int_gauge!("tally_kafka_partitions_assigned", "Partitions persist consumes (its --persist-shard, or its share of the group with --persist-group)").unwrap()
+});
+pub static KAFKA_FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tally_kafka_fenced_batches_total",
+        "Batches persist dropped because another instance had moved their Kafka positions (re-read from the stored positions)"
+    )
+    .unwrap()
 });
 pub static SEQ_ANOMALIES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("tally_seq_anomalies_total", "Per-key seq gaps / out-of-order arrivals").unwrap()
@@ -141,7 +148,7 @@ pub fn record_lag(stage: &str, ts_ms: impl IntoIterator<Item = i64>) {
 fn render() -> String {
     // touch the lazies so every series is exported from the start
     let _ = (&*EVENTS_READ, &*EVENTS_FORWARDED, &*EVENTS_PERSISTED, &*EVENTS_DUPLICATE, &*EVENTS_FAILED);
-    let _ = &*KAFKA_PARTITIONS;
+    let _ = (&*KAFKA_PARTITIONS, &*KAFKA_FENCED);
     let _ = (&*KAFKA_CONSUMED, &*SEQ_ANOMALIES, &*RETRIES, &*PENDING, &*STREAM_LEN, &*LAG, &*BATCH_SIZE, &*BATCH_SECONDS);
     let _ = (&*ENTRIES_CLAIMED, &*STREAM_LAG, &*STREAM_UNREAD);
     for stage in ["forward", "persist"] {

@@ -1,14 +1,21 @@
 //! The persist stage: Kafka -> Postgres, with the Kafka positions kept in Postgres.
 //!
-//! Every partition of the topic (or of this instance's shard, `--persist-shard i/n`) is
-//! assigned to this one consumer (no group join, no rebalance, no heartbeats: nothing on the
-//! critical path depends on the broker's group coordinator). On start it seeks to the positions stored in `kafka_offsets`, which each
-//! batch's transaction advances together with the events. Offsets are also committed to the
-//! broker, asynchronously and only so that lag tools see them. A stored position below the
-//! broker's earliest offset means retention deleted events that were never persisted: that
-//! stops the process with the partitions and ranges named, never a silent skip.
+//! By default every partition of the topic (or of this instance's shard, `--persist-shard
+//! i/n`) is assigned to this one consumer (no group join, no rebalance, no heartbeats: nothing
+//! on the critical path depends on the broker's group coordinator). With `--persist-group`
+//! the instances of `--kafka-group` share the partitions through the broker's consumer group
+//! (static membership); the rebalance callback loads the stored positions of every partition
+//! it is given. Either way each partition starts at its position stored in `kafka_offsets`,
+//! which each batch's transaction advances together with the events, fenced: the batch is
+//! stored only if the position is still the one it continued from (`db::Position`), so an
+//! instance that lost a partition writes nothing of it and re-reads from the stored
+//! positions. Offsets are also committed to the broker, asynchronously and only so that lag
+//! tools see them. A stored position below the broker's earliest offset means retention
+//! deleted events that were never persisted: that stops the process with the partitions
+//! and ranges named, never a silent skip.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -22,7 +29,8 @@ use crate::config::{backoff_ms, BatchOpts, KafkaOpts};
 use crate::db::{self, Position};
 use crate::kafka_client::{base_config, QuietContext, H_ERROR, H_SOURCE, H_STREAM, H_STREAM_ID};
 use crate::metrics;
-use crate::pipeline::Sink;
+use crate::persist_group::{GroupLoader, Owned, PersistContext};
+use crate::pipeline::{Delivered, Sink};
 use crate::record::Record;
 use crate::sink_pg::PgSink;
 
@@ -67,17 +75,37 @@ pub fn message_to_record(m: &BorrowedMessage<'_>) -> Record {
     Record::new(source, via, stream, stream_id, raw, err)
 }
 
-/// Positions after a batch: per (topic, partition) the highest offset seen + 1.
-pub fn next_positions(seen: impl IntoIterator<Item = (String, i32, i64)>) -> Vec<Position> {
+/// Positions after a batch: per (topic, partition) the highest offset seen + 1, continuing
+/// from the stored position `from` gives.
+pub fn next_positions(seen: impl IntoIterator<Item = (String, i32, i64)>, from: impl Fn(i32) -> Option<i64>) -> Vec<Position> {
     let mut max: HashMap<(String, i32), i64> = HashMap::new();
     for (t, p, o) in seen {
         let e = max.entry((t, p)).or_insert(o);
         *e = (*e).max(o);
     }
-    let mut out: Vec<Position> =
-        max.into_iter().map(|((topic, partition), o)| Position { topic, partition, next_offset: o + 1 }).collect();
+    let mut out: Vec<Position> = max
+        .into_iter()
+        .map(|((topic, partition), o)| Position { topic, partition, from: from(partition), next_offset: o + 1 })
+        .collect();
     out.sort();
     out
+}
+
+/// A batch read from Kafka: each record with its (topic, partition, offset).
+pub type Batch = Vec<(Record, (String, i32, i64))>;
+
+/// Keeps the messages of partitions this instance owns, at or past the position they
+/// continue from (a message from before an assignment or a re-read is dropped); the
+/// positions the kept ones lead to. Dropped messages are counted in the second value.
+pub fn owned_part(batch: Batch, owned: &BTreeMap<i32, Option<i64>>) -> (Vec<Record>, Vec<Position>, usize) {
+    let total = batch.len();
+    let (recs, coords): (Vec<Record>, Vec<(String, i32, i64)>) = batch
+        .into_iter()
+        .filter(|(_, (_, p, o))| owned.get(p).is_some_and(|from| from.is_none_or(|f| *o >= f)))
+        .unzip();
+    let dropped = total - recs.len();
+    let positions = next_positions(coords, |p| owned.get(&p).copied().flatten());
+    (recs, positions, dropped)
 }
 
 /// Where to start each partition, given the stored positions and the broker's (low, high)
@@ -114,21 +142,28 @@ pub fn start_offsets(
     }
 }
 
-fn consumer(k: &KafkaOpts) -> anyhow::Result<StreamConsumer<QuietContext>> {
+fn consumer_config(k: &KafkaOpts) -> anyhow::Result<rdkafka::ClientConfig> {
     let mut c = base_config(k)?;
-    // group.id only names the offsets committed for lag tools: the consumer never joins
+    // without --persist-group, group.id only names the offsets committed for lag tools
     c.set("group.id", &k.kafka_group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "error");
+    if let Some(id) = k.kafka_instance_id.as_deref().filter(|_| k.persist_group) {
+        c.set("group.instance.id", id);
+    }
     for (key, v) in &k.opts {
         c.set(key, v);
     }
-    c.create_with_context(QuietContext).context("creating Kafka consumer")
+    Ok(c)
+}
+
+fn consumer(k: &KafkaOpts) -> anyhow::Result<StreamConsumer<QuietContext>> {
+    consumer_config(k)?.create_with_context(QuietContext).context("creating Kafka consumer")
 }
 
 /// (low, high) watermarks of every partition of the topic.
-fn watermarks(c: &StreamConsumer<QuietContext>, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+fn watermarks<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(c: &C, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
     let meta = c.fetch_metadata(Some(topic), BROKER_REQUEST_TIMEOUT).context("topic metadata")?;
     let t = meta.topics().iter().find(|t| t.name() == topic).context("topic not in metadata")?;
     if let Some(e) = t.error() {
@@ -172,9 +207,9 @@ pub struct Persist {
     batch: BatchOpts,
     pg: PgSink,
     shutdown: CancellationToken,
-    consumer: StreamConsumer<QuietContext>,
-    /// partitions assigned
-    partitions: usize,
+    consumer: StreamConsumer<PersistContext>,
+    /// the partitions this instance owns and the stored position each continues from
+    owned: Arc<Mutex<Owned>>,
 }
 
 /// What the assignment step concluded.
@@ -186,13 +221,29 @@ enum Assign {
 
 impl Persist {
     pub fn new(k: KafkaOpts, batch: BatchOpts, pg: PgSink, shutdown: CancellationToken) -> anyhow::Result<Persist> {
-        let consumer = consumer(&k)?;
-        Ok(Persist { k, batch, pg, shutdown, consumer, partitions: 0 })
+        if k.persist_group && k.persist_shard.count > 1 {
+            anyhow::bail!("--persist-group and --persist-shard exclude each other: the group shares the partitions itself");
+        }
+        let owned = Arc::new(Mutex::new(Owned::default()));
+        let group = k.persist_group.then(|| GroupLoader::new(pg.pool.clone(), k.topic.clone(), shutdown.clone()));
+        let ctx = PersistContext::new(owned.clone(), group);
+        let consumer = consumer_config(&k)?.create_with_context(ctx).context("creating Kafka consumer")?;
+        Ok(Persist { k, batch, pg, shutdown, consumer, owned })
     }
 
-    /// Assign every partition at its stored position; retries while the broker or Postgres
-    /// is unavailable. Returns false when shut down first.
+    fn owned(&self) -> MutexGuard<'_, Owned> {
+        self.owned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Assign every partition at its stored position (or, with --persist-group, join the
+    /// group: the rebalance callback does it); retries while the broker or Postgres is
+    /// unavailable. Returns false when shut down first.
     async fn assign(&mut self) -> anyhow::Result<bool> {
+        if self.k.persist_group {
+            self.consumer.subscribe(&[&self.k.topic]).context("subscribe")?;
+            tracing::info!(topic = %self.k.topic, group = %self.k.kafka_group, "joining the consumer group; positions come from Postgres at every assignment");
+            return Ok(true);
+        }
         let mut attempt = 0u32;
         loop {
             match self.try_assign().await {
@@ -214,9 +265,10 @@ impl Persist {
     async fn try_assign(&mut self) -> anyhow::Result<Assign> {
         let topic = self.k.topic.clone();
         let shard = self.k.persist_shard;
+        // positions first: a position stored after the watermarks were read could be past them
+        let stored = db::load_positions(&self.pg.pool, &topic).await.context("loading positions from Postgres")?;
         let mut marks = tokio::task::block_in_place(|| watermarks(&self.consumer, &topic))?;
         marks.retain(|p, _| shard.owns(*p));
-        let stored = db::load_positions(&self.pg.pool, &topic).await.context("loading positions from Postgres")?;
         let starts = match start_offsets(&topic, &marks, &stored) {
             Ok(s) => s,
             Err(msg) => return Ok(Assign::Fatal(msg)),
@@ -227,28 +279,69 @@ impl Persist {
             tpl.add_partition_offset(&topic, *p, offset)?;
         }
         self.consumer.assign(&tpl).context("assign")?;
-        self.partitions = starts.len();
-        metrics::KAFKA_PARTITIONS.set(i64::try_from(starts.len()).unwrap_or(i64::MAX));
+        self.owned().replace(starts.clone());
         tracing::info!(topic = %topic, partitions = starts.len(), shard = %shard, stored = stored.len(), "consuming from the positions stored in Postgres");
         Ok(Assign::Done)
     }
 
-    /// A partition added to the topic since the last assignment.
+    /// Another instance moved a position this one continued from: read every owned partition
+    /// again from its stored position. A seek, not a new assignment: librdkafka 2.12 aborts
+    /// the process (assertion `rktp_started`) when partitions assigned again before they
+    /// started are stopped by a shutdown.
+    async fn reposition(&mut self) -> anyhow::Result<bool> {
+        let stored = db::load_positions(&self.pg.pool, &self.k.topic).await.context("loading positions from Postgres")?;
+        let mut tpl = TopicPartitionList::new();
+        let mut from = BTreeMap::new();
+        for p in self.owned().from.keys() {
+            let start = stored.get(p).copied();
+            tpl.add_partition_offset(&self.k.topic, *p, start.map(Offset::Offset).unwrap_or(Offset::Beginning))?;
+            from.insert(*p, start);
+        }
+        tokio::task::block_in_place(|| self.consumer.seek_partitions(tpl, BROKER_REQUEST_TIMEOUT)).context("seek to the stored positions")?;
+        self.owned().replace(from);
+        Ok(true)
+    }
+
+    /// A partition added to the topic since the last assignment (the group finds those itself).
     fn topic_grew(&self) -> bool {
+        if self.k.persist_group {
+            return false;
+        }
         let meta = tokio::task::block_in_place(|| self.consumer.fetch_metadata(Some(&self.k.topic), BROKER_REQUEST_TIMEOUT));
+        let assigned = self.owned().from.len();
         meta.ok()
             .and_then(|m| m.topics().iter().find(|t| t.name() == self.k.topic).map(|t| {
                 t.partitions().iter().filter(|p| self.k.persist_shard.owns(p.id())).count()
             }))
-            .map(|n| n > self.partitions)
+            .map(|n| n > assigned)
             .unwrap_or(false)
     }
 
+    /// The partitions and ranges retention deleted before they were persisted, for the error.
+    async fn lost_ranges(&self) -> String {
+        let topic = self.k.topic.clone();
+        let stored = db::load_positions(&self.pg.pool, &topic).await;
+        let marks = tokio::task::block_in_place(|| watermarks(&self.consumer, &topic));
+        match (marks, stored) {
+            (Ok(mut m), Ok(s)) => {
+                let owned = self.owned();
+                m.retain(|p, _| owned.from.contains_key(p));
+                start_offsets(&topic, &m, &s).err().unwrap_or_else(|| "a stored Kafka position is out of range".into())
+            }
+            _ => "a stored Kafka position is out of range: Kafka retention deleted events before they were persisted \
+                  (compare kafka_offsets with the topic's earliest offsets)"
+                .into(),
+        }
+    }
+
     /// Read one batch: wait up to `idle` for the first message, then fill for batch_wait_ms.
-    /// Err only for errors that retrying cannot fix.
-    async fn read_batch(&self, idle: Duration) -> anyhow::Result<Vec<(Record, (String, i32, i64))>> {
+    /// Err only for errors that retrying cannot fix. A rebalance runs inside `recv`: the
+    /// messages read before it are dropped (they belong to the previous assignment; the
+    /// partitions restart at their stored positions, so nothing is skipped).
+    async fn read_batch(&self, idle: Duration) -> anyhow::Result<Batch> {
         let size = self.batch.batch_size.max(1);
         let mut out = Vec::new();
+        let mut generation = self.owned().generation;
         let first = tokio::select! {
             m = tokio::time::timeout(idle, self.consumer.recv()) => m,
             _ = self.shutdown.cancelled() => return Ok(out),
@@ -256,11 +349,17 @@ impl Persist {
         let deadline = Instant::now() + Duration::from_millis(self.batch.batch_wait_ms);
         let mut next = first;
         loop {
+            let now = self.owned().generation;
+            if now != generation {
+                tracing::debug!(dropped = out.len(), "the assignment changed while reading a batch");
+                out.clear();
+                generation = now;
+            }
             match next {
                 Ok(Ok(m)) => out.push((message_to_record(&m), (m.topic().to_string(), m.partition(), m.offset()))),
-                Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => anyhow::bail!(
-                    "a stored Kafka position is out of range: Kafka retention deleted events before they were persisted \
-                     (compare kafka_offsets with the topic's earliest offsets)"
+                Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => anyhow::bail!(self.lost_ranges().await),
+                Ok(Err(e @ KafkaError::MessageConsumptionFatal(_))) => anyhow::bail!(
+                    "the Kafka consumer failed for good: {e} (with --persist-group: is another instance using the same --kafka-instance-id?)"
                 ),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "Kafka consume error");
@@ -274,7 +373,38 @@ impl Persist {
             }
             next = tokio::time::timeout(left, self.consumer.recv()).await;
         }
+        if self.owned().generation != generation {
+            out.clear();
+        }
         Ok(out)
+    }
+
+    /// One batch read and stored. Returns false when the process must stop.
+    async fn step(&mut self, sink: &Sink, idle: Duration) -> anyhow::Result<bool> {
+        let batch = self.read_batch(idle).await?;
+        if batch.is_empty() {
+            return Ok(true);
+        }
+        metrics::KAFKA_CONSUMED.inc_by(batch.len() as u64);
+        let (recs, positions, dropped) = owned_part(batch, &self.owned().from);
+        if dropped > 0 {
+            tracing::debug!(dropped, "messages of partitions or offsets this instance does not own");
+        }
+        if recs.is_empty() {
+            return Ok(true);
+        }
+        match sink.deliver(&recs, &positions, &self.batch).await.map_err(|f| anyhow::anyhow!(f.0))? {
+            Delivered::Done => {
+                self.owned().advance(&positions);
+                self.commit_to_broker(&positions);
+                Ok(true)
+            }
+            Delivered::Fenced => {
+                tracing::warn!(partitions = ?positions.iter().map(|p| p.partition).collect::<Vec<_>>(),
+                    "another persist instance moved these partitions' stored positions; nothing of this batch was written, reading again from the stored positions");
+                self.reposition().await
+            }
+        }
     }
 
     pub async fn run(mut self) -> anyhow::Result<()> {
@@ -291,15 +421,9 @@ impl Persist {
                     break;
                 }
             }
-            let batch = self.read_batch(metadata_every).await?;
-            if batch.is_empty() {
-                continue;
+            if !self.step(&sink, metadata_every).await? {
+                break;
             }
-            let (recs, coords): (Vec<Record>, Vec<(String, i32, i64)>) = batch.into_iter().unzip();
-            metrics::KAFKA_CONSUMED.inc_by(recs.len() as u64);
-            let positions = next_positions(coords);
-            sink.deliver(&recs, &positions, &self.batch).await.map_err(|f| anyhow::anyhow!(f.0))?;
-            self.commit_to_broker(&positions);
         }
         tracing::info!("persist stopped");
         Ok(())
@@ -332,9 +456,25 @@ mod tests {
             ("t".to_string(), 0, 6),
             ("u".to_string(), 0, 0),
         ];
-        let pos = |t: &str, p, o| Position { topic: t.into(), partition: p, next_offset: o };
-        assert_eq!(next_positions(seen), vec![pos("t", 0, 8), pos("t", 1, 10), pos("u", 0, 1)]);
-        assert!(next_positions(Vec::new()).is_empty());
+        let pos = |t: &str, p, o| Position { topic: t.into(), partition: p, from: (p == 1).then_some(3), next_offset: o };
+        let from = |p| (p == 1).then_some(3);
+        assert_eq!(next_positions(seen, from), vec![pos("t", 0, 8), pos("t", 1, 10), pos("u", 0, 1)]);
+        assert!(next_positions(Vec::new(), from).is_empty());
+    }
+
+    #[test]
+    fn only_owned_partitions_at_or_past_their_position_are_stored() {
+        let rec = |p: i32, o: i64| (Record::new(format!("kafka:t/{p}/{o}"), None, None, None, "{}".into(), None), ("t".to_string(), p, o));
+        let owned = BTreeMap::from([(0, Some(10)), (1, None)]);
+        let batch = vec![rec(0, 9), rec(0, 10), rec(0, 12), rec(1, 0), rec(1, 4), rec(2, 50)];
+        let (recs, positions, dropped) = owned_part(batch, &owned);
+        assert_eq!(recs.len(), 4);
+        assert_eq!(dropped, 2, "offset 9 is before partition 0's position; partition 2 is not owned");
+        let pos = |partition, from, next_offset| Position { topic: "t".into(), partition, from, next_offset };
+        assert_eq!(positions, vec![pos(0, Some(10), 13), pos(1, None, 5)]);
+        let (recs, positions, dropped) = owned_part(vec![rec(2, 1)], &owned);
+        assert!(recs.is_empty() && positions.is_empty());
+        assert_eq!(dropped, 1);
     }
 
     #[test]

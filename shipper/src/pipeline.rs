@@ -36,6 +36,16 @@ pub fn fatal_error() -> Option<String> {
     FATAL.get().cloned()
 }
 
+/// How a delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// the next stage holds the batch durably
+    Done,
+    /// nothing was written: another `persist` instance moved a Kafka position the batch
+    /// continued from (only with positions; see `db::Position`)
+    Fenced,
+}
+
 enum Failure {
     Retry(anyhow::Error),
     Stop(String),
@@ -49,12 +59,13 @@ impl Sink {
         }
     }
 
-    async fn deliver_once(&self, recs: &[Record], positions: &[Position]) -> Result<(), Failure> {
+    async fn deliver_once(&self, recs: &[Record], positions: &[Position]) -> Result<Delivered, Failure> {
         match self {
             Sink::Pg(pg) => match pg.persist(recs, positions).await {
+                Ok(out) if out.fenced => Ok(Delivered::Fenced),
                 Ok(out) => {
                     account(&out);
-                    Ok(())
+                    Ok(Delivered::Done)
                 }
                 Err(e) if classify(&e) == ErrorClass::Permanent => Err(Failure::Stop(permanent_message(&e))),
                 Err(e) => Err(Failure::Retry(e.into())),
@@ -63,7 +74,7 @@ impl Sink {
                 f.send_batch(recs).await.map_err(Failure::Retry)?;
                 metrics::EVENTS_FORWARDED.inc_by(recs.len() as u64);
                 metrics::record_lag("forward", recs.iter().filter_map(|r| r.decoded.as_ref().ok().map(|e| e.ts)));
-                Ok(())
+                Ok(Delivered::Done)
             }
         }
     }
@@ -71,12 +82,17 @@ impl Sink {
     /// Deliver until the next stage holds the batch durably (transient failures are retried
     /// with capped exponential backoff; nothing is acknowledged meanwhile), or until a
     /// permanent failure, which the caller must not acknowledge.
-    pub async fn deliver(&self, recs: &[Record], positions: &[Position], b: &BatchOpts) -> Result<(), Fatal> {
+    pub async fn deliver(&self, recs: &[Record], positions: &[Position], b: &BatchOpts) -> Result<Delivered, Fatal> {
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
             match self.deliver_once(recs, positions).await {
-                Ok(()) => {
+                Ok(Delivered::Fenced) => {
+                    metrics::set_failing(false);
+                    metrics::KAFKA_FENCED.inc();
+                    return Ok(Delivered::Fenced);
+                }
+                Ok(Delivered::Done) => {
                     metrics::set_failing(false);
                     break;
                 }
@@ -99,7 +115,7 @@ impl Sink {
         }
         metrics::BATCH_SIZE.with_label_values(&[self.stage()]).observe(recs.len() as f64);
         metrics::BATCH_SECONDS.with_label_values(&[self.stage()]).observe(started.elapsed().as_secs_f64());
-        Ok(())
+        Ok(Delivered::Done)
     }
 }
 

@@ -487,8 +487,9 @@ impl Deliveries {
         let (batch, shutdown) = (r.batch.clone(), r.shutdown.clone());
         self.tasks.spawn(async move {
             let _permit = permit;
+            // no Kafka positions here, so never fenced
             match sink.deliver(&records, &[], &batch).await {
-                Ok(()) => ack_with_retry(&ack, &batch, &shutdown, &ids).await,
+                Ok(_) => ack_with_retry(&ack, &batch, &shutdown, &ids).await,
                 // not acknowledged: the entries stay pending for the next run
                 Err(fatal) => crate::pipeline::fail(fatal.0, &shutdown),
             }

@@ -136,7 +136,8 @@ impl PgSink {
 
     /// Persist a batch; when Postgres refuses the data itself, isolate the offending records
     /// one by one into failed_events so they never block the rest. Positions are stored with
-    /// the batch, or after the isolated records.
+    /// the batch, or after the isolated records (each of which checks the fence). A fenced
+    /// outcome wrote nothing more.
     pub async fn persist(&self, recs: &[Record], positions: &[Position]) -> Result<Outcome, sqlx::Error> {
         let out = self.persist_isolating(recs, positions).await?;
         self.note_behind(&out);
@@ -144,26 +145,29 @@ impl PgSink {
     }
 
     async fn persist_isolating(&self, recs: &[Record], positions: &[Position]) -> Result<Outcome, sqlx::Error> {
-        match self.once(recs, positions).await {
+        match self.once(recs, positions, true).await {
             Err(e) if classify(&e) == ErrorClass::Data && !recs.is_empty() => {
                 tracing::warn!(error = %e, batch = recs.len(), "batch refused by Postgres, isolating its records");
                 let mut total = Outcome::default();
                 for r in recs {
-                    total.add(self.persist_one(r).await?);
+                    total.add(self.persist_one(r, positions).await?);
+                    if total.fenced {
+                        return Ok(total);
+                    }
                 }
-                self.once(&[], positions).await?;
+                total.add(self.once(&[], positions, true).await?);
                 Ok(total)
             }
             other => other,
         }
     }
 
-    async fn persist_one(&self, r: &Record) -> Result<Outcome, sqlx::Error> {
-        match self.once(std::slice::from_ref(r), &[]).await {
+    async fn persist_one(&self, r: &Record, positions: &[Position]) -> Result<Outcome, sqlx::Error> {
+        match self.once(std::slice::from_ref(r), positions, false).await {
             Err(e) if classify(&e) == ErrorClass::Data => {
                 let mut bad = r.clone();
                 bad.decoded = Err(format!("refused by Postgres: {e}"));
-                self.once(std::slice::from_ref(&bad), &[]).await
+                self.once(std::slice::from_ref(&bad), positions, false).await
             }
             other => other,
         }
@@ -171,8 +175,8 @@ impl PgSink {
 
     /// One transaction under the client-side deadline: a server that accepted the
     /// connection and then stopped answering fails the batch instead of hanging it.
-    async fn once(&self, recs: &[Record], positions: &[Position]) -> Result<Outcome, sqlx::Error> {
-        match tokio::time::timeout(self.batch_deadline, db::persist_batch(&self.pool, recs, positions)).await {
+    async fn once(&self, recs: &[Record], positions: &[Position], advance: bool) -> Result<Outcome, sqlx::Error> {
+        match tokio::time::timeout(self.batch_deadline, db::persist_batch(&self.pool, recs, positions, advance)).await {
             Ok(r) => r,
             Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

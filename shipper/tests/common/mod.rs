@@ -373,7 +373,8 @@ impl Shipper {
         let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(BIN)
             .args(args)
-            .env("TALLY_LOG", "info")
+            // TALLY_TEST_SHIPPER_LOG (e.g. `debug`) to see more of a failing test's shippers
+            .env("TALLY_LOG", std::env::var("TALLY_TEST_SHIPPER_LOG").unwrap_or_else(|_| "info".into()))
             .env("RUST_BACKTRACE", "1")
             .stdout(f.try_clone().unwrap())
             .stderr(f)

@@ -1,0 +1,225 @@
+//! What `persist` owns, and the consumer-group side of it (`--persist-group`): the rebalance
+//! callback that starts every partition it is given at the position stored in Postgres.
+//!
+//! librdkafka runs the callback inside the consumer's poll, on the task that reads batches,
+//! so loading the positions blocks that task (`block_in_place`) and nothing else; the
+//! broker's heartbeats run on librdkafka's own threads meanwhile. The load is retried for a
+//! bounded time (`LOAD_ATTEMPTS`); if Postgres stays unreachable the process stops with a
+//! clear error instead of consuming from positions it does not know.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{self, Position};
+use crate::kafka_client::QuietContext;
+use crate::metrics;
+
+/// Attempts to load the stored positions in one rebalance, and the pause after the first
+/// failed one (doubling, at most `LOAD_BACKOFF_CAP_MS`): about a minute in all.
+const LOAD_ATTEMPTS: u32 = 12;
+const LOAD_BACKOFF_MS: u64 = 250;
+const LOAD_BACKOFF_CAP_MS: u64 = 8_000;
+
+/// The partitions this instance owns, each with the stored position it continues from
+/// (`None`: nothing stored yet), and a counter bumped by every change of the assignment.
+#[derive(Debug, Default)]
+pub struct Owned {
+    pub generation: u64,
+    pub from: BTreeMap<i32, Option<i64>>,
+}
+
+impl Owned {
+    /// A new assignment (or the same partitions re-read from their stored positions).
+    pub fn replace(&mut self, from: BTreeMap<i32, Option<i64>>) {
+        self.generation += 1;
+        self.from = from;
+        metrics::KAFKA_PARTITIONS.set(i64::try_from(self.from.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Partitions added (cooperative protocol) or removed.
+    fn change(&mut self, add: BTreeMap<i32, Option<i64>>, remove: &[i32]) {
+        let mut from = std::mem::take(&mut self.from);
+        from.extend(add);
+        from.retain(|p, _| !remove.contains(p));
+        self.replace(from);
+    }
+
+    /// After a stored batch: its positions are the stored ones now.
+    pub fn advance(&mut self, positions: &[Position]) {
+        for p in positions {
+            if let Some(from) = self.from.get_mut(&p.partition) {
+                *from = Some(p.next_offset);
+            }
+        }
+    }
+}
+
+/// Loads the stored positions for the rebalance callback.
+pub struct GroupLoader {
+    pool: PgPool,
+    topic: String,
+    shutdown: CancellationToken,
+    runtime: tokio::runtime::Handle,
+}
+
+impl GroupLoader {
+    /// Call from inside the tokio runtime that will poll the consumer.
+    pub fn new(pool: PgPool, topic: String, shutdown: CancellationToken) -> GroupLoader {
+        GroupLoader { pool, topic, shutdown, runtime: tokio::runtime::Handle::current() }
+    }
+
+    /// The stored positions of the topic, retried with backoff; Err once the attempts are spent.
+    fn load_blocking(&self) -> Result<BTreeMap<i32, i64>, String> {
+        let load = || {
+            self.runtime.block_on(async {
+                let mut wait_ms = LOAD_BACKOFF_MS;
+                let mut last = String::new();
+                for attempt in 0..LOAD_ATTEMPTS {
+                    match db::load_positions(&self.pool, &self.topic).await {
+                        Ok(s) => return Ok(s),
+                        Err(e) => last = e.to_string(),
+                    }
+                    if self.shutdown.is_cancelled() {
+                        break;
+                    }
+                    tracing::warn!(attempt, retry_in_ms = wait_ms, error = %last, "cannot load the stored Kafka positions for an assignment yet");
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                    wait_ms = (wait_ms * 2).min(LOAD_BACKOFF_CAP_MS);
+                }
+                Err(format!(
+                    "persist was assigned partitions of {} but could not load their stored positions from Postgres: {last}",
+                    self.topic
+                ))
+            })
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => Err("the rebalance callback ran on a single-threaded runtime".into()),
+            Ok(_) => tokio::task::block_in_place(load),
+            Err(_) => load(),
+        }
+    }
+}
+
+/// The consumer's context: librdkafka's logs (as `QuietContext`) and, in group mode, the
+/// rebalance callback.
+pub struct PersistContext {
+    quiet: QuietContext,
+    owned: Arc<Mutex<Owned>>,
+    group: Option<GroupLoader>,
+}
+
+impl PersistContext {
+    pub fn new(owned: Arc<Mutex<Owned>>, group: Option<GroupLoader>) -> PersistContext {
+        PersistContext { quiet: QuietContext, owned, group }
+    }
+
+    fn owned(&self) -> MutexGuard<'_, Owned> {
+        self.owned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_assign(&self, g: &GroupLoader, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let parts: Vec<i32> = tpl.elements_for_topic(&g.topic).iter().map(|e| e.partition()).collect();
+        let stored = match g.load_blocking() {
+            Ok(s) => s,
+            Err(msg) => {
+                crate::pipeline::fail(msg, &g.shutdown);
+                return;
+            }
+        };
+        let mut from = BTreeMap::new();
+        for p in &parts {
+            let start = stored.get(p).copied();
+            let offset = start.map(Offset::Offset).unwrap_or(Offset::Beginning);
+            if let Err(e) = tpl.set_partition_offset(&g.topic, *p, offset) {
+                crate::pipeline::fail(format!("partition {p} of {}: cannot set its start offset: {e}", g.topic), &g.shutdown);
+                return;
+            }
+            from.insert(*p, start);
+        }
+        let assigned = if cooperative { base.incremental_assign(tpl) } else { base.assign(tpl) };
+        if let Err(e) = assigned {
+            tracing::warn!(error = %e, "assigning the partitions the group gave failed; the group will rebalance again");
+            return;
+        }
+        let mut owned = self.owned();
+        if cooperative {
+            owned.change(from, &[]);
+        } else {
+            owned.replace(from);
+        }
+        tracing::info!(topic = %g.topic, partitions = ?parts, owned = owned.from.len(), "assigned by the group; consuming from the positions stored in Postgres");
+    }
+
+    fn on_revoke(&self, g: &GroupLoader, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let parts: Vec<i32> = tpl.elements_for_topic(&g.topic).iter().map(|e| e.partition()).collect();
+        let done = if matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+            base.incremental_unassign(tpl)
+        } else {
+            base.unassign()
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "unassigning revoked partitions failed");
+        }
+        // whatever librdkafka says, nothing more of these partitions is stored by this instance
+        self.owned().change(BTreeMap::new(), &parts);
+        tracing::info!(topic = %g.topic, partitions = ?parts, "partitions revoked by the group");
+    }
+}
+
+impl ClientContext for PersistContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        self.quiet.log(level, fac, msg);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error(error, reason);
+    }
+}
+
+impl ConsumerContext for PersistContext {
+    fn rebalance(&self, base: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let Some(g) = &self.group else {
+            tracing::warn!(?err, "rebalance event without --persist-group; ignored");
+            return;
+        };
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(g, base, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(g, base, tpl),
+            other => {
+                tracing::warn!(error = ?other, "rebalance failed; this instance owns nothing until the next assignment");
+                if let Err(e) = base.unassign() {
+                    tracing::warn!(error = %e, "unassign after a failed rebalance");
+                }
+                self.owned().replace(BTreeMap::new());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_partitions_follow_assignments_and_batches() {
+        let mut o = Owned::default();
+        o.replace(BTreeMap::from([(0, Some(5)), (1, None)]));
+        assert_eq!(o.generation, 1);
+        let pos = |partition, from, next_offset| Position { topic: "t".into(), partition, from, next_offset };
+        o.advance(&[pos(0, Some(5), 9), pos(1, None, 3), pos(7, None, 2)]);
+        assert_eq!(o.from, BTreeMap::from([(0, Some(9)), (1, Some(3))]), "a partition not owned is not adopted");
+        o.change(BTreeMap::from([(2, Some(4))]), &[0]);
+        assert_eq!(o.from, BTreeMap::from([(1, Some(3)), (2, Some(4))]));
+        assert_eq!(o.generation, 2);
+    }
+}
