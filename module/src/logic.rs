@@ -100,19 +100,19 @@ impl Campaign {
         self.total.saturating_sub(self.issued).max(0)
     }
 
-    /// Claim for a user who currently holds `held` issue numbers.
+    /// Claim for a user who currently holds `held` claims.
     /// Returns the new issue number; the caller stores the updated campaign.
-    pub fn claim(&mut self, held: &[i64], now_ms: i64) -> Result<i64, CmdError> {
+    pub fn claim(&mut self, held: i64, now_ms: i64) -> Result<i64, CmdError> {
         if now_ms < self.start_ms {
             return Err(CmdError::code("CLOSED", "the campaign has not started"));
         }
         if self.end_ms != 0 && now_ms >= self.end_ms {
             return Err(CmdError::code("CLOSED", "the campaign has ended"));
         }
-        if held.len() as i64 >= self.per_user {
+        if held >= self.per_user {
             return Err(CmdError::code(
                 "DUPLICATE",
-                format!("the user already holds {} claim(s), the limit per user", held.len()),
+                format!("the user already holds {held} claim(s), the limit per user"),
             ));
         }
         if self.issued >= self.total {
@@ -126,11 +126,10 @@ impl Campaign {
         Ok(self.last_issue)
     }
 
-    /// Gives back the user's most recent claim; returns the released issue number.
-    pub fn release(&mut self, held: &[i64]) -> Result<i64, CmdError> {
-        let last = *held
-            .last()
-            .ok_or_else(|| CmdError::code("NOTFOUND", "the user holds no claim in this campaign"))?;
+    /// Gives back the user's most recent claim (`newest`, None when the user holds none);
+    /// returns the released issue number.
+    pub fn release(&mut self, newest: Option<i64>) -> Result<i64, CmdError> {
+        let last = newest.ok_or_else(|| CmdError::code("NOTFOUND", "the user holds no claim in this campaign"))?;
         if self.issued <= 0 {
             return Err(CmdError::wrong_type("the campaign's issued counter is corrupt"));
         }
@@ -139,7 +138,7 @@ impl Campaign {
     }
 }
 
-/// The claims a user holds, stored as `"3,17"`.
+/// The claims a user holds in the legacy layout (one field `u:<user>` = `"3,17"`).
 pub fn parse_held(raw: Option<&[u8]>) -> Result<Vec<i64>, CmdError> {
     let Some(raw) = raw else { return Ok(Vec::new()) };
     let text = std::str::from_utf8(raw).map_err(|_| CmdError::wrong_type("corrupt holder record"))?;
@@ -151,8 +150,140 @@ pub fn parse_held(raw: Option<&[u8]>) -> Result<Vec<i64>, CmdError> {
         .collect()
 }
 
-pub fn format_held(held: &[i64]) -> String {
-    held.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+/// A holder field of a campaign hash, for one user.
+///
+/// The layout: `c:<user>` = how many claims the user holds (absent = none), and
+/// `h:<k>:<user>` = the issue number of the user's k-th claim (k = 1..count, in claim
+/// order), so a claim or a release writes a constant number of fields. Versions before
+/// this layout kept one field `u:<user>` = `"3,17"`; the user's next CLAIM or RELEASE
+/// converts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderField {
+    /// `c:<user>`
+    Count,
+    /// `h:<k>:<user>`
+    Issue(i64),
+    /// `u:<user>` (legacy)
+    Legacy,
+}
+
+/// The name of `field` for `user`.
+pub fn holder_field_name(field: HolderField, user: &str) -> smallvec::SmallVec<[u8; 64]> {
+    let mut f = smallvec::SmallVec::new();
+    match field {
+        HolderField::Count => f.extend_from_slice(b"c:"),
+        HolderField::Legacy => f.extend_from_slice(b"u:"),
+        HolderField::Issue(k) => {
+            f.extend_from_slice(b"h:");
+            f.extend_from_slice(crate::event::IntText::new(k).as_bytes());
+            f.push(b':');
+        }
+    }
+    f.extend_from_slice(user.as_bytes());
+    f
+}
+
+/// A canonical non-negative decimal integer (no sign, no leading zero, fits i64).
+fn canonical_count(raw: &[u8]) -> Option<i64> {
+    let digits_only = !raw.is_empty() && raw.iter().all(u8::is_ascii_digit);
+    if !digits_only || (raw.len() > 1 && raw.first() == Some(&b'0')) {
+        return None;
+    }
+    std::str::from_utf8(raw).ok()?.parse::<i64>().ok()
+}
+
+/// A user's holding as stored: counted (`c:<user>`, absent = 0) or a legacy list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holding {
+    Counted(i64),
+    /// The issues of a legacy `u:<user>` record, in claim order.
+    Legacy(Vec<i64>),
+}
+
+/// Writes to the holder fields: the field and its new value (`None` deletes it).
+pub type HolderWrites = smallvec::SmallVec<[(HolderField, Option<i64>); 3]>;
+
+impl Holding {
+    /// From a stored `c:<user>`.
+    pub fn from_count(raw: &[u8]) -> Result<Holding, CmdError> {
+        canonical_count(raw)
+            .map(Holding::Counted)
+            .ok_or_else(|| CmdError::wrong_type("corrupt holder record: the claim count is not a non-negative integer"))
+    }
+
+    /// From the legacy `u:<user>` of a user without `c:<user>` (absent = no claim).
+    pub fn from_legacy(raw: Option<&[u8]>) -> Result<Holding, CmdError> {
+        match raw {
+            None => Ok(Holding::Counted(0)),
+            Some(_) => parse_held(raw).map(Holding::Legacy),
+        }
+    }
+
+    /// How many claims the user holds.
+    pub fn count(&self) -> i64 {
+        match self {
+            Holding::Counted(n) => *n,
+            Holding::Legacy(held) => held.len() as i64,
+        }
+    }
+
+    /// Where the user's newest issue number is: known already (legacy list), in a field
+    /// still to read (`h:<count>:<user>`), or nowhere (no claim).
+    pub fn newest(&self) -> Newest {
+        match self {
+            Holding::Counted(n) if *n > 0 => Newest::Stored(HolderField::Issue(*n)),
+            Holding::Counted(_) => Newest::Known(None),
+            Holding::Legacy(held) => Newest::Known(held.last().copied()),
+        }
+    }
+
+    /// The writes that add `issue` as the user's newest claim.
+    pub fn claim_writes(&self, issue: i64) -> HolderWrites {
+        match self {
+            Holding::Counted(n) => {
+                let k = n.saturating_add(1);
+                smallvec::smallvec![(HolderField::Count, Some(k)), (HolderField::Issue(k), Some(issue))]
+            }
+            Holding::Legacy(held) => converted(held, Some(issue)),
+        }
+    }
+
+    /// The writes that remove the user's newest claim (none when there is none).
+    pub fn release_writes(&self) -> HolderWrites {
+        match self {
+            Holding::Counted(n) if *n > 0 => {
+                let rest = n - 1;
+                smallvec::smallvec![(HolderField::Issue(*n), None), (HolderField::Count, (rest > 0).then_some(rest))]
+            }
+            Holding::Counted(_) => HolderWrites::new(),
+            Holding::Legacy(held) => converted(held.split_last().map_or(&[][..], |(_, rest)| rest), None),
+        }
+    }
+}
+
+/// See [`Holding::newest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Newest {
+    Known(Option<i64>),
+    Stored(HolderField),
+}
+
+/// A stored `h:<k>:<user>` (absent is corrupt: the count says it exists).
+pub fn parse_issue(raw: Option<&[u8]>) -> Result<i64, CmdError> {
+    raw.and_then(canonical_count)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| CmdError::wrong_type("corrupt holder record: the user's newest claim is missing or not an issue number"))
+}
+
+/// A legacy record replaced by the counted layout holding `held` and then `newest`.
+fn converted(held: &[i64], newest: Option<i64>) -> HolderWrites {
+    let count = held.len() as i64 + i64::from(newest.is_some());
+    let mut w: HolderWrites = smallvec::smallvec![(HolderField::Legacy, None)];
+    if count > 0 {
+        w.push((HolderField::Count, Some(count)));
+    }
+    w.extend(held.iter().copied().chain(newest).zip(1..).map(|(issue, k)| (HolderField::Issue(k), Some(issue))));
+    w
 }
 
 /// A usage counter as stored in its hash.
@@ -258,39 +389,107 @@ mod tests {
     #[test]
     fn claims_stop_at_the_stock() {
         let mut c = campaign(3, 1);
-        let issues: Vec<i64> = (0..3).filter_map(|_| c.claim(&[], 1).ok()).collect();
+        let issues: Vec<i64> = (0..3).filter_map(|_| c.claim(0, 1).ok()).collect();
         assert_eq!(issues, vec![1, 2, 3]);
-        assert_eq!(c.claim(&[], 1).map_err(|e| e.code_name()), Err("SOLDOUT"));
+        assert_eq!(c.claim(0, 1).map_err(|e| e.code_name()), Err("SOLDOUT"));
         assert_eq!(c.remaining(), 0);
     }
 
     #[test]
     fn per_user_limit_and_window() {
         let mut c = campaign(10, 2);
-        assert!(c.claim(&[1, 2], 1).map_err(|e| e.code_name()) == Err("DUPLICATE"));
+        assert!(c.claim(2, 1).map_err(|e| e.code_name()) == Err("DUPLICATE"));
         c.start_ms = 100;
         c.end_ms = 200;
-        assert_eq!(c.claim(&[], 99).map_err(|e| e.code_name()), Err("CLOSED"));
-        assert_eq!(c.claim(&[], 200).map_err(|e| e.code_name()), Err("CLOSED"));
-        assert_eq!(c.claim(&[], 150), Ok(1));
+        assert_eq!(c.claim(0, 99).map_err(|e| e.code_name()), Err("CLOSED"));
+        assert_eq!(c.claim(0, 200).map_err(|e| e.code_name()), Err("CLOSED"));
+        assert_eq!(c.claim(0, 150), Ok(1));
     }
 
     #[test]
     fn release_returns_stock_without_reusing_numbers() {
         let mut c = campaign(1, 1);
-        assert_eq!(c.claim(&[], 0), Ok(1));
-        assert_eq!(c.release(&[1]), Ok(1));
+        assert_eq!(c.claim(0, 0), Ok(1));
+        assert_eq!(c.release(Some(1)), Ok(1));
         assert_eq!(c.remaining(), 1);
-        assert_eq!(c.claim(&[], 0), Ok(2));
-        assert_eq!(c.release(&[]).map_err(|e| e.code_name()), Err("NOTFOUND"));
+        assert_eq!(c.claim(0, 0), Ok(2));
+        assert_eq!(c.release(None).map_err(|e| e.code_name()), Err("NOTFOUND"));
     }
 
     #[test]
-    fn holder_records() {
+    fn legacy_holder_records() {
         assert_eq!(parse_held(Some(b"3,17")), Ok(vec![3, 17]));
-        assert_eq!(format_held(&[3, 17]), "3,17");
         assert_eq!(parse_held(None), Ok(vec![]));
         assert!(parse_held(Some(b"x")).is_err());
+        assert_eq!(Holding::from_legacy(None), Ok(Holding::Counted(0)));
+        assert_eq!(Holding::from_legacy(Some(b"3,17")), Ok(Holding::Legacy(vec![3, 17])));
+        assert_eq!(Holding::from_legacy(Some(b"3,x")).map_err(|e| e.code_name()), Err("WRONGTYPE"));
+    }
+
+    fn name(field: HolderField, user: &str) -> String {
+        String::from_utf8_lossy(&holder_field_name(field, user)).into_owned()
+    }
+
+    #[test]
+    fn holder_field_names() {
+        assert_eq!(name(HolderField::Count, "alice"), "c:alice");
+        assert_eq!(name(HolderField::Issue(12), "a:b"), "h:12:a:b");
+        assert_eq!(name(HolderField::Legacy, "alice"), "u:alice");
+    }
+
+    #[test]
+    fn counts_and_issues_must_be_canonical() {
+        assert_eq!(Holding::from_count(b"0"), Ok(Holding::Counted(0)));
+        assert_eq!(Holding::from_count(b"1000"), Ok(Holding::Counted(1000)));
+        for bad in [&b""[..], b"-1", b"01", b"+1", b" 1", b"1.0", b"x", b"99999999999999999999"] {
+            let got = Holding::from_count(bad).map_err(|e| e.code_name());
+            assert_eq!(got, Err("WRONGTYPE"), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(parse_issue(Some(b"17")), Ok(17));
+        for bad in [None, Some(&b"0"[..]), Some(b"-3"), Some(b"017"), Some(b"")] {
+            assert_eq!(parse_issue(bad).map_err(|e| e.code_name()), Err("WRONGTYPE"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_counted_claim_or_release_writes_two_fields_whatever_the_count() {
+        use HolderField::{Count, Issue};
+        let first = Holding::Counted(0);
+        assert_eq!(first.count(), 0);
+        assert_eq!(first.claim_writes(7).as_slice(), [(Count, Some(1)), (Issue(1), Some(7))]);
+        assert_eq!(first.newest(), Newest::Known(None));
+        assert!(first.release_writes().is_empty());
+        let many = Holding::Counted(999);
+        assert_eq!(many.claim_writes(5000).as_slice(), [(Count, Some(1000)), (Issue(1000), Some(5000))]);
+        let full = Holding::Counted(1000);
+        assert_eq!(full.newest(), Newest::Stored(Issue(1000)));
+        assert_eq!(full.release_writes().as_slice(), [(Issue(1000), None), (Count, Some(999))]);
+        // The last claim given back removes the count too.
+        assert_eq!(Holding::Counted(1).release_writes().as_slice(), [(Issue(1), None), (Count, None)]);
+    }
+
+    #[test]
+    fn a_legacy_list_is_converted_by_the_next_claim_or_release() {
+        use HolderField::{Count, Issue, Legacy};
+        let old = Holding::Legacy(vec![3, 17]);
+        assert_eq!(old.count(), 2);
+        assert_eq!(old.newest(), Newest::Known(Some(17)));
+        let claimed = [(Legacy, None), (Count, Some(3)), (Issue(1), Some(3)), (Issue(2), Some(17)), (Issue(3), Some(20))];
+        assert_eq!(old.claim_writes(20).as_slice(), claimed);
+        assert_eq!(old.release_writes().as_slice(), [(Legacy, None), (Count, Some(1)), (Issue(1), Some(3))]);
+        let one = Holding::Legacy(vec![3]);
+        assert_eq!(one.release_writes().as_slice(), [(Legacy, None)]);
+        let empty = Holding::Legacy(vec![]);
+        assert_eq!(empty.newest(), Newest::Known(None));
+        assert_eq!(empty.claim_writes(4).as_slice(), [(Legacy, None), (Count, Some(1)), (Issue(1), Some(4))]);
+    }
+
+    #[test]
+    fn the_per_user_limit_counts_what_is_held() {
+        let mut c = campaign(10, 1000);
+        assert_eq!(c.claim(999, 1), Ok(1));
+        let e = c.claim(1000, 1).map_err(|e| e.to_string());
+        assert!(e.is_err_and(|e| e.contains("already holds 1000 claim(s)")));
     }
 
     #[test]
@@ -308,7 +507,7 @@ mod tests {
     fn hand_edited_counters_at_the_limit_are_errors_not_wraps() {
         let mut c = Campaign { total: i64::MAX, issued: i64::MAX - 1, last_issue: i64::MAX, per_user: 1, start_ms: 0, end_ms: 0 };
         let before = c;
-        assert_eq!(c.claim(&[], 1).map_err(|e| e.code_name()), Err("WRONGTYPE"));
+        assert_eq!(c.claim(0, 1).map_err(|e| e.code_name()), Err("WRONGTYPE"));
         assert_eq!(c, before);
         let c = Campaign { total: 5, issued: i64::MIN, last_issue: 0, per_user: 1, start_ms: 0, end_ms: 0 };
         assert_eq!(c.remaining(), i64::MAX);

@@ -109,8 +109,12 @@ fn coupons() {
     let info: HashMap<String, i64> = cmd(&["COUPON.INFO", "camp"]).query(&mut c).unwrap();
     assert_eq!((info["total"], info["issued"], info["remaining"], info["peruser"]), (2, 2, 0, 2));
     let holders: HashMap<String, String> = cmd(&["HGETALL", "camp"]).query(&mut c).unwrap();
-    assert_eq!(holders.get("u:alice").map(String::as_str), Some("1"));
-    assert_eq!(holders.get("u:bob").map(String::as_str), Some("3"));
+    // Per holder: how many claims (`c:`) and each one's issue number (`h:<k>:`).
+    assert_eq!(holders.get("c:alice").map(String::as_str), Some("1"));
+    assert_eq!(holders.get("h:1:alice").map(String::as_str), Some("1"));
+    assert_eq!(holders.get("h:2:alice"), None);
+    assert_eq!(holders.get("c:bob").map(String::as_str), Some("1"));
+    assert_eq!(holders.get("h:1:bob").map(String::as_str), Some("3"));
     // Windows: a campaign in the future and one in the past.
     let _: () = cmd(&["COUPON.CREATE", "later", "5", "START", "99999999999999"]).query(&mut c).unwrap();
     rejected(&mut c, &["COUPON.CLAIM", "later", "bob"], "CLOSED");

@@ -1,8 +1,9 @@
 //! COUPON.CREATE, COUPON.CLAIM, COUPON.RELEASE, COUPON.INFO
 //!
 //! A campaign is a plain hash: `kind`=`coupon`, `total`, `issued` (claims held),
-//! `last_issue`, `peruser`, `start`, `end`, and one `u:<user>` field per holder listing
-//! the issue numbers the user holds (`"3,17"`).
+//! `last_issue`, `peruser`, `start`, `end`, and per holder `c:<user>` (how many claims the
+//! user holds) and `h:<k>:<user>` (the issue number of the k-th, in claim order): a claim or
+//! a release writes a constant number of fields (see `logic::HolderField`).
 
 use redis_module::{Context, RedisValue};
 
@@ -13,18 +14,11 @@ use crate::event::{CouponState, Event, Item, KeySeq, Reply};
 use std::sync::OnceLock;
 
 use crate::ffi::{Key, RStr};
-use crate::logic::{self, Campaign};
+use crate::logic::{self, Campaign, HolderField, HolderWrites, Holding, Newest};
 use crate::tx::{self, FieldName, Tx};
 use redis_module::raw::RedisModuleString;
 
 const KIND: &[u8] = logic::KIND_COUPON;
-
-fn holder_field(user: &str) -> smallvec::SmallVec<[u8; 64]> {
-    let mut f = smallvec::SmallVec::new();
-    f.extend_from_slice(b"u:");
-    f.extend_from_slice(user.as_bytes());
-    f
-}
 
 /// The campaign's fixed field names, created once.
 const FIELD_NAMES: [&str; 7] = ["kind", "total", "issued", "last_issue", "peruser", "start", "end"];
@@ -152,49 +146,62 @@ pub fn create(ctx: &Context, raw: &[&[u8]]) -> Result {
     Ok(to_value(reply))
 }
 
-/// CLAIM and RELEASE: load the campaign and the user's holding through one handle, let
-/// `change` decide (it returns the issue number involved), store what changed, log it.
-fn change_holding(
-    ctx: &Context,
-    raw: &[&[u8]],
-    command: &str,
-    kind: &'static str,
-    change: fn(&mut Campaign, &mut Vec<i64>, i64) -> std::result::Result<i64, CmdError>,
-) -> Result {
+/// How CLAIM or RELEASE changes a campaign and a user's holding: returns the issue number
+/// involved and the writes to the user's holder fields.
+type Change = fn(&mut Tx, &str, &str, &mut Campaign, &Holding) -> std::result::Result<(i64, HolderWrites), CmdError>;
+
+/// CLAIM and RELEASE: load the campaign and the user's claim count through one handle (the
+/// legacy `u:<user>` list too when there is no count), let `change` decide, store what
+/// changed, log it.
+fn change_holding(ctx: &Context, raw: &[&[u8]], command: &str, kind: &'static str, change: Change) -> Result {
     let req = args::coupon_user(raw)?;
     tx::check_user_key(&req.campaign)?;
     let reply = tx::mutate(ctx, command, &req, &req.common, &[&req.campaign], |tx| {
-        let field = RStr::new(&holder_field(&req.user));
-        let (loaded, held_raw) = {
+        let user = req.user.as_str();
+        let mut count_field = Some(RStr::new(&logic::holder_field_name(HolderField::Count, user)));
+        let (loaded, count_raw) = {
             let (ctx, k) = tx.handle(&req.campaign)?;
-            load_with(ctx, k, Some(field.ptr()))?
+            load_with(ctx, k, count_field.as_ref().map(RStr::ptr))?
         };
+        let holding = match count_raw.bytes() {
+            Some(raw) => Holding::from_count(raw)?,
+            None => {
+                let legacy = logic::holder_field_name(HolderField::Legacy, user);
+                tx.hget_with(&req.campaign, &legacy, Holding::from_legacy)??
+            }
+        };
+        drop(count_raw);
         let mut c = loaded.campaign;
-        let mut held = logic::parse_held(held_raw.bytes())?;
-        drop(held_raw);
-        let issue = change(&mut c, &mut held, tx.now_ms)?;
-        let record = logic::format_held(&held);
-        tx.set_named(&req.campaign, FieldName::Owned(field), if held.is_empty() { None } else { Some(record.as_bytes()) });
+        let (issue, writes) = change(tx, &req.campaign, user, &mut c, &holding)?;
+        for (field, value) in writes {
+            // The count's name was made for the read: reuse it.
+            let made = if field == HolderField::Count { count_field.take() } else { None };
+            let name = made.unwrap_or_else(|| RStr::new(&logic::holder_field_name(field, user)));
+            let text = value.map(tx::IntText::new);
+            tx.set_named(&req.campaign, FieldName::Owned(name), text.as_ref().map(tx::IntText::as_bytes));
+        }
         store(tx, &req.campaign, Some(&loaded), &c);
-        let e = event(tx, kind, &req.common, state(&req.campaign, Some(&req.user), Some(issue), &c))?;
+        let e = event(tx, kind, &req.common, state(&req.campaign, Some(user), Some(issue), &c))?;
         Ok((Reply::Array(vec![Item::Int(issue), Item::Int(c.remaining())]), e))
     })?;
     Ok(to_value(reply))
 }
 
 pub fn claim(ctx: &Context, raw: &[&[u8]]) -> Result {
-    change_holding(ctx, raw, "COUPON.CLAIM", "coupon.claim", |c, held, now_ms| {
-        let issue = c.claim(held, now_ms)?;
-        held.push(issue);
-        Ok(issue)
+    change_holding(ctx, raw, "COUPON.CLAIM", "coupon.claim", |tx, _, _, c, holding| {
+        let issue = c.claim(holding.count(), tx.now_ms)?;
+        Ok((issue, holding.claim_writes(issue)))
     })
 }
 
 pub fn release(ctx: &Context, raw: &[&[u8]]) -> Result {
-    change_holding(ctx, raw, "COUPON.RELEASE", "coupon.release", |c, held, _| {
-        let issue = c.release(held)?;
-        held.pop();
-        Ok(issue)
+    change_holding(ctx, raw, "COUPON.RELEASE", "coupon.release", |tx, campaign, user, c, holding| {
+        let newest = match holding.newest() {
+            Newest::Known(issue) => issue,
+            Newest::Stored(field) => Some(tx.hget_with(campaign, &logic::holder_field_name(field, user), logic::parse_issue)??),
+        };
+        let issue = c.release(newest)?;
+        Ok((issue, holding.release_writes()))
     })
 }
 
