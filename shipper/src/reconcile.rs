@@ -446,24 +446,21 @@ async fn check_coupons(pool: &PgPool, report: &mut Report, opt: &Options, coupon
     for (campaign, fields) in coupons {
         report.coupons.checked += 1;
         let redis_issued: i64 = fields.get("issued").and_then(|v| v.parse().ok()).unwrap_or(-1);
-        let mut redis_holders = BTreeSet::new();
-        for (f, v) in fields {
-            if let Some(user) = f.strip_prefix("u:") {
-                for n in v.split(',').filter(|s| !s.is_empty()) {
-                    redis_holders.insert((user.to_string(), n.parse::<i64>().unwrap_or(-1)));
-                }
-            }
-        }
+        let (redis_holders, broken) = redis_holders(fields);
         let pg_set = pg_holders.remove(campaign).unwrap_or_default();
         let pg_issued = issued.get(campaign).copied();
-        if pg_issued == Some(redis_issued) && pg_set == redis_holders {
+        if pg_issued == Some(redis_issued) && pg_set == redis_holders && broken.is_empty() {
             report.coupons.matching += 1;
         } else {
             report.coupons.mismatched += 1;
             let only_redis: Vec<_> = redis_holders.difference(&pg_set).take(3).collect();
             let only_pg: Vec<_> = pg_set.difference(&redis_holders).take(3).collect();
+            let broken = match broken.len() {
+                0 => String::new(),
+                _ => format!("; claim count and claims disagree in redis for {:?}", broken.iter().take(3).collect::<Vec<_>>()),
+            };
             report.mismatch(opt.show, format!(
-                "coupons {campaign}: issued redis {redis_issued}, postgres {pg_issued:?}; holders only in redis {only_redis:?}, only in postgres {only_pg:?}"
+                "coupons {campaign}: issued redis {redis_issued}, postgres {pg_issued:?}; holders only in redis {only_redis:?}, only in postgres {only_pg:?}{broken}"
             ));
         }
     }
@@ -494,6 +491,51 @@ async fn check_usage(pool: &PgPool, report: &mut Report, opt: &Options, usages: 
     Ok(())
 }
 
+/// `h:<k>:<user>` as (k, user): k is the digits up to the first ':' (a user name may hold ':').
+fn holding_field(field: &str) -> Option<(i64, &str)> {
+    let (k, user) = field.strip_prefix("h:")?.split_once(':')?;
+    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((k.parse().ok()?, user))
+}
+
+/// The claims a campaign hash records as (user, issue), and the users whose record is
+/// inconsistent: `c:<user>` = n must come with exactly `h:1:<user>` .. `h:n:<user>`. Legacy
+/// `u:<user>` lists (`"3,17"`, kept until the user's next command) count too. An issue that
+/// is not a number reads as -1, so it never matches Postgres.
+fn redis_holders(fields: &BTreeMap<String, String>) -> (BTreeSet<(String, i64)>, BTreeSet<String>) {
+    let number = |v: &str| v.parse::<i64>().unwrap_or(-1);
+    let mut holders = BTreeSet::new();
+    let mut counted: BTreeMap<&str, (i64, BTreeSet<i64>)> = BTreeMap::new();
+    let mut broken = BTreeSet::new();
+    for (f, v) in fields {
+        if let Some(user) = f.strip_prefix("u:") {
+            for n in v.split(',').filter(|s| !s.is_empty()) {
+                holders.insert((user.to_string(), number(n)));
+            }
+        } else if let Some(user) = f.strip_prefix("c:") {
+            counted.entry(user).or_insert((0, BTreeSet::new())).0 = number(v);
+        } else if f.starts_with("h:") {
+            match holding_field(f) {
+                Some((k, user)) => {
+                    holders.insert((user.to_string(), number(v)));
+                    counted.entry(user).or_insert((0, BTreeSet::new())).1.insert(k);
+                }
+                None => {
+                    broken.insert(f.clone());
+                }
+            }
+        }
+    }
+    for (user, (count, ks)) in counted {
+        if count < 1 || !ks.iter().copied().eq(1..=count) {
+            broken.insert(user.to_string());
+        }
+    }
+    (holders, broken)
+}
+
 /// Connects and runs; returns the process exit code (0 match, 1 mismatch, 2 only in flight).
 pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::Result<i32> {
     let mut nodes = crate::nodes::Nodes::connect(redis_url).await?;
@@ -504,7 +546,38 @@ pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::R
 
 #[cfg(test)]
 mod tests {
-    use super::canonical;
+    use super::{canonical, holding_field, redis_holders};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    #[test]
+    fn holding_fields_split_at_the_first_colon_after_the_index() {
+        assert_eq!(holding_field("h:12:alice"), Some((12, "alice")));
+        assert_eq!(holding_field("h:1:a:b:3"), Some((1, "a:b:3")));
+        assert_eq!(holding_field("h:1:"), Some((1, "")));
+        for bad in ["h:x:alice", "h::alice", "h:12", "c:12:alice", "h:-1:a"] {
+            assert_eq!(holding_field(bad), None, "{bad}");
+        }
+    }
+
+    fn hash(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(f, v)| (f.to_string(), v.to_string())).collect()
+    }
+
+    fn set(pairs: &[(&str, i64)]) -> BTreeSet<(String, i64)> {
+        pairs.iter().map(|(u, i)| (u.to_string(), *i)).collect()
+    }
+
+    #[test]
+    fn holders_from_counted_and_legacy_fields() {
+        let h = hash(&[
+            ("kind", "coupon"), ("issued", "4"), ("c:a:b", "2"), ("h:1:a:b", "3"), ("h:2:a:b", "9"), ("u:carol", "4,5"),
+        ]);
+        assert_eq!(redis_holders(&h), (set(&[("a:b", 3), ("a:b", 9), ("carol", 4), ("carol", 5)]), BTreeSet::new()));
+        // A count without its claims, claims without a count, a gap, a bad field name.
+        let h = hash(&[("c:x", "2"), ("h:1:x", "1"), ("h:1:y", "2"), ("c:z", "2"), ("h:1:z", "3"), ("h:3:z", "4"), ("h:q:w", "5")]);
+        let broken: BTreeSet<String> = ["x", "y", "z", "h:q:w"].map(String::from).into();
+        assert_eq!(redis_holders(&h).1, broken);
+    }
 
     #[test]
     fn canonical_decimals() {

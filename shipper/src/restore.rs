@@ -216,13 +216,19 @@ async fn add_campaigns(pipes: &mut crate::nodes::Pipes, nodes: &Nodes, pool: &Pg
             .ignore();
         done.campaigns += 1;
     }
-    let holders: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT campaign, user_id, string_agg(issue::text, ',' ORDER BY issue)
+    // The module's layout: `c:<user>` = how many, `h:<k>:<user>` = the k-th in claim order
+    // (ascending issue numbers: a claim takes the next number, a release gives back the newest).
+    let holders: Vec<(String, String, Vec<i64>)> = sqlx::query_as(
+        "SELECT campaign, user_id, array_agg(issue ORDER BY issue)
          FROM coupon_issues WHERE campaign = ANY($1) AND NOT released AND user_id IS NOT NULL
          GROUP BY campaign, user_id",
     ).bind(keys).fetch_all(pool).await?;
     for (c, u, issues) in &holders {
-        pipes.on(nodes, c).cmd("HSET").arg(c).arg(format!("u:{u}")).arg(issues).ignore();
+        let hset = pipes.on(nodes, c).cmd("HSET").arg(c).arg(format!("c:{u}")).arg(issues.len());
+        for (k, issue) in issues.iter().enumerate() {
+            hset.arg(format!("h:{}:{u}", k + 1)).arg(issue);
+        }
+        hset.ignore();
         done.holders += 1;
     }
     Ok(())

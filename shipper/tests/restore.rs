@@ -67,6 +67,8 @@ async fn flush_restore_reconcile_and_keep_operating() {
         }
     }
     cmd(&mut c, &["COUPON.RELEASE", "camp", "u0"]).await;
+    let camp_by_module = hgetall(&mut c, "camp").await;
+    assert_eq!(camp_by_module.get("c:u1").map(String::as_str), Some("2"), "{camp_by_module:?}");
 
     let (code, out) = shipper_cmd(&["reconcile", "--redis-url", &redis.url(), "--database-url", &pg.url(), "--wait-ms", "60000"]);
     assert_eq!(code, 0, "reconcile before the flush:\n{out}");
@@ -100,6 +102,7 @@ async fn flush_restore_reconcile_and_keep_operating() {
     assert!(out.contains("verdict: MATCH"), "{out}");
     let after = state(&mut c).await;
     assert_eq!(after, before, "restored state differs from the state before the loss");
+    assert_eq!(after["camp"], camp_by_module, "the campaign restored differs from the one the module wrote");
     assert!(out.contains("restored 60 op-id records"), "{out}");
     op_ids_replay_after_restore(&mut c, &first_replies, &before).await;
 
@@ -231,7 +234,7 @@ async fn restore_as_of_rolls_balances_and_claims_back_through_the_module() {
     assert_eq!(acct9.as_deref(), Some("0"));
     let camp = hgetall(&mut c, "camp").await;
     let holders = |h: &BTreeMap<String, String>| -> Vec<(String, String)> {
-        h.iter().filter(|(f, _)| f.starts_with("u:")).map(|(f, v)| (f.clone(), v.clone())).collect()
+        h.iter().filter(|(f, _)| f.starts_with("c:") || f.starts_with("h:")).map(|(f, v)| (f.clone(), v.clone())).collect()
     };
     assert_eq!(camp["issued"], before["camp"]["issued"]);
     assert_eq!(holders(&camp), holders(&before["camp"]), "claims held at the moment, no other");
