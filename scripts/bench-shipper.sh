@@ -306,12 +306,15 @@ stage_run() { # sub topic -> starts tally-shipper <sub> on the topic
     --kafka-group "stage-$topic" --progress-interval-ms 100 >"$WORK/stage-$sub.log" 2>&1 &
   SHIPPER_PID=$!
 }
-stage_left() { # events the shipper group still has pending or unread (the full count when unknown)
-  local gp gl
-  gp="$(group_field pending)"; gl="$(group_field lag)"
-  if [[ "$gp" =~ ^[0-9]+$ && "$gl" =~ ^[0-9]+$ ]]; then echo $(( gp + gl )); else echo "$1"; fi
-}
 STAGES_WARMUP=100 # events forward ships before its clock starts, as kafka_ceiling's WARMUP
+wait_drained() { # seconds -> success once the shipper group has nothing pending or unread
+  # one redis-cli polling every 10 ms on one connection: a process per poll would take the
+  # CPU the stage being measured needs
+  # (line-buffered: a block-buffered pipe would hold the verdict back for up to a second)
+  timeout "$1" stdbuf -oL redis-cli -p "$REDIS_PORT" -r -1 -i 0.01 XINFO GROUPS tally:log 2>/dev/null |
+    awk '{sub(/\r$/, "")} $0=="pending"{getline; sub(/\r$/, ""); p=$0} $0=="lag"{getline; sub(/\r$/, ""); if (p=="0" && $0=="0") {ok=1; exit}} END{exit !ok}'
+  return "${PIPESTATUS[1]}" # awk's verdict (redis-cli ends on SIGPIPE or the timeout)
+}
 forwarded() { # tally_events_forwarded_total of the running shipper (0 while /metrics does not answer)
   python3 - "$METRICS_PORT" <<'PY'
 import sys, urllib.request
@@ -331,23 +334,16 @@ if [[ -n "$KAFKA_BATCHES" && -x "$CEILING_BIN" ]]; then
   # them; on tansu that start-up alone takes 0.5-1 s), then the clock runs from the start of
   # the fill of N more events until the group has nothing pending or unread; persist is timed
   # from its first committed row. A stage rate = events moved in that time / the time.
-  stage_run forward "$topic"; fstatus=ok
-  deadline=$(( $(date +%s) + KAFKA_TIMEOUT ))
-  # warm when forward itself counts the warm-up events delivered and the group has none left
-  until (( $(forwarded) >= STAGES_WARMUP )) && [[ "$(stage_left "$STAGES_WARMUP")" == 0 ]]; do
+  stage_run forward "$topic"; fstatus=ok; deadline=$(( $(date +%s) + KAFKA_TIMEOUT ))
+  until wait_drained 1 && (( $(forwarded) >= STAGES_WARMUP )); do
     kill -0 "$SHIPPER_PID" 2>/dev/null || { fstatus=exited; break; }
     (( $(date +%s) >= deadline )) && { fstatus=timeout; break; }
-    sleep 0.05
   done
-  t0="$(now_s)"; left0="$STAGES_N"
+  t0="$(now_s)"; left0="$STAGES_N"; left="$STAGES_N"
   [[ "$fstatus" == ok ]] && { fill "$STAGES_N" >/dev/null || fstatus=fill-failed; }
-  while [[ "$fstatus" == ok ]]; do
-    left="$(stage_left "$STAGES_N")"
-    [[ "$left" == 0 ]] && break
-    kill -0 "$SHIPPER_PID" 2>/dev/null || { fstatus=exited; break; }
-    (( $(date +%s) >= deadline )) && { fstatus=timeout; break; }
-    sleep 0.02
-  done
+  if [[ "$fstatus" == ok ]]; then
+    if wait_drained "$KAFKA_TIMEOUT"; then left=0; else fstatus=timeout; fi
+  fi
   left="${left:-$STAGES_N}"
   t1="$(now_s)"; stop_shipper
   fwd_s="$(python3 -c "print(f'{$t1-${t0:-$t1}:.3f}')")"; fwd_n=$(( ${left0:-0} - left ))
