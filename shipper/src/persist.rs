@@ -4,7 +4,7 @@
 //! i/n`) is assigned to this one consumer (no group join, no rebalance, no heartbeats: nothing
 //! on the critical path depends on the broker's group coordinator). With `--persist-group`
 //! the instances of `--kafka-group` share the partitions through the broker's consumer group
-//! (static membership); the rebalance callback loads the stored positions of every partition
+//! (static membership with `--kafka-instance-id`); the rebalance callback loads the stored positions of every partition
 //! it is given. Either way each partition starts at its position stored in `kafka_offsets`,
 //! which each batch's transaction advances together with the events, fenced: the batch is
 //! stored only if the position is still the one it continued from (`db::Position`), so an
@@ -96,7 +96,7 @@ pub type Batch = Vec<(Record, (String, i32, i64))>;
 
 /// Keeps the messages of partitions this instance owns, at or past the position they
 /// continue from (a message from before an assignment or a re-read is dropped); the
-/// positions the kept ones lead to. Dropped messages are counted in the second value.
+/// positions the kept ones lead to; and how many messages were dropped.
 pub fn owned_part(batch: Batch, owned: &BTreeMap<i32, Option<i64>>) -> (Vec<Record>, Vec<Position>, usize) {
     let total = batch.len();
     let (recs, coords): (Vec<Record>, Vec<(String, i32, i64)>) = batch
