@@ -308,12 +308,37 @@ stage_run() { # sub topic -> starts tally-shipper <sub> on the topic
 }
 STAGES_WARMUP=100 # events forward ships before its clock starts, as kafka_ceiling's WARMUP
 wait_drained() { # seconds -> success once the shipper group has nothing pending or unread
-  # one redis-cli polling every 10 ms on one connection: a process per poll would take the
-  # CPU the stage being measured needs
-  # (line-buffered: a block-buffered pipe would hold the verdict back for up to a second)
-  timeout "$1" stdbuf -oL redis-cli -p "$REDIS_PORT" -r -1 -i 0.01 XINFO GROUPS tally:log 2>/dev/null |
-    awk '{sub(/\r$/, "")} $0=="pending"{getline; sub(/\r$/, ""); p=$0} $0=="lag"{getline; sub(/\r$/, ""); if (p=="0" && $0=="0") {ok=1; exit}} END{exit !ok}'
-  return "${PIPESTATUS[1]}" # awk's verdict (redis-cli ends on SIGPIPE or the timeout)
+  # one process, one connection, XINFO GROUPS every 5 ms (a process per poll would take the
+  # CPU the stage being timed needs; a pipe from redis-cli's repeat mode buffers)
+  python3 - "$REDIS_PORT" "$1" <<'PY'
+import socket, sys, time
+port, limit = int(sys.argv[1]), float(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+f = s.makefile("rb")
+def reply():
+    line = f.readline()
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [reply() for _ in range(n)]
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2].decode()
+    if kind == b":":
+        return int(rest)
+    if kind == b"-":
+        return None
+    return rest.decode()
+end = time.monotonic() + limit
+while time.monotonic() < end:
+    s.sendall(b"*3\r\n$5\r\nXINFO\r\n$6\r\nGROUPS\r\n$9\r\ntally:log\r\n")
+    for g in reply() or []:
+        d = dict(zip(g[::2], g[1::2]))
+        if d.get("name") == "tally-shipper" and d.get("pending") == 0 and d.get("lag") == 0:
+            sys.exit(0)
+    time.sleep(0.005)
+sys.exit(1)
+PY
 }
 forwarded() { # tally_events_forwarded_total of the running shipper (0 while /metrics does not answer)
   python3 - "$METRICS_PORT" <<'PY'
