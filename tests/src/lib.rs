@@ -80,11 +80,13 @@ pub fn wait_server_owned(port: u16, child: &mut Child, timeout: Duration) -> Res
             return Err(format!("server exited early ({status})"));
         }
         if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(2)) {
-            let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query(&mut c);
+            // INFO answers while the server is still loading its AOF/RDB (`loading:1`), when
+            // every data command fails with LOADING: ready means ours and done loading
+            let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").arg("persistence").query(&mut c);
             match info {
-                Ok(text) if text.lines().any(|l| l.trim() == want) => return Ok(()),
-                Ok(_) => return Err(format!("port {port} is served by another process")),
-                Err(_) => {} // LOADING: keep waiting
+                Ok(text) if !text.lines().any(|l| l.trim() == want) => return Err(format!("port {port} is served by another process")),
+                Ok(text) if text.lines().any(|l| l.trim() == "loading:0") => return Ok(()),
+                Ok(_) | Err(_) => {} // still loading: keep waiting
             }
         }
         std::thread::sleep(Duration::from_millis(50));
