@@ -29,7 +29,7 @@ use crate::config::{backoff_ms, BatchOpts, KafkaOpts};
 use crate::db::{self, Position};
 use crate::kafka_client::{base_config, QuietContext, H_ERROR, H_SOURCE, H_STREAM, H_STREAM_ID};
 use crate::metrics;
-use crate::persist_group::{GroupLoader, Owned, PersistContext};
+use crate::persist_group::{at_positions, GroupLoader, Owned, PersistContext};
 use crate::pipeline::{Delivered, Sink};
 use crate::record::Record;
 use crate::sink_pg::PgSink;
@@ -273,12 +273,7 @@ impl Persist {
             Ok(s) => s,
             Err(msg) => return Ok(Assign::Fatal(msg)),
         };
-        let mut tpl = TopicPartitionList::new();
-        for (p, start) in &starts {
-            let offset = start.map(Offset::Offset).unwrap_or(Offset::Beginning);
-            tpl.add_partition_offset(&topic, *p, offset)?;
-        }
-        self.consumer.assign(&tpl).context("assign")?;
+        self.consumer.assign(&at_positions(&topic, &starts)?).context("assign")?;
         self.owned().replace(starts.clone());
         tracing::info!(topic = %topic, partitions = starts.len(), shard = %shard, stored = stored.len(), "consuming from the positions stored in Postgres");
         Ok(Assign::Done)
@@ -288,18 +283,13 @@ impl Persist {
     /// again from its stored position. A seek, not a new assignment: librdkafka 2.12 aborts
     /// the process (assertion `rktp_started`) when partitions assigned again before they
     /// started are stopped by a shutdown.
-    async fn reposition(&mut self) -> anyhow::Result<bool> {
+    async fn reposition(&mut self) -> anyhow::Result<()> {
         let stored = db::load_positions(&self.pg.pool, &self.k.topic).await.context("loading positions from Postgres")?;
-        let mut tpl = TopicPartitionList::new();
-        let mut from = BTreeMap::new();
-        for p in self.owned().from.keys() {
-            let start = stored.get(p).copied();
-            tpl.add_partition_offset(&self.k.topic, *p, start.map(Offset::Offset).unwrap_or(Offset::Beginning))?;
-            from.insert(*p, start);
-        }
+        let from: BTreeMap<i32, Option<i64>> = self.owned().from.keys().map(|p| (*p, stored.get(p).copied())).collect();
+        let tpl = at_positions(&self.k.topic, &from)?;
         tokio::task::block_in_place(|| self.consumer.seek_partitions(tpl, BROKER_REQUEST_TIMEOUT)).context("seek to the stored positions")?;
         self.owned().replace(from);
-        Ok(true)
+        Ok(())
     }
 
     /// A partition added to the topic since the last assignment (the group finds those itself).
@@ -379,11 +369,11 @@ impl Persist {
         Ok(out)
     }
 
-    /// One batch read and stored. Returns false when the process must stop.
-    async fn step(&mut self, sink: &Sink, idle: Duration) -> anyhow::Result<bool> {
+    /// One batch read and stored (or, fenced, read again from the stored positions).
+    async fn step(&mut self, sink: &Sink, idle: Duration) -> anyhow::Result<()> {
         let batch = self.read_batch(idle).await?;
         if batch.is_empty() {
-            return Ok(true);
+            return Ok(());
         }
         metrics::KAFKA_CONSUMED.inc_by(batch.len() as u64);
         let (recs, positions, dropped) = owned_part(batch, &self.owned().from);
@@ -391,13 +381,13 @@ impl Persist {
             tracing::debug!(dropped, "messages of partitions or offsets this instance does not own");
         }
         if recs.is_empty() {
-            return Ok(true);
+            return Ok(());
         }
         match sink.deliver(&recs, &positions, &self.batch).await.map_err(|f| anyhow::anyhow!(f.0))? {
             Delivered::Done => {
                 self.owned().advance(&positions);
                 self.commit_to_broker(&positions);
-                Ok(true)
+                Ok(())
             }
             Delivered::Fenced => {
                 tracing::warn!(partitions = ?positions.iter().map(|p| p.partition).collect::<Vec<_>>(),
@@ -421,9 +411,7 @@ impl Persist {
                     break;
                 }
             }
-            if !self.step(&sink, metadata_every).await? {
-                break;
-            }
+            self.step(&sink, metadata_every).await?;
         }
         tracing::info!("persist stopped");
         Ok(())

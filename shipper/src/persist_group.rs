@@ -25,7 +25,8 @@ use crate::kafka_client::QuietContext;
 use crate::metrics;
 
 /// Attempts to load the stored positions in one rebalance, and the pause after the first
-/// failed one (doubling, at most `LOAD_BACKOFF_CAP_MS`): about a minute in all.
+/// failed one (doubling, at most `LOAD_BACKOFF_CAP_MS`, `config::backoff_ms`): about a
+/// minute in all.
 const LOAD_ATTEMPTS: u32 = 12;
 const LOAD_BACKOFF_MS: u64 = 250;
 const LOAD_BACKOFF_CAP_MS: u64 = 8_000;
@@ -64,6 +65,16 @@ impl Owned {
     }
 }
 
+/// The partitions of `topic` at the positions they continue from: the stored offset, or the
+/// beginning when nothing is stored yet.
+pub fn at_positions(topic: &str, from: &BTreeMap<i32, Option<i64>>) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, start) in from {
+        tpl.add_partition_offset(topic, *p, start.map(Offset::Offset).unwrap_or(Offset::Beginning))?;
+    }
+    Ok(tpl)
+}
+
 /// Loads the stored positions for the rebalance callback.
 pub struct GroupLoader {
     pool: PgPool,
@@ -82,7 +93,6 @@ impl GroupLoader {
     fn load_blocking(&self) -> Result<BTreeMap<i32, i64>, String> {
         let load = || {
             self.runtime.block_on(async {
-                let mut wait_ms = LOAD_BACKOFF_MS;
                 let mut last = String::new();
                 for attempt in 0..LOAD_ATTEMPTS {
                     match db::load_positions(&self.pool, &self.topic).await {
@@ -92,9 +102,9 @@ impl GroupLoader {
                     if self.shutdown.is_cancelled() {
                         break;
                     }
+                    let wait_ms = crate::config::backoff_ms(LOAD_BACKOFF_MS, LOAD_BACKOFF_CAP_MS, attempt);
                     tracing::warn!(attempt, retry_in_ms = wait_ms, error = %last, "cannot load the stored Kafka positions for an assignment yet");
                     tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-                    wait_ms = (wait_ms * 2).min(LOAD_BACKOFF_CAP_MS);
                 }
                 Err(format!(
                     "persist was assigned partitions of {} but could not load their stored positions from Postgres: {last}",
@@ -127,7 +137,7 @@ impl PersistContext {
         self.owned.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn on_assign(&self, g: &GroupLoader, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    fn on_assign(&self, g: &GroupLoader, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let parts: Vec<i32> = tpl.elements_for_topic(&g.topic).iter().map(|e| e.partition()).collect();
         let stored = match g.load_blocking() {
@@ -137,17 +147,15 @@ impl PersistContext {
                 return;
             }
         };
-        let mut from = BTreeMap::new();
-        for p in &parts {
-            let start = stored.get(p).copied();
-            let offset = start.map(Offset::Offset).unwrap_or(Offset::Beginning);
-            if let Err(e) = tpl.set_partition_offset(&g.topic, *p, offset) {
-                crate::pipeline::fail(format!("partition {p} of {}: cannot set its start offset: {e}", g.topic), &g.shutdown);
+        let from: BTreeMap<i32, Option<i64>> = parts.iter().map(|p| (*p, stored.get(p).copied())).collect();
+        let tpl = match at_positions(&g.topic, &from) {
+            Ok(t) => t,
+            Err(e) => {
+                crate::pipeline::fail(format!("partitions {parts:?} of {}: cannot set their start offsets: {e}", g.topic), &g.shutdown);
                 return;
             }
-            from.insert(*p, start);
-        }
-        let assigned = if cooperative { base.incremental_assign(tpl) } else { base.assign(tpl) };
+        };
+        let assigned = if cooperative { base.incremental_assign(&tpl) } else { base.assign(&tpl) };
         if let Err(e) = assigned {
             tracing::warn!(error = %e, "assigning the partitions the group gave failed; the group will rebalance again");
             return;
