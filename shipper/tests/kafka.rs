@@ -393,12 +393,11 @@ async fn module_workload_through_kafka_two_persist_shards_killed_in_turn() {
         assert_eq!(got, Some(want), "persist shard {i}");
     }
     assert_workload_drained(&mut ms, expected, running).await;
-    let partitions: Vec<i32> = sqlx::query_scalar("SELECT partition FROM kafka_offsets ORDER BY 1").fetch_all(&ms.pool).await.unwrap();
-    assert_eq!(partitions, [0, 1, 2], "both shards stored their positions");
+    assert_every_partition_stored(&ms.pool, "both shards").await;
 }
 
 /// The same workload with two `persist` instances in one consumer group (`--persist-group`,
-/// static membership, 6 s sessions), each SIGKILLed in turn with `forward`. Partitions move
+/// dynamic membership, 6 s sessions), each SIGKILLed in turn with `forward`. Partitions move
 /// between them with every rebalance; each batch is stored only if its positions were not
 /// moved meanwhile. No event lost or doubled, no anomaly, state equal to Redis, and the
 /// group ends with the 3 partitions shared between the two.
@@ -407,13 +406,13 @@ async fn module_workload_through_kafka_two_persist_group_members_killed_in_turn(
     let _g = serial();
     let Some(kafka) = tansu_or_skip("module_workload_through_kafka_two_persist_group_members_killed_in_turn") else { return };
     let Some(mut ms) = module_stack("module_workload_through_kafka_two_persist_group_members_killed_in_turn").await else { return };
-    let member = |_id: &str| {
+    let member = || {
         // dynamic membership: tansu never settles a group of static members (group.instance.id):
         // its SyncGroup answered "rebalance in progress" every 6 s for 3 minutes
         let group = ["--persist-group", "--kafka-opt", "session.timeout.ms=6000", "--kafka-opt", "heartbeat.interval.ms=500"];
         [base_args("persist", None, Some(&ms.pg.url()), Some(&kafka.brokers())), group.map(String::from).to_vec()].concat()
     };
-    let top = Topology::Sidecars(base_args("forward", Some(&ms.redis.url()), None, Some(&kafka.brokers())), vec![member("p1"), member("p2")]);
+    let top = Topology::Sidecars(base_args("forward", Some(&ms.redis.url()), None, Some(&kafka.brokers())), vec![member(), member()]);
     let log = tmpdir("kafka-workload-group").join("shipper.log");
     let (expected, running) = play_with_kills(&mut ms, &top, &log, 6).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
@@ -426,8 +425,7 @@ async fn module_workload_through_kafka_two_persist_group_members_killed_in_turn(
     };
     assert_eq!(owned.iter().map(|o| o.unwrap_or(0.0)).sum::<f64>(), 3.0, "partitions owned by the two members: {owned:?}");
     assert_workload_drained(&mut ms, expected, running).await;
-    let partitions: Vec<i32> = sqlx::query_scalar("SELECT partition FROM kafka_offsets ORDER BY 1").fetch_all(&ms.pool).await.unwrap();
-    assert_eq!(partitions, [0, 1, 2], "every partition's position stored");
+    assert_every_partition_stored(&ms.pool, "the group's members").await;
 }
 
 /// Two `persist` instances given the same partitions (a mistake, or a zombie that lost them):
@@ -449,6 +447,12 @@ async fn two_persist_instances_on_the_same_partitions_store_each_batch_once() {
     assert!(fenced > 0.0, "two instances on the same partitions: some batches must have been fenced");
     assert_eq!(count(&ms.pool, "SELECT sum(attempts) FROM failed_events").await, 1, "the malformed entry written once");
     assert_workload_drained(&mut ms, expected, running).await;
+}
+
+/// The topic's 3 partitions each have a position in `kafka_offsets`.
+async fn assert_every_partition_stored(pool: &sqlx::PgPool, who: &str) {
+    let partitions: Vec<i32> = sqlx::query_scalar("SELECT partition FROM kafka_offsets ORDER BY 1").fetch_all(pool).await.unwrap();
+    assert_eq!(partitions, [0, 1, 2], "{who} stored every partition's position");
 }
 
 /// `restore` with `--kafka-brokers` counts the messages `forward` delivered that `persist` has
