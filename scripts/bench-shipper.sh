@@ -294,9 +294,6 @@ for b in $KAFKA_BATCHES; do drain_run kafka "$b" "$KAFKA_N"; done
 # ceiling is a plain librdkafka producer and consumer (shipper/examples/kafka_ceiling.rs)
 # moving N messages of the same size through a new topic with as many partitions.
 KSTAGES="$WORK/kstages.tsv"; : >"$KSTAGES"
-group_field() { # field -> value of the shipper group's field in XINFO GROUPS tally:log
-  rcli XINFO GROUPS tally:log | tr -d '\r' | awk -v k="$1" 'p{print; exit} $0==k{p=1}'
-}
 stage_run() { # sub topic -> starts tally-shipper <sub> on the topic
   local sub="$1" topic="$2" args=()
   [[ "$sub" == forward ]] && args=(--redis-url "redis://127.0.0.1:$REDIS_PORT/" --consumer bench-stage)
@@ -369,7 +366,6 @@ if [[ -n "$KAFKA_BATCHES" && -x "$CEILING_BIN" ]]; then
   if [[ "$fstatus" == ok ]]; then
     if wait_drained "$KAFKA_TIMEOUT"; then left=0; else fstatus=timeout; fi
   fi
-  left="${left:-$STAGES_N}"
   t1="$(now_s)"; stop_shipper
   fwd_s="$(python3 -c "print(f'{$t1-${t0:-$t1}:.3f}')")"; fwd_n=$(( ${left0:-0} - left ))
   stage_run persist "$topic"; pstatus=ok; t0=""; done0=""
