@@ -10,6 +10,7 @@ use sqlx::{Postgres, Transaction};
 
 use crate::config::PgOpts;
 use crate::event::{Body, Event};
+use crate::pgcopy::{copy_in, copy_unless_present, CopyRows};
 use crate::record::Record;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -194,8 +195,12 @@ async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
     // in id order: two concurrent batches holding the same replayed events lock them in the
     // same order, so they wait for each other instead of deadlocking
     batch.sort_unstable_by(|a, b| a.1.id.cmp(&b.1.id));
-    let new_ids = insert_events(tx, &batch).await?;
-    let fresh: Vec<&Event> = batch.iter().map(|(_, e)| *e).filter(|e| new_ids.contains(&e.id)).collect();
+    let fresh: Vec<&Event> = if copy_events(tx, &batch).await? {
+        batch.iter().map(|(_, e)| *e).collect()
+    } else {
+        let new_ids = insert_events(tx, &batch).await?;
+        batch.iter().map(|(_, e)| *e).filter(|e| new_ids.contains(&e.id)).collect()
+    };
     outcome.inserted = fresh.len();
     outcome.duplicates += batch.len() - fresh.len();
     outcome.inserted_ts = fresh.iter().map(|e| e.ts).collect();
@@ -244,6 +249,30 @@ async fn insert_failed(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
     Ok(f_src.len())
 }
 
+/// The batch's events by COPY when none of them is stored yet (the catch-up case): true
+/// when they all went in, false when one was there already (a replay) or an id does not
+/// encode, and nothing was written: the caller inserts them with `insert_events`.
+async fn copy_events(tx: &mut Transaction<'_, Postgres>, batch: &[(&Record, &Event)]) -> Result<bool, sqlx::Error> {
+    let mut rows = CopyRows::new();
+    for (r, e) in batch {
+        rows.row(10);
+        if rows.uuid(&e.id).is_none() {
+            return Ok(false);
+        }
+        rows.text(&e.typ);
+        rows.int8(e.ts);
+        rows.opt_text(e.op.as_deref());
+        rows.opt_text(e.meta.as_deref());
+        rows.text(&r.raw);
+        rows.opt_text(r.stream.as_deref());
+        rows.opt_text(r.stream_id.as_deref());
+        rows.text(&r.source);
+        rows.opt_text(r.via.as_deref());
+    }
+    let columns = "event_id, type, ts_ms, op, meta, raw, stream, stream_id, source, via";
+    copy_unless_present(tx, "events", columns, rows.finish()).await
+}
+
 /// Inserts the events; returns the ids that were new (a replayed event is skipped).
 async fn insert_events(tx: &mut Transaction<'_, Postgres>, batch: &[(&Record, &Event)]) -> Result<HashSet<String>, sqlx::Error> {
     let ids: Vec<&str> = batch.iter().map(|(_, e)| e.id.as_str()).collect();
@@ -290,76 +319,114 @@ async fn derive(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<
     Ok(seqs)
 }
 
+/// One event_changes row per asset change of the batch.
+#[derive(Default)]
+struct ChangeRows<'a> {
+    ev: Vec<&'a str>,
+    idx: Vec<i32>,
+    key: Vec<&'a str>,
+    field: Vec<&'a str>,
+    delta: Vec<&'a str>,
+    bal: Vec<&'a str>,
+    seq: Vec<i64>,
+    ts: Vec<i64>,
+}
+
 /// event_changes rows, and per (key, field) the balance carried by the highest seq.
 async fn derive_assets(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(), sqlx::Error> {
-    // asset changes + balances
-    let (mut c_ev, mut c_idx, mut c_key, mut c_field, mut c_delta, mut c_bal, mut c_seq, mut c_ts) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    // (key, field) -> index into c_* of the change with the highest seq
+    let mut c = ChangeRows::default();
+    // (key, field) -> index into c of the change with the highest seq
     let mut latest: HashMap<(&str, &str), usize> = HashMap::new();
     for e in fresh {
         if let Body::Asset(changes) = &e.body {
-            for (i, c) in changes.iter().enumerate() {
-                let seq = e.seq_of(&c.key).unwrap_or(0);
-                let pos = c_ev.len();
-                c_ev.push(e.id.as_str());
-                c_idx.push(i as i32);
-                c_key.push(c.key.as_str());
-                c_field.push(c.field.as_str());
-                c_delta.push(c.delta.as_str());
-                c_bal.push(c.balance.as_str());
-                c_seq.push(seq);
-                c_ts.push(e.ts);
-                let ent = latest.entry((c.key.as_str(), c.field.as_str())).or_insert(pos);
-                if c_seq[*ent] <= seq {
+            for (i, ch) in changes.iter().enumerate() {
+                let seq = e.seq_of(&ch.key).unwrap_or(0);
+                let pos = c.ev.len();
+                c.ev.push(e.id.as_str());
+                c.idx.push(i as i32);
+                c.key.push(ch.key.as_str());
+                c.field.push(ch.field.as_str());
+                c.delta.push(ch.delta.as_str());
+                c.bal.push(ch.balance.as_str());
+                c.seq.push(seq);
+                c.ts.push(e.ts);
+                let ent = latest.entry((ch.key.as_str(), ch.field.as_str())).or_insert(pos);
+                if c.seq[*ent] <= seq {
                     *ent = pos;
                 }
             }
         }
     }
-    if !c_ev.is_empty() {
-        sqlx::query(
-            "INSERT INTO event_changes (event_id, idx, data_key, field, delta, balance, seq, ts_ms)
-             SELECT e::uuid, i, k, f, d::numeric, b::numeric, s, t
-             FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int8[])
-                 AS u(e, i, k, f, d, b, s, t)",
-        )
-        .bind(&c_ev)
-        .bind(&c_idx)
-        .bind(&c_key)
-        .bind(&c_field)
-        .bind(&c_delta)
-        .bind(&c_bal)
-        .bind(&c_seq)
-        .bind(&c_ts)
-        .execute(&mut **tx)
-        .await?;
-        let pos: Vec<usize> = latest.values().copied().collect();
-        let bk: Vec<&str> = pos.iter().map(|&p| c_key[p]).collect();
-        let bf: Vec<&str> = pos.iter().map(|&p| c_field[p]).collect();
-        let bb: Vec<&str> = pos.iter().map(|&p| c_bal[p]).collect();
-        let bs: Vec<i64> = pos.iter().map(|&p| c_seq[p]).collect();
-        let be: Vec<&str> = pos.iter().map(|&p| c_ev[p]).collect();
-        let bt: Vec<i64> = pos.iter().map(|&p| c_ts[p]).collect();
-        sqlx::query(
-            "INSERT INTO balances (data_key, field, balance, seq, event_id, ts_ms)
-             SELECT k, f, b::numeric, s, e::uuid, t
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[]) AS u(k, f, b, s, e, t)
-             ON CONFLICT (data_key, field) DO UPDATE
-               SET balance = EXCLUDED.balance, seq = EXCLUDED.seq, event_id = EXCLUDED.event_id,
-                   ts_ms = EXCLUDED.ts_ms, updated_at = now()
-             WHERE balances.seq < EXCLUDED.seq",
-        )
-        .bind(&bk)
-        .bind(&bf)
-        .bind(&bb)
-        .bind(&bs)
-        .bind(&be)
-        .bind(&bt)
-        .execute(&mut **tx)
-        .await?;
+    if c.ev.is_empty() {
+        return Ok(());
     }
+    insert_changes(tx, &c).await?;
+    let pos: Vec<usize> = latest.values().copied().collect();
+    upsert_balances(tx, &c, &pos).await
+}
 
+/// The change rows by COPY; by an UNNEST insert when a value does not encode (Postgres
+/// then judges it with the same error as before).
+async fn insert_changes(tx: &mut Transaction<'_, Postgres>, c: &ChangeRows<'_>) -> Result<(), sqlx::Error> {
+    if let Some(rows) = change_copy_rows(c) {
+        copy_in(tx, "event_changes", "event_id, idx, data_key, field, delta, balance, seq, ts_ms", rows).await?;
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO event_changes (event_id, idx, data_key, field, delta, balance, seq, ts_ms)
+         SELECT e::uuid, i, k, f, d::numeric, b::numeric, s, t
+         FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int8[])
+             AS u(e, i, k, f, d, b, s, t)",
+    )
+    .bind(&c.ev)
+    .bind(&c.idx)
+    .bind(&c.key)
+    .bind(&c.field)
+    .bind(&c.delta)
+    .bind(&c.bal)
+    .bind(&c.seq)
+    .bind(&c.ts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn change_copy_rows(c: &ChangeRows<'_>) -> Option<Vec<u8>> {
+    let mut rows = CopyRows::new();
+    for i in 0..c.ev.len() {
+        rows.row(8);
+        rows.uuid(c.ev[i])?;
+        rows.int4(c.idx[i]);
+        rows.text(c.key[i]);
+        rows.text(c.field[i]);
+        rows.numeric(c.delta[i])?;
+        rows.numeric(c.bal[i])?;
+        rows.int8(c.seq[i]);
+        rows.int8(c.ts[i]);
+    }
+    Some(rows.finish())
+}
+
+/// Per (key, field), the balance of its latest change in the batch (`pos` into `c`), unless
+/// a higher seq is stored already.
+async fn upsert_balances(tx: &mut Transaction<'_, Postgres>, c: &ChangeRows<'_>, pos: &[usize]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO balances (data_key, field, balance, seq, event_id, ts_ms)
+         SELECT k, f, b::numeric, s, e::uuid, t
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[]) AS u(k, f, b, s, e, t)
+         ON CONFLICT (data_key, field) DO UPDATE
+           SET balance = EXCLUDED.balance, seq = EXCLUDED.seq, event_id = EXCLUDED.event_id,
+               ts_ms = EXCLUDED.ts_ms, updated_at = now()
+         WHERE balances.seq < EXCLUDED.seq",
+    )
+    .bind(pos.iter().map(|&p| c.key[p]).collect::<Vec<_>>())
+    .bind(pos.iter().map(|&p| c.field[p]).collect::<Vec<_>>())
+    .bind(pos.iter().map(|&p| c.bal[p]).collect::<Vec<_>>())
+    .bind(pos.iter().map(|&p| c.seq[p]).collect::<Vec<_>>())
+    .bind(pos.iter().map(|&p| c.ev[p]).collect::<Vec<_>>())
+    .bind(pos.iter().map(|&p| c.ts[p]).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

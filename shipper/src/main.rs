@@ -14,6 +14,7 @@ mod forward;
 mod kafka_client;
 mod persist;
 mod persist_group;
+mod pgcopy;
 mod metrics;
 mod nodes;
 mod pipeline;

@@ -36,6 +36,14 @@ pub static KAFKA_FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static PG_COPIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tally_pg_copy_batches_total",
+        "Batch COPYs into a history table: copied, or present (a row was stored already, so the batch was inserted row by row with ON CONFLICT)",
+        &["table", "result"]
+    )
+    .unwrap()
+});
 pub static SEQ_ANOMALIES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("tally_seq_anomalies_total", "Per-key seq gaps / out-of-order arrivals").unwrap()
 });

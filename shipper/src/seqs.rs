@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::event::Event;
+use crate::pgcopy::{copy_unless_present, CopyRows};
 
 /// A (key, seq) carried by two different events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,20 +81,11 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Res
             k_seq.push(k.seq);
         }
     }
-    // the unique (data_key, seq) keeps the first version; the others are forks, exactly,
-    // even against a concurrent transaction (the insert waits for it)
-    let stored: Vec<(String, i64)> = sqlx::query_as(
-        "INSERT INTO event_keys (event_id, data_key, seq)
-         SELECT e::uuid, k, s FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS t(e, k, s)
-         ON CONFLICT (data_key, seq) DO NOTHING
-         RETURNING data_key, seq",
-    )
-    .bind(&k_ev)
-    .bind(&k_key)
-    .bind(&k_seq)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut stored: HashSet<(String, i64)> = stored.into_iter().collect();
+    let mut stored: HashSet<(String, i64)> = if copy_keys(tx, &k_ev, &k_key, &k_seq).await? {
+        k_key.iter().zip(&k_seq).map(|(k, s)| (k.to_string(), *s)).collect()
+    } else {
+        insert_keys(tx, &k_ev, &k_key, &k_seq).await?
+    };
     let mut kept: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
     let mut fork_in = Vec::new();
@@ -112,6 +104,45 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Res
     insert_forks(tx, &forks).await?;
     let behind = advance(tx, &kept, &newest).await?;
     Ok((forks.len(), behind))
+}
+
+/// Every (key, seq) of the batch by COPY, when none of them is stored yet (the usual case):
+/// false when a unique (data_key, seq) refused one (a fork, stored or within the batch) or
+/// an id does not encode, and nothing was written.
+async fn copy_keys(tx: &mut Transaction<'_, Postgres>, ev: &[&str], key: &[&str], seq: &[i64]) -> Result<bool, sqlx::Error> {
+    let mut rows = CopyRows::new();
+    for ((e, k), s) in ev.iter().zip(key).zip(seq) {
+        rows.row(3);
+        if rows.uuid(e).is_none() {
+            return Ok(false);
+        }
+        rows.text(k);
+        rows.int8(*s);
+    }
+    copy_unless_present(tx, "event_keys", "event_id, data_key, seq", rows.finish()).await
+}
+
+/// Inserts the (key, seq) pairs not stored yet; returns those it inserted. The unique
+/// (data_key, seq) keeps the first version; the others are forks, exactly, even against a
+/// concurrent transaction (the insert waits for it).
+async fn insert_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    ev: &[&str],
+    key: &[&str],
+    seq: &[i64],
+) -> Result<HashSet<(String, i64)>, sqlx::Error> {
+    let stored: Vec<(String, i64)> = sqlx::query_as(
+        "INSERT INTO event_keys (event_id, data_key, seq)
+         SELECT e::uuid, k, s FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS t(e, k, s)
+         ON CONFLICT (data_key, seq) DO NOTHING
+         RETURNING data_key, seq",
+    )
+    .bind(ev)
+    .bind(key)
+    .bind(seq)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(stored.into_iter().collect())
 }
 
 /// The stored version of each forked (key, seq).

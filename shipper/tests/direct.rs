@@ -402,3 +402,71 @@ async fn missing_schema_exits_non_zero_naming_the_fix() {
     assert!(log.contains("tally-shipper: fatal:") && log.contains("tally-shipper migrate"), "{log}");
     assert_eq!(xlen(&mut c, STREAM).await, 1, "the entry stays in the stream");
 }
+
+/// A catch-up batch goes in by COPY when none of its rows is stored yet. One that holds an
+/// event twice, events an earlier run stored, or a poison event must still end with every
+/// event once (the batch falls back to inserting row by row with ON CONFLICT, or is isolated),
+/// the poison in failed_events, and every amount stored exactly as the event carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_batches_keep_exactly_once_with_replays_and_poison() {
+    let _g = serial();
+    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
+    let dir = tmpdir("copy");
+    let copies = |sh: &Shipper, result: &str| sh.metric(&format!("tally_pg_copy_batches_total{{result=\"{result}\",table=\"events\"}}"));
+    // a first run stores 300 events
+    let stored: Vec<String> = (0..300).map(|_| m.random_event(&mut rng)).collect();
+    let mut pipe = redis::pipe();
+    stored.iter().for_each(|e| queue(&mut pipe, e));
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    let mut sh = Shipper::spawn(&args, &dir.join("first.log"));
+    assert_eq!(wait_count(&pool, EVENTS_SQL, 300, Duration::from_secs(60)).await, 300, "{}", sh.log_text());
+    assert!(copies(&sh, "copied").unwrap_or(0.0) >= 1.0, "the first batches are copied");
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
+
+    // the backlog: 2,000 new events, every 10th appended twice in a row (same batch), a poison
+    // event (4 KB key: SQLSTATE 54000) among them, then the 300 stored ones again
+    let noise: String = (0..4096).map(|_| rng.random_range(b'a'..=b'z') as char).collect();
+    let poison = Model::default().asset_incr(&format!("user:{noise}"), "gold", 1);
+    let mut pipe = redis::pipe();
+    let mut twice = 0;
+    for i in 0..2_000 {
+        let e = m.random_event(&mut rng);
+        let times = if i % 10 == 0 { 2 } else { 1 };
+        twice += times - 1;
+        (0..times).for_each(|_| queue(&mut pipe, &e));
+        if i == 1_000 {
+            queue(&mut pipe, &poison);
+        }
+    }
+    stored.iter().for_each(|e| queue(&mut pipe, e));
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    let mut sh = Shipper::spawn(&args, &dir.join("second.log"));
+    let got = wait_count(&pool, EVENTS_SQL, 2_300, Duration::from_secs(120)).await;
+    assert_eq!(got, 2_300, "{}", tail_lines(&sh.log_text(), 40));
+    assert_eq!(wait_count(&pool, "SELECT count(*) FROM failed_events", 1, Duration::from_secs(30)).await, 1);
+    let dup = sh.wait_metric("tally_events_duplicate_total", Duration::from_secs(20), |v| v >= f64::from(twice + 300)).await;
+    assert_eq!(dup, Some(f64::from(twice + 300)), "each replay counted once");
+    assert!(copies(&sh, "present").unwrap_or(0.0) >= 1.0, "a batch with stored events falls back");
+    sh.sigterm();
+    assert!(sh.wait_timeout(Duration::from_secs(30)).expect("exit").success());
+    assert_matches_model(&pool, &m, 1).await;
+    assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
+    // amounts as carried: the binary numerics keep the event's text, scale included
+    let differ = count(
+        &pool,
+        "SELECT count(*) FROM event_changes c JOIN events e USING (event_id)
+          WHERE c.delta::text <> (e.raw::jsonb -> 'changes' -> c.idx ->> 'delta')
+             OR c.balance::text <> (e.raw::jsonb -> 'changes' -> c.idx ->> 'balance')",
+    )
+    .await;
+    assert_eq!(differ, 0, "event_changes amounts differ from the events' text");
+    assert!(count(&pool, "SELECT count(*) FROM event_changes WHERE delta::text LIKE '%.%'").await > 0);
+}
+
+fn queue(pipe: &mut redis::Pipeline, event: &str) {
+    pipe.cmd("XADD").arg(STREAM).arg("*").arg("event").arg(event).ignore();
+}
