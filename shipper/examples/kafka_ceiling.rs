@@ -3,15 +3,17 @@
 //! bytes to a new topic of P partitions, at most 10,000 outstanding; then a plain consumer
 //! assigned to every partition from the beginning reads them all back. Then the producer
 //! again, into a second topic, with the two headers `forward` puts on every message
-//! (`tally_source`, `event_id`, values of their usual lengths). Nothing else (no Redis, no
-//! Postgres), so these are the rates tally's `forward` and `persist` are compared with.
+//! (`tally_source`, `event_id`, values of their usual lengths), and the consumer reads that
+//! topic back (the messages `persist` reads). Nothing else (no Redis, no Postgres), so these
+//! are the rates tally's `forward` and `persist` are compared with.
 //!
 //! Each client is warm when its clock starts, as the stages are in the benchmark: the producer
 //! first delivers WARMUP messages (its idempotent producer id, connections and metadata are
 //! in place after them), the consumer's clock starts after it has received WARMUP messages.
 //!
 //! usage: kafka_ceiling BROKERS TOPIC N SIZE P
-//! prints: produce_seconds consume_seconds produce_with_headers_seconds   (each for N messages)
+//! prints: produce_seconds consume_seconds produce_with_headers_seconds consume_with_headers_seconds
+//!         (each for N messages)
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -144,6 +146,8 @@ async fn main() -> anyhow::Result<()> {
     let headers_s = tokio::time::timeout(TIMEOUT, produce(brokers, &with_headers, n, size, true))
         .await
         .map_err(|_| anyhow::anyhow!("producing {n} messages with headers took longer than {TIMEOUT:?}"))??;
-    println!("{produce_s:.3} {consume_s:.3} {headers_s:.3}");
+    let (b, t) = (brokers.to_string(), with_headers.clone());
+    let consume_headers_s = tokio::task::spawn_blocking(move || consume(&b, &t, n, partitions)).await??;
+    println!("{produce_s:.3} {consume_s:.3} {headers_s:.3} {consume_headers_s:.3}");
     Ok(())
 }
