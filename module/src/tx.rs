@@ -117,6 +117,12 @@ impl FieldName {
     }
 }
 
+impl DataKey {
+    fn is(&self, name: &str) -> bool {
+        self.rs.bytes() == Some(name.as_bytes())
+    }
+}
+
 /// A hash write: `None` deletes the field. Names and values are RedisModuleStrings made
 /// once, used for the write and read back as bytes for replication.
 type FieldWrite = (FieldName, Option<RStr>);
@@ -124,7 +130,7 @@ type FieldWrite = (FieldName, Option<RStr>);
 /// A data key of the command, opened once for writing (reads go through the same handle)
 /// with the writes queued for it.
 struct DataKey {
-    name: String,
+    /// The key's name, borrowed from `rs` (a RedisModuleString this DataKey owns).
     rs: RStr,
     key: Key,
     writes: SmallVec<[FieldWrite; 4]>,
@@ -136,7 +142,8 @@ pub struct Tx<'a> {
     names: &'a Names,
     keys: SmallVec<[DataKey; 2]>,
     seq_key: Option<Key>,
-    seqs: SmallVec<[(String, i64); 2]>,
+    /// (index into `keys`, the key's new seq)
+    seqs: SmallVec<[(usize, i64); 2]>,
     /// A key that could not be opened for a queued write: the command fails before writing.
     failed: Option<CmdError>,
 }
@@ -181,12 +188,12 @@ pub fn field_with<R>(
 
 impl<'a> Tx<'a> {
     fn data(&mut self, key: &str) -> Result<&mut DataKey, CmdError> {
-        let i = match self.keys.iter().position(|k| k.name == key) {
+        let i = match self.keys.iter().position(|k| k.is(key)) {
             Some(i) => i,
             None => {
                 let rs = RStr::new(key.as_bytes());
                 let handle = Key::open_raw(self.ctx, rs.ptr(), true)?;
-                self.keys.push(DataKey { name: key.to_string(), rs, key: handle, writes: SmallVec::new() });
+                self.keys.push(DataKey { rs, key: handle, writes: SmallVec::new() });
                 self.keys.len() - 1
             }
         };
@@ -206,10 +213,15 @@ impl<'a> Tx<'a> {
 
     /// Reads one field and hands its bytes to `f` without copying them.
     pub fn hget_with<R>(&mut self, key: &str, field: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R, CmdError> {
+        self.hget_rs(key, &RStr::new(field), f)
+    }
+
+    /// `hget_with` with the field name given as a RedisModuleString (made once by the caller,
+    /// e.g. to be used for the write as well).
+    pub fn hget_rs<R>(&mut self, key: &str, field: &RStr, f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R, CmdError> {
         let ctx = self.ctx;
         let d = self.data(key)?;
-        let name = RStr::new(field);
-        field_with(ctx, &d.key, name.ptr(), f)
+        field_with(ctx, &d.key, field.ptr(), f)
     }
 
     pub fn hash_exists(&mut self, key: &str) -> Result<bool, CmdError> {
@@ -223,7 +235,7 @@ impl<'a> Tx<'a> {
     /// `set` with the field name given as a RedisModuleString.
     pub fn set_named(&mut self, key: &str, field: FieldName, value: Option<&[u8]>) {
         let write = (field, value.map(RStr::new));
-        match self.keys.iter_mut().find(|k| k.name == key) {
+        match self.keys.iter_mut().find(|k| k.is(key)) {
             Some(d) => d.writes.push(write),
             None => match self.data(key) {
                 Ok(d) => d.writes.push(write),
@@ -245,6 +257,7 @@ impl<'a> Tx<'a> {
         let ctx = self.ctx;
         // The field is the data key's name: reuse its RedisModuleString.
         let field = self.data(key)?.rs.ptr();
+        let index = self.keys.iter().position(|k| k.is(key)).ok_or_else(|| CmdError::err("internal key table error"))?;
         let seq = self.seq_handle()?;
         let parsed = field_with(ctx, seq, field, |raw| match raw {
             None => Some(0),
@@ -252,7 +265,7 @@ impl<'a> Tx<'a> {
         })?;
         let corrupt = || CmdError::wrong_type("the sequence record of this key is corrupt");
         let next = parsed.ok_or_else(corrupt)?.checked_add(1).ok_or_else(corrupt)?;
-        self.seqs.push((key.to_string(), next));
+        self.seqs.push((index, next));
         Ok(next)
     }
 }
@@ -432,23 +445,15 @@ fn write_seqs(
     ctx: &Context,
     names: &Names,
     seq_key: Key,
-    seqs: &[(String, i64)],
+    seqs: &[(usize, i64)],
     keys: &[DataKey],
     propagated: &mut Propagation,
 ) -> Result<(), CmdError> {
     let seq_texts: SmallVec<[RStr; 2]> = seqs.iter().map(|(_, s)| RStr::new(IntText::new(*s).as_bytes())).collect();
-    // Data keys not among the written keys (none today) get a name string made here.
-    let mut seq_names: SmallVec<[RStr; 2]> = SmallVec::new();
     let mut seq_args: SmallVec<[*mut RedisModuleString; 5]> = SmallVec::new();
     seq_args.push(names.seq_rs.ptr());
     for ((k, _), text) in seqs.iter().zip(&seq_texts) {
-        let name = match keys.iter().find(|d| d.name == *k) {
-            Some(d) => d.rs.ptr(),
-            None => {
-                seq_names.push(RStr::new(k.as_bytes()));
-                seq_names.last().map_or(std::ptr::null_mut(), RStr::ptr)
-            }
-        };
+        let name = keys.get(*k).map_or(std::ptr::null_mut(), |d| d.rs.ptr());
         seq_key.hset_rs(name, Some(text.ptr())).map_err(|e| partial_write(ctx, e))?;
         seq_args.push(name);
         seq_args.push(text.ptr());
@@ -536,6 +541,12 @@ impl Propagation {
 fn pxat_word() -> &'static RStr {
     static WORD: OnceLock<RStr> = OnceLock::new();
     WORD.get_or_init(|| RStr::new(b"PXAT"))
+}
+
+/// The name of the field that marks a campaign or usage hash (`logic::KIND_FIELD`), created once.
+pub fn kind_field() -> &'static RStr {
+    static FIELD: OnceLock<RStr> = OnceLock::new();
+    FIELD.get_or_init(|| RStr::new(crate::logic::KIND_FIELD.as_bytes()))
 }
 
 /// The stream field name, created once.

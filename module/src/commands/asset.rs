@@ -9,18 +9,24 @@ use crate::decimal::Decimal;
 use crate::error::CmdError;
 use crate::event::{Change, Event, Item, KeySeq, Reply};
 use crate::logic;
-use crate::tx::{self, Tx};
+use crate::ffi::RStr;
+use crate::tx::{self, FieldName, Tx};
 
 /// An existing hash must not be a campaign or usage counter (a `kind` field).
 fn check_asset(tx: &mut Tx, key: &str) -> std::result::Result<(), CmdError> {
     if tx.hash_exists(key)? {
-        tx.hget_with(key, logic::KIND_FIELD.as_bytes(), logic::check_asset_hash)??;
+        tx.hget_rs(key, tx::kind_field(), logic::check_asset_hash)??;
     }
     Ok(())
 }
 
 fn balance(tx: &mut Tx, key: &str, field: &str) -> std::result::Result<Decimal, CmdError> {
-    tx.hget_with(key, field.as_bytes(), |raw| logic::stored_decimal_lazy(raw, || format!("field '{field}'")))?
+    balance_rs(tx, key, field, &RStr::new(field.as_bytes()))
+}
+
+/// `balance` with the field's RedisModuleString (`name`) made by the caller.
+fn balance_rs(tx: &mut Tx, key: &str, field: &str, name: &RStr) -> std::result::Result<Decimal, CmdError> {
+    tx.hget_rs(key, name, |raw| logic::stored_decimal_lazy(raw, || format!("field '{field}'")))?
 }
 
 pub fn incr(ctx: &Context, raw: &[&[u8]]) -> Result {
@@ -31,9 +37,11 @@ pub fn incr(ctx: &Context, raw: &[&[u8]]) -> Result {
         let mut changes = Vec::with_capacity(req.deltas.len());
         let mut items = Vec::with_capacity(req.deltas.len());
         for (field, delta) in &req.deltas {
-            let next = logic::apply_delta(balance(tx, &req.key, field)?, *delta, req.floor, req.ceil)?;
+            // one RedisModuleString for the field's read and its write
+            let name = RStr::new(field.as_bytes());
+            let next = logic::apply_delta(balance_rs(tx, &req.key, field, &name)?, *delta, req.floor, req.ceil)?;
             let text = next.to_string();
-            tx.set(&req.key, field.as_bytes(), Some(text.as_bytes()));
+            tx.set_named(&req.key, FieldName::Owned(name), Some(text.as_bytes()));
             changes.push(Change { key: req.key.clone(), field: field.clone(), delta: delta.to_string(), balance: text.clone() });
             items.push(Item::Str(text));
         }

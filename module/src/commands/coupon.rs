@@ -127,7 +127,7 @@ pub fn create(ctx: &Context, raw: &[&[u8]]) -> Result {
     let reply = tx::mutate(ctx, "COUPON.CREATE", &req, &req.common, &[&req.campaign], |tx| {
         if tx.hash_exists(&req.campaign)? {
             // Another kind of hash is WRONGTYPE; a campaign already exists.
-            tx.hget_with(&req.campaign, logic::KIND_FIELD.as_bytes(), |k| logic::check_kind(k, KIND))??;
+            tx.hget_rs(&req.campaign, tx::kind_field(), |k| logic::check_kind(k, KIND))??;
             return Err(CmdError::err("the campaign already exists"));
         }
         let c = Campaign {
