@@ -76,7 +76,7 @@ impl RStr {
 }
 
 /// Up to this many fields are read by one `Key::hget_many` call.
-pub const HGET_MAX: usize = 8;
+pub const HGET_MAX: usize = 9;
 
 impl Drop for RStr {
     fn drop(&mut self) {
@@ -208,7 +208,8 @@ impl Key {
                     f[5], o.add(5),
                     f[6], o.add(6),
                     f[7], o.add(7),
-                    f[8],
+                    f[8], o.add(8),
+                    f[9],
                 )
             };
             if rc != raw::REDISMODULE_OK as c_int {

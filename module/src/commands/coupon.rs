@@ -36,7 +36,7 @@ struct Loaded {
 }
 
 fn load(ctx: &Context, key: &Key) -> std::result::Result<Loaded, CmdError> {
-    load_with(ctx, key, None).map(|(l, _)| l)
+    load_with(ctx, key, &[]).map(|(l, _)| l)
 }
 
 /// Loads the campaign with one read of all its fields and, when given, one more field read
@@ -44,24 +44,23 @@ fn load(ctx: &Context, key: &Key) -> std::result::Result<Loaded, CmdError> {
 fn load_with(
     _ctx: &Context,
     key: &Key,
-    extra: Option<*mut RedisModuleString>,
-) -> std::result::Result<(Loaded, RStr), CmdError> {
+    extra: &[*mut RedisModuleString],
+) -> std::result::Result<(Loaded, [RStr; 2]), CmdError> {
     if !tx::kind_is_hash(key.kind())? {
         return Err(CmdError::code("NOTFOUND", "no such campaign"));
     }
     let names = field_names();
-    let mut fields: [*mut RedisModuleString; 8] = [std::ptr::null_mut(); 8];
+    let mut fields: [*mut RedisModuleString; 9] = [std::ptr::null_mut(); 9];
     for (slot, name) in fields.iter_mut().zip(names.iter()) {
         *slot = name.ptr();
     }
-    let n = match extra {
-        Some(f) => {
-            fields[7] = f;
-            8
-        }
-        None => 7,
-    };
-    let [kind, f1, f2, f3, f4, f5, f6, holder] = key.hget_many(&fields[..n])?;
+    if extra.len() > 2 {
+        return Err(CmdError::err("internal error: too many campaign fields to read"));
+    }
+    for (slot, f) in fields[7..].iter_mut().zip(extra) {
+        *slot = *f;
+    }
+    let [kind, f1, f2, f3, f4, f5, f6, x1, x2] = key.hget_many(&fields[..7 + extra.len()])?;
     logic::check_kind(kind.bytes(), KIND)?;
     let mut canonical = 0u8;
     let mut values = [0i64; 6];
@@ -78,7 +77,7 @@ fn load_with(
         }
     }
     let [total, issued, last_issue, per_user, start_ms, end_ms] = values;
-    Ok((Loaded { campaign: Campaign { total, issued, last_issue, per_user, start_ms, end_ms }, canonical }, holder))
+    Ok((Loaded { campaign: Campaign { total, issued, last_issue, per_user, start_ms, end_ms }, canonical }, [x1, x2]))
 }
 
 fn state(campaign: &str, user: Option<&str>, issue: Option<i64>, c: &Campaign) -> CouponState {
@@ -150,8 +149,8 @@ pub fn create(ctx: &Context, raw: &[&[u8]]) -> Result {
 /// involved and the writes to the user's holder fields.
 type Change = fn(&mut Tx, &str, &str, &mut Campaign, &Holding) -> std::result::Result<(i64, HolderWrites), CmdError>;
 
-/// CLAIM and RELEASE: load the campaign and the user's claim count through one handle (the
-/// legacy `u:<user>` list too when there is no count), let `change` decide, store what
+/// CLAIM and RELEASE: load the campaign, the user's claim count and the legacy `u:<user>`
+/// list (read only when there is no count) with one call, let `change` decide, store what
 /// changed, log it.
 fn change_holding(ctx: &Context, raw: &[&[u8]], command: &str, kind: &'static str, change: Change) -> Result {
     let req = args::coupon_user(raw)?;
@@ -159,18 +158,16 @@ fn change_holding(ctx: &Context, raw: &[&[u8]], command: &str, kind: &'static st
     let reply = tx::mutate(ctx, command, &req, &req.common, &[&req.campaign], |tx| {
         let user = req.user.as_str();
         let mut count_field = Some(RStr::new(&logic::holder_field_name(HolderField::Count, user)));
-        let (loaded, count_raw) = {
+        let legacy_field = RStr::new(&logic::holder_field_name(HolderField::Legacy, user));
+        let (loaded, [count_raw, legacy_raw]) = {
             let (ctx, k) = tx.handle(&req.campaign)?;
-            load_with(ctx, k, count_field.as_ref().map(RStr::ptr))?
+            load_with(ctx, k, &[count_field.as_ref().map_or(std::ptr::null_mut(), RStr::ptr), legacy_field.ptr()])?
         };
         let holding = match count_raw.bytes() {
             Some(raw) => Holding::from_count(raw)?,
-            None => {
-                let legacy = logic::holder_field_name(HolderField::Legacy, user);
-                tx.hget_with(&req.campaign, &legacy, Holding::from_legacy)??
-            }
+            None => Holding::from_legacy(legacy_raw.bytes())?,
         };
-        drop(count_raw);
+        drop((count_raw, legacy_raw, legacy_field));
         let mut c = loaded.campaign;
         let (issue, writes) = change(tx, &req.campaign, user, &mut c, &holding)?;
         for (field, value) in writes {
