@@ -250,15 +250,13 @@ async fn insert_failed(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
 }
 
 /// The batch's events by COPY when none of them is stored yet (the catch-up case): true
-/// when they all went in, false when one was there already (a replay) or an id does not
-/// encode, and nothing was written: the caller inserts them with `insert_events`.
+/// when they all went in, false when one was there already (a replay), and nothing was
+/// written: the caller inserts them with `insert_events`.
 async fn copy_events(tx: &mut Transaction<'_, Postgres>, batch: &[(&Record, &Event)]) -> Result<bool, sqlx::Error> {
     let mut rows = CopyRows::new();
     for (r, e) in batch {
         rows.row(10);
-        if rows.uuid(&e.id).is_none() {
-            return Ok(false);
-        }
+        rows.uuid_value(&e.uuid);
         rows.text(&e.typ);
         rows.int8(e.ts);
         rows.opt_text(e.op.as_deref());
@@ -323,6 +321,7 @@ async fn derive(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<
 #[derive(Default)]
 struct ChangeRows<'a> {
     ev: Vec<&'a str>,
+    uuid: Vec<uuid::Uuid>,
     idx: Vec<i32>,
     key: Vec<&'a str>,
     field: Vec<&'a str>,
@@ -343,6 +342,7 @@ async fn derive_assets(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> 
                 let seq = e.seq_of(&ch.key).unwrap_or(0);
                 let pos = c.ev.len();
                 c.ev.push(e.id.as_str());
+                c.uuid.push(e.uuid);
                 c.idx.push(i as i32);
                 c.key.push(ch.key.as_str());
                 c.field.push(ch.field.as_str());
@@ -395,7 +395,7 @@ fn change_copy_rows(c: &ChangeRows<'_>) -> Option<Vec<u8>> {
     let mut rows = CopyRows::new();
     for i in 0..c.ev.len() {
         rows.row(8);
-        rows.uuid(c.ev[i])?;
+        rows.uuid_value(&c.uuid[i]);
         rows.int4(c.idx[i]);
         rows.text(c.key[i]);
         rows.text(c.field[i]);

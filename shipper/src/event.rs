@@ -53,6 +53,8 @@ pub enum Body {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub id: String, // canonical lower-case hyphenated UUID
+    /// `id` parsed (the binary form COPY sends; parsed once, at decode)
+    pub uuid: uuid::Uuid,
     pub typ: String,
     pub ts: i64,
     pub op: Option<String>,
@@ -163,17 +165,17 @@ pub fn is_canonical_decimal(s: &str) -> bool {
     true
 }
 
-fn opt_string(v: &Value, name: &str) -> Result<Option<String>, String> {
+fn opt_string(v: Value, name: &str) -> Result<Option<String>, String> {
     match v {
         Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s.clone())),
+        Value::String(s) => Ok(Some(s)),
         _ => Err(format!("`{name}` must be a string or null")),
     }
 }
 
-fn decimal(s: &str, what: &str) -> Result<String, String> {
-    if is_canonical_decimal(s) {
-        Ok(s.to_string())
+fn decimal(s: String, what: &str) -> Result<String, String> {
+    if is_canonical_decimal(&s) {
+        Ok(s)
     } else {
         Err(format!("{what}: {s:?} is not a canonical decimal"))
     }
@@ -195,15 +197,15 @@ pub fn decode(json: &str) -> Result<Event, String> {
     if raw.ts < 0 {
         return Err(format!("`ts` {} is negative", raw.ts));
     }
-    let op = opt_string(&raw.op, "op")?;
-    let meta = opt_string(&raw.meta, "meta")?;
+    let op = opt_string(raw.op, "op")?;
+    let meta = opt_string(raw.meta, "meta")?;
     let keys = decode_keys(raw.keys)?;
     let body = match raw.typ.as_str() {
         "asset.incr" | "asset.transfer" => Body::Asset(decode_changes(&raw.typ, raw.changes, &keys)?),
         t if t.starts_with("coupon.") => Body::Coupon(decode_coupon(t, raw.coupon)?),
         t => Body::Usage(decode_usage(t, raw.usage)?),
     };
-    Ok(Event { id: id.hyphenated().to_string(), typ: raw.typ, ts: raw.ts, op, meta, keys, body })
+    Ok(Event { id: id.hyphenated().to_string(), uuid: id, typ: raw.typ, ts: raw.ts, op, meta, keys, body })
 }
 
 /// `keys`: at least one, each listed once, seq >= 1.
@@ -236,8 +238,8 @@ fn decode_changes(typ: &str, changes: Option<Vec<RawChange>>, keys: &[KeySeq]) -
             return Err(format!("change for key {:?} not listed in `keys`", c.key));
         }
         out.push(Change {
-            delta: decimal(&c.delta, "delta")?,
-            balance: decimal(&c.balance, "balance")?,
+            delta: decimal(c.delta, "delta")?,
+            balance: decimal(c.balance, "balance")?,
             key: c.key,
             field: c.field,
         });
@@ -273,7 +275,7 @@ fn decode_coupon(t: &str, c: Option<RawCoupon>) -> Result<Coupon, String> {
 
 fn decode_usage(t: &str, u: Option<RawUsage>) -> Result<Usage, String> {
     let u = u.ok_or("usage event without `usage`")?;
-    let amount = match (&u.amount, t) {
+    let amount = match (u.amount, t) {
         (Some(a), _) => Some(decimal(a, "amount")?),
         (None, "usage.consume") => return Err("usage.consume without `amount`".into()),
         (None, _) => None,
@@ -282,8 +284,8 @@ fn decode_usage(t: &str, u: Option<RawUsage>) -> Result<Usage, String> {
         return Err(format!("unknown usage period {:?}", u.period));
     }
     Ok(Usage {
-        used: decimal(&u.used, "used")?,
-        limit: decimal(&u.limit, "limit")?,
+        used: decimal(u.used, "used")?,
+        limit: decimal(u.limit, "limit")?,
         amount,
         key: u.key,
         period: u.period,

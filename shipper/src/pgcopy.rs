@@ -58,11 +58,8 @@ impl CopyRows {
         self.field(&v.to_be_bytes());
     }
 
-    /// None when `s` is not a UUID (the caller falls back to the text path).
-    pub fn uuid(&mut self, s: &str) -> Option<()> {
-        let u = uuid::Uuid::parse_str(s).ok()?;
+    pub fn uuid_value(&mut self, u: &uuid::Uuid) {
         self.field(u.as_bytes());
-        Some(())
     }
 
     /// None when `s` is not a plain decimal (`-`? digits (`.` digits)?) of at most
@@ -193,10 +190,10 @@ mod tests {
         r.row(3);
         r.int8(7);
         r.opt_text(None);
-        assert_eq!(r.uuid("not a uuid"), None);
+        r.uuid_value(&uuid::Uuid::nil());
         let b = r.finish();
         assert!(b.starts_with(b"PGCOPY\n\xff\r\n\0"));
         assert!(b.ends_with(&[0xff, 0xff]));
-        assert_eq!(b.len(), 19 + 2 + 4 + 8 + 4 + 2);
+        assert_eq!(b.len(), 19 + 2 + 4 + 8 + 4 + 4 + 16 + 2);
     }
 }

@@ -40,14 +40,15 @@ fn parse_xread(v: &Value) -> Vec<Entry> {
 }
 
 /// Convert an entry to a pipeline record (never fails: problems become the record's error).
-pub fn entry_to_record(stream: &str, e: &Entry) -> Record {
+/// The entry is consumed: its `event` bytes become the record's text without a copy.
+pub fn entry_to_record(stream: &str, e: Entry) -> Record {
     let source = format!("redis:{stream}/{}", e.id);
-    let (raw, err) = match &e.fields {
+    let (raw, err) = match e.fields {
         None => ("".to_string(), Some("stream entry was deleted before it could be shipped".to_string())),
-        Some(fields) => match fields.iter().find(|(k, _)| k == "event") {
-            Some((_, v)) => match std::str::from_utf8(v) {
-                Ok(s) => (s.to_string(), None),
-                Err(_) => (String::from_utf8_lossy(v).into_owned(), Some("`event` field is not UTF-8".to_string())),
+        Some(mut fields) => match fields.iter().position(|(k, _)| k == "event") {
+            Some(i) => match String::from_utf8(fields.swap_remove(i).1) {
+                Ok(s) => (s, None),
+                Err(v) => (String::from_utf8_lossy(v.as_bytes()).into_owned(), Some("`event` field is not UTF-8".to_string())),
             },
             None => {
                 let obj: serde_json::Map<String, serde_json::Value> = fields
@@ -58,7 +59,7 @@ pub fn entry_to_record(stream: &str, e: &Entry) -> Record {
             }
         },
     };
-    Record::new(source, None, Some(stream.to_string()), Some(e.id.clone()), raw, err)
+    Record::new(source, None, Some(stream.to_string()), Some(e.id), raw, err)
 }
 
 /// Most entries one sweep round trip may bring back: a round trip reads this many entries
@@ -462,8 +463,8 @@ impl Deliveries {
             return;
         }
         metrics::EVENTS_READ.inc_by(entries.len() as u64);
-        let records: Vec<Record> = entries.iter().map(|e| entry_to_record(&c.stream, e)).collect();
-        let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        let records: Vec<Record> = entries.into_iter().map(|e| entry_to_record(&c.stream, e)).collect();
         let ack = AckTarget {
             url: r.url.clone(),
             stream: c.stream.clone(),
@@ -628,7 +629,7 @@ mod tests {
         ])]);
         let entries = parse_xread(&reply);
         assert_eq!(entries.len(), 3);
-        let recs: Vec<Record> = entries.iter().map(|e| entry_to_record("tally:log", e)).collect();
+        let recs: Vec<Record> = entries.into_iter().map(|e| entry_to_record("tally:log", e)).collect();
         assert!(recs[0].decoded.is_ok());
         assert_eq!(recs[0].source, "redis:tally:log/1-0");
         assert_eq!(recs[1].decoded.as_ref().unwrap_err(), "stream entry has no `event` field");

@@ -73,24 +73,26 @@ pub fn fast_watermarks<'a>(
 /// uncommitted (a transfer whose second key belongs to another writer) can only be too low,
 /// never too high; `repair` recomputes such keys after the fact.
 pub async fn record(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(usize, Vec<String>), sqlx::Error> {
-    let (mut k_ev, mut k_key, mut k_seq) = (vec![], vec![], vec![]);
+    let (mut k_ev, mut k_uuid, mut k_key, mut k_seq) = (vec![], vec![], vec![], vec![]);
     for e in fresh {
         for k in &e.keys {
             k_ev.push(e.id.as_str());
+            k_uuid.push(e.uuid);
             k_key.push(k.key.as_str());
             k_seq.push(k.seq);
         }
     }
-    let mut stored: HashSet<(String, i64)> = if copy_keys(tx, &k_ev, &k_key, &k_seq).await? {
-        k_key.iter().zip(&k_seq).map(|(k, s)| (k.to_string(), *s)).collect()
+    // None: the COPY stored every pair (the usual case, no set to build or probe)
+    let mut stored: Option<HashSet<(String, i64)>> = if copy_keys(tx, &k_uuid, &k_key, &k_seq).await? {
+        None
     } else {
-        insert_keys(tx, &k_ev, &k_key, &k_seq).await?
+        Some(insert_keys(tx, &k_ev, &k_key, &k_seq).await?)
     };
     let mut kept: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
     let mut fork_in = Vec::new();
     for ((ev, key), seq) in k_ev.iter().zip(&k_key).zip(&k_seq) {
-        if stored.remove(&(key.to_string(), *seq)) {
+        if stored.as_mut().is_none_or(|s| s.remove(&(key.to_string(), *seq))) {
             kept.entry(key).or_default().push(*seq);
             let n = newest.entry(key).or_insert((*seq, ev));
             if *seq > n.0 {
@@ -107,15 +109,13 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Res
 }
 
 /// Every (key, seq) of the batch by COPY, when none of them is stored yet (the usual case):
-/// false when a unique (data_key, seq) refused one (a fork, stored or within the batch) or
-/// an id does not encode, and nothing was written.
-async fn copy_keys(tx: &mut Transaction<'_, Postgres>, ev: &[&str], key: &[&str], seq: &[i64]) -> Result<bool, sqlx::Error> {
+/// false when a unique (data_key, seq) refused one (a fork, stored or within the batch),
+/// and nothing was written.
+async fn copy_keys(tx: &mut Transaction<'_, Postgres>, ev: &[uuid::Uuid], key: &[&str], seq: &[i64]) -> Result<bool, sqlx::Error> {
     let mut rows = CopyRows::new();
     for ((e, k), s) in ev.iter().zip(key).zip(seq) {
         rows.row(3);
-        if rows.uuid(e).is_none() {
-            return Ok(false);
-        }
+        rows.uuid_value(e);
         rows.text(k);
         rows.int8(*s);
     }
@@ -197,17 +197,19 @@ async fn advance(
     kept: &BTreeMap<&str, Vec<i64>>,
     newest: &HashMap<&str, (i64, &str)>,
 ) -> Result<Vec<String>, sqlx::Error> {
-    if kept.is_empty() {
+    let settled = advance_settled(tx, kept, newest).await?;
+    let keys: Vec<&str> = kept.keys().copied().filter(|k| !settled.contains(*k)).collect();
+    if keys.is_empty() {
         return Ok(vec![]);
     }
-    let keys: Vec<&str> = kept.keys().copied().collect();
     let rows: Vec<(String, i64, i64)> =
         sqlx::query_as("SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE data_key = ANY($1::text[])")
             .bind(&keys)
             .fetch_all(&mut **tx)
             .await?;
     let current: HashMap<String, (i64, i64)> = rows.into_iter().map(|(k, c, l)| (k, (c, l))).collect();
-    let (mut contiguous, slow) = fast_watermarks(&current, kept);
+    let rest: BTreeMap<&str, Vec<i64>> = kept.iter().filter(|(k, _)| !settled.contains(**k)).map(|(k, v)| (*k, v.clone())).collect();
+    let (mut contiguous, slow) = fast_watermarks(&current, &rest);
     if !slow.is_empty() {
         let from: Vec<i64> = slow.iter().map(|k| current.get(*k).map(|c| c.0).unwrap_or(0)).collect();
         let above = seqs_above(&mut **tx, &slow, &from).await?;
@@ -239,6 +241,46 @@ async fn advance(
         .filter(|(k, (c, l))| **c < highest(k, **l))
         .map(|(k, _)| k.to_string())
         .collect())
+}
+
+/// The keys already in key_seqs with no early arrivals stored (`last_seq = contiguous_seq`)
+/// whose batch seqs are exactly the next ones: both values move to the batch's highest seq
+/// in one UPDATE (no read of the current values, no upsert). Returns the keys it moved; the
+/// others (new keys, gaps, early arrivals) take the read-then-upsert path of `advance`.
+/// A concurrent commit to the same key is waited for and the condition re-checked on the
+/// row it left.
+async fn advance_settled(
+    tx: &mut Transaction<'_, Postgres>,
+    kept: &BTreeMap<&str, Vec<i64>>,
+    newest: &HashMap<&str, (i64, &str)>,
+) -> Result<HashSet<String>, sqlx::Error> {
+    let (mut k, mut lo, mut hi, mut ev) = (vec![], vec![], vec![], vec![]);
+    for (key, seqs) in kept {
+        let (Some(min), Some(&(max, e))) = (seqs.iter().min(), newest.get(key)) else { continue };
+        // the kept seqs of a key are distinct, so n of them spanning n values are consecutive
+        if max - min + 1 == seqs.len() as i64 {
+            k.push(*key);
+            lo.push(*min);
+            hi.push(max);
+            ev.push(e);
+        }
+    }
+    if k.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let moved: Vec<String> = sqlx::query_scalar(
+        "UPDATE key_seqs ks SET last_seq = t.hi, contiguous_seq = t.hi, event_id = t.e::uuid, updated_at = now()
+         FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[]) AS t(k, lo, hi, e)
+         WHERE ks.data_key = t.k AND ks.last_seq = ks.contiguous_seq AND ks.contiguous_seq = t.lo - 1
+         RETURNING ks.data_key",
+    )
+    .bind(&k)
+    .bind(&lo)
+    .bind(&hi)
+    .bind(&ev)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(moved.into_iter().collect())
 }
 
 /// Stored seqs above each key's watermark.
