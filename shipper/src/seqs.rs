@@ -197,19 +197,20 @@ async fn advance(
     kept: &BTreeMap<&str, Vec<i64>>,
     newest: &HashMap<&str, (i64, &str)>,
 ) -> Result<Vec<String>, sqlx::Error> {
-    let settled = advance_settled(tx, kept, newest).await?;
-    let keys: Vec<&str> = kept.keys().copied().filter(|k| !settled.contains(*k)).collect();
-    if keys.is_empty() {
+    // One statement for every key, in key order (kept is a BTreeMap): two writers sharing
+    // keys (a transfer across partitions) lock them in the same order. Moving some keys in a
+    // separate UPDATE first broke that order and deadlocked writers (40P01, retried) under load.
+    if kept.is_empty() {
         return Ok(vec![]);
     }
+    let keys: Vec<&str> = kept.keys().copied().collect();
     let rows: Vec<(String, i64, i64)> =
         sqlx::query_as("SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE data_key = ANY($1::text[])")
             .bind(&keys)
             .fetch_all(&mut **tx)
             .await?;
     let current: HashMap<String, (i64, i64)> = rows.into_iter().map(|(k, c, l)| (k, (c, l))).collect();
-    let rest: BTreeMap<&str, Vec<i64>> = kept.iter().filter(|(k, _)| !settled.contains(**k)).map(|(k, v)| (*k, v.clone())).collect();
-    let (mut contiguous, slow) = fast_watermarks(&current, &rest);
+    let (mut contiguous, slow) = fast_watermarks(&current, kept);
     if !slow.is_empty() {
         let from: Vec<i64> = slow.iter().map(|k| current.get(*k).map(|c| c.0).unwrap_or(0)).collect();
         let above = seqs_above(&mut **tx, &slow, &from).await?;
@@ -241,46 +242,6 @@ async fn advance(
         .filter(|(k, (c, l))| **c < highest(k, **l))
         .map(|(k, _)| k.to_string())
         .collect())
-}
-
-/// The keys already in key_seqs with no early arrivals stored (`last_seq = contiguous_seq`)
-/// whose batch seqs are exactly the next ones: both values move to the batch's highest seq
-/// in one UPDATE (no read of the current values, no upsert). Returns the keys it moved; the
-/// others (new keys, gaps, early arrivals) take the read-then-upsert path of `advance`.
-/// A concurrent commit to the same key is waited for and the condition re-checked on the
-/// row it left.
-async fn advance_settled(
-    tx: &mut Transaction<'_, Postgres>,
-    kept: &BTreeMap<&str, Vec<i64>>,
-    newest: &HashMap<&str, (i64, &str)>,
-) -> Result<HashSet<String>, sqlx::Error> {
-    let (mut k, mut lo, mut hi, mut ev) = (vec![], vec![], vec![], vec![]);
-    for (key, seqs) in kept {
-        let (Some(min), Some(&(max, e))) = (seqs.iter().min(), newest.get(key)) else { continue };
-        // the kept seqs of a key are distinct, so n of them spanning n values are consecutive
-        if max - min + 1 == seqs.len() as i64 {
-            k.push(*key);
-            lo.push(*min);
-            hi.push(max);
-            ev.push(e);
-        }
-    }
-    if k.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let moved: Vec<String> = sqlx::query_scalar(
-        "UPDATE key_seqs ks SET last_seq = t.hi, contiguous_seq = t.hi, event_id = t.e::uuid, updated_at = now()
-         FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[]) AS t(k, lo, hi, e)
-         WHERE ks.data_key = t.k AND ks.last_seq = ks.contiguous_seq AND ks.contiguous_seq = t.lo - 1
-         RETURNING ks.data_key",
-    )
-    .bind(&k)
-    .bind(&lo)
-    .bind(&hi)
-    .bind(&ev)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(moved.into_iter().collect())
 }
 
 /// Stored seqs above each key's watermark.
