@@ -187,16 +187,19 @@ pub fn field_with<R>(
 }
 
 impl<'a> Tx<'a> {
+    /// The index of `key` in the key table, opening it for writing on first use.
+    fn index_of(&mut self, key: &str) -> Result<usize, CmdError> {
+        if let Some(i) = self.keys.iter().position(|k| k.is(key)) {
+            return Ok(i);
+        }
+        let rs = RStr::new(key.as_bytes());
+        let handle = Key::open_raw(self.ctx, rs.ptr(), true)?;
+        self.keys.push(DataKey { rs, key: handle, writes: SmallVec::new() });
+        Ok(self.keys.len() - 1)
+    }
+
     fn data(&mut self, key: &str) -> Result<&mut DataKey, CmdError> {
-        let i = match self.keys.iter().position(|k| k.is(key)) {
-            Some(i) => i,
-            None => {
-                let rs = RStr::new(key.as_bytes());
-                let handle = Key::open_raw(self.ctx, rs.ptr(), true)?;
-                self.keys.push(DataKey { rs, key: handle, writes: SmallVec::new() });
-                self.keys.len() - 1
-            }
-        };
+        let i = self.index_of(key)?;
         self.keys.get_mut(i).ok_or_else(|| CmdError::err("internal key table error"))
     }
 
@@ -235,13 +238,10 @@ impl<'a> Tx<'a> {
     /// `set` with the field name given as a RedisModuleString.
     pub fn set_named(&mut self, key: &str, field: FieldName, value: Option<&[u8]>) {
         let write = (field, value.map(RStr::new));
-        match self.keys.iter_mut().find(|k| k.is(key)) {
-            Some(d) => d.writes.push(write),
-            None => match self.data(key) {
-                Ok(d) => d.writes.push(write),
-                // Not read before and cannot be opened: surfaces before anything is written.
-                Err(e) => self.failed = Some(e),
-            },
+        match self.data(key) {
+            Ok(d) => d.writes.push(write),
+            // Not read before and cannot be opened: surfaces before anything is written.
+            Err(e) => self.failed = Some(e),
         }
     }
 
@@ -256,8 +256,8 @@ impl<'a> Tx<'a> {
     pub fn next_seq(&mut self, key: &str) -> Result<i64, CmdError> {
         let ctx = self.ctx;
         // The field is the data key's name: reuse its RedisModuleString.
-        let field = self.data(key)?.rs.ptr();
-        let index = self.keys.iter().position(|k| k.is(key)).ok_or_else(|| CmdError::err("internal key table error"))?;
+        let index = self.index_of(key)?;
+        let field = self.keys.get(index).ok_or_else(|| CmdError::err("internal key table error"))?.rs.ptr();
         let seq = self.seq_handle()?;
         let parsed = field_with(ctx, seq, field, |raw| match raw {
             None => Some(0),

@@ -479,7 +479,7 @@ async fn derived_tables_do_not_depend_on_arrival_order() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
     let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
     let dir = tmpdir("order");
-    // a first run stores one event per key, so the keys are known (the settled-key path)
+    // a first run stores one event per key, so the second finds every key in key_seqs
     let keys: Vec<String> = (0..8).map(|i| format!("user:{i}")).collect();
     let mut events: Vec<String> = keys.iter().map(|k| m.asset_incr(k, "gold", 100)).collect();
     let mut later = Vec::new();
