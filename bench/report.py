@@ -213,6 +213,38 @@ def short(name):
     return name[:120]
 
 
+def callee_cost(tree_path, function):
+    """(inclusive Ir, calls) of `function` summed over its `>` (callee) lines in a
+    `callgrind_annotate --tree=calling` file: every call made to it, from any caller."""
+    pat = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+>\s+\S*?:" + re.escape(function) + r" \(([\d,]+)x\)")
+    ir = calls = 0
+    if not os.path.exists(tree_path):
+        return 0, 0
+    for line in open(tree_path, errors="replace"):
+        mm = pat.match(line)
+        if mm:
+            ir += int(mm.group(1).replace(",", ""))
+            calls += int(mm.group(2).replace(",", ""))
+    return ir, calls
+
+
+def lower_bound(totals, tree_path):
+    """The fewest instructions ASSET.INCR can cost on this server with its guarantees, from
+    parts measured in this run; None when a part is missing."""
+    rep_ir, rep_calls = 0, 0
+    for name in ("RM_Replicate", "VM_Replicate"):
+        ir, calls = callee_cost(tree_path, name)
+        rep_ir, rep_calls = rep_ir + ir, rep_calls + calls
+    acl_ir, acl_calls = callee_cost(tree_path, "tally::acl::check_write")
+    if not (rep_calls and acl_calls and totals.get("floor")):
+        return None
+    per_call = rep_ir / rep_calls
+    acl = acl_ir / acl_calls
+    floor = totals["floor"] / nops
+    return {"floor": floor, "replicate_per_call": per_call, "replicate_calls": rep_calls / nops,
+            "acl": acl, "bound": floor + 2 * per_call + acl}
+
+
 pdir = args.profile_dir
 nops = int(args.profile_ops)
 profiled = pdir and os.path.isdir(pdir) and any(os.path.exists(os.path.join(pdir, f"{p}.inclusive.txt")) for p in PROF_ORDER)
@@ -270,6 +302,38 @@ else:
         w(f"| {MODULE_WORKLOADS[wid]} instructions per command | {fmt_ops(per)} | | <= {most:,} | **{v}** |")
         goal_lines.append((f"instructions per command: {MODULE_WORKLOADS[wid]} = {fmt_ops(per)}", None, "<=", most, v))
     w("")
+    lb = lower_bound(totals, os.path.join(pdir, "asset.tree.txt"))
+    if lb:
+        w("The least ASSET.INCR can cost on this server while keeping its guarantees, from parts measured")
+        w("in this run. A module command that changes a hash and appends to a stream, and propagates its")
+        w("effects as plain commands (so that replicas and the AOF hold exactly the primary's data, stream")
+        w("ids included, without the module), calls `RedisModule_Replicate` at least twice (one HSET, one")
+        w("XADD). Each call looks the command up by name and builds an argument vector even when no")
+        w("replica or AOF exists, where a native command's propagation costs nothing. The module also")
+        w("makes its ACL checks (on Redis 7.0, where commands cannot carry ACL categories, the core")
+        w("commands it performs). The event's JSON, the per-key seq and the UUIDv7 come on top and are")
+        w("left out, so this bound is below the real minimum:")
+        w("")
+        w("| part | Ir per command |")
+        w("|---|---:|")
+        w(f"| native floor: HINCRBYFLOAT + XADD - PING | {lb['floor']:,.0f} |")
+        w(f"| 2 x `RedisModule_Replicate` ({lb['replicate_per_call']:,.0f} per call, measured over the "
+          f"{lb['replicate_calls']:.0f} calls each ASSET.INCR makes) | {2 * lb['replicate_per_call']:,.0f} |")
+        w(f"| the module's ACL checks (`tally::acl::check_write`) | {lb['acl']:,.0f} |")
+        w(f"| **lower bound** | **{lb['bound']:,.0f}** |")
+        w("")
+        targets = [("ASSET.INCR <= 24,000 instructions", 24_000 * nops)]
+        if totals.get("lua_asset"):
+            targets.append(("Lua HINCRBYFLOAT+XADD / ASSET.INCR >= 2.4x", totals["lua_asset"] / 2.4))
+        if totals.get("multi"):
+            targets.append(("ASSET.INCR throughput >= 1.0x MULTI/EXEC (the same work in fewer or equal "
+                            "instructions than one transaction)", totals["multi"]))
+        w("| goal | ASSET.INCR must cost at most | reachable above the lower bound? |")
+        w("|---|---:|---|")
+        for label, most in targets:
+            ok = "yes" if lb["bound"] <= most / nops else "**no**"
+            w(f"| {label} | {most / nops:,.0f} | {ok} |")
+        w("")
     w("The throughput comparisons above, by instructions instead (the other command's instructions /")
     w("the module command's; above 1x means the module command does less work; the goals of these")
     w("comparisons are on throughput, in the tables above):")

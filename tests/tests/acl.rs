@@ -159,3 +159,26 @@ fn categories_where_the_server_has_them_core_commands_where_it_does_not() {
         }
     }
 }
+
+/// tally's helper keys (stream, sequence hash, op-id records) are derived, not declared:
+/// a user with access to the data keys only must not reach them through a tally command.
+#[test]
+fn helper_keys_need_their_own_key_permissions() {
+    let redis = Redis::start(&[]);
+    let mut c = redis.conn();
+    seed(&mut c);
+    let mut data_only = user(&redis, &mut c, "data_only", &["~acct", "~camp", "~q", "+@all"]);
+    for args in [
+        &["ASSET.INCR", "acct", "gold", "1"][..],
+        &["COUPON.CLAIM", "camp", "u"],
+        &["USAGE.CONSUME", "q", "1"],
+    ] {
+        let e = rejected_seen_by(&mut data_only, Some(&mut c), args, "NOPERM");
+        assert!(e.contains("tally:log"), "{args:?}: {e}");
+    }
+    // Stream and sequence hash allowed, op-id records not.
+    let mut no_ops = user(&redis, &mut c, "no_ops", &["~acct", "~tally:log", "~tally:seq", "+@all"]);
+    assert_eq!(strings(&mut no_ops, &["ASSET.INCR", "acct", "gold", "1"]), ["11"]);
+    let e = rejected_seen_by(&mut no_ops, Some(&mut c), &["ASSET.INCR", "acct", "gold", "1", "ID", "op-1"], "NOPERM");
+    assert!(e.contains("tally:op:"), "{e}");
+}
