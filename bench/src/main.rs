@@ -414,101 +414,116 @@ async fn client(port: u16, id: &'static str, keys: u64, depth: usize, start: Ins
     let mut c = Conn::connect(port).await?;
     let mut lat = Vec::with_capacity(1 << 16);
     let mut retries = 0u64;
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
+    let window = Window { start, end };
+    while Instant::now() < end {
         match id {
-            "multi" | "asset_rust" => {
-                let mut sent = Vec::with_capacity(depth);
-                for _ in 0..depth {
-                    let k = key(if id == "multi" { "mx:" } else { "acct:" }, fastrand::u64(..keys));
-                    if id == "multi" {
-                        let ev = event_json(&k, None);
-                        c.push(&[b"MULTI"]);
-                        c.push(&[b"HINCRBYFLOAT", k.as_bytes(), b"gold", b"1.25"]);
-                        c.push(&[b"XADD", b"bench:mx:log", b"*", b"event", ev.as_bytes()]);
-                        c.push(&[b"EXEC"]);
-                    } else {
-                        c.push(&[b"ASSET.INCR", k.as_bytes(), b"gold", b"1.25"]);
-                    }
-                    sent.push(());
-                }
-                let t0 = Instant::now();
-                c.flush().await?;
-                for _ in 0..depth {
-                    let replies = if id == "multi" { 4 } else { 1 };
-                    for r in 0..replies {
-                        let v = c.read().await?;
-                        let bad = v.is_err() || (r == 3 && !matches!(&v, Val::Arr(Some(a)) if a.iter().all(|x| !x.is_err())));
-                        if bad {
-                            bail!("{id}: unexpected reply {v:?}");
-                        }
-                    }
-                    let done = Instant::now();
-                    if done >= start && done <= end {
-                        lat.push(done.duration_since(t0).as_micros() as u32);
-                    }
-                }
-            }
-            "watch" => {
-                // The naive optimistic loop. Unpipelined: WATCH, HGET, then MULTI..EXEC as one
-                // write (3 round trips, as redis-py/redis-rs transactions do). Pipelined: WATCH+HGET
-                // in one write, MULTI..EXEC in the next (2 round trips); deeper pipelining is not
-                // possible because the writes depend on the read.
-                let k = key("wk:", fastrand::u64(..keys));
-                let t0 = Instant::now();
-                loop {
-                    if depth > 1 {
-                        c.push(&[b"WATCH", k.as_bytes()]);
-                        c.push(&[b"HGET", k.as_bytes(), b"gold"]);
-                        c.flush().await?;
-                        let w = c.read().await?;
-                        if w.is_err() {
-                            bail!("WATCH: {w:?}");
-                        }
-                    } else {
-                        let w = c.cmd(&["WATCH", &k]).await?;
-                        if w.is_err() {
-                            bail!("WATCH: {w:?}");
-                        }
-                        c.push(&[b"HGET", k.as_bytes(), b"gold"]);
-                        c.flush().await?;
-                    }
-                    let cur = match c.read().await? {
-                        Val::Bulk(Some(b)) => String::from_utf8_lossy(&b).parse::<f64>().unwrap_or(0.0),
-                        Val::Bulk(None) => 0.0,
-                        v => bail!("HGET: {v:?}"),
-                    };
-                    let next = format!("{}", cur + 1.25);
-                    let ev = event_json(&k, Some(&next));
-                    c.push(&[b"MULTI"]);
-                    c.push(&[b"HSET", k.as_bytes(), b"gold", next.as_bytes()]);
-                    c.push(&[b"XADD", b"bench:wl:log", b"*", b"event", ev.as_bytes()]);
-                    c.push(&[b"EXEC"]);
-                    c.flush().await?;
-                    for _ in 0..3 {
-                        let v = c.read().await?;
-                        if v.is_err() {
-                            bail!("watch loop: {v:?}");
-                        }
-                    }
-                    match c.read().await? {
-                        Val::Arr(Some(_)) => break,
-                        Val::Arr(None) => retries += 1,
-                        v => bail!("EXEC: {v:?}"),
-                    }
-                }
-                let done = Instant::now();
-                if done >= start && done <= end {
-                    lat.push(done.duration_since(t0).as_micros() as u32);
-                }
-            }
+            "multi" | "asset_rust" => pipelined_batch(&mut c, id, keys, depth, window, &mut lat).await?,
+            "watch" => retries += watch_once(&mut c, keys, depth, window, &mut lat).await?,
             _ => bail!("no Rust workload {id}"),
         }
     }
     Ok((lat, retries))
+}
+
+/// The measured part of a run: operations finishing inside it are recorded.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn record(self, lat: &mut Vec<u32>, t0: Instant) {
+        let done = Instant::now();
+        if done >= self.start && done <= self.end {
+            lat.push(done.duration_since(t0).as_micros() as u32);
+        }
+    }
+}
+
+/// `depth` MULTI/EXEC transactions (`multi`) or ASSET.INCR commands (`asset_rust`) in one write.
+async fn pipelined_batch(c: &mut Conn, id: &str, keys: u64, depth: usize, window: Window, lat: &mut Vec<u32>) -> Result<()> {
+    for _ in 0..depth {
+        let k = key(if id == "multi" { "mx:" } else { "acct:" }, fastrand::u64(..keys));
+        if id == "multi" {
+            let ev = event_json(&k, None);
+            c.push(&[b"MULTI"]);
+            c.push(&[b"HINCRBYFLOAT", k.as_bytes(), b"gold", b"1.25"]);
+            c.push(&[b"XADD", b"bench:mx:log", b"*", b"event", ev.as_bytes()]);
+            c.push(&[b"EXEC"]);
+        } else {
+            c.push(&[b"ASSET.INCR", k.as_bytes(), b"gold", b"1.25"]);
+        }
+    }
+    let t0 = Instant::now();
+    c.flush().await?;
+    for _ in 0..depth {
+        let replies = if id == "multi" { 4 } else { 1 };
+        for r in 0..replies {
+            let v = c.read().await?;
+            let bad = v.is_err() || (r == 3 && !matches!(&v, Val::Arr(Some(a)) if a.iter().all(|x| !x.is_err())));
+            if bad {
+                bail!("{id}: unexpected reply {v:?}");
+            }
+        }
+        window.record(lat, t0);
+    }
+    Ok(())
+}
+
+/// One increment by the naive optimistic loop, retried until its EXEC commits; returns the
+/// number of retries.
+async fn watch_once(c: &mut Conn, keys: u64, depth: usize, window: Window, lat: &mut Vec<u32>) -> Result<u64> {
+    let mut retries = 0u64;
+    // The naive optimistic loop. Unpipelined: WATCH, HGET, then MULTI..EXEC as one
+    // write (3 round trips, as redis-py/redis-rs transactions do). Pipelined: WATCH+HGET
+    // in one write, MULTI..EXEC in the next (2 round trips); deeper pipelining is not
+    // possible because the writes depend on the read.
+    let k = key("wk:", fastrand::u64(..keys));
+    let t0 = Instant::now();
+    loop {
+        if depth > 1 {
+            c.push(&[b"WATCH", k.as_bytes()]);
+            c.push(&[b"HGET", k.as_bytes(), b"gold"]);
+            c.flush().await?;
+            let w = c.read().await?;
+            if w.is_err() {
+                bail!("WATCH: {w:?}");
+            }
+        } else {
+            let w = c.cmd(&["WATCH", &k]).await?;
+            if w.is_err() {
+                bail!("WATCH: {w:?}");
+            }
+            c.push(&[b"HGET", k.as_bytes(), b"gold"]);
+            c.flush().await?;
+        }
+        let cur = match c.read().await? {
+            Val::Bulk(Some(b)) => String::from_utf8_lossy(&b).parse::<f64>().unwrap_or(0.0),
+            Val::Bulk(None) => 0.0,
+            v => bail!("HGET: {v:?}"),
+        };
+        let next = format!("{}", cur + 1.25);
+        let ev = event_json(&k, Some(&next));
+        c.push(&[b"MULTI"]);
+        c.push(&[b"HSET", k.as_bytes(), b"gold", next.as_bytes()]);
+        c.push(&[b"XADD", b"bench:wl:log", b"*", b"event", ev.as_bytes()]);
+        c.push(&[b"EXEC"]);
+        c.flush().await?;
+        for _ in 0..3 {
+            let v = c.read().await?;
+            if v.is_err() {
+                bail!("watch loop: {v:?}");
+            }
+        }
+        match c.read().await? {
+            Val::Arr(Some(_)) => break,
+            Val::Arr(None) => retries += 1,
+            v => bail!("EXEC: {v:?}"),
+        }
+    }
+    window.record(lat, t0);
+    Ok(retries)
 }
 
 fn pct(sorted: &[u32], p: f64) -> f64 {

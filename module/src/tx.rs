@@ -272,19 +272,16 @@ impl<'a> Tx<'a> {
 
 pub use crate::event::IntText;
 
-/// Runs a mutating command. `body` reads state, decides, queues writes and returns the reply
-/// and the event; nothing is written unless it succeeds.
-pub fn mutate(
-    ctx: &Context,
-    command: &str,
-    request: &impl Canonical,
-    common: &Common,
-    data_keys: &[&str],
-    body: impl FnOnce(&mut Tx) -> Result<(Reply, Event), CmdError>,
-) -> Result<Reply, CmdError> {
+/// What a mutating command may do after its checks: go on (with its op-id record's name
+/// and the request's fingerprint, when it has an op-id) or reply as it did the first time.
+enum Admission {
+    Go { op_rs: Option<RStr>, fingerprint: String },
+    Replay(Reply),
+}
+
+/// The ACL checks on the helper keys and the idempotency check of the op-id, if any.
+fn admit(ctx: &Context, command: &str, request: &impl Canonical, common: &Common, names: &Names, data_keys: &[&str]) -> Result<Admission, CmdError> {
     let first_key = data_keys.first().copied().unwrap_or_default();
-    let names = Names::for_key(ctx, first_key);
-    let names: &Names = &names;
     let op_key = common.op_id.as_deref().map(|id| names.op(first_key, id));
     let op_rs = op_key.as_deref().map(|k| RStr::new(k.as_bytes()));
     // Redis checks ACL key permissions only for the keys a command declares; the helper
@@ -296,16 +293,34 @@ pub fn mutate(
         (&names.seq, names.seq_rs.ptr()),
         op_key.as_deref().zip(op_rs.as_ref().map(RStr::ptr)),
     )?;
-
     // Idempotent replay: same op-id and same request returns the first reply, writes nothing.
     let mut fingerprint = String::new();
     if let Some(op_rs) = op_rs.as_ref() {
         fingerprint = event::fingerprint(command, &request.canonical());
         if let Some(done) = replay(ctx, op_rs, &fingerprint)? {
-            return Ok(done);
+            return Ok(Admission::Replay(done));
         }
         admit_op_id()?;
     }
+    Ok(Admission::Go { op_rs, fingerprint })
+}
+
+/// Runs a mutating command. `body` reads state, decides, queues writes and returns the reply
+/// and the event; nothing is written unless it succeeds.
+pub fn mutate(
+    ctx: &Context,
+    command: &str,
+    request: &impl Canonical,
+    common: &Common,
+    data_keys: &[&str],
+    body: impl FnOnce(&mut Tx) -> Result<(Reply, Event), CmdError>,
+) -> Result<Reply, CmdError> {
+    let names = Names::for_key(ctx, data_keys.first().copied().unwrap_or_default());
+    let names: &Names = &names;
+    let (op_rs, fingerprint) = match admit(ctx, command, request, common, names, data_keys)? {
+        Admission::Replay(done) => return Ok(done),
+        Admission::Go { op_rs, fingerprint } => (op_rs, fingerprint),
+    };
 
     let stream = open_stream(ctx, names)?;
 
