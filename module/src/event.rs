@@ -1,6 +1,8 @@
 //! Event encoding (docs/events.md) and the idempotency record: pure Rust, no Redis.
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize, Serializer};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::args::Common;
@@ -10,15 +12,15 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const STREAM_FIELD: &str = "event";
 
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
-pub struct KeySeq {
-    pub key: String,
+pub struct KeySeq<'a> {
+    pub key: Cow<'a, str>,
     pub seq: i64,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub key: String,
-    pub field: String,
+pub struct Change<'a> {
+    pub key: Cow<'a, str>,
+    pub field: Cow<'a, str>,
     pub delta: String,
     pub balance: String,
 }
@@ -47,17 +49,17 @@ pub struct UsageState {
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
-pub struct Event {
+pub struct Event<'a> {
     pub v: u32,
-    pub id: String,
+    pub id: EventId,
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub ts: i64,
     pub op: Option<String>,
     pub meta: Option<String>,
-    pub keys: Vec<KeySeq>,
+    pub keys: Vec<KeySeq<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub changes: Option<Vec<Change>>,
+    pub changes: Option<Vec<Change<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coupon: Option<CouponState>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,8 +72,8 @@ pub struct Event {
     pub reply: Option<Reply>,
 }
 
-impl Event {
-    pub fn new(kind: &'static str, ts: i64, common: &Common, keys: Vec<KeySeq>) -> Event {
+impl<'a> Event<'a> {
+    pub fn new(kind: &'static str, ts: i64, common: &Common, keys: Vec<KeySeq<'a>>) -> Event<'a> {
         Event {
             v: FORMAT_VERSION,
             id: new_event_id(ts),
@@ -102,7 +104,7 @@ impl Event {
         out.extend_from_slice(b"{\"v\":");
         json_int(out, i64::from(self.v));
         out.extend_from_slice(b",\"id\":");
-        json_str(out, &self.id);
+        json_str(out, self.id.as_str());
         out.extend_from_slice(b",\"type\":");
         json_str(out, self.kind);
         out.extend_from_slice(b",\"ts\":");
@@ -293,13 +295,38 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 /// The tail comes from a SplitMix64 generator seeded once per thread from the operating
 /// system's randomness (through `RandomState`), not from a `getrandom` system call per event:
 /// ids must be unique and unpredictable enough to never collide, not secret.
-pub fn new_event_id(ts_ms: i64) -> String {
+pub fn new_event_id(ts_ms: i64) -> EventId {
     let ms = u64::try_from(ts_ms).unwrap_or(0);
     let mut tail = [0u8; 10];
     let (a, b) = (next_random(), next_random());
     tail[..8].copy_from_slice(&a.to_le_bytes());
     tail[8..].copy_from_slice(&b.to_le_bytes()[..2]);
-    uuid::Builder::from_unix_timestamp_millis(ms, &tail).into_uuid().hyphenated().to_string()
+    let mut id = EventId([0u8; uuid::fmt::Hyphenated::LENGTH]);
+    uuid::Builder::from_unix_timestamp_millis(ms, &tail).into_uuid().hyphenated().encode_lower(&mut id.0);
+    id
+}
+
+/// An event id: a UUIDv7 in its hyphenated lower-case text, kept inline (no allocation).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventId([u8; uuid::fmt::Hyphenated::LENGTH]);
+
+impl EventId {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits and hyphens are written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// SplitMix64 (Steele, Lea, Flood 2014): a full-period 64-bit generator.
@@ -415,11 +442,11 @@ mod tests {
                                           op in proptest::option::of("[ -~]{1,8}"), seq in proptest::num::i64::ANY,
                                           n in proptest::num::i64::ANY, kind in 0u8..3) {
             let common = Common { op_id: op.clone(), meta: meta.clone(), id_index: None };
-            let mut e = Event::new("asset.incr", n, &common, vec![KeySeq { key: key.clone(), seq }, KeySeq { key: field.clone(), seq: n }]);
+            let mut e = Event::new("asset.incr", n, &common, vec![KeySeq { key: key.as_str().into(), seq }, KeySeq { key: field.as_str().into(), seq: n }]);
             match kind {
                 0 => e.changes = Some(vec![
-                    Change { key: key.clone(), field: field.clone(), delta: "-1.5".into(), balance: meta.clone().unwrap_or_default() },
-                    Change { key: field.clone(), field: key.clone(), delta: "\"\\".into(), balance: "0".into() },
+                    Change { key: key.as_str().into(), field: field.as_str().into(), delta: "-1.5".into(), balance: meta.clone().unwrap_or_default() },
+                    Change { key: field.as_str().into(), field: key.as_str().into(), delta: "\"\\".into(), balance: "0".into() },
                 ]),
                 1 => e.coupon = Some(CouponState { campaign: key.clone(), user: meta.clone(), issue: op.as_ref().map(|_| seq),
                     total: n, issued: seq, remaining: -n, peruser: 3, start: 0, end: i64::MIN }),
@@ -453,14 +480,14 @@ mod tests {
 
     #[test]
     fn event_ids_are_unique_within_one_millisecond() {
-        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_event_id(5)).collect();
+        let ids: std::collections::HashSet<EventId> = (0..10_000).map(|_| new_event_id(5)).collect();
         assert_eq!(ids.len(), 10_000);
     }
 
     #[test]
     fn event_ids_are_version_7_with_the_time_and_sort_by_it() {
-        let a = uuid::Uuid::parse_str(&new_event_id(1_732_272_000_123)).ok();
-        let b = uuid::Uuid::parse_str(&new_event_id(1_732_272_000_124)).ok();
+        let a = uuid::Uuid::parse_str(new_event_id(1_732_272_000_123).as_str()).ok();
+        let b = uuid::Uuid::parse_str(new_event_id(1_732_272_000_124).as_str()).ok();
         assert_eq!(a.map(|u| u.get_version_num()), Some(7));
         assert_eq!(a.map(|u| u.get_variant()), Some(uuid::Variant::RFC4122));
         let ms = a.and_then(|u| u.get_timestamp()).map(|t| t.to_unix()).map(|(s, n)| s * 1000 + u64::from(n / 1_000_000));

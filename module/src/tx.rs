@@ -307,13 +307,13 @@ fn admit(ctx: &Context, command: &str, request: &impl Canonical, common: &Common
 
 /// Runs a mutating command. `body` reads state, decides, queues writes and returns the reply
 /// and the event; nothing is written unless it succeeds.
-pub fn mutate(
+pub fn mutate<'r>(
     ctx: &Context,
     command: &str,
     request: &impl Canonical,
     common: &Common,
     data_keys: &[&str],
-    body: impl FnOnce(&mut Tx) -> Result<(Reply, Event), CmdError>,
+    body: impl FnOnce(&mut Tx) -> Result<(Reply, Event<'r>), CmdError>,
 ) -> Result<Reply, CmdError> {
     let names = Names::for_key(ctx, data_keys.first().copied().unwrap_or_default());
     let names: &Names = &names;

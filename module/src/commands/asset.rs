@@ -42,11 +42,11 @@ pub fn incr(ctx: &Context, raw: &[&[u8]]) -> Result {
             let next = logic::apply_delta(balance_rs(tx, &req.key, field, &name)?, *delta, req.floor, req.ceil)?;
             let text = next.to_string();
             tx.set_named(&req.key, FieldName::Owned(name), Some(text.as_bytes()));
-            changes.push(Change { key: req.key.clone(), field: field.clone(), delta: delta.to_string(), balance: text.clone() });
+            changes.push(Change { key: req.key.as_str().into(), field: field.as_str().into(), delta: delta.to_string(), balance: text.clone() });
             items.push(Item::Str(text));
         }
         let seq = tx.next_seq(&req.key)?;
-        let mut event = Event::new("asset.incr", tx.now_ms, &req.common, vec![KeySeq { key: req.key.clone(), seq }]);
+        let mut event = Event::new("asset.incr", tx.now_ms, &req.common, vec![KeySeq { key: req.key.as_str().into(), seq }]);
         event.changes = Some(changes);
         Ok((Reply::Array(items), event))
     })?;
@@ -68,11 +68,11 @@ pub fn transfer(ctx: &Context, raw: &[&[u8]]) -> Result {
         tx.set(&req.to, req.field.as_bytes(), Some(to_text.as_bytes()));
         let from_seq = tx.next_seq(&req.from)?;
         let to_seq = tx.next_seq(&req.to)?;
-        let keys = vec![KeySeq { key: req.from.clone(), seq: from_seq }, KeySeq { key: req.to.clone(), seq: to_seq }];
+        let keys = vec![KeySeq { key: req.from.as_str().into(), seq: from_seq }, KeySeq { key: req.to.as_str().into(), seq: to_seq }];
         let mut event = Event::new("asset.transfer", tx.now_ms, &req.common, keys);
         event.changes = Some(vec![
-            Change { key: req.from.clone(), field: req.field.clone(), delta: out.to_string(), balance: from_text.clone() },
-            Change { key: req.to.clone(), field: req.field.clone(), delta: req.amount.to_string(), balance: to_text.clone() },
+            Change { key: req.from.as_str().into(), field: req.field.as_str().into(), delta: out.to_string(), balance: from_text.clone() },
+            Change { key: req.to.as_str().into(), field: req.field.as_str().into(), delta: req.amount.to_string(), balance: to_text.clone() },
         ]);
         Ok((Reply::Array(vec![Item::Str(from_text), Item::Str(to_text)]), event))
     })?;

@@ -113,9 +113,9 @@ fn store(tx: &mut Tx, key: &str, old: Option<&Loaded>, c: &Campaign) {
     }
 }
 
-fn event(tx: &mut Tx, kind: &'static str, common: &Common, coupon: CouponState) -> std::result::Result<Event, CmdError> {
+fn event(tx: &mut Tx, kind: &'static str, common: &Common, coupon: CouponState) -> std::result::Result<Event<'static>, CmdError> {
     let seq = tx.next_seq(&coupon.campaign)?;
-    let mut e = Event::new(kind, tx.now_ms, common, vec![KeySeq { key: coupon.campaign.clone(), seq }]);
+    let mut e = Event::new(kind, tx.now_ms, common, vec![KeySeq { key: coupon.campaign.clone().into(), seq }]);
     e.coupon = Some(coupon);
     Ok(e)
 }

@@ -62,7 +62,7 @@ fn load(_ctx: &Context, key: &Key) -> std::result::Result<Option<(Usage, Stored)
 /// Queues the counter's fields (all for a new counter, otherwise those whose stored text
 /// differs) and builds the event.
 fn store_and_event(tx: &mut Tx, key: &str, kind: &'static str, u: &Usage, old: Option<&Stored>, amount: Option<String>,
-    common: &args::Common) -> std::result::Result<Event, CmdError> {
+    common: &args::Common) -> std::result::Result<Event<'static>, CmdError> {
     let (limit, used) = (u.limit.to_string(), u.used.to_string());
     let changed = |new: &str, stored: Option<&RStr>| stored.map_or(true, |s| s.bytes() != Some(new.as_bytes()));
     let names = field_names();
@@ -82,7 +82,7 @@ fn store_and_event(tx: &mut Tx, key: &str, kind: &'static str, u: &Usage, old: O
         tx.set_named(key, FieldName::Static(&names[3]), Some(used.as_bytes()));
     }
     let seq = tx.next_seq(key)?;
-    let mut e = Event::new(kind, tx.now_ms, common, vec![KeySeq { key: key.to_string(), seq }]);
+    let mut e = Event::new(kind, tx.now_ms, common, vec![KeySeq { key: key.to_string().into(), seq }]);
     e.usage = Some(UsageState {
         key: key.to_string(),
         amount,
