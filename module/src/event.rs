@@ -211,7 +211,7 @@ fn write_usage(out: &mut Vec<u8>, u: &UsageState) {
 }
 
 fn json_int(out: &mut Vec<u8>, v: i64) {
-    out.extend_from_slice(IntText::new(v).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Decimal text of an integer in a stack buffer.
@@ -223,21 +223,13 @@ pub struct IntText {
 impl IntText {
     pub fn new(v: i64) -> IntText {
         let mut buf = [0u8; 20];
-        let mut i = buf.len();
-        let mut n = v.unsigned_abs();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        if v < 0 {
-            i -= 1;
-            buf[i] = b'-';
-        }
-        IntText { buf, start: i }
+        let mut digits = itoa::Buffer::new();
+        let text = digits.format(v).as_bytes();
+        // An i64 has at most 19 digits and a sign.
+        let len = text.len().min(buf.len());
+        let start = buf.len() - len;
+        buf[start..].copy_from_slice(&text[text.len() - len..]);
+        IntText { buf, start }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -468,6 +460,21 @@ mod tests {
                 buf.extend_from_slice(part);
             }
             proptest::prop_assert_eq!(fingerprint("X", &a), format!("{:032x}", xxh3_128(&buf)));
+        }
+    }
+
+    #[test]
+    fn int_text_is_the_decimal_text() {
+        for v in [0, 1, -1, 9, 10, -10, 1_732_272_000_123, i64::MAX, i64::MIN, i64::MIN + 1] {
+            assert_eq!(IntText::new(v).as_bytes(), v.to_string().as_bytes(), "{v}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn int_text_matches_to_string(v in proptest::num::i64::ANY) {
+            let (text, want) = (IntText::new(v), v.to_string());
+            proptest::prop_assert_eq!(text.as_bytes(), want.as_bytes());
         }
     }
 
