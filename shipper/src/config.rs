@@ -290,8 +290,9 @@ pub struct BatchOpts {
     /// How long to keep filling a batch after its first entry.
     #[arg(long, env = "TALLY_BATCH_WAIT_MS", default_value_t = 50)]
     pub batch_wait_ms: u64,
-    /// Kafka path (forward): maximum batches being produced at once, across streams; each
-    /// is acknowledged in the stream as soon as all its delivery reports are in.
+    /// Kafka path (forward): maximum batches in flight (read, produced or being acknowledged),
+    /// across streams; their messages enter the producer one batch at a time, and each is
+    /// acknowledged in the stream as soon as all its delivery reports are in.
     #[arg(long, env = "TALLY_MAX_IN_FLIGHT", default_value_t = 4)]
     pub max_in_flight: usize,
     /// Direct path: Postgres writers, each owning a partition of the keys (hash of the
