@@ -309,7 +309,7 @@ else:
         w("effects as plain commands (so that replicas and the AOF hold exactly the primary's data, stream")
         w("ids included, without the module), calls `RedisModule_Replicate` at least twice (one HSET, one")
         w("XADD). Each call looks the command up by name and builds an argument vector even when no")
-        w("replica or AOF exists, where a native command's propagation costs nothing. The module also")
+        w("replica or AOF exists, where a native command's propagation returns at once. The module also")
         w("makes its ACL checks (on Redis 7.0, where commands cannot carry ACL categories, the core")
         w("commands it performs). The event's JSON, the per-key seq and the UUIDv7 come on top and are")
         w("left out, so this bound is below the real minimum:")
