@@ -10,8 +10,12 @@ TALLY_HOME="${TALLY_HOME:-$ROOT/.tally}"
 REDIS_PORT="${TALLY_REDIS_PORT:-6390}"
 PG_PORT="${TALLY_PG_PORT:-5440}"
 KAFKA_PORT="${TALLY_KAFKA_PORT:-9093}"
-# PostgreSQL runs as the postgres user, which may not be able to enter $ROOT (e.g. /root).
-PG_HOME="${TALLY_PG_HOME:-/var/tmp/tally-demo-pg}"
+# PostgreSQL runs as the postgres user, which may not be able to enter $ROOT (e.g. /root), so
+# its data lives under /var/tmp: one directory per $TALLY_HOME, so that a stack's Redis (in
+# $TALLY_HOME), broker and Postgres start, keep their data and stop together. (One directory
+# shared by every checkout gave a fresh clone an empty Redis beside the history of another
+# checkout's keys, which reconcile rightly reported as a mismatch.)
+PG_HOME="${TALLY_PG_HOME:-/var/tmp/tally-demo-pg-$(printf '%s' "$TALLY_HOME" | cksum | cut -d' ' -f1)}"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 BIN="$ROOT/target/release"
 export PATH="$HOME/.cargo/bin:$PATH"
