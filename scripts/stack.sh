@@ -11,11 +11,21 @@ REDIS_PORT="${TALLY_REDIS_PORT:-6390}"
 PG_PORT="${TALLY_PG_PORT:-5440}"
 KAFKA_PORT="${TALLY_KAFKA_PORT:-9093}"
 # PostgreSQL runs as the postgres user, which may not be able to enter $ROOT (e.g. /root), so
-# its data lives under /var/tmp: one directory per $TALLY_HOME, so that a stack's Redis (in
-# $TALLY_HOME), broker and Postgres start, keep their data and stop together. (One directory
-# shared by every checkout gave a fresh clone an empty Redis beside the history of another
-# checkout's keys, which reconcile rightly reported as a mismatch.)
-PG_HOME="${TALLY_PG_HOME:-/var/tmp/tally-demo-pg-$(printf '%s' "$TALLY_HOME" | cksum | cut -d' ' -f1)}"
+# its data lives under /var/tmp, in a directory made for this stack on its first start and
+# recorded in $TALLY_HOME/pg_home: a stack's Redis (in $TALLY_HOME), broker and Postgres start,
+# keep their data and stop together, and a fresh checkout (no $TALLY_HOME yet) gets a fresh
+# Postgres. (One directory shared by every checkout gave a fresh clone an empty Redis beside
+# another checkout's history, which reconcile rightly reported as a mismatch.)
+PG_HOME_FILE="$TALLY_HOME/pg_home"
+if [ -n "${TALLY_PG_HOME:-}" ]; then
+  PG_HOME="$TALLY_PG_HOME"
+elif [ -s "$PG_HOME_FILE" ]; then
+  PG_HOME="$(cat "$PG_HOME_FILE")"
+elif [ -d "$TALLY_HOME" ] && [ -f /var/tmp/tally-demo-pg/data/PG_VERSION ]; then
+  PG_HOME=/var/tmp/tally-demo-pg # a stack started before pg_home was recorded (kept as it was)
+else
+  PG_HOME="" # made by start_postgres
+fi
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 BIN="$ROOT/target/release"
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -216,6 +226,13 @@ stop_cluster_node() { # port
 pg() { runuser -u postgres -- "$@"; }
 
 start_postgres() {
+  if [ -z "$PG_HOME" ]; then
+    PG_HOME="$(mktemp -d /var/tmp/tally-demo-pg.XXXXXX)"
+  fi
+  if [ -z "${TALLY_PG_HOME:-}" ] && [ ! -s "$PG_HOME_FILE" ]; then
+    mkdir -p "$TALLY_HOME"
+    printf '%s\n' "$PG_HOME" >"$PG_HOME_FILE"
+  fi
   mkdir -p "$PG_HOME"
   chown postgres:postgres "$PG_HOME"
   if [ ! -f "$PG_HOME/data/PG_VERSION" ]; then

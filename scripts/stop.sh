@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stops what scripts/demo.sh (and demo.sh --cluster) started: shippers, broker, redis-server,
-# the cluster's six nodes, PostgreSQL. Data is kept in .tally/ and in this checkout's
-# /var/tmp/tally-demo-pg-<checksum of the .tally path> (see PG_HOME in stack.sh).
+# the cluster's six nodes, PostgreSQL. Data is kept in .tally/ and in this stack's Postgres
+# directory under /var/tmp, named in .tally/pg_home (see PG_HOME in stack.sh).
 set -euo pipefail
 source "$(dirname "$0")/stack.sh"
 stop_all
