@@ -38,13 +38,18 @@ struct Cfg {
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 impl Cfg {
     fn from_env() -> Result<Cfg> {
         Ok(Cfg {
-            port: std::env::var("BENCH_PORT").context("BENCH_PORT is not set")?.parse()?,
+            port: std::env::var("BENCH_PORT")
+                .context("BENCH_PORT is not set")?
+                .parse()?,
             clients: env_or("BENCH_CLIENTS", 50),
             pipeline: env_or("BENCH_PIPELINE", 16),
             keys: env_or("BENCH_KEYS", 10_000),
@@ -56,7 +61,10 @@ impl Cfg {
             mem_accounts: env_or("BENCH_MEM_ACCOUNTS", 100_000),
             out: std::env::var("BENCH_OUT").unwrap_or_else(|_| "bench-results.json".into()),
             profile_ops: env_or("BENCH_PROFILE_OPS", 5_000),
-            only: std::env::var("BENCH_ONLY").ok().filter(|s| !s.is_empty()).map(|s| s.split(',').map(str::to_string).collect()),
+            only: std::env::var("BENCH_ONLY")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(|s| s.split(',').map(str::to_string).collect()),
         })
     }
 }
@@ -108,7 +116,12 @@ impl Conn {
         let s = TcpStream::connect(("127.0.0.1", port)).await?;
         s.set_nodelay(true)?;
         let (r, w) = s.into_split();
-        Ok(Conn { r: BufReader::with_capacity(64 * 1024, r), w, out: Vec::with_capacity(64 * 1024), line: Vec::new() })
+        Ok(Conn {
+            r: BufReader::with_capacity(64 * 1024, r),
+            w,
+            out: Vec::with_capacity(64 * 1024),
+            line: Vec::new(),
+        })
     }
 
     fn push(&mut self, args: &[&[u8]]) {
@@ -271,7 +284,14 @@ redis.call('XADD', KEYS[2], '*', 'event', '{"v":1,"type":"usage.consume","ts":' 
 return {now, tostring(limit - tonumber(now))}
 "#;
 
-const STREAMS: [&str; 6] = ["tally:log", "bench:lua:log", "bench:mx:log", "bench:wl:log", "bench:lc:log", "bench:lu:log"];
+const STREAMS: [&str; 6] = [
+    "tally:log",
+    "bench:lua:log",
+    "bench:mx:log",
+    "bench:wl:log",
+    "bench:lc:log",
+    "bench:lu:log",
+];
 const LIMIT: &str = "1000000000000000";
 
 fn key(prefix: &str, n: u64) -> String {
@@ -311,17 +331,83 @@ struct Workload {
 }
 
 const WORKLOADS: &[Workload] = &[
-    Workload { id: "ping", label: "PING (ceiling)", group: "ceiling", tool: Tool::RedisBenchmark, stat: "ping" },
-    Workload { id: "asset", label: "ASSET.INCR (+event)", group: "asset", tool: Tool::RedisBenchmark, stat: "asset.incr" },
-    Workload { id: "hincrbyfloat", label: "HINCRBYFLOAT alone", group: "asset", tool: Tool::RedisBenchmark, stat: "hincrbyfloat" },
-    Workload { id: "lua_asset", label: "Lua HINCRBYFLOAT+XADD", group: "asset", tool: Tool::RedisBenchmark, stat: "evalsha" },
-    Workload { id: "multi", label: "MULTI/EXEC HINCRBYFLOAT+XADD", group: "asset", tool: Tool::Rust, stat: "exec" },
-    Workload { id: "watch", label: "WATCH/HGET/MULTI HSET+XADD loop", group: "asset", tool: Tool::Rust, stat: "exec" },
-    Workload { id: "asset_rust", label: "ASSET.INCR (Rust client, calibration)", group: "asset", tool: Tool::Rust, stat: "asset.incr" },
-    Workload { id: "coupon", label: "COUPON.CLAIM", group: "coupon", tool: Tool::RedisBenchmark, stat: "coupon.claim" },
-    Workload { id: "lua_coupon", label: "Lua coupon claim+XADD", group: "coupon", tool: Tool::RedisBenchmark, stat: "evalsha" },
-    Workload { id: "usage", label: "USAGE.CONSUME", group: "usage", tool: Tool::RedisBenchmark, stat: "usage.consume" },
-    Workload { id: "lua_usage", label: "Lua usage check+incr+XADD", group: "usage", tool: Tool::RedisBenchmark, stat: "evalsha" },
+    Workload {
+        id: "ping",
+        label: "PING (ceiling)",
+        group: "ceiling",
+        tool: Tool::RedisBenchmark,
+        stat: "ping",
+    },
+    Workload {
+        id: "asset",
+        label: "ASSET.INCR (+event)",
+        group: "asset",
+        tool: Tool::RedisBenchmark,
+        stat: "asset.incr",
+    },
+    Workload {
+        id: "hincrbyfloat",
+        label: "HINCRBYFLOAT alone",
+        group: "asset",
+        tool: Tool::RedisBenchmark,
+        stat: "hincrbyfloat",
+    },
+    Workload {
+        id: "lua_asset",
+        label: "Lua HINCRBYFLOAT+XADD",
+        group: "asset",
+        tool: Tool::RedisBenchmark,
+        stat: "evalsha",
+    },
+    Workload {
+        id: "multi",
+        label: "MULTI/EXEC HINCRBYFLOAT+XADD",
+        group: "asset",
+        tool: Tool::Rust,
+        stat: "exec",
+    },
+    Workload {
+        id: "watch",
+        label: "WATCH/HGET/MULTI HSET+XADD loop",
+        group: "asset",
+        tool: Tool::Rust,
+        stat: "exec",
+    },
+    Workload {
+        id: "asset_rust",
+        label: "ASSET.INCR (Rust client, calibration)",
+        group: "asset",
+        tool: Tool::Rust,
+        stat: "asset.incr",
+    },
+    Workload {
+        id: "coupon",
+        label: "COUPON.CLAIM",
+        group: "coupon",
+        tool: Tool::RedisBenchmark,
+        stat: "coupon.claim",
+    },
+    Workload {
+        id: "lua_coupon",
+        label: "Lua coupon claim+XADD",
+        group: "coupon",
+        tool: Tool::RedisBenchmark,
+        stat: "evalsha",
+    },
+    Workload {
+        id: "usage",
+        label: "USAGE.CONSUME",
+        group: "usage",
+        tool: Tool::RedisBenchmark,
+        stat: "usage.consume",
+    },
+    Workload {
+        id: "lua_usage",
+        label: "Lua usage check+incr+XADD",
+        group: "usage",
+        tool: Tool::RedisBenchmark,
+        stat: "evalsha",
+    },
 ];
 
 /// Creates what a workload needs (after FLUSHALL) and returns the redis-benchmark command
@@ -333,25 +419,97 @@ async fn setup(c: &mut Conn, cfg: &Cfg, id: &str) -> Result<(Vec<String>, u64)> 
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     Ok(match id {
         "ping" => (s(&["PING"]), keys),
-        "asset" => (s(&["ASSET.INCR", "acct:__rand_int__", "gold", "1.25"]), keys),
-        "hincrbyfloat" => (s(&["HINCRBYFLOAT", "hf:__rand_int__", "gold", "1.25"]), keys),
-        "lua_asset" => (s(&["EVALSHA", &shas.asset, "2", "la:__rand_int__", "bench:lua:log", "gold", "1.25"]), keys),
+        "asset" => (
+            s(&["ASSET.INCR", "acct:__rand_int__", "gold", "1.25"]),
+            keys,
+        ),
+        "hincrbyfloat" => (
+            s(&["HINCRBYFLOAT", "hf:__rand_int__", "gold", "1.25"]),
+            keys,
+        ),
+        "lua_asset" => (
+            s(&[
+                "EVALSHA",
+                &shas.asset,
+                "2",
+                "la:__rand_int__",
+                "bench:lua:log",
+                "gold",
+                "1.25",
+            ]),
+            keys,
+        ),
         "coupon" => {
-            c.ok(&["COUPON.CREATE", "camp", "1000000000", "PERUSER", "1000"]).await?;
+            c.ok(&["COUPON.CREATE", "camp", "1000000000", "PERUSER", "1000"])
+                .await?;
             (s(&["COUPON.CLAIM", "camp", "user:__rand_int__"]), cfg.users)
         }
         "lua_coupon" => {
-            c.ok(&["HSET", "lcamp", "kind", "coupon", "total", "1000000000", "issued", "0", "last_issue", "0", "peruser", "1000", "start", "0", "end", "0"]).await?;
-            (s(&["EVALSHA", &shas.coupon, "2", "lcamp", "bench:lc:log", "user:__rand_int__"]), cfg.users)
+            c.ok(&[
+                "HSET",
+                "lcamp",
+                "kind",
+                "coupon",
+                "total",
+                "1000000000",
+                "issued",
+                "0",
+                "last_issue",
+                "0",
+                "peruser",
+                "1000",
+                "start",
+                "0",
+                "end",
+                "0",
+            ])
+            .await?;
+            (
+                s(&[
+                    "EVALSHA",
+                    &shas.coupon,
+                    "2",
+                    "lcamp",
+                    "bench:lc:log",
+                    "user:__rand_int__",
+                ]),
+                cfg.users,
+            )
         }
         "usage" => {
-            c.bulk((0..keys).map(|i| vec!["USAGE.LIMIT".into(), key("use:", i), LIMIT.into()])).await?;
+            c.bulk((0..keys).map(|i| vec!["USAGE.LIMIT".into(), key("use:", i), LIMIT.into()]))
+                .await?;
             (s(&["USAGE.CONSUME", "use:__rand_int__", "1"]), keys)
         }
         "lua_usage" => {
-            c.bulk((0..keys).map(|i| vec!["HSET".into(), key("lu:", i), "kind".into(), "usage".into(), "limit".into(), LIMIT.into(), "used".into(), "0".into(), "period".into(), "none".into(), "period_id".into(), "all".into()]))
-                .await?;
-            (s(&["EVALSHA", &shas.usage, "2", "lu:__rand_int__", "bench:lu:log", "1"]), keys)
+            c.bulk((0..keys).map(|i| {
+                vec![
+                    "HSET".into(),
+                    key("lu:", i),
+                    "kind".into(),
+                    "usage".into(),
+                    "limit".into(),
+                    LIMIT.into(),
+                    "used".into(),
+                    "0".into(),
+                    "period".into(),
+                    "none".into(),
+                    "period_id".into(),
+                    "all".into(),
+                ]
+            }))
+            .await?;
+            (
+                s(&[
+                    "EVALSHA",
+                    &shas.usage,
+                    "2",
+                    "lu:__rand_int__",
+                    "bench:lu:log",
+                    "1",
+                ]),
+                keys,
+            )
         }
         _ => (Vec::new(), keys),
     })
@@ -374,35 +532,80 @@ struct RunStats {
     retries: u64,
 }
 
-fn run_redis_benchmark(cfg: &Cfg, cmd: &[String], range: u64, pipeline: usize, n: u64) -> Result<RunStats> {
+fn run_redis_benchmark(
+    cfg: &Cfg,
+    cmd: &[String],
+    range: u64,
+    pipeline: usize,
+    n: u64,
+) -> Result<RunStats> {
     let mut args: Vec<String> = vec![
-        "-h".into(), "127.0.0.1".into(), "-p".into(), cfg.port.to_string(),
-        "-c".into(), cfg.clients.to_string(), "-n".into(), n.to_string(),
-        "-r".into(), range.to_string(), "-P".into(), pipeline.to_string(), "--csv".into(),
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        cfg.port.to_string(),
+        "-c".into(),
+        cfg.clients.to_string(),
+        "-n".into(),
+        n.to_string(),
+        "-r".into(),
+        range.to_string(),
+        "-P".into(),
+        pipeline.to_string(),
+        "--csv".into(),
     ];
     args.extend(cmd.iter().cloned());
     let t0 = Instant::now();
-    let out = Command::new("redis-benchmark").args(&args).output().context("running redis-benchmark")?;
+    let out = Command::new("redis-benchmark")
+        .args(&args)
+        .output()
+        .context("running redis-benchmark")?;
     let secs = t0.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("redis-benchmark failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "redis-benchmark failed: {}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let line = stdout.lines().filter(|l| !l.trim().is_empty()).last().ok_or_else(|| anyhow!("no CSV output"))?;
-    let f: Vec<String> = line.split("\",\"").map(|x| x.trim_matches('"').to_string()).collect();
+    let line = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .last()
+        .ok_or_else(|| anyhow!("no CSV output"))?;
+    let f: Vec<String> = line
+        .split("\",\"")
+        .map(|x| x.trim_matches('"').to_string())
+        .collect();
     if f.len() < 8 {
         bail!("unexpected redis-benchmark CSV line: {line}");
     }
-    let num = |i: usize| -> Result<f64> { f[i].parse::<f64>().with_context(|| format!("CSV field {i} in {line}")) };
-    Ok(RunStats { ops: num(1)?, p50_ms: num(4)?, p99_ms: num(6)?, requests: n, seconds: secs, retries: 0 })
+    let num = |i: usize| -> Result<f64> {
+        f[i].parse::<f64>()
+            .with_context(|| format!("CSV field {i} in {line}"))
+    };
+    Ok(RunStats {
+        ops: num(1)?,
+        p50_ms: num(4)?,
+        p99_ms: num(6)?,
+        requests: n,
+        seconds: secs,
+        retries: 0,
+    })
 }
 
 // ---------------------------------------------------------------- the Rust load generator
 
 fn event_json(key: &str, balance: Option<&str>) -> String {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    let bal = balance.map(|b| format!("\"{b}\"")).unwrap_or_else(|| "null".into());
+    let bal = balance
+        .map(|b| format!("\"{b}\""))
+        .unwrap_or_else(|| "null".into());
     format!(
         r#"{{"v":1,"id":"{id}","type":"asset.incr","ts":{ms},"op":null,"meta":null,"keys":[{{"key":"{key}","seq":0}}],"changes":[{{"key":"{key}","field":"gold","delta":"1.25","balance":{bal}}}]}}"#
     )
@@ -410,14 +613,23 @@ fn event_json(key: &str, balance: Option<&str>) -> String {
 
 /// One client: runs `id` until `end`, recording latencies (µs) of operations that finish
 /// inside [`start`, `end`].
-async fn client(port: u16, id: &'static str, keys: u64, depth: usize, start: Instant, end: Instant) -> Result<(Vec<u32>, u64)> {
+async fn client(
+    port: u16,
+    id: &'static str,
+    keys: u64,
+    depth: usize,
+    start: Instant,
+    end: Instant,
+) -> Result<(Vec<u32>, u64)> {
     let mut c = Conn::connect(port).await?;
     let mut lat = Vec::with_capacity(1 << 16);
     let mut retries = 0u64;
     let window = Window { start, end };
     while Instant::now() < end {
         match id {
-            "multi" | "asset_rust" => pipelined_batch(&mut c, id, keys, depth, window, &mut lat).await?,
+            "multi" | "asset_rust" => {
+                pipelined_batch(&mut c, id, keys, depth, window, &mut lat).await?
+            }
             "watch" => retries += watch_once(&mut c, keys, depth, window, &mut lat).await?,
             _ => bail!("no Rust workload {id}"),
         }
@@ -442,9 +654,19 @@ impl Window {
 }
 
 /// `depth` MULTI/EXEC transactions (`multi`) or ASSET.INCR commands (`asset_rust`) in one write.
-async fn pipelined_batch(c: &mut Conn, id: &str, keys: u64, depth: usize, window: Window, lat: &mut Vec<u32>) -> Result<()> {
+async fn pipelined_batch(
+    c: &mut Conn,
+    id: &str,
+    keys: u64,
+    depth: usize,
+    window: Window,
+    lat: &mut Vec<u32>,
+) -> Result<()> {
     for _ in 0..depth {
-        let k = key(if id == "multi" { "mx:" } else { "acct:" }, fastrand::u64(..keys));
+        let k = key(
+            if id == "multi" { "mx:" } else { "acct:" },
+            fastrand::u64(..keys),
+        );
         if id == "multi" {
             let ev = event_json(&k, None);
             c.push(&[b"MULTI"]);
@@ -461,7 +683,8 @@ async fn pipelined_batch(c: &mut Conn, id: &str, keys: u64, depth: usize, window
         let replies = if id == "multi" { 4 } else { 1 };
         for r in 0..replies {
             let v = c.read().await?;
-            let bad = v.is_err() || (r == 3 && !matches!(&v, Val::Arr(Some(a)) if a.iter().all(|x| !x.is_err())));
+            let bad = v.is_err()
+                || (r == 3 && !matches!(&v, Val::Arr(Some(a)) if a.iter().all(|x| !x.is_err())));
             if bad {
                 bail!("{id}: unexpected reply {v:?}");
             }
@@ -473,7 +696,13 @@ async fn pipelined_batch(c: &mut Conn, id: &str, keys: u64, depth: usize, window
 
 /// One increment by the naive optimistic loop, retried until its EXEC commits; returns the
 /// number of retries.
-async fn watch_once(c: &mut Conn, keys: u64, depth: usize, window: Window, lat: &mut Vec<u32>) -> Result<u64> {
+async fn watch_once(
+    c: &mut Conn,
+    keys: u64,
+    depth: usize,
+    window: Window,
+    lat: &mut Vec<u32>,
+) -> Result<u64> {
     let mut retries = 0u64;
     // The naive optimistic loop. Unpipelined: WATCH, HGET, then MULTI..EXEC as one
     // write (3 round trips, as redis-py/redis-rs transactions do). Pipelined: WATCH+HGET
@@ -541,7 +770,9 @@ async fn run_rust(cfg: &Cfg, id: &'static str, depth: usize, seconds: f64) -> Re
     let end = start + Duration::from_secs_f64(seconds);
     let mut handles = Vec::new();
     for _ in 0..cfg.clients {
-        handles.push(tokio::task::spawn_local(client(cfg.port, id, cfg.keys, depth, start, end)));
+        handles.push(tokio::task::spawn_local(client(
+            cfg.port, id, cfg.keys, depth, start, end,
+        )));
     }
     let mut all = Vec::new();
     let mut retries = 0;
@@ -599,7 +830,8 @@ async fn suite(cfg: Cfg) -> Result<()> {
                     // A short probe (also the warm-up) sizes the measured run to ~BENCH_SECONDS.
                     let probe = run_redis_benchmark(&cfg, &cmd, range, depth, cfg.probe_requests)?;
                     trim_streams(&mut c).await?;
-                    let n = ((probe.ops * cfg.seconds) as u64).clamp(cfg.min_requests, cfg.max_requests);
+                    let n = ((probe.ops * cfg.seconds) as u64)
+                        .clamp(cfg.min_requests, cfg.max_requests);
                     c.ok(&["CONFIG", "RESETSTAT"]).await?;
                     run_redis_benchmark(&cfg, &cmd, range, depth, n)?
                 }
@@ -666,13 +898,29 @@ async fn memory_test(c: &mut Conn, cfg: &Cfg) -> Result<Value> {
     // Bare hashes first, as the reference.
     c.ok(&["FLUSHALL"]).await?;
     let m0 = used_memory(c).await?;
-    c.bulk((0..n).map(|i| vec!["HINCRBYFLOAT".into(), key("mh:", i), "gold".into(), "1.25".into()])).await?;
+    c.bulk((0..n).map(|i| {
+        vec![
+            "HINCRBYFLOAT".into(),
+            key("mh:", i),
+            "gold".into(),
+            "1.25".into(),
+        ]
+    }))
+    .await?;
     let m1 = used_memory(c).await?;
     let bare_per_account = (m1 - m0) as f64 / n as f64;
 
     c.ok(&["FLUSHALL"]).await?;
     let a0 = used_memory(c).await?;
-    c.bulk((0..n).map(|i| vec!["ASSET.INCR".into(), key("ma:", i), "gold".into(), "1.25".into()])).await?;
+    c.bulk((0..n).map(|i| {
+        vec![
+            "ASSET.INCR".into(),
+            key("ma:", i),
+            "gold".into(),
+            "1.25".into(),
+        ]
+    }))
+    .await?;
     let a1 = used_memory(c).await?;
     let xlen = match c.cmd(&["XLEN", "tally:log"]).await? {
         Val::Int(x) => x,
@@ -740,23 +988,67 @@ async fn profile(cfg: Cfg, id: &str) -> Result<()> {
 /// The commands of one profiled operation on key number `k` (user `u` for the coupon rows).
 fn profile_op(id: &str, shas: &Shas, k: u64, u: u64) -> Result<Vec<Vec<String>>> {
     let v: Vec<String> = match id {
-        "asset" => vec!["ASSET.INCR".into(), key("acct:", k), "gold".into(), "1.25".into()],
-        "hincrbyfloat" => vec!["HINCRBYFLOAT".into(), key("hf:", k), "gold".into(), "1.25".into()],
-        "lua_asset" => vec!["EVALSHA".into(), shas.asset.clone(), "2".into(), key("la:", k), "bench:lua:log".into(), "gold".into(), "1.25".into()],
+        "asset" => vec![
+            "ASSET.INCR".into(),
+            key("acct:", k),
+            "gold".into(),
+            "1.25".into(),
+        ],
+        "hincrbyfloat" => vec![
+            "HINCRBYFLOAT".into(),
+            key("hf:", k),
+            "gold".into(),
+            "1.25".into(),
+        ],
+        "lua_asset" => vec![
+            "EVALSHA".into(),
+            shas.asset.clone(),
+            "2".into(),
+            key("la:", k),
+            "bench:lua:log".into(),
+            "gold".into(),
+            "1.25".into(),
+        ],
         "coupon" => vec!["COUPON.CLAIM".into(), "camp".into(), key("user:", u)],
-        "lua_coupon" => vec!["EVALSHA".into(), shas.coupon.clone(), "2".into(), "lcamp".into(), "bench:lc:log".into(), key("user:", u)],
+        "lua_coupon" => vec![
+            "EVALSHA".into(),
+            shas.coupon.clone(),
+            "2".into(),
+            "lcamp".into(),
+            "bench:lc:log".into(),
+            key("user:", u),
+        ],
         "usage" => vec!["USAGE.CONSUME".into(), key("use:", k), "1".into()],
-        "lua_usage" => vec!["EVALSHA".into(), shas.usage.clone(), "2".into(), key("lu:", k), "bench:lu:log".into(), "1".into()],
+        "lua_usage" => vec![
+            "EVALSHA".into(),
+            shas.usage.clone(),
+            "2".into(),
+            key("lu:", k),
+            "bench:lu:log".into(),
+            "1".into(),
+        ],
         "ping" => vec!["PING".into()],
         // The append ASSET.INCR makes, alone: one stream, an event-sized JSON in field `event`.
-        "xadd" => vec!["XADD".into(), "bench:xa:log".into(), "*".into(), "event".into(), event_json(&key("xa:", k), None)],
+        "xadd" => vec![
+            "XADD".into(),
+            "bench:xa:log".into(),
+            "*".into(),
+            "event".into(),
+            event_json(&key("xa:", k), None),
+        ],
         "multi" => {
             let k = key("mx:", k);
             let ev = event_json(&k, None);
             return Ok(vec![
                 vec!["MULTI".into()],
                 vec!["HINCRBYFLOAT".into(), k, "gold".into(), "1.25".into()],
-                vec!["XADD".into(), "bench:mx:log".into(), "*".into(), "event".into(), ev],
+                vec![
+                    "XADD".into(),
+                    "bench:mx:log".into(),
+                    "*".into(),
+                    "event".into(),
+                    ev,
+                ],
                 vec!["EXEC".into()],
             ]);
         }
@@ -771,21 +1063,84 @@ async fn profile_setup(cfg: Cfg) -> Result<()> {
     load_scripts(&mut c).await?;
     let small = Cfg { keys: 1000, ..cfg };
     setup(&mut c, &small, "coupon").await?; // FLUSHALL + campaign
-    c.ok(&["HSET", "lcamp", "kind", "coupon", "total", "1000000000", "issued", "0", "last_issue", "0", "peruser", "1000", "start", "0", "end", "0"]).await?;
-    c.bulk((0..1000).map(|i| vec!["USAGE.LIMIT".into(), key("use:", i), LIMIT.into()])).await?;
-    c.bulk((0..1000).map(|i| vec!["HSET".into(), key("lu:", i), "limit".into(), LIMIT.into(), "used".into(), "0".into()])).await?;
+    c.ok(&[
+        "HSET",
+        "lcamp",
+        "kind",
+        "coupon",
+        "total",
+        "1000000000",
+        "issued",
+        "0",
+        "last_issue",
+        "0",
+        "peruser",
+        "1000",
+        "start",
+        "0",
+        "end",
+        "0",
+    ])
+    .await?;
+    c.bulk((0..1000).map(|i| vec!["USAGE.LIMIT".into(), key("use:", i), LIMIT.into()]))
+        .await?;
+    c.bulk((0..1000).map(|i| {
+        vec![
+            "HSET".into(),
+            key("lu:", i),
+            "limit".into(),
+            LIMIT.into(),
+            "used".into(),
+            "0".into(),
+        ]
+    }))
+    .await?;
     // Touch every asset key once so the profiled phase measures updates, not creations.
-    c.bulk((0..1000).map(|i| vec!["ASSET.INCR".into(), key("acct:", i), "gold".into(), "1".into()])).await?;
-    c.bulk((0..1000).map(|i| vec!["HINCRBYFLOAT".into(), key("hf:", i), "gold".into(), "1".into()])).await?;
-    c.bulk((0..1000).map(|i| vec!["HINCRBYFLOAT".into(), key("la:", i), "gold".into(), "1".into()])).await?;
-    c.bulk((0..1000).map(|i| vec!["HINCRBYFLOAT".into(), key("mx:", i), "gold".into(), "1".into()])).await?;
+    c.bulk((0..1000).map(|i| {
+        vec![
+            "ASSET.INCR".into(),
+            key("acct:", i),
+            "gold".into(),
+            "1".into(),
+        ]
+    }))
+    .await?;
+    c.bulk((0..1000).map(|i| {
+        vec![
+            "HINCRBYFLOAT".into(),
+            key("hf:", i),
+            "gold".into(),
+            "1".into(),
+        ]
+    }))
+    .await?;
+    c.bulk((0..1000).map(|i| {
+        vec![
+            "HINCRBYFLOAT".into(),
+            key("la:", i),
+            "gold".into(),
+            "1".into(),
+        ]
+    }))
+    .await?;
+    c.bulk((0..1000).map(|i| {
+        vec![
+            "HINCRBYFLOAT".into(),
+            key("mx:", i),
+            "gold".into(),
+            "1".into(),
+        ]
+    }))
+    .await?;
     Ok(())
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let cfg = Cfg::from_env()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     match args.get(1).map(String::as_str) {
         Some("suite") => local.block_on(&rt, suite(cfg)),

@@ -40,11 +40,15 @@ impl User {
         if name.inner.is_null() {
             return Ok(None);
         }
-        let lookup = unsafe { raw::RedisModule_GetModuleUserFromUserName }
-            .ok_or_else(|| CmdError::err("this Redis lacks the ACL module API (Redis 7.0+ required)"))?;
+        let lookup = unsafe { raw::RedisModule_GetModuleUserFromUserName }.ok_or_else(|| {
+            CmdError::err("this Redis lacks the ACL module API (Redis 7.0+ required)")
+        })?;
         let user = unsafe { lookup(name.inner) };
         if user.is_null() {
-            return Err(CmdError::code("NOPERM", "the current user does not exist or is disabled"));
+            return Err(CmdError::code(
+                "NOPERM",
+                "the current user does not exist or is disabled",
+            ));
         }
         Ok(Some(User(user)))
     }
@@ -57,12 +61,16 @@ impl User {
     }
 
     fn may_run(&self, argv: &mut [*mut RedisModuleString]) -> Result<bool, CmdError> {
-        let check = unsafe { raw::RedisModule_ACLCheckCommandPermissions }
-            .ok_or_else(|| CmdError::err("this Redis lacks RedisModule_ACLCheckCommandPermissions"))?;
+        let check = unsafe { raw::RedisModule_ACLCheckCommandPermissions }.ok_or_else(|| {
+            CmdError::err("this Redis lacks RedisModule_ACLCheckCommandPermissions")
+        })?;
         if argv.iter().any(|p| p.is_null()) {
             return Err(CmdError::err("could not create a string"));
         }
-        Ok(unsafe { check(self.0, argv.as_mut_ptr(), argv.len() as i32) } == raw::REDISMODULE_OK as i32)
+        Ok(
+            unsafe { check(self.0, argv.as_mut_ptr(), argv.len() as i32) }
+                == raw::REDISMODULE_OK as i32,
+        )
     }
 }
 
@@ -101,19 +109,33 @@ impl Drop for User {
 }
 
 fn denied_core(command: &str, key: &str) -> CmdError {
-    CmdError::code("NOPERM", format!("this user may not run {command} on '{key}', which this command performs"))
+    CmdError::code(
+        "NOPERM",
+        format!("this user may not run {command} on '{key}', which this command performs"),
+    )
 }
 
 /// A key name and its RedisModuleString.
 pub type NamedKey<'a> = (&'a str, *mut RedisModuleString);
 
 /// A mutating command: write permission on the helper keys, and (Redis 7.0) the core writes.
-pub fn check_write(ctx: &Context, data_keys: &[&str], stream: NamedKey, seq: NamedKey, op: Option<NamedKey>) -> Result<(), CmdError> {
-    let Some(user) = User::current(ctx)? else { return Ok(()) };
+pub fn check_write(
+    ctx: &Context,
+    data_keys: &[&str],
+    stream: NamedKey,
+    seq: NamedKey,
+    op: Option<NamedKey>,
+) -> Result<(), CmdError> {
+    let Some(user) = User::current(ctx)? else {
+        return Ok(());
+    };
     if !enforces_core_commands() {
         for (name, key) in [Some(stream), Some(seq), op].into_iter().flatten() {
             if !user.may_write_key(key)? {
-                return Err(CmdError::code("NOPERM", format!("this user has no write access to tally's key '{name}'")));
+                return Err(CmdError::code(
+                    "NOPERM",
+                    format!("this user has no write access to tally's key '{name}'"),
+                ));
             }
         }
         return Ok(());
@@ -129,7 +151,13 @@ pub fn check_write(ctx: &Context, data_keys: &[&str], stream: NamedKey, seq: Nam
             return Err(denied_core("HSET", k));
         }
     }
-    if !user.may_run(&mut [w.xadd.ptr(), stream.1, w.star.ptr(), w.event.ptr(), w.value.ptr()])? {
+    if !user.may_run(&mut [
+        w.xadd.ptr(),
+        stream.1,
+        w.star.ptr(),
+        w.event.ptr(),
+        w.value.ptr(),
+    ])? {
         return Err(denied_core("XADD", stream.0));
     }
     if !user.may_run(&mut hset(seq.1))? {
@@ -148,7 +176,9 @@ pub fn check_read(ctx: &Context, key: &str) -> Result<(), CmdError> {
     if !enforces_core_commands() {
         return Ok(());
     }
-    let Some(user) = User::current(ctx)? else { return Ok(()) };
+    let Some(user) = User::current(ctx)? else {
+        return Ok(());
+    };
     let w = words();
     let rs = RStr::new(key.as_bytes());
     if !user.may_run(&mut [w.hget.ptr(), rs.ptr(), w.field.ptr()])? {

@@ -115,7 +115,10 @@ impl Canonical for AssetIncr {
             Floor::At(f) => format!("floor={f}").into_bytes(),
             Floor::None => b"nofloor".to_vec(),
         });
-        v.push(self.ceil.map_or(b"-".to_vec(), |c| format!("ceil={c}").into_bytes()));
+        v.push(
+            self.ceil
+                .map_or(b"-".to_vec(), |c| format!("ceil={c}").into_bytes()),
+        );
         v.push(meta_part(&self.common));
         v
     }
@@ -146,7 +149,11 @@ impl Canonical for CouponCreate {
 
 impl Canonical for CouponUser {
     fn canonical(&self) -> Vec<Vec<u8>> {
-        vec![self.campaign.clone().into_bytes(), self.user.clone().into_bytes(), meta_part(&self.common)]
+        vec![
+            self.campaign.clone().into_bytes(),
+            self.user.clone().into_bytes(),
+            meta_part(&self.common),
+        ]
     }
 }
 
@@ -163,7 +170,11 @@ impl Canonical for UsageLimit {
 
 impl Canonical for UsageConsume {
     fn canonical(&self) -> Vec<Vec<u8>> {
-        vec![self.key.clone().into_bytes(), self.amount.to_string().into_bytes(), meta_part(&self.common)]
+        vec![
+            self.key.clone().into_bytes(),
+            self.amount.to_string().into_bytes(),
+            meta_part(&self.common),
+        ]
     }
 }
 
@@ -174,12 +185,15 @@ pub fn name(what: &str, raw: &[u8]) -> Result<String, CmdError> {
         return Err(CmdError::err(format!("{what} must not be empty")));
     }
     if raw.len() > MAX_NAME_LEN {
-        return Err(CmdError::err(format!("{what} is longer than {MAX_NAME_LEN} bytes")));
+        return Err(CmdError::err(format!(
+            "{what} is longer than {MAX_NAME_LEN} bytes"
+        )));
     }
     if raw.contains(&0) {
         return Err(CmdError::err(format!("{what} must not contain NUL bytes")));
     }
-    String::from_utf8(raw.to_vec()).map_err(|_| CmdError::err(format!("{what} must be valid UTF-8")))
+    String::from_utf8(raw.to_vec())
+        .map_err(|_| CmdError::err(format!("{what} must be valid UTF-8")))
 }
 
 /// A balance field of `ASSET.*`: a name that is not tally's reserved `kind` field (which
@@ -197,17 +211,23 @@ pub fn decimal(what: &str, raw: &[u8]) -> Result<Decimal, CmdError> {
 }
 
 pub fn integer(what: &str, raw: &[u8], min: i64, max: i64) -> Result<i64, CmdError> {
-    let text = std::str::from_utf8(raw).map_err(|_| CmdError::err(format!("{what} is not an integer")))?;
+    let text =
+        std::str::from_utf8(raw).map_err(|_| CmdError::err(format!("{what} is not an integer")))?;
     let well_formed = !text.is_empty()
         && text.len() <= 20
-        && text.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit())
+        && text
+            .trim_start_matches('-')
+            .bytes()
+            .all(|b| b.is_ascii_digit())
         && !text.trim_start_matches('-').is_empty();
     let value: i64 = match (well_formed, text.parse::<i64>()) {
         (true, Ok(v)) => v,
         _ => return Err(CmdError::err(format!("{what} is not an integer"))),
     };
     if value < min || value > max {
-        return Err(CmdError::err(format!("{what} must be between {min} and {max}")));
+        return Err(CmdError::err(format!(
+            "{what} must be between {min} and {max}"
+        )));
     }
     Ok(value)
 }
@@ -227,7 +247,11 @@ struct Options<'a> {
 impl<'a> Options<'a> {
     /// Options start at `args[offset]`.
     fn new(args: &'a [&'a [u8]], offset: usize) -> Self {
-        Options { args: &args[offset.min(args.len())..], pos: 0, offset }
+        Options {
+            args: &args[offset.min(args.len())..],
+            pos: 0,
+            offset,
+        }
     }
 
     fn value(&mut self, option: &str) -> Result<&'a [u8], CmdError> {
@@ -256,14 +280,18 @@ impl<'a> Options<'a> {
                     common.id_index = Some(self.offset + self.pos - 1);
                     let v = self.value("ID")?;
                     if v.is_empty() || v.len() > MAX_OP_ID_LEN {
-                        return Err(CmdError::err(format!("ID must be 1 to {MAX_OP_ID_LEN} bytes")));
+                        return Err(CmdError::err(format!(
+                            "ID must be 1 to {MAX_OP_ID_LEN} bytes"
+                        )));
                     }
                     common.op_id = Some(name("ID", v)?);
                 }
                 "META" => {
                     let v = self.value("META")?;
                     if v.len() > MAX_META_LEN {
-                        return Err(CmdError::err(format!("META is longer than {MAX_META_LEN} bytes")));
+                        return Err(CmdError::err(format!(
+                            "META is longer than {MAX_META_LEN} bytes"
+                        )));
                     }
                     common.meta = Some(
                         String::from_utf8(v.to_vec())
@@ -305,7 +333,11 @@ pub fn asset_incr(args: &[&[u8]]) -> Result<AssetIncr, CmdError> {
     let key = name("key", args[0])?;
     let mut deltas: Vec<(String, Decimal)> = Vec::new();
     let mut i = 1;
-    while i < args.len() && !INCR_OPTIONS.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(args[i])) {
+    while i < args.len()
+        && !INCR_OPTIONS
+            .iter()
+            .any(|o| o.as_bytes().eq_ignore_ascii_case(args[i]))
+    {
         let field = balance_field(args[i])?;
         let raw = args.get(i + 1).ok_or(CmdError::Arity)?;
         let delta = decimal("delta", raw)?;
@@ -314,7 +346,9 @@ pub fn asset_incr(args: &[&[u8]]) -> Result<AssetIncr, CmdError> {
         }
         deltas.push((field, delta));
         if deltas.len() > MAX_FIELDS {
-            return Err(CmdError::err(format!("at most {MAX_FIELDS} fields per call")));
+            return Err(CmdError::err(format!(
+                "at most {MAX_FIELDS} fields per call"
+            )));
         }
         i += 2;
     }
@@ -344,7 +378,13 @@ pub fn asset_incr(args: &[&[u8]]) -> Result<AssetIncr, CmdError> {
     if ceil.is_some() && floor == Floor::Default && ceil.map_or(false, |c| c.is_negative()) {
         return Err(CmdError::err("CEIL is below the default FLOOR 0"));
     }
-    Ok(AssetIncr { key, deltas, floor, ceil, common })
+    Ok(AssetIncr {
+        key,
+        deltas,
+        floor,
+        ceil,
+        common,
+    })
 }
 
 /// `ASSET.TRANSFER from to field amount [ID op-id] [META text]`
@@ -364,7 +404,13 @@ pub fn asset_transfer(args: &[&[u8]]) -> Result<AssetTransfer, CmdError> {
     }
     let mut common = Common::default();
     Options::new(args, 4).parse(&mut common, |_, _| Ok(false))?;
-    Ok(AssetTransfer { from, to, field, amount, common })
+    Ok(AssetTransfer {
+        from,
+        to,
+        field,
+        amount,
+        common,
+    })
 }
 
 /// `COUPON.CREATE campaign total [PERUSER n] [START unix-ms] [END unix-ms] [ID op-id] [META text]`
@@ -389,7 +435,14 @@ pub fn coupon_create(args: &[&[u8]]) -> Result<CouponCreate, CmdError> {
     if end_ms != 0 && end_ms <= start_ms {
         return Err(CmdError::err("END must be after START"));
     }
-    Ok(CouponCreate { campaign, total, per_user, start_ms, end_ms, common })
+    Ok(CouponCreate {
+        campaign,
+        total,
+        per_user,
+        start_ms,
+        end_ms,
+        common,
+    })
 }
 
 /// `COUPON.CLAIM|RELEASE campaign user [ID op-id] [META text]`
@@ -404,7 +457,11 @@ pub fn coupon_user(args: &[&[u8]]) -> Result<CouponUser, CmdError> {
     }
     let mut common = Common::default();
     Options::new(args, 2).parse(&mut common, |_, _| Ok(false))?;
-    Ok(CouponUser { campaign, user, common })
+    Ok(CouponUser {
+        campaign,
+        user,
+        common,
+    })
 }
 
 /// `USAGE.LIMIT key limit [PERIOD none|day|month] [ID op-id] [META text]`
@@ -427,7 +484,12 @@ pub fn usage_limit(args: &[&[u8]]) -> Result<UsageLimit, CmdError> {
             .ok_or_else(|| CmdError::err("PERIOD must be none, day or month"))?;
         Ok(true)
     })?;
-    Ok(UsageLimit { key, limit, period, common })
+    Ok(UsageLimit {
+        key,
+        limit,
+        period,
+        common,
+    })
 }
 
 /// `USAGE.CONSUME key amount [ID op-id] [META text]`
@@ -442,7 +504,11 @@ pub fn usage_consume(args: &[&[u8]]) -> Result<UsageConsume, CmdError> {
     }
     let mut common = Common::default();
     Options::new(args, 2).parse(&mut common, |_, _| Ok(false))?;
-    Ok(UsageConsume { key, amount, common })
+    Ok(UsageConsume {
+        key,
+        amount,
+        common,
+    })
 }
 
 #[cfg(test)]
@@ -463,7 +529,9 @@ mod tests {
 
     #[test]
     fn incr_with_all_options() {
-        let r = asset_incr(&words("acct gold 10.5 gems -2 ID op-1 META hello FLOOR -100 CEIL 1000"));
+        let r = asset_incr(&words(
+            "acct gold 10.5 gems -2 ID op-1 META hello FLOOR -100 CEIL 1000",
+        ));
         let r = match r {
             Ok(r) => r,
             Err(e) => panic!("{e}"), // ok: test-only helper
@@ -480,19 +548,34 @@ mod tests {
     #[test]
     fn options_are_case_insensitive() {
         let r = asset_incr(&words("acct gold 1 id x nofloor"));
-        assert!(matches!(r, Ok(AssetIncr { floor: Floor::None, .. })));
+        assert!(matches!(
+            r,
+            Ok(AssetIncr {
+                floor: Floor::None,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn incr_rejects() {
-        assert!(matches!(asset_incr(&words("acct gold")), Err(CmdError::Arity)));
+        assert!(matches!(
+            asset_incr(&words("acct gold")),
+            Err(CmdError::Arity)
+        ));
         assert!(matches!(asset_incr(&words("acct")), Err(CmdError::Arity)));
-        assert!(matches!(asset_incr(&words("acct ID x")), Err(CmdError::Arity)));
+        assert!(matches!(
+            asset_incr(&words("acct ID x")),
+            Err(CmdError::Arity)
+        ));
         assert!(err_text(asset_incr(&words("acct gold 1 gold 2"))).contains("twice"));
         assert!(err_text(asset_incr(&words("acct gold 1e3"))).contains("not a decimal"));
         assert!(err_text(asset_incr(&words("acct gold 1 ID x BOGUS 3"))).contains("unknown option"));
         // Before any option word, pairs are fields: a lone trailing word is an arity error.
-        assert!(matches!(asset_incr(&words("acct gold 1 BOGUS")), Err(CmdError::Arity)));
+        assert!(matches!(
+            asset_incr(&words("acct gold 1 BOGUS")),
+            Err(CmdError::Arity)
+        ));
         assert!(err_text(asset_incr(&words("acct gold 1 FLOOR 1 NOFLOOR"))).contains("exclude"));
         assert!(err_text(asset_incr(&words("acct gold 1 ID a ID b"))).contains("twice"));
         assert!(err_text(asset_incr(&words("acct gold 1 FLOOR 5 CEIL 1"))).contains("above CEIL"));
@@ -513,10 +596,22 @@ mod tests {
     #[test]
     fn coupon_create_rules() {
         let c = coupon_create(&words("camp 100 PERUSER 2 START 10 END 20"));
-        assert!(matches!(c, Ok(CouponCreate { total: 100, per_user: 2, start_ms: 10, end_ms: 20, .. })));
+        assert!(matches!(
+            c,
+            Ok(CouponCreate {
+                total: 100,
+                per_user: 2,
+                start_ms: 10,
+                end_ms: 20,
+                ..
+            })
+        ));
         assert!(err_text(coupon_create(&words("camp 0"))).contains("between"));
         assert!(err_text(coupon_create(&words("camp 1.5"))).contains("not an integer"));
-        assert!(err_text(coupon_create(&words("camp 99999999999999999999999"))).contains("not an integer"));
+        assert!(
+            err_text(coupon_create(&words("camp 99999999999999999999999")))
+                .contains("not an integer")
+        );
         assert!(err_text(coupon_create(&words("camp 10 START 20 END 10"))).contains("after START"));
         assert!(err_text(coupon_create(&words("camp 10 PERUSER 0"))).contains("between"));
     }
@@ -531,25 +626,70 @@ mod tests {
     #[test]
     fn requests_that_mean_the_same_have_one_canonical_form() {
         let a = canon(asset_incr(&words("k f 1.0 ID x META m FLOOR -5 CEIL 10")));
-        assert_eq!(a, canon(asset_incr(&words("k f 1 ceil 10.00 floor -5.0 meta m id y"))));
-        assert_eq!(a, canon(asset_incr(&words("k f +01 CEIL 10 META m FLOOR -5"))));
+        assert_eq!(
+            a,
+            canon(asset_incr(&words(
+                "k f 1 ceil 10.00 floor -5.0 meta m id y"
+            )))
+        );
+        assert_eq!(
+            a,
+            canon(asset_incr(&words("k f +01 CEIL 10 META m FLOOR -5")))
+        );
         assert_ne!(a, canon(asset_incr(&words("k f 1 FLOOR -5 CEIL 10"))));
-        assert_ne!(a, canon(asset_incr(&words("k f 2 ID x META m FLOOR -5 CEIL 10"))));
-        assert_eq!(canon(asset_incr(&words("k f 1 FLOOR 0"))), canon(asset_incr(&words("k f 1"))));
-        assert_ne!(canon(asset_incr(&words("k f 1 NOFLOOR"))), canon(asset_incr(&words("k f 1"))));
+        assert_ne!(
+            a,
+            canon(asset_incr(&words("k f 2 ID x META m FLOOR -5 CEIL 10")))
+        );
+        assert_eq!(
+            canon(asset_incr(&words("k f 1 FLOOR 0"))),
+            canon(asset_incr(&words("k f 1")))
+        );
+        assert_ne!(
+            canon(asset_incr(&words("k f 1 NOFLOOR"))),
+            canon(asset_incr(&words("k f 1")))
+        );
         // Field order decides the reply order: it is part of the request.
-        assert_ne!(canon(asset_incr(&words("k f 1 g 2"))), canon(asset_incr(&words("k g 2 f 1"))));
-        assert_eq!(canon(usage_limit(&words("q 10.0 PERIOD Day"))), canon(usage_limit(&words("q 10 period day"))));
-        assert_eq!(canon(coupon_create(&words("c 5 END 9 PERUSER 2"))), canon(coupon_create(&words("c 5 peruser 2 end 9"))));
-        assert_eq!(canon(asset_transfer(&words("a b f 1.50"))), canon(asset_transfer(&words("a b f 1.5 ID z"))));
-        assert_eq!(canon(usage_consume(&words("q 2.0 META x"))), canon(usage_consume(&words("q 2 meta x"))));
-        assert_ne!(canon(coupon_user(&words("c u META a"))), canon(coupon_user(&words("c u"))));
+        assert_ne!(
+            canon(asset_incr(&words("k f 1 g 2"))),
+            canon(asset_incr(&words("k g 2 f 1")))
+        );
+        assert_eq!(
+            canon(usage_limit(&words("q 10.0 PERIOD Day"))),
+            canon(usage_limit(&words("q 10 period day")))
+        );
+        assert_eq!(
+            canon(coupon_create(&words("c 5 END 9 PERUSER 2"))),
+            canon(coupon_create(&words("c 5 peruser 2 end 9")))
+        );
+        assert_eq!(
+            canon(asset_transfer(&words("a b f 1.50"))),
+            canon(asset_transfer(&words("a b f 1.5 ID z")))
+        );
+        assert_eq!(
+            canon(usage_consume(&words("q 2.0 META x"))),
+            canon(usage_consume(&words("q 2 meta x")))
+        );
+        assert_ne!(
+            canon(coupon_user(&words("c u META a"))),
+            canon(coupon_user(&words("c u")))
+        );
     }
 
     #[test]
     fn end_zero_means_unbounded() {
-        assert!(matches!(coupon_create(&words("camp 5 END 0")), Ok(CouponCreate { end_ms: 0, .. })));
-        assert!(matches!(coupon_create(&words("camp 5 START 10 END 0")), Ok(CouponCreate { start_ms: 10, end_ms: 0, .. })));
+        assert!(matches!(
+            coupon_create(&words("camp 5 END 0")),
+            Ok(CouponCreate { end_ms: 0, .. })
+        ));
+        assert!(matches!(
+            coupon_create(&words("camp 5 START 10 END 0")),
+            Ok(CouponCreate {
+                start_ms: 10,
+                end_ms: 0,
+                ..
+            })
+        ));
         assert!(err_text(coupon_create(&words("camp 5 END -1"))).contains("between"));
     }
 
@@ -563,7 +703,13 @@ mod tests {
 
     #[test]
     fn usage_rules() {
-        assert!(matches!(usage_limit(&words("k 10 PERIOD day")), Ok(UsageLimit { period: Period::Day, .. })));
+        assert!(matches!(
+            usage_limit(&words("k 10 PERIOD day")),
+            Ok(UsageLimit {
+                period: Period::Day,
+                ..
+            })
+        ));
         assert!(err_text(usage_limit(&words("k 10 PERIOD week"))).contains("PERIOD"));
         assert!(err_text(usage_limit(&words("k -1"))).contains("negative"));
         assert!(err_text(usage_consume(&words("k 0"))).contains("positive"));

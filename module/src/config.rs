@@ -11,7 +11,6 @@ use std::sync::{Mutex, OnceLock};
 use redis_module::configuration::ConfigurationContext;
 use redis_module::{ConfigurationValue, RedisError, RedisString};
 
-
 pub static MAX_BACKLOG: IntSetting = IntSetting::new("max-backlog", DEFAULT_MAX_BACKLOG);
 pub static OP_TTL_MS: IntSetting = IntSetting::new("op-ttl-ms", DEFAULT_OP_TTL_MS);
 pub static MAX_OP_IDS: IntSetting = IntSetting::new("max-op-ids", DEFAULT_MAX_OP_IDS);
@@ -49,7 +48,9 @@ pub fn validate(name: &str, value: &[u8]) -> Result<Setting, String> {
     let name = lower.strip_prefix("tally.").unwrap_or(&lower);
     let text = std::str::from_utf8(value).map_err(|_| format!("{name} must be ASCII text"))?;
     let int = |min: i64, max: i64| -> Result<i64, String> {
-        let n: i64 = text.parse().map_err(|_| format!("{name} needs an integer, got '{}'", printable(text)))?;
+        let n: i64 = text
+            .parse()
+            .map_err(|_| format!("{name} needs an integer, got '{}'", printable(text)))?;
         if n < min || n > max {
             return Err(format!("{name} must be between {min} and {max}, got {n}"));
         }
@@ -95,7 +96,10 @@ pub struct IntSetting {
 
 impl IntSetting {
     const fn new(name: &'static str, default: i64) -> IntSetting {
-        IntSetting { name, value: AtomicI64::new(default) }
+        IntSetting {
+            name,
+            value: AtomicI64::new(default),
+        }
     }
 }
 
@@ -113,7 +117,9 @@ impl ConfigurationValue<i64> for IntSetting {
 pub struct PrefixSetting(OnceLock<Mutex<String>>);
 
 fn lock_prefix() -> std::sync::MutexGuard<'static, String> {
-    let cell = PREFIX.0.get_or_init(|| Mutex::new(DEFAULT_PREFIX.to_string()));
+    let cell = PREFIX
+        .0
+        .get_or_init(|| Mutex::new(DEFAULT_PREFIX.to_string()));
     cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -169,17 +175,35 @@ mod tests {
 
     #[test]
     fn valid_settings() {
-        assert_eq!(validate("prefix", b"hist"), Ok(Setting::Prefix("hist".into())));
-        assert_eq!(validate("tally.prefix", b"app:v2_x-1.0"), Ok(Setting::Prefix("app:v2_x-1.0".into())));
+        assert_eq!(
+            validate("prefix", b"hist"),
+            Ok(Setting::Prefix("hist".into()))
+        );
+        assert_eq!(
+            validate("tally.prefix", b"app:v2_x-1.0"),
+            Ok(Setting::Prefix("app:v2_x-1.0".into()))
+        );
         assert_eq!(validate("MAX-BACKLOG", b"0"), Ok(Setting::MaxBacklog(0)));
         assert_eq!(validate("op-ttl-ms", b"1000"), Ok(Setting::OpTtlMs(1000)));
         assert_eq!(validate("tally.max-op-ids", b"0"), Ok(Setting::MaxOpIds(0)));
-        assert_eq!(validate("op-ttl-ms", MAX_OP_TTL_MS.to_string().as_bytes()), Ok(Setting::OpTtlMs(MAX_OP_TTL_MS)));
+        assert_eq!(
+            validate("op-ttl-ms", MAX_OP_TTL_MS.to_string().as_bytes()),
+            Ok(Setting::OpTtlMs(MAX_OP_TTL_MS))
+        );
     }
 
     #[test]
     fn invalid_settings_are_refused_with_a_reason() {
-        for bad in ["{x}", "a{b", "a}b", "", "a b", "a\nb", "é", &"p".repeat(MAX_PREFIX_LEN + 1)] {
+        for bad in [
+            "{x}",
+            "a{b",
+            "a}b",
+            "",
+            "a b",
+            "a\nb",
+            "é",
+            &"p".repeat(MAX_PREFIX_LEN + 1),
+        ] {
             assert!(err("prefix", bad).starts_with("prefix must be"), "{bad:?}");
         }
         assert!(err("max-backlog", "-1").contains("between 0 and"));
@@ -195,7 +219,15 @@ mod tests {
     #[test]
     fn only_noeviction_keeps_op_id_records() {
         assert!(!policy_can_evict_op_ids("noeviction"));
-        for p in ["volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "allkeys-lru", "allkeys-lfu", "allkeys-random"] {
+        for p in [
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+        ] {
             assert!(policy_can_evict_op_ids(p), "{p}");
         }
     }
@@ -203,6 +235,8 @@ mod tests {
     #[test]
     fn the_op_id_deadline_cannot_wrap() {
         // now (ms, year 2262 at most for an i64 of ns; ms go much further) + the largest TTL.
-        assert!(i64::MAX.checked_sub(MAX_OP_TTL_MS).is_some_and(|room| room > 253_402_300_800_000));
+        assert!(i64::MAX
+            .checked_sub(MAX_OP_TTL_MS)
+            .is_some_and(|room| room > 253_402_300_800_000));
     }
 }

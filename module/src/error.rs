@@ -11,8 +11,18 @@ pub enum CmdError {
 }
 
 pub const CODES: [&str; 12] = [
-    "INSUFFICIENT", "SOLDOUT", "DUPLICATE", "NOTFOUND", "CLOSED", "LIMIT", "CONFLICT", "BACKLOG", "OPIDS",
-    "WRONGTYPE", "NOPERM", "ERR",
+    "INSUFFICIENT",
+    "SOLDOUT",
+    "DUPLICATE",
+    "NOTFOUND",
+    "CLOSED",
+    "LIMIT",
+    "CONFLICT",
+    "BACKLOG",
+    "OPIDS",
+    "WRONGTYPE",
+    "NOPERM",
+    "ERR",
 ];
 
 impl CmdError {
@@ -38,7 +48,9 @@ impl fmt::Display for CmdError {
         match self {
             CmdError::Arity => f.write_str("ERR wrong number of arguments"),
             // NUL would truncate the C string of the reply: never let one through.
-            CmdError::Coded(code, msg) => write!(f, "{code} {}", msg.replace(['\0', '\r', '\n'], " ")),
+            CmdError::Coded(code, msg) => {
+                write!(f, "{code} {}", msg.replace(['\0', '\r', '\n'], " "))
+            }
         }
     }
 }

@@ -296,7 +296,10 @@ pub fn new_event_id(ts_ms: i64) -> EventId {
     tail[..8].copy_from_slice(&a.to_le_bytes());
     tail[8..].copy_from_slice(&b.to_le_bytes()[..2]);
     let mut id = EventId([0u8; uuid::fmt::Hyphenated::LENGTH]);
-    uuid::Builder::from_unix_timestamp_millis(ms, &tail).into_uuid().hyphenated().encode_lower(&mut id.0);
+    uuid::Builder::from_unix_timestamp_millis(ms, &tail)
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut id.0);
     id
 }
 
@@ -369,12 +372,18 @@ pub fn fingerprint(command: &str, parts: &[Vec<u8>]) -> String {
     }
     let h = xxh3_128(&buf);
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    (0..32).rev().map(|i| HEX[((h >> (4 * i)) & 0xf) as usize] as char).collect()
+    (0..32)
+        .rev()
+        .map(|i| HEX[((h >> (4 * i)) & 0xf) as usize] as char)
+        .collect()
 }
 
 /// The stored idempotency record: `<fingerprint>\n<reply JSON>`.
 pub fn encode_record(fingerprint: &str, reply: &Reply) -> String {
-    format!("{fingerprint}\n{}", serde_json::to_string(reply).unwrap_or_default())
+    format!(
+        "{fingerprint}\n{}",
+        serde_json::to_string(reply).unwrap_or_default()
+    )
 }
 
 pub enum Recorded {
@@ -388,7 +397,9 @@ pub fn check_record(stored: &[u8], fingerprint: &str) -> Recorded {
         Ok(t) => t,
         Err(_) => return Recorded::Corrupt,
     };
-    let Some((fp, reply)) = text.split_once('\n') else { return Recorded::Corrupt };
+    let Some((fp, reply)) = text.split_once('\n') else {
+        return Recorded::Corrupt;
+    };
     if fp != fingerprint {
         return Recorded::Different;
     }
@@ -404,8 +415,20 @@ mod tests {
 
     #[test]
     fn event_json_matches_the_contract() {
-        let common = Common { op_id: Some("op-1".into()), meta: Some("m \"q\"".into()), id_index: None };
-        let mut e = Event::new("asset.incr", 1_732_272_000_123, &common, vec![KeySeq { key: "u".into(), seq: 7 }]);
+        let common = Common {
+            op_id: Some("op-1".into()),
+            meta: Some("m \"q\"".into()),
+            id_index: None,
+        };
+        let mut e = Event::new(
+            "asset.incr",
+            1_732_272_000_123,
+            &common,
+            vec![KeySeq {
+                key: "u".into(),
+                seq: 7,
+            }],
+        );
         e.changes = Some(vec![Change {
             key: "u".into(),
             field: "BDP".into(),
@@ -467,7 +490,18 @@ mod tests {
 
     #[test]
     fn int_text_is_the_decimal_text() {
-        for v in [0, 1, -1, 9, 10, -10, 1_732_272_000_123, i64::MAX, i64::MIN, i64::MIN + 1] {
+        for v in [
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -10,
+            1_732_272_000_123,
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+        ] {
             assert_eq!(IntText::new(v).as_bytes(), v.to_string().as_bytes(), "{v}");
         }
     }
@@ -482,14 +516,19 @@ mod tests {
 
     #[test]
     fn event_json_escapes_like_serde() {
-        let common = Common { op_id: None, meta: Some("a\u{0}b\u{7f}\u{1f}\t\r\n\u{8}\u{c}\"\\é😀".into()), id_index: None };
+        let common = Common {
+            op_id: None,
+            meta: Some("a\u{0}b\u{7f}\u{1f}\t\r\n\u{8}\u{c}\"\\é😀".into()),
+            id_index: None,
+        };
         let e = Event::new("usage.limit", -5, &common, vec![]);
         assert_eq!(e.to_json(), serde_json_of(&e));
     }
 
     #[test]
     fn event_ids_are_unique_within_one_millisecond() {
-        let ids: std::collections::HashSet<EventId> = (0..10_000).map(|_| new_event_id(5)).collect();
+        let ids: std::collections::HashSet<EventId> =
+            (0..10_000).map(|_| new_event_id(5)).collect();
         assert_eq!(ids.len(), 10_000);
     }
 
@@ -499,7 +538,10 @@ mod tests {
         let b = uuid::Uuid::parse_str(new_event_id(1_732_272_000_124).as_str()).ok();
         assert_eq!(a.map(|u| u.get_version_num()), Some(7));
         assert_eq!(a.map(|u| u.get_variant()), Some(uuid::Variant::RFC4122));
-        let ms = a.and_then(|u| u.get_timestamp()).map(|t| t.to_unix()).map(|(s, n)| s * 1000 + u64::from(n / 1_000_000));
+        let ms = a
+            .and_then(|u| u.get_timestamp())
+            .map(|t| t.to_unix())
+            .map(|(s, n)| s * 1000 + u64::from(n / 1_000_000));
         assert_eq!(ms, Some(1_732_272_000_123));
         assert!(a < b);
     }
@@ -507,9 +549,18 @@ mod tests {
     #[test]
     fn fingerprint_separates_commands_and_part_boundaries() {
         let p = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
-        assert_eq!(fingerprint("ASSET.INCR", &p(&["k", "f"])), fingerprint("ASSET.INCR", &p(&["k", "f"])));
-        assert_ne!(fingerprint("ASSET.INCR", &p(&["k", "f"])), fingerprint("ASSET.INCR", &p(&["kf"])));
-        assert_ne!(fingerprint("ASSET.INCR", &p(&["k", "f"])), fingerprint("ASSET.TRANSFER", &p(&["k", "f"])));
+        assert_eq!(
+            fingerprint("ASSET.INCR", &p(&["k", "f"])),
+            fingerprint("ASSET.INCR", &p(&["k", "f"]))
+        );
+        assert_ne!(
+            fingerprint("ASSET.INCR", &p(&["k", "f"])),
+            fingerprint("ASSET.INCR", &p(&["kf"]))
+        );
+        assert_ne!(
+            fingerprint("ASSET.INCR", &p(&["k", "f"])),
+            fingerprint("ASSET.TRANSFER", &p(&["k", "f"]))
+        );
     }
 
     #[test]
@@ -517,7 +568,10 @@ mod tests {
         let reply = Reply::Array(vec![Item::Int(3), Item::Str("9.5".into())]);
         let rec = encode_record("abc", &reply);
         assert!(matches!(check_record(rec.as_bytes(), "abc"), Recorded::Same(r) if r == reply));
-        assert!(matches!(check_record(rec.as_bytes(), "abd"), Recorded::Different));
+        assert!(matches!(
+            check_record(rec.as_bytes(), "abd"),
+            Recorded::Different
+        ));
         assert!(matches!(check_record(b"garbage", "abc"), Recorded::Corrupt));
     }
 }

@@ -50,7 +50,9 @@ unsafe impl Sync for RStr {}
 impl RStr {
     pub fn new(data: &[u8]) -> RStr {
         let ptr = match unsafe { raw::RedisModule_CreateString } {
-            Some(create) => unsafe { create(ptr::null_mut(), data.as_ptr().cast::<c_char>(), data.len()) },
+            Some(create) => unsafe {
+                create(ptr::null_mut(), data.as_ptr().cast::<c_char>(), data.len())
+            },
             None => ptr::null_mut(),
         };
         RStr { ptr }
@@ -62,7 +64,9 @@ impl RStr {
 
     /// An empty handle (no string).
     pub const fn null() -> RStr {
-        RStr { ptr: ptr::null_mut() }
+        RStr {
+            ptr: ptr::null_mut(),
+        }
     }
 
     /// The bytes of the string, `None` for an empty handle.
@@ -93,7 +97,9 @@ fn slice_of<'a>(s: *mut RedisModuleString) -> &'a [u8] {
     if s.is_null() {
         return &[];
     }
-    let Some(ptr_len) = (unsafe { raw::RedisModule_StringPtrLen }) else { return &[] };
+    let Some(ptr_len) = (unsafe { raw::RedisModule_StringPtrLen }) else {
+        return &[];
+    };
     let mut len: usize = 0;
     let p = unsafe { ptr_len(s, &mut len) };
     if p.is_null() {
@@ -114,14 +120,25 @@ impl Key {
         Key::open_raw(ctx, name.inner, write)
     }
 
-    pub fn open_raw(ctx: &Context, name: *mut RedisModuleString, write: bool) -> Result<Key, CmdError> {
+    pub fn open_raw(
+        ctx: &Context,
+        name: *mut RedisModuleString,
+        write: bool,
+    ) -> Result<Key, CmdError> {
         let open = unsafe { raw::RedisModule_OpenKey }.ok_or_else(|| missing_api("OpenKey"))?;
         if name.is_null() {
             return Err(CmdError::err("could not create a key name"));
         }
-        let mode = if write { MODE_READ | MODE_WRITE } else { MODE_READ };
+        let mode = if write {
+            MODE_READ | MODE_WRITE
+        } else {
+            MODE_READ
+        };
         let ptr = unsafe { open(ctx.get_raw(), name, mode) }.cast::<RedisModuleKey>();
-        Ok(Key { ptr, ctx: ctx.get_raw() })
+        Ok(Key {
+            ptr,
+            ctx: ctx.get_raw(),
+        })
     }
 
     pub fn kind(&self) -> KeyType {
@@ -169,7 +186,13 @@ impl Key {
         }
         let mut out: *mut RedisModuleString = ptr::null_mut();
         let rc = unsafe {
-            get(self.ptr, HASH_NONE, field, &mut out as *mut *mut RedisModuleString, ptr::null_mut::<c_void>())
+            get(
+                self.ptr,
+                HASH_NONE,
+                field,
+                &mut out as *mut *mut RedisModuleString,
+                ptr::null_mut::<c_void>(),
+            )
         };
         if rc != raw::REDISMODULE_OK as c_int {
             return Err(CmdError::wrong_type("key holds a value that is not a hash"));
@@ -184,7 +207,10 @@ impl Key {
     /// Reads up to `HGET_MAX` hash fields with one variadic `RedisModule_HashGet` call;
     /// entry `i` of the result holds field `i` (an empty handle when the field or the key is
     /// missing).
-    pub fn hget_many(&self, fields: &[*mut RedisModuleString]) -> Result<[RStr; HGET_MAX], CmdError> {
+    pub fn hget_many(
+        &self,
+        fields: &[*mut RedisModuleString],
+    ) -> Result<[RStr; HGET_MAX], CmdError> {
         let mut out: [*mut RedisModuleString; HGET_MAX] = [ptr::null_mut(); HGET_MAX];
         if fields.len() > HGET_MAX || fields.iter().any(|f| f.is_null()) {
             return Err(CmdError::err("could not create a field name"));
@@ -200,15 +226,24 @@ impl Key {
                 get(
                     self.ptr,
                     HASH_NONE,
-                    f[0], o,
-                    f[1], o.add(1),
-                    f[2], o.add(2),
-                    f[3], o.add(3),
-                    f[4], o.add(4),
-                    f[5], o.add(5),
-                    f[6], o.add(6),
-                    f[7], o.add(7),
-                    f[8], o.add(8),
+                    f[0],
+                    o,
+                    f[1],
+                    o.add(1),
+                    f[2],
+                    o.add(2),
+                    f[3],
+                    o.add(3),
+                    f[4],
+                    o.add(4),
+                    f[5],
+                    o.add(5),
+                    f[6],
+                    o.add(6),
+                    f[7],
+                    o.add(7),
+                    f[8],
+                    o.add(8),
                     f[9],
                 )
             };
@@ -222,7 +257,11 @@ impl Key {
     }
 
     /// Sets (`Some`) or deletes (`None`) one field; both given as RedisModuleStrings.
-    pub fn hset_rs(&self, field: *mut RedisModuleString, value: Option<*mut RedisModuleString>) -> Result<(), CmdError> {
+    pub fn hset_rs(
+        &self,
+        field: *mut RedisModuleString,
+        value: Option<*mut RedisModuleString>,
+    ) -> Result<(), CmdError> {
         let set = unsafe { raw::RedisModule_HashSet }.ok_or_else(|| missing_api("HashSet"))?;
         if self.ptr.is_null() {
             return Err(CmdError::err("key is not open for writing"));
@@ -232,7 +271,15 @@ impl Key {
         if field.is_null() || v.is_null() {
             return Err(CmdError::err("could not create a field or value"));
         }
-        let n = unsafe { set(self.ptr, HASH_COUNT_ALL, field, v, ptr::null_mut::<c_void>()) };
+        let n = unsafe {
+            set(
+                self.ptr,
+                HASH_COUNT_ALL,
+                field,
+                v,
+                ptr::null_mut::<c_void>(),
+            )
+        };
         // A delete of a field that is already gone counts 0 and is not a failure.
         if value.is_some() && n < 1 {
             return Err(write_failed("hash field"));
@@ -241,19 +288,35 @@ impl Key {
     }
 
     /// Appends one entry with an automatic id; returns the id as (ms, seq).
-    pub fn stream_add(&self, _ctx: &Context, fields: &[*mut RedisModuleString]) -> Result<(u64, u64), CmdError> {
+    pub fn stream_add(
+        &self,
+        _ctx: &Context,
+        fields: &[*mut RedisModuleString],
+    ) -> Result<(u64, u64), CmdError> {
         let add = unsafe { raw::RedisModule_StreamAdd }.ok_or_else(|| missing_api("StreamAdd"))?;
         if self.ptr.is_null() {
             return Err(CmdError::err("stream is not open for writing"));
         }
         if fields.len() % 2 != 0 || fields.iter().any(|p| p.is_null()) {
-            return Err(CmdError::err("the event stream refused the entry; nothing was changed"));
+            return Err(CmdError::err(
+                "the event stream refused the entry; nothing was changed",
+            ));
         }
         let mut argv: Vec<*mut RedisModuleString> = fields.to_vec();
         let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
-        let rc = unsafe { add(self.ptr, STREAM_ADD_AUTOID, &mut id, argv.as_mut_ptr(), (fields.len() / 2) as i64) };
+        let rc = unsafe {
+            add(
+                self.ptr,
+                STREAM_ADD_AUTOID,
+                &mut id,
+                argv.as_mut_ptr(),
+                (fields.len() / 2) as i64,
+            )
+        };
         if rc != raw::REDISMODULE_OK as c_int {
-            return Err(CmdError::err("the event stream refused the entry; nothing was changed"));
+            return Err(CmdError::err(
+                "the event stream refused the entry; nothing was changed",
+            ));
         }
         Ok((id.ms, id.seq))
     }
@@ -272,9 +335,14 @@ impl Key {
     }
 
     /// Sets the string value (an existing RedisModuleString) and its TTL.
-    pub fn string_set_with_expire(&self, value: *mut RedisModuleString, ttl_ms: i64) -> Result<(), CmdError> {
+    pub fn string_set_with_expire(
+        &self,
+        value: *mut RedisModuleString,
+        ttl_ms: i64,
+    ) -> Result<(), CmdError> {
         let set = unsafe { raw::RedisModule_StringSet }.ok_or_else(|| missing_api("StringSet"))?;
-        let expire = unsafe { raw::RedisModule_SetExpire }.ok_or_else(|| missing_api("SetExpire"))?;
+        let expire =
+            unsafe { raw::RedisModule_SetExpire }.ok_or_else(|| missing_api("SetExpire"))?;
         if self.ptr.is_null() {
             return Err(CmdError::err("key is not open for writing"));
         }
@@ -334,15 +402,32 @@ pub fn notify(ctx: &Context, kind: c_int, event: &CStr, key: *mut RedisModuleStr
 /// Propagates `cmd argv...` to replicas and the AOF (inside the MULTI/EXEC Redis wraps around a
 /// module command's effects). Every argument is an existing RedisModuleString: Redis
 /// takes a reference to each (no copy, no allocation per argument).
-pub fn replicate_rs(ctx: &Context, cmd: &CStr, argv: &mut [*mut RedisModuleString]) -> Result<(), CmdError> {
+pub fn replicate_rs(
+    ctx: &Context,
+    cmd: &CStr,
+    argv: &mut [*mut RedisModuleString],
+) -> Result<(), CmdError> {
     let rep = unsafe { raw::RedisModule_Replicate }.ok_or_else(|| missing_api("Replicate"))?;
     if argv.is_empty() || argv.iter().any(|p| p.is_null()) {
-        return Err(CmdError::err("could not propagate the change to replicas/AOF"));
+        return Err(CmdError::err(
+            "could not propagate the change to replicas/AOF",
+        ));
     }
-    let rc = unsafe { rep(ctx.get_raw(), cmd.as_ptr(), c"v".as_ptr(), argv.as_mut_ptr(), argv.len()) };
+    let rc = unsafe {
+        rep(
+            ctx.get_raw(),
+            cmd.as_ptr(),
+            c"v".as_ptr(),
+            argv.as_mut_ptr(),
+            argv.len(),
+        )
+    };
     if rc == raw::REDISMODULE_OK as c_int {
         Ok(())
     } else {
-        Err(CmdError::err(format!("could not propagate {} to replicas/AOF", cmd.to_string_lossy())))
+        Err(CmdError::err(format!(
+            "could not propagate {} to replicas/AOF",
+            cmd.to_string_lossy()
+        )))
     }
 }

@@ -26,7 +26,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use redis_module::configuration::ConfigurationFlags;
 use redis_module::raw::{self, RedisModuleCtx, RedisModuleString};
-use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, RedisValue, Status};
+use redis_module::{
+    redis_module, Context, InfoContext, RedisResult, RedisString, RedisValue, Status,
+};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::error::CmdError;
@@ -44,7 +46,12 @@ fn reply_error(ctx: &Context, message: &str) -> c_int {
 
 /// Runs a handler with the arguments after the command name as byte slices. A panic is a
 /// bug; it is caught here so it can never unwind into Redis.
-fn dispatch(raw_ctx: *mut RedisModuleCtx, argv: *mut *mut RedisModuleString, argc: c_int, handler: Handler) -> c_int {
+fn dispatch(
+    raw_ctx: *mut RedisModuleCtx,
+    argv: *mut *mut RedisModuleString,
+    argc: c_int,
+    handler: Handler,
+) -> c_int {
     let ctx = Context::new(raw_ctx);
     let mut args: smallvec::SmallVec<[&[u8]; 16]> = smallvec::SmallVec::new();
     let Some(ptr_len) = (unsafe { raw::RedisModule_StringPtrLen }) else {
@@ -117,7 +124,8 @@ struct CommandSpec {
 /// COUPON.CREATE only inserts a new key and USAGE.LIMIT only updates one, replying `OK`
 /// (`%W~` suffices).
 const KEY_READ: u32 = raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS;
-const KEY_READ_UPDATE: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_UPDATE;
+const KEY_READ_UPDATE: u32 =
+    raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_UPDATE;
 const KEY_INSERT: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_INSERT;
 const KEY_UPDATE: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE;
 
@@ -146,7 +154,9 @@ commands_table! {
 
 /// Arity, summary and key spec for COMMAND INFO / COMMAND DOCS and for ACL key checks.
 fn set_command_info(cmd: *mut raw::RedisModuleCommand, spec: &CommandSpec) -> Result<(), String> {
-    let Some(set_info) = (unsafe { raw::RedisModule_SetCommandInfo }) else { return Ok(()) };
+    let Some(set_info) = (unsafe { raw::RedisModule_SetCommandInfo }) else {
+        return Ok(());
+    };
     let version = raw::RedisModuleCommandInfoVersion {
         version: 1,
         sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
@@ -158,8 +168,11 @@ fn set_command_info(cmd: *mut raw::RedisModuleCommand, spec: &CommandSpec) -> Re
     // SAFETY: a key spec is plain data; all zeros is the terminator Redis expects.
     let mut key_specs: [raw::RedisModuleCommandKeySpec; 2] = unsafe { std::mem::zeroed() };
     key_specs[0].flags = u64::from(spec.key_flags);
-    key_specs[0].begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
-    key_specs[0].bs.index = raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_1 { pos: spec.first_key };
+    key_specs[0].begin_search_type =
+        raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
+    key_specs[0].bs.index = raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_1 {
+        pos: spec.first_key,
+    };
     key_specs[0].find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
     key_specs[0].fk.range = raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_1 {
         lastkey: spec.last_key - spec.first_key,
@@ -185,7 +198,8 @@ fn set_command_info(cmd: *mut raw::RedisModuleCommand, spec: &CommandSpec) -> Re
 }
 
 fn register_commands(ctx: &Context) -> Result<(), String> {
-    let create = unsafe { raw::RedisModule_CreateCommand }.ok_or("RedisModule_CreateCommand missing")?;
+    let create =
+        unsafe { raw::RedisModule_CreateCommand }.ok_or("RedisModule_CreateCommand missing")?;
     // A `tally` ACL category needs Redis 7.4+; older servers get only the flag-implied ones.
     let has_category = match unsafe { raw::RedisModule_AddACLCategory } {
         Some(add) => {
@@ -200,7 +214,15 @@ fn register_commands(ctx: &Context) -> Result<(), String> {
         let cname = CString::new(name).map_err(|e| e.to_string())?;
         let cflags = CString::new(spec.flags).map_err(|e| e.to_string())?;
         let rc = unsafe {
-            create(ctx.get_raw(), cname.as_ptr(), Some(spec.entry), cflags.as_ptr(), spec.first_key, spec.last_key, 1)
+            create(
+                ctx.get_raw(),
+                cname.as_ptr(),
+                Some(spec.entry),
+                cflags.as_ptr(),
+                spec.first_key,
+                spec.last_key,
+                1,
+            )
         };
         if rc != raw::REDISMODULE_OK as c_int {
             return Err(format!("could not create command {name}"));
@@ -214,8 +236,16 @@ fn register_commands(ctx: &Context) -> Result<(), String> {
         // Redis 7.0: no categories for module commands, so the module enforces the rule itself.
         acl::set_enforce_core_commands(set_categories.is_none());
         if let Some(set) = set_categories {
-            let base = if spec.flags.starts_with("write") { "write" } else { "read" };
-            let cats = if has_category { format!("{base} tally") } else { base.to_string() };
+            let base = if spec.flags.starts_with("write") {
+                "write"
+            } else {
+                "read"
+            };
+            let cats = if has_category {
+                format!("{base} tally")
+            } else {
+                base.to_string()
+            };
             let ccats = CString::new(cats).map_err(|e| e.to_string())?;
             if unsafe { set(cmd, ccats.as_ptr()) } != raw::REDISMODULE_OK as c_int {
                 return Err(format!("could not set ACL categories of {name}"));
@@ -288,7 +318,12 @@ fn check_eviction_policy(ctx: &Context) {
 }
 
 /// `CONFIG SET maxmemory-policy ...` (server event): check the new policy.
-extern "C" fn on_config_change(ctx: *mut RedisModuleCtx, _eid: raw::RedisModuleEvent, _sub: u64, data: *mut std::os::raw::c_void) {
+extern "C" fn on_config_change(
+    ctx: *mut RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    _sub: u64,
+    data: *mut std::os::raw::c_void,
+) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         if data.is_null() {
             return;
@@ -309,9 +344,15 @@ extern "C" fn on_config_change(ctx: *mut RedisModuleCtx, _eid: raw::RedisModuleE
 }
 
 fn subscribe_config_changes(ctx: &Context) -> Result<(), String> {
-    let subscribe = unsafe { raw::RedisModule_SubscribeToServerEvent }.ok_or("RedisModule_SubscribeToServerEvent missing")?;
-    let event = raw::RedisModuleEvent { id: raw::REDISMODULE_EVENT_CONFIG, dataver: 1 };
-    if unsafe { subscribe(ctx.get_raw(), event, Some(on_config_change)) } != raw::REDISMODULE_OK as c_int {
+    let subscribe = unsafe { raw::RedisModule_SubscribeToServerEvent }
+        .ok_or("RedisModule_SubscribeToServerEvent missing")?;
+    let event = raw::RedisModuleEvent {
+        id: raw::REDISMODULE_EVENT_CONFIG,
+        dataver: 1,
+    };
+    if unsafe { subscribe(ctx.get_raw(), event, Some(on_config_change)) }
+        != raw::REDISMODULE_OK as c_int
+    {
         return Err("could not subscribe to configuration changes".into());
     }
     Ok(())
@@ -329,7 +370,9 @@ const VALKEY_OPTION_HANDLE_ATOMIC_SLOT_MIGRATION: c_int = 1 << 5;
 /// only set on Valkey: Redis gives its option bits other meanings.
 fn module_options(info_server: &str) -> c_int {
     let base = raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED as c_int;
-    let valkey = info_server.lines().any(|l| l.starts_with("valkey_version:") || l.trim() == "server_name:valkey");
+    let valkey = info_server
+        .lines()
+        .any(|l| l.starts_with("valkey_version:") || l.trim() == "server_name:valkey");
     if valkey {
         base | VALKEY_OPTION_HANDLE_ATOMIC_SLOT_MIGRATION
     } else {
@@ -339,7 +382,12 @@ fn module_options(info_server: &str) -> c_int {
 
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
     if let Some(set_options) = unsafe { raw::RedisModule_SetModuleOptions } {
-        let info = ctx.call("INFO", &["server"][..]).ok().as_ref().and_then(text_of).unwrap_or_default();
+        let info = ctx
+            .call("INFO", &["server"][..])
+            .ok()
+            .as_ref()
+            .and_then(text_of)
+            .unwrap_or_default();
         unsafe { set_options(ctx.get_raw(), module_options(&info)) };
     }
     if let Err(e) = apply_args(args) {
@@ -383,7 +431,10 @@ fn info(ctx: &InfoContext, _for_crash_report: bool) {
     let live = opids::window().live(ffi::now_ms());
     let _ = ctx.add_info_field_long_long("op_ids_counted", i64::try_from(live).unwrap_or(i64::MAX));
     // 1 while maxmemory-policy can evict op-id records (tally needs noeviction).
-    let _ = ctx.add_info_field_long_long("maxmemory_policy_evicts_op_ids", i64::from(EVICTION_RISK.load(Relaxed)));
+    let _ = ctx.add_info_field_long_long(
+        "maxmemory_policy_evicts_op_ids",
+        i64::from(EVICTION_RISK.load(Relaxed)),
+    );
 }
 
 /// Unit tests run outside Redis, where the Redis allocator does not exist.
@@ -415,7 +466,10 @@ macro_rules! tally_module {
 }
 
 #[cfg(not(test))]
-tally_module!(redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc);
+tally_module!(
+    redis_module::alloc::RedisAlloc,
+    redis_module::alloc::RedisAlloc
+);
 #[cfg(test)]
 tally_module!(std::alloc::System, std::alloc::System);
 
@@ -427,9 +481,13 @@ mod tests {
     fn atomic_slot_migration_is_declared_on_valkey_only() {
         let base = raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED as c_int;
         let redis = "# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\n";
-        let valkey = "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:9.1.2\r\n";
+        let valkey =
+            "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:9.1.2\r\n";
         assert_eq!(module_options(redis), base);
-        assert_eq!(module_options(valkey), base | VALKEY_OPTION_HANDLE_ATOMIC_SLOT_MIGRATION);
+        assert_eq!(
+            module_options(valkey),
+            base | VALKEY_OPTION_HANDLE_ATOMIC_SLOT_MIGRATION
+        );
         assert_eq!(module_options(""), base);
     }
 }

@@ -13,17 +13,26 @@ pub fn stored_decimal(what: &str, raw: Option<&[u8]>) -> Result<Decimal, CmdErro
 }
 
 /// `stored_decimal` with the name of the value built only for the error message.
-pub fn stored_decimal_lazy(raw: Option<&[u8]>, what: impl FnOnce() -> String) -> Result<Decimal, CmdError> {
+pub fn stored_decimal_lazy(
+    raw: Option<&[u8]>,
+    what: impl FnOnce() -> String,
+) -> Result<Decimal, CmdError> {
     match raw {
         None => Ok(Decimal::ZERO),
-        Some(bytes) => Decimal::parse(bytes)
-            .map_err(|_| CmdError::wrong_type(format!("{} holds a value that is not a decimal", what()))),
+        Some(bytes) => Decimal::parse(bytes).map_err(|_| {
+            CmdError::wrong_type(format!("{} holds a value that is not a decimal", what()))
+        }),
     }
 }
 
 /// Applies `delta` to `current` under the bounds. A bound only blocks a change that moves
 /// the balance further past it: a deposit into an overdrawn account is always allowed.
-pub fn apply_delta(current: Decimal, delta: Decimal, floor: Floor, ceil: Option<Decimal>) -> Result<Decimal, CmdError> {
+pub fn apply_delta(
+    current: Decimal,
+    delta: Decimal,
+    floor: Floor,
+    ceil: Option<Decimal>,
+) -> Result<Decimal, CmdError> {
     let next = current
         .checked_add(delta)
         .ok_or_else(|| CmdError::err("the balance would overflow 20 integer digits"))?;
@@ -42,7 +51,10 @@ pub fn apply_delta(current: Decimal, delta: Decimal, floor: Floor, ceil: Option<
     }
     if let Some(c) = ceil {
         if delta.is_positive() && next > c {
-            return Err(CmdError::code("LIMIT", format!("balance would exceed the ceiling {c}")));
+            return Err(CmdError::code(
+                "LIMIT",
+                format!("balance would exceed the ceiling {c}"),
+            ));
         }
     }
     Ok(next)
@@ -69,7 +81,10 @@ fn kind_name(kind: &[u8]) -> &'static str {
 pub fn check_asset_hash(kind: Option<&[u8]>) -> Result<(), CmdError> {
     match kind {
         None => Ok(()),
-        Some(k) => Err(CmdError::wrong_type(format!("the key is {}, not an asset hash", kind_name(k)))),
+        Some(k) => Err(CmdError::wrong_type(format!(
+            "the key is {}, not an asset hash",
+            kind_name(k)
+        ))),
     }
 }
 
@@ -77,8 +92,15 @@ pub fn check_asset_hash(kind: Option<&[u8]>) -> Result<(), CmdError> {
 pub fn check_kind(kind: Option<&[u8]>, want: &[u8]) -> Result<(), CmdError> {
     match kind {
         Some(k) if k == want => Ok(()),
-        Some(k) => Err(CmdError::wrong_type(format!("the key is {}, not {}", kind_name(k), kind_name(want)))),
-        None => Err(CmdError::wrong_type(format!("the key is an asset hash, not {}", kind_name(want)))),
+        Some(k) => Err(CmdError::wrong_type(format!(
+            "the key is {}, not {}",
+            kind_name(k),
+            kind_name(want)
+        ))),
+        None => Err(CmdError::wrong_type(format!(
+            "the key is an asset hash, not {}",
+            kind_name(want)
+        ))),
     }
 }
 
@@ -118,7 +140,8 @@ impl Campaign {
         if self.issued >= self.total {
             return Err(CmdError::code("SOLDOUT", "no coupons remain"));
         }
-        let corrupt = || CmdError::wrong_type("the campaign's counters are out of range (edited by hand?)");
+        let corrupt =
+            || CmdError::wrong_type("the campaign's counters are out of range (edited by hand?)");
         let issued = self.issued.checked_add(1).ok_or_else(corrupt)?;
         let last_issue = self.last_issue.checked_add(1).ok_or_else(corrupt)?;
         self.issued = issued;
@@ -129,9 +152,13 @@ impl Campaign {
     /// Gives back the user's most recent claim (`newest`, None when the user holds none);
     /// returns the released issue number.
     pub fn release(&mut self, newest: Option<i64>) -> Result<i64, CmdError> {
-        let last = newest.ok_or_else(|| CmdError::code("NOTFOUND", "the user holds no claim in this campaign"))?;
+        let last = newest.ok_or_else(|| {
+            CmdError::code("NOTFOUND", "the user holds no claim in this campaign")
+        })?;
         if self.issued <= 0 {
-            return Err(CmdError::wrong_type("the campaign's issued counter is corrupt"));
+            return Err(CmdError::wrong_type(
+                "the campaign's issued counter is corrupt",
+            ));
         }
         self.issued -= 1;
         Ok(last)
@@ -140,13 +167,19 @@ impl Campaign {
 
 /// The claims a user holds in the legacy layout (one field `u:<user>` = `"3,17"`).
 pub fn parse_held(raw: Option<&[u8]>) -> Result<Vec<i64>, CmdError> {
-    let Some(raw) = raw else { return Ok(Vec::new()) };
-    let text = std::str::from_utf8(raw).map_err(|_| CmdError::wrong_type("corrupt holder record"))?;
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let text =
+        std::str::from_utf8(raw).map_err(|_| CmdError::wrong_type("corrupt holder record"))?;
     if text.is_empty() {
         return Ok(Vec::new());
     }
     text.split(',')
-        .map(|n| n.parse::<i64>().map_err(|_| CmdError::wrong_type("corrupt holder record")))
+        .map(|n| {
+            n.parse::<i64>()
+                .map_err(|_| CmdError::wrong_type("corrupt holder record"))
+        })
         .collect()
 }
 
@@ -206,9 +239,11 @@ pub type HolderWrites = smallvec::SmallVec<[(HolderField, Option<i64>); 3]>;
 impl Holding {
     /// From a stored `c:<user>`.
     pub fn from_count(raw: &[u8]) -> Result<Holding, CmdError> {
-        canonical_count(raw)
-            .map(Holding::Counted)
-            .ok_or_else(|| CmdError::wrong_type("corrupt holder record: the claim count is not a non-negative integer"))
+        canonical_count(raw).map(Holding::Counted).ok_or_else(|| {
+            CmdError::wrong_type(
+                "corrupt holder record: the claim count is not a non-negative integer",
+            )
+        })
     }
 
     /// From the legacy `u:<user>` of a user without `c:<user>` (absent = no claim).
@@ -242,7 +277,10 @@ impl Holding {
         match self {
             Holding::Counted(n) => {
                 let k = n.saturating_add(1);
-                smallvec::smallvec![(HolderField::Count, Some(k)), (HolderField::Issue(k), Some(issue))]
+                smallvec::smallvec![
+                    (HolderField::Count, Some(k)),
+                    (HolderField::Issue(k), Some(issue))
+                ]
             }
             Holding::Legacy(held) => converted(held, Some(issue)),
         }
@@ -253,10 +291,15 @@ impl Holding {
         match self {
             Holding::Counted(n) if *n > 0 => {
                 let rest = n - 1;
-                smallvec::smallvec![(HolderField::Issue(*n), None), (HolderField::Count, (rest > 0).then_some(rest))]
+                smallvec::smallvec![
+                    (HolderField::Issue(*n), None),
+                    (HolderField::Count, (rest > 0).then_some(rest))
+                ]
             }
             Holding::Counted(_) => HolderWrites::new(),
-            Holding::Legacy(held) => converted(held.split_last().map_or(&[][..], |(_, rest)| rest), None),
+            Holding::Legacy(held) => {
+                converted(held.split_last().map_or(&[][..], |(_, rest)| rest), None)
+            }
         }
     }
 }
@@ -272,7 +315,11 @@ pub enum Newest {
 pub fn parse_issue(raw: Option<&[u8]>) -> Result<i64, CmdError> {
     raw.and_then(canonical_count)
         .filter(|n| *n > 0)
-        .ok_or_else(|| CmdError::wrong_type("corrupt holder record: the user's newest claim is missing or not an issue number"))
+        .ok_or_else(|| {
+            CmdError::wrong_type(
+                "corrupt holder record: the user's newest claim is missing or not an issue number",
+            )
+        })
 }
 
 /// A legacy record replaced by the counted layout holding `held` and then `newest`.
@@ -282,7 +329,13 @@ fn converted(held: &[i64], newest: Option<i64>) -> HolderWrites {
     if count > 0 {
         w.push((HolderField::Count, Some(count)));
     }
-    w.extend(held.iter().copied().chain(newest).zip(1..).map(|(issue, k)| (HolderField::Issue(k), Some(issue))));
+    w.extend(
+        held.iter()
+            .copied()
+            .chain(newest)
+            .zip(1..)
+            .map(|(issue, k)| (HolderField::Issue(k), Some(issue))),
+    );
     w
 }
 
@@ -303,7 +356,11 @@ impl Usage {
     pub fn at(&self, now_ms: i64) -> Usage {
         let current = self.period.id_at(now_ms);
         if crate::period::is_later(&current, &self.period_id) {
-            Usage { period_id: current, used: Decimal::ZERO, ..self.clone() }
+            Usage {
+                period_id: current,
+                used: Decimal::ZERO,
+                ..self.clone()
+            }
         } else {
             self.clone()
         }
@@ -328,7 +385,10 @@ impl Usage {
         if next > u.limit {
             return Err(CmdError::code(
                 "LIMIT",
-                format!("used {} + {amount} would exceed the limit {}", u.used, u.limit),
+                format!(
+                    "used {} + {amount} would exceed the limit {}",
+                    u.used, u.limit
+                ),
             ));
         }
         u.used = next;
@@ -346,17 +406,29 @@ mod tests {
 
     #[test]
     fn default_floor_is_zero() {
-        assert_eq!(apply_delta(d("5"), d("-5"), Floor::Default, None), Ok(d("0")));
+        assert_eq!(
+            apply_delta(d("5"), d("-5"), Floor::Default, None),
+            Ok(d("0"))
+        );
         let e = apply_delta(d("5"), d("-5.01"), Floor::Default, None);
         assert_eq!(e.map_err(|e| e.code_name()), Err("INSUFFICIENT"));
     }
 
     #[test]
     fn explicit_bounds() {
-        assert_eq!(apply_delta(d("0"), d("-50"), Floor::At(d("-100")), None), Ok(d("-50")));
+        assert_eq!(
+            apply_delta(d("0"), d("-50"), Floor::At(d("-100")), None),
+            Ok(d("-50"))
+        );
         assert!(apply_delta(d("0"), d("-101"), Floor::At(d("-100")), None).is_err());
-        assert_eq!(apply_delta(d("0"), d("-1000000"), Floor::None, None), Ok(d("-1000000")));
-        assert_eq!(apply_delta(d("9"), d("1"), Floor::Default, Some(d("10"))), Ok(d("10")));
+        assert_eq!(
+            apply_delta(d("0"), d("-1000000"), Floor::None, None),
+            Ok(d("-1000000"))
+        );
+        assert_eq!(
+            apply_delta(d("9"), d("1"), Floor::Default, Some(d("10"))),
+            Ok(d("10"))
+        );
         let e = apply_delta(d("9"), d("1.5"), Floor::Default, Some(d("10")));
         assert_eq!(e.map_err(|e| e.code_name()), Err("LIMIT"));
     }
@@ -364,9 +436,15 @@ mod tests {
     #[test]
     fn bounds_never_block_moving_back_inside() {
         // Overdrawn account may receive a deposit that still leaves it below the floor.
-        assert_eq!(apply_delta(d("-10"), d("3"), Floor::Default, None), Ok(d("-7")));
+        assert_eq!(
+            apply_delta(d("-10"), d("3"), Floor::Default, None),
+            Ok(d("-7"))
+        );
         // Above a ceiling may still withdraw.
-        assert_eq!(apply_delta(d("20"), d("-1"), Floor::Default, Some(d("10"))), Ok(d("19")));
+        assert_eq!(
+            apply_delta(d("20"), d("-1"), Floor::Default, Some(d("10"))),
+            Ok(d("19"))
+        );
     }
 
     #[test]
@@ -379,11 +457,21 @@ mod tests {
     fn stored_values_must_be_decimals() {
         assert_eq!(stored_decimal("f", None), Ok(Decimal::ZERO));
         assert_eq!(stored_decimal("f", Some(b"100.50")), Ok(d("100.5")));
-        assert_eq!(stored_decimal("f", Some(b"abc")).map_err(|e| e.code_name()), Err("WRONGTYPE"));
+        assert_eq!(
+            stored_decimal("f", Some(b"abc")).map_err(|e| e.code_name()),
+            Err("WRONGTYPE")
+        );
     }
 
     fn campaign(total: i64, per_user: i64) -> Campaign {
-        Campaign { total, issued: 0, last_issue: 0, per_user, start_ms: 0, end_ms: 0 }
+        Campaign {
+            total,
+            issued: 0,
+            last_issue: 0,
+            per_user,
+            start_ms: 0,
+            end_ms: 0,
+        }
     }
 
     #[test]
@@ -422,8 +510,14 @@ mod tests {
         assert_eq!(parse_held(None), Ok(vec![]));
         assert!(parse_held(Some(b"x")).is_err());
         assert_eq!(Holding::from_legacy(None), Ok(Holding::Counted(0)));
-        assert_eq!(Holding::from_legacy(Some(b"3,17")), Ok(Holding::Legacy(vec![3, 17])));
-        assert_eq!(Holding::from_legacy(Some(b"3,x")).map_err(|e| e.code_name()), Err("WRONGTYPE"));
+        assert_eq!(
+            Holding::from_legacy(Some(b"3,17")),
+            Ok(Holding::Legacy(vec![3, 17]))
+        );
+        assert_eq!(
+            Holding::from_legacy(Some(b"3,x")).map_err(|e| e.code_name()),
+            Err("WRONGTYPE")
+        );
     }
 
     fn name(field: HolderField, user: &str) -> String {
@@ -441,13 +535,26 @@ mod tests {
     fn counts_and_issues_must_be_canonical() {
         assert_eq!(Holding::from_count(b"0"), Ok(Holding::Counted(0)));
         assert_eq!(Holding::from_count(b"1000"), Ok(Holding::Counted(1000)));
-        for bad in [&b""[..], b"-1", b"01", b"+1", b" 1", b"1.0", b"x", b"99999999999999999999"] {
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"01",
+            b"+1",
+            b" 1",
+            b"1.0",
+            b"x",
+            b"99999999999999999999",
+        ] {
             let got = Holding::from_count(bad).map_err(|e| e.code_name());
             assert_eq!(got, Err("WRONGTYPE"), "{:?}", String::from_utf8_lossy(bad));
         }
         assert_eq!(parse_issue(Some(b"17")), Ok(17));
         for bad in [None, Some(&b"0"[..]), Some(b"-3"), Some(b"017"), Some(b"")] {
-            assert_eq!(parse_issue(bad).map_err(|e| e.code_name()), Err("WRONGTYPE"), "{bad:?}");
+            assert_eq!(
+                parse_issue(bad).map_err(|e| e.code_name()),
+                Err("WRONGTYPE"),
+                "{bad:?}"
+            );
         }
     }
 
@@ -456,16 +563,28 @@ mod tests {
         use HolderField::{Count, Issue};
         let first = Holding::Counted(0);
         assert_eq!(first.count(), 0);
-        assert_eq!(first.claim_writes(7).as_slice(), [(Count, Some(1)), (Issue(1), Some(7))]);
+        assert_eq!(
+            first.claim_writes(7).as_slice(),
+            [(Count, Some(1)), (Issue(1), Some(7))]
+        );
         assert_eq!(first.newest(), Newest::Known(None));
         assert!(first.release_writes().is_empty());
         let many = Holding::Counted(999);
-        assert_eq!(many.claim_writes(5000).as_slice(), [(Count, Some(1000)), (Issue(1000), Some(5000))]);
+        assert_eq!(
+            many.claim_writes(5000).as_slice(),
+            [(Count, Some(1000)), (Issue(1000), Some(5000))]
+        );
         let full = Holding::Counted(1000);
         assert_eq!(full.newest(), Newest::Stored(Issue(1000)));
-        assert_eq!(full.release_writes().as_slice(), [(Issue(1000), None), (Count, Some(999))]);
+        assert_eq!(
+            full.release_writes().as_slice(),
+            [(Issue(1000), None), (Count, Some(999))]
+        );
         // The last claim given back removes the count too.
-        assert_eq!(Holding::Counted(1).release_writes().as_slice(), [(Issue(1), None), (Count, None)]);
+        assert_eq!(
+            Holding::Counted(1).release_writes().as_slice(),
+            [(Issue(1), None), (Count, None)]
+        );
     }
 
     #[test]
@@ -474,14 +593,26 @@ mod tests {
         let old = Holding::Legacy(vec![3, 17]);
         assert_eq!(old.count(), 2);
         assert_eq!(old.newest(), Newest::Known(Some(17)));
-        let claimed = [(Legacy, None), (Count, Some(3)), (Issue(1), Some(3)), (Issue(2), Some(17)), (Issue(3), Some(20))];
+        let claimed = [
+            (Legacy, None),
+            (Count, Some(3)),
+            (Issue(1), Some(3)),
+            (Issue(2), Some(17)),
+            (Issue(3), Some(20)),
+        ];
         assert_eq!(old.claim_writes(20).as_slice(), claimed);
-        assert_eq!(old.release_writes().as_slice(), [(Legacy, None), (Count, Some(1)), (Issue(1), Some(3))]);
+        assert_eq!(
+            old.release_writes().as_slice(),
+            [(Legacy, None), (Count, Some(1)), (Issue(1), Some(3))]
+        );
         let one = Holding::Legacy(vec![3]);
         assert_eq!(one.release_writes().as_slice(), [(Legacy, None)]);
         let empty = Holding::Legacy(vec![]);
         assert_eq!(empty.newest(), Newest::Known(None));
-        assert_eq!(empty.claim_writes(4).as_slice(), [(Legacy, None), (Count, Some(1)), (Issue(1), Some(4))]);
+        assert_eq!(
+            empty.claim_writes(4).as_slice(),
+            [(Legacy, None), (Count, Some(1)), (Issue(1), Some(4))]
+        );
     }
 
     #[test]
@@ -496,20 +627,43 @@ mod tests {
     fn asset_commands_refuse_campaigns_and_counters() {
         assert_eq!(check_asset_hash(None), Ok(()));
         for kind in [&b"coupon"[..], b"usage", b"other"] {
-            assert_eq!(check_asset_hash(Some(kind)).map_err(|e| e.code_name()), Err("WRONGTYPE"));
+            assert_eq!(
+                check_asset_hash(Some(kind)).map_err(|e| e.code_name()),
+                Err("WRONGTYPE")
+            );
         }
         assert_eq!(check_kind(Some(b"coupon"), KIND_COUPON), Ok(()));
-        assert_eq!(check_kind(Some(b"usage"), KIND_COUPON).map_err(|e| e.code_name()), Err("WRONGTYPE"));
-        assert_eq!(check_kind(None, KIND_USAGE).map_err(|e| e.code_name()), Err("WRONGTYPE"));
+        assert_eq!(
+            check_kind(Some(b"usage"), KIND_COUPON).map_err(|e| e.code_name()),
+            Err("WRONGTYPE")
+        );
+        assert_eq!(
+            check_kind(None, KIND_USAGE).map_err(|e| e.code_name()),
+            Err("WRONGTYPE")
+        );
     }
 
     #[test]
     fn hand_edited_counters_at_the_limit_are_errors_not_wraps() {
-        let mut c = Campaign { total: i64::MAX, issued: i64::MAX - 1, last_issue: i64::MAX, per_user: 1, start_ms: 0, end_ms: 0 };
+        let mut c = Campaign {
+            total: i64::MAX,
+            issued: i64::MAX - 1,
+            last_issue: i64::MAX,
+            per_user: 1,
+            start_ms: 0,
+            end_ms: 0,
+        };
         let before = c;
         assert_eq!(c.claim(0, 1).map_err(|e| e.code_name()), Err("WRONGTYPE"));
         assert_eq!(c, before);
-        let c = Campaign { total: 5, issued: i64::MIN, last_issue: 0, per_user: 1, start_ms: 0, end_ms: 0 };
+        let c = Campaign {
+            total: 5,
+            issued: i64::MIN,
+            last_issue: 0,
+            per_user: 1,
+            start_ms: 0,
+            end_ms: 0,
+        };
         assert_eq!(c.remaining(), i64::MAX);
     }
 
@@ -517,22 +671,46 @@ mod tests {
     fn a_stored_period_ahead_of_the_clock_does_not_reset() {
         let day = 86_400_000;
         // Stored in day 2 (1970-01-03); the clock now says day 1.
-        let u = Usage { limit: d("10"), period: Period::Day, period_id: Period::Day.id_at(2 * day), used: d("9") };
+        let u = Usage {
+            limit: d("10"),
+            period: Period::Day,
+            period_id: Period::Day.id_at(2 * day),
+            used: d("9"),
+        };
         assert_eq!(u.at(day), u);
-        assert_eq!(u.consume(d("2"), day).map_err(|e| e.code_name()), Err("LIMIT"));
-        assert_eq!(u.consume(d("1"), day).map(|u| (u.used, u.period_id)), Ok((d("10"), "1970-01-03".to_string())));
+        assert_eq!(
+            u.consume(d("2"), day).map_err(|e| e.code_name()),
+            Err("LIMIT")
+        );
+        assert_eq!(
+            u.consume(d("1"), day).map(|u| (u.used, u.period_id)),
+            Ok((d("10"), "1970-01-03".to_string()))
+        );
         // A later period still resets.
         assert_eq!(u.at(3 * day).used, d("0"));
-        let m = Usage { limit: d("10"), period: Period::Month, period_id: "1970-02".into(), used: d("9") };
+        let m = Usage {
+            limit: d("10"),
+            period: Period::Month,
+            period_id: "1970-02".into(),
+            used: d("9"),
+        };
         assert_eq!(m.at(0).used, d("9"));
     }
 
     #[test]
     fn usage_limit_and_period_reset() {
         let day = 86_400_000;
-        let u = Usage { limit: d("10"), period: Period::Day, period_id: Period::Day.id_at(0), used: d("9") };
+        let u = Usage {
+            limit: d("10"),
+            period: Period::Day,
+            period_id: Period::Day.id_at(0),
+            used: d("9"),
+        };
         assert_eq!(u.consume(d("1"), 5).map(|u| u.used), Ok(d("10")));
-        assert_eq!(u.consume(d("2"), 5).map_err(|e| e.code_name()), Err("LIMIT"));
+        assert_eq!(
+            u.consume(d("2"), 5).map_err(|e| e.code_name()),
+            Err("LIMIT")
+        );
         let next_day = u.consume(d("2"), day).map(|u| (u.used, u.period_id));
         assert_eq!(next_day, Ok((d("2"), "1970-01-02".to_string())));
         assert_eq!(u.at(day).remaining(), d("10"));

@@ -29,7 +29,10 @@ pub struct Window {
 
 impl Window {
     pub const fn new() -> Window {
-        Window { buckets: VecDeque::new(), live: 0 }
+        Window {
+            buckets: VecDeque::new(),
+            live: 0,
+        }
     }
 
     /// Forgets the buckets whose deadline has passed; returns the records still counted.
@@ -54,7 +57,9 @@ impl Window {
     pub fn record(&mut self, now_ms: i64, ttl_ms: i64) {
         let width = (ttl_ms / BUCKETS_PER_TTL).max(MIN_BUCKET_MS);
         let expires = now_ms.saturating_add(ttl_ms.max(0));
-        let deadline = expires.checked_add(width - 1).map_or(i64::MAX, |e| e / width * width);
+        let deadline = expires
+            .checked_add(width - 1)
+            .map_or(i64::MAX, |e| e / width * width);
         let full = self.buckets.len() >= MAX_BUCKETS;
         match self.buckets.back_mut() {
             // A deadline at or before the last bucket's (a TTL lowered at run time, a clock
@@ -73,7 +78,9 @@ static WINDOW: Mutex<Window> = Mutex::new(Window::new());
 
 /// The node's window (commands run on Redis's main thread; the lock is never contended).
 pub fn window() -> MutexGuard<'static, Window> {
-    WINDOW.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    WINDOW
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -124,7 +131,10 @@ mod tests {
         }
         assert!(w.buckets.len() <= MAX_BUCKETS);
         let last = MAX_BUCKETS as i64 + 499;
-        assert_eq!(w.live(last * 1000), MAX_BUCKETS as u64 + 500 - (MAX_BUCKETS as u64 - 1));
+        assert_eq!(
+            w.live(last * 1000),
+            MAX_BUCKETS as u64 + 500 - (MAX_BUCKETS as u64 - 1)
+        );
         assert_eq!(w.live(i64::MAX), 0);
     }
 

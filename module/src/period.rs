@@ -44,7 +44,9 @@ impl Period {
 /// period kind changed, or it is not an id at all) count as a new period.
 pub fn is_later(current: &str, stored: &str) -> bool {
     let same_shape = current.len() == stored.len()
-        && current.bytes().zip(stored.bytes()).all(|(a, b)| a.is_ascii_digit() == b.is_ascii_digit() && (a.is_ascii_digit() || a == b));
+        && current.bytes().zip(stored.bytes()).all(|(a, b)| {
+            a.is_ascii_digit() == b.is_ascii_digit() && (a.is_ascii_digit() || a == b)
+        });
     !same_shape || current > stored
 }
 

@@ -43,11 +43,17 @@ pub fn snapshot() -> Vec<(String, u64)> {
     let mut out = vec![
         ("events_appended".to_string(), EVENTS.load(Relaxed)),
         ("idempotent_replays".to_string(), REPLAYS.load(Relaxed)),
-        ("propagation_failures".to_string(), PROPAGATION_FAILURES.load(Relaxed)),
+        (
+            "propagation_failures".to_string(),
+            PROPAGATION_FAILURES.load(Relaxed),
+        ),
     ];
     for (i, counter) in REJECTED.iter().enumerate() {
         let code = CODES.get(i).copied().unwrap_or("other");
-        out.push((format!("rejected_{}", code.to_ascii_lowercase()), counter.load(Relaxed)));
+        out.push((
+            format!("rejected_{}", code.to_ascii_lowercase()),
+            counter.load(Relaxed),
+        ));
     }
     out
 }

@@ -8,7 +8,10 @@ use std::ops::Deref;
 use smallvec::SmallVec;
 use std::sync::OnceLock;
 
-use redis_module::raw::{KeyType, RedisModuleString, REDISMODULE_NOTIFY_HASH, REDISMODULE_NOTIFY_STREAM, REDISMODULE_NOTIFY_STRING};
+use redis_module::raw::{
+    KeyType, RedisModuleString, REDISMODULE_NOTIFY_HASH, REDISMODULE_NOTIFY_STREAM,
+    REDISMODULE_NOTIFY_STRING,
+};
 use redis_module::{Context, ContextFlags};
 
 use crate::args::{Canonical, Common};
@@ -97,7 +100,9 @@ pub fn check_user_key(key: &str) -> Result<(), CmdError> {
     let prefix = config::prefix_fixed();
     let k = key.as_bytes();
     if k.len() > prefix.len() && k.starts_with(prefix.as_bytes()) && k[prefix.len()] == b':' {
-        return Err(CmdError::err(format!("keys starting with '{prefix}:' are reserved for tally")));
+        return Err(CmdError::err(format!(
+            "keys starting with '{prefix}:' are reserved for tally"
+        )));
     }
     Ok(())
 }
@@ -194,13 +199,19 @@ impl<'a> Tx<'a> {
         }
         let rs = RStr::new(key.as_bytes());
         let handle = Key::open_raw(self.ctx, rs.ptr(), true)?;
-        self.keys.push(DataKey { rs, key: handle, writes: SmallVec::new() });
+        self.keys.push(DataKey {
+            rs,
+            key: handle,
+            writes: SmallVec::new(),
+        });
         Ok(self.keys.len() - 1)
     }
 
     fn data(&mut self, key: &str) -> Result<&mut DataKey, CmdError> {
         let i = self.index_of(key)?;
-        self.keys.get_mut(i).ok_or_else(|| CmdError::err("internal key table error"))
+        self.keys
+            .get_mut(i)
+            .ok_or_else(|| CmdError::err("internal key table error"))
     }
 
     /// The open handle of a data key (for loaders that read several fields).
@@ -215,13 +226,23 @@ impl<'a> Tx<'a> {
     }
 
     /// Reads one field and hands its bytes to `f` without copying them.
-    pub fn hget_with<R>(&mut self, key: &str, field: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R, CmdError> {
+    pub fn hget_with<R>(
+        &mut self,
+        key: &str,
+        field: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, CmdError> {
         self.hget_rs(key, &RStr::new(field), f)
     }
 
     /// `hget_with` with the field name given as a RedisModuleString (made once by the caller,
     /// e.g. to be used for the write as well).
-    pub fn hget_rs<R>(&mut self, key: &str, field: &RStr, f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R, CmdError> {
+    pub fn hget_rs<R>(
+        &mut self,
+        key: &str,
+        field: &RStr,
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, CmdError> {
         let ctx = self.ctx;
         let d = self.data(key)?;
         field_with(ctx, &d.key, field.ptr(), f)
@@ -249,7 +270,9 @@ impl<'a> Tx<'a> {
         if self.seq_key.is_none() {
             self.seq_key = Some(Key::open_raw(self.ctx, self.names.seq_rs.ptr(), true)?);
         }
-        self.seq_key.as_ref().ok_or_else(|| CmdError::err("internal key table error"))
+        self.seq_key
+            .as_ref()
+            .ok_or_else(|| CmdError::err("internal key table error"))
     }
 
     /// The sequence number the next event of `key` carries.
@@ -257,14 +280,24 @@ impl<'a> Tx<'a> {
         let ctx = self.ctx;
         // The field is the data key's name: reuse its RedisModuleString.
         let index = self.index_of(key)?;
-        let field = self.keys.get(index).ok_or_else(|| CmdError::err("internal key table error"))?.rs.ptr();
+        let field = self
+            .keys
+            .get(index)
+            .ok_or_else(|| CmdError::err("internal key table error"))?
+            .rs
+            .ptr();
         let seq = self.seq_handle()?;
         let parsed = field_with(ctx, seq, field, |raw| match raw {
             None => Some(0),
-            Some(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse::<i64>().ok()),
+            Some(b) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok()),
         })?;
         let corrupt = || CmdError::wrong_type("the sequence record of this key is corrupt");
-        let next = parsed.ok_or_else(corrupt)?.checked_add(1).ok_or_else(corrupt)?;
+        let next = parsed
+            .ok_or_else(corrupt)?
+            .checked_add(1)
+            .ok_or_else(corrupt)?;
         self.seqs.push((index, next));
         Ok(next)
     }
@@ -275,12 +308,22 @@ pub use crate::event::IntText;
 /// What a mutating command may do after its checks: go on (with its op-id record's name
 /// and the request's fingerprint, when it has an op-id) or reply as it did the first time.
 enum Admission {
-    Go { op_rs: Option<RStr>, fingerprint: String },
+    Go {
+        op_rs: Option<RStr>,
+        fingerprint: String,
+    },
     Replay(Reply),
 }
 
 /// The ACL checks on the helper keys and the idempotency check of the op-id, if any.
-fn admit(ctx: &Context, command: &str, request: &impl Canonical, common: &Common, names: &Names, data_keys: &[&str]) -> Result<Admission, CmdError> {
+fn admit(
+    ctx: &Context,
+    command: &str,
+    request: &impl Canonical,
+    common: &Common,
+    names: &Names,
+    data_keys: &[&str],
+) -> Result<Admission, CmdError> {
     let first_key = data_keys.first().copied().unwrap_or_default();
     let op_key = common.op_id.as_deref().map(|id| names.op(first_key, id));
     let op_rs = op_key.as_deref().map(|k| RStr::new(k.as_bytes()));
@@ -324,9 +367,23 @@ pub fn mutate<'r>(
 
     let stream = open_stream(ctx, names)?;
 
-    let mut tx = Tx { ctx, now_ms: ffi::now_ms(), names, keys: SmallVec::new(), seq_key: None, seqs: SmallVec::new(), failed: None };
+    let mut tx = Tx {
+        ctx,
+        now_ms: ffi::now_ms(),
+        names,
+        keys: SmallVec::new(),
+        seq_key: None,
+        seqs: SmallVec::new(),
+        failed: None,
+    };
     let (reply, mut event) = body(&mut tx)?;
-    let Tx { keys, seq_key, seqs, failed, .. } = tx;
+    let Tx {
+        keys,
+        seq_key,
+        seqs,
+        failed,
+        ..
+    } = tx;
     if let Some(e) = failed {
         return Err(e);
     }
@@ -351,8 +408,25 @@ pub fn mutate<'r>(
     drop(keys);
 
     let id = RStr::new(entry_id(ms, sq).as_bytes());
-    propagated.note(ctx, ffi::replicate_rs(ctx, c"XADD", &mut [names.stream_rs.ptr(), id.ptr(), event_field().ptr(), json_rs.ptr()]));
-    ffi::notify(ctx, REDISMODULE_NOTIFY_STREAM, c"xadd", names.stream_rs.ptr());
+    propagated.note(
+        ctx,
+        ffi::replicate_rs(
+            ctx,
+            c"XADD",
+            &mut [
+                names.stream_rs.ptr(),
+                id.ptr(),
+                event_field().ptr(),
+                json_rs.ptr(),
+            ],
+        ),
+    );
+    ffi::notify(
+        ctx,
+        REDISMODULE_NOTIFY_STREAM,
+        c"xadd",
+        names.stream_rs.ptr(),
+    );
     drop(stream);
     ffi::signal_modified(ctx, names.stream_rs.ptr());
 
@@ -392,11 +466,20 @@ fn replay(ctx: &Context, op_rs: &RStr, fingerprint: &str) -> Result<Option<Reply
                     stats::replay();
                     Ok(Some(reply))
                 }
-                Recorded::Different => Err(CmdError::code("CONFLICT", "this op-id was already used with different arguments")),
-                Recorded::Corrupt => Err(CmdError::code("CONFLICT", "this op-id's record is not a tally record")),
+                Recorded::Different => Err(CmdError::code(
+                    "CONFLICT",
+                    "this op-id was already used with different arguments",
+                )),
+                Recorded::Corrupt => Err(CmdError::code(
+                    "CONFLICT",
+                    "this op-id's record is not a tally record",
+                )),
             }
         }
-        _ => Err(CmdError::code("CONFLICT", "this op-id's record is not a tally record")),
+        _ => Err(CmdError::code(
+            "CONFLICT",
+            "this op-id's record is not a tally record",
+        )),
     }
 }
 
@@ -406,7 +489,12 @@ fn open_stream(ctx: &Context, names: &Names) -> Result<Key, CmdError> {
     let stream = Key::open_raw(ctx, names.stream_rs.ptr(), true)?;
     match stream.kind() {
         KeyType::Empty | KeyType::Stream => {}
-        _ => return Err(CmdError::wrong_type(format!("tally's log key '{}' is not a stream", names.stream))),
+        _ => {
+            return Err(CmdError::wrong_type(format!(
+                "tally's log key '{}' is not a stream",
+                names.stream
+            )))
+        }
     }
     let max_backlog = config::max_backlog();
     if max_backlog > 0 && stream.len() as i64 >= max_backlog {
@@ -419,7 +507,11 @@ fn open_stream(ctx: &Context, names: &Names) -> Result<Key, CmdError> {
 }
 
 /// One data key's queued writes, propagated as one HSET (and one HDEL for removed fields).
-fn write_data_key(ctx: &Context, dk: &DataKey, propagated: &mut Propagation) -> Result<(), CmdError> {
+fn write_data_key(
+    ctx: &Context,
+    dk: &DataKey,
+    propagated: &mut Propagation,
+) -> Result<(), CmdError> {
     if dk.writes.is_empty() {
         return Ok(());
     }
@@ -430,12 +522,16 @@ fn write_data_key(ctx: &Context, dk: &DataKey, propagated: &mut Propagation) -> 
         let f = field.rs();
         match value {
             Some(v) => {
-                dk.key.hset_rs(f.ptr(), Some(v.ptr())).map_err(|e| partial_write(ctx, e))?;
+                dk.key
+                    .hset_rs(f.ptr(), Some(v.ptr()))
+                    .map_err(|e| partial_write(ctx, e))?;
                 hset_args.push(f.ptr());
                 hset_args.push(v.ptr());
             }
             None => {
-                dk.key.hset_rs(f.ptr(), None).map_err(|e| partial_write(ctx, e))?;
+                dk.key
+                    .hset_rs(f.ptr(), None)
+                    .map_err(|e| partial_write(ctx, e))?;
                 if hdel_args.is_empty() {
                     hdel_args.push(dk.rs.ptr());
                 }
@@ -464,12 +560,17 @@ fn write_seqs(
     keys: &[DataKey],
     propagated: &mut Propagation,
 ) -> Result<(), CmdError> {
-    let seq_texts: SmallVec<[RStr; 2]> = seqs.iter().map(|(_, s)| RStr::new(IntText::new(*s).as_bytes())).collect();
+    let seq_texts: SmallVec<[RStr; 2]> = seqs
+        .iter()
+        .map(|(_, s)| RStr::new(IntText::new(*s).as_bytes()))
+        .collect();
     let mut seq_args: SmallVec<[*mut RedisModuleString; 5]> = SmallVec::new();
     seq_args.push(names.seq_rs.ptr());
     for ((k, _), text) in seqs.iter().zip(&seq_texts) {
         let name = keys.get(*k).map_or(std::ptr::null_mut(), |d| d.rs.ptr());
-        seq_key.hset_rs(name, Some(text.ptr())).map_err(|e| partial_write(ctx, e))?;
+        seq_key
+            .hset_rs(name, Some(text.ptr()))
+            .map_err(|e| partial_write(ctx, e))?;
         seq_args.push(name);
         seq_args.push(text.ptr());
     }
@@ -498,11 +599,18 @@ fn admit_op_id() -> Result<(), CmdError> {
 }
 
 /// The op-id record (fingerprint and reply) with its TTL, propagated as SET ... PXAT.
-fn write_op_record(ctx: &Context, op_rs: &RStr, fingerprint: &str, reply: &Reply, propagated: &mut Propagation) -> Result<(), CmdError> {
+fn write_op_record(
+    ctx: &Context,
+    op_rs: &RStr,
+    fingerprint: &str,
+    reply: &Reply,
+    propagated: &mut Propagation,
+) -> Result<(), CmdError> {
     let ttl_ms = config::op_ttl_ms();
     let record = RStr::new(event::encode_record(fingerprint, reply).as_bytes());
     let k = Key::open_raw(ctx, op_rs.ptr(), true).map_err(|e| partial_write(ctx, e))?;
-    k.string_set_with_expire(record.ptr(), ttl_ms).map_err(|e| partial_write(ctx, e))?;
+    k.string_set_with_expire(record.ptr(), ttl_ms)
+        .map_err(|e| partial_write(ctx, e))?;
     drop(k);
     // One instant for the count and the replicated deadline: the record is counted at least
     // until the PXAT the replicas get.
@@ -511,7 +619,14 @@ fn write_op_record(ctx: &Context, op_rs: &RStr, fingerprint: &str, reply: &Reply
     // ttl_ms is at most config::MAX_OP_TTL_MS, so this cannot wrap; saturate anyway.
     let at = RStr::new(IntText::new(now.saturating_add(ttl_ms)).as_bytes());
     let pxat = pxat_word().ptr();
-    propagated.note(ctx, ffi::replicate_rs(ctx, c"SET", &mut [op_rs.ptr(), record.ptr(), pxat, at.ptr()]));
+    propagated.note(
+        ctx,
+        ffi::replicate_rs(
+            ctx,
+            c"SET",
+            &mut [op_rs.ptr(), record.ptr(), pxat, at.ptr()],
+        ),
+    );
     ffi::notify(ctx, REDISMODULE_NOTIFY_STRING, c"set", op_rs.ptr());
     ffi::signal_modified(ctx, op_rs.ptr());
     Ok(())
@@ -520,7 +635,9 @@ fn write_op_record(ctx: &Context, op_rs: &RStr, fingerprint: &str, reply: &Reply
 /// A write that failed after the event was appended (Redis refused it: out of memory, or the
 /// server changed under the module). Never silent: logged, counted, replied as an error.
 fn partial_write(ctx: &Context, e: CmdError) -> CmdError {
-    ctx.log_warning(&format!("tally: {e} after the event was appended; this command's change is incomplete"));
+    ctx.log_warning(&format!(
+        "tally: {e} after the event was appended; this command's change is incomplete"
+    ));
     stats::propagation_failed();
     e
 }
@@ -536,7 +653,9 @@ struct Propagation {
 impl Propagation {
     fn note(&mut self, ctx: &Context, r: Result<(), CmdError>) {
         if let Err(e) = r {
-            ctx.log_warning(&format!("tally: {e}; this node holds a change its replicas and AOF lack"));
+            ctx.log_warning(&format!(
+                "tally: {e}; this node holds a change its replicas and AOF lack"
+            ));
             stats::propagation_failed();
             self.failed.get_or_insert(e);
         }
@@ -597,7 +716,10 @@ fn entry_id(ms: u64, seq: u64) -> EntryId {
     }
     let (mut a, mut b) = ([0u8; 20], [0u8; 20]);
     let (a, b) = (digits(ms, &mut a), digits(seq, &mut b));
-    let mut id = EntryId { buf: [0u8; 41], len: a.len() + 1 + b.len() };
+    let mut id = EntryId {
+        buf: [0u8; 41],
+        len: a.len() + 1 + b.len(),
+    };
     id.buf[..a.len()].copy_from_slice(a);
     id.buf[a.len()] = b'-';
     id.buf[a.len() + 1..id.len].copy_from_slice(b);

@@ -37,7 +37,13 @@ const SOURCE: &str = "redis:tally:log/1764000000000-0";
 const EVENT_ID: &str = "0193a5b2-6c1e-7d3f-8a4b-5c6d7e8f9a0b";
 
 /// Sends `n` messages after `WARMUP` delivered ones; the seconds the `n` took.
-async fn produce(brokers: &str, topic: &str, n: usize, size: usize, headers: bool) -> anyhow::Result<f64> {
+async fn produce(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    size: usize,
+    headers: bool,
+) -> anyhow::Result<f64> {
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -65,8 +71,14 @@ async fn produce(brokers: &str, topic: &str, n: usize, size: usize, headers: boo
         if headers {
             rec = rec.headers(
                 OwnedHeaders::new()
-                    .insert(Header { key: "tally_source", value: Some(SOURCE) })
-                    .insert(Header { key: "event_id", value: Some(EVENT_ID) }),
+                    .insert(Header {
+                        key: "tally_source",
+                        value: Some(SOURCE),
+                    })
+                    .insert(Header {
+                        key: "event_id",
+                        value: Some(EVENT_ID),
+                    }),
             );
         }
         match p.send_result(rec) {
@@ -128,9 +140,17 @@ async fn main() -> anyhow::Result<()> {
     let n: usize = a[3].parse().context("N")?;
     let size: usize = a[4].parse().context("SIZE")?;
     let partitions: i32 = a[5].parse().context("PARTITIONS")?;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
     let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    for r in admin.create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await? {
+    for r in admin
+        .create_topics(
+            [&t],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?
+    {
         r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
     }
     let produce_s = tokio::time::timeout(TIMEOUT, produce(brokers, topic, n, size, false))
@@ -140,14 +160,23 @@ async fn main() -> anyhow::Result<()> {
     let consume_s = tokio::task::spawn_blocking(move || consume(&b, &t, n, partitions)).await??;
     let with_headers = format!("{topic}.h");
     let t = NewTopic::new(&with_headers, partitions, TopicReplication::Fixed(1));
-    for r in admin.create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await? {
+    for r in admin
+        .create_topics(
+            [&t],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?
+    {
         r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
     }
     let headers_s = tokio::time::timeout(TIMEOUT, produce(brokers, &with_headers, n, size, true))
         .await
-        .map_err(|_| anyhow::anyhow!("producing {n} messages with headers took longer than {TIMEOUT:?}"))??;
+        .map_err(|_| {
+            anyhow::anyhow!("producing {n} messages with headers took longer than {TIMEOUT:?}")
+        })??;
     let (b, t) = (brokers.to_string(), with_headers.clone());
-    let consume_headers_s = tokio::task::spawn_blocking(move || consume(&b, &t, n, partitions)).await??;
+    let consume_headers_s =
+        tokio::task::spawn_blocking(move || consume(&b, &t, n, partitions)).await??;
     println!("{produce_s:.3} {consume_s:.3} {headers_s:.3} {consume_headers_s:.3}");
     Ok(())
 }

@@ -3,7 +3,11 @@
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "tally-shipper", version, about = "Ships tally change-log events: Redis stream -> Kafka -> Postgres")]
+#[command(
+    name = "tally-shipper",
+    version,
+    about = "Ships tally change-log events: Redis stream -> Kafka -> Postgres"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Command,
@@ -96,7 +100,12 @@ pub enum Command {
 /// Options of `reconcile` and `restore`: a standalone server, or any node of a cluster (every primary is used).
 #[derive(Args, Debug, Clone)]
 pub struct CheckOpts {
-    #[arg(long = "redis-url", id = "redis_url", env = "TALLY_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long = "redis-url",
+        id = "redis_url",
+        env = "TALLY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub url: String,
     /// Module key prefix (`tally.prefix`).
     #[arg(long, env = "TALLY_PREFIX", default_value = "tally")]
@@ -105,7 +114,11 @@ pub struct CheckOpts {
     #[arg(long = "group", env = "TALLY_GROUP", default_value = "tally-shipper")]
     pub group: String,
     /// Keys per batch (SCAN/HSCAN page, Postgres query, Redis pipeline).
-    #[arg(long = "check-batch", env = "TALLY_CHECK_BATCH", default_value_t = 1000)]
+    #[arg(
+        long = "check-batch",
+        env = "TALLY_CHECK_BATCH",
+        default_value_t = 1000
+    )]
     pub batch: usize,
     /// How many mismatches to print.
     #[arg(long, default_value_t = 20)]
@@ -116,7 +129,12 @@ pub struct CheckOpts {
 pub struct RedisOpts {
     /// Redis URL(s), comma separated or repeated. Standalone: one per server. Cluster: any
     /// node(s) as seeds; the primaries and their slots are read from CLUSTER SLOTS.
-    #[arg(long = "redis-url", env = "TALLY_REDIS_URL", default_value = "redis://127.0.0.1:6379", value_delimiter = ',')]
+    #[arg(
+        long = "redis-url",
+        env = "TALLY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        value_delimiter = ','
+    )]
     pub urls: Vec<String>,
     /// Module key prefix (`tally.prefix`): streams are `<prefix>:log` and `<prefix>:log:{tag}`.
     #[arg(long, env = "TALLY_PREFIX", default_value = "tally")]
@@ -151,7 +169,11 @@ pub struct RedisOpts {
     pub discover_interval_ms: u64,
     /// How often to sample each stream's length, pending entries and lag for /metrics, on a
     /// connection of its own (so the figures keep moving while Kafka or Postgres is down).
-    #[arg(long, env = "TALLY_STREAM_METRICS_INTERVAL_MS", default_value_t = 1_000)]
+    #[arg(
+        long,
+        env = "TALLY_STREAM_METRICS_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
     pub stream_metrics_interval_ms: u64,
 }
 
@@ -171,12 +193,20 @@ pub struct KafkaOpts {
     #[arg(long = "kafka-brokers", env = "TALLY_KAFKA_BROKERS")]
     pub brokers: Option<String>,
     /// Topic carrying the events.
-    #[arg(long = "kafka-topic", env = "TALLY_KAFKA_TOPIC", default_value = "tally.events")]
+    #[arg(
+        long = "kafka-topic",
+        env = "TALLY_KAFKA_TOPIC",
+        default_value = "tally.events"
+    )]
     pub topic: String,
     /// Group id under which `persist` commits its offsets to the broker, for lag tools only
     /// (its positions live in Postgres, table kafka_offsets). It joins this group only with
     /// --persist-group.
-    #[arg(long = "kafka-group", env = "TALLY_KAFKA_GROUP", default_value = "tally-persist")]
+    #[arg(
+        long = "kafka-group",
+        env = "TALLY_KAFKA_GROUP",
+        default_value = "tally-persist"
+    )]
     pub kafka_group: String,
     /// persist: share the topic's partitions with the other instances of --kafka-group
     /// through the broker's consumer group (static membership, see --kafka-instance-id)
@@ -205,7 +235,11 @@ pub struct KafkaOpts {
     pub kafka_topic_partitions: i32,
     /// persist: how often to look for partitions added to the topic (they are assigned at
     /// their stored positions, or from the beginning).
-    #[arg(long, env = "TALLY_KAFKA_METADATA_INTERVAL_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "TALLY_KAFKA_METADATA_INTERVAL_MS",
+        default_value_t = 30_000
+    )]
     pub kafka_metadata_interval_ms: u64,
     /// persist: the partitions this instance owns, `i/n` = every partition p with p % n == i.
     /// Several `persist` instances given 0/n .. (n-1)/n share the topic without a consumer
@@ -217,7 +251,9 @@ pub struct KafkaOpts {
 impl KafkaOpts {
     /// Whether brokers are given (an empty value means the direct path, no Kafka).
     pub fn configured(&self) -> bool {
-        self.brokers.as_deref().is_some_and(|b| !b.trim().is_empty())
+        self.brokers
+            .as_deref()
+            .is_some_and(|b| !b.trim().is_empty())
     }
 }
 
@@ -246,7 +282,10 @@ impl std::fmt::Display for Shard {
 pub fn parse_shard(s: &str) -> Result<Shard, String> {
     let bad = || format!("expected i/n with 0 <= i < n <= {MAX_SHARDS} (e.g. 0/2), got {s:?}");
     let (i, n) = s.trim().split_once('/').ok_or_else(bad)?;
-    let (index, count): (u32, u32) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    let (index, count): (u32, u32) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
     if count == 0 || count > MAX_SHARDS || index >= count {
         return Err(bad());
     }
@@ -278,7 +317,8 @@ pub struct PgOpts {
 impl PgOpts {
     /// Client-side deadline of one batch transaction.
     pub fn batch_deadline_ms(&self) -> u64 {
-        self.pg_acquire_timeout_ms.saturating_add(self.pg_statement_timeout_ms.saturating_mul(2))
+        self.pg_acquire_timeout_ms
+            .saturating_add(self.pg_statement_timeout_ms.saturating_mul(2))
     }
 }
 
@@ -346,7 +386,11 @@ mod shard_tests {
         }
         let shards: Vec<Shard> = (0..3).map(|i| Shard { index: i, count: 3 }).collect();
         for p in 0..10 {
-            assert_eq!(shards.iter().filter(|s| s.owns(p)).count(), 1, "partition {p}");
+            assert_eq!(
+                shards.iter().filter(|s| s.owns(p)).count(),
+                1,
+                "partition {p}"
+            );
         }
         assert!(!Shard { index: 0, count: 1 }.owns(-1));
         assert!(Shard { index: 0, count: 1 }.owns(7));
@@ -355,7 +399,9 @@ mod shard_tests {
 
 /// Capped exponential backoff: base * 2^attempt, at most cap.
 pub fn backoff_ms(base: u64, cap: u64, attempt: u32) -> u64 {
-    base.max(1).saturating_mul(1u64.checked_shl(attempt.min(32)).unwrap_or(u64::MAX)).min(cap.max(1))
+    base.max(1)
+        .saturating_mul(1u64.checked_shl(attempt.min(32)).unwrap_or(u64::MAX))
+        .min(cap.max(1))
 }
 
 #[cfg(test)]
@@ -365,7 +411,10 @@ mod tests {
 
     #[test]
     fn kv_parsing() {
-        assert_eq!(parse_kv("security.protocol=SASL_SSL").unwrap(), ("security.protocol".into(), "SASL_SSL".into()));
+        assert_eq!(
+            parse_kv("security.protocol=SASL_SSL").unwrap(),
+            ("security.protocol".into(), "SASL_SSL".into())
+        );
         assert_eq!(parse_kv("a=b=c").unwrap(), ("a".into(), "b=c".into()));
         assert!(parse_kv("novalue").is_err());
         assert!(parse_kv("=x").is_err());
@@ -383,12 +432,28 @@ mod tests {
     #[test]
     fn run_defaults_and_options() {
         let cli = Cli::try_parse_from([
-            "tally-shipper", "run", "--database-url", "postgres://x", "--redis-url", "redis://a:1,redis://b:2",
-            "--kafka-opt", "sasl.mechanism=PLAIN", "--kafka-opt", "security.protocol=SASL_SSL", "--batch-size", "7",
+            "tally-shipper",
+            "run",
+            "--database-url",
+            "postgres://x",
+            "--redis-url",
+            "redis://a:1,redis://b:2",
+            "--kafka-opt",
+            "sasl.mechanism=PLAIN",
+            "--kafka-opt",
+            "security.protocol=SASL_SSL",
+            "--batch-size",
+            "7",
         ])
         .unwrap();
         match cli.cmd {
-            Command::Run { redis, kafka, pg, batch, ops } => {
+            Command::Run {
+                redis,
+                kafka,
+                pg,
+                batch,
+                ops,
+            } => {
                 assert_eq!(redis.urls, vec!["redis://a:1", "redis://b:2"]);
                 assert_eq!(redis.prefix, "tally");
                 assert_eq!(kafka.brokers, None);
@@ -402,6 +467,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["tally-shipper", "run", "--kafka-opt", "bad"]).is_err());
-        assert!(Cli::try_parse_from(["tally-shipper", "migrate"]).is_err() || std::env::var("TALLY_DATABASE_URL").is_ok());
+        assert!(
+            Cli::try_parse_from(["tally-shipper", "migrate"]).is_err()
+                || std::env::var("TALLY_DATABASE_URL").is_ok()
+        );
     }
 }

@@ -26,7 +26,9 @@ pub async fn connect(pg: &PgOpts, max_conns: u32) -> Result<PgPool, sqlx::Error>
     ]);
     Ok(PgPoolOptions::new()
         .max_connections(max_conns.max(1))
-        .acquire_timeout(std::time::Duration::from_millis(pg.pg_acquire_timeout_ms.max(1)))
+        .acquire_timeout(std::time::Duration::from_millis(
+            pg.pg_acquire_timeout_ms.max(1),
+        ))
         .connect_lazy_with(opts))
 }
 
@@ -38,9 +40,13 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// Versions of the embedded migrations the database has not applied (all of them when the
 /// migrations table does not exist).
 pub async fn missing_migrations(pool: &PgPool) -> anyhow::Result<Vec<String>> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
     let applied: Vec<i64> = if exists {
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?
     } else {
         Vec::new()
     };
@@ -100,11 +106,19 @@ pub struct Position {
 /// transaction is rolled back, writing nothing, when another instance moved one of them:
 /// `Outcome::fenced`. `advance` false checks the fence without moving the positions (the
 /// records of a batch being isolated one by one).
-pub async fn persist_batch(pool: &PgPool, records: &[Record], positions: &[Position], advance: bool) -> Result<Outcome, sqlx::Error> {
+pub async fn persist_batch(
+    pool: &PgPool,
+    records: &[Record],
+    positions: &[Position],
+    advance: bool,
+) -> Result<Outcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     if !take_fence(&mut tx, positions, advance).await? {
         tx.rollback().await?;
-        return Ok(Outcome { fenced: true, ..Outcome::default() });
+        return Ok(Outcome {
+            fenced: true,
+            ..Outcome::default()
+        });
     }
     let outcome = persist_in_tx(&mut tx, records).await?;
     tx.commit().await?;
@@ -113,11 +127,16 @@ pub async fn persist_batch(pool: &PgPool, records: &[Record], positions: &[Posit
 
 /// Moves (or, `advance` false, only locks) every position whose stored value is still its
 /// `from`; false when any is not (nothing is left changed: the caller rolls back).
-async fn take_fence(tx: &mut Transaction<'_, Postgres>, positions: &[Position], advance: bool) -> Result<bool, sqlx::Error> {
+async fn take_fence(
+    tx: &mut Transaction<'_, Postgres>,
+    positions: &[Position],
+    advance: bool,
+) -> Result<bool, sqlx::Error> {
     if positions.is_empty() {
         return Ok(true);
     }
-    let (stored, fresh): (Vec<&Position>, Vec<&Position>) = positions.iter().partition(|p| p.from.is_some());
+    let (stored, fresh): (Vec<&Position>, Vec<&Position>) =
+        positions.iter().partition(|p| p.from.is_some());
     let moved = sqlx::query(
         "UPDATE kafka_offsets k SET next_offset = CASE WHEN $5 THEN w.next_offset ELSE k.next_offset END,
                 updated_at = CASE WHEN $5 THEN now() ELSE k.updated_at END
@@ -167,16 +186,26 @@ async fn take_fence(tx: &mut Transaction<'_, Postgres>, positions: &[Position], 
 }
 
 /// Every stored position of `topic`: partition -> next offset.
-pub async fn load_positions(pool: &PgPool, topic: &str) -> Result<std::collections::BTreeMap<i32, i64>, sqlx::Error> {
-    let rows: Vec<(i32, i64)> = sqlx::query_as("SELECT partition, next_offset FROM kafka_offsets WHERE topic = $1")
-        .bind(topic)
-        .fetch_all(pool)
-        .await?;
+pub async fn load_positions(
+    pool: &PgPool,
+    topic: &str,
+) -> Result<std::collections::BTreeMap<i32, i64>, sqlx::Error> {
+    let rows: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT partition, next_offset FROM kafka_offsets WHERE topic = $1")
+            .bind(topic)
+            .fetch_all(pool)
+            .await?;
     Ok(rows.into_iter().collect())
 }
 
-async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -> Result<Outcome, sqlx::Error> {
-    let mut outcome = Outcome { failed: insert_failed(tx, records).await?, ..Outcome::default() };
+async fn persist_in_tx(
+    tx: &mut Transaction<'_, Postgres>,
+    records: &[Record],
+) -> Result<Outcome, sqlx::Error> {
+    let mut outcome = Outcome {
+        failed: insert_failed(tx, records).await?,
+        ..Outcome::default()
+    };
     // events (dedupe on id within the batch, keep first arrival)
     let mut seen_id = HashSet::new();
     let mut batch: Vec<(&Record, &Event)> = Vec::new();
@@ -199,7 +228,11 @@ async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
         batch.iter().map(|(_, e)| *e).collect()
     } else {
         let new_ids = insert_events(tx, &batch).await?;
-        batch.iter().map(|(_, e)| *e).filter(|e| new_ids.contains(&e.id)).collect()
+        batch
+            .iter()
+            .map(|(_, e)| *e)
+            .filter(|e| new_ids.contains(&e.id))
+            .collect()
     };
     outcome.inserted = fresh.len();
     outcome.duplicates += batch.len() - fresh.len();
@@ -213,7 +246,10 @@ async fn persist_in_tx(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
 
 /// Records that are not events go to failed_events (deduplicated on source within the
 /// batch; a source seen again counts an attempt). Returns how many.
-async fn insert_failed(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -> Result<usize, sqlx::Error> {
+async fn insert_failed(
+    tx: &mut Transaction<'_, Postgres>,
+    records: &[Record],
+) -> Result<usize, sqlx::Error> {
     let mut seen_src = HashSet::new();
     let (mut f_src, mut f_via, mut f_stream, mut f_sid, mut f_raw, mut f_err) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -252,7 +288,10 @@ async fn insert_failed(tx: &mut Transaction<'_, Postgres>, records: &[Record]) -
 /// The batch's events by COPY when none of them is stored yet (the catch-up case): true
 /// when they all went in, false when one was there already (a replay), and nothing was
 /// written: the caller inserts them with `insert_events`.
-async fn copy_events(tx: &mut Transaction<'_, Postgres>, batch: &[(&Record, &Event)]) -> Result<bool, sqlx::Error> {
+async fn copy_events(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[(&Record, &Event)],
+) -> Result<bool, sqlx::Error> {
     let mut rows = CopyRows::new();
     for (r, e) in batch {
         rows.row(10);
@@ -272,7 +311,10 @@ async fn copy_events(tx: &mut Transaction<'_, Postgres>, batch: &[(&Record, &Eve
 }
 
 /// Inserts the events; returns the ids that were new (a replayed event is skipped).
-async fn insert_events(tx: &mut Transaction<'_, Postgres>, batch: &[(&Record, &Event)]) -> Result<HashSet<String>, sqlx::Error> {
+async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[(&Record, &Event)],
+) -> Result<HashSet<String>, sqlx::Error> {
     let ids: Vec<&str> = batch.iter().map(|(_, e)| e.id.as_str()).collect();
     let types: Vec<&str> = batch.iter().map(|(_, e)| e.typ.as_str()).collect();
     let ts: Vec<i64> = batch.iter().map(|(_, e)| e.ts).collect();
@@ -309,7 +351,10 @@ async fn insert_events(tx: &mut Transaction<'_, Postgres>, batch: &[(&Record, &E
 
 /// Update derived tables for newly inserted events (in arrival order). Returns the number of
 /// anomalies (forks) recorded and the keys whose watermark is behind.
-async fn derive(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(usize, Vec<String>), sqlx::Error> {
+async fn derive(
+    tx: &mut Transaction<'_, Postgres>,
+    fresh: &[&Event],
+) -> Result<(usize, Vec<String>), sqlx::Error> {
     let seqs = crate::seqs::record(tx, fresh).await?;
     derive_assets(tx, fresh).await?;
     derive_coupons(tx, fresh).await?;
@@ -332,7 +377,10 @@ struct ChangeRows<'a> {
 }
 
 /// event_changes rows, and per (key, field) the balance carried by the highest seq.
-async fn derive_assets(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(), sqlx::Error> {
+async fn derive_assets(
+    tx: &mut Transaction<'_, Postgres>,
+    fresh: &[&Event],
+) -> Result<(), sqlx::Error> {
     let mut c = ChangeRows::default();
     // (key, field) -> index into c of the change with the highest seq
     let mut latest: HashMap<(&str, &str), usize> = HashMap::new();
@@ -350,7 +398,9 @@ async fn derive_assets(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> 
                 c.bal.push(ch.balance.as_str());
                 c.seq.push(seq);
                 c.ts.push(e.ts);
-                let ent = latest.entry((ch.key.as_str(), ch.field.as_str())).or_insert(pos);
+                let ent = latest
+                    .entry((ch.key.as_str(), ch.field.as_str()))
+                    .or_insert(pos);
                 if c.seq[*ent] <= seq {
                     *ent = pos;
                 }
@@ -367,9 +417,18 @@ async fn derive_assets(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> 
 
 /// The change rows by COPY; by an UNNEST insert when a value does not encode (Postgres
 /// then judges it with the same error as before).
-async fn insert_changes(tx: &mut Transaction<'_, Postgres>, c: &ChangeRows<'_>) -> Result<(), sqlx::Error> {
+async fn insert_changes(
+    tx: &mut Transaction<'_, Postgres>,
+    c: &ChangeRows<'_>,
+) -> Result<(), sqlx::Error> {
     if let Some(rows) = change_copy_rows(c) {
-        copy_in(tx, "event_changes", "event_id, idx, data_key, field, delta, balance, seq, ts_ms", rows).await?;
+        copy_in(
+            tx,
+            "event_changes",
+            "event_id, idx, data_key, field, delta, balance, seq, ts_ms",
+            rows,
+        )
+        .await?;
         return Ok(());
     }
     sqlx::query(
@@ -409,7 +468,11 @@ fn change_copy_rows(c: &ChangeRows<'_>) -> Option<Vec<u8>> {
 
 /// Per (key, field), the balance of its latest change in the batch (`pos` into `c`), unless
 /// a higher seq is stored already.
-async fn upsert_balances(tx: &mut Transaction<'_, Postgres>, c: &ChangeRows<'_>, pos: &[usize]) -> Result<(), sqlx::Error> {
+async fn upsert_balances(
+    tx: &mut Transaction<'_, Postgres>,
+    c: &ChangeRows<'_>,
+    pos: &[usize],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO balances (data_key, field, balance, seq, event_id, ts_ms)
          SELECT k, f, b::numeric, s, e::uuid, t
@@ -433,7 +496,10 @@ async fn upsert_balances(tx: &mut Transaction<'_, Postgres>, c: &ChangeRows<'_>,
 type CouponRef<'a> = (&'a Event, &'a crate::event::Coupon);
 
 /// Campaign state from the highest seq; one coupon_issues row per claim / release.
-async fn derive_coupons(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(), sqlx::Error> {
+async fn derive_coupons(
+    tx: &mut Transaction<'_, Postgres>,
+    fresh: &[&Event],
+) -> Result<(), sqlx::Error> {
     let mut campaigns: HashMap<&str, (&Event, &crate::event::Coupon, i64)> = HashMap::new();
     let mut claims: HashMap<(&str, i64), CouponRef<'_>> = HashMap::new();
     let mut releases: HashMap<(&str, i64), CouponRef<'_>> = HashMap::new();
@@ -483,7 +549,10 @@ async fn derive_coupons(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) ->
 
 /// Each campaign's state as carried by its highest seq in the batch (an older seq never
 /// overwrites a newer one).
-async fn upsert_campaigns(tx: &mut Transaction<'_, Postgres>, v: &[&(&Event, &crate::event::Coupon, i64)]) -> Result<(), sqlx::Error> {
+async fn upsert_campaigns(
+    tx: &mut Transaction<'_, Postgres>,
+    v: &[&(&Event, &crate::event::Coupon, i64)],
+) -> Result<(), sqlx::Error> {
     if v.is_empty() {
         return Ok(());
     }
@@ -513,7 +582,11 @@ async fn upsert_campaigns(tx: &mut Transaction<'_, Postgres>, v: &[&(&Event, &cr
 }
 
 /// One coupon_issues row per (campaign, issue): `sql` binds campaign, issue, user, event id, ts.
-async fn upsert_issues(tx: &mut Transaction<'_, Postgres>, rows: &HashMap<(&str, i64), CouponRef<'_>>, sql: &str) -> Result<(), sqlx::Error> {
+async fn upsert_issues(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &HashMap<(&str, i64), CouponRef<'_>>,
+    sql: &str,
+) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -521,7 +594,11 @@ async fn upsert_issues(tx: &mut Transaction<'_, Postgres>, rows: &HashMap<(&str,
     sqlx::query(sql)
         .bind(v.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
         .bind(v.iter().map(|(k, _)| k.1).collect::<Vec<_>>())
-        .bind(v.iter().map(|(_, x)| x.1.user.as_deref()).collect::<Vec<_>>())
+        .bind(
+            v.iter()
+                .map(|(_, x)| x.1.user.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .bind(v.iter().map(|(_, x)| x.0.id.as_str()).collect::<Vec<_>>())
         .bind(v.iter().map(|(_, x)| x.0.ts).collect::<Vec<_>>())
         .execute(&mut **tx)
@@ -530,7 +607,10 @@ async fn upsert_issues(tx: &mut Transaction<'_, Postgres>, rows: &HashMap<(&str,
 }
 
 /// Usage totals per (key, period_id): latest used/limit by seq, consumed summed in SQL.
-async fn derive_usage(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(), sqlx::Error> {
+async fn derive_usage(
+    tx: &mut Transaction<'_, Postgres>,
+    fresh: &[&Event],
+) -> Result<(), sqlx::Error> {
     struct Agg<'a> {
         ev: &'a Event,
         u: &'a crate::event::Usage,
@@ -544,7 +624,13 @@ async fn derive_usage(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> R
             let seq = e.seq_of(&u.key).unwrap_or(e.keys[0].seq);
             let ent = usage
                 .entry((u.key.as_str(), u.period_id.as_str()))
-                .or_insert(Agg { ev: e, u, seq, amounts: vec![], n: 0 });
+                .or_insert(Agg {
+                    ev: e,
+                    u,
+                    seq,
+                    amounts: vec![],
+                    n: 0,
+                });
             if ent.seq <= seq {
                 ent.ev = e;
                 ent.u = u;
@@ -608,7 +694,9 @@ pub async fn retry_failed(pool: &PgPool, limit: i64) -> Result<(usize, usize), s
         let error = match &rec.decoded {
             Ok(ev) => match resolve_one(pool, id, &rec, &ev.id).await {
                 Ok(()) => None,
-                Err(e @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)) => return Err(e),
+                Err(
+                    e @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed),
+                ) => return Err(e),
                 Err(e) => Some(format!("refused by Postgres: {e}")),
             },
             Err(e) => Some(e.clone()),
@@ -627,7 +715,12 @@ pub async fn retry_failed(pool: &PgPool, limit: i64) -> Result<(usize, usize), s
     Ok((ok, bad))
 }
 
-async fn resolve_one(pool: &PgPool, id: i64, rec: &Record, event_id: &str) -> Result<(), sqlx::Error> {
+async fn resolve_one(
+    pool: &PgPool,
+    id: i64,
+    rec: &Record,
+    event_id: &str,
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     persist_in_tx(&mut tx, std::slice::from_ref(rec)).await?;
     sqlx::query(

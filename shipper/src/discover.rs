@@ -40,7 +40,11 @@ pub async fn discover_all(urls: &[String], prefix: &str) -> (Vec<(String, Vec<St
     (out, complete)
 }
 
-async fn discover(url: &str, prefix: &str, complete: &mut bool) -> RResult<Vec<(String, Vec<String>)>> {
+async fn discover(
+    url: &str,
+    prefix: &str,
+    complete: &mut bool,
+) -> RResult<Vec<(String, Vec<String>)>> {
     let Some(primaries) = cluster_layout(url).await? else {
         return Ok(vec![(url.to_string(), vec![format!("{prefix}:log")])]);
     };
@@ -70,11 +74,17 @@ async fn discover(url: &str, prefix: &str, complete: &mut bool) -> RResult<Vec<(
 /// and options) and slot ranges; None when `seed` is a standalone server.
 pub async fn cluster_layout(seed: &str) -> RResult<Option<Vec<(String, Vec<(usize, usize)>)>>> {
     let mut conn = connect(seed, Duration::from_secs(10)).await?;
-    let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut conn)
+        .await?;
     if !cluster_enabled(&info) {
         return Ok(None);
     }
-    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await?;
+    let slots: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut conn)
+        .await?;
     Ok(Some(
         primaries(&slots)
             .into_iter()
@@ -93,10 +103,25 @@ fn primaries(v: &Value) -> Vec<((String, u16), Vec<(usize, usize)>)> {
     let mut out: Vec<((String, u16), Vec<(usize, usize)>)> = Vec::new();
     for range in as_array(v) {
         let r = as_array(range);
-        let (Some(lo), Some(hi), Some(node)) = (r.first().and_then(as_int), r.get(1).and_then(as_int), r.get(2)) else { continue };
+        let (Some(lo), Some(hi), Some(node)) = (
+            r.first().and_then(as_int),
+            r.get(1).and_then(as_int),
+            r.get(2),
+        ) else {
+            continue;
+        };
         let n = as_array(node);
-        let (Some(host), Some(port)) = (n.first().and_then(as_str), n.get(1).and_then(as_int)) else { continue };
-        let (Ok(lo), Ok(hi), Ok(port)) = (usize::try_from(lo), usize::try_from(hi), u16::try_from(port)) else { continue };
+        let (Some(host), Some(port)) = (n.first().and_then(as_str), n.get(1).and_then(as_int))
+        else {
+            continue;
+        };
+        let (Ok(lo), Ok(hi), Ok(port)) = (
+            usize::try_from(lo),
+            usize::try_from(hi),
+            u16::try_from(port),
+        ) else {
+            continue;
+        };
         let addr = (host, port);
         match out.iter_mut().find(|(a, _)| *a == addr) {
             Some((_, ranges)) => ranges.push((lo, hi.min(tally_slot::SLOTS - 1))),
@@ -106,7 +131,10 @@ fn primaries(v: &Value) -> Vec<((String, u16), Vec<(usize, usize)>)> {
     out
 }
 
-async fn existing_streams(conn: &mut MultiplexedConnection, names: &[String]) -> RResult<Vec<String>> {
+async fn existing_streams(
+    conn: &mut MultiplexedConnection,
+    names: &[String],
+) -> RResult<Vec<String>> {
     let mut out = Vec::new();
     for chunk in names.chunks(1000) {
         let mut pipe = redis::pipe();
@@ -114,7 +142,13 @@ async fn existing_streams(conn: &mut MultiplexedConnection, names: &[String]) ->
             pipe.cmd("EXISTS").arg(n);
         }
         let exists: Vec<i64> = pipe.query_async(conn).await?;
-        out.extend(chunk.iter().zip(exists).filter(|(_, e)| *e > 0).map(|(n, _)| n.clone()));
+        out.extend(
+            chunk
+                .iter()
+                .zip(exists)
+                .filter(|(_, e)| *e > 0)
+                .map(|(n, _)| n.clone()),
+        );
     }
     Ok(out)
 }
@@ -131,19 +165,39 @@ mod tests {
     #[test]
     fn cluster_slots_give_each_primary_its_ranges() {
         let node = |port: i64| Value::Array(vec![bulk("10.0.0.1"), Value::Int(port), bulk("id")]);
-        let range = |lo: i64, hi: i64, port: i64| Value::Array(vec![Value::Int(lo), Value::Int(hi), node(port), node(port + 1000)]);
-        let v = Value::Array(vec![range(0, 5, 7000), range(10, 11, 7001), range(6, 9, 7000)]);
+        let range = |lo: i64, hi: i64, port: i64| {
+            Value::Array(vec![
+                Value::Int(lo),
+                Value::Int(hi),
+                node(port),
+                node(port + 1000),
+            ])
+        };
+        let v = Value::Array(vec![
+            range(0, 5, 7000),
+            range(10, 11, 7001),
+            range(6, 9, 7000),
+        ]);
         assert_eq!(
             primaries(&v),
-            vec![(("10.0.0.1".to_string(), 7000), vec![(0, 5), (6, 9)]), (("10.0.0.1".to_string(), 7001), vec![(10, 11)])]
+            vec![
+                (("10.0.0.1".to_string(), 7000), vec![(0, 5), (6, 9)]),
+                (("10.0.0.1".to_string(), 7001), vec![(10, 11)])
+            ]
         );
         assert!(primaries(&Value::Array(vec![bulk("junk")])).is_empty());
     }
 
     #[test]
     fn node_urls_keep_credentials_and_options() {
-        assert_eq!(node_url("redis://u:p@seed:6379/0", "10.0.0.2", 7001).as_deref(), Some("redis://u:p@10.0.0.2:7001/0"));
-        assert_eq!(node_url("rediss://seed:6380", "h", 1).as_deref(), Some("rediss://h:1"));
+        assert_eq!(
+            node_url("redis://u:p@seed:6379/0", "10.0.0.2", 7001).as_deref(),
+            Some("redis://u:p@10.0.0.2:7001/0")
+        );
+        assert_eq!(
+            node_url("rediss://seed:6380", "h", 1).as_deref(),
+            Some("rediss://h:1")
+        );
         assert_eq!(node_url("not a url", "h", 1), None);
     }
 
@@ -151,7 +205,10 @@ mod tests {
     fn slot_streams_are_named_as_the_module_names_them() {
         for slot in [0, 1, 8191, 16383] {
             let name = slot_stream("tally", slot);
-            assert!(name.starts_with("tally:log:{") && name.ends_with('}'), "{name}");
+            assert!(
+                name.starts_with("tally:log:{") && name.ends_with('}'),
+                "{name}"
+            );
             assert_eq!(tally_slot::key_slot(name.as_bytes()), slot);
         }
     }

@@ -155,7 +155,11 @@ pub fn is_canonical_decimal(s: &str) -> bool {
         return false;
     }
     if let Some(f) = frac {
-        if f.is_empty() || f.len() > 18 || !f.bytes().all(|b| b.is_ascii_digit()) || f.ends_with('0') {
+        if f.is_empty()
+            || f.len() > 18
+            || !f.bytes().all(|b| b.is_ascii_digit())
+            || f.ends_with('0')
+        {
             return false;
         }
     }
@@ -186,11 +190,13 @@ pub fn decode(json: &str) -> Result<Event, String> {
     if json.contains("\\u0000") {
         return Err("event contains a NUL character (cannot be stored)".into());
     }
-    let raw: RawEvent = serde_json::from_str(json).map_err(|e| format!("invalid event JSON: {e}"))?;
+    let raw: RawEvent =
+        serde_json::from_str(json).map_err(|e| format!("invalid event JSON: {e}"))?;
     if raw.v != 1 {
         return Err(format!("unsupported format version v={}", raw.v));
     }
-    let id = uuid::Uuid::parse_str(&raw.id).map_err(|e| format!("`id` {:?} is not a UUID: {e}", raw.id))?;
+    let id = uuid::Uuid::parse_str(&raw.id)
+        .map_err(|e| format!("`id` {:?} is not a UUID: {e}", raw.id))?;
     if !TYPES.contains(&raw.typ.as_str()) {
         return Err(format!("unknown event type {:?}", raw.typ));
     }
@@ -201,11 +207,22 @@ pub fn decode(json: &str) -> Result<Event, String> {
     let meta = opt_string(raw.meta, "meta")?;
     let keys = decode_keys(raw.keys)?;
     let body = match raw.typ.as_str() {
-        "asset.incr" | "asset.transfer" => Body::Asset(decode_changes(&raw.typ, raw.changes, &keys)?),
+        "asset.incr" | "asset.transfer" => {
+            Body::Asset(decode_changes(&raw.typ, raw.changes, &keys)?)
+        }
         t if t.starts_with("coupon.") => Body::Coupon(decode_coupon(t, raw.coupon)?),
         t => Body::Usage(decode_usage(t, raw.usage)?),
     };
-    Ok(Event { id: id.hyphenated().to_string(), uuid: id, typ: raw.typ, ts: raw.ts, op, meta, keys, body })
+    Ok(Event {
+        id: id.hyphenated().to_string(),
+        uuid: id,
+        typ: raw.typ,
+        ts: raw.ts,
+        op,
+        meta,
+        keys,
+        body,
+    })
 }
 
 /// `keys`: at least one, each listed once, seq >= 1.
@@ -221,13 +238,20 @@ fn decode_keys(raw: Vec<RawKey>) -> Result<Vec<KeySeq>, String> {
         if keys.iter().any(|x: &KeySeq| x.key == k.key) {
             return Err(format!("key {:?} listed twice in `keys`", k.key));
         }
-        keys.push(KeySeq { key: k.key, seq: k.seq });
+        keys.push(KeySeq {
+            key: k.key,
+            seq: k.seq,
+        });
     }
     Ok(keys)
 }
 
 /// An asset event's `changes`: canonical decimals, each on a listed key; a transfer has two.
-fn decode_changes(typ: &str, changes: Option<Vec<RawChange>>, keys: &[KeySeq]) -> Result<Vec<Change>, String> {
+fn decode_changes(
+    typ: &str,
+    changes: Option<Vec<RawChange>>,
+    keys: &[KeySeq],
+) -> Result<Vec<Change>, String> {
     let changes = changes.ok_or("asset event without `changes`")?;
     if changes.is_empty() {
         return Err("`changes` is empty".into());
@@ -321,10 +345,31 @@ mod tests {
 
     #[test]
     fn canonical_decimals() {
-        for ok in ["0", "10.43", "-3", "5210.43", "0.000000000000000001", "123456789012345678901234567890"] {
+        for ok in [
+            "0",
+            "10.43",
+            "-3",
+            "5210.43",
+            "0.000000000000000001",
+            "123456789012345678901234567890",
+        ] {
             assert!(is_canonical_decimal(ok), "{ok}");
         }
-        for bad in ["", "-", "1.", ".5", "1.50", "01", "-0", "1e5", "1.0000000000000000001", "+1", "1,5", " 1", "NaN"] {
+        for bad in [
+            "",
+            "-",
+            "1.",
+            ".5",
+            "1.50",
+            "01",
+            "-0",
+            "1e5",
+            "1.0000000000000000001",
+            "+1",
+            "1,5",
+            " 1",
+            "NaN",
+        ] {
             assert!(!is_canonical_decimal(bad), "{bad}");
         }
     }
@@ -334,14 +379,38 @@ mod tests {
         let cases = [
             ("not json", "invalid event JSON"),
             (r#"{"v":2}"#, "invalid event JSON"),
-            (&EXAMPLE.replace(r#""v":1"#, r#""v":2"#), "unsupported format version"),
-            (&EXAMPLE.replace("0193508e-7c4a", "zz93508e-7c4a"), "not a UUID"),
-            (&EXAMPLE.replace("asset.incr", "asset.burn"), "unknown event type"),
-            (&EXAMPLE.replace(r#""10.43""#, "10.43"), "invalid event JSON"),
-            (&EXAMPLE.replace(r#""10.43""#, r#""10.430""#), "canonical decimal"),
+            (
+                &EXAMPLE.replace(r#""v":1"#, r#""v":2"#),
+                "unsupported format version",
+            ),
+            (
+                &EXAMPLE.replace("0193508e-7c4a", "zz93508e-7c4a"),
+                "not a UUID",
+            ),
+            (
+                &EXAMPLE.replace("asset.incr", "asset.burn"),
+                "unknown event type",
+            ),
+            (
+                &EXAMPLE.replace(r#""10.43""#, "10.43"),
+                "invalid event JSON",
+            ),
+            (
+                &EXAMPLE.replace(r#""10.43""#, r#""10.430""#),
+                "canonical decimal",
+            ),
             (&EXAMPLE.replace(r#""seq":7"#, r#""seq":0"#), "seq 0 < 1"),
-            (&EXAMPLE.replace(r#""key":"user.asset.42","field""#, r#""key":"other","field""#), "not listed"),
-            (&EXAMPLE.replace(r#""op":"grant-42-7","#, ""), "invalid event JSON"),
+            (
+                &EXAMPLE.replace(
+                    r#""key":"user.asset.42","field""#,
+                    r#""key":"other","field""#,
+                ),
+                "not listed",
+            ),
+            (
+                &EXAMPLE.replace(r#""op":"grant-42-7","#, ""),
+                "invalid event JSON",
+            ),
         ];
         for (json, want) in cases {
             let err = decode(json).unwrap_err();
@@ -354,16 +423,22 @@ mod tests {
         let claim = r#"{"v":1,"id":"0193508e-7c4a-7b3e-9f1c-3d2a8e5b6c02","type":"coupon.claim","ts":1,"op":null,"meta":null,
           "keys":[{"key":"c1","seq":2}],"coupon":{"campaign":"c1","user":"u1","issue":1,"total":100,"issued":1,"remaining":99,"peruser":1,"start":0,"end":0}}"#;
         let e = decode(claim).unwrap();
-        assert!(matches!(e.body, Body::Coupon(ref c) if c.issue == Some(1) && c.user.as_deref() == Some("u1")));
+        assert!(
+            matches!(e.body, Body::Coupon(ref c) if c.issue == Some(1) && c.user.as_deref() == Some("u1"))
+        );
         let bad_claim = claim.replace(r#""issue":1"#, r#""issue":null"#);
-        assert!(decode(&bad_claim).unwrap_err().contains("without `user`/`issue`"));
+        assert!(decode(&bad_claim)
+            .unwrap_err()
+            .contains("without `user`/`issue`"));
 
         let consume = r#"{"v":1,"id":"0193508e-7c4a-7b3e-9f1c-3d2a8e5b6c03","type":"usage.consume","ts":1,"op":null,"meta":null,
           "keys":[{"key":"k","seq":3}],"usage":{"key":"k","amount":"1.5","used":"2.5","limit":"10","period":"day","period_id":"2024-11-22"}}"#;
         let e = decode(consume).unwrap();
         assert!(matches!(e.body, Body::Usage(ref u) if u.amount.as_deref() == Some("1.5")));
         assert!(decode(&consume.replace(r#""amount":"1.5""#, r#""amount":null"#)).is_err());
-        assert!(decode(&consume.replace(r#""day""#, r#""week""#)).unwrap_err().contains("period"));
+        assert!(decode(&consume.replace(r#""day""#, r#""week""#))
+            .unwrap_err()
+            .contains("period"));
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
@@ -20,7 +20,11 @@ pub const H_STREAM_ID: &str = "tally_stream_id";
 pub const H_ERROR: &str = "tally_error";
 
 pub fn base_config(k: &KafkaOpts) -> anyhow::Result<ClientConfig> {
-    let brokers = k.brokers.as_deref().filter(|b| !b.trim().is_empty()).context("no Kafka brokers configured")?;
+    let brokers = k
+        .brokers
+        .as_deref()
+        .filter(|b| !b.trim().is_empty())
+        .context("no Kafka brokers configured")?;
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
     for (key, v) in &k.opts {
@@ -30,7 +34,11 @@ pub fn base_config(k: &KafkaOpts) -> anyhow::Result<ClientConfig> {
     // (tracing): without this only errors would reach QuietContext. `--kafka-opt debug=...`
     // asks librdkafka for its debug contexts; they are logged at DEBUG (TALLY_LOG=debug).
     let debug = k.opts.iter().any(|(key, _)| key == "debug");
-    c.set_log_level(if debug { RDKafkaLogLevel::Debug } else { RDKafkaLogLevel::Warning });
+    c.set_log_level(if debug {
+        RDKafkaLogLevel::Debug
+    } else {
+        RDKafkaLogLevel::Warning
+    });
     Ok(c)
 }
 
@@ -39,12 +47,23 @@ pub async fn ensure_topic(k: &KafkaOpts) -> anyhow::Result<()> {
         return Ok(());
     }
     let admin: AdminClient<QuietContext> = base_config(k)?.create_with_context(QuietContext)?;
-    let topic = NewTopic::new(&k.topic, k.kafka_topic_partitions.max(1), TopicReplication::Fixed(1));
-    let res = admin.create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await?;
+    let topic = NewTopic::new(
+        &k.topic,
+        k.kafka_topic_partitions.max(1),
+        TopicReplication::Fixed(1),
+    );
+    let res = admin
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
     for r in res {
         match r {
             Ok(t) => tracing::info!(topic = %t, "created Kafka topic"),
-            Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %t, "topic exists"),
+            Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic = %t, "topic exists")
+            }
             Err((t, e)) => anyhow::bail!("creating topic {t}: {e}"),
         }
     }
@@ -59,9 +78,14 @@ pub struct QuietContext;
 impl ClientContext for QuietContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
             | RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {msg}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(facility = fac, "librdkafka: {msg}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(facility = fac, "librdkafka: {msg}")
+            }
             RDKafkaLogLevel::Debug => tracing::debug!(facility = fac, "librdkafka: {msg}"),
         }
     }
@@ -71,4 +95,3 @@ impl ClientContext for QuietContext {
 }
 
 impl ConsumerContext for QuietContext {}
-

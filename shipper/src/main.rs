@@ -12,11 +12,11 @@ mod discover;
 mod event;
 mod forward;
 mod kafka_client;
+mod metrics;
+mod nodes;
 mod persist;
 mod persist_group;
 mod pgcopy;
-mod metrics;
-mod nodes;
 mod pipeline;
 mod reconcile;
 mod record;
@@ -26,9 +26,9 @@ mod restore;
 mod restore_as_of;
 mod restore_ops;
 mod seqs;
-mod writers;
 mod sink_pg;
 mod stream_keeper;
+mod writers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,7 +102,10 @@ where
             Ok(v) => return Ok(v),
             Err(e) if attempt < 30 => {
                 tracing::warn!(error = %format!("{e:#}"), attempt, step = what, "start-up step failed, retrying");
-                tokio::time::sleep(Duration::from_millis(config::backoff_ms(200, 5_000, attempt))).await;
+                tokio::time::sleep(Duration::from_millis(config::backoff_ms(
+                    200, 5_000, attempt,
+                )))
+                .await;
                 attempt += 1;
             }
             Err(e) => return Err(e),
@@ -124,7 +127,10 @@ async fn start_ops(ops: &OpsOpts, shutdown: &CancellationToken) -> anyhow::Resul
             }
         }
     });
-    tokio::spawn(metrics::progress(ops.progress_interval_ms, shutdown.clone()));
+    tokio::spawn(metrics::progress(
+        ops.progress_interval_ms,
+        shutdown.clone(),
+    ));
     Ok(())
 }
 
@@ -142,25 +148,60 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(resolved = ok, still_failing = bad, "retry-failed done");
             println!("resolved={ok} still_failing={bad}");
         }
-        Command::Reconcile { target, pg, wait_ms } => {
+        Command::Reconcile {
+            target,
+            pg,
+            wait_ms,
+        } => {
             let pool = db::connect(&pg, 2).await?;
-            let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, wait_ms)).await?;
+            let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, wait_ms))
+                .await?;
             std::process::exit(code);
         }
-        Command::Restore { target, pg, kafka, force, as_of } => restore_command(target, pg, kafka, force, as_of).await?,
-        Command::Run { redis, kafka, pg, batch, ops } => run_command(redis, kafka, pg, batch, ops, &shutdown).await?,
-        Command::Forward { redis, kafka, batch, ops } => {
+        Command::Restore {
+            target,
+            pg,
+            kafka,
+            force,
+            as_of,
+        } => restore_command(target, pg, kafka, force, as_of).await?,
+        Command::Run {
+            redis,
+            kafka,
+            pg,
+            batch,
+            ops,
+        } => run_command(redis, kafka, pg, batch, ops, &shutdown).await?,
+        Command::Forward {
+            redis,
+            kafka,
+            batch,
+            ops,
+        } => {
             start_ops(&ops, &shutdown).await?;
             kafka_client::ensure_topic(&kafka).await?;
             let fwd = Arc::new(forward::Forwarder::new(&kafka)?);
-            redis_src::run_source(redis, batch, Downstream::Sink(Sink::Kafka(fwd.clone())), shutdown.clone()).await;
+            redis_src::run_source(
+                redis,
+                batch,
+                Downstream::Sink(Sink::Kafka(fwd.clone())),
+                shutdown.clone(),
+            )
+            .await;
             fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
         }
-        Command::Persist { kafka, pg, batch, ops } => {
+        Command::Persist {
+            kafka,
+            pg,
+            batch,
+            ops,
+        } => {
             start_ops(&ops, &shutdown).await?;
             let pool = pg_pool(&pg, pg.pg_max_conns).await?;
             kafka_client::ensure_topic(&kafka).await?;
-            persist::Persist::new(kafka, batch, PgSink::new(pool, &pg), shutdown.clone())?.run().await?;
+            persist::Persist::new(kafka, batch, PgSink::new(pool, &pg), shutdown.clone())?
+                .run()
+                .await?;
         }
     }
     if let Some(msg) = pipeline::fatal_error() {
@@ -190,7 +231,10 @@ async fn restore_command(
     };
     let wait_ms = if let Some(ms) = as_of {
         let done = restore::as_of_command(&target.url, &pool, &opt, ms).await?;
-        println!("rolled back to {ms}: {} fields of {} keys corrected, {} claims released", done.fields, done.keys, done.releases);
+        println!(
+            "rolled back to {ms}: {} fields of {} keys corrected, {} claims released",
+            done.fields, done.keys, done.releases
+        );
         for n in &done.not_rolled_back {
             println!("not rolled back: {n}");
         }
@@ -201,7 +245,10 @@ async fn restore_command(
             "restored {} balance keys ({} fields), {} campaigns ({} holders), {} usage counters, {} sequences",
             done.balance_keys, done.balance_fields, done.campaigns, done.holders, done.usage_keys, done.sequences
         );
-        println!("restored {} op-id records still inside tally.op-ttl-ms", done.op_ids.restored);
+        println!(
+            "restored {} op-id records still inside tally.op-ttl-ms",
+            done.op_ids.restored
+        );
         if done.op_ids.without_record > 0 {
             println!(
                 "not restored: {} op-ids inside the window whose events carry no record (written by an older module); a retry of one is applied again",
@@ -225,13 +272,32 @@ async fn run_command(
 ) -> anyhow::Result<()> {
     start_ops(&ops, shutdown).await?;
     let direct = !kafka.configured();
-    let conns = if direct { pg.pg_max_conns.max(batch.pg_writers as u32 + 1) } else { pg.pg_max_conns };
+    let conns = if direct {
+        pg.pg_max_conns.max(batch.pg_writers as u32 + 1)
+    } else {
+        pg.pg_max_conns
+    };
     let pool = pg_pool(&pg, conns).await?;
     let pg_sink = PgSink::new(pool, &pg);
     if direct {
-        tracing::info!(writers = batch.pg_writers, "no Kafka brokers configured: direct path stream -> Postgres");
-        let writers = writers::Writers::start(batch.pg_writers, batch.writer_queue_jobs, pg_sink.clone(), batch.clone(), shutdown.clone());
-        redis_src::run_source(redis, batch, Downstream::Writers(Arc::new(writers)), shutdown.clone()).await;
+        tracing::info!(
+            writers = batch.pg_writers,
+            "no Kafka brokers configured: direct path stream -> Postgres"
+        );
+        let writers = writers::Writers::start(
+            batch.pg_writers,
+            batch.writer_queue_jobs,
+            pg_sink.clone(),
+            batch.clone(),
+            shutdown.clone(),
+        );
+        redis_src::run_source(
+            redis,
+            batch,
+            Downstream::Writers(Arc::new(writers)),
+            shutdown.clone(),
+        )
+        .await;
         pg_sink.finish().await;
         return Ok(());
     }
@@ -246,20 +312,35 @@ async fn run_command(
             pipeline::fail(format!("persist stopped: {e:#}"), &s);
         }
     });
-    redis_src::run_source(redis, batch, Downstream::Sink(Sink::Kafka(fwd.clone())), shutdown.clone()).await;
+    redis_src::run_source(
+        redis,
+        batch,
+        Downstream::Sink(Sink::Kafka(fwd.clone())),
+        shutdown.clone(),
+    )
+    .await;
     fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
     persist.await.context("persist task")?;
     Ok(())
 }
 
 fn reconcile_options(t: &config::CheckOpts, wait_ms: u64) -> reconcile::Options {
-    reconcile::Options { prefix: t.prefix.clone(), group: t.group.clone(), wait_ms, batch: t.batch.max(1), show: t.show }
+    reconcile::Options {
+        prefix: t.prefix.clone(),
+        group: t.group.clone(),
+        wait_ms,
+        batch: t.batch.max(1),
+        show: t.show,
+    }
 }
 
 fn main() {
     let cli = Cli::parse();
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(real_main(cli)) {
         Ok(()) => std::process::exit(0),
         Err(e) => {

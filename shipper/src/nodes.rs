@@ -14,16 +14,31 @@ pub struct Nodes {
 impl Nodes {
     /// Connects to `seed`, or, when it is a cluster node, to every primary of its cluster.
     pub async fn connect(seed: &str) -> anyhow::Result<Nodes> {
-        let layout = crate::discover::cluster_layout(seed).await.with_context(|| format!("reading the layout of {seed}"))?;
+        let layout = crate::discover::cluster_layout(seed)
+            .await
+            .with_context(|| format!("reading the layout of {seed}"))?;
         let Some(primaries) = layout else {
-            return Ok(Nodes { conns: vec![open(seed).await?], ranges: Vec::new() });
+            return Ok(Nodes {
+                conns: vec![open(seed).await?],
+                ranges: Vec::new(),
+            });
         };
-        let mut nodes = Nodes { conns: Vec::new(), ranges: Vec::new() };
+        let mut nodes = Nodes {
+            conns: Vec::new(),
+            ranges: Vec::new(),
+        };
         for (url, ranges) in primaries {
-            nodes.ranges.extend(ranges.into_iter().map(|(lo, hi)| (lo, hi, nodes.conns.len())));
+            nodes.ranges.extend(
+                ranges
+                    .into_iter()
+                    .map(|(lo, hi)| (lo, hi, nodes.conns.len())),
+            );
             nodes.conns.push(open(&url).await?);
         }
-        anyhow::ensure!(!nodes.conns.is_empty(), "the cluster of {seed} has no primary serving slots");
+        anyhow::ensure!(
+            !nodes.conns.is_empty(),
+            "the cluster of {seed} has no primary serving slots"
+        );
         Ok(nodes)
     }
 
@@ -34,7 +49,10 @@ impl Nodes {
     /// Index of the node that serves `key` (0 when standalone or when no node serves it).
     pub fn node_of(&self, key: &str) -> usize {
         let slot = tally_slot::key_slot(key.as_bytes());
-        self.ranges.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&slot)).map_or(0, |r| r.2)
+        self.ranges
+            .iter()
+            .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
+            .map_or(0, |r| r.2)
     }
 
     pub fn conn_for(&mut self, key: &str) -> &mut MultiplexedConnection {
@@ -46,7 +64,10 @@ impl Nodes {
     /// per-slot helper keys.
     fn slot_suffix(&self, key: &str) -> String {
         if self.is_cluster() {
-            format!(":{{{}}}", tally_slot::tag(tally_slot::key_slot(key.as_bytes())))
+            format!(
+                ":{{{}}}",
+                tally_slot::tag(tally_slot::key_slot(key.as_bytes()))
+            )
         } else {
             String::new()
         }
@@ -60,12 +81,18 @@ impl Nodes {
     /// The op-id record of `op` sent with a command whose first key is `key`, named as the
     /// module names it: `<prefix>:op[:{tag}]:<byte length of key>:<key>:<op>`.
     pub fn op_key(&self, prefix: &str, key: &str, op: &str) -> String {
-        format!("{prefix}:op{}:{}:{key}:{op}", self.slot_suffix(key), key.len())
+        format!(
+            "{prefix}:op{}:{}:{key}:{op}",
+            self.slot_suffix(key),
+            key.len()
+        )
     }
 
     /// One empty pipeline per node.
     pub fn pipes(&self) -> Pipes {
-        Pipes { pipes: (0..self.conns.len()).map(|_| redis::pipe()).collect() }
+        Pipes {
+            pipes: (0..self.conns.len()).map(|_| redis::pipe()).collect(),
+        }
     }
 }
 
@@ -97,7 +124,9 @@ impl Pipes {
 const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn open(url: &str) -> anyhow::Result<MultiplexedConnection> {
-    crate::redis_io::connect(url, RESPONSE_TIMEOUT).await.with_context(|| format!("connect to {url}"))
+    crate::redis_io::connect(url, RESPONSE_TIMEOUT)
+        .await
+        .with_context(|| format!("connect to {url}"))
 }
 
 #[cfg(test)]
@@ -106,11 +135,26 @@ mod tests {
 
     #[test]
     fn op_keys_are_named_as_the_module_names_them() {
-        let standalone = Nodes { conns: Vec::new(), ranges: Vec::new() };
-        assert_eq!(standalone.op_key("tally", "other", "op"), "tally:op:5:other:op");
-        let cluster = Nodes { conns: Vec::new(), ranges: vec![(0, 16383, 0)] };
+        let standalone = Nodes {
+            conns: Vec::new(),
+            ranges: Vec::new(),
+        };
+        assert_eq!(
+            standalone.op_key("tally", "other", "op"),
+            "tally:op:5:other:op"
+        );
+        let cluster = Nodes {
+            conns: Vec::new(),
+            ranges: vec![(0, 16383, 0)],
+        };
         let tag = tally_slot::tag(tally_slot::key_slot(b"acct:1"));
-        assert_eq!(cluster.op_key("tally", "acct:1", "g1"), format!("tally:op:{{{tag}}}:6:acct:1:g1"));
-        assert_eq!(cluster.seq_hash("tally", "acct:1"), format!("tally:seq:{{{tag}}}"));
+        assert_eq!(
+            cluster.op_key("tally", "acct:1", "g1"),
+            format!("tally:op:{{{tag}}}:6:acct:1:g1")
+        );
+        assert_eq!(
+            cluster.seq_hash("tally", "acct:1"),
+            format!("tally:seq:{{{tag}}}")
+        );
     }
 }

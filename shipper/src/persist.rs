@@ -39,7 +39,10 @@ const BROKER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
     let h = m.headers()?;
-    h.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+    h.iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// `redis:<stream>/<entry id>` -> (stream, entry id). Stream names (`<prefix>:log[:{tag}]`)
@@ -66,10 +69,16 @@ pub fn message_to_record(m: &BorrowedMessage<'_>) -> Record {
         },
     };
     let (raw, err) = match m.payload() {
-        None => (String::new(), Some("Kafka message without payload".to_string())),
+        None => (
+            String::new(),
+            Some("Kafka message without payload".to_string()),
+        ),
         Some(p) => match std::str::from_utf8(p) {
             Ok(s) => (s.to_string(), header(m, H_ERROR)),
-            Err(_) => (String::from_utf8_lossy(p).into_owned(), Some("Kafka payload is not UTF-8".to_string())),
+            Err(_) => (
+                String::from_utf8_lossy(p).into_owned(),
+                Some("Kafka payload is not UTF-8".to_string()),
+            ),
         },
     };
     Record::new(source, via, stream, stream_id, raw, err)
@@ -77,7 +86,10 @@ pub fn message_to_record(m: &BorrowedMessage<'_>) -> Record {
 
 /// Positions after a batch: per (topic, partition) the highest offset seen + 1, continuing
 /// from the stored position `from` gives.
-pub fn next_positions(seen: impl IntoIterator<Item = (String, i32, i64)>, from: impl Fn(i32) -> Option<i64>) -> Vec<Position> {
+pub fn next_positions(
+    seen: impl IntoIterator<Item = (String, i32, i64)>,
+    from: impl Fn(i32) -> Option<i64>,
+) -> Vec<Position> {
     let mut max: HashMap<(String, i32), i64> = HashMap::new();
     for (t, p, o) in seen {
         let e = max.entry((t, p)).or_insert(o);
@@ -85,7 +97,12 @@ pub fn next_positions(seen: impl IntoIterator<Item = (String, i32, i64)>, from: 
     }
     let mut out: Vec<Position> = max
         .into_iter()
-        .map(|((topic, partition), o)| Position { topic, partition, from: from(partition), next_offset: o + 1 })
+        .map(|((topic, partition), o)| Position {
+            topic,
+            partition,
+            from: from(partition),
+            next_offset: o + 1,
+        })
         .collect();
     out.sort();
     out
@@ -97,11 +114,18 @@ pub type Batch = Vec<(Record, (String, i32, i64))>;
 /// Keeps the messages of partitions this instance owns, at or past the position they
 /// continue from (a message from before an assignment or a re-read is dropped); the
 /// positions the kept ones lead to; and how many messages were dropped.
-pub fn owned_part(batch: Batch, owned: &BTreeMap<i32, Option<i64>>) -> (Vec<Record>, Vec<Position>, usize) {
+pub fn owned_part(
+    batch: Batch,
+    owned: &BTreeMap<i32, Option<i64>>,
+) -> (Vec<Record>, Vec<Position>, usize) {
     let total = batch.len();
     let (recs, coords): (Vec<Record>, Vec<(String, i32, i64)>) = batch
         .into_iter()
-        .filter(|(_, (_, p, o))| owned.get(p).is_some_and(|from| from.is_none_or(|f| *o >= f)))
+        .filter(|(_, (_, p, o))| {
+            owned
+                .get(p)
+                .is_some_and(|from| from.is_none_or(|f| *o >= f))
+        })
         .unzip();
     let dropped = total - recs.len();
     let positions = next_positions(coords, |p| owned.get(&p).copied().flatten());
@@ -159,19 +183,32 @@ fn consumer_config(k: &KafkaOpts) -> anyhow::Result<rdkafka::ClientConfig> {
 }
 
 fn consumer(k: &KafkaOpts) -> anyhow::Result<StreamConsumer<QuietContext>> {
-    consumer_config(k)?.create_with_context(QuietContext).context("creating Kafka consumer")
+    consumer_config(k)?
+        .create_with_context(QuietContext)
+        .context("creating Kafka consumer")
 }
 
 /// (low, high) watermarks of every partition of the topic.
-fn watermarks<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(c: &C, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
-    let meta = c.fetch_metadata(Some(topic), BROKER_REQUEST_TIMEOUT).context("topic metadata")?;
-    let t = meta.topics().iter().find(|t| t.name() == topic).context("topic not in metadata")?;
+fn watermarks<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    c: &C,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+    let meta = c
+        .fetch_metadata(Some(topic), BROKER_REQUEST_TIMEOUT)
+        .context("topic metadata")?;
+    let t = meta
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .context("topic not in metadata")?;
     if let Some(e) = t.error() {
         anyhow::bail!("topic {topic}: {:?}", e);
     }
     let mut out = BTreeMap::new();
     for p in t.partitions() {
-        let w = c.fetch_watermarks(topic, p.id(), BROKER_REQUEST_TIMEOUT).with_context(|| format!("watermarks of partition {}", p.id()))?;
+        let w = c
+            .fetch_watermarks(topic, p.id(), BROKER_REQUEST_TIMEOUT)
+            .with_context(|| format!("watermarks of partition {}", p.id()))?;
         out.insert(p.id(), w);
     }
     if out.is_empty() {
@@ -184,7 +221,9 @@ fn watermarks<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(c: &C, topi
 /// broker's end minus the stored position (or minus the earliest offset when none is stored).
 /// `restore` refuses to run while this is not zero.
 pub async fn unpersisted(k: &KafkaOpts, pool: &sqlx::PgPool) -> anyhow::Result<u64> {
-    let stored = crate::db::load_positions(pool, &k.topic).await.context("reading kafka_offsets")?;
+    let stored = crate::db::load_positions(pool, &k.topic)
+        .await
+        .context("reading kafka_offsets")?;
     let (k2, topic) = (k.clone(), k.topic.clone());
     let marks = tokio::task::spawn_blocking(move || watermarks(&consumer(&k2)?, &topic))
         .await
@@ -192,7 +231,10 @@ pub async fn unpersisted(k: &KafkaOpts, pool: &sqlx::PgPool) -> anyhow::Result<u
     Ok(unpersisted_count(&marks, &stored))
 }
 
-pub fn unpersisted_count(watermarks: &BTreeMap<i32, (i64, i64)>, stored: &BTreeMap<i32, i64>) -> u64 {
+pub fn unpersisted_count(
+    watermarks: &BTreeMap<i32, (i64, i64)>,
+    stored: &BTreeMap<i32, i64>,
+) -> u64 {
     watermarks
         .iter()
         .map(|(p, &(low, high))| {
@@ -220,15 +262,31 @@ enum Assign {
 }
 
 impl Persist {
-    pub fn new(k: KafkaOpts, batch: BatchOpts, pg: PgSink, shutdown: CancellationToken) -> anyhow::Result<Persist> {
+    pub fn new(
+        k: KafkaOpts,
+        batch: BatchOpts,
+        pg: PgSink,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Persist> {
         if k.persist_group && k.persist_shard.count > 1 {
             anyhow::bail!("--persist-group and --persist-shard exclude each other: the group shares the partitions itself");
         }
         let owned = Arc::new(Mutex::new(Owned::default()));
-        let group = k.persist_group.then(|| GroupLoader::new(pg.pool.clone(), k.topic.clone(), shutdown.clone()));
+        let group = k
+            .persist_group
+            .then(|| GroupLoader::new(pg.pool.clone(), k.topic.clone(), shutdown.clone()));
         let ctx = PersistContext::new(owned.clone(), group);
-        let consumer = consumer_config(&k)?.create_with_context(ctx).context("creating Kafka consumer")?;
-        Ok(Persist { k, batch, pg, shutdown, consumer, owned })
+        let consumer = consumer_config(&k)?
+            .create_with_context(ctx)
+            .context("creating Kafka consumer")?;
+        Ok(Persist {
+            k,
+            batch,
+            pg,
+            shutdown,
+            consumer,
+            owned,
+        })
     }
 
     fn owned(&self) -> MutexGuard<'_, Owned> {
@@ -240,7 +298,9 @@ impl Persist {
     /// unavailable. Returns false when shut down first.
     async fn assign(&mut self) -> anyhow::Result<bool> {
         if self.k.persist_group {
-            self.consumer.subscribe(&[&self.k.topic]).context("subscribe")?;
+            self.consumer
+                .subscribe(&[&self.k.topic])
+                .context("subscribe")?;
             tracing::info!(topic = %self.k.topic, group = %self.k.kafka_group, "joining the consumer group; positions come from Postgres at every assignment");
             return Ok(true);
         }
@@ -250,7 +310,11 @@ impl Persist {
                 Ok(Assign::Done) => return Ok(true),
                 Ok(Assign::Fatal(msg)) => anyhow::bail!(msg),
                 Err(e) => {
-                    let wait = backoff_ms(self.batch.retry_backoff_ms, self.batch.retry_backoff_cap_ms, attempt);
+                    let wait = backoff_ms(
+                        self.batch.retry_backoff_ms,
+                        self.batch.retry_backoff_cap_ms,
+                        attempt,
+                    );
                     tracing::warn!(topic = %self.k.topic, error = %format!("{e:#}"), retry_in_ms = wait, "cannot assign partitions yet");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
@@ -266,14 +330,18 @@ impl Persist {
         let topic = self.k.topic.clone();
         let shard = self.k.persist_shard;
         // positions first: a position stored after the watermarks were read could be past them
-        let stored = db::load_positions(&self.pg.pool, &topic).await.context("loading positions from Postgres")?;
+        let stored = db::load_positions(&self.pg.pool, &topic)
+            .await
+            .context("loading positions from Postgres")?;
         let mut marks = tokio::task::block_in_place(|| watermarks(&self.consumer, &topic))?;
         marks.retain(|p, _| shard.owns(*p));
         let starts = match start_offsets(&topic, &marks, &stored) {
             Ok(s) => s,
             Err(msg) => return Ok(Assign::Fatal(msg)),
         };
-        self.consumer.assign(&at_positions(&topic, &starts)?).context("assign")?;
+        self.consumer
+            .assign(&at_positions(&topic, &starts)?)
+            .context("assign")?;
         self.owned().replace(starts.clone());
         tracing::info!(topic = %topic, partitions = starts.len(), shard = %shard, stored = stored.len(), "consuming from the positions stored in Postgres");
         Ok(Assign::Done)
@@ -284,10 +352,18 @@ impl Persist {
     /// the process (assertion `rktp_started`) when partitions assigned again before they
     /// started are stopped by a shutdown.
     async fn reposition(&mut self) -> anyhow::Result<()> {
-        let stored = db::load_positions(&self.pg.pool, &self.k.topic).await.context("loading positions from Postgres")?;
-        let from: BTreeMap<i32, Option<i64>> = self.owned().from.keys().map(|p| (*p, stored.get(p).copied())).collect();
+        let stored = db::load_positions(&self.pg.pool, &self.k.topic)
+            .await
+            .context("loading positions from Postgres")?;
+        let from: BTreeMap<i32, Option<i64>> = self
+            .owned()
+            .from
+            .keys()
+            .map(|p| (*p, stored.get(p).copied()))
+            .collect();
         let tpl = at_positions(&self.k.topic, &from)?;
-        tokio::task::block_in_place(|| self.consumer.seek_partitions(tpl, BROKER_REQUEST_TIMEOUT)).context("seek to the stored positions")?;
+        tokio::task::block_in_place(|| self.consumer.seek_partitions(tpl, BROKER_REQUEST_TIMEOUT))
+            .context("seek to the stored positions")?;
         self.owned().replace(from);
         Ok(())
     }
@@ -297,12 +373,23 @@ impl Persist {
         if self.k.persist_group {
             return false;
         }
-        let meta = tokio::task::block_in_place(|| self.consumer.fetch_metadata(Some(&self.k.topic), BROKER_REQUEST_TIMEOUT));
+        let meta = tokio::task::block_in_place(|| {
+            self.consumer
+                .fetch_metadata(Some(&self.k.topic), BROKER_REQUEST_TIMEOUT)
+        });
         let assigned = self.owned().from.len();
         meta.ok()
-            .and_then(|m| m.topics().iter().find(|t| t.name() == self.k.topic).map(|t| {
-                t.partitions().iter().filter(|p| self.k.persist_shard.owns(p.id())).count()
-            }))
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == self.k.topic)
+                    .map(|t| {
+                        t.partitions()
+                            .iter()
+                            .filter(|p| self.k.persist_shard.owns(p.id()))
+                            .count()
+                    })
+            })
             .map(|n| n > assigned)
             .unwrap_or(false)
     }
@@ -341,7 +428,10 @@ impl Persist {
         loop {
             let now = self.owned().generation;
             if now != generation {
-                tracing::debug!(dropped = out.len(), "the assignment changed while reading a batch");
+                tracing::debug!(
+                    dropped = out.len(),
+                    "the assignment changed while reading a batch"
+                );
                 out.clear();
                 generation = now;
             }
@@ -378,12 +468,19 @@ impl Persist {
         metrics::KAFKA_CONSUMED.inc_by(batch.len() as u64);
         let (recs, positions, dropped) = owned_part(batch, &self.owned().from);
         if dropped > 0 {
-            tracing::debug!(dropped, "messages of partitions or offsets this instance does not own");
+            tracing::debug!(
+                dropped,
+                "messages of partitions or offsets this instance does not own"
+            );
         }
         if recs.is_empty() {
             return Ok(());
         }
-        match sink.deliver(&recs, &positions, &self.batch).await.map_err(|f| anyhow::anyhow!(f.0))? {
+        match sink
+            .deliver(&recs, &positions, &self.batch)
+            .await
+            .map_err(|f| anyhow::anyhow!(f.0))?
+        {
             Delivered::Done => {
                 self.owned().advance(&positions);
                 self.commit_to_broker(&positions);
@@ -421,7 +518,10 @@ impl Persist {
     fn commit_to_broker(&self, positions: &[Position]) {
         let mut tpl = TopicPartitionList::new();
         for p in positions {
-            if tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset)).is_err() {
+            if tpl
+                .add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
+                .is_err()
+            {
                 return;
             }
         }
@@ -444,21 +544,56 @@ mod tests {
             ("t".to_string(), 0, 6),
             ("u".to_string(), 0, 0),
         ];
-        let pos = |t: &str, p, o| Position { topic: t.into(), partition: p, from: (p == 1).then_some(3), next_offset: o };
+        let pos = |t: &str, p, o| Position {
+            topic: t.into(),
+            partition: p,
+            from: (p == 1).then_some(3),
+            next_offset: o,
+        };
         let from = |p| (p == 1).then_some(3);
-        assert_eq!(next_positions(seen, from), vec![pos("t", 0, 8), pos("t", 1, 10), pos("u", 0, 1)]);
+        assert_eq!(
+            next_positions(seen, from),
+            vec![pos("t", 0, 8), pos("t", 1, 10), pos("u", 0, 1)]
+        );
         assert!(next_positions(Vec::new(), from).is_empty());
     }
 
     #[test]
     fn only_owned_partitions_at_or_past_their_position_are_stored() {
-        let rec = |p: i32, o: i64| (Record::new(format!("kafka:t/{p}/{o}"), None, None, None, "{}".into(), None), ("t".to_string(), p, o));
+        let rec = |p: i32, o: i64| {
+            (
+                Record::new(
+                    format!("kafka:t/{p}/{o}"),
+                    None,
+                    None,
+                    None,
+                    "{}".into(),
+                    None,
+                ),
+                ("t".to_string(), p, o),
+            )
+        };
         let owned = BTreeMap::from([(0, Some(10)), (1, None)]);
-        let batch = vec![rec(0, 9), rec(0, 10), rec(0, 12), rec(1, 0), rec(1, 4), rec(2, 50)];
+        let batch = vec![
+            rec(0, 9),
+            rec(0, 10),
+            rec(0, 12),
+            rec(1, 0),
+            rec(1, 4),
+            rec(2, 50),
+        ];
         let (recs, positions, dropped) = owned_part(batch, &owned);
         assert_eq!(recs.len(), 4);
-        assert_eq!(dropped, 2, "offset 9 is before partition 0's position; partition 2 is not owned");
-        let pos = |partition, from, next_offset| Position { topic: "t".into(), partition, from, next_offset };
+        assert_eq!(
+            dropped, 2,
+            "offset 9 is before partition 0's position; partition 2 is not owned"
+        );
+        let pos = |partition, from, next_offset| Position {
+            topic: "t".into(),
+            partition,
+            from,
+            next_offset,
+        };
         assert_eq!(positions, vec![pos(0, Some(10), 13), pos(1, None, 5)]);
         let (recs, positions, dropped) = owned_part(vec![rec(2, 1)], &owned);
         assert!(recs.is_empty() && positions.is_empty());
@@ -470,15 +605,24 @@ mod tests {
         let marks = BTreeMap::from([(0, (0, 100)), (1, (10, 50)), (2, (0, 0))]);
         let stored = BTreeMap::from([(0, 40), (1, 10)]);
         let got = start_offsets("t", &marks, &stored).unwrap();
-        assert_eq!(got, BTreeMap::from([(0, Some(40)), (1, Some(10)), (2, None)]));
+        assert_eq!(
+            got,
+            BTreeMap::from([(0, Some(40)), (1, Some(10)), (2, None)])
+        );
         // a position at the end is fine (everything persisted)
         assert!(start_offsets("t", &marks, &BTreeMap::from([(0, 100)])).is_ok());
     }
 
     #[test]
     fn stream_coordinates_come_from_the_source() {
-        assert_eq!(stream_coordinates("redis:tally:log/1732272000123-5"), Some(("tally:log", "1732272000123-5")));
-        assert_eq!(stream_coordinates("redis:tally:log:{t1}/1-0"), Some(("tally:log:{t1}", "1-0")));
+        assert_eq!(
+            stream_coordinates("redis:tally:log/1732272000123-5"),
+            Some(("tally:log", "1732272000123-5"))
+        );
+        assert_eq!(
+            stream_coordinates("redis:tally:log:{t1}/1-0"),
+            Some(("tally:log:{t1}", "1-0"))
+        );
         assert_eq!(stream_coordinates("kafka:tally.events/0/5"), None);
         assert_eq!(stream_coordinates("redis:tally:log/not-an-id"), None);
     }
@@ -497,7 +641,10 @@ mod tests {
         let marks = BTreeMap::from([(0, (0, 100)), (1, (30, 50))]);
         let stored = BTreeMap::from([(0, 40), (1, 12)]);
         let e = start_offsets("t", &marks, &stored).unwrap_err();
-        assert!(e.contains("partition 1: offsets 12..29 (earliest now 30)"), "{e}");
+        assert!(
+            e.contains("partition 1: offsets 12..29 (earliest now 30)"),
+            "{e}"
+        );
         assert!(!e.contains("partition 0"), "{e}");
         let e = start_offsets("t", &marks, &BTreeMap::from([(0, 101)])).unwrap_err();
         assert!(e.contains("past the end"), "{e}");

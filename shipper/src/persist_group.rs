@@ -67,10 +67,17 @@ impl Owned {
 
 /// The partitions of `topic` at the positions they continue from: the stored offset, or the
 /// beginning when nothing is stored yet.
-pub fn at_positions(topic: &str, from: &BTreeMap<i32, Option<i64>>) -> Result<TopicPartitionList, KafkaError> {
+pub fn at_positions(
+    topic: &str,
+    from: &BTreeMap<i32, Option<i64>>,
+) -> Result<TopicPartitionList, KafkaError> {
     let mut tpl = TopicPartitionList::new();
     for (p, start) in from {
-        tpl.add_partition_offset(topic, *p, start.map(Offset::Offset).unwrap_or(Offset::Beginning))?;
+        tpl.add_partition_offset(
+            topic,
+            *p,
+            start.map(Offset::Offset).unwrap_or(Offset::Beginning),
+        )?;
     }
     Ok(tpl)
 }
@@ -86,7 +93,12 @@ pub struct GroupLoader {
 impl GroupLoader {
     /// Call from inside the tokio runtime that will poll the consumer.
     pub fn new(pool: PgPool, topic: String, shutdown: CancellationToken) -> GroupLoader {
-        GroupLoader { pool, topic, shutdown, runtime: tokio::runtime::Handle::current() }
+        GroupLoader {
+            pool,
+            topic,
+            shutdown,
+            runtime: tokio::runtime::Handle::current(),
+        }
     }
 
     /// The stored positions of the topic, retried with backoff; Err once the attempts are spent.
@@ -113,7 +125,9 @@ impl GroupLoader {
             })
         };
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => Err("the rebalance callback ran on a single-threaded runtime".into()),
+            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {
+                Err("the rebalance callback ran on a single-threaded runtime".into())
+            }
             Ok(_) => tokio::task::block_in_place(load),
             Err(_) => load(),
         }
@@ -130,7 +144,11 @@ pub struct PersistContext {
 
 impl PersistContext {
     pub fn new(owned: Arc<Mutex<Owned>>, group: Option<GroupLoader>) -> PersistContext {
-        PersistContext { quiet: QuietContext, owned, group }
+        PersistContext {
+            quiet: QuietContext,
+            owned,
+            group,
+        }
     }
 
     fn owned(&self) -> MutexGuard<'_, Owned> {
@@ -139,7 +157,11 @@ impl PersistContext {
 
     fn on_assign(&self, g: &GroupLoader, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
-        let parts: Vec<i32> = tpl.elements_for_topic(&g.topic).iter().map(|e| e.partition()).collect();
+        let parts: Vec<i32> = tpl
+            .elements_for_topic(&g.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
         let stored = match g.load_blocking() {
             Ok(s) => s,
             Err(msg) => {
@@ -147,15 +169,26 @@ impl PersistContext {
                 return;
             }
         };
-        let from: BTreeMap<i32, Option<i64>> = parts.iter().map(|p| (*p, stored.get(p).copied())).collect();
+        let from: BTreeMap<i32, Option<i64>> =
+            parts.iter().map(|p| (*p, stored.get(p).copied())).collect();
         let tpl = match at_positions(&g.topic, &from) {
             Ok(t) => t,
             Err(e) => {
-                crate::pipeline::fail(format!("partitions {parts:?} of {}: cannot set their start offsets: {e}", g.topic), &g.shutdown);
+                crate::pipeline::fail(
+                    format!(
+                        "partitions {parts:?} of {}: cannot set their start offsets: {e}",
+                        g.topic
+                    ),
+                    &g.shutdown,
+                );
                 return;
             }
         };
-        let assigned = if cooperative { base.incremental_assign(&tpl) } else { base.assign(&tpl) };
+        let assigned = if cooperative {
+            base.incremental_assign(&tpl)
+        } else {
+            base.assign(&tpl)
+        };
         if let Err(e) = assigned {
             tracing::warn!(error = %e, "assigning the partitions the group gave failed; the group will rebalance again");
             return;
@@ -170,7 +203,11 @@ impl PersistContext {
     }
 
     fn on_revoke(&self, g: &GroupLoader, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let parts: Vec<i32> = tpl.elements_for_topic(&g.topic).iter().map(|e| e.partition()).collect();
+        let parts: Vec<i32> = tpl
+            .elements_for_topic(&g.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
         let done = if matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative) {
             base.incremental_unassign(tpl)
         } else {
@@ -195,7 +232,12 @@ impl ClientContext for PersistContext {
 }
 
 impl ConsumerContext for PersistContext {
-    fn rebalance(&self, base: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         let Some(g) = &self.group else {
             tracing::warn!(?err, "rebalance event without --persist-group; ignored");
             return;
@@ -223,9 +265,18 @@ mod tests {
         let mut o = Owned::default();
         o.replace(BTreeMap::from([(0, Some(5)), (1, None)]));
         assert_eq!(o.generation, 1);
-        let pos = |partition, from, next_offset| Position { topic: "t".into(), partition, from, next_offset };
+        let pos = |partition, from, next_offset| Position {
+            topic: "t".into(),
+            partition,
+            from,
+            next_offset,
+        };
         o.advance(&[pos(0, Some(5), 9), pos(1, None, 3), pos(7, None, 2)]);
-        assert_eq!(o.from, BTreeMap::from([(0, Some(9)), (1, Some(3))]), "a partition not owned is not adopted");
+        assert_eq!(
+            o.from,
+            BTreeMap::from([(0, Some(9)), (1, Some(3))]),
+            "a partition not owned is not adopted"
+        );
         o.change(BTreeMap::from([(2, Some(4))]), &[0]);
         assert_eq!(o.from, BTreeMap::from([(1, Some(3)), (2, Some(4))]));
         assert_eq!(o.generation, 2);

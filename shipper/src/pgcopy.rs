@@ -85,7 +85,11 @@ pub fn numeric_binary(s: &str) -> Option<Vec<u8>> {
     };
     let (int, frac) = body.split_once('.').unwrap_or((body, ""));
     let digits_only = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-    if int.is_empty() || int.len() > MAX_NUMERIC_INT_DIGITS || !digits_only(int) || !digits_only(frac) {
+    if int.is_empty()
+        || int.len() > MAX_NUMERIC_INT_DIGITS
+        || !digits_only(int)
+        || !digits_only(frac)
+    {
         return None;
     }
     if body.contains('.') && frac.is_empty() {
@@ -98,8 +102,10 @@ pub fn numeric_binary(s: &str) -> Option<Vec<u8>> {
     let int_groups = ascii.len() / 4;
     ascii.extend_from_slice(frac.as_bytes());
     ascii.resize(ascii.len().div_ceil(4) * 4, b'0');
-    let mut groups: Vec<i16> =
-        ascii.chunks(4).map(|c| c.iter().fold(0i16, |acc, d| acc * 10 + i16::from(d - b'0'))).collect();
+    let mut groups: Vec<i16> = ascii
+        .chunks(4)
+        .map(|c| c.iter().fold(0i16, |acc, d| acc * 10 + i16::from(d - b'0')))
+        .collect();
     let mut weight = i16::try_from(int_groups).ok()? - 1;
     let lead = groups.iter().take_while(|g| **g == 0).count();
     groups.drain(..lead);
@@ -107,20 +113,35 @@ pub fn numeric_binary(s: &str) -> Option<Vec<u8>> {
     while groups.last() == Some(&0) {
         groups.pop();
     }
-    let (sign, weight) = if groups.is_empty() { (0u16, 0i16) } else { (if neg { 0x4000 } else { 0 }, weight) };
+    let (sign, weight) = if groups.is_empty() {
+        (0u16, 0i16)
+    } else {
+        (if neg { 0x4000 } else { 0 }, weight)
+    };
     let mut out = Vec::with_capacity(8 + 2 * groups.len());
     out.extend_from_slice(&i16::try_from(groups.len()).ok()?.to_be_bytes());
     out.extend_from_slice(&weight.to_be_bytes());
     out.extend_from_slice(&sign.to_be_bytes());
     out.extend_from_slice(&dscale.to_be_bytes());
-    groups.iter().for_each(|g| out.extend_from_slice(&g.to_be_bytes()));
+    groups
+        .iter()
+        .for_each(|g| out.extend_from_slice(&g.to_be_bytes()));
     Some(out)
 }
 
 /// COPY `rows` (binary, as built by `CopyRows`) into `table` (`columns`, comma separated).
 /// Returns the rows copied.
-pub async fn copy_in(conn: &mut PgConnection, table: &str, columns: &str, rows: Vec<u8>) -> Result<u64, sqlx::Error> {
-    let mut copy = conn.copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)")).await?;
+pub async fn copy_in(
+    conn: &mut PgConnection,
+    table: &str,
+    columns: &str,
+    rows: Vec<u8>,
+) -> Result<u64, sqlx::Error> {
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
     copy.send(rows).await?;
     copy.finish().await
 }
@@ -133,7 +154,12 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// COPY inside a savepoint: true when every row went in, false when a unique index refused
 /// one (nothing of the COPY is left; the caller decides row by row instead). Any other error
 /// is returned as it is.
-pub async fn copy_unless_present(conn: &mut PgConnection, table: &str, columns: &str, rows: Vec<u8>) -> Result<bool, sqlx::Error> {
+pub async fn copy_unless_present(
+    conn: &mut PgConnection,
+    table: &str,
+    columns: &str,
+    rows: Vec<u8>,
+) -> Result<bool, sqlx::Error> {
     let mut savepoint = conn.begin().await?;
     let copied = match copy_in(&mut savepoint, table, columns, rows).await {
         Ok(_) => {
@@ -146,7 +172,9 @@ pub async fn copy_unless_present(conn: &mut PgConnection, table: &str, columns: 
         }
         Err(e) => return Err(e),
     };
-    crate::metrics::PG_COPIES.with_label_values(&[table, if copied { "copied" } else { "present" }]).inc();
+    crate::metrics::PG_COPIES
+        .with_label_values(&[table, if copied { "copied" } else { "present" }])
+        .inc();
     Ok(copied)
 }
 
@@ -158,8 +186,17 @@ mod tests {
     fn parts(s: &str) -> Option<(i16, i16, u16, u16, Vec<i16>)> {
         let b = numeric_binary(s)?;
         let w = |i: usize| [b[i], b[i + 1]];
-        let digits = b[8..].chunks(2).map(|c| i16::from_be_bytes([c[0], c[1]])).collect();
-        Some((i16::from_be_bytes(w(0)), i16::from_be_bytes(w(2)), u16::from_be_bytes(w(4)), u16::from_be_bytes(w(6)), digits))
+        let digits = b[8..]
+            .chunks(2)
+            .map(|c| i16::from_be_bytes([c[0], c[1]]))
+            .collect();
+        Some((
+            i16::from_be_bytes(w(0)),
+            i16::from_be_bytes(w(2)),
+            u16::from_be_bytes(w(4)),
+            u16::from_be_bytes(w(6)),
+            digits,
+        ))
     }
 
     #[test]
@@ -170,9 +207,19 @@ mod tests {
         assert_eq!(parts("-0.5"), Some((1, -1, 0x4000, 1, vec![5000])));
         assert_eq!(parts("12345678"), Some((2, 1, 0, 0, vec![1234, 5678])));
         assert_eq!(parts("100000"), Some((1, 1, 0, 0, vec![10])));
-        assert_eq!(parts("0.000000000000000001"), Some((1, -5, 0, 18, vec![100])));
-        assert_eq!(parts("-99999999999999999999.999999999999999999").map(|p| (p.1, p.2, p.3)), Some((4, 0x4000, 18)));
-        assert_eq!(parts("-0.0"), Some((0, 0, 0, 1, vec![])), "zero is never negative");
+        assert_eq!(
+            parts("0.000000000000000001"),
+            Some((1, -5, 0, 18, vec![100]))
+        );
+        assert_eq!(
+            parts("-99999999999999999999.999999999999999999").map(|p| (p.1, p.2, p.3)),
+            Some((4, 0x4000, 18))
+        );
+        assert_eq!(
+            parts("-0.0"),
+            Some((0, 0, 0, 1, vec![])),
+            "zero is never negative"
+        );
     }
 
     #[test]
@@ -181,7 +228,10 @@ mod tests {
             assert_eq!(numeric_binary(bad), None, "{bad:?}");
         }
         assert!(numeric_binary(&"9".repeat(MAX_NUMERIC_INT_DIGITS)).is_some());
-        assert_eq!(numeric_binary(&"9".repeat(MAX_NUMERIC_INT_DIGITS + 1)), None);
+        assert_eq!(
+            numeric_binary(&"9".repeat(MAX_NUMERIC_INT_DIGITS + 1)),
+            None
+        );
     }
 
     #[test]

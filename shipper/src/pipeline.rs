@@ -59,7 +59,11 @@ impl Sink {
         }
     }
 
-    async fn deliver_once(&self, recs: &[Record], positions: &[Position]) -> Result<Delivered, Failure> {
+    async fn deliver_once(
+        &self,
+        recs: &[Record],
+        positions: &[Position],
+    ) -> Result<Delivered, Failure> {
         match self {
             Sink::Pg(pg) => match pg.persist(recs, positions).await {
                 Ok(out) if out.fenced => Ok(Delivered::Fenced),
@@ -67,13 +71,19 @@ impl Sink {
                     account(&out);
                     Ok(Delivered::Done)
                 }
-                Err(e) if classify(&e) == ErrorClass::Permanent => Err(Failure::Stop(permanent_message(&e))),
+                Err(e) if classify(&e) == ErrorClass::Permanent => {
+                    Err(Failure::Stop(permanent_message(&e)))
+                }
                 Err(e) => Err(Failure::Retry(e.into())),
             },
             Sink::Kafka(f) => {
                 f.send_batch(recs).await.map_err(Failure::Retry)?;
                 metrics::EVENTS_FORWARDED.inc_by(recs.len() as u64);
-                metrics::record_lag("forward", recs.iter().filter_map(|r| r.decoded.as_ref().ok().map(|e| e.ts)));
+                metrics::record_lag(
+                    "forward",
+                    recs.iter()
+                        .filter_map(|r| r.decoded.as_ref().ok().map(|e| e.ts)),
+                );
                 Ok(Delivered::Done)
             }
         }
@@ -82,7 +92,12 @@ impl Sink {
     /// Deliver until the next stage holds the batch durably (transient failures are retried
     /// with capped exponential backoff; nothing is acknowledged meanwhile), or until a
     /// permanent failure, which the caller must not acknowledge.
-    pub async fn deliver(&self, recs: &[Record], positions: &[Position], b: &BatchOpts) -> Result<Delivered, Fatal> {
+    pub async fn deliver(
+        &self,
+        recs: &[Record],
+        positions: &[Position],
+        b: &BatchOpts,
+    ) -> Result<Delivered, Fatal> {
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
@@ -98,12 +113,16 @@ impl Sink {
                 }
                 Err(Failure::Stop(msg)) => {
                     metrics::set_failing(true);
-                    metrics::DELIVERY_FAILURES.with_label_values(&[self.stage()]).inc();
+                    metrics::DELIVERY_FAILURES
+                        .with_label_values(&[self.stage()])
+                        .inc();
                     return Err(Fatal(msg));
                 }
                 Err(Failure::Retry(e)) => {
                     metrics::set_failing(true);
-                    metrics::DELIVERY_FAILURES.with_label_values(&[self.stage()]).inc();
+                    metrics::DELIVERY_FAILURES
+                        .with_label_values(&[self.stage()])
+                        .inc();
                     let wait = backoff_ms(b.retry_backoff_ms, b.retry_backoff_cap_ms, attempt);
                     metrics::RETRIES.inc();
                     tracing::warn!(stage = self.stage(), batch = recs.len(), attempt, retry_in_ms = wait, error = %format!("{e:#}"),
@@ -113,8 +132,12 @@ impl Sink {
                 }
             }
         }
-        metrics::BATCH_SIZE.with_label_values(&[self.stage()]).observe(recs.len() as f64);
-        metrics::BATCH_SECONDS.with_label_values(&[self.stage()]).observe(started.elapsed().as_secs_f64());
+        metrics::BATCH_SIZE
+            .with_label_values(&[self.stage()])
+            .observe(recs.len() as f64);
+        metrics::BATCH_SECONDS
+            .with_label_values(&[self.stage()])
+            .observe(started.elapsed().as_secs_f64());
         Ok(Delivered::Done)
     }
 }

@@ -20,9 +20,15 @@ pub fn canonical(s: &str) -> String {
         Some(b) => (true, b),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
-    let body = if body.contains('.') { body.trim_end_matches('0').trim_end_matches('.') } else { body };
+    let body = if body.contains('.') {
+        body.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        body
+    };
     let int_trimmed = {
-        let (i, f) = body.split_once('.').map_or((body, None), |(i, f)| (i, Some(f)));
+        let (i, f) = body
+            .split_once('.')
+            .map_or((body, None), |(i, f)| (i, Some(f)));
         let i = i.trim_start_matches('0');
         let i = if i.is_empty() { "0" } else { i };
         match f {
@@ -63,12 +69,17 @@ pub struct Report {
 
 impl Report {
     pub fn ok(&self) -> bool {
-        [self.balances, self.coupons, self.usage, self.sequences].iter().all(|t| t.mismatched == 0)
+        [self.balances, self.coupons, self.usage, self.sequences]
+            .iter()
+            .all(|t| t.mismatched == 0)
             && self.forks == 0
             && self.gaps == 0
     }
     pub fn in_flight(&self) -> u64 {
-        [self.balances, self.coupons, self.usage, self.sequences].iter().map(|t| t.in_flight).sum::<u64>()
+        [self.balances, self.coupons, self.usage, self.sequences]
+            .iter()
+            .map(|t| t.in_flight)
+            .sum::<u64>()
             + self.stream_in_flight
     }
     fn mismatch(&mut self, max_shown: usize, text: String) {
@@ -78,21 +89,53 @@ impl Report {
     }
 
     pub fn print(&self) {
-        println!("{:<10} {:>10} {:>10} {:>11} {:>10}", "category", "checked", "matching", "mismatched", "in flight");
-        for (name, t) in [("balances", self.balances), ("coupons", self.coupons), ("usage", self.usage), ("sequences", self.sequences)] {
-            println!("{name:<10} {:>10} {:>10} {:>11} {:>10}", t.checked, t.matching, t.mismatched, t.in_flight);
+        println!(
+            "{:<10} {:>10} {:>10} {:>11} {:>10}",
+            "category", "checked", "matching", "mismatched", "in flight"
+        );
+        for (name, t) in [
+            ("balances", self.balances),
+            ("coupons", self.coupons),
+            ("usage", self.usage),
+            ("sequences", self.sequences),
+        ] {
+            println!(
+                "{name:<10} {:>10} {:>10} {:>11} {:>10}",
+                t.checked, t.matching, t.mismatched, t.in_flight
+            );
         }
-        println!("stream entries not yet acknowledged by the shipper: {}", self.stream_in_flight);
-        println!("history: {} forks, {} keys with gaps", self.forks, self.gaps);
+        println!(
+            "stream entries not yet acknowledged by the shipper: {}",
+            self.stream_in_flight
+        );
+        println!(
+            "history: {} forks, {} keys with gaps",
+            self.forks, self.gaps
+        );
         if self.drained {
-            println!("pipeline: drained (waited {} ms); every event appended so far is in Postgres", self.waited_ms);
+            println!(
+                "pipeline: drained (waited {} ms); every event appended so far is in Postgres",
+                self.waited_ms
+            );
         } else {
-            println!("pipeline: NOT drained after {} ms; keys behind are counted as in flight", self.waited_ms);
+            println!(
+                "pipeline: NOT drained after {} ms; keys behind are counted as in flight",
+                self.waited_ms
+            );
         }
         for m in &self.mismatches {
             println!("MISMATCH {m}");
         }
-        println!("verdict: {}", if !self.ok() { "MISMATCH" } else if self.in_flight() > 0 { "MATCH (with events in flight)" } else { "MATCH" });
+        println!(
+            "verdict: {}",
+            if !self.ok() {
+                "MISMATCH"
+            } else if self.in_flight() > 0 {
+                "MATCH (with events in flight)"
+            } else {
+                "MATCH"
+            }
+        );
     }
 }
 
@@ -104,13 +147,24 @@ pub struct Options {
     pub show: usize,
 }
 
-pub(crate) async fn scan_keys(conn: &mut MultiplexedConnection, pattern: &str, kind: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn scan_keys(
+    conn: &mut MultiplexedConnection,
+    pattern: &str,
+    kind: &str,
+) -> anyhow::Result<Vec<String>> {
     let mut cursor: u64 = 0;
     let mut out = BTreeSet::new();
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).arg("TYPE").arg(kind)
-            .query_async(conn).await?;
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg(kind)
+            .query_async(conn)
+            .await?;
         out.extend(keys);
         if next == 0 {
             return Ok(out.into_iter().collect());
@@ -120,18 +174,32 @@ pub(crate) async fn scan_keys(conn: &mut MultiplexedConnection, pattern: &str, k
 }
 
 /// Entries of the log streams the shipper has not acknowledged yet (pending + not delivered).
-pub async fn stream_in_flight(conn: &mut MultiplexedConnection, prefix: &str, group: &str) -> anyhow::Result<u64> {
+pub async fn stream_in_flight(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+    group: &str,
+) -> anyhow::Result<u64> {
     let mut total = 0u64;
     for stream in scan_keys(conn, &format!("{prefix}:log*"), "stream").await? {
-        let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(conn).await?;
+        let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(conn)
+            .await?;
         let ours = groups.iter().find(|g| matches!(g.get("name"), Some(v) if redis::from_redis_value::<String>(v.clone()).ok().as_deref() == Some(group)));
         let len: u64 = redis::cmd("XLEN").arg(&stream).query_async(conn).await?;
         total += match ours {
             None => len,
             Some(g) => {
-                let pending = g.get("pending").and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok()).unwrap_or(0);
+                let pending = g
+                    .get("pending")
+                    .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok())
+                    .unwrap_or(0);
                 // `lag` (entries not yet delivered to the group) is nil when Redis cannot tell.
-                let lag = g.get("lag").and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok()).unwrap_or(len);
+                let lag = g
+                    .get("lag")
+                    .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok())
+                    .unwrap_or(len);
                 pending + lag
             }
         };
@@ -150,14 +218,28 @@ struct SeqPager {
 impl SeqPager {
     async fn new(conn: &mut MultiplexedConnection, prefix: &str) -> anyhow::Result<SeqPager> {
         let hashes = scan_keys(conn, &format!("{prefix}:seq*"), "hash").await?;
-        Ok(SeqPager { done: hashes.is_empty(), hashes, idx: 0, cursor: 0 })
+        Ok(SeqPager {
+            done: hashes.is_empty(),
+            hashes,
+            idx: 0,
+            cursor: 0,
+        })
     }
 
-    async fn next(&mut self, conn: &mut MultiplexedConnection, batch: usize) -> anyhow::Result<Option<Vec<(String, i64)>>> {
+    async fn next(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        batch: usize,
+    ) -> anyhow::Result<Option<Vec<(String, i64)>>> {
         while !self.done {
             let hash = &self.hashes[self.idx];
-            let (next, flat): (u64, Vec<(String, i64)>) =
-                redis::cmd("HSCAN").arg(hash).arg(self.cursor).arg("COUNT").arg(batch).query_async(conn).await?;
+            let (next, flat): (u64, Vec<(String, i64)>) = redis::cmd("HSCAN")
+                .arg(hash)
+                .arg(self.cursor)
+                .arg("COUNT")
+                .arg(batch)
+                .query_async(conn)
+                .await?;
             self.cursor = next;
             if next == 0 {
                 self.idx += 1;
@@ -173,33 +255,51 @@ impl SeqPager {
 
 /// Per key, the contiguous watermark: the highest n such that seqs 1..n are all in Postgres.
 async fn pg_seqs(pool: &PgPool, keys: &[String]) -> anyhow::Result<HashMap<String, i64>> {
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT data_key, contiguous_seq FROM key_seqs WHERE data_key = ANY($1)")
-        .bind(keys).fetch_all(pool).await?;
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT data_key, contiguous_seq FROM key_seqs WHERE data_key = ANY($1)")
+            .bind(keys)
+            .fetch_all(pool)
+            .await?;
     Ok(rows.into_iter().collect())
 }
 
 /// How many keys have a Postgres sequence behind Redis.
-async fn keys_behind(conn: &mut MultiplexedConnection, pool: &PgPool, prefix: &str, batch: usize) -> anyhow::Result<u64> {
+async fn keys_behind(
+    conn: &mut MultiplexedConnection,
+    pool: &PgPool,
+    prefix: &str,
+    batch: usize,
+) -> anyhow::Result<u64> {
     let mut pager = SeqPager::new(conn, prefix).await?;
     let mut behind = 0;
     while let Some(page) = pager.next(conn, batch).await? {
         let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
         let mut pg = pg_seqs(pool, &keys).await?;
-        let lagging: Vec<String> =
-            page.iter().filter(|(k, s)| pg.get(k).copied().unwrap_or(0) < *s).map(|(k, _)| k.clone()).collect();
+        let lagging: Vec<String> = page
+            .iter()
+            .filter(|(k, s)| pg.get(k).copied().unwrap_or(0) < *s)
+            .map(|(k, _)| k.clone())
+            .collect();
         if !lagging.is_empty() {
             // a watermark left behind by concurrent writers is recomputed before it counts
             crate::seqs::repair(pool, &lagging).await?;
             pg = pg_seqs(pool, &keys).await?;
         }
-        behind += page.iter().filter(|(k, s)| pg.get(k).copied().unwrap_or(0) < *s).count() as u64;
+        behind += page
+            .iter()
+            .filter(|(k, s)| pg.get(k).copied().unwrap_or(0) < *s)
+            .count() as u64;
     }
     Ok(behind)
 }
 
 /// Compares Redis with the history. `nodes` holds one connection per primary: a standalone
 /// server, or every primary of a cluster (each node's sequence hashes and streams are its own).
-pub async fn run(nodes: &mut [MultiplexedConnection], pool: &PgPool, opt: &Options) -> anyhow::Result<Report> {
+pub async fn run(
+    nodes: &mut [MultiplexedConnection],
+    pool: &PgPool,
+    opt: &Options,
+) -> anyhow::Result<Report> {
     let mut report = Report::default();
     wait_for_drain(nodes, pool, opt, &mut report).await?;
     let events_pending = !report.drained;
@@ -207,7 +307,8 @@ pub async fn run(nodes: &mut [MultiplexedConnection], pool: &PgPool, opt: &Optio
     for conn in nodes.iter_mut() {
         let mut pager = SeqPager::new(conn, &opt.prefix).await?;
         while let Some(page) = pager.next(conn, opt.batch).await? {
-            let hashes = compare_sequences(conn, pool, opt, &mut report, &page, events_pending).await?;
+            let hashes =
+                compare_sequences(conn, pool, opt, &mut report, &page, events_pending).await?;
             check_assets(pool, &mut report, opt, &hashes.assets, &hashes.missing).await?;
             check_coupons(pool, &mut report, opt, &hashes.coupons).await?;
             check_usage(pool, &mut report, opt, &hashes.usages).await?;
@@ -220,7 +321,12 @@ pub async fn run(nodes: &mut [MultiplexedConnection], pool: &PgPool, opt: &Optio
 
 /// Waits (up to `wait_ms`) until nothing is pending in the streams and no key's history is
 /// behind Redis; records whether that happened.
-async fn wait_for_drain(nodes: &mut [MultiplexedConnection], pool: &PgPool, opt: &Options, report: &mut Report) -> anyhow::Result<()> {
+async fn wait_for_drain(
+    nodes: &mut [MultiplexedConnection],
+    pool: &PgPool,
+    opt: &Options,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         let (mut in_stream, mut behind) = (0, 0);
@@ -279,14 +385,29 @@ async fn compare_sequences(
             report.sequences.in_flight += 1;
         } else {
             report.sequences.mismatched += 1;
-            let ahead = if behind { "redis is ahead of the history" } else { "the history is ahead of redis" };
-            report.mismatch(opt.show, format!("sequences {key}: redis seq {seq}, postgres contiguous seq {pg_seq} ({ahead})"));
+            let ahead = if behind {
+                "redis is ahead of the history"
+            } else {
+                "the history is ahead of redis"
+            };
+            report.mismatch(
+                opt.show,
+                format!(
+                    "sequences {key}: redis seq {seq}, postgres contiguous seq {pg_seq} ({ahead})"
+                ),
+            );
         }
         if behind && events_pending {
             continue; // its newest events are still on their way
         }
-        let kind: String = reply.first().and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or_default();
-        let fields: BTreeMap<String, String> = reply.get(1).and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or_default();
+        let kind: String = reply
+            .first()
+            .and_then(|v| redis::from_redis_value(v.clone()).ok())
+            .unwrap_or_default();
+        let fields: BTreeMap<String, String> = reply
+            .get(1)
+            .and_then(|v| redis::from_redis_value(v.clone()).ok())
+            .unwrap_or_default();
         match (kind.as_str(), fields.get("kind").map(String::as_str)) {
             ("none", _) => out.missing.push(key.clone()),
             ("hash", Some("coupon")) => {
@@ -301,7 +422,10 @@ async fn compare_sequences(
             (other, _) => {
                 report.balances.checked += 1;
                 report.balances.mismatched += 1;
-                report.mismatch(opt.show, format!("{key}: redis holds a {other}, not a hash"));
+                report.mismatch(
+                    opt.show,
+                    format!("{key}: redis holds a {other}, not a hash"),
+                );
             }
         }
     }
@@ -309,10 +433,20 @@ async fn compare_sequences(
 }
 
 /// Postgres -> Redis: every key with history must still have its sequence in Redis.
-async fn check_keys_with_history(nodes: &mut [MultiplexedConnection], pool: &PgPool, opt: &Options, report: &mut Report) -> anyhow::Result<()> {
+async fn check_keys_with_history(
+    nodes: &mut [MultiplexedConnection],
+    pool: &PgPool,
+    opt: &Options,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let mut seq_hashes = Vec::new();
     for (i, conn) in nodes.iter_mut().enumerate() {
-        seq_hashes.extend(scan_keys(conn, &format!("{}:seq*", opt.prefix), "hash").await?.into_iter().map(|h| (i, h)));
+        seq_hashes.extend(
+            scan_keys(conn, &format!("{}:seq*", opt.prefix), "hash")
+                .await?
+                .into_iter()
+                .map(|h| (i, h)),
+        );
     }
     let mut after = String::new();
     loop {
@@ -335,7 +469,10 @@ async fn check_keys_with_history(nodes: &mut [MultiplexedConnection], pool: &PgP
             if !found.get(k).copied().unwrap_or(false) {
                 report.sequences.checked += 1;
                 report.sequences.mismatched += 1;
-                report.mismatch(opt.show, format!("sequences {k}: postgres seq {s}, missing in redis"));
+                report.mismatch(
+                    opt.show,
+                    format!("sequences {k}: postgres seq {s}, missing in redis"),
+                );
             }
         }
     }
@@ -344,7 +481,12 @@ async fn check_keys_with_history(nodes: &mut [MultiplexedConnection], pool: &PgP
 
 /// The history's own proof: every fork (one seq carried by two events), and, once the
 /// pipeline has drained, every gap (seqs missing below the highest seen).
-async fn check_history(pool: &PgPool, report: &mut Report, opt: &Options, events_pending: bool) -> anyhow::Result<()> {
+async fn check_history(
+    pool: &PgPool,
+    report: &mut Report,
+    opt: &Options,
+    events_pending: bool,
+) -> anyhow::Result<()> {
     let forks: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
         "SELECT data_key, got_seq, event_id::text, other_event_id::text FROM sequence_anomalies WHERE kind = 'fork' ORDER BY id",
     )
@@ -364,9 +506,15 @@ async fn check_history(pool: &PgPool, report: &mut Report, opt: &Options, events
     .fetch_all(pool)
     .await?;
     let candidates: Vec<String> = gaps.iter().map(|g| g.0.clone()).collect();
-    let still: std::collections::HashSet<String> = crate::seqs::repair(pool, &candidates).await?.into_iter().collect();
+    let still: std::collections::HashSet<String> = crate::seqs::repair(pool, &candidates)
+        .await?
+        .into_iter()
+        .collect();
     for (key, _, last) in gaps.into_iter().filter(|g| still.contains(&g.0)) {
-        let c: i64 = sqlx::query_scalar("SELECT contiguous_seq FROM key_seqs WHERE data_key = $1").bind(&key).fetch_one(pool).await?;
+        let c: i64 = sqlx::query_scalar("SELECT contiguous_seq FROM key_seqs WHERE data_key = $1")
+            .bind(&key)
+            .fetch_one(pool)
+            .await?;
         let missing: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT s + 1, next_s - 1 FROM (
                  SELECT seq AS s, lead(seq) OVER (ORDER BY seq) AS next_s
@@ -378,9 +526,24 @@ async fn check_history(pool: &PgPool, report: &mut Report, opt: &Options, events
         .bind(c)
         .fetch_all(pool)
         .await?;
-        let ranges: Vec<String> = missing.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}..{b}") }).collect();
+        let ranges: Vec<String> = missing
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}..{b}")
+                }
+            })
+            .collect();
         report.gaps += 1;
-        report.mismatch(opt.show, format!("gap {key}: seq {} missing (contiguous to {c}, highest seen {last})", ranges.join(", ")));
+        report.mismatch(
+            opt.show,
+            format!(
+                "gap {key}: seq {} missing (contiguous to {c}, highest seen {last})",
+                ranges.join(", ")
+            ),
+        );
     }
     Ok(())
 }
@@ -396,9 +559,12 @@ async fn check_assets(
     if keys.is_empty() {
         return Ok(());
     }
-    let rows: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT data_key, field, balance::text FROM balances WHERE data_key = ANY($1)")
-            .bind(&keys).fetch_all(pool).await?;
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT data_key, field, balance::text FROM balances WHERE data_key = ANY($1)",
+    )
+    .bind(&keys)
+    .fetch_all(pool)
+    .await?;
     let mut pg: BTreeMap<(String, String), String> = BTreeMap::new();
     for (k, f, b) in rows {
         pg.insert((k, f), canonical(&b));
@@ -412,11 +578,17 @@ async fn check_assets(
                 Some(p) if p == canonical(value) => report.balances.matching += 1,
                 Some(p) => {
                     report.balances.mismatched += 1;
-                    report.mismatch(opt.show, format!("balances {key} {field}: redis {value}, postgres {p}"));
+                    report.mismatch(
+                        opt.show,
+                        format!("balances {key} {field}: redis {value}, postgres {p}"),
+                    );
                 }
                 None => {
                     report.balances.mismatched += 1;
-                    report.mismatch(opt.show, format!("balances {key} {field}: redis {value}, no history in postgres"));
+                    report.mismatch(
+                        opt.show,
+                        format!("balances {key} {field}: redis {value}, no history in postgres"),
+                    );
                 }
             }
         }
@@ -424,18 +596,32 @@ async fn check_assets(
     for ((key, field), p) in pg {
         report.balances.checked += 1;
         report.balances.mismatched += 1;
-        report.mismatch(opt.show, format!("balances {key} {field}: postgres {p}, missing in redis"));
+        report.mismatch(
+            opt.show,
+            format!("balances {key} {field}: postgres {p}, missing in redis"),
+        );
     }
     Ok(())
 }
 
-async fn check_coupons(pool: &PgPool, report: &mut Report, opt: &Options, coupons: &BTreeMap<String, BTreeMap<String, String>>) -> anyhow::Result<()> {
+async fn check_coupons(
+    pool: &PgPool,
+    report: &mut Report,
+    opt: &Options,
+    coupons: &BTreeMap<String, BTreeMap<String, String>>,
+) -> anyhow::Result<()> {
     if coupons.is_empty() {
         return Ok(());
     }
     let keys: Vec<String> = coupons.keys().cloned().collect();
-    let issued: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>("SELECT campaign, issued FROM coupon_campaigns WHERE campaign = ANY($1)")
-        .bind(&keys).fetch_all(pool).await?.into_iter().collect();
+    let issued: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT campaign, issued FROM coupon_campaigns WHERE campaign = ANY($1)",
+    )
+    .bind(&keys)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT campaign, COALESCE(user_id, ''), issue FROM coupon_issues WHERE campaign = ANY($1) AND NOT released ORDER BY campaign, issue",
     ).bind(&keys).fetch_all(pool).await?;
@@ -445,7 +631,10 @@ async fn check_coupons(pool: &PgPool, report: &mut Report, opt: &Options, coupon
     }
     for (campaign, fields) in coupons {
         report.coupons.checked += 1;
-        let redis_issued: i64 = fields.get("issued").and_then(|v| v.parse().ok()).unwrap_or(-1);
+        let redis_issued: i64 = fields
+            .get("issued")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1);
         let (redis_holders, broken) = redis_holders(fields);
         let pg_set = pg_holders.remove(campaign).unwrap_or_default();
         let pg_issued = issued.get(campaign).copied();
@@ -457,7 +646,10 @@ async fn check_coupons(pool: &PgPool, report: &mut Report, opt: &Options, coupon
             let only_pg: Vec<_> = pg_set.difference(&redis_holders).take(3).collect();
             let broken = match broken.len() {
                 0 => String::new(),
-                _ => format!("; claim count and claims disagree in redis for {:?}", broken.iter().take(3).collect::<Vec<_>>()),
+                _ => format!(
+                    "; claim count and claims disagree in redis for {:?}",
+                    broken.iter().take(3).collect::<Vec<_>>()
+                ),
             };
             report.mismatch(opt.show, format!(
                 "coupons {campaign}: issued redis {redis_issued}, postgres {pg_issued:?}; holders only in redis {only_redis:?}, only in postgres {only_pg:?}{broken}"
@@ -467,7 +659,12 @@ async fn check_coupons(pool: &PgPool, report: &mut Report, opt: &Options, coupon
     Ok(())
 }
 
-async fn check_usage(pool: &PgPool, report: &mut Report, opt: &Options, usages: &BTreeMap<String, BTreeMap<String, String>>) -> anyhow::Result<()> {
+async fn check_usage(
+    pool: &PgPool,
+    report: &mut Report,
+    opt: &Options,
+    usages: &BTreeMap<String, BTreeMap<String, String>>,
+) -> anyhow::Result<()> {
     if usages.is_empty() {
         return Ok(());
     }
@@ -475,11 +672,18 @@ async fn check_usage(pool: &PgPool, report: &mut Report, opt: &Options, usages: 
     let rows: Vec<(String, String, String, String)> =
         sqlx::query_as("SELECT usage_key, period_id, used::text, quota::text FROM usage_totals WHERE usage_key = ANY($1)")
             .bind(&keys).fetch_all(pool).await?;
-    let pg: HashMap<(String, String), (String, String)> = rows.into_iter().map(|(k, p, u, q)| ((k, p), (canonical(&u), canonical(&q)))).collect();
+    let pg: HashMap<(String, String), (String, String)> = rows
+        .into_iter()
+        .map(|(k, p, u, q)| ((k, p), (canonical(&u), canonical(&q))))
+        .collect();
     for (key, fields) in usages {
         report.usage.checked += 1;
         let get = |f: &str| fields.get(f).cloned().unwrap_or_default();
-        let (period_id, used, limit) = (get("period_id"), canonical(&get("used")), canonical(&get("limit")));
+        let (period_id, used, limit) = (
+            get("period_id"),
+            canonical(&get("used")),
+            canonical(&get("limit")),
+        );
         match pg.get(&(key.clone(), period_id.clone())) {
             Some((u, q)) if *u == used && *q == limit => report.usage.matching += 1,
             other => {
@@ -520,7 +724,11 @@ fn redis_holders(fields: &BTreeMap<String, String>) -> (BTreeSet<(String, i64)>,
             match holding_field(f) {
                 Some((k, user)) => {
                     holders.insert((user.to_string(), number(v)));
-                    counted.entry(user).or_insert((0, BTreeSet::new())).1.insert(k);
+                    counted
+                        .entry(user)
+                        .or_insert((0, BTreeSet::new()))
+                        .1
+                        .insert(k);
                 }
                 None => {
                     broken.insert(f.clone());
@@ -541,7 +749,13 @@ pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::R
     let mut nodes = crate::nodes::Nodes::connect(redis_url).await?;
     let report = run(&mut nodes.conns, pool, opt).await?;
     report.print();
-    Ok(if !report.ok() { 1 } else if report.in_flight() > 0 { 2 } else { 0 })
+    Ok(if !report.ok() {
+        1
+    } else if report.in_flight() > 0 {
+        2
+    } else {
+        0
+    })
 }
 
 #[cfg(test)]
@@ -560,7 +774,10 @@ mod tests {
     }
 
     fn hash(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(f, v)| (f.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(f, v)| (f.to_string(), v.to_string()))
+            .collect()
     }
 
     fn set(pairs: &[(&str, i64)]) -> BTreeSet<(String, i64)> {
@@ -570,18 +787,45 @@ mod tests {
     #[test]
     fn holders_from_counted_and_legacy_fields() {
         let h = hash(&[
-            ("kind", "coupon"), ("issued", "4"), ("c:a:b", "2"), ("h:1:a:b", "3"), ("h:2:a:b", "9"), ("u:carol", "4,5"),
+            ("kind", "coupon"),
+            ("issued", "4"),
+            ("c:a:b", "2"),
+            ("h:1:a:b", "3"),
+            ("h:2:a:b", "9"),
+            ("u:carol", "4,5"),
         ]);
-        assert_eq!(redis_holders(&h), (set(&[("a:b", 3), ("a:b", 9), ("carol", 4), ("carol", 5)]), BTreeSet::new()));
+        assert_eq!(
+            redis_holders(&h),
+            (
+                set(&[("a:b", 3), ("a:b", 9), ("carol", 4), ("carol", 5)]),
+                BTreeSet::new()
+            )
+        );
         // A count without its claims, claims without a count, a gap, a bad field name.
-        let h = hash(&[("c:x", "2"), ("h:1:x", "1"), ("h:1:y", "2"), ("c:z", "2"), ("h:1:z", "3"), ("h:3:z", "4"), ("h:q:w", "5")]);
+        let h = hash(&[
+            ("c:x", "2"),
+            ("h:1:x", "1"),
+            ("h:1:y", "2"),
+            ("c:z", "2"),
+            ("h:1:z", "3"),
+            ("h:3:z", "4"),
+            ("h:q:w", "5"),
+        ]);
         let broken: BTreeSet<String> = ["x", "y", "z", "h:q:w"].map(String::from).into();
         assert_eq!(redis_holders(&h).1, broken);
     }
 
     #[test]
     fn canonical_decimals() {
-        for (a, b) in [("5210.430", "5210.43"), ("-0.0", "0"), ("007", "7"), ("10", "10"), ("0.10", "0.1"), ("-3.50", "-3.5"), ("100.000", "100")] {
+        for (a, b) in [
+            ("5210.430", "5210.43"),
+            ("-0.0", "0"),
+            ("007", "7"),
+            ("10", "10"),
+            ("0.10", "0.1"),
+            ("-3.50", "-3.5"),
+            ("100.000", "100"),
+        ] {
             assert_eq!(canonical(a), b, "{a}");
         }
     }

@@ -29,7 +29,14 @@ impl Record {
             Some(e) => Err(e),
             None => event::decode(&raw),
         };
-        Record { source, via, stream, stream_id, raw, decoded }
+        Record {
+            source,
+            via,
+            stream,
+            stream_id,
+            raw,
+            decoded,
+        }
     }
 }
 
@@ -42,7 +49,11 @@ pub fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
 /// The smallest id strictly greater than `id`.
 pub fn next_stream_id(id: &str) -> Option<String> {
     let (ms, n) = parse_stream_id(id)?;
-    Some(if n == u64::MAX { format!("{}-0", ms + 1) } else { format!("{ms}-{}", n + 1) })
+    Some(if n == u64::MAX {
+        format!("{}-0", ms + 1)
+    } else {
+        format!("{ms}-{}", n + 1)
+    })
 }
 
 #[cfg(test)]
@@ -54,12 +65,22 @@ mod tests {
         assert_eq!(parse_stream_id("1732272000123-5"), Some((1732272000123, 5)));
         assert_eq!(parse_stream_id("x-5"), None);
         assert_eq!(next_stream_id("10-5").as_deref(), Some("10-6"));
-        assert_eq!(next_stream_id(&format!("10-{}", u64::MAX)).as_deref(), Some("11-0"));
+        assert_eq!(
+            next_stream_id(&format!("10-{}", u64::MAX)).as_deref(),
+            Some("11-0")
+        );
     }
 
     #[test]
     fn upstream_error_wins() {
-        let r = Record::new("redis:s/1-0".into(), None, None, None, "{}".into(), Some("no event field".into()));
+        let r = Record::new(
+            "redis:s/1-0".into(),
+            None,
+            None,
+            None,
+            "{}".into(),
+            Some("no event field".into()),
+        );
         assert_eq!(r.decoded.unwrap_err(), "no event field");
         let r = Record::new("redis:s/1-0".into(), None, None, None, "{".into(), None);
         assert!(r.decoded.unwrap_err().contains("invalid event JSON"));

@@ -50,7 +50,9 @@ pub fn parse_entries(v: &Value) -> Vec<Entry> {
     let mut out = Vec::new();
     for e in as_array(v) {
         let parts = as_array(e);
-        let Some(id) = parts.first().and_then(as_str) else { continue };
+        let Some(id) = parts.first().and_then(as_str) else {
+            continue;
+        };
         let fields = match parts.get(1) {
             Some(Value::Array(kv)) => {
                 let mut f = Vec::new();
@@ -67,7 +69,12 @@ pub fn parse_entries(v: &Value) -> Vec<Entry> {
             }
             Some(Value::Map(kv)) => Some(
                 kv.iter()
-                    .map(|(k, v)| (as_str(k).unwrap_or_default(), as_str(v).unwrap_or_default().into_bytes()))
+                    .map(|(k, v)| {
+                        (
+                            as_str(k).unwrap_or_default(),
+                            as_str(v).unwrap_or_default().into_bytes(),
+                        )
+                    })
                     .collect(),
             ),
             _ => None,
@@ -82,7 +89,9 @@ pub async fn connect(url: &str, response_timeout: Duration) -> RResult<Multiplex
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(response_timeout));
-    client.get_multiplexed_async_connection_with_config(&cfg).await
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
 }
 
 /// `INFO cluster` says `cluster_enabled:1` on a cluster node.
@@ -94,7 +103,9 @@ const SHARED_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// per node however many slot streams it holds. A task that sees an error on it
 /// calls `renew`; the next `get` opens a new one.
 #[derive(Clone, Default)]
-pub struct NodeConns(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>>>>);
+pub struct NodeConns(
+    Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>>>>,
+);
 
 impl NodeConns {
     fn slot(&self, url: &str) -> Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>> {
@@ -118,7 +129,11 @@ impl NodeConns {
     /// Forget the node's shared connection after a connection error on it (a reply error,
     /// such as MOVED, leaves it in use).
     pub async fn renew_after(&self, url: &str, e: &redis::RedisError) {
-        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+        {
             *self.slot(url).lock().await = None;
         }
     }
@@ -128,7 +143,11 @@ impl NodeConns {
 /// host (as CLUSTER SLOTS and redirections give it, without brackets) is bracketed.
 pub fn node_url(seed: &str, host: &str, port: u16) -> Option<String> {
     let mut u = redis::parse_redis_url(seed)?;
-    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
     u.set_host(Some(&host)).ok()?;
     u.set_port(Some(port)).ok()?;
     Some(u.to_string())
@@ -145,7 +164,9 @@ pub fn redirect_url(from: &str, e: &redis::RedisError) -> Option<(String, bool)>
     let (addr, _slot) = e.redirect_node()?;
     let (host, port) = addr.rsplit_once(':')?;
     let url = node_url(from, host, port.parse().ok()?)?;
-    crate::metrics::REDIRECTS.with_label_values(&[if ask { "ask" } else { "moved" }]).inc();
+    crate::metrics::REDIRECTS
+        .with_label_values(&[if ask { "ask" } else { "moved" }])
+        .inc();
     Some((url, ask))
 }
 
@@ -162,7 +183,10 @@ pub struct AckTarget {
 
 impl AckTarget {
     pub fn hold(&self, ids: &[String]) {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).extend(ids.iter().cloned());
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(ids.iter().cloned());
     }
 
     pub fn release(&self, ids: &[String]) {
@@ -182,7 +206,12 @@ const ACK_REDIRECTS_MAX: u32 = 5;
 /// MOVED sends it to the new owner, ASK to the importing node after ASKING (the stream moved
 /// with its group and pending entries). If we die first, the entries are re-shipped and
 /// deduplicated.
-pub async fn ack_with_retry(ack: &AckTarget, batch: &BatchOpts, shutdown: &CancellationToken, ids: &[String]) {
+pub async fn ack_with_retry(
+    ack: &AckTarget,
+    batch: &BatchOpts,
+    shutdown: &CancellationToken,
+    ids: &[String],
+) {
     let (mut url, mut asking) = (ack.url.clone(), false);
     let (mut attempt, mut hops) = (0u32, 0u32);
     loop {
@@ -212,7 +241,12 @@ pub async fn ack_with_retry(ack: &AckTarget, batch: &BatchOpts, shutdown: &Cance
     }
 }
 
-async fn xack(conn: &mut MultiplexedConnection, ack: &AckTarget, ids: &[String], asking: bool) -> RResult<()> {
+async fn xack(
+    conn: &mut MultiplexedConnection,
+    ack: &AckTarget,
+    ids: &[String],
+    asking: bool,
+) -> RResult<()> {
     let mut cmd = redis::cmd("XACK");
     cmd.arg(&ack.stream).arg(&ack.group).arg(ids);
     query_asking(conn, &cmd, asking).await.map(drop)
@@ -220,7 +254,11 @@ async fn xack(conn: &mut MultiplexedConnection, ack: &AckTarget, ids: &[String],
 
 /// `cmd` on `conn`, after ASKING when `asking` (one write, so nothing interleaves): the
 /// command's own reply or error.
-pub async fn query_asking(conn: &mut MultiplexedConnection, cmd: &redis::Cmd, asking: bool) -> RResult<Value> {
+pub async fn query_asking(
+    conn: &mut MultiplexedConnection,
+    cmd: &redis::Cmd,
+    asking: bool,
+) -> RResult<Value> {
     if !asking {
         return cmd.query_async(conn).await;
     }
@@ -251,9 +289,18 @@ mod tests {
     fn redirections_keep_the_seed_credentials() {
         let seed = "redis://u:p@127.0.0.1:7000/0";
         let ask = server_error("-ASK 3999 127.0.0.1:7002\r\n");
-        assert_eq!(redirect_url(seed, &ask), Some(("redis://u:p@127.0.0.1:7002/0".to_string(), true)));
+        assert_eq!(
+            redirect_url(seed, &ask),
+            Some(("redis://u:p@127.0.0.1:7002/0".to_string(), true))
+        );
         let moved = server_error("-MOVED 3999 ::1:7001\r\n");
-        assert_eq!(redirect_url(seed, &moved), Some(("redis://u:p@[::1]:7001/0".to_string(), false)));
-        assert_eq!(redirect_url(seed, &server_error("-NOGROUP no such group\r\n")), None);
+        assert_eq!(
+            redirect_url(seed, &moved),
+            Some(("redis://u:p@[::1]:7001/0".to_string(), false))
+        );
+        assert_eq!(
+            redirect_url(seed, &server_error("-NOGROUP no such group\r\n")),
+            None
+        );
     }
 }

@@ -17,7 +17,10 @@ use crate::discover::discover_all;
 use crate::metrics;
 use crate::pipeline::Sink;
 use crate::record::Record;
-use crate::redis_io::{ack_with_retry, as_array, as_str, connect, parse_entries, query_asking, redirect_url, AckTarget, Entry, NodeConns};
+use crate::redis_io::{
+    ack_with_retry, as_array, as_str, connect, parse_entries, query_asking, redirect_url,
+    AckTarget, Entry, NodeConns,
+};
 use crate::writers::Writers;
 
 /// Where a reader hands its batches: a sink delivered batch by batch (Kafka), or the
@@ -35,7 +38,10 @@ fn parse_xread(v: &Value) -> Vec<Entry> {
     match v {
         Value::Nil => vec![],
         Value::Map(m) => m.iter().flat_map(|(_, e)| parse_entries(e)).collect(),
-        other => as_array(other).iter().flat_map(|s| parse_entries(as_array(s).get(1).unwrap_or(&Value::Nil))).collect(),
+        other => as_array(other)
+            .iter()
+            .flat_map(|s| parse_entries(as_array(s).get(1).unwrap_or(&Value::Nil)))
+            .collect(),
     }
 }
 
@@ -44,18 +50,32 @@ fn parse_xread(v: &Value) -> Vec<Entry> {
 pub fn entry_to_record(stream: &str, e: Entry) -> Record {
     let source = format!("redis:{stream}/{}", e.id);
     let (raw, err) = match e.fields {
-        None => ("".to_string(), Some("stream entry was deleted before it could be shipped".to_string())),
+        None => (
+            "".to_string(),
+            Some("stream entry was deleted before it could be shipped".to_string()),
+        ),
         Some(mut fields) => match fields.iter().position(|(k, _)| k == "event") {
             Some(i) => match String::from_utf8(fields.swap_remove(i).1) {
                 Ok(s) => (s, None),
-                Err(v) => (String::from_utf8_lossy(v.as_bytes()).into_owned(), Some("`event` field is not UTF-8".to_string())),
+                Err(v) => (
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    Some("`event` field is not UTF-8".to_string()),
+                ),
             },
             None => {
                 let obj: serde_json::Map<String, serde_json::Value> = fields
                     .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::String(String::from_utf8_lossy(v).into_owned())))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
+                        )
+                    })
                     .collect();
-                (serde_json::Value::Object(obj).to_string(), Some("stream entry has no `event` field".to_string()))
+                (
+                    serde_json::Value::Object(obj).to_string(),
+                    Some("stream entry has no `event` field".to_string()),
+                )
             }
         },
     };
@@ -127,7 +147,8 @@ impl Cursor {
         if let Some(from) = &self.pending_from {
             return Read::Pending(from.clone());
         }
-        let due = self.claim_cursor != "0-0" || self.last_claim.is_none_or(|t| t.elapsed() >= claim_every);
+        let due = self.claim_cursor != "0-0"
+            || self.last_claim.is_none_or(|t| t.elapsed() >= claim_every);
         if due {
             Read::Claim(self.claim_cursor.clone())
         } else {
@@ -170,14 +191,20 @@ impl Cursor {
 
     fn not_in_flight(&self, entries: Vec<Entry>) -> Vec<Entry> {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        entries.into_iter().filter(|e| !held.contains(&e.id)).collect()
+        entries
+            .into_iter()
+            .filter(|e| !held.contains(&e.id))
+            .collect()
     }
 }
 
 /// XAUTOCLAIM reply: (next cursor, claimed entries, how many ids were deleted meanwhile).
 fn parse_autoclaim(v: &Value) -> (String, Vec<Entry>, usize) {
     let parts = as_array(v);
-    let next = parts.first().and_then(as_str).unwrap_or_else(|| "0-0".into());
+    let next = parts
+        .first()
+        .and_then(as_str)
+        .unwrap_or_else(|| "0-0".into());
     let entries = parts.get(1).map(parse_entries).unwrap_or_default();
     let deleted = parts.get(2).map(as_array).map(|a| a.len()).unwrap_or(0);
     (next, entries, deleted)
@@ -195,7 +222,10 @@ fn sync_cursors(cursors: &mut Vec<Cursor>, streams: &[String]) {
 }
 
 /// Send `cmds` in one round trip; each command's reply or error on its own.
-async fn pipelined(conn: &mut MultiplexedConnection, cmds: &[redis::Cmd]) -> RResult<Vec<RResult<Value>>> {
+async fn pipelined(
+    conn: &mut MultiplexedConnection,
+    cmds: &[redis::Cmd],
+) -> RResult<Vec<RResult<Value>>> {
     let mut p = redis::pipe();
     p.ignore_errors();
     for c in cmds {
@@ -233,15 +263,31 @@ impl NodeReader {
         Duration::from_millis(self.redis.claim_interval_ms)
     }
 
-    fn read_cmd(&self, stream: &str, read: &Read, count: usize, block_ms: Option<u64>) -> redis::Cmd {
+    fn read_cmd(
+        &self,
+        stream: &str,
+        read: &Read,
+        count: usize,
+        block_ms: Option<u64>,
+    ) -> redis::Cmd {
         let (group, consumer) = (&self.redis.redis_group, &self.redis.consumer);
         if let Read::Claim(cursor) = read {
             let mut c = redis::cmd("XAUTOCLAIM");
-            c.arg(stream).arg(group).arg(consumer).arg(self.redis.claim_idle_ms).arg(cursor).arg("COUNT").arg(count.max(1));
+            c.arg(stream)
+                .arg(group)
+                .arg(consumer)
+                .arg(self.redis.claim_idle_ms)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(count.max(1));
             return c;
         }
         let mut c = redis::cmd("XREADGROUP");
-        c.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(count.max(1));
+        c.arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count.max(1));
         if let Some(b) = block_ms {
             c.arg("BLOCK").arg(b.max(1));
         }
@@ -255,7 +301,11 @@ impl NodeReader {
 
     fn group_cmd(&self, stream: &str) -> redis::Cmd {
         let mut c = redis::cmd("XGROUP");
-        c.arg("CREATE").arg(stream).arg(&self.redis.redis_group).arg("0").arg("MKSTREAM");
+        c.arg("CREATE")
+            .arg(stream)
+            .arg(&self.redis.redis_group)
+            .arg("0")
+            .arg("MKSTREAM");
         c
     }
 
@@ -263,7 +313,12 @@ impl NodeReader {
     /// importing node of a slot being migrated; the command goes there after ASKING. MOVED:
     /// the slot has a new owner; the stream is dropped here and a discovery is asked for,
     /// which hands it to that node's reader.
-    async fn follow(&self, c: &mut Cursor, cmd: &redis::Cmd, reply: RResult<Value>) -> RResult<Value> {
+    async fn follow(
+        &self,
+        c: &mut Cursor,
+        cmd: &redis::Cmd,
+        reply: RResult<Value>,
+    ) -> RResult<Value> {
         let Err(e) = reply else {
             c.asked = false;
             return reply;
@@ -301,12 +356,21 @@ impl NodeReader {
     }
 
     /// Create the consumer group of every stream that may lack one (one round trip).
-    async fn ensure_groups(&self, conn: &mut MultiplexedConnection, part: &mut [Cursor]) -> RResult<()> {
-        let idx: Vec<usize> = (0..part.len()).filter(|&i| !part[i].group_ready && !part[i].moved).collect();
+    async fn ensure_groups(
+        &self,
+        conn: &mut MultiplexedConnection,
+        part: &mut [Cursor],
+    ) -> RResult<()> {
+        let idx: Vec<usize> = (0..part.len())
+            .filter(|&i| !part[i].group_ready && !part[i].moved)
+            .collect();
         if idx.is_empty() {
             return Ok(());
         }
-        let cmds: Vec<redis::Cmd> = idx.iter().map(|&i| self.group_cmd(&part[i].stream)).collect();
+        let cmds: Vec<redis::Cmd> = idx
+            .iter()
+            .map(|&i| self.group_cmd(&part[i].stream))
+            .collect();
         let replies = pipelined(conn, &cmds).await?;
         for ((&i, cmd), reply) in idx.iter().zip(&cmds).zip(replies) {
             let c = &mut part[i];
@@ -325,7 +389,12 @@ impl NodeReader {
     /// One pipelined round over the node's streams: one read each (own pending, a claim or
     /// new entries; never blocking), each stream's entries handed over as one batch. Returns
     /// how many entries were handed over.
-    async fn sweep(&self, conn: &mut MultiplexedConnection, cursors: &mut [Cursor], out: &mut Deliveries) -> RResult<usize> {
+    async fn sweep(
+        &self,
+        conn: &mut MultiplexedConnection,
+        cursors: &mut [Cursor],
+        out: &mut Deliveries,
+    ) -> RResult<usize> {
         let mut total = 0;
         for part in cursors.chunks_mut(sweep_streams(self.batch.batch_size)) {
             self.ensure_groups(conn, part).await?;
@@ -336,7 +405,10 @@ impl NodeReader {
             if reads.is_empty() {
                 continue;
             }
-            let cmds: Vec<redis::Cmd> = reads.iter().map(|(i, r)| self.read_cmd(&part[*i].stream, r, self.batch.batch_size, None)).collect();
+            let cmds: Vec<redis::Cmd> = reads
+                .iter()
+                .map(|(i, r)| self.read_cmd(&part[*i].stream, r, self.batch.batch_size, None))
+                .collect();
             let replies = pipelined(conn, &cmds).await?;
             for (((i, read), cmd), reply) in reads.iter().zip(&cmds).zip(replies) {
                 let c = &mut part[*i];
@@ -355,7 +427,11 @@ impl NodeReader {
 
     /// The one stream of a standalone server: block for the first new entry, then keep
     /// filling the batch for up to --batch-wait-ms.
-    async fn read_blocking(&self, conn: &mut MultiplexedConnection, c: &mut Cursor) -> RResult<Vec<Entry>> {
+    async fn read_blocking(
+        &self,
+        conn: &mut MultiplexedConnection,
+        c: &mut Cursor,
+    ) -> RResult<Vec<Entry>> {
         let size = self.batch.batch_size.max(1);
         let cmd = self.read_cmd(&c.stream, &Read::New, size, Some(self.redis.block_ms));
         let first = cmd.query_async(conn).await;
@@ -377,9 +453,16 @@ impl NodeReader {
             if left.is_zero() {
                 break;
             }
-            let more_cmd = self.read_cmd(&c.stream, &Read::New, size - out.len(), Some(left.as_millis().max(1) as u64));
+            let more_cmd = self.read_cmd(
+                &c.stream,
+                &Read::New,
+                size - out.len(),
+                Some(left.as_millis().max(1) as u64),
+            );
             // a failed read ends the batch; the next read meets the error again
-            let Ok(more) = more_cmd.query_async(conn).await.map(|v| parse_xread(&v)) else { break };
+            let Ok(more) = more_cmd.query_async(conn).await.map(|v| parse_xread(&v)) else {
+                break;
+            };
             if more.is_empty() {
                 break;
             }
@@ -391,9 +474,18 @@ impl NodeReader {
     pub async fn run(self) {
         let (mut cursors, mut out, mut attempt) = (Vec::new(), Deliveries::default(), 0u32);
         while !self.shutdown.is_cancelled() {
-            let Err(e) = self.run_connected(&mut cursors, &mut out, &mut attempt).await else { break };
+            let Err(e) = self
+                .run_connected(&mut cursors, &mut out, &mut attempt)
+                .await
+            else {
+                break;
+            };
             self.conns.renew_after(&self.url, &e).await;
-            let wait = backoff_ms(self.batch.retry_backoff_ms, self.batch.retry_backoff_cap_ms, attempt);
+            let wait = backoff_ms(
+                self.batch.retry_backoff_ms,
+                self.batch.retry_backoff_cap_ms,
+                attempt,
+            );
             metrics::RETRIES.inc();
             tracing::warn!(node = %self.url, streams = cursors.len(), error = %e, retry_in_ms = wait, "redis error");
             tokio::select! {
@@ -407,7 +499,12 @@ impl NodeReader {
         out.drain().await;
     }
 
-    async fn run_connected(&self, cursors: &mut Vec<Cursor>, out: &mut Deliveries, attempt: &mut u32) -> RResult<()> {
+    async fn run_connected(
+        &self,
+        cursors: &mut Vec<Cursor>,
+        out: &mut Deliveries,
+        attempt: &mut u32,
+    ) -> RResult<()> {
         let mut conn = connect(&self.url, self.response_timeout()).await?;
         cursors.iter_mut().for_each(Cursor::reset);
         let mut streams = self.streams.clone();
@@ -421,7 +518,10 @@ impl NodeReader {
                 sync_cursors(cursors, &streams.borrow_and_update());
             }
             let (got, waited) = match cursors.as_mut_slice() {
-                [c] if c.group_ready && !c.asked && c.next_read(self.claim_every()) == Read::New => {
+                [c] if c.group_ready
+                    && !c.asked
+                    && c.next_read(self.claim_every()) == Read::New =>
+                {
                     let entries = self.read_blocking(&mut conn, c).await?;
                     let n = entries.len();
                     out.start(self, c, entries).await;
@@ -464,7 +564,10 @@ impl Deliveries {
         }
         metrics::EVENTS_READ.inc_by(entries.len() as u64);
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-        let records: Vec<Record> = entries.into_iter().map(|e| entry_to_record(&c.stream, e)).collect();
+        let records: Vec<Record> = entries
+            .into_iter()
+            .map(|e| entry_to_record(&c.stream, e))
+            .collect();
         let ack = AckTarget {
             url: r.url.clone(),
             stream: c.stream.clone(),
@@ -483,7 +586,9 @@ impl Deliveries {
         while let Some(res) = self.tasks.try_join_next() {
             log_task_end(res);
         }
-        let Ok(permit) = r.inflight.clone().acquire_owned().await else { return };
+        let Ok(permit) = r.inflight.clone().acquire_owned().await else {
+            return;
+        };
         ack.hold(&ids);
         let (batch, shutdown) = (r.batch.clone(), r.shutdown.clone());
         self.tasks.spawn(async move {
@@ -534,7 +639,14 @@ impl Source {
         for s in &streams {
             let key = (node.clone(), s.clone());
             if self.keepers.get(&key).is_none_or(|h| h.is_finished()) {
-                let k = crate::stream_keeper::Keeper::new(&node, s, &self.redis, &self.batch, self.keep_token.clone(), self.conns.clone());
+                let k = crate::stream_keeper::Keeper::new(
+                    &node,
+                    s,
+                    &self.redis,
+                    &self.batch,
+                    self.keep_token.clone(),
+                    self.conns.clone(),
+                );
                 self.keepers.insert(key, tokio::spawn(k.run()));
             }
         }
@@ -579,7 +691,12 @@ impl Source {
 
 /// Discover the streams on every URL, run one reader per primary until shutdown, then let
 /// every batch handed over finish and be acknowledged, and trim one last time.
-pub async fn run_source(redis: RedisOpts, batch: BatchOpts, downstream: Downstream, shutdown: CancellationToken) {
+pub async fn run_source(
+    redis: RedisOpts,
+    batch: BatchOpts,
+    downstream: Downstream,
+    shutdown: CancellationToken,
+) {
     let mut src = Source {
         inflight: Arc::new(Semaphore::new(batch.max_in_flight.max(1))),
         redis,
@@ -601,7 +718,11 @@ pub async fn run_source(redis: RedisOpts, batch: BatchOpts, downstream: Downstre
         }
         // a node that did not answer is asked again soon; the others keep their streams
         let interval = src.redis.discover_interval_ms.max(100);
-        let wait = if complete { interval } else { interval.min(DISCOVERY_SPACING_MS) };
+        let wait = if complete {
+            interval
+        } else {
+            interval.min(DISCOVERY_SPACING_MS)
+        };
         let spacing = Duration::from_millis(DISCOVERY_SPACING_MS);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
@@ -622,24 +743,45 @@ mod tests {
         let reply = Value::Array(vec![Value::Array(vec![
             bulk("tally:log"),
             Value::Array(vec![
-                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("event"), bulk(good)])]),
-                Value::Array(vec![bulk("1-1"), Value::Array(vec![bulk("junk"), bulk("x")])]),
+                Value::Array(vec![
+                    bulk("1-0"),
+                    Value::Array(vec![bulk("event"), bulk(good)]),
+                ]),
+                Value::Array(vec![
+                    bulk("1-1"),
+                    Value::Array(vec![bulk("junk"), bulk("x")]),
+                ]),
                 Value::Array(vec![bulk("1-2"), Value::Nil]),
             ]),
         ])]);
         let entries = parse_xread(&reply);
         assert_eq!(entries.len(), 3);
-        let recs: Vec<Record> = entries.into_iter().map(|e| entry_to_record("tally:log", e)).collect();
+        let recs: Vec<Record> = entries
+            .into_iter()
+            .map(|e| entry_to_record("tally:log", e))
+            .collect();
         assert!(recs[0].decoded.is_ok());
         assert_eq!(recs[0].source, "redis:tally:log/1-0");
-        assert_eq!(recs[1].decoded.as_ref().unwrap_err(), "stream entry has no `event` field");
+        assert_eq!(
+            recs[1].decoded.as_ref().unwrap_err(),
+            "stream entry has no `event` field"
+        );
         assert_eq!(recs[1].raw, r#"{"junk":"x"}"#);
         assert!(recs[2].decoded.as_ref().unwrap_err().contains("deleted"));
         assert!(parse_xread(&Value::Nil).is_empty());
     }
 
     fn entries(ids: &[&str]) -> Value {
-        Value::Array(ids.iter().map(|id| Value::Array(vec![bulk(id), Value::Array(vec![bulk("event"), bulk("{}")])])).collect())
+        Value::Array(
+            ids.iter()
+                .map(|id| {
+                    Value::Array(vec![
+                        bulk(id),
+                        Value::Array(vec![bulk("event"), bulk("{}")]),
+                    ])
+                })
+                .collect(),
+        )
     }
 
     fn entries_reply(stream: &str, ids: &[&str]) -> Value {
@@ -651,20 +793,53 @@ mod tests {
         let every = Duration::from_secs(60);
         let mut c = Cursor::new("s");
         assert_eq!(c.next_read(every), Read::Pending("0".into()));
-        let got = c.advance(&Read::Pending("0".into()), &entries_reply("s", &["1-0", "2-0"]));
+        let got = c.advance(
+            &Read::Pending("0".into()),
+            &entries_reply("s", &["1-0", "2-0"]),
+        );
         assert_eq!(got.len(), 2);
-        assert_eq!(c.next_read(every), Read::Pending("2-0".into()), "pending entries are paged by the last id");
-        assert!(c.advance(&Read::Pending("2-0".into()), &entries_reply("s", &[])).is_empty());
-        assert_eq!(c.next_read(every), Read::Claim("0-0".into()), "a claim is due at the start");
-        let claim_page = Value::Array(vec![bulk("7-0"), Value::Array(vec![]), Value::Array(vec![])]);
+        assert_eq!(
+            c.next_read(every),
+            Read::Pending("2-0".into()),
+            "pending entries are paged by the last id"
+        );
+        assert!(c
+            .advance(&Read::Pending("2-0".into()), &entries_reply("s", &[]))
+            .is_empty());
+        assert_eq!(
+            c.next_read(every),
+            Read::Claim("0-0".into()),
+            "a claim is due at the start"
+        );
+        let claim_page = Value::Array(vec![
+            bulk("7-0"),
+            Value::Array(vec![]),
+            Value::Array(vec![]),
+        ]);
         c.advance(&Read::Claim("0-0".into()), &claim_page);
-        assert_eq!(c.next_read(every), Read::Claim("7-0".into()), "an unfinished claim goes on");
-        let claim_done = Value::Array(vec![bulk("0-0"), Value::Array(vec![]), Value::Array(vec![])]);
+        assert_eq!(
+            c.next_read(every),
+            Read::Claim("7-0".into()),
+            "an unfinished claim goes on"
+        );
+        let claim_done = Value::Array(vec![
+            bulk("0-0"),
+            Value::Array(vec![]),
+            Value::Array(vec![]),
+        ]);
         c.advance(&Read::Claim("7-0".into()), &claim_done);
         assert_eq!(c.next_read(every), Read::New);
-        assert_eq!(c.next_read(Duration::ZERO), Read::Claim("0-0".into()), "the next claim comes after the interval");
+        assert_eq!(
+            c.next_read(Duration::ZERO),
+            Read::Claim("0-0".into()),
+            "the next claim comes after the interval"
+        );
         c.reset();
-        assert_eq!(c.next_read(every), Read::Pending("0".into()), "a new connection re-reads own pending entries");
+        assert_eq!(
+            c.next_read(every),
+            Read::Pending("0".into()),
+            "a new connection re-reads own pending entries"
+        );
         assert!(!c.group_ready);
     }
 
@@ -672,12 +847,29 @@ mod tests {
     fn entries_in_flight_are_never_reread_or_claimed() {
         let mut c = Cursor::new("s");
         c.held.lock().unwrap().insert("1-0".into());
-        let got = c.advance(&Read::Pending("0".into()), &entries_reply("s", &["1-0", "2-0"]));
-        assert_eq!(got.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["2-0"]);
-        assert_eq!(c.next_read(Duration::ZERO), Read::Pending("2-0".into()), "paging still moves past held ids");
-        let claimed = Value::Array(vec![bulk("0-0"), entries(&["1-0", "3-0"]), Value::Array(vec![])]);
+        let got = c.advance(
+            &Read::Pending("0".into()),
+            &entries_reply("s", &["1-0", "2-0"]),
+        );
+        assert_eq!(
+            got.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            vec!["2-0"]
+        );
+        assert_eq!(
+            c.next_read(Duration::ZERO),
+            Read::Pending("2-0".into()),
+            "paging still moves past held ids"
+        );
+        let claimed = Value::Array(vec![
+            bulk("0-0"),
+            entries(&["1-0", "3-0"]),
+            Value::Array(vec![]),
+        ]);
         let got = c.advance(&Read::Claim("0-0".into()), &claimed);
-        assert_eq!(got.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["3-0"]);
+        assert_eq!(
+            got.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            vec!["3-0"]
+        );
     }
 
     #[test]
@@ -687,7 +879,10 @@ mod tests {
         sync_cursors(&mut cursors, &["a".to_string(), "c".to_string()]);
         let names: Vec<&str> = cursors.iter().map(|c| c.stream.as_str()).collect();
         assert_eq!(names, vec!["a", "c"]);
-        assert_eq!(cursors[0].pending_from, None, "a kept stream keeps its position");
+        assert_eq!(
+            cursors[0].pending_from, None,
+            "a kept stream keeps its position"
+        );
         sync_cursors(&mut cursors, &[]);
         assert!(cursors.is_empty());
     }

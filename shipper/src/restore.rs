@@ -40,14 +40,21 @@ pub struct Restored {
 }
 
 /// What has not reached the derived tables yet; each entry is one sentence for the operator.
-async fn not_drained(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Result<Vec<String>> {
+async fn not_drained(
+    nodes: &mut Nodes,
+    pool: &PgPool,
+    opt: &Options,
+) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     let mut stream = 0;
     for conn in nodes.conns.iter_mut() {
         stream += crate::reconcile::stream_in_flight(conn, &opt.prefix, &opt.group).await?;
     }
     if stream > 0 {
-        out.push(format!("{stream} stream entries not yet acknowledged by the shipper (group {})", opt.group));
+        out.push(format!(
+            "{stream} stream entries not yet acknowledged by the shipper (group {})",
+            opt.group
+        ));
     }
     match &opt.kafka {
         Some(k) => {
@@ -58,7 +65,9 @@ async fn not_drained(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow:
         }
         None => {
             let topics: Vec<String> =
-                sqlx::query_scalar("SELECT DISTINCT topic FROM kafka_offsets ORDER BY 1").fetch_all(pool).await?;
+                sqlx::query_scalar("SELECT DISTINCT topic FROM kafka_offsets ORDER BY 1")
+                    .fetch_all(pool)
+                    .await?;
             if !topics.is_empty() {
                 out.push(format!(
                     "unchecked: the history came through Kafka (topics {}); pass --kafka-brokers so restore can check that every message is persisted",
@@ -67,9 +76,13 @@ async fn not_drained(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow:
             }
         }
     }
-    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM failed_events WHERE NOT resolved").fetch_one(pool).await?;
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM failed_events WHERE NOT resolved")
+        .fetch_one(pool)
+        .await?;
     if failed > 0 {
-        out.push(format!("{failed} unresolved failed_events (fix them and run retry-failed)"));
+        out.push(format!(
+            "{failed} unresolved failed_events (fix them and run retry-failed)"
+        ));
     }
     let behind: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE last_seq > contiguous_seq ORDER BY data_key",
@@ -77,24 +90,46 @@ async fn not_drained(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow:
     .fetch_all(pool)
     .await?;
     if !behind.is_empty() {
-        let shown: Vec<String> =
-            behind.iter().take(5).map(|(k, c, l)| format!("{k} (seqs {}..{} missing or not applied)", c + 1, l)).collect();
-        out.push(format!("{} keys whose history has missing seqs, e.g. {}", behind.len(), shown.join(", ")));
+        let shown: Vec<String> = behind
+            .iter()
+            .take(5)
+            .map(|(k, c, l)| format!("{k} (seqs {}..{} missing or not applied)", c + 1, l))
+            .collect();
+        out.push(format!(
+            "{} keys whose history has missing seqs, e.g. {}",
+            behind.len(),
+            shown.join(", ")
+        ));
     }
     Ok(out)
 }
 
 /// Every data key the history knows, in pages (keyset pagination on key_seqs).
-async fn history_keys(pool: &PgPool, after: &str, batch: usize) -> anyhow::Result<Vec<(String, i64)>> {
-    Ok(sqlx::query_as("SELECT data_key, last_seq FROM key_seqs WHERE data_key > $1 ORDER BY data_key LIMIT $2")
-        .bind(after).bind(batch as i64).fetch_all(pool).await?)
+async fn history_keys(
+    pool: &PgPool,
+    after: &str,
+    batch: usize,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT data_key, last_seq FROM key_seqs WHERE data_key > $1 ORDER BY data_key LIMIT $2",
+    )
+    .bind(after)
+    .bind(batch as i64)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Refuses to overwrite: any key with history that exists in Redis, or a sequence hash.
-async fn existing_keys(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Result<Vec<String>> {
+async fn existing_keys(
+    nodes: &mut Nodes,
+    pool: &PgPool,
+    opt: &Options,
+) -> anyhow::Result<Vec<String>> {
     let mut found = Vec::new();
     for conn in nodes.conns.iter_mut() {
-        found.extend(crate::reconcile::scan_keys(conn, &format!("{}:seq*", opt.prefix), "hash").await?);
+        found.extend(
+            crate::reconcile::scan_keys(conn, &format!("{}:seq*", opt.prefix), "hash").await?,
+        );
     }
     let mut after = String::new();
     loop {
@@ -103,7 +138,11 @@ async fn existing_keys(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyho
         after = last.0.clone();
         // one pipelined EXISTS per node for the keys it serves
         for node in 0..nodes.conns.len() {
-            let mine: Vec<&String> = page.iter().map(|(k, _)| k).filter(|k| nodes.node_of(k) == node).collect();
+            let mine: Vec<&String> = page
+                .iter()
+                .map(|(k, _)| k)
+                .filter(|k| nodes.node_of(k) == node)
+                .collect();
             if mine.is_empty() {
                 continue;
             }
@@ -112,7 +151,12 @@ async fn existing_keys(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyho
                 pipe.cmd("EXISTS").arg(*k);
             }
             let exists: Vec<i64> = pipe.query_async(&mut nodes.conns[node]).await?;
-            found.extend(mine.into_iter().zip(exists).filter(|(_, e)| *e > 0).map(|(k, _)| k.clone()));
+            found.extend(
+                mine.into_iter()
+                    .zip(exists)
+                    .filter(|(_, e)| *e > 0)
+                    .map(|(k, _)| k.clone()),
+            );
         }
         if found.len() >= 10 {
             break;
@@ -133,7 +177,10 @@ async fn require_drained(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> any
                 pending.join("\n  - ")
             );
         }
-        eprintln!("restore --force: the restored state will NOT include:\n  - {}", pending.join("\n  - "));
+        eprintln!(
+            "restore --force: the restored state will NOT include:\n  - {}",
+            pending.join("\n  - ")
+        );
     }
     Ok(())
 }
@@ -167,21 +214,47 @@ pub async fn run(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Res
         add_campaigns(&mut pipes, nodes, pool, &keys, &mut done).await?;
         add_usage(&mut pipes, nodes, pool, &keys, &mut done).await?;
         for (k, seq) in &page {
-            pipes.on(nodes, k).cmd("HSET").arg(nodes.seq_hash(&opt.prefix, k)).arg(k).arg(seq).ignore();
+            pipes
+                .on(nodes, k)
+                .cmd("HSET")
+                .arg(nodes.seq_hash(&opt.prefix, k))
+                .arg(k)
+                .arg(seq)
+                .ignore();
             done.sequences += 1;
         }
-        pipes.send(nodes).await.context("writing a restore batch to redis")?;
+        pipes
+            .send(nodes)
+            .await
+            .context("writing a restore batch to redis")?;
         println!(
             "restore: {} keys so far ({} balance fields, {} campaigns, {} usage counters) in {} ms",
-            done.sequences, done.balance_fields, done.campaigns, done.usage_keys, started.elapsed().as_millis()
+            done.sequences,
+            done.balance_fields,
+            done.campaigns,
+            done.usage_keys,
+            started.elapsed().as_millis()
         );
     }
-    done.op_ids = crate::restore_ops::restore(nodes, pool, &opt.prefix, crate::metrics::now_ms(), opt.batch).await?;
+    done.op_ids = crate::restore_ops::restore(
+        nodes,
+        pool,
+        &opt.prefix,
+        crate::metrics::now_ms(),
+        opt.batch,
+    )
+    .await?;
     Ok(done)
 }
 
 /// The balances of `keys`, one HSET per field.
-async fn add_balances(pipes: &mut crate::nodes::Pipes, nodes: &Nodes, pool: &PgPool, keys: &[String], done: &mut Restored) -> anyhow::Result<()> {
+async fn add_balances(
+    pipes: &mut crate::nodes::Pipes,
+    nodes: &Nodes,
+    pool: &PgPool,
+    keys: &[String],
+    done: &mut Restored,
+) -> anyhow::Result<()> {
     let balances: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT data_key, field, balance::text FROM balances WHERE data_key = ANY($1) ORDER BY data_key, field",
     ).bind(keys).fetch_all(pool).await?;
@@ -191,28 +264,50 @@ async fn add_balances(pipes: &mut crate::nodes::Pipes, nodes: &Nodes, pool: &PgP
             done.balance_keys += 1;
             last_key = Some(k);
         }
-        pipes.on(nodes, k).cmd("HSET").arg(k).arg(f).arg(crate::reconcile::canonical(b)).ignore();
+        pipes
+            .on(nodes, k)
+            .cmd("HSET")
+            .arg(k)
+            .arg(f)
+            .arg(crate::reconcile::canonical(b))
+            .ignore();
         done.balance_fields += 1;
     }
     Ok(())
 }
 
 /// The campaigns among `keys`: stock, issued, issue counter, window, and every holder.
-async fn add_campaigns(pipes: &mut crate::nodes::Pipes, nodes: &Nodes, pool: &PgPool, keys: &[String], done: &mut Restored) -> anyhow::Result<()> {
+async fn add_campaigns(
+    pipes: &mut crate::nodes::Pipes,
+    nodes: &Nodes,
+    pool: &PgPool,
+    keys: &[String],
+    done: &mut Restored,
+) -> anyhow::Result<()> {
     let campaigns: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT c.campaign, c.total, c.issued, c.peruser, c.start_ms, c.end_ms,
                 COALESCE((SELECT max(i.issue) FROM coupon_issues i WHERE i.campaign = c.campaign), 0)
          FROM coupon_campaigns c WHERE c.campaign = ANY($1)",
     ).bind(keys).fetch_all(pool).await?;
     for (c, total, issued, peruser, start, end, last_issue) in &campaigns {
-        pipes.on(nodes, c).cmd("HSET").arg(c)
-            .arg("kind").arg("coupon")
-            .arg("total").arg(total)
-            .arg("issued").arg(issued)
-            .arg("last_issue").arg(last_issue)
-            .arg("peruser").arg(peruser)
-            .arg("start").arg(start)
-            .arg("end").arg(end)
+        pipes
+            .on(nodes, c)
+            .cmd("HSET")
+            .arg(c)
+            .arg("kind")
+            .arg("coupon")
+            .arg("total")
+            .arg(total)
+            .arg("issued")
+            .arg(issued)
+            .arg("last_issue")
+            .arg(last_issue)
+            .arg("peruser")
+            .arg(peruser)
+            .arg("start")
+            .arg(start)
+            .arg("end")
+            .arg(end)
             .ignore();
         done.campaigns += 1;
     }
@@ -222,9 +317,17 @@ async fn add_campaigns(pipes: &mut crate::nodes::Pipes, nodes: &Nodes, pool: &Pg
         "SELECT campaign, user_id, array_agg(issue ORDER BY issue)
          FROM coupon_issues WHERE campaign = ANY($1) AND NOT released AND user_id IS NOT NULL
          GROUP BY campaign, user_id",
-    ).bind(keys).fetch_all(pool).await?;
+    )
+    .bind(keys)
+    .fetch_all(pool)
+    .await?;
     for (c, u, issues) in &holders {
-        let hset = pipes.on(nodes, c).cmd("HSET").arg(c).arg(format!("c:{u}")).arg(issues.len());
+        let hset = pipes
+            .on(nodes, c)
+            .cmd("HSET")
+            .arg(c)
+            .arg(format!("c:{u}"))
+            .arg(issues.len());
         for (k, issue) in issues.iter().enumerate() {
             hset.arg(format!("h:{}:{u}", k + 1)).arg(issue);
         }
@@ -235,18 +338,35 @@ async fn add_campaigns(pipes: &mut crate::nodes::Pipes, nodes: &Nodes, pool: &Pg
 }
 
 /// The usage counters among `keys`, as of their highest seq.
-async fn add_usage(pipes: &mut crate::nodes::Pipes, nodes: &Nodes, pool: &PgPool, keys: &[String], done: &mut Restored) -> anyhow::Result<()> {
+async fn add_usage(
+    pipes: &mut crate::nodes::Pipes,
+    nodes: &Nodes,
+    pool: &PgPool,
+    keys: &[String],
+    done: &mut Restored,
+) -> anyhow::Result<()> {
     let usage: Vec<(String, String, String, String, String)> = sqlx::query_as(
         "SELECT DISTINCT ON (usage_key) usage_key, period, period_id, used::text, quota::text
          FROM usage_totals WHERE usage_key = ANY($1) ORDER BY usage_key, seq DESC",
-    ).bind(keys).fetch_all(pool).await?;
+    )
+    .bind(keys)
+    .fetch_all(pool)
+    .await?;
     for (k, period, period_id, used, quota) in &usage {
-        pipes.on(nodes, k).cmd("HSET").arg(k)
-            .arg("kind").arg("usage")
-            .arg("limit").arg(crate::reconcile::canonical(quota))
-            .arg("period").arg(period)
-            .arg("period_id").arg(period_id)
-            .arg("used").arg(crate::reconcile::canonical(used))
+        pipes
+            .on(nodes, k)
+            .cmd("HSET")
+            .arg(k)
+            .arg("kind")
+            .arg("usage")
+            .arg("limit")
+            .arg(crate::reconcile::canonical(quota))
+            .arg("period")
+            .arg(period)
+            .arg("period_id")
+            .arg(period_id)
+            .arg("used")
+            .arg(crate::reconcile::canonical(used))
             .ignore();
         done.usage_keys += 1;
     }
@@ -259,7 +379,12 @@ pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::R
 }
 
 /// `restore --as-of`: the same drain rule, then the rollback through the module.
-pub async fn as_of_command(redis_url: &str, pool: &PgPool, opt: &Options, as_of_ms: i64) -> anyhow::Result<crate::restore_as_of::RolledBack> {
+pub async fn as_of_command(
+    redis_url: &str,
+    pool: &PgPool,
+    opt: &Options,
+    as_of_ms: i64,
+) -> anyhow::Result<crate::restore_as_of::RolledBack> {
     let mut nodes = Nodes::connect(redis_url).await?;
     require_drained(&mut nodes, pool, opt).await?;
     crate::restore_as_of::run(&mut nodes, pool, as_of_ms).await

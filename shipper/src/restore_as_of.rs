@@ -14,8 +14,8 @@
 //! moved on), claims released after the moment (their issue numbers are retired), campaigns
 //! created after it.
 
-use anyhow::Context as _;
 use crate::nodes::Nodes;
+use anyhow::Context as _;
 use sqlx::PgPool;
 
 /// At most this many fields per ASSET.INCR (the command's own limit is 64).
@@ -31,7 +31,10 @@ pub struct RolledBack {
 
 /// The balance of every (key, field) at `as_of_ms`: the change with the highest seq at or
 /// before it; fields first changed later roll back to 0.
-async fn balances_at(pool: &PgPool, as_of_ms: i64) -> anyhow::Result<Vec<(String, String, String)>> {
+async fn balances_at(
+    pool: &PgPool,
+    as_of_ms: i64,
+) -> anyhow::Result<Vec<(String, String, String)>> {
     Ok(sqlx::query_as(
         "SELECT b.data_key, b.field,
                 COALESCE((SELECT c.balance::text FROM event_changes c
@@ -45,7 +48,12 @@ async fn balances_at(pool: &PgPool, as_of_ms: i64) -> anyhow::Result<Vec<(String
 }
 
 /// Per field `target - current`, exact (Postgres numeric), canonical; only fields that differ.
-async fn deltas(pool: &PgPool, fields: &[String], current: &[String], target: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+async fn deltas(
+    pool: &PgPool,
+    fields: &[String],
+    current: &[String],
+    target: &[String],
+) -> anyhow::Result<Vec<(String, String)>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT f, (t::numeric - c::numeric)::text FROM unnest($1::text[], $2::text[], $3::text[]) AS u(f, c, t)
          WHERE t::numeric <> c::numeric",
@@ -56,10 +64,18 @@ async fn deltas(pool: &PgPool, fields: &[String], current: &[String], target: &[
     .fetch_all(pool)
     .await
     .context("computing the rollback deltas (a balance in Redis that is not a decimal?)")?;
-    Ok(rows.into_iter().map(|(f, d)| (f, crate::reconcile::canonical(&d))).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(f, d)| (f, crate::reconcile::canonical(&d)))
+        .collect())
 }
 
-async fn roll_back_balances(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> anyhow::Result<()> {
+async fn roll_back_balances(
+    nodes: &mut Nodes,
+    pool: &PgPool,
+    as_of_ms: i64,
+    out: &mut RolledBack,
+) -> anyhow::Result<()> {
     let rows = balances_at(pool, as_of_ms).await?;
     // rows come ordered by key: one group of fields per key
     for group in rows.chunk_by(|a, b| a.0 == b.0) {
@@ -69,7 +85,10 @@ async fn roll_back_balances(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64, out
         let mut get = redis::cmd("HMGET");
         get.arg(key).arg(&fields);
         let current: Vec<Option<String>> = get.query_async(nodes.conn_for(key)).await?;
-        let current: Vec<String> = current.into_iter().map(|v| v.unwrap_or_else(|| "0".into())).collect();
+        let current: Vec<String> = current
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| "0".into()))
+            .collect();
         let changes = deltas(pool, &fields, &current, &targets).await?;
         for (n, chunk) in changes.chunks(FIELDS_PER_COMMAND).enumerate() {
             let mut c = redis::cmd("ASSET.INCR");
@@ -77,9 +96,13 @@ async fn roll_back_balances(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64, out
             for (f, d) in chunk {
                 c.arg(f).arg(d);
             }
-            c.arg("NOFLOOR").arg("ID").arg(format!("restore-as-of:{as_of_ms}:{n}"));
+            c.arg("NOFLOOR")
+                .arg("ID")
+                .arg(format!("restore-as-of:{as_of_ms}:{n}"));
             c.arg("META").arg(format!("restore --as-of {as_of_ms}"));
-            c.query_async::<redis::Value>(nodes.conn_for(key)).await.with_context(|| format!("rolling back {key}"))?;
+            c.query_async::<redis::Value>(nodes.conn_for(key))
+                .await
+                .with_context(|| format!("rolling back {key}"))?;
             out.fields += chunk.len() as u64;
         }
         if !changes.is_empty() {
@@ -89,7 +112,12 @@ async fn roll_back_balances(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64, out
     Ok(())
 }
 
-async fn roll_back_claims(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> anyhow::Result<()> {
+async fn roll_back_claims(
+    nodes: &mut Nodes,
+    pool: &PgPool,
+    as_of_ms: i64,
+    out: &mut RolledBack,
+) -> anyhow::Result<()> {
     // claims made after the moment and still held: the user's most recent ones
     let held: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT campaign, user_id, count(*) FROM coupon_issues
@@ -102,9 +130,12 @@ async fn roll_back_claims(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64, out: 
     for (campaign, user, n) in held {
         for i in 0..n {
             redis::cmd("COUPON.RELEASE")
-                .arg(&campaign).arg(&user)
-                .arg("ID").arg(format!("restore-as-of:{as_of_ms}:{user}:{i}"))
-                .arg("META").arg(format!("restore --as-of {as_of_ms}"))
+                .arg(&campaign)
+                .arg(&user)
+                .arg("ID")
+                .arg(format!("restore-as-of:{as_of_ms}:{user}:{i}"))
+                .arg("META")
+                .arg(format!("restore --as-of {as_of_ms}"))
                 .query_async::<redis::Value>(nodes.conn_for(&campaign))
                 .await
                 .with_context(|| format!("releasing a claim of {user} in {campaign}"))?;
@@ -123,8 +154,17 @@ async fn roll_back_claims(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64, out: 
 
 /// Runs `count_sql` (a count, `$1` = the moment); a non-zero count is reported as "<n> <what>"
 /// among what the rollback leaves as it is.
-async fn report_count(pool: &PgPool, count_sql: &str, as_of_ms: i64, what: &str, out: &mut RolledBack) -> anyhow::Result<()> {
-    let n: i64 = sqlx::query_scalar(count_sql).bind(as_of_ms).fetch_one(pool).await?;
+async fn report_count(
+    pool: &PgPool,
+    count_sql: &str,
+    as_of_ms: i64,
+    what: &str,
+    out: &mut RolledBack,
+) -> anyhow::Result<()> {
+    let n: i64 = sqlx::query_scalar(count_sql)
+        .bind(as_of_ms)
+        .fetch_one(pool)
+        .await?;
     if n > 0 {
         out.not_rolled_back.push(format!("{n} {what}"));
     }

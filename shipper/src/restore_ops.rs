@@ -42,13 +42,25 @@ fn first_uuid_of_ms(ms: i64) -> uuid::Uuid {
 /// The window the module keeps op-ids for (`tally.op-ttl-ms` of the first node).
 async fn op_ttl_ms(nodes: &mut Nodes) -> anyhow::Result<i64> {
     let conn = nodes.conns.first_mut().context("no redis node")?;
-    let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("tally.op-ttl-ms").query_async(conn).await
+    let v: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("tally.op-ttl-ms")
+        .query_async(conn)
+        .await
         .context("reading tally.op-ttl-ms (CONFIG GET) to rebuild op-id records")?;
-    v.get(1).and_then(|s| s.parse().ok()).context("tally.op-ttl-ms is not set: is the tally module loaded?")
+    v.get(1)
+        .and_then(|s| s.parse().ok())
+        .context("tally.op-ttl-ms is not set: is the tally module loaded?")
 }
 
 /// Writes the op-id records of the events newer than `now - tally.op-ttl-ms`.
-pub async fn restore(nodes: &mut Nodes, pool: &PgPool, prefix: &str, now_ms: i64, batch: usize) -> anyhow::Result<OpRecords> {
+pub async fn restore(
+    nodes: &mut Nodes,
+    pool: &PgPool,
+    prefix: &str,
+    now_ms: i64,
+    batch: usize,
+) -> anyhow::Result<OpRecords> {
     let ttl_ms = op_ttl_ms(nodes).await?;
     let since = now_ms.saturating_sub(ttl_ms);
     let mut after = first_uuid_of_ms(since).to_string();
@@ -61,8 +73,11 @@ pub async fn restore(nodes: &mut Nodes, pool: &PgPool, prefix: &str, now_ms: i64
         after = last.0.clone();
         let mut pipes = nodes.pipes();
         for (id, raw) in &page {
-            let e: OpEvent = serde_json::from_str(raw).with_context(|| format!("event {id} in the history is not an event"))?;
-            let (Some(op), Some(first)) = (e.op.as_deref(), e.keys.first()) else { continue };
+            let e: OpEvent = serde_json::from_str(raw)
+                .with_context(|| format!("event {id} in the history is not an event"))?;
+            let (Some(op), Some(first)) = (e.op.as_deref(), e.keys.first()) else {
+                continue;
+            };
             // in the future: the query keeps only events newer than now - ttl
             let deadline = e.ts.saturating_add(ttl_ms);
             let (Some(fp), Some(reply)) = (e.fp.as_deref(), e.reply.as_ref()) else {
@@ -70,10 +85,21 @@ pub async fn restore(nodes: &mut Nodes, pool: &PgPool, prefix: &str, now_ms: i64
                 continue;
             };
             let key = nodes.op_key(prefix, &first.key, op);
-            pipes.on(nodes, &first.key).cmd("SET").arg(key).arg(format!("{fp}\n{reply}")).arg("PXAT").arg(deadline).arg("NX").ignore();
+            pipes
+                .on(nodes, &first.key)
+                .cmd("SET")
+                .arg(key)
+                .arg(format!("{fp}\n{reply}"))
+                .arg("PXAT")
+                .arg(deadline)
+                .arg("NX")
+                .ignore();
             done.restored += 1;
         }
-        pipes.send(nodes).await.context("writing op-id records to redis")?;
+        pipes
+            .send(nodes)
+            .await
+            .context("writing op-id records to redis")?;
     }
     Ok(done)
 }

@@ -29,7 +29,11 @@ pub struct Fork {
 /// The new watermark: from `contiguous`, advance over `seqs_above` (the stored seqs of the
 /// key greater than `contiguous`, any order, duplicates allowed) while they are consecutive.
 pub fn advance_watermark(contiguous: i64, seqs_above: &[i64]) -> i64 {
-    let mut sorted: Vec<i64> = seqs_above.iter().copied().filter(|s| *s > contiguous).collect();
+    let mut sorted: Vec<i64> = seqs_above
+        .iter()
+        .copied()
+        .filter(|s| *s > contiguous)
+        .collect();
     sorted.sort_unstable();
     sorted.dedup();
     let mut c = contiguous;
@@ -56,7 +60,10 @@ pub fn fast_watermarks<'a>(
         let (c, last) = current.get(*key).copied().unwrap_or((0, 0));
         let mut sorted = seqs.clone();
         sorted.sort_unstable();
-        let consecutive = sorted.iter().enumerate().all(|(i, s)| *s == c + 1 + i as i64);
+        let consecutive = sorted
+            .iter()
+            .enumerate()
+            .all(|(i, s)| *s == c + 1 + i as i64);
         if last == c && consecutive {
             fast.insert(*key, c + sorted.len() as i64);
         } else {
@@ -72,7 +79,10 @@ pub fn fast_watermarks<'a>(
 /// No locks: a watermark computed while another transaction holds seqs of the same key
 /// uncommitted (a transfer whose second key belongs to another writer) can only be too low,
 /// never too high; `repair` recomputes such keys after the fact.
-pub async fn record(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Result<(usize, Vec<String>), sqlx::Error> {
+pub async fn record(
+    tx: &mut Transaction<'_, Postgres>,
+    fresh: &[&Event],
+) -> Result<(usize, Vec<String>), sqlx::Error> {
     let (mut k_ev, mut k_uuid, mut k_key, mut k_seq) = (vec![], vec![], vec![], vec![]);
     for e in fresh {
         for k in &e.keys {
@@ -83,16 +93,20 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Res
         }
     }
     // None: the COPY stored every pair (the usual case, no set to build or probe)
-    let mut stored: Option<HashSet<(String, i64)>> = if copy_keys(tx, &k_uuid, &k_key, &k_seq).await? {
-        None
-    } else {
-        Some(insert_keys(tx, &k_ev, &k_key, &k_seq).await?)
-    };
+    let mut stored: Option<HashSet<(String, i64)>> =
+        if copy_keys(tx, &k_uuid, &k_key, &k_seq).await? {
+            None
+        } else {
+            Some(insert_keys(tx, &k_ev, &k_key, &k_seq).await?)
+        };
     let mut kept: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
     let mut fork_in = Vec::new();
     for ((ev, key), seq) in k_ev.iter().zip(&k_key).zip(&k_seq) {
-        if stored.as_mut().is_none_or(|s| s.remove(&(key.to_string(), *seq))) {
+        if stored
+            .as_mut()
+            .is_none_or(|s| s.remove(&(key.to_string(), *seq)))
+        {
             kept.entry(key).or_default().push(*seq);
             let n = newest.entry(key).or_insert((*seq, ev));
             if *seq > n.0 {
@@ -111,7 +125,12 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, fresh: &[&Event]) -> Res
 /// Every (key, seq) of the batch by COPY, when none of them is stored yet (the usual case):
 /// false when a unique (data_key, seq) refused one (a fork, stored or within the batch),
 /// and nothing was written.
-async fn copy_keys(tx: &mut Transaction<'_, Postgres>, ev: &[uuid::Uuid], key: &[&str], seq: &[i64]) -> Result<bool, sqlx::Error> {
+async fn copy_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    ev: &[uuid::Uuid],
+    key: &[&str],
+    seq: &[i64],
+) -> Result<bool, sqlx::Error> {
     let mut rows = CopyRows::new();
     for ((e, k), s) in ev.iter().zip(key).zip(seq) {
         rows.row(3);
@@ -146,7 +165,10 @@ async fn insert_keys(
 }
 
 /// The stored version of each forked (key, seq).
-async fn name_forks(tx: &mut Transaction<'_, Postgres>, fork_in: &[(&str, i64, &str)]) -> Result<Vec<Fork>, sqlx::Error> {
+async fn name_forks(
+    tx: &mut Transaction<'_, Postgres>,
+    fork_in: &[(&str, i64, &str)],
+) -> Result<Vec<Fork>, sqlx::Error> {
     if fork_in.is_empty() {
         return Ok(vec![]);
     }
@@ -158,17 +180,26 @@ async fn name_forks(tx: &mut Transaction<'_, Postgres>, fork_in: &[(&str, i64, &
     .bind(fork_in.iter().map(|f| f.1).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
-    let first: HashMap<(String, i64), String> = rows.into_iter().map(|(k, s, e)| ((k, s), e)).collect();
+    let first: HashMap<(String, i64), String> =
+        rows.into_iter().map(|(k, s, e)| ((k, s), e)).collect();
     Ok(fork_in
         .iter()
         .filter_map(|(k, s, e)| {
             let other = first.get(&(k.to_string(), *s))?;
-            (other != e).then(|| Fork { key: k.to_string(), seq: *s, event_id: e.to_string(), other_event_id: other.clone() })
+            (other != e).then(|| Fork {
+                key: k.to_string(),
+                seq: *s,
+                event_id: e.to_string(),
+                other_event_id: other.clone(),
+            })
         })
         .collect())
 }
 
-async fn insert_forks(tx: &mut Transaction<'_, Postgres>, forks: &[Fork]) -> Result<(), sqlx::Error> {
+async fn insert_forks(
+    tx: &mut Transaction<'_, Postgres>,
+    forks: &[Fork],
+) -> Result<(), sqlx::Error> {
     if forks.is_empty() {
         return Ok(());
     }
@@ -204,22 +235,36 @@ async fn advance(
         return Ok(vec![]);
     }
     let keys: Vec<&str> = kept.keys().copied().collect();
-    let rows: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE data_key = ANY($1::text[])")
-            .bind(&keys)
-            .fetch_all(&mut **tx)
-            .await?;
-    let current: HashMap<String, (i64, i64)> = rows.into_iter().map(|(k, c, l)| (k, (c, l))).collect();
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE data_key = ANY($1::text[])",
+    )
+    .bind(&keys)
+    .fetch_all(&mut **tx)
+    .await?;
+    let current: HashMap<String, (i64, i64)> =
+        rows.into_iter().map(|(k, c, l)| (k, (c, l))).collect();
     let (mut contiguous, slow) = fast_watermarks(&current, kept);
     if !slow.is_empty() {
-        let from: Vec<i64> = slow.iter().map(|k| current.get(*k).map(|c| c.0).unwrap_or(0)).collect();
+        let from: Vec<i64> = slow
+            .iter()
+            .map(|k| current.get(*k).map(|c| c.0).unwrap_or(0))
+            .collect();
         let above = seqs_above(&mut **tx, &slow, &from).await?;
         for (k, c) in slow.iter().zip(&from) {
-            contiguous.insert(k, advance_watermark(*c, above.get(*k).map(Vec::as_slice).unwrap_or(&[])));
+            contiguous.insert(
+                k,
+                advance_watermark(*c, above.get(*k).map(Vec::as_slice).unwrap_or(&[])),
+            );
         }
     }
-    let c: Vec<i64> = keys.iter().map(|k| contiguous.get(k).copied().unwrap_or(0)).collect();
-    let last: Vec<i64> = keys.iter().map(|k| newest.get(k).map(|n| n.0).unwrap_or(0)).collect();
+    let c: Vec<i64> = keys
+        .iter()
+        .map(|k| contiguous.get(k).copied().unwrap_or(0))
+        .collect();
+    let last: Vec<i64> = keys
+        .iter()
+        .map(|k| newest.get(k).map(|n| n.0).unwrap_or(0))
+        .collect();
     sqlx::query(
         "INSERT INTO key_seqs (data_key, last_seq, event_id, contiguous_seq)
          SELECT k, s, e::uuid, c FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[]) AS t(k, s, e, c)
@@ -245,7 +290,11 @@ async fn advance(
 }
 
 /// Stored seqs above each key's watermark.
-async fn seqs_above<'e, E>(ex: E, keys: &[&str], from: &[i64]) -> Result<HashMap<String, Vec<i64>>, sqlx::Error>
+async fn seqs_above<'e, E>(
+    ex: E,
+    keys: &[&str],
+    from: &[i64],
+) -> Result<HashMap<String, Vec<i64>>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
@@ -278,7 +327,9 @@ pub async fn repair_all(pool: &PgPool) -> Result<usize, sqlx::Error> {
         .bind(PAGE)
         .fetch_all(pool)
         .await?;
-        let Some(last) = keys.last().cloned() else { return Ok(still) };
+        let Some(last) = keys.last().cloned() else {
+            return Ok(still);
+        };
         still += repair(pool, &keys).await?.len();
         after = last;
     }
@@ -291,11 +342,12 @@ pub async fn repair(pool: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx:
     if keys.is_empty() {
         return Ok(vec![]);
     }
-    let rows: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE data_key = ANY($1::text[])")
-            .bind(keys)
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE data_key = ANY($1::text[])",
+    )
+    .bind(keys)
+    .fetch_all(pool)
+    .await?;
     let behind: Vec<(String, i64, i64)> = rows.into_iter().filter(|r| r.1 < r.2).collect();
     let ks: Vec<&str> = behind.iter().map(|r| r.0.as_str()).collect();
     let from: Vec<i64> = behind.iter().map(|r| r.1).collect();
@@ -332,11 +384,23 @@ mod tests {
     #[test]
     fn watermark_advances_only_over_consecutive_seqs() {
         assert_eq!(advance_watermark(0, &[1, 2, 3]), 3);
-        assert_eq!(advance_watermark(0, &[3, 1, 2]), 3, "arrival order does not matter");
+        assert_eq!(
+            advance_watermark(0, &[3, 1, 2]),
+            3,
+            "arrival order does not matter"
+        );
         assert_eq!(advance_watermark(0, &[2, 3]), 0, "1 is missing: wait");
         assert_eq!(advance_watermark(5, &[6, 8, 9]), 6, "7 is missing");
-        assert_eq!(advance_watermark(5, &[7, 6, 6, 8]), 8, "duplicates are harmless");
-        assert_eq!(advance_watermark(5, &[1, 2, 3]), 5, "seqs at or below the watermark change nothing");
+        assert_eq!(
+            advance_watermark(5, &[7, 6, 6, 8]),
+            8,
+            "duplicates are harmless"
+        );
+        assert_eq!(
+            advance_watermark(5, &[1, 2, 3]),
+            5,
+            "seqs at or below the watermark change nothing"
+        );
         assert_eq!(advance_watermark(4, &[]), 4);
     }
 
@@ -352,8 +416,12 @@ mod tests {
     #[test]
     fn fast_path_only_for_the_next_seqs_of_a_settled_key() {
         let current = HashMap::from([("a".to_string(), (5, 5)), ("b".to_string(), (2, 4))]);
-        let batch: BTreeMap<&str, Vec<i64>> =
-            BTreeMap::from([("a", vec![7, 6]), ("b", vec![3]), ("new", vec![1, 2]), ("late", vec![2])]);
+        let batch: BTreeMap<&str, Vec<i64>> = BTreeMap::from([
+            ("a", vec![7, 6]),
+            ("b", vec![3]),
+            ("new", vec![1, 2]),
+            ("late", vec![2]),
+        ]);
         let (fast, mut slow) = fast_watermarks(&current, &batch);
         slow.sort();
         assert_eq!(fast, HashMap::from([("a", 7), ("new", 2)]));

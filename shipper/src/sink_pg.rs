@@ -27,16 +27,23 @@ const REPAIR_PASSES: u32 = 10;
 
 async fn repair_loop(pool: PgPool, behind: Arc<Mutex<HashMap<String, u32>>>) {
     match crate::seqs::repair_all(&pool).await {
-        Ok(n) if n > 0 => tracing::info!(keys = n, "keys whose history waits for missing seqs (reconcile names them once drained)"),
+        Ok(n) if n > 0 => tracing::info!(
+            keys = n,
+            "keys whose history waits for missing seqs (reconcile names them once drained)"
+        ),
         Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, "start-up watermark repair failed; reconcile repeats it"),
+        Err(e) => {
+            tracing::debug!(error = %e, "start-up watermark repair failed; reconcile repeats it")
+        }
     }
     loop {
         tokio::time::sleep(REPAIR_INTERVAL).await;
         let keys: Vec<(String, u32)> = {
             let mut q = behind.lock().unwrap_or_else(|e| e.into_inner());
             let take: Vec<String> = q.keys().take(REPAIR_KEYS_PER_PASS).cloned().collect();
-            take.into_iter().filter_map(|k| q.remove_entry(&k)).collect()
+            take.into_iter()
+                .filter_map(|k| q.remove_entry(&k))
+                .collect()
         };
         if keys.is_empty() {
             continue;
@@ -83,7 +90,9 @@ pub fn classify(e: &sqlx::Error) -> ErrorClass {
             let class = code.get(..2).unwrap_or("");
             if matches!(class, "08" | "40" | "53" | "57") || code == "55P03" {
                 ErrorClass::Transient
-            } else if matches!(class, "28" | "3D" | "3F") || matches!(code.as_str(), "42501" | "42P01" | "42703" | "42883") {
+            } else if matches!(class, "28" | "3D" | "3F")
+                || matches!(code.as_str(), "42501" | "42P01" | "42703" | "42883")
+            {
                 ErrorClass::Permanent
             } else {
                 ErrorClass::Data
@@ -113,12 +122,19 @@ impl PgSink {
     pub fn new(pool: PgPool, pg: &crate::config::PgOpts) -> PgSink {
         let behind: Arc<Mutex<HashMap<String, u32>>> = Default::default();
         tokio::spawn(repair_loop(pool.clone(), behind.clone()));
-        PgSink { pool, batch_deadline: Duration::from_millis(pg.batch_deadline_ms()), behind }
+        PgSink {
+            pool,
+            batch_deadline: Duration::from_millis(pg.batch_deadline_ms()),
+            behind,
+        }
     }
 
     /// At shutdown, after the last commit: leave every watermark exact.
     pub async fn finish(&self) {
-        self.behind.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.behind
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         if let Err(e) = crate::seqs::repair_all(&self.pool).await {
             tracing::warn!(error = %e, "final watermark repair failed; the next start or reconcile repeats it");
         }
@@ -138,13 +154,21 @@ impl PgSink {
     /// one by one into failed_events so they never block the rest. Positions are stored with
     /// the batch, or after the isolated records (each of which checks the fence). A fenced
     /// outcome wrote nothing more.
-    pub async fn persist(&self, recs: &[Record], positions: &[Position]) -> Result<Outcome, sqlx::Error> {
+    pub async fn persist(
+        &self,
+        recs: &[Record],
+        positions: &[Position],
+    ) -> Result<Outcome, sqlx::Error> {
         let out = self.persist_isolating(recs, positions).await?;
         self.note_behind(&out);
         Ok(out)
     }
 
-    async fn persist_isolating(&self, recs: &[Record], positions: &[Position]) -> Result<Outcome, sqlx::Error> {
+    async fn persist_isolating(
+        &self,
+        recs: &[Record],
+        positions: &[Position],
+    ) -> Result<Outcome, sqlx::Error> {
         match self.once(recs, positions, true).await {
             Err(e) if classify(&e) == ErrorClass::Data && !recs.is_empty() => {
                 tracing::warn!(error = %e, batch = recs.len(), "batch refused by Postgres, isolating its records");
@@ -162,12 +186,17 @@ impl PgSink {
         }
     }
 
-    async fn persist_one(&self, r: &Record, positions: &[Position]) -> Result<Outcome, sqlx::Error> {
+    async fn persist_one(
+        &self,
+        r: &Record,
+        positions: &[Position],
+    ) -> Result<Outcome, sqlx::Error> {
         match self.once(std::slice::from_ref(r), positions, false).await {
             Err(e) if classify(&e) == ErrorClass::Data => {
                 let mut bad = r.clone();
                 bad.decoded = Err(format!("refused by Postgres: {e}"));
-                self.once(std::slice::from_ref(&bad), positions, false).await
+                self.once(std::slice::from_ref(&bad), positions, false)
+                    .await
             }
             other => other,
         }
@@ -175,12 +204,25 @@ impl PgSink {
 
     /// One transaction under the client-side deadline: a server that accepted the
     /// connection and then stopped answering fails the batch instead of hanging it.
-    async fn once(&self, recs: &[Record], positions: &[Position], advance: bool) -> Result<Outcome, sqlx::Error> {
-        match tokio::time::timeout(self.batch_deadline, db::persist_batch(&self.pool, recs, positions, advance)).await {
+    async fn once(
+        &self,
+        recs: &[Record],
+        positions: &[Position],
+        advance: bool,
+    ) -> Result<Outcome, sqlx::Error> {
+        match tokio::time::timeout(
+            self.batch_deadline,
+            db::persist_batch(&self.pool, recs, positions, advance),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("batch transaction exceeded {} ms", self.batch_deadline.as_millis()),
+                format!(
+                    "batch transaction exceeded {} ms",
+                    self.batch_deadline.as_millis()
+                ),
             ))),
         }
     }
@@ -193,7 +235,13 @@ mod tests {
     #[test]
     fn io_and_pool_errors_are_transient() {
         assert_eq!(classify(&sqlx::Error::PoolTimedOut), ErrorClass::Transient);
-        assert_eq!(classify(&sqlx::Error::Io(std::io::Error::other("x"))), ErrorClass::Transient);
-        assert_eq!(classify(&sqlx::Error::Configuration("bad url".into())), ErrorClass::Permanent);
+        assert_eq!(
+            classify(&sqlx::Error::Io(std::io::Error::other("x"))),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            classify(&sqlx::Error::Configuration("bad url".into())),
+            ErrorClass::Permanent
+        );
     }
 }

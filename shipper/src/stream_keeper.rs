@@ -47,16 +47,29 @@ pub fn parse_groups(v: &Value) -> Vec<GroupInfo> {
     let mut out = Vec::new();
     for g in as_array(v) {
         let kv: HashMap<String, &Value> = match g {
-            Value::Map(m) => m.iter().filter_map(|(k, v)| Some((as_str(k)?, v))).collect(),
-            other => as_array(other).chunks(2).filter_map(|p| Some((as_str(p.first()?)?, p.get(1)?))).collect(),
+            Value::Map(m) => m
+                .iter()
+                .filter_map(|(k, v)| Some((as_str(k)?, v)))
+                .collect(),
+            other => as_array(other)
+                .chunks(2)
+                .filter_map(|p| Some((as_str(p.first()?)?, p.get(1)?)))
+                .collect(),
         };
-        let (Some(name), Some(last)) = (kv.get("name").and_then(|v| as_str(v)), kv.get("last-delivered-id").and_then(|v| as_str(v)))
-        else {
+        let (Some(name), Some(last)) = (
+            kv.get("name").and_then(|v| as_str(v)),
+            kv.get("last-delivered-id").and_then(|v| as_str(v)),
+        ) else {
             continue;
         };
         let pending = kv.get("pending").and_then(|v| as_int(v)).unwrap_or(0);
         let lag = kv.get("lag").and_then(|v| as_int(v));
-        out.push(GroupInfo { name, pending, last_delivered: last, lag });
+        out.push(GroupInfo {
+            name,
+            pending,
+            last_delivered: last,
+            lag,
+        });
     }
     out
 }
@@ -91,12 +104,20 @@ fn next_tick(holds: bool, tick: Duration, base: Duration) -> Duration {
 }
 
 impl Keeper {
-    pub fn new(url: &str, stream: &str, redis: &RedisOpts, batch: &BatchOpts, stop: CancellationToken, conns: NodeConns) -> Keeper {
+    pub fn new(
+        url: &str,
+        stream: &str,
+        redis: &RedisOpts,
+        batch: &BatchOpts,
+        stop: CancellationToken,
+        conns: NodeConns,
+    ) -> Keeper {
         Keeper {
             url: url.to_string(),
             stream: stream.to_string(),
             group: redis.redis_group.clone(),
-            trim_every: (redis.trim_interval_ms > 0).then(|| Duration::from_millis(redis.trim_interval_ms)),
+            trim_every: (redis.trim_interval_ms > 0)
+                .then(|| Duration::from_millis(redis.trim_interval_ms)),
             sample_every: Duration::from_millis(redis.stream_metrics_interval_ms.max(100)),
             backoff_ms: (batch.retry_backoff_ms, batch.retry_backoff_cap_ms),
             stop,
@@ -132,7 +153,10 @@ impl Keeper {
     async fn run_connected(&self) -> RResult<()> {
         let mut conn = self.conns.get(&self.url).await?;
         let mut last_trim = Instant::now();
-        let base = self.trim_every.map(|t| t.min(self.sample_every)).unwrap_or(self.sample_every);
+        let base = self
+            .trim_every
+            .map(|t| t.min(self.sample_every))
+            .unwrap_or(self.sample_every);
         let mut tick = base;
         loop {
             let holds = self.sample(&mut conn).await?;
@@ -157,7 +181,11 @@ impl Keeper {
     }
 
     async fn groups(&self, conn: &mut MultiplexedConnection) -> RResult<Vec<GroupInfo>> {
-        let r: RResult<Value> = redis::cmd("XINFO").arg("GROUPS").arg(&self.stream).query_async(conn).await;
+        let r: RResult<Value> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async(conn)
+            .await;
         match r {
             Ok(v) => Ok(parse_groups(&v)),
             // the stream does not exist yet (the reader creates it with its group)
@@ -166,8 +194,16 @@ impl Keeper {
         }
     }
 
-    async fn oldest_pending(&self, conn: &mut MultiplexedConnection, group: &str) -> RResult<Option<String>> {
-        let p: Value = redis::cmd("XPENDING").arg(&self.stream).arg(group).query_async(conn).await?;
+    async fn oldest_pending(
+        &self,
+        conn: &mut MultiplexedConnection,
+        group: &str,
+    ) -> RResult<Option<String>> {
+        let p: Value = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(group)
+            .query_async(conn)
+            .await?;
         Ok(as_array(&p).get(1).and_then(as_str))
     }
 
@@ -180,11 +216,20 @@ impl Keeper {
         }
         let mut with_pending = Vec::with_capacity(groups.len());
         for g in groups {
-            let oldest = if g.pending > 0 { self.oldest_pending(conn, &g.name).await? } else { None };
+            let oldest = if g.pending > 0 {
+                self.oldest_pending(conn, &g.name).await?
+            } else {
+                None
+            };
             with_pending.push((g, oldest));
         }
         if let Some(minid) = trim_floor(&with_pending) {
-            let _: Value = redis::cmd("XTRIM").arg(&self.stream).arg("MINID").arg(&minid).query_async(conn).await?;
+            let _: Value = redis::cmd("XTRIM")
+                .arg(&self.stream)
+                .arg("MINID")
+                .arg(&minid)
+                .query_async(conn)
+                .await?;
         }
         Ok(())
     }
@@ -192,10 +237,18 @@ impl Keeper {
     /// Length, pending entries, unread entries and the age of the oldest unacknowledged entry.
     /// Returns whether the stream holds any entry.
     async fn sample(&self, conn: &mut MultiplexedConnection) -> RResult<bool> {
-        let len: i64 = redis::cmd("XLEN").arg(&self.stream).query_async(conn).await?;
+        let len: i64 = redis::cmd("XLEN")
+            .arg(&self.stream)
+            .query_async(conn)
+            .await?;
         let label = [self.stream.as_str()];
         metrics::STREAM_LEN.with_label_values(&label).set(len);
-        let Some(g) = self.groups(conn).await?.into_iter().find(|g| g.name == self.group) else {
+        let Some(g) = self
+            .groups(conn)
+            .await?
+            .into_iter()
+            .find(|g| g.name == self.group)
+        else {
             metrics::STREAM_UNREAD.with_label_values(&label).set(len);
             return Ok(len > 0);
         };
@@ -218,7 +271,9 @@ impl Keeper {
         };
         let age_s = oldest
             .and_then(|id| parse_stream_id(&id))
-            .map(|(ms, _)| (metrics::now_ms() - i64::try_from(ms).unwrap_or(i64::MAX)).max(0) as f64 / 1000.0)
+            .map(|(ms, _)| {
+                (metrics::now_ms() - i64::try_from(ms).unwrap_or(i64::MAX)).max(0) as f64 / 1000.0
+            })
             .unwrap_or(0.0);
         metrics::STREAM_LAG.with_label_values(&label).set(age_s);
         Ok(len > 0)
@@ -230,7 +285,12 @@ mod tests {
     use super::*;
 
     fn g(name: &str, pending: i64, last: &str) -> GroupInfo {
-        GroupInfo { name: name.into(), pending, last_delivered: last.into(), lag: None }
+        GroupInfo {
+            name: name.into(),
+            pending,
+            last_delivered: last.into(),
+            lag: None,
+        }
     }
 
     #[test]
@@ -249,11 +309,20 @@ mod tests {
     #[test]
     fn floor_is_the_lowest_position_any_group_needs() {
         // nothing pending: everything up to last-delivered is acknowledged
-        assert_eq!(trim_floor(&[(g("a", 0, "5-3"), None)]).as_deref(), Some("5-4"));
+        assert_eq!(
+            trim_floor(&[(g("a", 0, "5-3"), None)]).as_deref(),
+            Some("5-4")
+        );
         // pending entries hold the floor at the oldest of them
-        assert_eq!(trim_floor(&[(g("a", 2, "9-0"), Some("4-1".into()))]).as_deref(), Some("4-1"));
+        assert_eq!(
+            trim_floor(&[(g("a", 2, "9-0"), Some("4-1".into()))]).as_deref(),
+            Some("4-1")
+        );
         // the slowest group wins
-        let two = [(g("a", 0, "9-0"), None), (g("b", 1, "9-0"), Some("7-0".into()))];
+        let two = [
+            (g("a", 0, "9-0"), None),
+            (g("b", 1, "9-0"), Some("7-0".into())),
+        ];
         assert_eq!(trim_floor(&two).as_deref(), Some("7-0"));
         // unknown position: trim nothing
         assert_eq!(trim_floor(&[(g("a", 3, "9-0"), None)]), None);
@@ -265,11 +334,38 @@ mod tests {
     fn parses_xinfo_groups_resp2() {
         let b = crate::redis_io::bulk;
         let v = Value::Array(vec![Value::Array(vec![
-            b("name"), b("tally-shipper"), b("consumers"), Value::Int(1), b("pending"), Value::Int(4),
-            b("last-delivered-id"), b("10-2"), b("entries-read"), Value::Int(6), b("lag"), Value::Int(3),
+            b("name"),
+            b("tally-shipper"),
+            b("consumers"),
+            Value::Int(1),
+            b("pending"),
+            Value::Int(4),
+            b("last-delivered-id"),
+            b("10-2"),
+            b("entries-read"),
+            Value::Int(6),
+            b("lag"),
+            Value::Int(3),
         ])]);
-        assert_eq!(parse_groups(&v), vec![GroupInfo { name: "tally-shipper".into(), pending: 4, last_delivered: "10-2".into(), lag: Some(3) }]);
-        let nil_lag = Value::Array(vec![Value::Array(vec![b("name"), b("g"), b("pending"), Value::Int(0), b("last-delivered-id"), b("0-0"), b("lag"), Value::Nil])]);
+        assert_eq!(
+            parse_groups(&v),
+            vec![GroupInfo {
+                name: "tally-shipper".into(),
+                pending: 4,
+                last_delivered: "10-2".into(),
+                lag: Some(3)
+            }]
+        );
+        let nil_lag = Value::Array(vec![Value::Array(vec![
+            b("name"),
+            b("g"),
+            b("pending"),
+            Value::Int(0),
+            b("last-delivered-id"),
+            b("0-0"),
+            b("lag"),
+            Value::Nil,
+        ])]);
         assert_eq!(parse_groups(&nil_lag)[0].lag, None);
     }
 }

@@ -46,22 +46,44 @@ pub fn lane_of(key: &str, lanes: usize) -> usize {
 
 impl Writers {
     /// `n` writers, each with a queue of `queue_jobs` jobs (the read-ahead bound).
-    pub fn start(n: usize, queue_jobs: usize, pg: PgSink, batch: BatchOpts, shutdown: CancellationToken) -> Writers {
+    pub fn start(
+        n: usize,
+        queue_jobs: usize,
+        pg: PgSink,
+        batch: BatchOpts,
+        shutdown: CancellationToken,
+    ) -> Writers {
         let mut lanes = Vec::with_capacity(n.max(1));
         let mut handles = Vec::with_capacity(n.max(1));
         for lane in 0..n.max(1) {
             let (tx, rx) = mpsc::channel(queue_jobs.max(1));
             lanes.push(tx);
-            handles.push(tokio::spawn(write_loop(lane, rx, pg.clone(), batch.clone(), shutdown.clone())));
+            handles.push(tokio::spawn(write_loop(
+                lane,
+                rx,
+                pg.clone(),
+                batch.clone(),
+                shutdown.clone(),
+            )));
         }
-        Writers { lanes: std::sync::RwLock::new(lanes), handles: Mutex::new(handles) }
+        Writers {
+            lanes: std::sync::RwLock::new(lanes),
+            handles: Mutex::new(handles),
+        }
     }
 
     /// Split the records by owning writer and queue them (waits while a queue is full).
     pub async fn submit(&self, records: Vec<Record>, ack: &AckTarget) {
-        let senders: Vec<mpsc::Sender<Job>> = self.lanes.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let senders: Vec<mpsc::Sender<Job>> =
+            self.lanes.read().unwrap_or_else(|e| e.into_inner()).clone();
         let n = senders.len().max(1);
-        let mut parts: Vec<Job> = (0..n).map(|_| Job { records: vec![], ids: vec![], ack: ack.clone() }).collect();
+        let mut parts: Vec<Job> = (0..n)
+            .map(|_| Job {
+                records: vec![],
+                ids: vec![],
+                ack: ack.clone(),
+            })
+            .collect();
         for r in records {
             let lane = match &r.decoded {
                 Ok(e) => lane_of(e.first_key(), n),
@@ -90,15 +112,25 @@ impl Writers {
     /// Close the queues and wait until every queued job is committed and acknowledged (or
     /// left pending after a permanent failure).
     pub async fn finish(&self) {
-        self.lanes.write().unwrap_or_else(|e| e.into_inner()).clear();
-        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
+        self.lanes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let handles: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
         for h in handles {
             let _ = h.await;
         }
     }
 }
 
-async fn write_loop(lane: usize, mut rx: mpsc::Receiver<Job>, pg: PgSink, batch: BatchOpts, shutdown: CancellationToken) {
+async fn write_loop(
+    lane: usize,
+    mut rx: mpsc::Receiver<Job>,
+    pg: PgSink,
+    batch: BatchOpts,
+    shutdown: CancellationToken,
+) {
     let sink = Sink::Pg(pg);
     let size = batch.batch_size.max(1);
     while let Some(first) = rx.recv().await {
@@ -117,7 +149,10 @@ async fn write_loop(lane: usize, mut rx: mpsc::Receiver<Job>, pg: PgSink, batch:
             jobs.iter().for_each(Job::release); // left pending for the next run
             continue;
         }
-        let records: Vec<Record> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.records)).collect();
+        let records: Vec<Record> = jobs
+            .iter_mut()
+            .flat_map(|j| std::mem::take(&mut j.records))
+            .collect();
         // no Kafka positions on the direct path, so never fenced
         match sink.deliver(&records, &[], &batch).await {
             Ok(_) => {

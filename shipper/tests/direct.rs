@@ -43,20 +43,35 @@ async fn e2e_direct_exactly_once_with_replays_and_trim() {
     while xlen(&mut c, STREAM).await > 0 && start.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(xlen(&mut c, STREAM).await, 0, "stream not trimmed after drain");
+    assert_eq!(
+        xlen(&mut c, STREAM).await,
+        0,
+        "stream not trimmed after drain"
+    );
     assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
 
     // metrics + healthz
     assert_eq!(sh.metric("tally_events_persisted_total"), Some(1500.0));
     assert_eq!(sh.metric("tally_events_duplicate_total"), Some(8.0));
-    assert_eq!(sh.metric("tally_delivery_failures_total{stage=\"persist\"}"), Some(0.0));
-    let len = sh.wait_metric(&format!("tally_stream_length{{stream=\"{STREAM}\"}}"), Duration::from_secs(20), |v| v == 0.0).await;
+    assert_eq!(
+        sh.metric("tally_delivery_failures_total{stage=\"persist\"}"),
+        Some(0.0)
+    );
+    let len = sh
+        .wait_metric(
+            &format!("tally_stream_length{{stream=\"{STREAM}\"}}"),
+            Duration::from_secs(20),
+            |v| v == 0.0,
+        )
+        .await;
     assert_eq!(len, Some(0.0), "stream length metric after the drain");
     let (status, body) = sh.healthz().expect("/healthz answers");
     assert_eq!((status, body.trim()), (200, "ok"));
 
     sh.sigterm();
-    let st = sh.wait_timeout(Duration::from_secs(15)).expect("shipper did not exit after SIGTERM");
+    let st = sh
+        .wait_timeout(Duration::from_secs(15))
+        .expect("shipper did not exit after SIGTERM");
     assert!(st.success(), "exit status {st:?}");
     assert_matches_model(&pool, &m, 0).await;
 }
@@ -64,54 +79,110 @@ async fn e2e_direct_exactly_once_with_replays_and_trim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_stream_entries_go_to_failed_events_and_pipeline_continues() {
     let _g = serial();
-    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
+    let Stack {
+        redis,
+        pg,
+        pool,
+        mut c,
+        mut m,
+    } = stack().await;
     let dir = tmpdir("malformed");
-    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
+    let mut sh = Shipper::spawn(
+        &base_args("run", Some(&redis.url()), Some(&pg.url()), None),
+        &dir.join("shipper.log"),
+    );
 
     let a = m.asset_incr("user:1", "gold", 1000);
     xadd(&mut c, STREAM, "event", &a).await;
     let bad1 = xadd(&mut c, STREAM, "junk", "no event field").await;
     let bad2 = xadd(&mut c, STREAM, "event", "{not json").await;
-    let bad3 = xadd(&mut c, STREAM, "event", &a.replace("\"v\":1", "\"v\":9").replace("user:1", "user:x")).await;
+    let bad3 = xadd(
+        &mut c,
+        STREAM,
+        "event",
+        &a.replace("\"v\":1", "\"v\":9").replace("user:1", "user:x"),
+    )
+    .await;
     let b = m.asset_incr("user:1", "gold", 250);
     xadd(&mut c, STREAM, "event", &b).await;
 
     let got = wait_count(&pool, EVENTS_SQL, 2, Duration::from_secs(30)).await;
     assert_eq!(got, 2, "log:\n{}", sh.log_text());
-    let failed = wait_count(&pool, "SELECT count(*) FROM failed_events", 3, Duration::from_secs(10)).await;
+    let failed = wait_count(
+        &pool,
+        "SELECT count(*) FROM failed_events",
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(failed, 3);
     // batches are delivered concurrently: look rows up by their source, not their order
     let rows: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT source, raw, error FROM failed_events").fetch_all(&pool).await.unwrap();
-    let row = |id: &str| rows.iter().find(|r| r.0 == format!("redis:{STREAM}/{id}")).cloned().expect("failed_events row");
+        sqlx::query_as("SELECT source, raw, error FROM failed_events")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let row = |id: &str| {
+        rows.iter()
+            .find(|r| r.0 == format!("redis:{STREAM}/{id}"))
+            .cloned()
+            .expect("failed_events row")
+    };
     let (_, raw1, err1) = row(&bad1);
-    assert!(raw1.contains("no event field") && err1.contains("no `event` field"), "{rows:?}");
+    assert!(
+        raw1.contains("no event field") && err1.contains("no `event` field"),
+        "{rows:?}"
+    );
     let (_, raw2, err2) = row(&bad2);
     assert_eq!(raw2, "{not json");
     assert!(err2.contains("invalid event JSON"));
     assert!(row(&bad3).2.contains("unsupported format version"));
     // all acked, nothing pending
     let start = Instant::now();
-    while group_pending(&mut c, STREAM, GROUP).await > 0 && start.elapsed() < Duration::from_secs(10) {
+    while group_pending(&mut c, STREAM, GROUP).await > 0
+        && start.elapsed() < Duration::from_secs(10)
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
     sh.sigterm();
-    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert!(sh
+        .wait_timeout(Duration::from_secs(15))
+        .expect("exit")
+        .success());
     assert_matches_model(&pool, &m, 3).await;
 
     // retry-failed: a row whose payload is (now) a valid event gets persisted and resolved
     let fixed = m.asset_incr("user:1", "gold", 5);
-    sqlx::query("INSERT INTO failed_events (source, raw, error) VALUES ('manual:1', $1, 'decoder bug')")
-        .bind(&fixed)
-        .execute(&pool)
-        .await
+    sqlx::query(
+        "INSERT INTO failed_events (source, raw, error) VALUES ('manual:1', $1, 'decoder bug')",
+    )
+    .bind(&fixed)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["retry-failed", "--database-url", &pg.url()])
+        .output()
         .unwrap();
-    let out = std::process::Command::new(BIN).args(["retry-failed", "--database-url", &pg.url()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("resolved=1 still_failing=3"));
-    assert_eq!(count(&pool, "SELECT count(*) FROM failed_events WHERE resolved").await, 1);
-    assert_eq!(count(&pool, "SELECT count(*) FROM failed_events WHERE NOT resolved AND attempts = 2").await, 3);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM failed_events WHERE resolved").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM failed_events WHERE NOT resolved AND attempts = 2"
+        )
+        .await,
+        3
+    );
     assert_matches_model(&pool, &m, 4).await;
 }
 
@@ -120,7 +191,9 @@ async fn malformed_stream_entries_go_to_failed_events_and_pipeline_continues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_random_moments_direct_exactly_once() {
     let _g = serial();
-    let Stack { redis, pg, pool, .. } = stack().await;
+    let Stack {
+        redis, pg, pool, ..
+    } = stack().await;
     let dir = tmpdir("kill9");
     let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
     let args = [args, vec!["--batch-size".into(), "50".into()]].concat();
@@ -152,16 +225,29 @@ async fn kill9_at_random_moments_direct_exactly_once() {
     }
     let m = producer.await.unwrap();
     let mut sh = Shipper::spawn(&args, &log);
-    let got = wait_count(&pool, EVENTS_SQL, m.ids.len() as i64, Duration::from_secs(90)).await;
-    assert_eq!(got, m.ids.len() as i64, "log tail:\n{}", tail_lines(&sh.log_text(), 40));
+    let got = wait_count(
+        &pool,
+        EVENTS_SQL,
+        m.ids.len() as i64,
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(
+        got,
+        m.ids.len() as i64,
+        "log tail:\n{}",
+        tail_lines(&sh.log_text(), 40)
+    );
     sh.sigterm();
-    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert!(sh
+        .wait_timeout(Duration::from_secs(15))
+        .expect("exit")
+        .success());
     assert_matches_model(&pool, &m, 0).await;
     let mut c = redis.conn().await;
     assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
     assert_eq!(xlen(&mut c, STREAM).await, 0);
 }
-
 
 /// Postgres goes away under load and comes back: the outage shows (failed deliveries in
 /// /metrics, /healthz degraded, the stream length metric growing), nothing is acked or
@@ -174,7 +260,16 @@ async fn postgres_outage_under_load_loses_nothing() {
     run_migrate(&pg.url());
     let dir = tmpdir("pgdown");
     let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
-    let args = [args, vec!["--unhealthy-after-ms".into(), "500".into(), "--pg-acquire-timeout-ms".into(), "500".into()]].concat();
+    let args = [
+        args,
+        vec![
+            "--unhealthy-after-ms".into(),
+            "500".into(),
+            "--pg-acquire-timeout-ms".into(),
+            "500".into(),
+        ],
+    ]
+    .concat();
     let mut sh = Shipper::spawn(&args, &dir.join("shipper.log"));
     let mut c = redis.conn().await;
     let mut m = Model::default();
@@ -184,7 +279,10 @@ async fn postgres_outage_under_load_loses_nothing() {
     }
     {
         let pool = pg.pool().await;
-        assert_eq!(wait_count(&pool, EVENTS_SQL, 500, Duration::from_secs(60)).await, 500);
+        assert_eq!(
+            wait_count(&pool, EVENTS_SQL, 500, Duration::from_secs(60)).await,
+            500
+        );
         pool.close().await;
     }
     let failures = "tally_delivery_failures_total{stage=\"persist\"}";
@@ -195,8 +293,13 @@ async fn postgres_outage_under_load_loses_nothing() {
         xadd(&mut c, STREAM, "event", &m.random_event(&mut rng)).await;
     }
     // the outage is visible: failed deliveries counted, /healthz degraded
-    let f = sh.wait_metric(failures, Duration::from_secs(60), |v| v >= 1.0).await;
-    assert!(f >= Some(1.0), "no failed delivery counted during the outage ({f:?})");
+    let f = sh
+        .wait_metric(failures, Duration::from_secs(60), |v| v >= 1.0)
+        .await;
+    assert!(
+        f >= Some(1.0),
+        "no failed delivery counted during the outage ({f:?})"
+    );
     let start = Instant::now();
     let mut health = sh.healthz();
     while health.as_ref().map(|h| h.0) != Some(503) && start.elapsed() < Duration::from_secs(60) {
@@ -207,32 +310,66 @@ async fn postgres_outage_under_load_loses_nothing() {
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("degraded"), "{body}");
     // the stream length metric keeps moving while Postgres is down
-    let first = sh.wait_metric(&len_series, Duration::from_secs(30), |v| v >= 1000.0).await;
-    assert!(first >= Some(1000.0), "stream length metric during the outage: {first:?}");
+    let first = sh
+        .wait_metric(&len_series, Duration::from_secs(30), |v| v >= 1000.0)
+        .await;
+    assert!(
+        first >= Some(1000.0),
+        "stream length metric during the outage: {first:?}"
+    );
     for _ in 0..1000 {
         xadd(&mut c, STREAM, "event", &m.random_event(&mut rng)).await;
     }
-    let second = sh.wait_metric(&len_series, Duration::from_secs(30), |v| v >= 2000.0).await;
-    assert!(second >= Some(2000.0), "stream length metric did not grow ({first:?} -> {second:?})");
+    let second = sh
+        .wait_metric(&len_series, Duration::from_secs(30), |v| v >= 2000.0)
+        .await;
+    assert!(
+        second >= Some(2000.0),
+        "stream length metric did not grow ({first:?} -> {second:?})"
+    );
     assert!(sh.metric(&format!("tally_stream_lag_seconds{{stream=\"{STREAM}\"}}")) > Some(0.0));
     // nothing acked nor trimmed while Postgres is down
     let len = xlen(&mut c, STREAM).await;
-    assert!(len >= 2000, "entries were trimmed while Postgres was down (xlen {len})");
+    assert!(
+        len >= 2000,
+        "entries were trimmed while Postgres was down (xlen {len})"
+    );
     let pending = group_pending(&mut c, STREAM, GROUP).await;
-    assert!(pending > 0, "the in-flight batch was acked although Postgres is down");
+    assert!(
+        pending > 0,
+        "the in-flight batch was acked although Postgres is down"
+    );
     assert_eq!(sh.metric("tally_events_persisted_total"), Some(500.0));
 
     pg.start_server();
     let pool = pg.pool().await;
-    let got = wait_count(&pool, EVENTS_SQL, m.ids.len() as i64, Duration::from_secs(120)).await;
-    assert_eq!(got, m.ids.len() as i64, "log tail:\n{}", tail_lines(&sh.log_text(), 40));
+    let got = wait_count(
+        &pool,
+        EVENTS_SQL,
+        m.ids.len() as i64,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        got,
+        m.ids.len() as i64,
+        "log tail:\n{}",
+        tail_lines(&sh.log_text(), 40)
+    );
     let start = Instant::now();
     while sh.healthz().map(|h| h.0) != Some(200) && start.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(sh.healthz().map(|h| h.0), Some(200), "/healthz after the outage");
+    assert_eq!(
+        sh.healthz().map(|h| h.0),
+        Some(200),
+        "/healthz after the outage"
+    );
     sh.sigterm();
-    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert!(sh
+        .wait_timeout(Duration::from_secs(15))
+        .expect("exit")
+        .success());
     assert_matches_model(&pool, &m, 0).await;
     assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
 }
@@ -242,10 +379,21 @@ async fn postgres_outage_under_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_batch_and_exits_zero() {
     let _g = serial();
-    let Stack { redis, pg, pool, .. } = stack().await;
+    let Stack {
+        redis, pg, pool, ..
+    } = stack().await;
     let dir = tmpdir("sigterm");
     let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
-    let args = [args, vec!["--batch-size".into(), "100".into(), "--shutdown-deadline-ms".into(), "10000".into()]].concat();
+    let args = [
+        args,
+        vec![
+            "--batch-size".into(),
+            "100".into(),
+            "--shutdown-deadline-ms".into(),
+            "10000".into(),
+        ],
+    ]
+    .concat();
     let mut c = redis.conn().await;
     let mut m = Model::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
@@ -256,17 +404,34 @@ async fn sigterm_drains_in_flight_batch_and_exits_zero() {
     wait_count(&pool, EVENTS_SQL, 200, Duration::from_secs(30)).await;
     sh.sigterm();
     // exit 0 means the drain finished before the 10 s deadline (past it the exit code is 3)
-    let st = sh.wait_timeout(Duration::from_secs(60)).expect("did not exit after SIGTERM");
-    assert_eq!(st.code(), Some(0), "log:\n{}", tail_lines(&sh.log_text(), 40));
-    assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0, "entries left pending after graceful stop");
+    let st = sh
+        .wait_timeout(Duration::from_secs(60))
+        .expect("did not exit after SIGTERM");
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "log:\n{}",
+        tail_lines(&sh.log_text(), 40)
+    );
+    assert_eq!(
+        group_pending(&mut c, STREAM, GROUP).await,
+        0,
+        "entries left pending after graceful stop"
+    );
     let persisted = count(&pool, EVENTS_SQL).await;
     eprintln!("persisted {persisted} of 3000 before SIGTERM completed");
     assert!(persisted >= 200);
     // restart: the rest arrives exactly once
     let mut sh = Shipper::spawn(&args, &dir.join("shipper2.log"));
-    assert_eq!(wait_count(&pool, EVENTS_SQL, 3000, Duration::from_secs(60)).await, 3000);
+    assert_eq!(
+        wait_count(&pool, EVENTS_SQL, 3000, Duration::from_secs(60)).await,
+        3000
+    );
     sh.sigterm();
-    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert!(sh
+        .wait_timeout(Duration::from_secs(15))
+        .expect("exit")
+        .success());
     assert_matches_model(&pool, &m, 0).await;
 }
 
@@ -274,22 +439,66 @@ async fn sigterm_drains_in_flight_batch_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_entries_of_dead_consumer_are_claimed() {
     let _g = serial();
-    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
-    let _: redis::Value = redis::cmd("XGROUP").arg("CREATE").arg(STREAM).arg(GROUP).arg("0").arg("MKSTREAM")
-        .query_async(&mut c).await.unwrap();
+    let Stack {
+        redis,
+        pg,
+        pool,
+        mut c,
+        mut m,
+    } = stack().await;
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     for i in 0..20 {
-        xadd(&mut c, STREAM, "event", &m.asset_incr("user:9", "gold", i + 1)).await;
+        xadd(
+            &mut c,
+            STREAM,
+            "event",
+            &m.asset_incr("user:9", "gold", i + 1),
+        )
+        .await;
     }
     // a consumer "ghost" reads them and dies without acking
-    let _: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg(GROUP).arg("ghost").arg("COUNT").arg(100)
-        .arg("STREAMS").arg(STREAM).arg(">").query_async(&mut c).await.unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(100)
+        .arg("STREAMS")
+        .arg(STREAM)
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 20);
     let dir = tmpdir("claim");
-    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
-    assert_eq!(wait_count(&pool, EVENTS_SQL, 20, Duration::from_secs(60)).await, 20, "{}", sh.log_text());
-    assert_eq!(sh.metric("tally_entries_claimed_total"), Some(20.0), "the ghost's entries were taken over");
+    let mut sh = Shipper::spawn(
+        &base_args("run", Some(&redis.url()), Some(&pg.url()), None),
+        &dir.join("shipper.log"),
+    );
+    assert_eq!(
+        wait_count(&pool, EVENTS_SQL, 20, Duration::from_secs(60)).await,
+        20,
+        "{}",
+        sh.log_text()
+    );
+    assert_eq!(
+        sh.metric("tally_entries_claimed_total"),
+        Some(20.0),
+        "the ghost's entries were taken over"
+    );
     sh.sigterm();
-    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert!(sh
+        .wait_timeout(Duration::from_secs(15))
+        .expect("exit")
+        .success());
     assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
     assert_matches_model(&pool, &m, 0).await;
 }
@@ -300,7 +509,13 @@ async fn pending_entries_of_dead_consumer_are_claimed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fork_is_recorded_and_named_by_reconcile() {
     let _g = serial();
-    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
+    let Stack {
+        redis,
+        pg,
+        pool,
+        mut c,
+        mut m,
+    } = stack().await;
     let first = m.asset_incr("acct:f", "gold", 100);
     let second = m.asset_incr("acct:f", "gold", 5);
     // the "new primary" reissues seq 2 with another event id
@@ -311,34 +526,77 @@ async fn fork_is_recorded_and_named_by_reconcile() {
         xadd(&mut c, STREAM, "event", e).await;
     }
     let dir = tmpdir("fork");
-    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
-    assert_eq!(wait_count(&pool, EVENTS_SQL, 3, Duration::from_secs(60)).await, 3, "{}", sh.log_text());
+    let mut sh = Shipper::spawn(
+        &base_args("run", Some(&redis.url()), Some(&pg.url()), None),
+        &dir.join("shipper.log"),
+    );
+    assert_eq!(
+        wait_count(&pool, EVENTS_SQL, 3, Duration::from_secs(60)).await,
+        3,
+        "{}",
+        sh.log_text()
+    );
     let forks: Vec<(String, i64, String, String)> = sqlx::query_as(
         "SELECT data_key, got_seq, event_id::text, other_event_id::text FROM sequence_anomalies WHERE kind = 'fork'",
     )
     .fetch_all(&pool)
     .await
     .unwrap();
-    let id_of = |e: &str| serde_json::from_str::<serde_json::Value>(e).unwrap()["id"].as_str().unwrap().to_string();
-    assert_eq!(forks, vec![("acct:f".to_string(), 2, id_of(&fork), id_of(&second))]);
+    let id_of = |e: &str| {
+        serde_json::from_str::<serde_json::Value>(e).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        forks,
+        vec![("acct:f".to_string(), 2, id_of(&fork), id_of(&second))]
+    );
     // the first version holds the seq; the second is kept as an event and named by the fork
-    let holder: String = sqlx::query_scalar("SELECT event_id::text FROM event_keys WHERE data_key = 'acct:f' AND seq = 2")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let holder: String = sqlx::query_scalar(
+        "SELECT event_id::text FROM event_keys WHERE data_key = 'acct:f' AND seq = 2",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(holder, id_of(&second));
-    let kept = count(&pool, &format!("SELECT count(*) FROM events WHERE event_id = '{}'", id_of(&fork))).await;
+    let kept = count(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM events WHERE event_id = '{}'",
+            id_of(&fork)
+        ),
+    )
+    .await;
     assert_eq!(kept, 1, "the forked event is kept");
     assert_eq!(sh.metric("tally_seq_anomalies_total"), Some(1.0));
     sh.sigterm();
-    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert!(sh
+        .wait_timeout(Duration::from_secs(15))
+        .expect("exit")
+        .success());
     let out = std::process::Command::new(BIN)
-        .args(["reconcile", "--redis-url", &redis.url(), "--database-url", &pg.url(), "--wait-ms", "0"])
+        .args([
+            "reconcile",
+            "--redis-url",
+            &redis.url(),
+            "--database-url",
+            &pg.url(),
+            "--wait-ms",
+            "0",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains(&format!("fork acct:f seq 2: events {} and {}", id_of(&second), id_of(&fork))), "{text}");
+    assert!(
+        text.contains(&format!(
+            "fork acct:f seq 2: events {} and {}",
+            id_of(&second),
+            id_of(&fork)
+        )),
+        "{text}"
+    );
     assert!(text.contains("history: 1 forks"), "{text}");
 }
 
@@ -347,10 +605,18 @@ async fn fork_is_recorded_and_named_by_reconcile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_events_are_isolated_and_the_rest_flows() {
     let _g = serial();
-    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
+    let Stack {
+        redis,
+        pg,
+        pool,
+        mut c,
+        mut m,
+    } = stack().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
     // random text: a repetitive key would compress below the index row limit
-    let noise: String = (0..4096).map(|_| rng.random_range(b'a'..=b'z') as char).collect();
+    let noise: String = (0..4096)
+        .map(|_| rng.random_range(b'a'..=b'z') as char)
+        .collect();
     let big_key = format!("user:{noise}");
     let mut poison = Vec::new();
     let mut pipe = redis::pipe();
@@ -358,27 +624,67 @@ async fn poison_events_are_isolated_and_the_rest_flows() {
         if i % 2500 == 1000 {
             let mut side = Model::default(); // not expected in Postgres
             let e = side.asset_incr(&big_key, "gold", 1);
-            poison.push(serde_json::from_str::<serde_json::Value>(&e).unwrap()["id"].as_str().unwrap().to_string());
-            pipe.cmd("XADD").arg(STREAM).arg("*").arg("event").arg(e).ignore();
+            poison.push(
+                serde_json::from_str::<serde_json::Value>(&e).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+            pipe.cmd("XADD")
+                .arg(STREAM)
+                .arg("*")
+                .arg("event")
+                .arg(e)
+                .ignore();
         }
-        pipe.cmd("XADD").arg(STREAM).arg("*").arg("event").arg(m.random_event(&mut rng)).ignore();
+        pipe.cmd("XADD")
+            .arg(STREAM)
+            .arg("*")
+            .arg("event")
+            .arg(m.random_event(&mut rng))
+            .ignore();
     }
     let _: () = pipe.query_async(&mut c).await.unwrap();
     let dir = tmpdir("poison");
-    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
+    let mut sh = Shipper::spawn(
+        &base_args("run", Some(&redis.url()), Some(&pg.url()), None),
+        &dir.join("shipper.log"),
+    );
     let got = wait_count(&pool, EVENTS_SQL, 10_000, Duration::from_secs(180)).await;
     assert_eq!(got, 10_000, "{}", tail_lines(&sh.log_text(), 40));
-    let failed = wait_count(&pool, "SELECT count(*) FROM failed_events", poison.len() as i64, Duration::from_secs(30)).await;
+    let failed = wait_count(
+        &pool,
+        "SELECT count(*) FROM failed_events",
+        poison.len() as i64,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(failed, poison.len() as i64);
-    let errors: Vec<String> = sqlx::query_scalar("SELECT error FROM failed_events ORDER BY id").fetch_all(&pool).await.unwrap();
-    assert!(errors.iter().all(|e| e.starts_with("refused by Postgres")), "{errors:?}");
+    let errors: Vec<String> = sqlx::query_scalar("SELECT error FROM failed_events ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(
+        errors.iter().all(|e| e.starts_with("refused by Postgres")),
+        "{errors:?}"
+    );
     sh.sigterm();
-    assert!(sh.wait_timeout(Duration::from_secs(30)).expect("exit").success());
+    assert!(sh
+        .wait_timeout(Duration::from_secs(30))
+        .expect("exit")
+        .success());
     assert_matches_model(&pool, &m, poison.len() as i64).await;
     assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
     // retry-failed is never blocked by them either: they stay failing, counted
-    let out = std::process::Command::new(BIN).args(["retry-failed", "--database-url", &pg.url()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(BIN)
+        .args(["retry-failed", "--database-url", &pg.url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let want = format!("resolved=0 still_failing={}", poison.len());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.lines().any(|l| l == want), "{stdout}");
@@ -395,12 +701,24 @@ async fn missing_schema_exits_non_zero_naming_the_fix() {
     let mut m = Model::default();
     xadd(&mut c, STREAM, "event", &m.asset_incr("user:1", "gold", 1)).await;
     let dir = tmpdir("noschema");
-    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
-    let st = sh.wait_timeout(Duration::from_secs(60)).expect("the shipper kept running without a schema");
+    let mut sh = Shipper::spawn(
+        &base_args("run", Some(&redis.url()), Some(&pg.url()), None),
+        &dir.join("shipper.log"),
+    );
+    let st = sh
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the shipper kept running without a schema");
     assert_eq!(st.code(), Some(1));
     let log = sh.log_text();
-    assert!(log.contains("tally-shipper: fatal:") && log.contains("tally-shipper migrate"), "{log}");
-    assert_eq!(xlen(&mut c, STREAM).await, 1, "the entry stays in the stream");
+    assert!(
+        log.contains("tally-shipper: fatal:") && log.contains("tally-shipper migrate"),
+        "{log}"
+    );
+    assert_eq!(
+        xlen(&mut c, STREAM).await,
+        1,
+        "the entry stays in the stream"
+    );
 }
 
 /// A catch-up batch goes in by COPY when none of its rows is stored yet. One that holds an
@@ -410,26 +728,49 @@ async fn missing_schema_exits_non_zero_naming_the_fix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_batches_keep_exactly_once_with_replays_and_poison() {
     let _g = serial();
-    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
+    let Stack {
+        redis,
+        pg,
+        pool,
+        mut c,
+        mut m,
+    } = stack().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
     let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
     let dir = tmpdir("copy");
-    let copies = |sh: &Shipper, result: &str| sh.metric(&format!("tally_pg_copy_batches_total{{result=\"{result}\",table=\"events\"}}"));
+    let copies = |sh: &Shipper, result: &str| {
+        sh.metric(&format!(
+            "tally_pg_copy_batches_total{{result=\"{result}\",table=\"events\"}}"
+        ))
+    };
     // a first run stores 300 events
     let stored: Vec<String> = (0..300).map(|_| m.random_event(&mut rng)).collect();
     let mut pipe = redis::pipe();
     stored.iter().for_each(|e| queue(&mut pipe, e));
     let _: () = pipe.query_async(&mut c).await.unwrap();
     let mut sh = Shipper::spawn(&args, &dir.join("first.log"));
-    assert_eq!(wait_count(&pool, EVENTS_SQL, 300, Duration::from_secs(60)).await, 300, "{}", sh.log_text());
-    assert!(copies(&sh, "copied").unwrap_or(0.0) >= 1.0, "the first batches are copied");
+    assert_eq!(
+        wait_count(&pool, EVENTS_SQL, 300, Duration::from_secs(60)).await,
+        300,
+        "{}",
+        sh.log_text()
+    );
+    assert!(
+        copies(&sh, "copied").unwrap_or(0.0) >= 1.0,
+        "the first batches are copied"
+    );
     sh.sigterm();
-    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert!(sh
+        .wait_timeout(Duration::from_secs(15))
+        .expect("exit")
+        .success());
     assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
 
     // the backlog: 2,000 new events, every 10th appended twice in a row (same batch), a poison
     // event (4 KB key: SQLSTATE 54000) among them, then the 300 stored ones again
-    let noise: String = (0..4096).map(|_| rng.random_range(b'a'..=b'z') as char).collect();
+    let noise: String = (0..4096)
+        .map(|_| rng.random_range(b'a'..=b'z') as char)
+        .collect();
     let poison = Model::default().asset_incr(&format!("user:{noise}"), "gold", 1);
     let mut pipe = redis::pipe();
     let mut twice = 0;
@@ -447,12 +788,37 @@ async fn copy_batches_keep_exactly_once_with_replays_and_poison() {
     let mut sh = Shipper::spawn(&args, &dir.join("second.log"));
     let got = wait_count(&pool, EVENTS_SQL, 2_300, Duration::from_secs(120)).await;
     assert_eq!(got, 2_300, "{}", tail_lines(&sh.log_text(), 40));
-    assert_eq!(wait_count(&pool, "SELECT count(*) FROM failed_events", 1, Duration::from_secs(30)).await, 1);
-    let dup = sh.wait_metric("tally_events_duplicate_total", Duration::from_secs(20), |v| v >= f64::from(twice + 300)).await;
-    assert_eq!(dup, Some(f64::from(twice + 300)), "each replay counted once");
-    assert!(copies(&sh, "present").unwrap_or(0.0) >= 1.0, "a batch with stored events falls back");
+    assert_eq!(
+        wait_count(
+            &pool,
+            "SELECT count(*) FROM failed_events",
+            1,
+            Duration::from_secs(30)
+        )
+        .await,
+        1
+    );
+    let dup = sh
+        .wait_metric(
+            "tally_events_duplicate_total",
+            Duration::from_secs(20),
+            |v| v >= f64::from(twice + 300),
+        )
+        .await;
+    assert_eq!(
+        dup,
+        Some(f64::from(twice + 300)),
+        "each replay counted once"
+    );
+    assert!(
+        copies(&sh, "present").unwrap_or(0.0) >= 1.0,
+        "a batch with stored events falls back"
+    );
     sh.sigterm();
-    assert!(sh.wait_timeout(Duration::from_secs(30)).expect("exit").success());
+    assert!(sh
+        .wait_timeout(Duration::from_secs(30))
+        .expect("exit")
+        .success());
     assert_matches_model(&pool, &m, 1).await;
     assert_eq!(group_pending(&mut c, STREAM, GROUP).await, 0);
     // amounts as carried: the binary numerics keep the event's text, scale included
@@ -463,8 +829,18 @@ async fn copy_batches_keep_exactly_once_with_replays_and_poison() {
              OR c.balance::text <> (e.raw::jsonb -> 'changes' -> c.idx ->> 'balance')",
     )
     .await;
-    assert_eq!(differ, 0, "event_changes amounts differ from the events' text");
-    assert!(count(&pool, "SELECT count(*) FROM event_changes WHERE delta::text LIKE '%.%'").await > 0);
+    assert_eq!(
+        differ, 0,
+        "event_changes amounts differ from the events' text"
+    );
+    assert!(
+        count(
+            &pool,
+            "SELECT count(*) FROM event_changes WHERE delta::text LIKE '%.%'"
+        )
+        .await
+            > 0
+    );
 }
 
 /// Balances and watermarks do not depend on arrival order: the events of a few keys arrive
@@ -475,7 +851,13 @@ async fn copy_batches_keep_exactly_once_with_replays_and_poison() {
 async fn derived_tables_do_not_depend_on_arrival_order() {
     use rand::seq::SliceRandom;
     let _g = serial();
-    let Stack { redis, pg, pool, mut c, mut m } = stack().await;
+    let Stack {
+        redis,
+        pg,
+        pool,
+        mut c,
+        mut m,
+    } = stack().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
     let args = base_args("run", Some(&redis.url()), Some(&pg.url()), None);
     let dir = tmpdir("order");
@@ -485,38 +867,91 @@ async fn derived_tables_do_not_depend_on_arrival_order() {
     let mut later = Vec::new();
     for i in 0..400 {
         let (a, b) = (&keys[i % keys.len()], &keys[(i * 7 + 3) % keys.len()]);
-        let e = if i % 5 == 0 && a != b { m.asset_transfer(a, b, "gold", 1) } else { m.asset_incr(a, "gold", 1 + i as i64) };
+        let e = if i % 5 == 0 && a != b {
+            m.asset_transfer(a, b, "gold", 1)
+        } else {
+            m.asset_incr(a, "gold", 1 + i as i64)
+        };
         // hold back some early events (never the last ones of a key)
-        if i % 9 == 4 && i < 300 { later.push(e) } else { events.push(e) }
+        if i % 9 == 4 && i < 300 {
+            later.push(e)
+        } else {
+            events.push(e)
+        }
     }
     events[keys.len()..].shuffle(&mut rng);
     let n = events.len() as i64;
     ship_all(&mut c, &pool, &args, &dir.join("first.log"), &events, n).await;
     let bal: Vec<(String, String)> =
-        sqlx::query_as("SELECT data_key, balance::text FROM balances ORDER BY 1").fetch_all(&pool).await.unwrap();
-    let want: Vec<(String, String)> = m.balances.iter().map(|((k, _), v)| (k.clone(), cents(*v))).collect();
-    let got: Vec<(String, String)> = bal.into_iter().map(|(k, b)| (k, normalize_decimal(&b))).collect();
-    assert_eq!(got, want, "each balance is its highest seq's, whatever the order");
-    let waiting = count(&pool, "SELECT count(*) FROM key_seqs WHERE contiguous_seq < last_seq").await;
+        sqlx::query_as("SELECT data_key, balance::text FROM balances ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let want: Vec<(String, String)> = m
+        .balances
+        .iter()
+        .map(|((k, _), v)| (k.clone(), cents(*v)))
+        .collect();
+    let got: Vec<(String, String)> = bal
+        .into_iter()
+        .map(|(k, b)| (k, normalize_decimal(&b)))
+        .collect();
+    assert_eq!(
+        got, want,
+        "each balance is its highest seq's, whatever the order"
+    );
+    let waiting = count(
+        &pool,
+        "SELECT count(*) FROM key_seqs WHERE contiguous_seq < last_seq",
+    )
+    .await;
     assert!(waiting > 0, "keys with held-back seqs wait");
 
     later.shuffle(&mut rng);
-    ship_all(&mut c, &pool, &args, &dir.join("second.log"), &later, n + later.len() as i64).await;
+    ship_all(
+        &mut c,
+        &pool,
+        &args,
+        &dir.join("second.log"),
+        &later,
+        n + later.len() as i64,
+    )
+    .await;
     assert_matches_model(&pool, &m, 0).await;
 }
 
 /// Appends `events` in this order, runs the shipper until `events` holds `want` rows, and
 /// stops it cleanly.
-async fn ship_all(c: &mut redis::aio::MultiplexedConnection, pool: &sqlx::PgPool, args: &[String], log: &std::path::Path, events: &[String], want: i64) {
+async fn ship_all(
+    c: &mut redis::aio::MultiplexedConnection,
+    pool: &sqlx::PgPool,
+    args: &[String],
+    log: &std::path::Path,
+    events: &[String],
+    want: i64,
+) {
     let mut pipe = redis::pipe();
     events.iter().for_each(|e| queue(&mut pipe, e));
     let _: () = pipe.query_async(c).await.unwrap();
     let mut sh = Shipper::spawn(args, log);
-    assert_eq!(wait_count(pool, EVENTS_SQL, want, Duration::from_secs(60)).await, want, "{}", sh.log_text());
+    assert_eq!(
+        wait_count(pool, EVENTS_SQL, want, Duration::from_secs(60)).await,
+        want,
+        "{}",
+        sh.log_text()
+    );
     sh.sigterm();
-    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert!(sh
+        .wait_timeout(Duration::from_secs(15))
+        .expect("exit")
+        .success());
 }
 
 fn queue(pipe: &mut redis::Pipeline, event: &str) {
-    pipe.cmd("XADD").arg(STREAM).arg("*").arg("event").arg(event).ignore();
+    pipe.cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg("event")
+        .arg(event)
+        .ignore();
 }

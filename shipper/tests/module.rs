@@ -10,7 +10,15 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn module_events_are_shipped_with_correct_state() {
     let _g = serial();
-    let Some(ModuleStack { redis, pg, pool, mut c }) = module_stack("module_events_are_shipped_with_correct_state").await else { return };
+    let Some(ModuleStack {
+        redis,
+        pg,
+        pool,
+        mut c,
+    }) = module_stack("module_events_are_shipped_with_correct_state").await
+    else {
+        return;
+    };
     let script: &[&[&str]] = &[
         &["ASSET.INCR", "user:1", "gold", "10", "gems", "2.5"],
         &["ASSET.INCR", "user:1", "gold", "-3.25"],
@@ -29,28 +37,58 @@ async fn module_events_are_shipped_with_correct_state() {
     }
     let mut n = script.len() as i64;
     let dir = tmpdir("module");
-    let mut sh = Shipper::spawn(&base_args("run", Some(&redis.url()), Some(&pg.url()), None), &dir.join("shipper.log"));
+    let mut sh = Shipper::spawn(
+        &base_args("run", Some(&redis.url()), Some(&pg.url()), None),
+        &dir.join("shipper.log"),
+    );
     // sustained load while the shipper runs
     for i in 0..500 {
-        cmd(&mut c, &["ASSET.INCR", &format!("bulk:{}", i % 10), "coins", "0.01"]).await;
+        cmd(
+            &mut c,
+            &["ASSET.INCR", &format!("bulk:{}", i % 10), "coins", "0.01"],
+        )
+        .await;
         n += 1;
     }
-    assert_eq!(wait_count(&pool, "SELECT count(*) FROM events", n, Duration::from_secs(60)).await, n, "{}", sh.log_text());
+    assert_eq!(
+        wait_count(
+            &pool,
+            "SELECT count(*) FROM events",
+            n,
+            Duration::from_secs(60)
+        )
+        .await,
+        n,
+        "{}",
+        sh.log_text()
+    );
     sh.sigterm();
-    assert!(sh.wait_timeout(Duration::from_secs(15)).expect("exit").success());
+    assert!(sh
+        .wait_timeout(Duration::from_secs(15))
+        .expect("exit")
+        .success());
 
-    assert_eq!(count(&pool, "SELECT count(*) FROM failed_events").await, 0, "module events failed to decode");
-    assert_eq!(count(&pool, "SELECT count(*) FROM sequence_anomalies").await, 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM failed_events").await,
+        0,
+        "module events failed to decode"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM sequence_anomalies").await,
+        0
+    );
     let bal = |k: &str, f: &str| {
         let (k, f) = (k.to_string(), f.to_string());
         let pool = pool.clone();
         async move {
-            let v: String = sqlx::query_scalar("SELECT balance::text FROM balances WHERE data_key = $1 AND field = $2")
-                .bind(k)
-                .bind(f)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+            let v: String = sqlx::query_scalar(
+                "SELECT balance::text FROM balances WHERE data_key = $1 AND field = $2",
+            )
+            .bind(k)
+            .bind(f)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
             normalize_decimal(&v)
         }
     };
@@ -60,22 +98,47 @@ async fn module_events_are_shipped_with_correct_state() {
     for i in 0..10 {
         assert_eq!(bal(&format!("bulk:{i}"), "coins").await, "0.5");
     }
-    let issues: Vec<(i64, String, bool)> =
-        sqlx::query_as("SELECT issue, user_id, released FROM coupon_issues WHERE campaign = 'c1' ORDER BY issue")
-            .fetch_all(&pool)
+    let issues: Vec<(i64, String, bool)> = sqlx::query_as(
+        "SELECT issue, user_id, released FROM coupon_issues WHERE campaign = 'c1' ORDER BY issue",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        issues,
+        vec![
+            (1, "u1".into(), true),
+            (2, "u2".into(), false),
+            (3, "u3".into(), false)
+        ]
+    );
+    let (issued, remaining): (i64, i64) =
+        sqlx::query_as("SELECT issued, remaining FROM coupon_campaigns WHERE campaign = 'c1'")
+            .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(issues, vec![(1, "u1".into(), true), (2, "u2".into(), false), (3, "u3".into(), false)]);
-    let (issued, remaining): (i64, i64) =
-        sqlx::query_as("SELECT issued, remaining FROM coupon_campaigns WHERE campaign = 'c1'").fetch_one(&pool).await.unwrap();
     assert_eq!((issued, remaining), (2, 98));
     let (used, consumed): (String, String) =
-        sqlx::query_as("SELECT used::text, consumed::text FROM usage_totals WHERE usage_key = 'k'").fetch_one(&pool).await.unwrap();
-    assert_eq!((normalize_decimal(&used), normalize_decimal(&consumed)), ("3.5".into(), "3.5".into()));
+        sqlx::query_as("SELECT used::text, consumed::text FROM usage_totals WHERE usage_key = 'k'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (normalize_decimal(&used), normalize_decimal(&consumed)),
+        ("3.5".into(), "3.5".into())
+    );
     // per-key seq in Postgres equals the module's own sequence hash
-    let seqs: Vec<(String, i64)> = sqlx::query_as("SELECT data_key, last_seq FROM key_seqs").fetch_all(&pool).await.unwrap();
+    let seqs: Vec<(String, i64)> = sqlx::query_as("SELECT data_key, last_seq FROM key_seqs")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     for (k, s) in seqs {
-        let v: Option<i64> = redis::cmd("HGET").arg("tally:seq").arg(&k).query_async(&mut c).await.unwrap();
+        let v: Option<i64> = redis::cmd("HGET")
+            .arg("tally:seq")
+            .arg(&k)
+            .query_async(&mut c)
+            .await
+            .unwrap();
         assert_eq!(v, Some(s), "seq of {k}");
     }
 }

@@ -10,7 +10,11 @@ pub fn crc16(data: &[u8]) -> u16 {
     for &b in data {
         crc ^= u16::from(b) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     crc
@@ -50,7 +54,10 @@ pub fn build_tag_table() -> Vec<String> {
 /// `<prefix>:op:{tag}:...`.
 pub fn tag(slot: usize) -> &'static str {
     static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    TAGS.get_or_init(build_tag_table).get(slot).map(String::as_str).unwrap_or("0")
+    TAGS.get_or_init(build_tag_table)
+        .get(slot)
+        .map(String::as_str)
+        .unwrap_or("0")
 }
 
 fn base36(mut n: u64) -> String {
@@ -76,7 +83,10 @@ mod tests {
         // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
         assert_eq!(crc16(b"123456789"), 0x31C3);
         assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"{user1000}.followers"));
+        assert_eq!(
+            key_slot(b"{user1000}.following"),
+            key_slot(b"{user1000}.followers")
+        );
         assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
         assert_eq!(key_slot(b"{}foo"), usize::from(crc16(b"{}foo")) % SLOTS);
     }

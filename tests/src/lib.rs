@@ -13,8 +13,13 @@ pub fn module_path() -> PathBuf {
     if let Ok(p) = std::env::var("TALLY_MODULE") {
         return PathBuf::from(p);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default();
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
     for profile in ["release", "debug"] {
         let p = target.join(profile).join("libtally.so");
         if p.exists() {
@@ -38,11 +43,15 @@ static ISSUED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An async connection with [`RESPONSE_TIMEOUT`] and a 10 s connect timeout.
-pub async fn async_conn(client: &redis::Client) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+pub async fn async_conn(
+    client: &redis::Client,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(10)))
         .set_response_timeout(Some(RESPONSE_TIMEOUT));
-    client.get_multiplexed_async_connection_with_config(&cfg).await
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
 }
 
 pub fn free_port() -> u16 {
@@ -74,7 +83,8 @@ pub fn server_bin() -> String {
 pub fn wait_server_owned(port: u16, child: &mut Child, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let want = format!("process_id:{}", child.id());
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
+    let client =
+        redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("server exited early ({status})"));
@@ -82,9 +92,14 @@ pub fn wait_server_owned(port: u16, child: &mut Child, timeout: Duration) -> Res
         if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(2)) {
             // INFO answers while the server is still loading its AOF/RDB (`loading:1`), when
             // every data command fails with LOADING: ready means ours and done loading
-            let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").arg("persistence").query(&mut c);
+            let info: redis::RedisResult<String> = redis::cmd("INFO")
+                .arg("server")
+                .arg("persistence")
+                .query(&mut c);
             match info {
-                Ok(text) if !text.lines().any(|l| l.trim() == want) => return Err(format!("port {port} is served by another process")),
+                Ok(text) if !text.lines().any(|l| l.trim() == want) => {
+                    return Err(format!("port {port} is served by another process"))
+                }
                 Ok(text) if text.lines().any(|l| l.trim() == "loading:0") => return Ok(()),
                 Ok(_) | Err(_) => {} // still loading: keep waiting
             }
@@ -96,7 +111,10 @@ pub fn wait_server_owned(port: u16, child: &mut Child, timeout: Duration) -> Res
 
 /// Lets one process hold the thousands of connections the concurrency stories open.
 pub fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
             lim.rlim_cur = lim.rlim_max.min(65_536);
@@ -146,7 +164,10 @@ impl Redis {
             match self.spawn_once() {
                 Ok(()) => return,
                 Err(e) if attempt < 4 && !self.restarting => {
-                    eprintln!("redis-server on port {}: {e}; retrying on another port", self.port);
+                    eprintln!(
+                        "redis-server on port {}: {e}; retrying on another port",
+                        self.port
+                    );
                     self.port = free_port();
                 }
                 Err(e) => panic!("{e}; log:\n{}", self.log()),
@@ -157,17 +178,28 @@ impl Redis {
     fn spawn_once(&mut self) -> Result<(), String> {
         raise_fd_limit();
         let mut cmd = Command::new(server_bin());
-        cmd.arg("--port").arg(self.port.to_string())
-            .arg("--bind").arg("127.0.0.1")
-            .arg("--dir").arg(self.dir.path())
-            .arg("--save").arg("")
-            .arg("--maxclients").arg("4000")
-            .arg("--logfile").arg(self.dir.path().join("redis.log"))
-            .arg("--loadmodule").arg(module_path());
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--save")
+            .arg("")
+            .arg("--maxclients")
+            .arg("4000")
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
+            .arg("--loadmodule")
+            .arg(module_path());
         for a in self.module_args.iter().chain(&self.extra) {
             cmd.arg(a);
         }
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("start {}: {e}", server_bin()))?;
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", server_bin()))?;
         match wait_server_owned(self.port, &mut child, Duration::from_secs(30)) {
             Ok(()) => {
                 self.child = Some(child);
@@ -227,7 +259,12 @@ impl Drop for Redis {
 
 /// All stream entries of `stream` as (entry id, parsed event JSON).
 pub fn events(conn: &mut redis::Connection, stream: &str) -> Vec<(String, serde_json::Value)> {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(conn).expect("XRANGE");
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("XRANGE");
     reply
         .ids
         .into_iter()
@@ -270,7 +307,10 @@ pub fn wait_for_text(conn: &mut redis::Connection, args: &[&str], needle: &str) 
         if text.contains(needle) {
             return;
         }
-        assert!(Instant::now() < deadline, "{args:?} never showed '{needle}': {text}");
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} never showed '{needle}': {text}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -285,12 +325,16 @@ pub fn snapshot(conn: &mut redis::Connection) -> Vec<(String, String)> {
             let t: String = redis::cmd("TYPE").arg(&k).query(conn).expect("TYPE");
             let v = match t.as_str() {
                 "hash" => {
-                    let mut m: Vec<(String, String)> = redis::cmd("HGETALL").arg(&k).query(conn).expect("HGETALL");
+                    let mut m: Vec<(String, String)> =
+                        redis::cmd("HGETALL").arg(&k).query(conn).expect("HGETALL");
                     m.sort();
                     format!("{m:?}")
                 }
                 "stream" => format!("{:?}", events(conn, &k)),
-                "string" => redis::cmd("GET").arg(&k).query::<String>(conn).expect("GET"),
+                "string" => redis::cmd("GET")
+                    .arg(&k)
+                    .query::<String>(conn)
+                    .expect("GET"),
                 other => other.to_string(),
             };
             (k, format!("{t}:{v}"))

@@ -23,7 +23,11 @@ impl Target {
     /// A cluster from its seed nodes (comma separated URLs); the client reads CLUSTER SLOTS
     /// and follows MOVED/ASK like any cluster client.
     pub fn cluster(seeds: &str) -> redis::RedisResult<Target> {
-        let seeds: Vec<&str> = seeds.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let seeds: Vec<&str> = seeds
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         let client = redis::cluster::ClusterClientBuilder::new(seeds)
             .connection_timeout(std::time::Duration::from_secs(10))
             .response_timeout(crate::RESPONSE_TIMEOUT)
@@ -55,7 +59,12 @@ impl ConnectionLike for Conn {
         }
     }
 
-    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Server(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
@@ -76,7 +85,11 @@ pub fn cents(s: &str) -> i64 {
     let f = format!("{f:0<2}");
     let int: i64 = i.parse().unwrap_or(0);
     let frac: i64 = f[..2].parse().unwrap_or(0);
-    if int < 0 || s.starts_with('-') { int * 100 - frac } else { int * 100 + frac }
+    if int < 0 || s.starts_with('-') {
+        int * 100 - frac
+    } else {
+        int * 100 + frac
+    }
 }
 
 pub fn from_cents(c: i64) -> String {
@@ -100,12 +113,31 @@ pub struct CurrencyOutcome {
 
 /// `clients` concurrent clients each grant `grants_per_client` times to accounts
 /// `<prefix>user.asset.<n>` (n < users), overlapping so every account is contended.
-pub async fn currency(url: &str, prefix: &str, clients: usize, users: usize, grants_per_client: usize) -> redis::RedisResult<CurrencyOutcome> {
-    currency_on(&Target::server(url)?, prefix, clients, users, grants_per_client).await
+pub async fn currency(
+    url: &str,
+    prefix: &str,
+    clients: usize,
+    users: usize,
+    grants_per_client: usize,
+) -> redis::RedisResult<CurrencyOutcome> {
+    currency_on(
+        &Target::server(url)?,
+        prefix,
+        clients,
+        users,
+        grants_per_client,
+    )
+    .await
 }
 
 /// [`currency`] against any [`Target`].
-pub async fn currency_on(target: &Target, prefix: &str, clients: usize, users: usize, grants_per_client: usize) -> redis::RedisResult<CurrencyOutcome> {
+pub async fn currency_on(
+    target: &Target,
+    prefix: &str,
+    clients: usize,
+    users: usize,
+    grants_per_client: usize,
+) -> redis::RedisResult<CurrencyOutcome> {
     let mut tasks = Vec::with_capacity(clients);
     for c in 0..clients {
         let mut conn = target.conn().await?;
@@ -116,9 +148,14 @@ pub async fn currency_on(target: &Target, prefix: &str, clients: usize, users: u
                 let user = (c * 7 + g * 31) % users;
                 let amount = AMOUNTS[(c + g) % AMOUNTS.len()];
                 let key = format!("{prefix}user.asset.{user}");
-                let _: Vec<String> = redis::cmd("ASSET.INCR").arg(&key).arg("BDP").arg(amount)
-                    .arg("META").arg(format!("grant by client {c}"))
-                    .query_async(&mut conn).await?;
+                let _: Vec<String> = redis::cmd("ASSET.INCR")
+                    .arg(&key)
+                    .arg("BDP")
+                    .arg(amount)
+                    .arg("META")
+                    .arg(format!("grant by client {c}"))
+                    .query_async(&mut conn)
+                    .await?;
                 granted.push((key, amount));
             }
             Ok::<_, redis::RedisError>(granted)
@@ -127,7 +164,9 @@ pub async fn currency_on(target: &Target, prefix: &str, clients: usize, users: u
     let mut expected = BTreeMap::new();
     let mut grants = 0;
     for t in tasks {
-        let granted = t.await.map_err(|e| redis::RedisError::from(std::io::Error::other(e)))??;
+        let granted = t
+            .await
+            .map_err(|e| redis::RedisError::from(std::io::Error::other(e)))??;
         for (key, amount) in granted {
             *expected.entry(key).or_insert(0) += cents(amount);
             grants += 1;
@@ -143,14 +182,28 @@ pub struct CouponOutcome {
 }
 
 /// `clients` distinct users race for a campaign of `stock` (created here).
-pub async fn coupons(url: &str, campaign: &str, clients: usize, stock: i64) -> redis::RedisResult<CouponOutcome> {
+pub async fn coupons(
+    url: &str,
+    campaign: &str,
+    clients: usize,
+    stock: i64,
+) -> redis::RedisResult<CouponOutcome> {
     coupons_on(&Target::server(url)?, campaign, clients, stock).await
 }
 
 /// [`coupons`] against any [`Target`].
-pub async fn coupons_on(target: &Target, campaign: &str, clients: usize, stock: i64) -> redis::RedisResult<CouponOutcome> {
+pub async fn coupons_on(
+    target: &Target,
+    campaign: &str,
+    clients: usize,
+    stock: i64,
+) -> redis::RedisResult<CouponOutcome> {
     let mut setup = target.conn().await?;
-    let _: () = redis::cmd("COUPON.CREATE").arg(campaign).arg(stock).query_async(&mut setup).await?;
+    let _: () = redis::cmd("COUPON.CREATE")
+        .arg(campaign)
+        .arg(stock)
+        .query_async(&mut setup)
+        .await?;
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
         conns.push(target.conn().await?);
@@ -162,11 +215,19 @@ pub async fn coupons_on(target: &Target, campaign: &str, clients: usize, stock: 
         tasks.push(tokio::spawn(async move {
             start.wait().await;
             let user = format!("user{u}");
-            let r: redis::RedisResult<(i64, i64)> = redis::cmd("COUPON.CLAIM").arg(&campaign).arg(&user).query_async(&mut conn).await;
+            let r: redis::RedisResult<(i64, i64)> = redis::cmd("COUPON.CLAIM")
+                .arg(&campaign)
+                .arg(&user)
+                .query_async(&mut conn)
+                .await;
             (user, r)
         }));
     }
-    let mut out = CouponOutcome { winners: Vec::new(), soldout: 0, other_errors: Vec::new() };
+    let mut out = CouponOutcome {
+        winners: Vec::new(),
+        soldout: 0,
+        other_errors: Vec::new(),
+    };
     for t in tasks {
         match t.await {
             Ok((user, Ok((issue, _)))) => out.winners.push((user, issue)),
@@ -185,14 +246,30 @@ pub struct UsageOutcome {
 }
 
 /// `consumers` concurrent clients each try `attempts` times to consume 1 from `limit`.
-pub async fn usage(url: &str, key: &str, consumers: usize, limit: i64, attempts: usize) -> redis::RedisResult<UsageOutcome> {
+pub async fn usage(
+    url: &str,
+    key: &str,
+    consumers: usize,
+    limit: i64,
+    attempts: usize,
+) -> redis::RedisResult<UsageOutcome> {
     usage_on(&Target::server(url)?, key, consumers, limit, attempts).await
 }
 
 /// [`usage`] against any [`Target`].
-pub async fn usage_on(target: &Target, key: &str, consumers: usize, limit: i64, attempts: usize) -> redis::RedisResult<UsageOutcome> {
+pub async fn usage_on(
+    target: &Target,
+    key: &str,
+    consumers: usize,
+    limit: i64,
+    attempts: usize,
+) -> redis::RedisResult<UsageOutcome> {
     let mut setup = target.conn().await?;
-    let _: () = redis::cmd("USAGE.LIMIT").arg(key).arg(limit).query_async(&mut setup).await?;
+    let _: () = redis::cmd("USAGE.LIMIT")
+        .arg(key)
+        .arg(limit)
+        .query_async(&mut setup)
+        .await?;
     let mut tasks = Vec::with_capacity(consumers);
     for _ in 0..consumers {
         let mut conn = target.conn().await?;
@@ -200,15 +277,26 @@ pub async fn usage_on(target: &Target, key: &str, consumers: usize, limit: i64, 
         tasks.push(tokio::spawn(async move {
             let mut results = Vec::with_capacity(attempts);
             for _ in 0..attempts {
-                let r: redis::RedisResult<Vec<String>> = redis::cmd("USAGE.CONSUME").arg(&key).arg(1).query_async(&mut conn).await;
+                let r: redis::RedisResult<Vec<String>> = redis::cmd("USAGE.CONSUME")
+                    .arg(&key)
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await;
                 results.push(r);
             }
             results
         }));
     }
-    let mut out = UsageOutcome { ok: 0, limited: 0, other_errors: Vec::new() };
+    let mut out = UsageOutcome {
+        ok: 0,
+        limited: 0,
+        other_errors: Vec::new(),
+    };
     for t in tasks {
-        for r in t.await.map_err(|e| redis::RedisError::from(std::io::Error::other(e)))? {
+        for r in t
+            .await
+            .map_err(|e| redis::RedisError::from(std::io::Error::other(e)))?
+        {
             match r {
                 Ok(_) => out.ok += 1,
                 Err(e) if e.code() == Some("LIMIT") => out.limited += 1,

@@ -10,28 +10,43 @@ use tally_tests::{cmd, Redis};
 /// The ACL categories `COMMAND INFO` reports for `name` (empty on Redis 7.0).
 fn categories(c: &mut redis::Connection, name: &str) -> Vec<String> {
     let info: Vec<redis::Value> = cmd(&["COMMAND", "INFO", name]).query(c).unwrap();
-    let redis::Value::Array(fields) = &info[0] else { panic!("{name}: {info:?}") };
+    let redis::Value::Array(fields) = &info[0] else {
+        panic!("{name}: {info:?}")
+    };
     redis::from_redis_value(fields[6].clone()).unwrap()
 }
 
 /// The flags of the one key spec `COMMAND INFO` reports for `name`.
 fn key_spec_flags(c: &mut redis::Connection, name: &str) -> Vec<String> {
     let info: Vec<redis::Value> = cmd(&["COMMAND", "INFO", name]).query(c).unwrap();
-    let redis::Value::Array(fields) = &info[0] else { panic!("{name}: {info:?}") };
+    let redis::Value::Array(fields) = &info[0] else {
+        panic!("{name}: {info:?}")
+    };
     let specs: Vec<Vec<redis::Value>> = redis::from_redis_value(fields[8].clone()).unwrap();
     assert_eq!(specs.len(), 1, "{name}: {specs:?}");
     let spec = &specs[0];
-    let at = spec.iter().position(|v| redis::from_redis_value::<String>(v.clone()).ok().as_deref() == Some("flags")).unwrap();
+    let at = spec
+        .iter()
+        .position(|v| redis::from_redis_value::<String>(v.clone()).ok().as_deref() == Some("flags"))
+        .unwrap();
     let mut flags: Vec<String> = redis::from_redis_value(spec[at + 1].clone()).unwrap();
     flags.sort();
     flags
 }
 
-fn user(redis: &Redis, admin: &mut redis::Connection, name: &str, rules: &[&str]) -> redis::Connection {
+fn user(
+    redis: &Redis,
+    admin: &mut redis::Connection,
+    name: &str,
+    rules: &[&str],
+) -> redis::Connection {
     let mut args = vec!["ACL", "SETUSER", name, "reset", "on", ">pw"];
     args.extend_from_slice(rules);
     ok(admin, &args);
-    redis::Client::open(format!("redis://{name}:pw@127.0.0.1:{}/", redis.port)).unwrap().get_connection().unwrap()
+    redis::Client::open(format!("redis://{name}:pw@127.0.0.1:{}/", redis.port))
+        .unwrap()
+        .get_connection()
+        .unwrap()
 }
 
 /// Data every test reads and writes: an asset, a campaign, a usage counter.
@@ -118,7 +133,10 @@ fn a_read_only_role_cannot_write_on_any_server() {
     assert_eq!(strings(&mut ro, &["ASSET.GET", "acct", "gold"]), ["10"]);
     let info: String = cmd(&["INFO", "tally"]).query(&mut c).unwrap();
     let module_side = if legacy { 5 } else { 0 };
-    assert!(info.contains(&format!("tally_rejected_noperm:{module_side}")), "{info}");
+    assert!(
+        info.contains(&format!("tally_rejected_noperm:{module_side}")),
+        "{info}"
+    );
 }
 
 #[test]
@@ -130,14 +148,32 @@ fn categories_where_the_server_has_them_core_commands_where_it_does_not() {
     let mut rw = user(&redis, &mut c, "rw", &["~*", "+@read", "+@write"]);
     if cats.is_empty() {
         // Redis 7.0: module commands belong to no category; only +@all or the name grants them.
-        rejected_seen_by(&mut rw, Some(&mut c), &["ASSET.INCR", "acct", "gold", "1"], "NOPERM");
+        rejected_seen_by(
+            &mut rw,
+            Some(&mut c),
+            &["ASSET.INCR", "acct", "gold", "1"],
+            "NOPERM",
+        );
         // The module requires the core commands: without XADD, no ASSET.INCR.
         let mut no_xadd = user(&redis, &mut c, "noxadd", &["~*", "+@all", "-xadd"]);
-        let e = rejected_seen_by(&mut no_xadd, Some(&mut c), &["ASSET.INCR", "acct", "gold", "1"], "NOPERM");
+        let e = rejected_seen_by(
+            &mut no_xadd,
+            Some(&mut c),
+            &["ASSET.INCR", "acct", "gold", "1"],
+            "NOPERM",
+        );
         assert!(e.contains("XADD"), "{e}");
         let mut no_set = user(&redis, &mut c, "noset", &["~*", "+@all", "-set"]);
-        assert_eq!(strings(&mut no_set, &["ASSET.INCR", "acct", "gold", "1"]), ["11"]);
-        let e = rejected_seen_by(&mut no_set, Some(&mut c), &["ASSET.INCR", "acct", "gold", "1", "ID", "x"], "NOPERM");
+        assert_eq!(
+            strings(&mut no_set, &["ASSET.INCR", "acct", "gold", "1"]),
+            ["11"]
+        );
+        let e = rejected_seen_by(
+            &mut no_set,
+            Some(&mut c),
+            &["ASSET.INCR", "acct", "gold", "1", "ID", "x"],
+            "NOPERM",
+        );
         assert!(e.contains("SET"), "{e}");
         // And HGET for a read.
         let mut no_hget = user(&redis, &mut c, "nohget", &["~*", "+@all", "-hget"]);
@@ -145,16 +181,30 @@ fn categories_where_the_server_has_them_core_commands_where_it_does_not() {
         assert!(e.contains("HGET"), "{e}");
         rejected_seen_by(&mut no_hget, Some(&mut c), &["USAGE.GET", "q"], "NOPERM");
         // Granted by name, the module still checks the core commands (all allowed here).
-        let mut named = user(&redis, &mut c, "named", &["~*", "+@read", "+@write", "+asset.incr"]);
-        assert_eq!(strings(&mut named, &["ASSET.INCR", "acct", "gold", "1"]), ["12"]);
+        let mut named = user(
+            &redis,
+            &mut c,
+            "named",
+            &["~*", "+@read", "+@write", "+asset.incr"],
+        );
+        assert_eq!(
+            strings(&mut named, &["ASSET.INCR", "acct", "gold", "1"]),
+            ["12"]
+        );
     } else {
         // Redis 7.2+ / Valkey: @write / @read (+ @tally where the server can add categories).
         assert!(cats.contains(&"@write".to_string()), "{cats:?}");
         assert!(categories(&mut c, "asset.get").contains(&"@read".to_string()));
-        assert_eq!(strings(&mut rw, &["ASSET.INCR", "acct", "gold", "1"]), ["11"]);
+        assert_eq!(
+            strings(&mut rw, &["ASSET.INCR", "acct", "gold", "1"]),
+            ["11"]
+        );
         if cats.contains(&"@tally".to_string()) {
             let mut t = user(&redis, &mut c, "t", &["~*", "+@tally"]);
-            assert_eq!(strings(&mut t, &["ASSET.INCR", "acct", "gold", "1"]), ["12"]);
+            assert_eq!(
+                strings(&mut t, &["ASSET.INCR", "acct", "gold", "1"]),
+                ["12"]
+            );
             rejected_seen_by(&mut t, Some(&mut c), &["HGET", "acct", "gold"], "NOPERM");
         }
     }
@@ -167,7 +217,12 @@ fn helper_keys_need_their_own_key_permissions() {
     let redis = Redis::start(&[]);
     let mut c = redis.conn();
     seed(&mut c);
-    let mut data_only = user(&redis, &mut c, "data_only", &["~acct", "~camp", "~q", "+@all"]);
+    let mut data_only = user(
+        &redis,
+        &mut c,
+        "data_only",
+        &["~acct", "~camp", "~q", "+@all"],
+    );
     for args in [
         &["ASSET.INCR", "acct", "gold", "1"][..],
         &["COUPON.CLAIM", "camp", "u"],
@@ -177,8 +232,21 @@ fn helper_keys_need_their_own_key_permissions() {
         assert!(e.contains("tally:log"), "{args:?}: {e}");
     }
     // Stream and sequence hash allowed, op-id records not.
-    let mut no_ops = user(&redis, &mut c, "no_ops", &["~acct", "~tally:log", "~tally:seq", "+@all"]);
-    assert_eq!(strings(&mut no_ops, &["ASSET.INCR", "acct", "gold", "1"]), ["11"]);
-    let e = rejected_seen_by(&mut no_ops, Some(&mut c), &["ASSET.INCR", "acct", "gold", "1", "ID", "op-1"], "NOPERM");
+    let mut no_ops = user(
+        &redis,
+        &mut c,
+        "no_ops",
+        &["~acct", "~tally:log", "~tally:seq", "+@all"],
+    );
+    assert_eq!(
+        strings(&mut no_ops, &["ASSET.INCR", "acct", "gold", "1"]),
+        ["11"]
+    );
+    let e = rejected_seen_by(
+        &mut no_ops,
+        Some(&mut c),
+        &["ASSET.INCR", "acct", "gold", "1", "ID", "op-1"],
+        "NOPERM",
+    );
     assert!(e.contains("tally:op:"), "{e}");
 }

@@ -5,20 +5,34 @@ use tally_tests::{cmd, error_of, events, wait_for_text, Redis};
 
 #[test]
 fn helper_keys_share_the_commands_slot() {
-    let redis = Redis::start(&["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+    let redis = Redis::start(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+    ]);
     let mut c = redis.conn();
-    let _: () = cmd(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]).query(&mut c).unwrap();
+    let _: () = cmd(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"])
+        .query(&mut c)
+        .unwrap();
     wait_for_text(&mut c, &["CLUSTER", "INFO"], "cluster_state:ok");
-    let slot_of = |c: &mut redis::Connection, k: &str| -> i64 { cmd(&["CLUSTER", "KEYSLOT", k]).query(c).unwrap() };
+    let slot_of = |c: &mut redis::Connection, k: &str| -> i64 {
+        cmd(&["CLUSTER", "KEYSLOT", k]).query(c).unwrap()
+    };
     for key in ["user.asset.1", "user.asset.2", "{shop}a"] {
-        let _: Vec<String> = cmd(&["ASSET.INCR", key, "gold", "1", "ID", &format!("op-{key}")]).query(&mut c).unwrap();
+        let _: Vec<String> = cmd(&["ASSET.INCR", key, "gold", "1", "ID", &format!("op-{key}")])
+            .query(&mut c)
+            .unwrap();
     }
     let mut streams: Vec<String> = cmd(&["KEYS", "tally:log*"]).query(&mut c).unwrap();
     streams.sort();
     assert_eq!(streams.len(), 3, "{streams:?}");
     for key in ["user.asset.1", "user.asset.2", "{shop}a"] {
         let slot = slot_of(&mut c, key);
-        let stream = streams.iter().find(|s| slot_of(&mut c, s) == slot).expect("a stream in the key's slot");
+        let stream = streams
+            .iter()
+            .find(|s| slot_of(&mut c, s) == slot)
+            .expect("a stream in the key's slot");
         let evs = events(&mut c, stream);
         assert_eq!(evs.len(), 1);
         assert_eq!(evs[0].1["keys"][0]["key"], key);
@@ -31,8 +45,19 @@ fn helper_keys_share_the_commands_slot() {
         assert_eq!(exists, 1);
     }
     // Two keys in different slots cannot be moved between in one command.
-    let e = error_of(&mut c, &["ASSET.TRANSFER", "user.asset.1", "user.asset.2", "gold", "1"]);
+    let e = error_of(
+        &mut c,
+        &[
+            "ASSET.TRANSFER",
+            "user.asset.1",
+            "user.asset.2",
+            "gold",
+            "1",
+        ],
+    );
     assert!(e.starts_with("CROSSSLOT"), "{e}");
-    let r: Vec<String> = cmd(&["ASSET.TRANSFER", "{shop}a", "{shop}b", "gold", "1"]).query(&mut c).unwrap();
+    let r: Vec<String> = cmd(&["ASSET.TRANSFER", "{shop}a", "{shop}b", "gold", "1"])
+        .query(&mut c)
+        .unwrap();
     assert_eq!(r, ["0", "1"]);
 }

@@ -4,24 +4,51 @@
 use tally_tests::{cmd, events, snapshot as state, wait_for_text, Redis};
 
 fn workload(c: &mut redis::Connection) {
-    let _: () = cmd(&["COUPON.CREATE", "camp", "50", "ID", "create-camp"]).query(c).unwrap();
-    let _: () = cmd(&["USAGE.LIMIT", "quota", "1000", "PERIOD", "month"]).query(c).unwrap();
+    let _: () = cmd(&["COUPON.CREATE", "camp", "50", "ID", "create-camp"])
+        .query(c)
+        .unwrap();
+    let _: () = cmd(&["USAGE.LIMIT", "quota", "1000", "PERIOD", "month"])
+        .query(c)
+        .unwrap();
     for i in 0..200 {
         let user = format!("user.asset.{}", i % 17);
-        let _: Vec<String> = cmd(&["ASSET.INCR", &user, "gold", "1.25", "gems", "3", "ID", &format!("g-{i}")]).query(c).unwrap();
+        let _: Vec<String> = cmd(&[
+            "ASSET.INCR",
+            &user,
+            "gold",
+            "1.25",
+            "gems",
+            "3",
+            "ID",
+            &format!("g-{i}"),
+        ])
+        .query(c)
+        .unwrap();
         if i % 3 == 0 {
-            let _: redis::RedisResult<(i64, i64)> = cmd(&["COUPON.CLAIM", "camp", &format!("u{}", i % 60)]).query(c);
+            let _: redis::RedisResult<(i64, i64)> =
+                cmd(&["COUPON.CLAIM", "camp", &format!("u{}", i % 60)]).query(c);
         }
         if i % 5 == 0 {
-            let _: Vec<String> = cmd(&["USAGE.CONSUME", "quota", "2.5", "ID", &format!("q-{i}")]).query(c).unwrap();
+            let _: Vec<String> = cmd(&["USAGE.CONSUME", "quota", "2.5", "ID", &format!("q-{i}")])
+                .query(c)
+                .unwrap();
         }
         if i % 7 == 0 {
-            let _: redis::RedisResult<Vec<String>> =
-                cmd(&["ASSET.TRANSFER", &format!("{{x}}{}", i % 4), &format!("{{x}}{}", (i + 1) % 4), "gold", "1"]).query(c);
-            let _: Vec<String> = cmd(&["ASSET.INCR", &format!("{{x}}{}", i % 4), "gold", "2"]).query(c).unwrap();
+            let _: redis::RedisResult<Vec<String>> = cmd(&[
+                "ASSET.TRANSFER",
+                &format!("{{x}}{}", i % 4),
+                &format!("{{x}}{}", (i + 1) % 4),
+                "gold",
+                "1",
+            ])
+            .query(c);
+            let _: Vec<String> = cmd(&["ASSET.INCR", &format!("{{x}}{}", i % 4), "gold", "2"])
+                .query(c)
+                .unwrap();
         }
         if i % 11 == 0 {
-            let _: redis::RedisResult<(i64, i64)> = cmd(&["COUPON.RELEASE", "camp", &format!("u{}", i % 60)]).query(c);
+            let _: redis::RedisResult<(i64, i64)> =
+                cmd(&["COUPON.RELEASE", "camp", &format!("u{}", i % 60)]).query(c);
         }
     }
 }
@@ -57,13 +84,29 @@ fn restart_from_aof_keeps_balances_stream_and_op_ids() {
     assert_eq!(before, after, "state after AOF reload differs");
     // Op-ids survived: the retry is recognised, returns the first reply and logs nothing.
     let n = events(&mut c, "tally:log").len();
-    let reply: Vec<String> = cmd(&["ASSET.INCR", "user.asset.0", "gold", "1.25", "gems", "3", "ID", "g-0"]).query(&mut c).unwrap();
+    let reply: Vec<String> = cmd(&[
+        "ASSET.INCR",
+        "user.asset.0",
+        "gold",
+        "1.25",
+        "gems",
+        "3",
+        "ID",
+        "g-0",
+    ])
+    .query(&mut c)
+    .unwrap();
     assert_eq!(reply, ["1.25", "3"]);
     assert_eq!(events(&mut c, "tally:log").len(), n);
-    let e = tally_tests::error_of(&mut c, &["ASSET.INCR", "user.asset.0", "gold", "9", "ID", "g-0"]);
+    let e = tally_tests::error_of(
+        &mut c,
+        &["ASSET.INCR", "user.asset.0", "gold", "9", "ID", "g-0"],
+    );
     assert!(e.starts_with("CONFLICT"), "{e}");
     // New events continue each key's sequence.
-    let _: Vec<String> = cmd(&["ASSET.INCR", "user.asset.0", "gold", "1"]).query(&mut c).unwrap();
+    let _: Vec<String> = cmd(&["ASSET.INCR", "user.asset.0", "gold", "1"])
+        .query(&mut c)
+        .unwrap();
     let evs = events(&mut c, "tally:log");
     let seqs: Vec<i64> = evs
         .iter()
@@ -80,7 +123,13 @@ fn restart_from_aof_keeps_balances_stream_and_op_ids() {
             aof.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
         }
     }
-    assert!(aof.contains("MULTI") && aof.contains("XADD") && aof.contains("HSET"), "AOF lacks the expected commands");
+    assert!(
+        aof.contains("MULTI") && aof.contains("XADD") && aof.contains("HSET"),
+        "AOF lacks the expected commands"
+    );
     // As a RESP command name (`$10\r\nASSET.INCR\r\n`), not the event type inside the JSON.
-    assert!(!aof.to_ascii_uppercase().contains("$10\r\nASSET.INCR\r\n"), "module command replicated verbatim");
+    assert!(
+        !aof.to_ascii_uppercase().contains("$10\r\nASSET.INCR\r\n"),
+        "module command replicated verbatim"
+    );
 }

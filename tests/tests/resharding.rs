@@ -24,10 +24,18 @@ struct Node {
 fn node() -> Node {
     let bus = free_port().to_string();
     let redis = Redis::start(&[
-        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-        "--cluster-node-timeout", "5000", "--cluster-port", &bus,
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "5000",
+        "--cluster-port",
+        &bus,
     ]);
-    let id: String = cmd(&["CLUSTER", "MYID"]).query(&mut redis.conn()).expect("CLUSTER MYID");
+    let id: String = cmd(&["CLUSTER", "MYID"])
+        .query(&mut redis.conn())
+        .expect("CLUSTER MYID");
     Node { redis, id }
 }
 
@@ -35,10 +43,22 @@ fn node() -> Node {
 fn two_node_cluster() -> (Node, Node) {
     let (a, b) = (node(), node());
     let (mut ca, mut cb) = (a.redis.conn(), b.redis.conn());
-    let _: () = cmd(&["CLUSTER", "ADDSLOTSRANGE", "0", "8191"]).query(&mut ca).unwrap();
-    let _: () = cmd(&["CLUSTER", "ADDSLOTSRANGE", "8192", "16383"]).query(&mut cb).unwrap();
+    let _: () = cmd(&["CLUSTER", "ADDSLOTSRANGE", "0", "8191"])
+        .query(&mut ca)
+        .unwrap();
+    let _: () = cmd(&["CLUSTER", "ADDSLOTSRANGE", "8192", "16383"])
+        .query(&mut cb)
+        .unwrap();
     let bus_b: String = config_get(&mut cb, "cluster-port");
-    let _: () = cmd(&["CLUSTER", "MEET", "127.0.0.1", &b.redis.port.to_string(), &bus_b]).query(&mut ca).unwrap();
+    let _: () = cmd(&[
+        "CLUSTER",
+        "MEET",
+        "127.0.0.1",
+        &b.redis.port.to_string(),
+        &bus_b,
+    ])
+    .query(&mut ca)
+    .unwrap();
     for c in [&mut ca, &mut cb] {
         wait_for_text(c, &["CLUSTER", "INFO"], "cluster_known_nodes:2");
         wait_for_text(c, &["CLUSTER", "INFO"], "cluster_slots_assigned:16384");
@@ -74,14 +94,20 @@ struct Router {
 impl Router {
     fn conn(&mut self, port: u16) -> &mut redis::Connection {
         self.conns.entry(port).or_insert_with(|| {
-            redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap().get_connection().unwrap()
+            redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .unwrap()
+                .get_connection()
+                .unwrap()
         })
     }
 
     fn redirect_port(e: &redis::RedisError) -> u16 {
         let detail = e.detail().unwrap_or_default();
         let addr = detail.split_whitespace().last().unwrap_or_default();
-        addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("redirect without address: {e}"))
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("redirect without address: {e}"))
     }
 
     fn exec(&mut self, args: &[&str]) -> Result<Vec<String>, String> {
@@ -100,12 +126,26 @@ impl Router {
                     let _: () = cmd(&["ASKING"]).query(c).unwrap();
                     match cmd(args).query::<Vec<String>>(c) {
                         Ok(v) => return Ok(v),
-                        Err(e) if e.code() == Some("TRYAGAIN") => thread::sleep(Duration::from_millis(20)),
-                        Err(e) => return Err(format!("{} {}", e.code().unwrap_or(""), e.detail().unwrap_or(""))),
+                        Err(e) if e.code() == Some("TRYAGAIN") => {
+                            thread::sleep(Duration::from_millis(20))
+                        }
+                        Err(e) => {
+                            return Err(format!(
+                                "{} {}",
+                                e.code().unwrap_or(""),
+                                e.detail().unwrap_or("")
+                            ))
+                        }
                     }
                 }
                 Some("TRYAGAIN") | Some("CLUSTERDOWN") => thread::sleep(Duration::from_millis(20)),
-                _ => return Err(format!("{} {}", err.code().unwrap_or(""), err.detail().unwrap_or(""))),
+                _ => {
+                    return Err(format!(
+                        "{} {}",
+                        err.code().unwrap_or(""),
+                        err.detail().unwrap_or("")
+                    ))
+                }
             }
         }
         Err(format!("{args:?}: still redirected after 30 s"))
@@ -124,28 +164,45 @@ struct Load {
 
 /// Writes `{t}a += 1` (every 5th op also a transfer of 1 to `{t}b`), each with its own op-id,
 /// and every 7th op re-sends an earlier op-id, which must get the first reply again.
-fn run_load(start_port: u16, tag: String, stop: Arc<AtomicBool>, progress: Arc<std::sync::atomic::AtomicI64>) -> Load {
-    let mut r = Router { conns: BTreeMap::new(), owner: start_port };
+fn run_load(
+    start_port: u16,
+    tag: String,
+    stop: Arc<AtomicBool>,
+    progress: Arc<std::sync::atomic::AtomicI64>,
+) -> Load {
+    let mut r = Router {
+        conns: BTreeMap::new(),
+        owner: start_port,
+    };
     let (a, b) = (format!("{{{tag}}}a"), format!("{{{tag}}}b"));
     let mut load = Load::default();
     let mut i = 0u64;
     while !stop.load(Ordering::SeqCst) {
         i += 1;
         let op = format!("op-{i}");
-        let reply = r.exec(&["ASSET.INCR", &a, "gold", "1", "ID", &op]).unwrap_or_else(|e| panic!("{op}: {e}"));
+        let reply = r
+            .exec(&["ASSET.INCR", &a, "gold", "1", "ID", &op])
+            .unwrap_or_else(|e| panic!("{op}: {e}"));
         load.replies.insert(op, reply);
         load.incrs += 1;
         if i % 5 == 0 {
             let op = format!("tr-{i}");
-            let reply = r.exec(&["ASSET.TRANSFER", &a, &b, "gold", "1", "ID", &op]).unwrap_or_else(|e| panic!("{op}: {e}"));
+            let reply = r
+                .exec(&["ASSET.TRANSFER", &a, &b, "gold", "1", "ID", &op])
+                .unwrap_or_else(|e| panic!("{op}: {e}"));
             load.replies.insert(op, reply);
             load.transfers += 1;
         }
         if i % 7 == 0 {
             let old = format!("op-{}", i / 2 + 1);
-            let again = r.exec(&["ASSET.INCR", &a, "gold", "1", "ID", &old]).unwrap_or_else(|e| panic!("replay {old}: {e}"));
+            let again = r
+                .exec(&["ASSET.INCR", &a, "gold", "1", "ID", &old])
+                .unwrap_or_else(|e| panic!("replay {old}: {e}"));
             if Some(&again) != load.replies.get(&old) {
-                load.replay_mismatches.push(format!("{old}: first {:?}, replay {again:?}", load.replies.get(&old)));
+                load.replay_mismatches.push(format!(
+                    "{old}: first {:?}, replay {again:?}",
+                    load.replies.get(&old)
+                ));
             }
         }
         progress.store(i as i64, Ordering::SeqCst);
@@ -162,7 +219,8 @@ fn reshard_under_load(migrate: impl FnOnce(&Node, &Node, i64)) {
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let load = {
-        let (stop, progress, tag, port) = (stop.clone(), progress.clone(), tag.clone(), a.redis.port);
+        let (stop, progress, tag, port) =
+            (stop.clone(), progress.clone(), tag.clone(), a.redis.port);
         thread::spawn(move || run_load(port, tag, stop, progress))
     };
     let wait_ops = |n: i64| {
@@ -181,19 +239,49 @@ fn reshard_under_load(migrate: impl FnOnce(&Node, &Node, i64)) {
     let load = load.join().expect("load thread");
 
     // A kept nothing of the slot; B has it all.
-    let left: i64 = cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]).query(&mut ca).unwrap();
+    let left: i64 = cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
+        .query(&mut ca)
+        .unwrap();
     assert_eq!(left, 0, "keys of slot {slot} left on A");
     let mut cb = b.redis.conn();
-    assert!(load.replay_mismatches.is_empty(), "retried op-ids applied again: {:?}", &load.replay_mismatches[..load.replay_mismatches.len().min(5)]);
+    assert!(
+        load.replay_mismatches.is_empty(),
+        "retried op-ids applied again: {:?}",
+        &load.replay_mismatches[..load.replay_mismatches.len().min(5)]
+    );
     // the first op-id of all, retried after the move, replays
-    let mut r = Router { conns: BTreeMap::new(), owner: a.redis.port };
-    let first = r.exec(&["ASSET.INCR", &format!("{{{tag}}}a"), "gold", "1", "ID", "op-1"]).unwrap();
-    assert_eq!(Some(&first), load.replies.get("op-1"), "op-1 retried after the move");
+    let mut r = Router {
+        conns: BTreeMap::new(),
+        owner: a.redis.port,
+    };
+    let first = r
+        .exec(&[
+            "ASSET.INCR",
+            &format!("{{{tag}}}a"),
+            "gold",
+            "1",
+            "ID",
+            "op-1",
+        ])
+        .unwrap();
+    assert_eq!(
+        Some(&first),
+        load.replies.get("op-1"),
+        "op-1 retried after the move"
+    );
 
     let streams: Vec<String> = cmd(&["KEYS", "tally:log*"]).query(&mut cb).unwrap();
-    assert_eq!(streams.len(), 1, "one stream for the slot on B: {streams:?}");
+    assert_eq!(
+        streams.len(),
+        1,
+        "one stream for the slot on B: {streams:?}"
+    );
     let evs = events(&mut cb, &streams[0]);
-    assert_eq!(evs.len() as i64, load.incrs + load.transfers, "one event per applied command, none lost or doubled");
+    assert_eq!(
+        evs.len() as i64,
+        load.incrs + load.transfers,
+        "one event per applied command, none lost or doubled"
+    );
     let key_a = format!("{{{tag}}}a");
     let seqs: Vec<i64> = evs
         .iter()
@@ -201,10 +289,18 @@ fn reshard_under_load(migrate: impl FnOnce(&Node, &Node, i64)) {
         .filter(|k| k["key"] == key_a.as_str())
         .map(|k| k["seq"].as_i64().unwrap())
         .collect();
-    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "seq of {key_a} is 1..n in stream order");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "seq of {key_a} is 1..n in stream order"
+    );
     let seq_hash = streams[0].replacen("tally:log", "tally:seq", 1);
     let stored: i64 = cmd(&["HGET", &seq_hash, &key_a]).query(&mut cb).unwrap();
-    assert_eq!(stored, seqs.len() as i64, "the sequence hash moved with the stream");
+    assert_eq!(
+        stored,
+        seqs.len() as i64,
+        "the sequence hash moved with the stream"
+    );
     let gold: String = cmd(&["HGET", &key_a, "gold"]).query(&mut cb).unwrap();
     assert_eq!(gold, (load.incrs - load.transfers).to_string());
 }
@@ -222,13 +318,31 @@ fn a_slot_moved_in_one_atomic_step_keeps_op_ids_seqs_and_the_stream() {
     reshard_under_load(|a, b, slot| {
         let (mut ca, mut cb) = (a.redis.conn(), b.redis.conn());
         let s = slot.to_string();
-        let _: () = cmd(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &a.id]).query(&mut cb).unwrap();
-        let _: () = cmd(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &b.id]).query(&mut ca).unwrap();
+        let _: () = cmd(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &a.id])
+            .query(&mut cb)
+            .unwrap();
+        let _: () = cmd(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &b.id])
+            .query(&mut ca)
+            .unwrap();
         let port = b.redis.port.to_string();
-        let moved: i64 = cmd(&["EVAL", MIGRATE_SLOT_LUA, "0", &s, "127.0.0.1", &port, "30000"]).query(&mut ca).expect("migrate-slot.lua");
+        let moved: i64 = cmd(&[
+            "EVAL",
+            MIGRATE_SLOT_LUA,
+            "0",
+            &s,
+            "127.0.0.1",
+            &port,
+            "30000",
+        ])
+        .query(&mut ca)
+        .expect("migrate-slot.lua");
         assert!(moved >= 4, "data keys and helper keys: {moved}");
-        let _: () = cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &b.id]).query(&mut cb).unwrap();
-        let _: () = cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &b.id]).query(&mut ca).unwrap();
+        let _: () = cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &b.id])
+            .query(&mut cb)
+            .unwrap();
+        let _: () = cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &b.id])
+            .query(&mut ca)
+            .unwrap();
     });
 }
 
@@ -247,13 +361,26 @@ fn atomic_slot_migration_keeps_op_ids_seqs_and_the_stream() {
     reshard_under_load(|a, b, slot| {
         let mut ca = a.redis.conn();
         let s = slot.to_string();
-        let _: () = cmd(&["CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", &s, &s, "NODE", &b.id]).query(&mut ca).expect("MIGRATESLOTS");
+        let _: () = cmd(&[
+            "CLUSTER",
+            "MIGRATESLOTS",
+            "SLOTSRANGE",
+            &s,
+            &s,
+            "NODE",
+            &b.id,
+        ])
+        .query(&mut ca)
+        .expect("MIGRATESLOTS");
         // done when B owns the slot in A's view
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let slots: Vec<Vec<redis::Value>> = cmd(&["CLUSTER", "SLOTS"]).query(&mut ca).unwrap();
             let owner = slots.iter().find_map(|r| {
-                let (lo, hi): (i64, i64) = (redis::from_redis_value(r[0].clone()).ok()?, redis::from_redis_value(r[1].clone()).ok()?);
+                let (lo, hi): (i64, i64) = (
+                    redis::from_redis_value(r[0].clone()).ok()?,
+                    redis::from_redis_value(r[1].clone()).ok()?,
+                );
                 let node: Vec<redis::Value> = redis::from_redis_value(r[2].clone()).ok()?;
                 let port: i64 = redis::from_redis_value(node[1].clone()).ok()?;
                 (lo <= slot && slot <= hi).then_some(port)
@@ -261,7 +388,10 @@ fn atomic_slot_migration_keeps_op_ids_seqs_and_the_stream() {
             if owner == Some(i64::from(b.redis.port)) {
                 break;
             }
-            assert!(Instant::now() < deadline, "slot {slot} not migrated after 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot} not migrated after 60 s"
+            );
             thread::sleep(Duration::from_millis(50));
         }
     });

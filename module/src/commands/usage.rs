@@ -43,10 +43,21 @@ fn load(_ctx: &Context, key: &Key) -> std::result::Result<Option<(Usage, Stored)
         return Ok(None);
     }
     let names = field_names();
-    let fields = [names[0].ptr(), names[1].ptr(), names[2].ptr(), names[3].ptr(), names[4].ptr()];
+    let fields = [
+        names[0].ptr(),
+        names[1].ptr(),
+        names[2].ptr(),
+        names[3].ptr(),
+        names[4].ptr(),
+    ];
     let [kind, period, limit, used, period_id, ..] = key.hget_many(&fields)?;
     logic::check_kind(kind.bytes(), KIND)?;
-    let corrupt = |i: usize| CmdError::wrong_type(format!("the usage counter's '{}' field is corrupt", FIELD_NAMES[i]));
+    let corrupt = |i: usize| {
+        CmdError::wrong_type(format!(
+            "the usage counter's '{}' field is corrupt",
+            FIELD_NAMES[i]
+        ))
+    };
     let period_text = text_of(&period).ok_or_else(|| corrupt(1))?;
     let parsed_period = Period::parse(&period_text.to_ascii_uppercase())
         .ok_or_else(|| CmdError::wrong_type("the usage counter's 'period' field is corrupt"))?;
@@ -55,16 +66,38 @@ fn load(_ctx: &Context, key: &Key) -> std::result::Result<Option<(Usage, Stored)
     let used_text = text_of(&used).ok_or_else(|| corrupt(3))?;
     let used_value = logic::stored_decimal("used", Some(used_text.as_bytes()))?;
     let period_id_text = text_of(&period_id).ok_or_else(|| corrupt(4))?.to_string();
-    let stored = Stored { period, limit, used, period_id };
-    Ok(Some((Usage { limit: limit_value, used: used_value, period: parsed_period, period_id: period_id_text }, stored)))
+    let stored = Stored {
+        period,
+        limit,
+        used,
+        period_id,
+    };
+    Ok(Some((
+        Usage {
+            limit: limit_value,
+            used: used_value,
+            period: parsed_period,
+            period_id: period_id_text,
+        },
+        stored,
+    )))
 }
 
 /// Queues the counter's fields (all for a new counter, otherwise those whose stored text
 /// differs) and builds the event.
-fn store_and_event(tx: &mut Tx, key: &str, kind: &'static str, u: &Usage, old: Option<&Stored>, amount: Option<String>,
-    common: &args::Common) -> std::result::Result<Event<'static>, CmdError> {
+fn store_and_event(
+    tx: &mut Tx,
+    key: &str,
+    kind: &'static str,
+    u: &Usage,
+    old: Option<&Stored>,
+    amount: Option<String>,
+    common: &args::Common,
+) -> std::result::Result<Event<'static>, CmdError> {
     let (limit, used) = (u.limit.to_string(), u.used.to_string());
-    let changed = |new: &str, stored: Option<&RStr>| stored.map_or(true, |s| s.bytes() != Some(new.as_bytes()));
+    let changed = |new: &str, stored: Option<&RStr>| {
+        stored.map_or(true, |s| s.bytes() != Some(new.as_bytes()))
+    };
     let names = field_names();
     if old.is_none() {
         tx.set_named(key, FieldName::Static(&names[0]), Some(KIND));
@@ -73,16 +106,32 @@ fn store_and_event(tx: &mut Tx, key: &str, kind: &'static str, u: &Usage, old: O
         tx.set_named(key, FieldName::Static(&names[2]), Some(limit.as_bytes()));
     }
     if changed(u.period.as_str(), old.map(|o| &o.period)) {
-        tx.set_named(key, FieldName::Static(&names[1]), Some(u.period.as_str().as_bytes()));
+        tx.set_named(
+            key,
+            FieldName::Static(&names[1]),
+            Some(u.period.as_str().as_bytes()),
+        );
     }
     if changed(&u.period_id, old.map(|o| &o.period_id)) {
-        tx.set_named(key, FieldName::Static(&names[4]), Some(u.period_id.as_bytes()));
+        tx.set_named(
+            key,
+            FieldName::Static(&names[4]),
+            Some(u.period_id.as_bytes()),
+        );
     }
     if changed(&used, old.map(|o| &o.used)) {
         tx.set_named(key, FieldName::Static(&names[3]), Some(used.as_bytes()));
     }
     let seq = tx.next_seq(key)?;
-    let mut e = Event::new(kind, tx.now_ms, common, vec![KeySeq { key: key.to_string().into(), seq }]);
+    let mut e = Event::new(
+        kind,
+        tx.now_ms,
+        common,
+        vec![KeySeq {
+            key: key.to_string().into(),
+            seq,
+        }],
+    );
     e.usage = Some(UsageState {
         key: key.to_string(),
         amount,
@@ -110,8 +159,21 @@ pub fn limit(ctx: &Context, raw: &[&[u8]]) -> Result {
             Some((u, _)) => u.at(now).used,
             None => crate::decimal::Decimal::ZERO,
         };
-        let u = Usage { limit: req.limit, period: req.period, period_id: req.period.id_at(now), used };
-        let e = store_and_event(tx, &req.key, "usage.limit", &u, old.as_ref().map(|(_, s)| s), None, &req.common)?;
+        let u = Usage {
+            limit: req.limit,
+            period: req.period,
+            period_id: req.period.id_at(now),
+            used,
+        };
+        let e = store_and_event(
+            tx,
+            &req.key,
+            "usage.limit",
+            &u,
+            old.as_ref().map(|(_, s)| s),
+            None,
+            &req.common,
+        )?;
         Ok((Reply::Ok, e))
     })?;
     Ok(to_value(reply))
@@ -121,11 +183,27 @@ pub fn consume(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::usage_consume(raw)?;
     tx::check_user_key(&req.key)?;
     let reply = tx::mutate(ctx, "USAGE.CONSUME", &req, &req.common, &[&req.key], |tx| {
-        let (u, stored) = load_in(tx, &req.key)?
-            .ok_or_else(|| CmdError::code("NOTFOUND", "no usage limit is set for this key (USAGE.LIMIT)"))?;
+        let (u, stored) = load_in(tx, &req.key)?.ok_or_else(|| {
+            CmdError::code(
+                "NOTFOUND",
+                "no usage limit is set for this key (USAGE.LIMIT)",
+            )
+        })?;
         let next = u.consume(req.amount, tx.now_ms)?;
-        let e = store_and_event(tx, &req.key, "usage.consume", &next, Some(&stored), Some(req.amount.to_string()), &req.common)?;
-        let used = e.usage.as_ref().map(|s| s.used.clone()).unwrap_or_else(|| next.used.to_string());
+        let e = store_and_event(
+            tx,
+            &req.key,
+            "usage.consume",
+            &next,
+            Some(&stored),
+            Some(req.amount.to_string()),
+            &req.common,
+        )?;
+        let used = e
+            .usage
+            .as_ref()
+            .map(|s| s.used.clone())
+            .unwrap_or_else(|| next.used.to_string());
         let items = vec![Item::Str(used), Item::Str(next.remaining().to_string())];
         Ok((Reply::Array(items), e))
     })?;
@@ -133,7 +211,9 @@ pub fn consume(ctx: &Context, raw: &[&[u8]]) -> Result {
 }
 
 pub fn get(ctx: &Context, raw: &[&[u8]]) -> Result {
-    let [key_raw] = raw else { return Err(CmdError::Arity) };
+    let [key_raw] = raw else {
+        return Err(CmdError::Arity);
+    };
     let key = args::name("key", key_raw)?;
     crate::acl::check_read(ctx, &key)?;
     let u = load(ctx, &tx::open_read(ctx, &key)?)?
@@ -143,8 +223,14 @@ pub fn get(ctx: &Context, raw: &[&[u8]]) -> Result {
     Ok(pairs(vec![
         ("used", RedisValue::BulkString(u.used.to_string())),
         ("limit", RedisValue::BulkString(u.limit.to_string())),
-        ("remaining", RedisValue::BulkString(u.remaining().to_string())),
-        ("period", RedisValue::BulkString(u.period.as_str().to_string())),
+        (
+            "remaining",
+            RedisValue::BulkString(u.remaining().to_string()),
+        ),
+        (
+            "period",
+            RedisValue::BulkString(u.period.as_str().to_string()),
+        ),
         ("period_id", RedisValue::BulkString(u.period_id)),
     ]))
 }

@@ -58,7 +58,12 @@ fn wait_port(port: u16, timeout: Duration) -> bool {
 pub fn module_path() -> Option<PathBuf> {
     let p = std::env::var("TALLY_MODULE")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/libtally.so")));
+        .unwrap_or_else(|_| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/release/libtally.so"
+            ))
+        });
     p.exists().then_some(p)
 }
 
@@ -80,11 +85,20 @@ impl Redis {
         for _ in 0..5 {
             let port = free_port();
             let mut cmd = Command::new(tally_tests::server_bin());
-            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
             if let Some(m) = module {
                 cmd.arg("--loadmodule").arg(m);
             }
@@ -123,7 +137,14 @@ impl Drop for Redis {
 }
 
 pub async fn xadd(c: &mut MultiplexedConnection, stream: &str, field: &str, value: &str) -> String {
-    redis::cmd("XADD").arg(stream).arg("*").arg(field).arg(value).query_async(c).await.unwrap()
+    redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg(field)
+        .arg(value)
+        .query_async(c)
+        .await
+        .unwrap()
 }
 
 pub async fn xlen(c: &mut MultiplexedConnection, stream: &str) -> i64 {
@@ -132,20 +153,42 @@ pub async fn xlen(c: &mut MultiplexedConnection, stream: &str) -> i64 {
 
 /// The shipper holds a few connections per node (its reader and one shared connection), not
 /// one per stream: at most `max` clients (the test's own included) on a node with `streams`.
-pub async fn assert_connections_per_node_not_per_stream(c: &mut MultiplexedConnection, streams: usize, max: usize) {
-    let info: String = redis::cmd("INFO").arg("clients").query_async(c).await.unwrap();
-    let clients: usize = info.lines().find_map(|l| l.strip_prefix("connected_clients:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
-    assert!(streams > max && (2..=max).contains(&clients), "{clients} clients for {streams} streams (at most {max})");
+pub async fn assert_connections_per_node_not_per_stream(
+    c: &mut MultiplexedConnection,
+    streams: usize,
+    max: usize,
+) {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(c)
+        .await
+        .unwrap();
+    let clients: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        streams > max && (2..=max).contains(&clients),
+        "{clients} clients for {streams} streams (at most {max})"
+    );
 }
 
 /// An async connection to `url` that waits up to a minute for a reply (redis-rs defaults to
 /// 500 ms, which a loaded machine or WAIT can exceed).
 pub async fn aconn(url: &str) -> MultiplexedConnection {
-    tally_tests::async_conn(&redis::Client::open(url).unwrap()).await.unwrap()
+    tally_tests::async_conn(&redis::Client::open(url).unwrap())
+        .await
+        .unwrap()
 }
 
 pub async fn group_pending(c: &mut MultiplexedConnection, stream: &str, group: &str) -> i64 {
-    let v: redis::Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(c).await.unwrap();
+    let v: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(c)
+        .await
+        .unwrap();
     match v {
         redis::Value::Array(a) => match &a[0] {
             redis::Value::Int(i) => *i,
@@ -164,14 +207,25 @@ pub struct Pg {
 }
 
 fn as_postgres(args: &[&str]) -> std::process::Output {
-    Command::new("runuser").arg("-u").arg("postgres").arg("--").args(args).output().expect("runuser")
+    Command::new("runuser")
+        .arg("-u")
+        .arg("postgres")
+        .arg("--")
+        .args(args)
+        .output()
+        .expect("runuser")
 }
 
 impl Pg {
     pub fn start() -> Pg {
         let port = free_port();
         let dir = tmpdir("pg");
-        let st = Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir).status().unwrap();
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(&dir)
+            .status()
+            .unwrap();
         assert!(st.success());
         let data = dir.join("data");
         let out = as_postgres(&[
@@ -186,13 +240,24 @@ impl Pg {
             "-E",
             "UTF8",
         ]);
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        let mut pg = Pg { port, dir, running: false };
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Pg {
+            port,
+            dir,
+            running: false,
+        };
         for _ in 0..4 {
             match pg.try_start_server() {
                 Ok(()) => return pg,
                 Err(e) => {
-                    eprintln!("postgres on port {}: {e}; retrying on another port", pg.port);
+                    eprintln!(
+                        "postgres on port {}: {e}; retrying on another port",
+                        pg.port
+                    );
                     pg.port = free_port();
                 }
             }
@@ -231,7 +296,10 @@ impl Pg {
         ]);
         if !out.status.success() {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
-            return Err(format!("pg_ctl start: {}\n{log}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "pg_ctl start: {}\n{log}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         self.running = true;
         Ok(())
@@ -239,8 +307,20 @@ impl Pg {
 
     pub fn stop_server(&mut self) {
         let data = self.dir.join("data");
-        let out = as_postgres(&[&format!("{PG_BIN}/pg_ctl"), "-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
-        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+        let out = as_postgres(&[
+            &format!("{PG_BIN}/pg_ctl"),
+            "-D",
+            data.to_str().unwrap(),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ]);
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.running = false;
     }
 
@@ -249,7 +329,11 @@ impl Pg {
     }
 
     pub async fn pool(&self) -> PgPool {
-        sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&self.url()).await.unwrap()
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.url())
+            .await
+            .unwrap()
     }
 }
 
@@ -257,7 +341,15 @@ impl Drop for Pg {
     fn drop(&mut self) {
         if self.running {
             let data = self.dir.join("data");
-            let _ = as_postgres(&[&format!("{PG_BIN}/pg_ctl"), "-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+            let _ = as_postgres(&[
+                &format!("{PG_BIN}/pg_ctl"),
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ]);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -266,9 +358,12 @@ impl Drop for Pg {
 // ---------------------------------------------------------------- tansu (Kafka protocol)
 
 pub fn tansu_bin() -> Option<PathBuf> {
-    let p = std::env::var("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo/bin/tansu")
-    });
+    let p = std::env::var("TANSU_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cargo/bin/tansu")
+        });
     p.exists().then_some(p)
 }
 
@@ -283,7 +378,12 @@ impl Tansu {
     pub fn start() -> Option<Tansu> {
         let bin = tansu_bin()?;
         let dir = tmpdir("tansu");
-        let mut t = Tansu { port: free_port(), child: None, dir, bin };
+        let mut t = Tansu {
+            port: free_port(),
+            child: None,
+            dir,
+            bin,
+        };
         for _ in 0..4 {
             match t.try_start_server() {
                 Ok(()) => return Some(t),
@@ -307,7 +407,11 @@ impl Tansu {
     /// Up when the port accepts connections and the child is still running (a broker that
     /// lost the port race exits).
     fn try_start_server(&mut self) -> Result<(), String> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tansu.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .unwrap();
         let child = Command::new(&self.bin)
             .arg("broker")
             .arg("--storage-engine")
@@ -324,13 +428,20 @@ impl Tansu {
             .expect("spawn tansu");
         self.child = Some(child);
         let up = wait_port(self.port, Duration::from_secs(30));
-        let exited = self.child.as_mut().map(|c| matches!(c.try_wait(), Ok(Some(_)))).unwrap_or(true);
+        let exited = self
+            .child
+            .as_mut()
+            .map(|c| matches!(c.try_wait(), Ok(Some(_))))
+            .unwrap_or(true);
         if up && !exited {
             return Ok(());
         }
         self.stop_server();
         let log = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
-        Err(format!("tansu did not start (listening: {up}, exited: {exited})\n{}", tail_lines(&log, 20)))
+        Err(format!(
+            "tansu did not start (listening: {up}, exited: {exited})\n{}",
+            tail_lines(&log, 20)
+        ))
     }
 
     pub fn stop_server(&mut self) {
@@ -370,17 +481,28 @@ impl Shipper {
             .and_then(|i| args.get(i + 1))
             .cloned()
             .expect("shipper args without --metrics-addr");
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(BIN)
             .args(args)
             // TALLY_TEST_SHIPPER_LOG (e.g. `debug`) to see more of a failing test's shippers
-            .env("TALLY_LOG", std::env::var("TALLY_TEST_SHIPPER_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "TALLY_LOG",
+                std::env::var("TALLY_TEST_SHIPPER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("RUST_BACKTRACE", "1")
             .stdout(f.try_clone().unwrap())
             .stderr(f)
             .spawn()
             .expect("spawn tally-shipper");
-        Shipper { child, log: log.to_path_buf(), metrics_addr }
+        Shipper {
+            child,
+            log: log.to_path_buf(),
+            metrics_addr,
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -393,19 +515,29 @@ impl Shipper {
         let start = Instant::now();
         while start.elapsed() < t {
             if let Some(st) = self.child.try_wait().unwrap() {
-                panic!("shipper exited ({st}) before it was ready:\n{}", tail_lines(&self.log_text(), 40));
+                panic!(
+                    "shipper exited ({st}) before it was ready:\n{}",
+                    tail_lines(&self.log_text(), 40)
+                );
             }
             if http_get_blocking(&self.metrics_addr, "/healthz").is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("shipper not ready after {t:?}:\n{}", tail_lines(&self.log_text(), 40));
+        panic!(
+            "shipper not ready after {t:?}:\n{}",
+            tail_lines(&self.log_text(), 40)
+        );
     }
 
     pub fn sigterm(&mut self) {
         self.wait_ready(Duration::from_secs(30));
-        let st = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 
@@ -439,7 +571,12 @@ impl Shipper {
     }
 
     /// Poll until `cond(value of series)` holds; returns the last value seen.
-    pub async fn wait_metric(&self, series: &str, timeout: Duration, cond: impl Fn(f64) -> bool) -> Option<f64> {
+    pub async fn wait_metric(
+        &self,
+        series: &str,
+        timeout: Duration,
+        cond: impl Fn(f64) -> bool,
+    ) -> Option<f64> {
         let start = Instant::now();
         let mut last = None;
         while start.elapsed() < timeout {
@@ -457,7 +594,10 @@ impl Shipper {
 pub fn metric_value(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
 }
 
@@ -467,11 +607,15 @@ pub fn http_get_blocking(addr: &str, path: &str) -> Option<(u16, String)> {
     let sa: std::net::SocketAddr = addr.parse().ok()?;
     let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -510,7 +654,10 @@ pub async fn migrated_pg() -> (Pg, PgPool) {
 pub fn module_or_skip(test: &str) -> Option<PathBuf> {
     let module = module_path();
     if module.is_none() {
-        skip(test, "libtally.so not found (build module/ in release or set TALLY_MODULE)");
+        skip(
+            test,
+            "libtally.so not found (build module/ in release or set TALLY_MODULE)",
+        );
     }
     module
 }
@@ -519,7 +666,13 @@ pub async fn stack() -> Stack {
     let redis = Redis::start(None);
     let (pg, pool) = migrated_pg().await;
     let c = redis.conn().await;
-    Stack { redis, pg, pool, c, m: Model::default() }
+    Stack {
+        redis,
+        pg,
+        pool,
+        c,
+        m: Model::default(),
+    }
 }
 
 /// Redis with the tally module, a migrated Postgres, a pool and a connection; None (after
@@ -545,38 +698,88 @@ pub async fn cmd(c: &mut MultiplexedConnection, args: &[&str]) -> redis::Value {
     for a in &args[1..] {
         k.arg(*a);
     }
-    k.query_async::<redis::Value>(c).await.unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+    k.query_async::<redis::Value>(c)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
 }
 
 /// A one-shot `tally-shipper` subcommand: (exit code, stdout + stderr).
 pub fn shipper_cmd(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN).args(args).output().expect("run tally-shipper");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run tally-shipper");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
 pub fn run_migrate(pg_url: &str) {
-    let out = Command::new(BIN).args(["migrate", "--database-url", pg_url]).output().unwrap();
-    assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["migrate", "--database-url", pg_url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "migrate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
-pub fn base_args(cmd: &str, redis: Option<&str>, pg: Option<&str>, brokers: Option<&str>) -> Vec<String> {
+pub fn base_args(
+    cmd: &str,
+    redis: Option<&str>,
+    pg: Option<&str>,
+    brokers: Option<&str>,
+) -> Vec<String> {
     let mut a = vec![cmd.to_string()];
     if let Some(r) = redis {
-        a.extend(["--redis-url".into(), r.into(), "--consumer".into(), "c1".into()]);
-        a.extend(["--claim-idle-ms".into(), "2000".into(), "--claim-interval-ms".into(), "500".into()]);
-        a.extend(["--trim-interval-ms".into(), "200".into(), "--block-ms".into(), "200".into()]);
+        a.extend([
+            "--redis-url".into(),
+            r.into(),
+            "--consumer".into(),
+            "c1".into(),
+        ]);
+        a.extend([
+            "--claim-idle-ms".into(),
+            "2000".into(),
+            "--claim-interval-ms".into(),
+            "500".into(),
+        ]);
+        a.extend([
+            "--trim-interval-ms".into(),
+            "200".into(),
+            "--block-ms".into(),
+            "200".into(),
+        ]);
     }
     if let Some(p) = pg {
         a.extend(["--database-url".into(), p.into()]);
     }
     if let Some(b) = brokers {
         // 3 partitions: a transfer's second key arrives through another partition
-        a.extend(["--kafka-brokers".into(), b.into(), "--kafka-create-topic".into(), "--kafka-topic-partitions".into(), "3".into()]);
+        a.extend([
+            "--kafka-brokers".into(),
+            b.into(),
+            "--kafka-create-topic".into(),
+            "--kafka-topic-partitions".into(),
+            "3".into(),
+        ]);
         a.extend(["--kafka-message-timeout-ms".into(), "10000".into()]);
     }
-    a.extend(["--metrics-addr".into(), format!("127.0.0.1:{}", free_port())]);
-    a.extend(["--retry-backoff-cap-ms".into(), "1000".into(), "--progress-interval-ms".into(), "200".into()]);
+    a.extend([
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ]);
+    a.extend([
+        "--retry-backoff-cap-ms".into(),
+        "1000".into(),
+        "--progress-interval-ms".into(),
+        "200".into(),
+    ]);
     a
 }
 
@@ -650,7 +853,10 @@ impl Model {
     pub fn asset_transfer(&mut self, from: &str, to: &str, field: &str, cents_: i64) -> String {
         let (sf, st) = (self.next_seq(from), self.next_seq(to));
         let bf = {
-            let b = self.balances.entry((from.into(), field.into())).or_insert(0);
+            let b = self
+                .balances
+                .entry((from.into(), field.into()))
+                .or_insert(0);
             *b -= cents_;
             *b
         };
@@ -686,7 +892,10 @@ impl Model {
 
     pub fn usage_consume(&mut self, key: &str, amount_cents: i64) -> String {
         let seq = self.next_seq(key);
-        let u = self.usage.entry((key.into(), "all".into())).or_insert((0, 0, 0));
+        let u = self
+            .usage
+            .entry((key.into(), "all".into()))
+            .or_insert((0, 0, 0));
         u.0 += amount_cents;
         u.1 += amount_cents;
         u.2 += 1;
@@ -714,7 +923,12 @@ impl Model {
             2 => {
                 let a = rng.random_range(0..20);
                 let b = (a + rng.random_range(1..20)) % 20;
-                self.asset_transfer(&format!("user:{a}"), &format!("user:{b}"), "gold", rng.random_range(1..300))
+                self.asset_transfer(
+                    &format!("user:{a}"),
+                    &format!("user:{b}"),
+                    "gold",
+                    rng.random_range(1..300),
+                )
             }
             _ => {
                 let k = format!("user:{}", rng.random_range(0..20));
@@ -729,7 +943,12 @@ impl Model {
 pub const STREAM: &str = "tally:log";
 
 /// Appends `n` model events to the stream and returns every 100th, for replaying later.
-pub async fn fill_with_replays(c: &mut MultiplexedConnection, m: &mut Model, rng: &mut impl rand::Rng, n: usize) -> Vec<String> {
+pub async fn fill_with_replays(
+    c: &mut MultiplexedConnection,
+    m: &mut Model,
+    rng: &mut impl rand::Rng,
+    n: usize,
+) -> Vec<String> {
     let mut replay = Vec::new();
     for i in 0..n {
         let e = m.random_event(rng);
@@ -742,11 +961,17 @@ pub async fn fill_with_replays(c: &mut MultiplexedConnection, m: &mut Model, rng
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap()
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// Poll until `sql` (a count) reaches `want` or the timeout passes; returns the last value.
@@ -768,18 +993,33 @@ pub async fn wait_count(pool: &PgPool, sql: &str, want: i64, timeout: Duration) 
 /// Full comparison of Postgres against the model: exact event id set, no duplicates,
 /// balances, coupon issues, usage totals, per-key last seq, no anomalies, no failures.
 pub async fn assert_matches_model(pool: &PgPool, m: &Model, expect_failed: i64) {
-    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id::text FROM events").fetch_all(pool).await.unwrap();
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id::text FROM events")
+        .fetch_all(pool)
+        .await
+        .unwrap();
     let mut got = ids.clone();
     got.sort();
     let mut want = m.ids.clone();
     want.sort();
-    assert_eq!(got.len(), want.len(), "event count differs (got {}, want {})", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "event count differs (got {}, want {})",
+        got.len(),
+        want.len()
+    );
     assert!(got == want, "event id sets differ");
 
     let bal: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT data_key, field, balance::text FROM balances ORDER BY 1, 2").fetch_all(pool).await.unwrap();
-    let want_bal: Vec<(String, String, String)> =
-        m.balances.iter().map(|((k, f), v)| (k.clone(), f.clone(), cents(*v))).collect();
+        sqlx::query_as("SELECT data_key, field, balance::text FROM balances ORDER BY 1, 2")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let want_bal: Vec<(String, String, String)> = m
+        .balances
+        .iter()
+        .map(|((k, f), v)| (k.clone(), f.clone(), cents(*v)))
+        .collect();
     let got_bal: Vec<(String, String, String)> = bal
         .into_iter()
         .map(|(k, f, b)| (k, f, normalize_decimal(&b)))
@@ -787,11 +1027,21 @@ pub async fn assert_matches_model(pool: &PgPool, m: &Model, expect_failed: i64) 
     assert_eq!(got_bal, want_bal, "balances differ");
 
     let changes = count(pool, "SELECT count(*) FROM event_changes").await;
-    assert_eq!(changes, m.changes, "one event_changes row per balance change");
+    assert_eq!(
+        changes, m.changes,
+        "one event_changes row per balance change"
+    );
 
     let claims: Vec<(String, i64, String)> =
-        sqlx::query_as("SELECT campaign, issue, user_id FROM coupon_issues ORDER BY 1, 2").fetch_all(pool).await.unwrap();
-    let want_claims: Vec<(String, i64, String)> = m.claims.iter().map(|((c, i), u)| (c.clone(), *i, u.clone())).collect();
+        sqlx::query_as("SELECT campaign, issue, user_id FROM coupon_issues ORDER BY 1, 2")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let want_claims: Vec<(String, i64, String)> = m
+        .claims
+        .iter()
+        .map(|((c, i), u)| (c.clone(), *i, u.clone()))
+        .collect();
     assert_eq!(claims, want_claims, "coupon issues differ");
 
     let usage: Vec<(String, String, String, String, i64)> = sqlx::query_as(
@@ -800,17 +1050,30 @@ pub async fn assert_matches_model(pool: &PgPool, m: &Model, expect_failed: i64) 
     .fetch_all(pool)
     .await
     .unwrap();
-    let got_usage: Vec<(String, String, String, String, i64)> =
-        usage.into_iter().map(|(k, p, u, c, n)| (k, p, normalize_decimal(&u), normalize_decimal(&c), n)).collect();
-    let want_usage: Vec<(String, String, String, String, i64)> =
-        m.usage.iter().map(|((k, p), (u, c, n))| (k.clone(), p.clone(), cents(*u), cents(*c), *n)).collect();
+    let got_usage: Vec<(String, String, String, String, i64)> = usage
+        .into_iter()
+        .map(|(k, p, u, c, n)| (k, p, normalize_decimal(&u), normalize_decimal(&c), n))
+        .collect();
+    let want_usage: Vec<(String, String, String, String, i64)> = m
+        .usage
+        .iter()
+        .map(|((k, p), (u, c, n))| (k.clone(), p.clone(), cents(*u), cents(*c), *n))
+        .collect();
     assert_eq!(got_usage, want_usage, "usage totals differ");
 
     let seqs: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT data_key, last_seq, contiguous_seq FROM key_seqs").fetch_all(pool).await.unwrap();
-    let got_seqs: BTreeMap<String, (i64, i64)> = seqs.into_iter().map(|(k, l, c)| (k, (l, c))).collect();
-    let want_seqs: BTreeMap<String, (i64, i64)> = m.seq.iter().map(|(k, v)| (k.clone(), (*v, *v))).collect();
-    assert_eq!(got_seqs, want_seqs, "per-key (last seq, contiguous seq) differs");
+        sqlx::query_as("SELECT data_key, last_seq, contiguous_seq FROM key_seqs")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let got_seqs: BTreeMap<String, (i64, i64)> =
+        seqs.into_iter().map(|(k, l, c)| (k, (l, c))).collect();
+    let want_seqs: BTreeMap<String, (i64, i64)> =
+        m.seq.iter().map(|(k, v)| (k.clone(), (*v, *v))).collect();
+    assert_eq!(
+        got_seqs, want_seqs,
+        "per-key (last seq, contiguous seq) differs"
+    );
 
     let event_keys = count(pool, "SELECT count(*) FROM event_keys").await;
     assert_eq!(event_keys, m.key_refs, "event_keys rows");
@@ -824,8 +1087,16 @@ pub async fn assert_matches_model(pool: &PgPool, m: &Model, expect_failed: i64) 
 pub fn normalize_decimal(s: &str) -> String {
     if let Some((i, f)) = s.split_once('.') {
         let f = f.trim_end_matches('0');
-        let out = if f.is_empty() { i.to_string() } else { format!("{i}.{f}") };
-        if out == "-0" { "0".into() } else { out }
+        let out = if f.is_empty() {
+            i.to_string()
+        } else {
+            format!("{i}.{f}")
+        };
+        if out == "-0" {
+            "0".into()
+        } else {
+            out
+        }
     } else {
         s.to_string()
     }

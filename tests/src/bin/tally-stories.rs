@@ -11,7 +11,11 @@ use tally_tests::stories::{self, cents, from_cents, Conn, Target};
 #[command(about = "Play tally's three stories against a running Redis with the module")]
 struct Args {
     /// The server; with --cluster, one or more seed nodes, comma separated.
-    #[arg(long, env = "TALLY_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    #[arg(
+        long,
+        env = "TALLY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
     redis_url: String,
     /// The URL(s) are nodes of a Redis Cluster: every command goes to the node serving its
     /// key (a cluster client that reads CLUSTER SLOTS and follows MOVED/ASK).
@@ -26,14 +30,22 @@ fn check(ok: bool, what: &str, failures: &mut Vec<String>) -> &'static str {
     if !ok {
         failures.push(what.to_string());
     }
-    if ok { "yes" } else { "NO" }
+    if ok {
+        "yes"
+    } else {
+        "NO"
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     tally_tests::raise_fd_limit();
-    let target = if args.cluster { Target::cluster(&args.redis_url)? } else { Target::server(&args.redis_url)? };
+    let target = if args.cluster {
+        Target::cluster(&args.redis_url)?
+    } else {
+        Target::server(&args.redis_url)?
+    };
     let mut conn = target.conn().await?;
     let mut failures = Vec::new();
     let run = &args.run;
@@ -46,19 +58,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut matching = 0;
     let mut total_cents = 0;
     for (key, want) in &out.expected {
-        let got: Option<String> = redis::cmd("HGET").arg(key).arg("BDP").query_async(&mut conn).await?;
+        let got: Option<String> = redis::cmd("HGET")
+            .arg(key)
+            .arg("BDP")
+            .query_async(&mut conn)
+            .await?;
         total_cents += want;
         if got.as_deref().map(cents) == Some(*want) {
             matching += 1;
         }
     }
     println!("  {} grants in {elapsed} ms; accounts whose Redis balance equals the sum of its grants: {matching}/{}", out.grants, out.expected.len());
-    println!("  total granted: {} BDP (amounts like 10.43, 0.1 + 0.2: exact decimals)", from_cents(total_cents));
+    println!(
+        "  total granted: {} BDP (amounts like 10.43, 0.1 + 0.2: exact decimals)",
+        from_cents(total_cents)
+    );
     for key in out.expected.keys().take(3) {
-        let v: Option<String> = redis::cmd("HGET").arg(key).arg("BDP").query_async(&mut conn).await?;
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(key)
+            .arg("BDP")
+            .query_async(&mut conn)
+            .await?;
         println!("  HGET {key} BDP -> {}", v.unwrap_or_default());
     }
-    println!("  every balance exact: {}", check(matching == out.expected.len(), "story 1 balances", &mut failures));
+    println!(
+        "  every balance exact: {}",
+        check(
+            matching == out.expected.len(),
+            "story 1 balances",
+            &mut failures
+        )
+    );
     let accounts: Vec<String> = out.expected.into_keys().collect();
 
     println!("\n== Story 2: first-come coupons: 1,000 users race for 100 coupons ==");
@@ -66,23 +96,54 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = stories::coupons_on(&target, &campaign, 1000, 100).await?;
     let mut issues: Vec<i64> = out.winners.iter().map(|(_, i)| *i).collect();
     issues.sort();
-    println!("  claims won: {}, SOLDOUT: {}, other errors: {}", out.winners.len(), out.soldout, out.other_errors.len());
-    let info: Vec<redis::Value> = redis::cmd("COUPON.INFO").arg(&campaign).query_async(&mut conn).await?;
-    let info: Vec<String> = info.iter().map(|v| match v {
-        redis::Value::Int(n) => n.to_string(),
-        other => redis::from_redis_value::<String>(other.clone()).unwrap_or_default(),
-    }).collect();
+    println!(
+        "  claims won: {}, SOLDOUT: {}, other errors: {}",
+        out.winners.len(),
+        out.soldout,
+        out.other_errors.len()
+    );
+    let info: Vec<redis::Value> = redis::cmd("COUPON.INFO")
+        .arg(&campaign)
+        .query_async(&mut conn)
+        .await?;
+    let info: Vec<String> = info
+        .iter()
+        .map(|v| match v {
+            redis::Value::Int(n) => n.to_string(),
+            other => redis::from_redis_value::<String>(other.clone()).unwrap_or_default(),
+        })
+        .collect();
     println!("  COUPON.INFO {campaign} -> {}", info.join(" "));
-    let exact = out.winners.len() == 100 && issues == (1..=100).collect::<Vec<_>>() && out.other_errors.is_empty();
-    println!("  exactly 100 winners with issue numbers 1..100 once each: {}", check(exact, "story 2 claims", &mut failures));
+    let exact = out.winners.len() == 100
+        && issues == (1..=100).collect::<Vec<_>>()
+        && out.other_errors.is_empty();
+    println!(
+        "  exactly 100 winners with issue numbers 1..100 once each: {}",
+        check(exact, "story 2 claims", &mut failures)
+    );
 
     println!("\n== Story 3: usage billing: 10 concurrent consumers against a limit of 10 ==");
     let key = format!("{run}:usage:api-calls");
     let out = stories::usage_on(&target, &key, 10, 10, 5).await?;
-    let got: Vec<String> = redis::cmd("USAGE.GET").arg(&key).query_async(&mut conn).await?;
-    println!("  consumed: {}, refused with LIMIT: {}, other errors: {}", out.ok, out.limited, out.other_errors.len());
+    let got: Vec<String> = redis::cmd("USAGE.GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await?;
+    println!(
+        "  consumed: {}, refused with LIMIT: {}, other errors: {}",
+        out.ok,
+        out.limited,
+        out.other_errors.len()
+    );
     println!("  USAGE.GET {key} -> {}", got.join(" "));
-    println!("  exactly 10 consumed: {}", check(out.ok == 10 && out.other_errors.is_empty(), "story 3 usage", &mut failures));
+    println!(
+        "  exactly 10 consumed: {}",
+        check(
+            out.ok == 10 && out.other_errors.is_empty(),
+            "story 3 usage",
+            &mut failures
+        )
+    );
 
     if args.cluster {
         let mut keys = vec![campaign, key];
@@ -90,7 +151,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (streams, len) = slot_streams(&mut conn, &keys).await?;
         println!("\nthe {streams} per-slot streams tally:log:{{tag}} this run wrote to now hold {len} unshipped entries (the shipper drains and trims them)");
     } else {
-        let len: i64 = redis::cmd("XLEN").arg("tally:log").query_async(&mut conn).await?;
+        let len: i64 = redis::cmd("XLEN")
+            .arg("tally:log")
+            .query_async(&mut conn)
+            .await?;
         println!("\nstream tally:log now holds {len} unshipped entries (the shipper drains and trims it)");
     }
     if failures.is_empty() {
@@ -104,7 +168,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Cluster mode: the module logs a key's events to `tally:log:{<tag of its slot>}` on the
 /// node serving that slot. Returns how many such streams `keys` use and their total length.
 async fn slot_streams(conn: &mut Conn, keys: &[String]) -> redis::RedisResult<(usize, i64)> {
-    let streams: BTreeSet<String> = keys.iter().map(|k| format!("tally:log:{{{}}}", tally_slot::tag(tally_slot::key_slot(k.as_bytes())))).collect();
+    let streams: BTreeSet<String> = keys
+        .iter()
+        .map(|k| {
+            format!(
+                "tally:log:{{{}}}",
+                tally_slot::tag(tally_slot::key_slot(k.as_bytes()))
+            )
+        })
+        .collect();
     let mut total = 0;
     for s in &streams {
         let len: i64 = redis::cmd("XLEN").arg(s).query_async(conn).await?;
