@@ -1,0 +1,242 @@
+"""The asyncio client: :class:`AsyncTally` over ``redis.asyncio.Redis`` or
+``redis.asyncio.RedisCluster``. Same methods as :class:`~tally_client.Tally`, awaited."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import redis.asyncio
+from redis.exceptions import ResponseError
+
+from . import _commands as c
+from .errors import translate
+from .types import (
+    Amount,
+    ClaimResult,
+    CouponInfo,
+    Period,
+    ReleaseResult,
+    TransferResult,
+    UsageInfo,
+    UsageResult,
+)
+
+T = TypeVar("T")
+
+
+__all__ = ["AsyncTally"]
+
+
+async def _aclose(client: redis.asyncio.Redis | redis.asyncio.RedisCluster) -> None:
+    # aclose() since redis-py 5.0.1; close() before (deprecated after).
+    closer = getattr(client, "aclose", None) or client.close
+    await cast(Callable[[], Awaitable[None]], closer)()
+
+
+class AsyncTally:
+    """tally's commands over a redis-py asyncio client (standalone or cluster), awaited.
+
+    Every mutating method takes ``op_id`` and ``meta``. With ``auto_op_id=True`` (the
+    default) a call given no ``op_id`` gets a fresh one (:func:`new_op_id`), so the retry
+    redis-py itself performs after a connection error or timeout (on by default since
+    redis-py 6) re-sends the same op-id and cannot apply a change twice. Each op-id costs
+    the server a small record for ``tally.op-ttl-ms`` (24 h by default, bounded by
+    ``tally.max-op-ids``); ``auto_op_id=False`` sends no ``ID`` unless one is given.
+
+    Error replies raise the classes in :mod:`tally_client.errors`.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | redis.asyncio.RedisCluster,
+        *,
+        auto_op_id: bool = True,
+    ):
+        if not isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster)):
+            raise TypeError("AsyncTally needs a redis.asyncio client; use Tally for a sync one")
+        self._client = client
+        self._exec = cast(Callable[..., Awaitable[Any]], client.execute_command)
+        self._auto_op_id = auto_op_id
+
+    @classmethod
+    async def from_url(
+        cls,
+        url: str,
+        *,
+        cluster: bool | None = None,
+        auto_op_id: bool = True,
+        **kwargs: Any,
+    ) -> AsyncTally:
+        """Connect to ``url``; ``cluster=None`` asks the server (``INFO cluster``) whether it
+        is a cluster node and uses ``RedisCluster`` if so."""
+        if cluster is None:
+            probe = redis.asyncio.Redis.from_url(url, **kwargs)
+            try:
+                info = await probe.info("cluster")
+                cluster = bool(info.get("cluster_enabled"))
+            finally:
+                await _aclose(probe)
+        if cluster:
+            return cls(redis.asyncio.RedisCluster.from_url(url, **kwargs), auto_op_id=auto_op_id)
+        return cls(redis.asyncio.Redis.from_url(url, **kwargs), auto_op_id=auto_op_id)
+
+    @property
+    def redis(self) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
+        """The underlying redis-py client."""
+        return self._client
+
+    async def aclose(self) -> None:
+        await _aclose(self._client)
+
+    async def __aenter__(self) -> AsyncTally:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _op(self, op_id: str | None) -> str | None:
+        if op_id is None and self._auto_op_id:
+            return c.new_op_id()
+        return op_id
+
+    async def _run(self, call: c.Call[T]) -> T:
+        try:
+            reply = await self._exec(*call.args)
+        except ResponseError as err:
+            mapped = translate(err)
+            if mapped is err:
+                raise
+            raise mapped from err
+        return call.parse(reply)
+
+    # ASSET.* ----------------------------------------------------------------------------
+
+    async def asset_incr(
+        self,
+        key: str,
+        deltas: Mapping[str, Amount],
+        *,
+        op_id: str | None = None,
+        meta: str | None = None,
+        floor: Amount | None = None,
+        nofloor: bool = False,
+        ceil: Amount | None = None,
+    ) -> dict[str, Decimal]:
+        """``ASSET.INCR``: add signed ``deltas`` ({field: delta}) to fields of the hash
+        ``key``, all or nothing; returns the new balances in the same order.
+
+        By default no balance may end below 0 (:class:`Insufficient`); ``floor`` sets
+        another lower bound, ``nofloor=True`` removes it, ``ceil`` adds an upper bound
+        (:class:`LimitExceeded`)."""
+        return await self._run(
+            c.asset_incr(
+                key,
+                deltas,
+                op_id=self._op(op_id),
+                meta=meta,
+                floor=floor,
+                nofloor=nofloor,
+                ceil=ceil,
+            )
+        )
+
+    async def asset_get(self, key: str, *fields: str) -> dict[str, Decimal]:
+        """``ASSET.GET``: the named balances (missing = 0), or every field when none is named
+        (sorted by the names' bytes; a name that is not UTF-8 comes back with
+        surrogate escapes)."""
+        return await self._run(c.asset_get(key, fields))
+
+    async def asset_transfer(
+        self,
+        source: str,
+        target: str,
+        field: str,
+        amount: Amount,
+        *,
+        op_id: str | None = None,
+        meta: str | None = None,
+    ) -> TransferResult:
+        """``ASSET.TRANSFER``: move a positive ``amount`` of ``field`` from ``source`` to
+        ``target`` (in a cluster both keys need one hash tag, ``{user42}.wallet``)."""
+        return await self._run(
+            c.asset_transfer(source, target, field, amount, op_id=self._op(op_id), meta=meta)
+        )
+
+    # COUPON.* ---------------------------------------------------------------------------
+
+    async def coupon_create(
+        self,
+        campaign: str,
+        total: int,
+        *,
+        per_user: int | None = None,
+        start: int | _dt.datetime | None = None,
+        end: int | _dt.datetime | None = None,
+        op_id: str | None = None,
+        meta: str | None = None,
+    ) -> None:
+        """``COUPON.CREATE``: a campaign with a fixed stock, at most ``per_user`` claims per
+        user (default 1), claimable from ``start`` (inclusive) to ``end`` (exclusive), each
+        unix milliseconds or an aware datetime."""
+        await self._run(
+            c.coupon_create(
+                campaign,
+                total,
+                per_user=per_user,
+                start=start,
+                end=end,
+                op_id=self._op(op_id),
+                meta=meta,
+            )
+        )
+
+    async def coupon_claim(
+        self, campaign: str, user: str, *, op_id: str | None = None, meta: str | None = None
+    ) -> ClaimResult:
+        """``COUPON.CLAIM``: raises :class:`NotFound`, :class:`Closed`, :class:`Duplicate`
+        or :class:`SoldOut`, checked in that order."""
+        return await self._run(c.coupon_claim(campaign, user, op_id=self._op(op_id), meta=meta))
+
+    async def coupon_release(
+        self, campaign: str, user: str, *, op_id: str | None = None, meta: str | None = None
+    ) -> ReleaseResult:
+        """``COUPON.RELEASE``: give the user's most recent claim back to the stock."""
+        return await self._run(c.coupon_release(campaign, user, op_id=self._op(op_id), meta=meta))
+
+    async def coupon_info(self, campaign: str) -> CouponInfo:
+        """``COUPON.INFO``."""
+        return await self._run(c.coupon_info(campaign))
+
+    # USAGE.* ----------------------------------------------------------------------------
+
+    async def usage_limit(
+        self,
+        key: str,
+        limit: Amount,
+        *,
+        period: Period | None = None,
+        op_id: str | None = None,
+        meta: str | None = None,
+    ) -> None:
+        """``USAGE.LIMIT``: set or change the quota (keeps what was used this period)."""
+        await self._run(c.usage_limit(key, limit, period=period, op_id=self._op(op_id), meta=meta))
+
+    async def usage_consume(
+        self, key: str, amount: Amount, *, op_id: str | None = None, meta: str | None = None
+    ) -> UsageResult:
+        """``USAGE.CONSUME``: succeeds only if ``used + amount <= limit``, else raises
+        :class:`LimitExceeded` and changes nothing."""
+        return await self._run(c.usage_consume(key, amount, op_id=self._op(op_id), meta=meta))
+
+    async def usage_get(self, key: str) -> UsageInfo:
+        """``USAGE.GET``."""
+        return await self._run(c.usage_get(key))
