@@ -20,8 +20,12 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
+from tenacity.retry import retry_base
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 from ._commands import new_op_id
 
@@ -41,15 +45,15 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 
 def _policy(
     attempts: int, backoff: float, max_backoff: float, retry_on: tuple[type[BaseException], ...]
-) -> dict[str, object]:
+) -> tuple[stop_base, wait_base, retry_base]:
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
-    return {
-        "stop": stop_after_attempt(attempts),
-        "wait": wait_exponential_jitter(initial=backoff, max=max_backoff, jitter=backoff),
-        "retry": retry_if_exception_type(retry_on),
-        "reraise": True,
-    }
+    return (
+        stop_after_attempt(attempts),
+        # backoff, 2x, 4x, ... up to max_backoff, plus up to one backoff of jitter.
+        wait_exponential(multiplier=backoff, max=max_backoff) + wait_random(0, backoff),
+        retry_if_exception_type(retry_on),
+    )
 
 
 def with_retry(
@@ -71,7 +75,8 @@ def with_retry(
     Add :class:`~tally_client.OpIds` or :class:`~tally_client.Backlog` to ``retry_on`` to
     wait those out too: a refused command does not consume its op-id."""
     op = op_id if op_id is not None else new_op_id()
-    retrying = Retrying(**_policy(attempts, backoff, max_backoff, retry_on))  # type: ignore[arg-type]
+    stop, wait, retry = _policy(attempts, backoff, max_backoff, retry_on)
+    retrying = Retrying(stop=stop, wait=wait, retry=retry, reraise=True)
     return retrying(fn, op)
 
 
@@ -86,5 +91,12 @@ async def async_with_retry(
 ) -> T:
     """:func:`with_retry` for coroutines: ``await async_with_retry(lambda op_id: ...)``."""
     op = op_id if op_id is not None else new_op_id()
-    retrying = AsyncRetrying(**_policy(attempts, backoff, max_backoff, retry_on))  # type: ignore[arg-type]
-    return await retrying(fn, op)
+    stop, wait, retry = _policy(attempts, backoff, max_backoff, retry_on)
+    retrying = AsyncRetrying(stop=stop, wait=wait, retry=retry, reraise=True)
+
+    # A coroutine function, so that tenacity awaits each attempt (it would call a plain
+    # lambda returning a coroutine as a sync function and hand back the coroutine).
+    async def attempt(op_id: str) -> T:
+        return await fn(op_id)
+
+    return await retrying(attempt, op)
