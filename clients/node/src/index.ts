@@ -1,0 +1,51 @@
+/**
+ * @tally/client: typed access to tally's ASSET.*, COUPON.* and USAGE.* commands.
+ *
+ * The driver adapters live in `@tally/client/node-redis` (`tally` command objects,
+ * `fromNodeRedis`) and `@tally/client/ioredis` (`fromIoredis`); this entry holds what both
+ * share: the types, the amount codec, the error classes and the retry helpers.
+ */
+export {
+  DECIMAL_PATTERN,
+  decodeAmount,
+  encodeAmount,
+  isDecimalString,
+  stringCodec,
+  type DecimalCodec,
+} from './amount';
+export { withCodec, type AdapterOptions } from './client';
+export {
+  BacklogError,
+  ClosedError,
+  ConflictError,
+  DuplicateError,
+  ERROR_CLASSES,
+  errorFromReply,
+  InsufficientError,
+  isServerErrorReply,
+  LimitExceededError,
+  NoPermError,
+  NotFoundError,
+  OpIdsError,
+  SoldOutError,
+  TallyError,
+  toTallyError,
+  WrongTypeError,
+} from './errors';
+export { isRetryableError, newOpId, TRANSIENT_REPLY_CODES, withRetry, type RetryOptions } from './retry';
+export type {
+  Balances,
+  ClaimResult,
+  ConsumeResult,
+  CouponCreateOptions,
+  CouponInfo,
+  Deltas,
+  IncrOptions,
+  OpOptions,
+  ReleaseResult,
+  TallyApi,
+  TransferResult,
+  UsageInfo,
+  UsageLimitOptions,
+  UsagePeriod,
+} from './types';

@@ -1,0 +1,139 @@
+/**
+ * The typed surface of the ten tally commands. `A` is the amount type: `string` by default
+ * (canonical decimal strings), or whatever a {@link DecimalCodec} maps them to.
+ */
+
+/** Options every mutating command takes. */
+export interface OpOptions {
+  /**
+   * `ID op-id` (1-128 bytes): the same op-id with the same request replays the original
+   * reply and changes nothing; with a different request it is a `ConflictError`. Scoped to
+   * the command's first key. Use {@link newOpId} / {@link withRetry}.
+   */
+  opId?: string;
+  /** `META text` (UTF-8, at most 4096 bytes), carried into the change log event. */
+  meta?: string;
+}
+
+/**
+ * Field deltas of `ASSET.INCR`, applied all or nothing (at most 64 fields). An object
+ * literal, a `Map` or `[field, delta]` pairs; the reply keeps this order, and so does the
+ * op-id's request check (mind that an object lists integer-like keys such as `"10"` first:
+ * use pairs when such fields must keep another order).
+ */
+export type Deltas<A> =
+  | Readonly<Record<string, A>>
+  | ReadonlyMap<string, A>
+  | ReadonlyArray<readonly [string, A]>;
+
+/** Bounds of `ASSET.INCR`: `floor` (default 0) or `noFloor`, and `ceil`. */
+export type IncrOptions<A> = OpOptions &
+  (
+    | {
+        /** `FLOOR n`: the lowest balance allowed (default 0); e.g. `'-100'` for credit. */
+        floor?: A;
+        noFloor?: false;
+        /** `CEIL n`: the highest balance allowed (`LimitExceededError` beyond). */
+        ceil?: A;
+      }
+    | {
+        floor?: undefined;
+        /** `NOFLOOR`: no lower bound. */
+        noFloor: true;
+        ceil?: A;
+      }
+  );
+
+/** Balances by field (`ASSET.INCR`'s new balances, `ASSET.GET`'s values; missing = `"0"`). */
+export type Balances<A> = Record<string, A>;
+
+/** `ASSET.TRANSFER`'s reply: both balances after the move. */
+export interface TransferResult<A> {
+  from: A;
+  to: A;
+}
+
+export interface CouponCreateOptions extends OpOptions {
+  /** `PERUSER n`: claims one user may hold (default 1, at most 1000). */
+  perUser?: number;
+  /** `START`: claimable from this instant (inclusive); unix ms or a Date. */
+  start?: number | Date;
+  /** `END`: claimable until this instant (exclusive); unix ms or a Date. */
+  end?: number | Date;
+}
+
+/** `COUPON.CLAIM`'s reply: the issue number (from 1, never reused) and the stock left. */
+export interface ClaimResult {
+  issue: number;
+  remaining: number;
+}
+
+/** `COUPON.RELEASE`'s reply: the released (and retired) issue number and the stock left. */
+export interface ReleaseResult {
+  issue: number;
+  remaining: number;
+}
+
+/** `COUPON.INFO`'s reply. `start`/`end` are unix ms, 0 = unbounded. */
+export interface CouponInfo {
+  total: number;
+  issued: number;
+  remaining: number;
+  perUser: number;
+  start: number;
+  end: number;
+  lastIssue: number;
+}
+
+export type UsagePeriod = 'none' | 'day' | 'month';
+
+export interface UsageLimitOptions extends OpOptions {
+  /** `PERIOD`: usage starts again from 0 at each UTC day / month (default `none`). */
+  period?: UsagePeriod;
+}
+
+/** `USAGE.CONSUME`'s reply. */
+export interface ConsumeResult<A> {
+  used: A;
+  remaining: A;
+}
+
+/** `USAGE.GET`'s reply, as of now (a new period reads as 0 used). */
+export interface UsageInfo<A> {
+  used: A;
+  limit: A;
+  remaining: A;
+  period: UsagePeriod;
+  /** `all` for `none`, `2026-12` for `month`, `2026-12-06` style for `day`. */
+  periodId: string;
+}
+
+/** One typed method per tally command; see the repository README's "Command reference". */
+export interface TallyApi<A = string> {
+  /** `ASSET.INCR`: adds signed deltas to fields of one hash, all or nothing. */
+  assetIncr(key: string, deltas: Deltas<A>, options?: IncrOptions<A>): Promise<Balances<A>>;
+  /** `ASSET.GET`: the named balances (missing = `"0"`), or with no field every field. */
+  assetGet(key: string, fields?: readonly string[]): Promise<Balances<A>>;
+  /** `ASSET.TRANSFER`: moves a positive amount of `field` (same slot in a cluster). */
+  assetTransfer(
+    from: string,
+    to: string,
+    field: string,
+    amount: A,
+    options?: OpOptions,
+  ): Promise<TransferResult<A>>;
+  /** `COUPON.CREATE`: a campaign with a fixed stock `total` (1 to 10^9). */
+  couponCreate(campaign: string, total: number, options?: CouponCreateOptions): Promise<void>;
+  /** `COUPON.CLAIM`: exactly `total` claims succeed under any concurrency. */
+  couponClaim(campaign: string, user: string, options?: OpOptions): Promise<ClaimResult>;
+  /** `COUPON.RELEASE`: gives the user's most recent claim back to the stock. */
+  couponRelease(campaign: string, user: string, options?: OpOptions): Promise<ReleaseResult>;
+  /** `COUPON.INFO`. */
+  couponInfo(campaign: string): Promise<CouponInfo>;
+  /** `USAGE.LIMIT`: sets or changes the quota of a metered counter. */
+  usageLimit(key: string, limit: A, options?: UsageLimitOptions): Promise<void>;
+  /** `USAGE.CONSUME`: succeeds only if `used + amount <= limit`. */
+  usageConsume(key: string, amount: A, options?: OpOptions): Promise<ConsumeResult<A>>;
+  /** `USAGE.GET`. */
+  usageGet(key: string): Promise<UsageInfo<A>>;
+}
