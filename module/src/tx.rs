@@ -93,6 +93,16 @@ impl Names {
         s.push_str(op_id);
         s
     }
+
+    /// The record of `op_id` as modules before 313b772 named it (op-id record format 1):
+    /// `<prefix>:op[:{tag}]:<op-id>`, one per node (per slot in cluster mode) whatever the
+    /// key. Only read, for the records such a module left within `tally.op-ttl-ms`.
+    fn op_v1(&self, op_id: &str) -> String {
+        let mut s = String::with_capacity(self.op_prefix.len() + op_id.len());
+        s.push_str(&self.op_prefix);
+        s.push_str(op_id);
+        s
+    }
 }
 
 /// Rejects keys inside tally's own namespace.
@@ -315,17 +325,26 @@ enum Admission {
     Replay(Reply),
 }
 
+/// What `mutate` knows of a request: its command name, its raw arguments after the name
+/// (for the format-1 fingerprint of records written before an upgrade), the parsed request
+/// and its common options.
+pub struct Request<'a, R: Canonical> {
+    pub command: &'static str,
+    pub raw: &'a [&'a [u8]],
+    pub parsed: &'a R,
+    pub common: &'a Common,
+}
+
 /// The ACL checks on the helper keys and the idempotency check of the op-id, if any.
 fn admit(
     ctx: &Context,
-    command: &str,
-    request: &impl Canonical,
-    common: &Common,
+    request: &Request<'_, impl Canonical>,
     names: &Names,
     data_keys: &[&str],
 ) -> Result<Admission, CmdError> {
     let first_key = data_keys.first().copied().unwrap_or_default();
-    let op_key = common.op_id.as_deref().map(|id| names.op(first_key, id));
+    let op_id = request.common.op_id.as_deref();
+    let op_key = op_id.map(|id| names.op(first_key, id));
     let op_rs = op_key.as_deref().map(|k| RStr::new(k.as_bytes()));
     // Redis checks ACL key permissions only for the keys a command declares; the helper
     // keys are derived, so `acl` checks them (and, on Redis 7.0, the core writes).
@@ -338,9 +357,19 @@ fn admit(
     )?;
     // Idempotent replay: same op-id and same request returns the first reply, writes nothing.
     let mut fingerprint = String::new();
-    if let Some(op_rs) = op_rs.as_ref() {
-        fingerprint = event::fingerprint(command, &request.canonical());
-        if let Some(done) = replay(ctx, op_rs, &fingerprint)? {
+    if let (Some(op_rs), Some(op_id)) = (op_rs.as_ref(), op_id) {
+        fingerprint = event::fingerprint(request.command, &request.parsed.canonical());
+        let v1 = || {
+            let common = request.common;
+            event::fingerprint_v1(request.command, request.raw, common.id_index)
+        };
+        if let Some(done) = replay(ctx, op_rs, &fingerprint, v1)? {
+            return Ok(Admission::Replay(done));
+        }
+        // Not recorded under today's name: a module before the upgrade may have recorded it
+        // under the format-1 name, with the same meaning (replay or CONFLICT).
+        let v1_rs = RStr::new(names.op_v1(op_id).as_bytes());
+        if let Some(done) = replay(ctx, &v1_rs, &fingerprint, v1)? {
             return Ok(Admission::Replay(done));
         }
         admit_op_id()?;
@@ -352,15 +381,13 @@ fn admit(
 /// and the event; nothing is written unless it succeeds.
 pub fn mutate<'r>(
     ctx: &Context,
-    command: &str,
-    request: &impl Canonical,
-    common: &Common,
+    request: Request<'_, impl Canonical>,
     data_keys: &[&str],
     body: impl FnOnce(&mut Tx) -> Result<(Reply, Event<'r>), CmdError>,
 ) -> Result<Reply, CmdError> {
     let names = Names::for_key(ctx, data_keys.first().copied().unwrap_or_default());
     let names: &Names = &names;
-    let (op_rs, fingerprint) = match admit(ctx, command, request, common, names, data_keys)? {
+    let (op_rs, fingerprint) = match admit(ctx, &request, names, data_keys)? {
         Admission::Replay(done) => return Ok(done),
         Admission::Go { op_rs, fingerprint } => (op_rs, fingerprint),
     };
@@ -455,13 +482,18 @@ fn encode_event(event: &Event) -> RStr {
 
 /// The stored reply when `op_rs` records this same request (counted as a replay); CONFLICT
 /// when it records another request or is not a tally record; None when the op-id is new.
-fn replay(ctx: &Context, op_rs: &RStr, fingerprint: &str) -> Result<Option<Reply>, CmdError> {
+fn replay(
+    ctx: &Context,
+    op_rs: &RStr,
+    fingerprint: &str,
+    v1: impl FnOnce() -> String,
+) -> Result<Option<Reply>, CmdError> {
     let k = Key::open_raw(ctx, op_rs.ptr(), false)?;
     match k.kind() {
         KeyType::Empty => Ok(None),
         KeyType::String => {
             let stored = k.string_get().unwrap_or_default();
-            match event::check_record(&stored, fingerprint) {
+            match event::check_record(&stored, fingerprint, v1) {
                 Recorded::Same(reply) => {
                     stats::replay();
                     Ok(Some(reply))

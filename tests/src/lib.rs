@@ -143,8 +143,19 @@ impl Redis {
         Redis::start_full(module_args, &[])
     }
 
-    fn start_full(module_args: &[&str], extra: &[&str]) -> Redis {
+    /// A server that starts from `rdb` (copied into its directory as dump.rdb): data
+    /// written by another build of the module, loaded by this one.
+    pub fn start_from_rdb(rdb: &Path, extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::copy(rdb, dir.path().join("dump.rdb")).expect("copy the RDB fixture");
+        Redis::start_in(dir, &[], extra)
+    }
+
+    fn start_full(module_args: &[&str], extra: &[&str]) -> Redis {
+        Redis::start_in(tempfile::tempdir().expect("temp dir"), module_args, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, module_args: &[&str], extra: &[&str]) -> Redis {
         let mut r = Redis {
             port: free_port(),
             child: None,

@@ -39,42 +39,52 @@ fn balance_rs(
 pub fn incr(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::asset_incr(raw)?;
     tx::check_user_key(&req.key)?;
-    let reply = tx::mutate(ctx, "ASSET.INCR", &req, &req.common, &[&req.key], |tx| {
-        check_asset(tx, &req.key)?;
-        let mut changes = Vec::with_capacity(req.deltas.len());
-        let mut items = Vec::with_capacity(req.deltas.len());
-        for (field, delta) in &req.deltas {
-            // one RedisModuleString for the field's read and its write
-            let name = RStr::new(field.as_bytes());
-            let next = logic::apply_delta(
-                balance_rs(tx, &req.key, field, &name)?,
-                *delta,
-                req.floor,
-                req.ceil,
-            )?;
-            let text = next.to_string();
-            tx.set_named(&req.key, FieldName::Owned(name), Some(text.as_bytes()));
-            changes.push(Change {
-                key: req.key.as_str().into(),
-                field: field.as_str().into(),
-                delta: delta.to_string(),
-                balance: text.clone(),
-            });
-            items.push(Item::Str(text));
-        }
-        let seq = tx.next_seq(&req.key)?;
-        let mut event = Event::new(
-            "asset.incr",
-            tx.now_ms,
-            &req.common,
-            vec![KeySeq {
-                key: req.key.as_str().into(),
-                seq,
-            }],
-        );
-        event.changes = Some(changes);
-        Ok((Reply::Array(items), event))
-    })?;
+    let reply = tx::mutate(
+        ctx,
+        tx::Request {
+            command: "ASSET.INCR",
+            raw,
+            parsed: &req,
+            common: &req.common,
+        },
+        &[&req.key],
+        |tx| {
+            check_asset(tx, &req.key)?;
+            let mut changes = Vec::with_capacity(req.deltas.len());
+            let mut items = Vec::with_capacity(req.deltas.len());
+            for (field, delta) in &req.deltas {
+                // one RedisModuleString for the field's read and its write
+                let name = RStr::new(field.as_bytes());
+                let next = logic::apply_delta(
+                    balance_rs(tx, &req.key, field, &name)?,
+                    *delta,
+                    req.floor,
+                    req.ceil,
+                )?;
+                let text = next.to_string();
+                tx.set_named(&req.key, FieldName::Owned(name), Some(text.as_bytes()));
+                changes.push(Change {
+                    key: req.key.as_str().into(),
+                    field: field.as_str().into(),
+                    delta: delta.to_string(),
+                    balance: text.clone(),
+                });
+                items.push(Item::Str(text));
+            }
+            let seq = tx.next_seq(&req.key)?;
+            let mut event = Event::new(
+                "asset.incr",
+                tx.now_ms,
+                &req.common,
+                vec![KeySeq {
+                    key: req.key.as_str().into(),
+                    seq,
+                }],
+            );
+            event.changes = Some(changes);
+            Ok((Reply::Array(items), event))
+        },
+    )?;
     Ok(to_value(reply))
 }
 
@@ -84,9 +94,12 @@ pub fn transfer(ctx: &Context, raw: &[&[u8]]) -> Result {
     tx::check_user_key(&req.to)?;
     let reply = tx::mutate(
         ctx,
-        "ASSET.TRANSFER",
-        &req,
-        &req.common,
+        tx::Request {
+            command: "ASSET.TRANSFER",
+            raw,
+            parsed: &req,
+            common: &req.common,
+        },
         &[&req.from, &req.to],
         |tx| {
             check_asset(tx, &req.from)?;

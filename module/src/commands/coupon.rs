@@ -183,9 +183,12 @@ pub fn create(ctx: &Context, raw: &[&[u8]]) -> Result {
     tx::check_user_key(&req.campaign)?;
     let reply = tx::mutate(
         ctx,
-        "COUPON.CREATE",
-        &req,
-        &req.common,
+        tx::Request {
+            command: "COUPON.CREATE",
+            raw,
+            parsed: &req,
+            common: &req.common,
+        },
         &[&req.campaign],
         |tx| {
             if tx.hash_exists(&req.campaign)? {
@@ -237,64 +240,75 @@ type Change = fn(
 fn change_holding(
     ctx: &Context,
     raw: &[&[u8]],
-    command: &str,
+    command: &'static str,
     kind: &'static str,
     change: Change,
 ) -> Result {
     let req = args::coupon_user(raw)?;
     tx::check_user_key(&req.campaign)?;
-    let reply = tx::mutate(ctx, command, &req, &req.common, &[&req.campaign], |tx| {
-        let user = req.user.as_str();
-        let mut count_field = Some(RStr::new(&logic::holder_field_name(
-            HolderField::Count,
-            user,
-        )));
-        let legacy_field = RStr::new(&logic::holder_field_name(HolderField::Legacy, user));
-        let (loaded, [count_raw, legacy_raw]) = {
-            let (ctx, k) = tx.handle(&req.campaign)?;
-            load_with(
-                ctx,
-                k,
-                &[
-                    count_field.as_ref().map_or(std::ptr::null_mut(), RStr::ptr),
-                    legacy_field.ptr(),
-                ],
-            )?
-        };
-        let holding = match count_raw.bytes() {
-            Some(raw) => Holding::from_count(raw)?,
-            None => Holding::from_legacy(legacy_raw.bytes())?,
-        };
-        drop((count_raw, legacy_raw, legacy_field));
-        let mut c = loaded.campaign;
-        let (issue, writes) = change(tx, &req.campaign, user, &mut c, &holding)?;
-        for (field, value) in writes {
-            // The count's name was made for the read: reuse it.
-            let made = if field == HolderField::Count {
-                count_field.take()
-            } else {
-                None
+    let reply = tx::mutate(
+        ctx,
+        tx::Request {
+            command: command,
+            raw,
+            parsed: &req,
+            common: &req.common,
+        },
+        &[&req.campaign],
+        |tx| {
+            let user = req.user.as_str();
+            let mut count_field = Some(RStr::new(&logic::holder_field_name(
+                HolderField::Count,
+                user,
+            )));
+            let legacy_field = RStr::new(&logic::holder_field_name(HolderField::Legacy, user));
+            let (loaded, [count_raw, legacy_raw]) = {
+                let (ctx, k) = tx.handle(&req.campaign)?;
+                load_with(
+                    ctx,
+                    k,
+                    &[
+                        count_field.as_ref().map_or(std::ptr::null_mut(), RStr::ptr),
+                        legacy_field.ptr(),
+                    ],
+                )?
             };
-            let name = made.unwrap_or_else(|| RStr::new(&logic::holder_field_name(field, user)));
-            let text = value.map(tx::IntText::new);
-            tx.set_named(
-                &req.campaign,
-                FieldName::Owned(name),
-                text.as_ref().map(tx::IntText::as_bytes),
-            );
-        }
-        store(tx, &req.campaign, Some(&loaded), &c);
-        let e = event(
-            tx,
-            kind,
-            &req.common,
-            state(&req.campaign, Some(user), Some(issue), &c),
-        )?;
-        Ok((
-            Reply::Array(vec![Item::Int(issue), Item::Int(c.remaining())]),
-            e,
-        ))
-    })?;
+            let holding = match count_raw.bytes() {
+                Some(raw) => Holding::from_count(raw)?,
+                None => Holding::from_legacy(legacy_raw.bytes())?,
+            };
+            drop((count_raw, legacy_raw, legacy_field));
+            let mut c = loaded.campaign;
+            let (issue, writes) = change(tx, &req.campaign, user, &mut c, &holding)?;
+            for (field, value) in writes {
+                // The count's name was made for the read: reuse it.
+                let made = if field == HolderField::Count {
+                    count_field.take()
+                } else {
+                    None
+                };
+                let name =
+                    made.unwrap_or_else(|| RStr::new(&logic::holder_field_name(field, user)));
+                let text = value.map(tx::IntText::new);
+                tx.set_named(
+                    &req.campaign,
+                    FieldName::Owned(name),
+                    text.as_ref().map(tx::IntText::as_bytes),
+                );
+            }
+            store(tx, &req.campaign, Some(&loaded), &c);
+            let e = event(
+                tx,
+                kind,
+                &req.common,
+                state(&req.campaign, Some(user), Some(issue), &c),
+            )?;
+            Ok((
+                Reply::Array(vec![Item::Int(issue), Item::Int(c.remaining())]),
+                e,
+            ))
+        },
+    )?;
     Ok(to_value(reply))
 }
 

@@ -151,62 +151,82 @@ fn load_in(tx: &mut Tx, key: &str) -> std::result::Result<Option<(Usage, Stored)
 pub fn limit(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::usage_limit(raw)?;
     tx::check_user_key(&req.key)?;
-    let reply = tx::mutate(ctx, "USAGE.LIMIT", &req, &req.common, &[&req.key], |tx| {
-        let now = tx.now_ms;
-        // Usage already counted in the current period carries over to the new quota.
-        let old = load_in(tx, &req.key)?;
-        let used = match &old {
-            Some((u, _)) => u.at(now).used,
-            None => crate::decimal::Decimal::ZERO,
-        };
-        let u = Usage {
-            limit: req.limit,
-            period: req.period,
-            period_id: req.period.id_at(now),
-            used,
-        };
-        let e = store_and_event(
-            tx,
-            &req.key,
-            "usage.limit",
-            &u,
-            old.as_ref().map(|(_, s)| s),
-            None,
-            &req.common,
-        )?;
-        Ok((Reply::Ok, e))
-    })?;
+    let reply = tx::mutate(
+        ctx,
+        tx::Request {
+            command: "USAGE.LIMIT",
+            raw,
+            parsed: &req,
+            common: &req.common,
+        },
+        &[&req.key],
+        |tx| {
+            let now = tx.now_ms;
+            // Usage already counted in the current period carries over to the new quota.
+            let old = load_in(tx, &req.key)?;
+            let used = match &old {
+                Some((u, _)) => u.at(now).used,
+                None => crate::decimal::Decimal::ZERO,
+            };
+            let u = Usage {
+                limit: req.limit,
+                period: req.period,
+                period_id: req.period.id_at(now),
+                used,
+            };
+            let e = store_and_event(
+                tx,
+                &req.key,
+                "usage.limit",
+                &u,
+                old.as_ref().map(|(_, s)| s),
+                None,
+                &req.common,
+            )?;
+            Ok((Reply::Ok, e))
+        },
+    )?;
     Ok(to_value(reply))
 }
 
 pub fn consume(ctx: &Context, raw: &[&[u8]]) -> Result {
     let req = args::usage_consume(raw)?;
     tx::check_user_key(&req.key)?;
-    let reply = tx::mutate(ctx, "USAGE.CONSUME", &req, &req.common, &[&req.key], |tx| {
-        let (u, stored) = load_in(tx, &req.key)?.ok_or_else(|| {
-            CmdError::code(
-                "NOTFOUND",
-                "no usage limit is set for this key (USAGE.LIMIT)",
-            )
-        })?;
-        let next = u.consume(req.amount, tx.now_ms)?;
-        let e = store_and_event(
-            tx,
-            &req.key,
-            "usage.consume",
-            &next,
-            Some(&stored),
-            Some(req.amount.to_string()),
-            &req.common,
-        )?;
-        let used = e
-            .usage
-            .as_ref()
-            .map(|s| s.used.clone())
-            .unwrap_or_else(|| next.used.to_string());
-        let items = vec![Item::Str(used), Item::Str(next.remaining().to_string())];
-        Ok((Reply::Array(items), e))
-    })?;
+    let reply = tx::mutate(
+        ctx,
+        tx::Request {
+            command: "USAGE.CONSUME",
+            raw,
+            parsed: &req,
+            common: &req.common,
+        },
+        &[&req.key],
+        |tx| {
+            let (u, stored) = load_in(tx, &req.key)?.ok_or_else(|| {
+                CmdError::code(
+                    "NOTFOUND",
+                    "no usage limit is set for this key (USAGE.LIMIT)",
+                )
+            })?;
+            let next = u.consume(req.amount, tx.now_ms)?;
+            let e = store_and_event(
+                tx,
+                &req.key,
+                "usage.consume",
+                &next,
+                Some(&stored),
+                Some(req.amount.to_string()),
+                &req.common,
+            )?;
+            let used = e
+                .usage
+                .as_ref()
+                .map(|s| s.used.clone())
+                .unwrap_or_else(|| next.used.to_string());
+            let items = vec![Item::Str(used), Item::Str(next.remaining().to_string())];
+            Ok((Reply::Array(items), e))
+        },
+    )?;
     Ok(to_value(reply))
 }
 
