@@ -29,7 +29,14 @@ def lossy(server) -> Iterator[LossyProxy]:
 
 
 def via(proxy: LossyProxy, retries: int, auto_op_id: bool = True) -> Tally:
-    client = redis.Redis(port=proxy.port, retry=Retry(NoBackoff(), retries), socket_timeout=5)
+    # retry_on_error: redis-py 5 retries only the errors listed there; 6+ retries
+    # ConnectionError and TimeoutError by default.
+    client = redis.Redis(
+        port=proxy.port,
+        retry=Retry(NoBackoff(), retries),
+        retry_on_error=[redis.ConnectionError] if retries else None,
+        socket_timeout=5,
+    )
     return Tally(client, auto_op_id=auto_op_id)
 
 
@@ -144,7 +151,10 @@ def test_with_retry_waits_out_opids_with_the_same_op_id(start_server) -> None:
 
 def avia(proxy: LossyProxy, retries: int, auto_op_id: bool = True) -> AsyncTally:
     client = redis.asyncio.Redis(
-        port=proxy.port, retry=redis.asyncio.retry.Retry(NoBackoff(), retries), socket_timeout=5
+        port=proxy.port,
+        retry=redis.asyncio.retry.Retry(NoBackoff(), retries),
+        retry_on_error=[redis.ConnectionError] if retries else None,
+        socket_timeout=5,
     )
     return AsyncTally(client, auto_op_id=auto_op_id)
 

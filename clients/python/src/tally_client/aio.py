@@ -73,16 +73,16 @@ class AsyncTally:
     ) -> AsyncTally:
         """Connect to ``url``; ``cluster=None`` asks the server (``INFO cluster``) whether it
         is a cluster node and uses ``RedisCluster`` if so."""
+        # Typed as Any: redis-py 5 leaves these methods unannotated.
         if cluster is None:
-            probe = redis.asyncio.Redis.from_url(url, **kwargs)
+            probe: Any = redis.asyncio.Redis.from_url(url, **kwargs)
             try:
                 info = await probe.info("cluster")
                 cluster = bool(info.get("cluster_enabled"))
             finally:
                 await _aclose(probe)
-        if cluster:
-            return cls(redis.asyncio.RedisCluster.from_url(url, **kwargs), auto_op_id=auto_op_id)
-        return cls(redis.asyncio.Redis.from_url(url, **kwargs), auto_op_id=auto_op_id)
+        factory: Any = redis.asyncio.RedisCluster if cluster else redis.asyncio.Redis
+        return cls(factory.from_url(url, **kwargs), auto_op_id=auto_op_id)
 
     @property
     def redis(self) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
@@ -90,6 +90,7 @@ class AsyncTally:
         return self._client
 
     async def aclose(self) -> None:
+        """Close the underlying client's connections."""
         await _aclose(self._client)
 
     async def __aenter__(self) -> AsyncTally:

@@ -61,15 +61,15 @@ class Tally:
     ) -> Tally:
         """Connect to ``url``; ``cluster=None`` asks the server (``INFO cluster``) whether it
         is a cluster node and uses ``RedisCluster`` if so."""
+        # Typed as Any: redis-py 5 leaves these methods unannotated.
         if cluster is None:
-            probe = redis.Redis.from_url(url, **kwargs)
+            probe: Any = redis.Redis.from_url(url, **kwargs)
             try:
                 cluster = bool(probe.info("cluster").get("cluster_enabled"))
             finally:
                 probe.close()
-        if cluster:
-            return cls(redis.RedisCluster.from_url(url, **kwargs), auto_op_id=auto_op_id)
-        return cls(redis.Redis.from_url(url, **kwargs), auto_op_id=auto_op_id)
+        factory: Any = redis.RedisCluster if cluster else redis.Redis
+        return cls(factory.from_url(url, **kwargs), auto_op_id=auto_op_id)
 
     @property
     def redis(self) -> redis.Redis | redis.RedisCluster:
@@ -77,7 +77,9 @@ class Tally:
         return self._client
 
     def close(self) -> None:
-        self._client.close()
+        """Close the underlying client's connections."""
+        close: Callable[[], object] = self._client.close
+        close()
 
     def __enter__(self) -> Tally:
         return self
