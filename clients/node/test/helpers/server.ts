@@ -202,3 +202,66 @@ export async function infoField(admin: Redis, field: string): Promise<string> {
   }
   return line.slice(field.length + 1);
 }
+
+export interface ClusterNodes {
+  nodes: Server[];
+  /** The node serving `key`'s slot. */
+  nodeFor(key: string): Promise<Server>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Three redis-server primaries with `--cluster-enabled yes` and the module, a third of the
+ * slots each (CLUSTER ADDSLOTSRANGE), joined with CLUSTER MEET; resolves once every node
+ * reports `cluster_state:ok` and sees all three slot ranges.
+ */
+export async function startCluster(): Promise<ClusterNodes> {
+  const nodes: Server[] = [];
+  const busPorts: number[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      const busPort = await freePort();
+      busPorts.push(busPort);
+      nodes.push(
+        await startServer([
+          '--cluster-enabled', 'yes',
+          '--cluster-config-file', 'nodes.conf',
+          '--cluster-port', String(busPort),
+          '--cluster-node-timeout', '5000',
+        ]),
+      );
+    }
+    const admins = nodes.map((n) => n.admin());
+    const ranges: Array<[number, number]> = [
+      [0, 5460],
+      [5461, 10922],
+      [10923, 16383],
+    ];
+    await Promise.all(admins.map((a, i) => a.call('CLUSTER', 'ADDSLOTSRANGE', String(ranges[i]?.[0]), String(ranges[i]?.[1]))));
+    const first = admins[0] as Redis;
+    for (let i = 1; i < nodes.length; i++) {
+      await first.call('CLUSTER', 'MEET', '127.0.0.1', String(nodes[i]?.port), String(busPorts[i]));
+    }
+    for (const a of admins) {
+      await waitFor('cluster_state:ok and 3 slot ranges on every node', async () => {
+        const info = String(await a.call('CLUSTER', 'INFO'));
+        const slots = (await a.call('CLUSTER', 'SLOTS')) as unknown[];
+        return info.includes('cluster_state:ok') && info.includes('cluster_known_nodes:3') && slots.length === 3;
+      });
+    }
+    return {
+      nodes,
+      async nodeFor(key: string) {
+        const slot = Number(await first.call('CLUSTER', 'KEYSLOT', key));
+        const i = ranges.findIndex(([lo, hi]) => slot >= lo && slot <= hi);
+        return nodes[i] as Server;
+      },
+      async stop() {
+        await Promise.all(nodes.map((n) => n.stop()));
+      },
+    };
+  } catch (err) {
+    await Promise.all(nodes.map((n) => n.stop()));
+    throw err;
+  }
+}
