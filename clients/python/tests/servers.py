@@ -6,8 +6,10 @@ The server binary comes from ``TALLY_SERVER_BIN`` (default ``redis-server``), th
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -30,6 +32,15 @@ def server_bin() -> str:
 
 def module_source() -> Path:
     return Path(os.environ.get("TALLY_MODULE", REPO / "target" / "release" / "libtally.so"))
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, so that a killed test
+    run leaves no server behind (Linux prctl PR_SET_PDEATHSIG; elsewhere nothing)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def _bindable(port: int) -> bool:
@@ -108,7 +119,9 @@ class Server:
         if self.cluster:
             cmd += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", "5000"]  # fmt: skip
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         probe = redis.Redis(
             host="127.0.0.1", port=self.port, socket_timeout=2, decode_responses=True, retry=Retry(NoBackoff(), 0)
         )

@@ -295,6 +295,23 @@ def test_decode_responses_client(server, key) -> None:
         assert t.usage_get(key("q")).limit == Decimal(1)
 
 
+def test_resp3_client(server, key) -> None:
+    with Tally(server.client(protocol=3, decode_responses=False)) as t:
+        assert t.asset_incr(key("r3"), {"a": "0.1", "b": 2}) == {"a": Decimal("0.1"), "b": Decimal(2)}
+        assert t.asset_get(key("r3")) == {"a": Decimal("0.1"), "b": Decimal(2)}
+        assert t.asset_transfer(key("r3"), key("r3b"), "b", 1) == TransferResult(Decimal(1), Decimal(1))
+        t.coupon_create(key("c"), 2, per_user=2)
+        assert t.coupon_claim(key("c"), "u") == ClaimResult(1, 1)
+        assert t.coupon_release(key("c"), "u") == ReleaseResult(1, 2)
+        assert t.coupon_info(key("c")).last_issue == 1
+        t.usage_limit(key("q"), 5)
+        assert t.usage_consume(key("q"), 1) == UsageResult(Decimal(1), Decimal(4))
+        assert t.usage_get(key("q")).remaining == Decimal(4)
+        t.usage_consume(key("q"), 1, op_id="x")
+        with pytest.raises(Conflict):  # errors arrive the same way in RESP3
+            t.usage_consume(key("q"), 2, op_id="x")
+
+
 def test_from_url_and_type_guard(server, key) -> None:
     t = Tally.from_url(server.url)
     assert isinstance(t.redis, redis.Redis)

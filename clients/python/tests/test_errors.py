@@ -173,6 +173,13 @@ def test_other_redis_errors_pass_through(tally: Tally, raw: redis.Redis, key) ->
         raw.config_set("maxmemory", "0")
 
 
+def test_errors_pickle() -> None:
+    import pickle
+
+    e = pickle.loads(pickle.dumps(tc.SoldOut("no coupons remain")))
+    assert type(e) is tc.SoldOut and e.code == "SOLDOUT" and e.message == "no coupons remain"
+
+
 def test_translate_shapes() -> None:
     # What each redis-py version hands over for the same replies.
     assert type(translate(ResponseError("SOLDOUT no coupons remain"))) is tc.SoldOut

@@ -43,6 +43,9 @@ class TallyError(ResponseError):
         self.message = message
         super().__init__(f"{self.code} {message}" if message else self.code)
 
+    def __reduce__(self) -> tuple[type[TallyError], tuple[str, str]]:
+        return (type(self), (self.message, self.code))
+
 
 class Insufficient(TallyError):
     """``INSUFFICIENT``: a balance would end below its floor."""
