@@ -6,29 +6,16 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod config;
-mod db;
-mod discover;
+mod cli;
+mod clock;
 mod event;
-mod forward;
-mod kafka_client;
-mod metrics;
-mod nodes;
-mod persist;
-mod persist_group;
-mod pgcopy;
-mod pipeline;
-mod reconcile;
-mod record;
+mod obs;
+mod ops;
+mod paths;
 mod redis_io;
-mod redis_src;
-mod restore;
-mod restore_as_of;
-mod restore_ops;
-mod seqs;
-mod sink_pg;
-mod stream_keeper;
-mod writers;
+mod retry;
+mod sinks;
+mod source;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,10 +24,13 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use config::{Cli, Command, OpsOpts, PgOpts};
-use pipeline::Sink;
-use redis_src::Downstream;
-use sink_pg::PgSink;
+use cli::{Cli, Command, OpsOpts, PgOpts};
+use obs::{health, http, progress};
+use ops::{reconcile, restore};
+use retry::Sink;
+use sinks::kafka::{self as kafka_client, Forwarder};
+use sinks::postgres::{self as db, PgSink};
+use source::Downstream;
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
@@ -102,7 +92,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) if attempt < 30 => {
                 tracing::warn!(error = %format!("{e:#}"), attempt, step = what, "start-up step failed, retrying");
-                tokio::time::sleep(Duration::from_millis(config::backoff_ms(
+                tokio::time::sleep(Duration::from_millis(retry::backoff_ms(
                     200, 5_000, attempt,
                 )))
                 .await;
@@ -117,17 +107,17 @@ where
 /// a fatal start-up error), then the progress line.
 async fn start_ops(ops: &OpsOpts, shutdown: &CancellationToken) -> anyhow::Result<()> {
     install_signals(shutdown.clone(), ops.shutdown_deadline_ms)?;
-    metrics::set_unhealthy_after_ms(ops.unhealthy_after_ms);
-    let server = metrics::bind(&ops.metrics_addr).await?;
+    health::set_unhealthy_after_ms(ops.unhealthy_after_ms);
+    let server = http::bind(&ops.metrics_addr).await?;
     let s = shutdown.clone();
     tokio::spawn(async move {
         if let Some(listener) = server {
-            if let Err(e) = metrics::serve(listener, s).await {
+            if let Err(e) = http::serve(listener, s).await {
                 tracing::warn!(error = %format!("{e:#}"), "metrics server failed");
             }
         }
     });
-    tokio::spawn(metrics::progress(
+    tokio::spawn(progress::progress(
         ops.progress_interval_ms,
         shutdown.clone(),
     ));
@@ -144,7 +134,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::RetryFailed { pg, limit } => {
             let pool = db::connect(&pg, 1).await?;
-            let (ok, bad) = db::retry_failed(&pool, limit).await?;
+            let (ok, bad) = ops::retry_failed::retry_failed(&pool, limit).await?;
             tracing::info!(resolved = ok, still_failing = bad, "retry-failed done");
             println!("resolved={ok} still_failing={bad}");
         }
@@ -180,8 +170,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             start_ops(&ops, &shutdown).await?;
             kafka_client::ensure_topic(&kafka).await?;
-            let fwd = Arc::new(forward::Forwarder::new(&kafka)?);
-            redis_src::run_source(
+            let fwd = Arc::new(Forwarder::new(&kafka)?);
+            source::run_source(
                 redis,
                 batch,
                 Downstream::Sink(Sink::Kafka(fwd.clone())),
@@ -199,12 +189,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             start_ops(&ops, &shutdown).await?;
             let pool = pg_pool(&pg, pg.pg_max_conns).await?;
             kafka_client::ensure_topic(&kafka).await?;
-            persist::Persist::new(kafka, batch, PgSink::new(pool, &pg), shutdown.clone())?
+            paths::Persist::new(kafka, batch, PgSink::new(pool, &pg), shutdown.clone())?
                 .run()
                 .await?;
         }
     }
-    if let Some(msg) = pipeline::fatal_error() {
+    if let Some(msg) = retry::fatal_error() {
         anyhow::bail!(msg);
     }
     tracing::info!("stopped cleanly");
@@ -214,9 +204,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
 /// `restore` (a lost Redis rebuilt) or `restore --as-of` (a rollback); both end with
 /// reconcile, whose exit code is the command's.
 async fn restore_command(
-    target: config::CheckOpts,
-    pg: config::PgOpts,
-    kafka: config::KafkaOpts,
+    target: cli::CheckOpts,
+    pg: cli::PgOpts,
+    kafka: cli::KafkaOpts,
     force: bool,
     as_of: Option<i64>,
 ) -> anyhow::Result<()> {
@@ -263,11 +253,11 @@ async fn restore_command(
 
 /// `run`: the direct path (stream -> writers -> Postgres) or the Kafka path in one process.
 async fn run_command(
-    redis: config::RedisOpts,
-    kafka: config::KafkaOpts,
-    pg: config::PgOpts,
-    batch: config::BatchOpts,
-    ops: config::OpsOpts,
+    redis: cli::RedisOpts,
+    kafka: cli::KafkaOpts,
+    pg: cli::PgOpts,
+    batch: cli::BatchOpts,
+    ops: cli::OpsOpts,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     start_ops(&ops, shutdown).await?;
@@ -284,14 +274,14 @@ async fn run_command(
             writers = batch.pg_writers,
             "no Kafka brokers configured: direct path stream -> Postgres"
         );
-        let writers = writers::Writers::start(
+        let writers = paths::Writers::start(
             batch.pg_writers,
             batch.writer_queue_jobs,
             pg_sink.clone(),
             batch.clone(),
             shutdown.clone(),
         );
-        redis_src::run_source(
+        source::run_source(
             redis,
             batch,
             Downstream::Writers(Arc::new(writers)),
@@ -302,17 +292,17 @@ async fn run_command(
         return Ok(());
     }
     kafka_client::ensure_topic(&kafka).await?;
-    let fwd = Arc::new(forward::Forwarder::new(&kafka)?);
-    let persist = persist::Persist::new(kafka.clone(), batch.clone(), pg_sink, shutdown.clone())?;
+    let fwd = Arc::new(Forwarder::new(&kafka)?);
+    let persist = paths::Persist::new(kafka.clone(), batch.clone(), pg_sink, shutdown.clone())?;
     // a persist that dies stops the whole process: forward must not keep acknowledging the
     // stream into a topic nobody persists
     let s = shutdown.clone();
     let persist = tokio::spawn(async move {
         if let Err(e) = persist.run().await {
-            pipeline::fail(format!("persist stopped: {e:#}"), &s);
+            retry::fail(format!("persist stopped: {e:#}"), &s);
         }
     });
-    redis_src::run_source(
+    source::run_source(
         redis,
         batch,
         Downstream::Sink(Sink::Kafka(fwd.clone())),
@@ -324,7 +314,7 @@ async fn run_command(
     Ok(())
 }
 
-fn reconcile_options(t: &config::CheckOpts, wait_ms: u64) -> reconcile::Options {
+fn reconcile_options(t: &cli::CheckOpts, wait_ms: u64) -> reconcile::Options {
     reconcile::Options {
         prefix: t.prefix.clone(),
         group: t.group.clone(),

@@ -1,0 +1,460 @@
+//! Command line / environment configuration: every option of every command (clap, with
+//! `TALLY_*` environment variables).
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "tally-shipper",
+    version,
+    about = "Ships tally change-log events: Redis stream -> Kafka -> Postgres"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Whole pipeline in one process: stream -> Kafka -> Postgres, or stream -> Postgres when no
+    /// Kafka brokers are configured.
+    Run {
+        #[command(flatten)]
+        redis: RedisOpts,
+        #[command(flatten)]
+        kafka: KafkaOpts,
+        #[command(flatten)]
+        pg: PgOpts,
+        #[command(flatten)]
+        batch: BatchOpts,
+        #[command(flatten)]
+        ops: OpsOpts,
+    },
+    /// Stream -> Kafka sidecar.
+    Forward {
+        #[command(flatten)]
+        redis: RedisOpts,
+        #[command(flatten)]
+        kafka: KafkaOpts,
+        #[command(flatten)]
+        batch: BatchOpts,
+        #[command(flatten)]
+        ops: OpsOpts,
+    },
+    /// Kafka -> Postgres sidecar.
+    Persist {
+        #[command(flatten)]
+        kafka: KafkaOpts,
+        #[command(flatten)]
+        pg: PgOpts,
+        #[command(flatten)]
+        batch: BatchOpts,
+        #[command(flatten)]
+        ops: OpsOpts,
+    },
+    /// Apply the embedded migrations (safe to rerun).
+    Migrate {
+        #[command(flatten)]
+        pg: PgOpts,
+    },
+    /// Decode unresolved failed_events again; those that now succeed are persisted and marked resolved.
+    RetryFailed {
+        #[command(flatten)]
+        pg: PgOpts,
+        /// Maximum number of rows to process.
+        #[arg(long, env = "TALLY_RETRY_LIMIT", default_value_t = 10_000)]
+        limit: i64,
+    },
+    /// Compare Redis with Postgres (balances, coupons, usage, sequences); exit 0 when they
+    /// match, 1 on any mismatch, 2 when they match but events are still in flight.
+    Reconcile {
+        #[command(flatten)]
+        target: CheckOpts,
+        #[command(flatten)]
+        pg: PgOpts,
+        /// Wait up to this long for the pipeline to drain before comparing (0 = do not wait).
+        #[arg(long, env = "TALLY_RECONCILE_WAIT_MS", default_value_t = 60_000)]
+        wait_ms: u64,
+    },
+    /// Rebuild Redis state from Postgres after Redis lost its data, then reconcile. Refuses
+    /// unless the pipeline has drained (stream, Kafka when --kafka-brokers is given or the
+    /// history came through Kafka, failed_events, keys with missing seqs).
+    Restore {
+        #[command(flatten)]
+        target: CheckOpts,
+        #[command(flatten)]
+        pg: PgOpts,
+        #[command(flatten)]
+        kafka: KafkaOpts,
+        /// Run although the pipeline has not drained (prints exactly what will be lost) and
+        /// overwrite keys that already exist in Redis.
+        #[arg(long)]
+        force: bool,
+        /// Instead of rebuilding a lost Redis, roll its balances and coupon claims back to
+        /// what they were at this moment (unix milliseconds, e.g. `date -d '2026-11-23 10:00Z' +%s%3N`),
+        /// by appending correcting events through the module. Writers should be stopped.
+        #[arg(long, value_name = "UNIX_MS")]
+        as_of: Option<i64>,
+    },
+}
+
+/// Options of `reconcile` and `restore`: a standalone server, or any node of a cluster (every primary is used).
+#[derive(Args, Debug, Clone)]
+pub struct CheckOpts {
+    #[arg(
+        long = "redis-url",
+        id = "redis_url",
+        env = "TALLY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub url: String,
+    /// Module key prefix (`tally.prefix`).
+    #[arg(long, env = "TALLY_PREFIX", default_value = "tally")]
+    pub prefix: String,
+    /// The shipper's consumer group (to count entries still in flight).
+    #[arg(long = "group", env = "TALLY_GROUP", default_value = "tally-shipper")]
+    pub group: String,
+    /// Keys per batch (SCAN/HSCAN page, Postgres query, Redis pipeline).
+    #[arg(
+        long = "check-batch",
+        env = "TALLY_CHECK_BATCH",
+        default_value_t = 1000
+    )]
+    pub batch: usize,
+    /// How many mismatches to print.
+    #[arg(long, default_value_t = 20)]
+    pub show: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RedisOpts {
+    /// Redis URL(s), comma separated or repeated. Standalone: one per server. Cluster: any
+    /// node(s) as seeds; the primaries and their slots are read from CLUSTER SLOTS.
+    #[arg(
+        long = "redis-url",
+        env = "TALLY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        value_delimiter = ','
+    )]
+    pub urls: Vec<String>,
+    /// Module key prefix (`tally.prefix`): streams are `<prefix>:log` and `<prefix>:log:{tag}`.
+    #[arg(long, env = "TALLY_PREFIX", default_value = "tally")]
+    pub prefix: String,
+    /// Consumer group name.
+    #[arg(long = "group", env = "TALLY_GROUP", default_value = "tally-shipper")]
+    pub redis_group: String,
+    /// Consumer name (keep it stable across restarts so own pending entries are re-read).
+    #[arg(long, env = "TALLY_CONSUMER", default_value_t = default_consumer())]
+    pub consumer: String,
+    /// Claim pending entries of other consumers idle for at least this long.
+    #[arg(long, env = "TALLY_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub claim_idle_ms: u64,
+    /// How often to run XAUTOCLAIM.
+    #[arg(long, env = "TALLY_CLAIM_INTERVAL_MS", default_value_t = 5_000)]
+    pub claim_interval_ms: u64,
+    /// XREADGROUP BLOCK time (a standalone server's one stream). Cluster mode: the longest
+    /// pause between two sweeps of a primary's streams while they are all empty.
+    #[arg(long, env = "TALLY_BLOCK_MS", default_value_t = 1_000)]
+    pub block_ms: u64,
+    /// Cluster mode: the pause after a sweep of a primary's streams (one pipelined round of
+    /// non-blocking XREADGROUP on one connection) found nothing; it doubles, up to
+    /// --block-ms, while they stay empty, and is back to this after any entry.
+    #[arg(long, env = "TALLY_POLL_MIN_MS", default_value_t = 10)]
+    pub poll_min_ms: u64,
+    /// How often to trim acknowledged entries (XTRIM MINID); 0 disables trimming.
+    #[arg(long, env = "TALLY_TRIM_INTERVAL_MS", default_value_t = 1_000)]
+    pub trim_interval_ms: u64,
+    /// Cluster mode: how often to re-read CLUSTER SLOTS and look for per-slot log streams
+    /// (computed names, one pipelined EXISTS per primary). Standalone: unused.
+    #[arg(long, env = "TALLY_DISCOVER_INTERVAL_MS", default_value_t = 10_000)]
+    pub discover_interval_ms: u64,
+    /// How often to sample each stream's length, pending entries and lag for /metrics, on a
+    /// connection of its own (so the figures keep moving while Kafka or Postgres is down).
+    #[arg(
+        long,
+        env = "TALLY_STREAM_METRICS_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub stream_metrics_interval_ms: u64,
+}
+
+pub fn default_consumer() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "local".into());
+    format!("shipper-{host}")
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KafkaOpts {
+    /// Kafka bootstrap servers; when empty `run` uses the direct path (stream -> Postgres).
+    #[arg(long = "kafka-brokers", env = "TALLY_KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    /// Topic carrying the events.
+    #[arg(
+        long = "kafka-topic",
+        env = "TALLY_KAFKA_TOPIC",
+        default_value = "tally.events"
+    )]
+    pub topic: String,
+    /// Group id under which `persist` commits its offsets to the broker, for lag tools only
+    /// (its positions live in Postgres, table kafka_offsets). It joins this group only with
+    /// --persist-group.
+    #[arg(
+        long = "kafka-group",
+        env = "TALLY_KAFKA_GROUP",
+        default_value = "tally-persist"
+    )]
+    pub kafka_group: String,
+    /// persist: share the topic's partitions with the other instances of --kafka-group
+    /// through the broker's consumer group (static membership, see --kafka-instance-id)
+    /// instead of assigning them itself. On every assignment it starts from the positions
+    /// stored in Postgres; a batch is stored only if its positions were not moved meanwhile,
+    /// so an instance that lost a partition cannot write it. Not with --persist-shard.
+    #[arg(long = "persist-group", env = "TALLY_PERSIST_GROUP")]
+    pub persist_group: bool,
+    /// persist --persist-group: this instance's static member id (group.instance.id), stable
+    /// across restarts and distinct per instance. A restarted instance gets its partitions
+    /// back without a rebalance; a dead one's go to the others after session.timeout.ms
+    /// (librdkafka default 45 s; set it with --kafka-opt). Default: the --consumer name.
+    #[arg(long = "kafka-instance-id", env = "TALLY_KAFKA_INSTANCE_ID")]
+    pub kafka_instance_id: Option<String>,
+    /// librdkafka property passthrough, `key=value` (repeatable), e.g. for SASL/TLS. From the
+    /// environment: TALLY_KAFKA_OPTS, one `key=value` per line (keeps secrets off the command line).
+    #[arg(long = "kafka-opt", env = "TALLY_KAFKA_OPTS", value_parser = parse_kv, value_delimiter = '\n')]
+    pub opts: Vec<(String, String)>,
+    /// Producer delivery timeout (message.timeout.ms); the batch is retried after it.
+    #[arg(long, env = "TALLY_KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub kafka_message_timeout_ms: u64,
+    /// Create the topic at start if it does not exist (with --kafka-topic-partitions).
+    #[arg(long, env = "TALLY_KAFKA_CREATE_TOPIC")]
+    pub kafka_create_topic: bool,
+    #[arg(long, env = "TALLY_KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub kafka_topic_partitions: i32,
+    /// persist: how often to look for partitions added to the topic (they are assigned at
+    /// their stored positions, or from the beginning).
+    #[arg(
+        long,
+        env = "TALLY_KAFKA_METADATA_INTERVAL_MS",
+        default_value_t = 30_000
+    )]
+    pub kafka_metadata_interval_ms: u64,
+    /// persist: the partitions this instance owns, `i/n` = every partition p with p % n == i.
+    /// Several `persist` instances given 0/n .. (n-1)/n share the topic without a consumer
+    /// group (no coordinator, no rebalance); partitions added later go to their owner.
+    #[arg(long = "persist-shard", env = "TALLY_PERSIST_SHARD", default_value = "0/1", value_parser = parse_shard)]
+    pub persist_shard: Shard,
+}
+
+impl KafkaOpts {
+    /// Whether brokers are given (an empty value means the direct path, no Kafka).
+    pub fn configured(&self) -> bool {
+        self.brokers
+            .as_deref()
+            .is_some_and(|b| !b.trim().is_empty())
+    }
+}
+
+/// `i/n`: this instance owns the partitions p with p % n == i.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// The most persist instances one topic can be split over.
+pub const MAX_SHARDS: u32 = 1024;
+
+impl Shard {
+    pub fn owns(&self, partition: i32) -> bool {
+        u32::try_from(partition).is_ok_and(|p| p % self.count.max(1) == self.index)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+pub fn parse_shard(s: &str) -> Result<Shard, String> {
+    let bad = || format!("expected i/n with 0 <= i < n <= {MAX_SHARDS} (e.g. 0/2), got {s:?}");
+    let (i, n) = s.trim().split_once('/').ok_or_else(bad)?;
+    let (index, count): (u32, u32) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if count == 0 || count > MAX_SHARDS || index >= count {
+        return Err(bad());
+    }
+    Ok(Shard { index, count })
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PgOpts {
+    /// Postgres URL.
+    #[arg(long = "database-url", env = "TALLY_DATABASE_URL")]
+    pub url: String,
+    /// Connection pool size.
+    #[arg(long, env = "TALLY_PG_MAX_CONNS", default_value_t = 4)]
+    pub pg_max_conns: u32,
+    /// Apply migrations at start (run/persist).
+    #[arg(long, env = "TALLY_MIGRATE")]
+    pub migrate: bool,
+    /// Longest wait for a pooled connection (including connecting); past it the batch fails
+    /// and is retried with backoff, so a Postgres that does not answer shows as a failure.
+    #[arg(long, env = "TALLY_PG_ACQUIRE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub pg_acquire_timeout_ms: u64,
+    /// Server-side `statement_timeout` of every shipper connection. The whole batch
+    /// transaction also has a client-side deadline of acquire + 2 x statement timeout, which
+    /// catches a server that stopped answering altogether.
+    #[arg(long, env = "TALLY_PG_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub pg_statement_timeout_ms: u64,
+}
+
+impl PgOpts {
+    /// Client-side deadline of one batch transaction.
+    pub fn batch_deadline_ms(&self) -> u64 {
+        self.pg_acquire_timeout_ms
+            .saturating_add(self.pg_statement_timeout_ms.saturating_mul(2))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BatchOpts {
+    /// Maximum entries per batch (one Postgres transaction / one Kafka produce round).
+    #[arg(long, env = "TALLY_BATCH_SIZE", default_value_t = 2_000)]
+    pub batch_size: usize,
+    /// How long to keep filling a batch after its first entry.
+    #[arg(long, env = "TALLY_BATCH_WAIT_MS", default_value_t = 50)]
+    pub batch_wait_ms: u64,
+    /// Kafka path (forward): maximum batches in flight (read, produced or being acknowledged),
+    /// across streams; their messages enter the producer one batch at a time, and each is
+    /// acknowledged in the stream as soon as all its delivery reports are in.
+    #[arg(long, env = "TALLY_MAX_IN_FLIGHT", default_value_t = 4)]
+    pub max_in_flight: usize,
+    /// Direct path: Postgres writers, each owning a partition of the keys (hash of the
+    /// event's first key) and committing its own transactions.
+    #[arg(long, env = "TALLY_PG_WRITERS", default_value_t = 4)]
+    pub pg_writers: usize,
+    /// Direct path: jobs (parts of read batches) queued per writer before the reader waits.
+    #[arg(long, env = "TALLY_WRITER_QUEUE_JOBS", default_value_t = 8)]
+    pub writer_queue_jobs: usize,
+    /// First retry delay after a transient failure.
+    #[arg(long, env = "TALLY_RETRY_BACKOFF_MS", default_value_t = 100)]
+    pub retry_backoff_ms: u64,
+    /// Cap of the exponential retry delay.
+    #[arg(long, env = "TALLY_RETRY_BACKOFF_CAP_MS", default_value_t = 10_000)]
+    pub retry_backoff_cap_ms: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OpsOpts {
+    /// Address of /metrics and /healthz ("off" disables).
+    #[arg(long, env = "TALLY_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    pub metrics_addr: String,
+    /// After SIGTERM/SIGINT: time allowed to finish the in-flight batch, flush and commit.
+    #[arg(long, env = "TALLY_SHUTDOWN_DEADLINE_MS", default_value_t = 30_000)]
+    pub shutdown_deadline_ms: u64,
+    /// Interval of the progress log line (only while events flow).
+    #[arg(long, env = "TALLY_PROGRESS_INTERVAL_MS", default_value_t = 10_000)]
+    pub progress_interval_ms: u64,
+    /// /healthz answers 503 "degraded" once deliveries to the next stage (Kafka or Postgres)
+    /// have failed continuously for this long; /metrics counts every failure at once.
+    #[arg(long, env = "TALLY_UNHEALTHY_AFTER_MS", default_value_t = 10_000)]
+    pub unhealthy_after_ms: u64,
+}
+
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected key=value, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_the_partitions_exactly_once() {
+        assert_eq!(parse_shard("1/3"), Ok(Shard { index: 1, count: 3 }));
+        for bad in ["", "1", "3/3", "0/0", "-1/2", "a/b", "0/1025", "1/2/3"] {
+            assert!(parse_shard(bad).is_err(), "{bad}");
+        }
+        let shards: Vec<Shard> = (0..3).map(|i| Shard { index: i, count: 3 }).collect();
+        for p in 0..10 {
+            assert_eq!(
+                shards.iter().filter(|s| s.owns(p)).count(),
+                1,
+                "partition {p}"
+            );
+        }
+        assert!(!Shard { index: 0, count: 1 }.owns(-1));
+        assert!(Shard { index: 0, count: 1 }.owns(7));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn kv_parsing() {
+        assert_eq!(
+            parse_kv("security.protocol=SASL_SSL").unwrap(),
+            ("security.protocol".into(), "SASL_SSL".into())
+        );
+        assert_eq!(parse_kv("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_kv("novalue").is_err());
+        assert!(parse_kv("=x").is_err());
+    }
+
+    #[test]
+    fn run_defaults_and_options() {
+        let cli = Cli::try_parse_from([
+            "tally-shipper",
+            "run",
+            "--database-url",
+            "postgres://x",
+            "--redis-url",
+            "redis://a:1,redis://b:2",
+            "--kafka-opt",
+            "sasl.mechanism=PLAIN",
+            "--kafka-opt",
+            "security.protocol=SASL_SSL",
+            "--batch-size",
+            "7",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Command::Run {
+                redis,
+                kafka,
+                pg,
+                batch,
+                ops,
+            } => {
+                assert_eq!(redis.urls, vec!["redis://a:1", "redis://b:2"]);
+                assert_eq!(redis.prefix, "tally");
+                assert_eq!(kafka.brokers, None);
+                assert_eq!(kafka.topic, "tally.events");
+                assert_eq!(kafka.opts.len(), 2);
+                assert_eq!(pg.url, "postgres://x");
+                assert_eq!(batch.batch_size, 7);
+                assert_eq!(batch.retry_backoff_cap_ms, 10_000);
+                assert_eq!(ops.metrics_addr, "127.0.0.1:9187");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["tally-shipper", "run", "--kafka-opt", "bad"]).is_err());
+        assert!(
+            Cli::try_parse_from(["tally-shipper", "migrate"]).is_err()
+                || std::env::var("TALLY_DATABASE_URL").is_ok()
+        );
+    }
+}

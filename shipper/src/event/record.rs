@@ -1,0 +1,88 @@
+//! A unit of work flowing through the pipeline: one stream entry or one Kafka message.
+
+use super::decode::{self, Event};
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Identity of the origin, unique: `redis:<stream>/<id>` or `kafka:<topic>/<p>/<offset>`.
+    pub source: String,
+    /// Kafka coordinates when the record came through Kafka.
+    pub via: Option<String>,
+    pub stream: Option<String>,
+    pub stream_id: Option<String>,
+    /// Payload text as received.
+    pub raw: String,
+    pub decoded: Result<Event, String>,
+}
+
+impl Record {
+    /// Build from a payload; an upstream error (e.g. stream entry without `event`) wins.
+    pub fn new(
+        source: String,
+        via: Option<String>,
+        stream: Option<String>,
+        stream_id: Option<String>,
+        raw: String,
+        upstream_error: Option<String>,
+    ) -> Record {
+        let decoded = match upstream_error {
+            Some(e) => Err(e),
+            None => decode::decode(&raw),
+        };
+        Record {
+            source,
+            via,
+            stream,
+            stream_id,
+            raw,
+            decoded,
+        }
+    }
+}
+
+/// Redis stream id `<ms>-<n>` -> (ms, n).
+pub fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
+    let (a, b) = id.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The smallest id strictly greater than `id`.
+pub fn next_stream_id(id: &str) -> Option<String> {
+    let (ms, n) = parse_stream_id(id)?;
+    Some(if n == u64::MAX {
+        format!("{}-0", ms + 1)
+    } else {
+        format!("{ms}-{}", n + 1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids() {
+        assert_eq!(parse_stream_id("1732272000123-5"), Some((1732272000123, 5)));
+        assert_eq!(parse_stream_id("x-5"), None);
+        assert_eq!(next_stream_id("10-5").as_deref(), Some("10-6"));
+        assert_eq!(
+            next_stream_id(&format!("10-{}", u64::MAX)).as_deref(),
+            Some("11-0")
+        );
+    }
+
+    #[test]
+    fn upstream_error_wins() {
+        let r = Record::new(
+            "redis:s/1-0".into(),
+            None,
+            None,
+            None,
+            "{}".into(),
+            Some("no event field".into()),
+        );
+        assert_eq!(r.decoded.unwrap_err(), "no event field");
+        let r = Record::new("redis:s/1-0".into(), None, None, None, "{".into(), None);
+        assert!(r.decoded.unwrap_err().contains("invalid event JSON"));
+    }
+}

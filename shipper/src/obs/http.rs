@@ -1,0 +1,43 @@
+//! The HTTP server: /metrics (Prometheus text) and /healthz.
+
+use tokio_util::sync::CancellationToken;
+
+use super::health::degraded_for_s;
+use super::metrics::render;
+
+async fn healthz() -> (axum::http::StatusCode, String) {
+    match degraded_for_s() {
+        Some(secs) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: deliveries failing for {secs}s\n"),
+        ),
+        None => (axum::http::StatusCode::OK, "ok\n".to_string()),
+    }
+}
+
+/// Binds the /metrics address; None when it is "off".
+pub async fn bind(addr: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if addr == "off" || addr.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on --metrics-addr {addr}: {e} (use another address or \"off\")"
+        )
+    })?;
+    tracing::info!(addr = %addr, "metrics listening");
+    Ok(Some(listener))
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(|| async { render() }))
+        .route("/healthz", axum::routing::get(healthz));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,389 @@
+//! `tally-shipper restore`: rebuilds the Redis state from the Postgres history after Redis
+//! lost its data: balances, per-key sequence numbers (so new events continue the sequence),
+//! coupon campaigns (stock, issued, holders, issue counter) and usage counters. Writes plain
+//! Redis hashes in pipelined batches (replicated and AOF'd by Redis like any write); it
+//! appends no events, because the history already has them. Last, the op-id records still
+//! inside `tally.op-ttl-ms` (op_records.rs), so a client's retry is not applied twice. On a cluster, given any node, it
+//! writes each key, and its seq into its slot's sequence hash, on the primary that serves it.
+//!
+//! It refuses to run before the pipeline has drained: an event still in the stream, in Kafka
+//! or in `failed_events` is not in the derived tables, so the rebuilt state would lack it and
+//! Redis would hand its seq numbers out again. `--force` runs anyway and prints what is lost.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use sqlx::PgPool;
+
+use super::nodes::{Nodes, Pipes};
+use super::reconcile::{canonical, scan_keys, stream_in_flight};
+use super::{op_records, restore_as_of};
+use crate::cli::KafkaOpts;
+use crate::clock::now_ms;
+use crate::sinks::{kafka, postgres};
+
+pub struct Options {
+    pub prefix: String,
+    /// the shipper's consumer group (stream entries it has not acknowledged are in flight)
+    pub group: String,
+    /// check the topic against the positions in kafka_offsets
+    pub kafka: Option<KafkaOpts>,
+    pub force: bool,
+    pub batch: usize,
+}
+
+#[derive(Default, Debug)]
+pub struct Restored {
+    pub balance_keys: u64,
+    pub balance_fields: u64,
+    pub campaigns: u64,
+    pub holders: u64,
+    pub usage_keys: u64,
+    pub sequences: u64,
+    pub op_ids: op_records::OpRecords,
+}
+
+/// What has not reached the derived tables yet; each entry is one sentence for the operator.
+async fn not_drained(
+    nodes: &mut Nodes,
+    pool: &PgPool,
+    opt: &Options,
+) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stream = 0;
+    for conn in nodes.conns.iter_mut() {
+        stream += stream_in_flight(conn, &opt.prefix, &opt.group).await?;
+    }
+    if stream > 0 {
+        out.push(format!(
+            "{stream} stream entries not yet acknowledged by the shipper (group {})",
+            opt.group
+        ));
+    }
+    match &opt.kafka {
+        Some(k) => {
+            let stored = postgres::load_positions(pool, &k.topic)
+                .await
+                .context("reading kafka_offsets")?;
+            let n = kafka::unpersisted(k, &stored).await?;
+            if n > 0 {
+                out.push(format!("{n} Kafka messages of topic {} not yet persisted (kafka_offsets behind the topic's end)", k.topic));
+            }
+        }
+        None => {
+            let topics: Vec<String> =
+                sqlx::query_scalar("SELECT DISTINCT topic FROM kafka_offsets ORDER BY 1")
+                    .fetch_all(pool)
+                    .await?;
+            if !topics.is_empty() {
+                out.push(format!(
+                    "unchecked: the history came through Kafka (topics {}); pass --kafka-brokers so restore can check that every message is persisted",
+                    topics.join(", ")
+                ));
+            }
+        }
+    }
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM failed_events WHERE NOT resolved")
+        .fetch_one(pool)
+        .await?;
+    if failed > 0 {
+        out.push(format!(
+            "{failed} unresolved failed_events (fix them and run retry-failed)"
+        ));
+    }
+    let behind: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE last_seq > contiguous_seq ORDER BY data_key",
+    )
+    .fetch_all(pool)
+    .await?;
+    if !behind.is_empty() {
+        let shown: Vec<String> = behind
+            .iter()
+            .take(5)
+            .map(|(k, c, l)| format!("{k} (seqs {}..{} missing or not applied)", c + 1, l))
+            .collect();
+        out.push(format!(
+            "{} keys whose history has missing seqs, e.g. {}",
+            behind.len(),
+            shown.join(", ")
+        ));
+    }
+    Ok(out)
+}
+
+/// Every data key the history knows, in pages (keyset pagination on key_seqs).
+async fn history_keys(
+    pool: &PgPool,
+    after: &str,
+    batch: usize,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT data_key, last_seq FROM key_seqs WHERE data_key > $1 ORDER BY data_key LIMIT $2",
+    )
+    .bind(after)
+    .bind(batch as i64)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Refuses to overwrite: any key with history that exists in Redis, or a sequence hash.
+async fn existing_keys(
+    nodes: &mut Nodes,
+    pool: &PgPool,
+    opt: &Options,
+) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    for conn in nodes.conns.iter_mut() {
+        found.extend(scan_keys(conn, &format!("{}:seq*", opt.prefix), "hash").await?);
+    }
+    let mut after = String::new();
+    loop {
+        let page = history_keys(pool, &after, opt.batch).await?;
+        let Some(last) = page.last() else { break };
+        after = last.0.clone();
+        // one pipelined EXISTS per node for the keys it serves
+        for node in 0..nodes.conns.len() {
+            let mine: Vec<&String> = page
+                .iter()
+                .map(|(k, _)| k)
+                .filter(|k| nodes.node_of(k) == node)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for k in &mine {
+                pipe.cmd("EXISTS").arg(*k);
+            }
+            let exists: Vec<i64> = pipe.query_async(&mut nodes.conns[node]).await?;
+            found.extend(
+                mine.into_iter()
+                    .zip(exists)
+                    .filter(|(_, e)| *e > 0)
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        if found.len() >= 10 {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+/// Refuses (or with --force, warns) while events are in flight.
+async fn require_drained(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Result<()> {
+    let pending = not_drained(nodes, pool, opt).await?;
+    if !pending.is_empty() {
+        if !opt.force {
+            bail!(
+                "refusing to restore: the pipeline has not drained, and these events would be missing from the restored \
+                 state while Redis hands their seq numbers out again:\n  - {}\nLet the shipper drain (reconcile says \
+                 'drained'), or pass --force to restore without them",
+                pending.join("\n  - ")
+            );
+        }
+        eprintln!(
+            "restore --force: the restored state will NOT include:\n  - {}",
+            pending.join("\n  - ")
+        );
+    }
+    Ok(())
+}
+
+pub async fn run(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
+    require_drained(nodes, pool, opt).await?;
+    let existing = existing_keys(nodes, pool, opt).await?;
+    if !existing.is_empty() && !opt.force {
+        bail!(
+            "refusing to overwrite existing Redis keys (e.g. {}); pass --force to replace them with the history's state",
+            existing.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let started = Instant::now();
+    let mut done = Restored::default();
+
+    // Keys are restored in pages of the history's key list; each page is one pipeline.
+    let mut after = String::new();
+    loop {
+        let page = history_keys(pool, &after, opt.batch).await?;
+        let Some(last) = page.last() else { break };
+        after = last.0.clone();
+        let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
+        let mut pipes = nodes.pipes();
+        if opt.force {
+            for k in &keys {
+                pipes.on(nodes, k).cmd("DEL").arg(k).ignore();
+            }
+        }
+        add_balances(&mut pipes, nodes, pool, &keys, &mut done).await?;
+        add_campaigns(&mut pipes, nodes, pool, &keys, &mut done).await?;
+        add_usage(&mut pipes, nodes, pool, &keys, &mut done).await?;
+        for (k, seq) in &page {
+            pipes
+                .on(nodes, k)
+                .cmd("HSET")
+                .arg(nodes.seq_hash(&opt.prefix, k))
+                .arg(k)
+                .arg(seq)
+                .ignore();
+            done.sequences += 1;
+        }
+        pipes
+            .send(nodes)
+            .await
+            .context("writing a restore batch to redis")?;
+        println!(
+            "restore: {} keys so far ({} balance fields, {} campaigns, {} usage counters) in {} ms",
+            done.sequences,
+            done.balance_fields,
+            done.campaigns,
+            done.usage_keys,
+            started.elapsed().as_millis()
+        );
+    }
+    done.op_ids = op_records::restore(nodes, pool, &opt.prefix, now_ms(), opt.batch).await?;
+    Ok(done)
+}
+
+/// The balances of `keys`, one HSET per field.
+async fn add_balances(
+    pipes: &mut Pipes,
+    nodes: &Nodes,
+    pool: &PgPool,
+    keys: &[String],
+    done: &mut Restored,
+) -> anyhow::Result<()> {
+    let balances: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT data_key, field, balance::text FROM balances WHERE data_key = ANY($1) ORDER BY data_key, field",
+    ).bind(keys).fetch_all(pool).await?;
+    let mut last_key = None;
+    for (k, f, b) in &balances {
+        if last_key != Some(k) {
+            done.balance_keys += 1;
+            last_key = Some(k);
+        }
+        pipes
+            .on(nodes, k)
+            .cmd("HSET")
+            .arg(k)
+            .arg(f)
+            .arg(canonical(b))
+            .ignore();
+        done.balance_fields += 1;
+    }
+    Ok(())
+}
+
+/// The campaigns among `keys`: stock, issued, issue counter, window, and every holder.
+async fn add_campaigns(
+    pipes: &mut Pipes,
+    nodes: &Nodes,
+    pool: &PgPool,
+    keys: &[String],
+    done: &mut Restored,
+) -> anyhow::Result<()> {
+    let campaigns: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT c.campaign, c.total, c.issued, c.peruser, c.start_ms, c.end_ms,
+                COALESCE((SELECT max(i.issue) FROM coupon_issues i WHERE i.campaign = c.campaign), 0)
+         FROM coupon_campaigns c WHERE c.campaign = ANY($1)",
+    ).bind(keys).fetch_all(pool).await?;
+    for (c, total, issued, peruser, start, end, last_issue) in &campaigns {
+        pipes
+            .on(nodes, c)
+            .cmd("HSET")
+            .arg(c)
+            .arg("kind")
+            .arg("coupon")
+            .arg("total")
+            .arg(total)
+            .arg("issued")
+            .arg(issued)
+            .arg("last_issue")
+            .arg(last_issue)
+            .arg("peruser")
+            .arg(peruser)
+            .arg("start")
+            .arg(start)
+            .arg("end")
+            .arg(end)
+            .ignore();
+        done.campaigns += 1;
+    }
+    // The module's layout: `c:<user>` = how many, `h:<k>:<user>` = the k-th in claim order
+    // (ascending issue numbers: a claim takes the next number, a release gives back the newest).
+    let holders: Vec<(String, String, Vec<i64>)> = sqlx::query_as(
+        "SELECT campaign, user_id, array_agg(issue ORDER BY issue)
+         FROM coupon_issues WHERE campaign = ANY($1) AND NOT released AND user_id IS NOT NULL
+         GROUP BY campaign, user_id",
+    )
+    .bind(keys)
+    .fetch_all(pool)
+    .await?;
+    for (c, u, issues) in &holders {
+        let hset = pipes
+            .on(nodes, c)
+            .cmd("HSET")
+            .arg(c)
+            .arg(format!("c:{u}"))
+            .arg(issues.len());
+        for (k, issue) in issues.iter().enumerate() {
+            hset.arg(format!("h:{}:{u}", k + 1)).arg(issue);
+        }
+        hset.ignore();
+        done.holders += 1;
+    }
+    Ok(())
+}
+
+/// The usage counters among `keys`, as of their highest seq.
+async fn add_usage(
+    pipes: &mut Pipes,
+    nodes: &Nodes,
+    pool: &PgPool,
+    keys: &[String],
+    done: &mut Restored,
+) -> anyhow::Result<()> {
+    let usage: Vec<(String, String, String, String, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (usage_key) usage_key, period, period_id, used::text, quota::text
+         FROM usage_totals WHERE usage_key = ANY($1) ORDER BY usage_key, seq DESC",
+    )
+    .bind(keys)
+    .fetch_all(pool)
+    .await?;
+    for (k, period, period_id, used, quota) in &usage {
+        pipes
+            .on(nodes, k)
+            .cmd("HSET")
+            .arg(k)
+            .arg("kind")
+            .arg("usage")
+            .arg("limit")
+            .arg(canonical(quota))
+            .arg("period")
+            .arg(period)
+            .arg("period_id")
+            .arg(period_id)
+            .arg("used")
+            .arg(canonical(used))
+            .ignore();
+        done.usage_keys += 1;
+    }
+    Ok(())
+}
+
+pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
+    let mut nodes = Nodes::connect(redis_url).await?;
+    run(&mut nodes, pool, opt).await
+}
+
+/// `restore --as-of`: the same drain rule, then the rollback through the module.
+pub async fn as_of_command(
+    redis_url: &str,
+    pool: &PgPool,
+    opt: &Options,
+    as_of_ms: i64,
+) -> anyhow::Result<restore_as_of::RolledBack> {
+    let mut nodes = Nodes::connect(redis_url).await?;
+    require_drained(&mut nodes, pool, opt).await?;
+    restore_as_of::run(&mut nodes, pool, as_of_ms).await
+}

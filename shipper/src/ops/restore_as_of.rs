@@ -1,0 +1,200 @@
+//! `tally-shipper restore --as-of <unix-ms>`: rolls balances and coupon claims back to what
+//! they were at a moment, for the day an abuse incident must be undone.
+//!
+//! The rollback goes THROUGH the module, as new events: one `ASSET.INCR ... NOFLOOR` per key
+//! with the deltas that bring each field back to its balance at that moment (the history has
+//! every intermediate balance), and a `COUPON.RELEASE` for every claim made after it that is
+//! still held. Nothing is rewritten: the history keeps the incident and its correction, the
+//! shipper carries the correction like any change, and reconcile still matches. Every command
+//! carries an op-id derived from the moment (`restore-as-of:<ms>:...`), so running the same
+//! rollback twice replays instead of applying twice. Run it with writers stopped: a change
+//! made between reading a balance and correcting it is not rolled back.
+//!
+//! Not rolled back (reported): usage counters (no command lowers `used`; a period has usually
+//! moved on), claims released after the moment (their issue numbers are retired), campaigns
+//! created after it.
+
+use super::nodes::Nodes;
+use anyhow::Context as _;
+use sqlx::PgPool;
+
+/// At most this many fields per ASSET.INCR (the command's own limit is 64).
+const FIELDS_PER_COMMAND: usize = 64;
+
+#[derive(Default, Debug)]
+pub struct RolledBack {
+    pub keys: u64,
+    pub fields: u64,
+    pub releases: u64,
+    pub not_rolled_back: Vec<String>,
+}
+
+/// The balance of every (key, field) at `as_of_ms`: the change with the highest seq at or
+/// before it; fields first changed later roll back to 0.
+async fn balances_at(
+    pool: &PgPool,
+    as_of_ms: i64,
+) -> anyhow::Result<Vec<(String, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT b.data_key, b.field,
+                COALESCE((SELECT c.balance::text FROM event_changes c
+                          WHERE c.data_key = b.data_key AND c.field = b.field AND c.ts_ms <= $1
+                          ORDER BY c.seq DESC LIMIT 1), '0')
+         FROM balances b ORDER BY b.data_key, b.field",
+    )
+    .bind(as_of_ms)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Per field `target - current`, exact (Postgres numeric), canonical; only fields that differ.
+async fn deltas(
+    pool: &PgPool,
+    fields: &[String],
+    current: &[String],
+    target: &[String],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT f, (t::numeric - c::numeric)::text FROM unnest($1::text[], $2::text[], $3::text[]) AS u(f, c, t)
+         WHERE t::numeric <> c::numeric",
+    )
+    .bind(fields)
+    .bind(current)
+    .bind(target)
+    .fetch_all(pool)
+    .await
+    .context("computing the rollback deltas (a balance in Redis that is not a decimal?)")?;
+    Ok(rows
+        .into_iter()
+        .map(|(f, d)| (f, super::reconcile::canonical(&d)))
+        .collect())
+}
+
+async fn roll_back_balances(
+    nodes: &mut Nodes,
+    pool: &PgPool,
+    as_of_ms: i64,
+    out: &mut RolledBack,
+) -> anyhow::Result<()> {
+    let rows = balances_at(pool, as_of_ms).await?;
+    // rows come ordered by key: one group of fields per key
+    for group in rows.chunk_by(|a, b| a.0 == b.0) {
+        let key = &group[0].0;
+        let fields: Vec<String> = group.iter().map(|r| r.1.clone()).collect();
+        let targets: Vec<String> = group.iter().map(|r| r.2.clone()).collect();
+        let mut get = redis::cmd("HMGET");
+        get.arg(key).arg(&fields);
+        let current: Vec<Option<String>> = get.query_async(nodes.conn_for(key)).await?;
+        let current: Vec<String> = current
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| "0".into()))
+            .collect();
+        let changes = deltas(pool, &fields, &current, &targets).await?;
+        for (n, chunk) in changes.chunks(FIELDS_PER_COMMAND).enumerate() {
+            let mut c = redis::cmd("ASSET.INCR");
+            c.arg(key);
+            for (f, d) in chunk {
+                c.arg(f).arg(d);
+            }
+            c.arg("NOFLOOR")
+                .arg("ID")
+                .arg(format!("restore-as-of:{as_of_ms}:{n}"));
+            c.arg("META").arg(format!("restore --as-of {as_of_ms}"));
+            c.query_async::<redis::Value>(nodes.conn_for(key))
+                .await
+                .with_context(|| format!("rolling back {key}"))?;
+            out.fields += chunk.len() as u64;
+        }
+        if !changes.is_empty() {
+            out.keys += 1;
+        }
+    }
+    Ok(())
+}
+
+async fn roll_back_claims(
+    nodes: &mut Nodes,
+    pool: &PgPool,
+    as_of_ms: i64,
+    out: &mut RolledBack,
+) -> anyhow::Result<()> {
+    // claims made after the moment and still held: the user's most recent ones
+    let held: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT campaign, user_id, count(*) FROM coupon_issues
+         WHERE claimed_ts_ms > $1 AND NOT released AND user_id IS NOT NULL
+         GROUP BY campaign, user_id ORDER BY campaign, user_id",
+    )
+    .bind(as_of_ms)
+    .fetch_all(pool)
+    .await?;
+    for (campaign, user, n) in held {
+        for i in 0..n {
+            redis::cmd("COUPON.RELEASE")
+                .arg(&campaign)
+                .arg(&user)
+                .arg("ID")
+                .arg(format!("restore-as-of:{as_of_ms}:{user}:{i}"))
+                .arg("META")
+                .arg(format!("restore --as-of {as_of_ms}"))
+                .query_async::<redis::Value>(nodes.conn_for(&campaign))
+                .await
+                .with_context(|| format!("releasing a claim of {user} in {campaign}"))?;
+            out.releases += 1;
+        }
+    }
+    report_count(
+        pool,
+        "SELECT count(*) FROM coupon_issues WHERE released AND claimed_ts_ms <= $1 AND released_ts_ms > $1",
+        as_of_ms,
+        "claims held at the moment and released after it (issue numbers are retired)",
+        out,
+    )
+    .await
+}
+
+/// Runs `count_sql` (a count, `$1` = the moment); a non-zero count is reported as "<n> <what>"
+/// among what the rollback leaves as it is.
+async fn report_count(
+    pool: &PgPool,
+    count_sql: &str,
+    as_of_ms: i64,
+    what: &str,
+    out: &mut RolledBack,
+) -> anyhow::Result<()> {
+    let n: i64 = sqlx::query_scalar(count_sql)
+        .bind(as_of_ms)
+        .fetch_one(pool)
+        .await?;
+    if n > 0 {
+        out.not_rolled_back.push(format!("{n} {what}"));
+    }
+    Ok(())
+}
+
+async fn report_unrolled(pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> anyhow::Result<()> {
+    report_count(
+        pool,
+        "SELECT count(DISTINCT k.data_key) FROM event_keys k JOIN events e USING (event_id)
+         WHERE e.type = 'usage.consume' AND e.ts_ms > $1",
+        as_of_ms,
+        "usage counters consumed after the moment (no command lowers `used`)",
+        out,
+    )
+    .await?;
+    report_count(
+        pool,
+        "SELECT count(*) FROM events WHERE type = 'coupon.create' AND ts_ms > $1",
+        as_of_ms,
+        "campaigns created after the moment (kept)",
+        out,
+    )
+    .await
+}
+
+pub async fn run(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64) -> anyhow::Result<RolledBack> {
+    let mut out = RolledBack::default();
+    roll_back_balances(nodes, pool, as_of_ms, &mut out).await?;
+    roll_back_claims(nodes, pool, as_of_ms, &mut out).await?;
+    report_unrolled(pool, as_of_ms, &mut out).await?;
+    Ok(out)
+}

@@ -1,0 +1,29 @@
+//! Postgres: the history (events, failed_events) and the tables derived from it, written one
+//! transaction per batch.
+//!
+//! In: batches of `Record`s from the direct writers or persist (`PgSink`), with persist's
+//! Kafka positions (`Position`, the fence between persist instances). Out: the rows, the
+//! batch's `Outcome` (inserted, duplicates, failed), and a fenced batch written not at all.
+//!
+//! - `sink`: `PgSink`, the error policy (retry, stop, isolate a bad record) and the watermark
+//!   repair beside it;
+//! - `batch`: one batch in one transaction (events deduplicated on id, failed_events);
+//! - `fence`: the Kafka positions stored with the batch;
+//! - `derived`: balances, coupons, usage; `seqs`: the per-key order proof;
+//! - `copy`: binary COPY for the history tables;
+//! - `schema`: migrations and the pool; `failed`: failed_events for `retry-failed`.
+
+mod batch;
+mod copy;
+mod derived;
+pub(crate) mod failed;
+mod fence;
+mod schema;
+mod seqs;
+mod sink;
+
+pub(crate) use batch::Outcome;
+pub(crate) use fence::{load_positions, Position};
+pub(crate) use schema::{connect, migrate, missing_migrations};
+pub(crate) use seqs::repair as repair_watermarks;
+pub(crate) use sink::{classify, permanent_message, ErrorClass, PgSink};

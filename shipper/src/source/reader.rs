@@ -1,0 +1,439 @@
+//! The reader of one primary: every log stream the node holds, on one connection, read
+//! blocking (one stream) or swept (several), each stream's entries handed over as a batch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::ack::{ack_with_retry, AckTarget};
+use super::batch::entry_to_record;
+use super::cursor::{parse_xread, sync_cursors, Cursor, Read};
+use super::Downstream;
+use crate::cli::{BatchOpts, RedisOpts};
+use crate::event::Record;
+use crate::obs::metrics;
+use crate::redis_io::{connect, query_asking, redirect_url, Entry, NodeConns, RResult};
+use crate::retry::backoff_ms;
+
+/// Most entries one sweep round trip may bring back: a round trip reads this many entries
+/// divided by --batch-size streams (within the two bounds below).
+const SWEEP_ENTRIES_MAX: usize = 50_000;
+const SWEEP_STREAMS_MIN: usize = 16;
+const SWEEP_STREAMS_MAX: usize = 512;
+
+/// Streams read in one pipelined round trip of a sweep.
+fn sweep_streams(batch_size: usize) -> usize {
+    (SWEEP_ENTRIES_MAX / batch_size.max(1)).clamp(SWEEP_STREAMS_MIN, SWEEP_STREAMS_MAX)
+}
+
+/// Send `cmds` in one round trip; each command's reply or error on its own.
+async fn pipelined(
+    conn: &mut MultiplexedConnection,
+    cmds: &[redis::Cmd],
+) -> RResult<Vec<RResult<Value>>> {
+    let mut p = redis::pipe();
+    p.ignore_errors();
+    for c in cmds {
+        p.add_command(c.clone());
+    }
+    p.query_async(conn).await
+}
+
+/// The reader of one primary: every log stream the node holds, on one connection. A node
+/// with one stream (standalone) is read with blocking XREADGROUP; a node with several (a
+/// cluster primary, one stream per written slot) is swept: one pipelined round of
+/// non-blocking reads, then a pause of --poll-min-ms doubling up to --block-ms while every
+/// stream stays empty. XREADGROUP cannot block on streams of different slots.
+pub struct NodeReader {
+    pub url: String,
+    pub redis: RedisOpts,
+    pub batch: BatchOpts,
+    pub downstream: Downstream,
+    pub inflight: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    /// the node's shared connection (acks, housekeeping, ASK targets)
+    pub conns: NodeConns,
+    /// the streams the node holds, as the last discovery found them
+    pub streams: watch::Receiver<Vec<String>>,
+    /// asks for a discovery now (a slot moved)
+    pub rediscover: Arc<Notify>,
+}
+
+impl NodeReader {
+    fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis.block_ms + self.batch.batch_wait_ms + 10_000)
+    }
+
+    fn claim_every(&self) -> Duration {
+        Duration::from_millis(self.redis.claim_interval_ms)
+    }
+
+    fn read_cmd(
+        &self,
+        stream: &str,
+        read: &Read,
+        count: usize,
+        block_ms: Option<u64>,
+    ) -> redis::Cmd {
+        let (group, consumer) = (&self.redis.redis_group, &self.redis.consumer);
+        if let Read::Claim(cursor) = read {
+            let mut c = redis::cmd("XAUTOCLAIM");
+            c.arg(stream)
+                .arg(group)
+                .arg(consumer)
+                .arg(self.redis.claim_idle_ms)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(count.max(1));
+            return c;
+        }
+        let mut c = redis::cmd("XREADGROUP");
+        c.arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count.max(1));
+        if let Some(b) = block_ms {
+            c.arg("BLOCK").arg(b.max(1));
+        }
+        let from = match read {
+            Read::Pending(from) => from.as_str(),
+            _ => ">",
+        };
+        c.arg("STREAMS").arg(stream).arg(from);
+        c
+    }
+
+    fn group_cmd(&self, stream: &str) -> redis::Cmd {
+        let mut c = redis::cmd("XGROUP");
+        c.arg("CREATE")
+            .arg(stream)
+            .arg(&self.redis.redis_group)
+            .arg("0")
+            .arg("MKSTREAM");
+        c
+    }
+
+    /// One stream's reply, redirections followed. ASK: the stream's key already sits on the
+    /// importing node of a slot being migrated; the command goes there after ASKING. MOVED:
+    /// the slot has a new owner; the stream is dropped here and a discovery is asked for,
+    /// which hands it to that node's reader.
+    async fn follow(
+        &self,
+        c: &mut Cursor,
+        cmd: &redis::Cmd,
+        reply: RResult<Value>,
+    ) -> RResult<Value> {
+        let Err(e) = reply else {
+            c.asked = false;
+            return reply;
+        };
+        match redirect_url(&self.url, &e) {
+            Some((target, true)) => {
+                c.asked = true;
+                let mut conn = self.conns.get(&target).await?;
+                let r = query_asking(&mut conn, cmd, true).await;
+                if let Err(e) = &r {
+                    self.conns.renew_after(&target, e).await;
+                }
+                r
+            }
+            Some((target, false)) => {
+                tracing::info!(stream = %c.stream, node = %self.url, to = %target, "stream's slot moved; reading it on its new owner");
+                c.moved = true;
+                self.rediscover.notify_one();
+                Err(e)
+            }
+            None => Err(e),
+        }
+    }
+
+    /// A read of one stream failed with a reply error: the other streams go on.
+    fn stream_error(&self, c: &mut Cursor, e: &redis::RedisError) {
+        if c.moved {
+            return;
+        }
+        if e.code() == Some("NOGROUP") {
+            c.group_ready = false; // stream or group deleted: created again at the next sweep
+            return;
+        }
+        tracing::warn!(stream = %c.stream, node = %self.url, error = %e, "reading the stream failed; retrying at the next sweep");
+    }
+
+    /// Create the consumer group of every stream that may lack one (one round trip).
+    async fn ensure_groups(
+        &self,
+        conn: &mut MultiplexedConnection,
+        part: &mut [Cursor],
+    ) -> RResult<()> {
+        let idx: Vec<usize> = (0..part.len())
+            .filter(|&i| !part[i].group_ready && !part[i].moved)
+            .collect();
+        if idx.is_empty() {
+            return Ok(());
+        }
+        let cmds: Vec<redis::Cmd> = idx
+            .iter()
+            .map(|&i| self.group_cmd(&part[i].stream))
+            .collect();
+        let replies = pipelined(conn, &cmds).await?;
+        for ((&i, cmd), reply) in idx.iter().zip(&cmds).zip(replies) {
+            let c = &mut part[i];
+            match self.follow(c, cmd, reply).await {
+                Ok(_) => {
+                    tracing::info!(stream = %c.stream, group = %self.redis.redis_group, "created consumer group");
+                    c.group_ready = true;
+                }
+                Err(e) if e.code() == Some("BUSYGROUP") => c.group_ready = true,
+                Err(e) => self.stream_error(c, &e),
+            }
+        }
+        Ok(())
+    }
+
+    /// One pipelined round over the node's streams: one read each (own pending, a claim or
+    /// new entries; never blocking), each stream's entries handed over as one batch. Returns
+    /// how many entries were handed over.
+    async fn sweep(
+        &self,
+        conn: &mut MultiplexedConnection,
+        cursors: &mut [Cursor],
+        out: &mut Deliveries,
+    ) -> RResult<usize> {
+        let mut total = 0;
+        for part in cursors.chunks_mut(sweep_streams(self.batch.batch_size)) {
+            self.ensure_groups(conn, part).await?;
+            let reads: Vec<(usize, Read)> = (0..part.len())
+                .filter(|&i| part[i].group_ready && !part[i].moved)
+                .map(|i| (i, part[i].next_read(self.claim_every())))
+                .collect();
+            if reads.is_empty() {
+                continue;
+            }
+            let cmds: Vec<redis::Cmd> = reads
+                .iter()
+                .map(|(i, r)| self.read_cmd(&part[*i].stream, r, self.batch.batch_size, None))
+                .collect();
+            let replies = pipelined(conn, &cmds).await?;
+            for (((i, read), cmd), reply) in reads.iter().zip(&cmds).zip(replies) {
+                let c = &mut part[*i];
+                match self.follow(c, cmd, reply).await {
+                    Ok(v) => {
+                        let entries = c.advance(read, &v);
+                        total += entries.len();
+                        out.start(self, c, entries).await;
+                    }
+                    Err(e) => self.stream_error(c, &e),
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// The one stream of a standalone server: block for the first new entry, then keep
+    /// filling the batch for up to --batch-wait-ms.
+    async fn read_blocking(
+        &self,
+        conn: &mut MultiplexedConnection,
+        c: &mut Cursor,
+    ) -> RResult<Vec<Entry>> {
+        let size = self.batch.batch_size.max(1);
+        let cmd = self.read_cmd(&c.stream, &Read::New, size, Some(self.redis.block_ms));
+        let first = cmd.query_async(conn).await;
+        if first.as_ref().is_err_and(|e| e.code() == Some("ASK")) {
+            c.asked = true; // read by sweeps: a blocking read must not hold the target's shared connection
+            return Ok(vec![]);
+        }
+        let mut out = match self.follow(c, &cmd, first).await {
+            Ok(v) => parse_xread(&v),
+            Err(e) if c.moved || e.code() == Some("NOGROUP") => {
+                self.stream_error(c, &e);
+                return Ok(vec![]);
+            }
+            Err(e) => return Err(e),
+        };
+        let deadline = Instant::now() + Duration::from_millis(self.batch.batch_wait_ms);
+        while !out.is_empty() && out.len() < size && !self.shutdown.is_cancelled() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let more_cmd = self.read_cmd(
+                &c.stream,
+                &Read::New,
+                size - out.len(),
+                Some(left.as_millis().max(1) as u64),
+            );
+            // a failed read ends the batch; the next read meets the error again
+            let Ok(more) = more_cmd.query_async(conn).await.map(|v| parse_xread(&v)) else {
+                break;
+            };
+            if more.is_empty() {
+                break;
+            }
+            out.extend(more);
+        }
+        Ok(out)
+    }
+
+    pub async fn run(self) {
+        let (mut cursors, mut out, mut attempt) = (Vec::new(), Deliveries::default(), 0u32);
+        while !self.shutdown.is_cancelled() {
+            let Err(e) = self
+                .run_connected(&mut cursors, &mut out, &mut attempt)
+                .await
+            else {
+                break;
+            };
+            self.conns.renew_after(&self.url, &e).await;
+            let wait = backoff_ms(
+                self.batch.retry_backoff_ms,
+                self.batch.retry_backoff_cap_ms,
+                attempt,
+            );
+            metrics::RETRIES.inc();
+            tracing::warn!(node = %self.url, streams = cursors.len(), error = %e, retry_in_ms = wait, "redis error");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            attempt = attempt.saturating_add(1);
+        }
+        // every batch already handed over finishes (delivered and acked, or left pending for
+        // the next run) before the reader ends
+        out.drain().await;
+    }
+
+    async fn run_connected(
+        &self,
+        cursors: &mut Vec<Cursor>,
+        out: &mut Deliveries,
+        attempt: &mut u32,
+    ) -> RResult<()> {
+        let mut conn = connect(&self.url, self.response_timeout()).await?;
+        cursors.iter_mut().for_each(Cursor::reset);
+        let mut streams = self.streams.clone();
+        let idle_min_ms = self.redis.poll_min_ms.max(1);
+        let mut idle_ms = idle_min_ms;
+        sync_cursors(cursors, &streams.borrow_and_update());
+        let mut changed = false;
+        while !self.shutdown.is_cancelled() {
+            // a stream dropped after MOVED comes back only if a discovery gives it back
+            if std::mem::take(&mut changed) || streams.has_changed().unwrap_or(false) {
+                sync_cursors(cursors, &streams.borrow_and_update());
+            }
+            let (got, waited) = match cursors.as_mut_slice() {
+                [c] if c.group_ready
+                    && !c.asked
+                    && c.next_read(self.claim_every()) == Read::New =>
+                {
+                    let entries = self.read_blocking(&mut conn, c).await?;
+                    let n = entries.len();
+                    out.start(self, c, entries).await;
+                    (n, !c.asked)
+                }
+                _ => (self.sweep(&mut conn, cursors, out).await?, false),
+            };
+            *attempt = 0;
+            cursors.retain(|c| !c.moved);
+            if got > 0 || waited {
+                idle_ms = idle_min_ms;
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(idle_ms)) => {}
+                r = streams.changed() => match r {
+                    Ok(()) => changed = true,
+                    Err(_) => return Ok(()),
+                },
+                _ = self.shutdown.cancelled() => {}
+            }
+            idle_ms = (idle_ms * 2).min(self.redis.block_ms.max(idle_min_ms));
+        }
+        Ok(())
+    }
+}
+
+/// The batches a reader handed over: to the writers (which acknowledge them), or to a sink
+/// as background deliveries, up to --max-in-flight at once (shared by every reader), each
+/// acknowledged as soon as its own delivery completes, in any order.
+#[derive(Default)]
+struct Deliveries {
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Deliveries {
+    async fn start(&mut self, r: &NodeReader, c: &Cursor, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        metrics::EVENTS_READ.inc_by(entries.len() as u64);
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        let records: Vec<Record> = entries
+            .into_iter()
+            .map(|e| entry_to_record(&c.stream, e))
+            .collect();
+        let ack = AckTarget {
+            url: r.url.clone(),
+            stream: c.stream.clone(),
+            group: r.redis.redis_group.clone(),
+            conns: r.conns.clone(),
+            held: c.held.clone(),
+        };
+        let sink = match &r.downstream {
+            Downstream::Writers(writers) => {
+                ack.hold(&ids);
+                writers.submit(records, &ack).await;
+                return;
+            }
+            Downstream::Sink(s) => s.clone(),
+        };
+        while let Some(res) = self.tasks.try_join_next() {
+            log_task_end(res);
+        }
+        let Ok(permit) = r.inflight.clone().acquire_owned().await else {
+            return;
+        };
+        ack.hold(&ids);
+        let (batch, shutdown) = (r.batch.clone(), r.shutdown.clone());
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            // no Kafka positions here, so never fenced
+            match sink.deliver(&records, &[], &batch).await {
+                Ok(_) => ack_with_retry(&ack, &batch, &shutdown, &ids).await,
+                // not acknowledged: the entries stay pending for the next run
+                Err(fatal) => crate::retry::fail(fatal.0, &shutdown),
+            }
+            ack.release(&ids);
+        });
+    }
+
+    async fn drain(&mut self) {
+        while let Some(r) = self.tasks.join_next().await {
+            log_task_end(r);
+        }
+    }
+}
+
+fn log_task_end(r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "a delivery task ended abnormally; its entries stay pending and are re-read");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_round_trip_is_bounded_in_entries_and_streams() {
+        assert_eq!(sweep_streams(2_000), 25);
+        assert_eq!(sweep_streams(1), SWEEP_STREAMS_MAX);
+        assert_eq!(sweep_streams(1_000_000), SWEEP_STREAMS_MIN);
+        assert_eq!(sweep_streams(0), SWEEP_STREAMS_MAX);
+    }
+}
