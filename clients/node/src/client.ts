@@ -41,7 +41,7 @@ export function withCodec<D = string>(core: TallyApi<string>, codec?: DecimalCod
   const enc = (value: D, what: string): string => encodeAmount(c, value, what);
   const dec = (text: string): D => decodeAmount(c, text);
   const api: TallyApi<D> = {
-    assetIncr(key: string, deltas: Deltas<D>, options?: IncrOptions<D>) {
+    assetIncr<F extends string>(key: string, deltas: Deltas<D, F>, options?: IncrOptions<D>): Promise<Balances<D, F>> {
       return mapped(async () => {
         const pairs = deltaPairs(deltas).map(
           ([field, delta]) => [field, enc(delta, `the delta of ${JSON.stringify(field)}`)] as const,
@@ -52,11 +52,11 @@ export function withCodec<D = string>(core: TallyApi<string>, codec?: DecimalCod
           ...(floor === undefined ? {} : { floor: enc(floor, 'floor') }),
           ...(ceil === undefined ? {} : { ceil: enc(ceil, 'ceil') }),
         } as IncrOptions<string>;
-        return decodeAll(c, await core.assetIncr(key, pairs, opts));
+        return decodeAll(c, await core.assetIncr(key, pairs, opts)) as Balances<D, F>;
       });
     },
-    assetGet(key, fields) {
-      return mapped(async () => decodeAll(c, await core.assetGet(key, fields)));
+    assetGet(key: string, fields?: readonly string[]): Promise<Balances<D>> {
+      return mapped(async () => decodeAll(c, await core.assetGet(key, fields ?? [])));
     },
     assetTransfer(from, to, field, amount, options) {
       return mapped(async () => {

@@ -135,8 +135,8 @@ export async function withRetry<T>(fn: (opId: string) => Promise<T>, options: Re
 
 function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (ms <= 0 && !signal) {
-      resolve();
+    if (signal?.aborted) {
+      reject(signal.reason);
       return;
     }
     const onAbort = (): void => {

@@ -21,10 +21,10 @@ export interface OpOptions {
  * op-id's request check (mind that an object lists integer-like keys such as `"10"` first:
  * use pairs when such fields must keep another order).
  */
-export type Deltas<A> =
-  | Readonly<Record<string, A>>
-  | ReadonlyMap<string, A>
-  | ReadonlyArray<readonly [string, A]>;
+export type Deltas<A, F extends string = string> =
+  | Readonly<Record<F, A>>
+  | ReadonlyMap<F, A>
+  | ReadonlyArray<readonly [F, A]>;
 
 /** Bounds of `ASSET.INCR`: `floor` (default 0) or `noFloor`, and `ceil`. */
 export type IncrOptions<A> = OpOptions &
@@ -44,8 +44,11 @@ export type IncrOptions<A> = OpOptions &
       }
   );
 
-/** Balances by field (`ASSET.INCR`'s new balances, `ASSET.GET`'s values; missing = `"0"`). */
-export type Balances<A> = Record<string, A>;
+/**
+ * Balances by field (`ASSET.INCR`'s new balances, `ASSET.GET`'s values; missing = `"0"`),
+ * typed by the field names asked for when they are known (`{ BDP, TRAINING }`).
+ */
+export type Balances<A, F extends string = string> = Record<F, A>;
 
 /** `ASSET.TRANSFER`'s reply: both balances after the move. */
 export interface TransferResult<A> {
@@ -111,9 +114,11 @@ export interface UsageInfo<A> {
 /** One typed method per tally command; see the repository README's "Command reference". */
 export interface TallyApi<A = string> {
   /** `ASSET.INCR`: adds signed deltas to fields of one hash, all or nothing. */
-  assetIncr(key: string, deltas: Deltas<A>, options?: IncrOptions<A>): Promise<Balances<A>>;
-  /** `ASSET.GET`: the named balances (missing = `"0"`), or with no field every field. */
-  assetGet(key: string, fields?: readonly string[]): Promise<Balances<A>>;
+  assetIncr<F extends string>(key: string, deltas: Deltas<A, F>, options?: IncrOptions<A>): Promise<Balances<A, F>>;
+  /** `ASSET.GET` with no field: every field of the hash, sorted by name. */
+  assetGet(key: string): Promise<Balances<A>>;
+  /** `ASSET.GET`: the named balances in order (missing = `"0"`; no field = every field). */
+  assetGet<F extends string>(key: string, fields: readonly F[]): Promise<Balances<A, F>>;
   /** `ASSET.TRANSFER`: moves a positive amount of `field` (same slot in a cluster). */
   assetTransfer(
     from: string,

@@ -284,7 +284,9 @@ describe('retry policy', () => {
       BacklogError,
     );
     assert.equal(m, 3);
+    // Aborted while the first attempt runs: no wait, no second attempt.
     const ac = new AbortController();
+    const abortedAt = Date.now();
     const p = withRetry(
       async () => {
         throw new Error('Connection is closed.');
@@ -293,6 +295,20 @@ describe('retry policy', () => {
     );
     ac.abort(new Error('stop'));
     await assert.rejects(p, /stop/);
+    assert.ok(Date.now() - abortedAt < 1000, 'the abort ended the wait');
+    // Aborted during the wait.
+    const ac2 = new AbortController();
+    let calls = 0;
+    const p2 = withRetry(
+      async () => {
+        calls++;
+        throw new Error('Connection is closed.');
+      },
+      { backoffMs: 60_000, signal: ac2.signal },
+    );
+    setTimeout(() => ac2.abort(new Error('stop2')), 20);
+    await assert.rejects(p2, /stop2/);
+    assert.equal(calls, 1);
     assert.notEqual(newOpId(), newOpId());
   });
 });
