@@ -238,7 +238,9 @@ export function defineAdapterSuite(label: string, factory: AdapterFactory): void
       await t.usageLimit('api:daily', '5', { period: 'day' });
       const day = await t.usageGet('api:daily');
       assert.equal(day.period, 'day');
-      assert.equal(day.used, '0');
+      assert.match(day.periodId, /^[0-9]{4}-[0-9]{2}-[0-9]{2}$/);
+      assert.deepEqual(await t.usageConsume('api:daily', '5'), { used: '5', remaining: '0' });
+      await rejectsWith(t.usageConsume('api:daily', '0.000000000000000001'), LimitExceededError, 'LIMIT');
     });
 
     test('op-id: a replay returns the original reply and changes nothing; other args: CONFLICT', async () => {
