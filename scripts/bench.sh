@@ -74,10 +74,10 @@ WORK="$(mktemp -d /tmp/tally-bench.XXXXXX)"
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]:-}"; do
-    [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true
+    if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; fi
   done
   for pid in "${PIDS[@]:-}"; do
-    [[ -n "$pid" ]] && wait "$pid" 2>/dev/null || true
+    if [[ -n "$pid" ]]; then wait "$pid" 2>/dev/null || true; fi
   done
   if [[ -n "${BENCH_KEEP:-}" ]]; then mkdir -p "$BENCH_KEEP" && cp -r "$WORK"/. "$BENCH_KEEP"/; fi
   rm -rf "$WORK"
@@ -116,6 +116,8 @@ redis-cli -p "$PORT" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
 
 # ---- callgrind profile of a fixed small workload
 PROFILE_DIR="$WORK/profile"
+# callgrind's dumps in $PROFILE_DIR, oldest first
+dumps() { find "$PROFILE_DIR" -maxdepth 1 -name 'callgrind.out.*' -printf '%T@ %p\n' | sort -n | cut -d' ' -f2-; }
 if [[ "$BENCH_PROFILE" != 0 ]] && need valgrind && need callgrind_control; then
   mkdir -p "$PROFILE_DIR"
   PPORT=$(free_port)
@@ -129,13 +131,13 @@ if [[ "$BENCH_PROFILE" != 0 ]] && need valgrind && need callgrind_control; then
     redis-cli -p "$PPORT" DEL bench:xa:log bench:mx:log >/dev/null
     callgrind_control -z "$VPID" >/dev/null
     BENCH_PORT=$PPORT "$BENCH_BIN" profile "$w"
-    before=$(ls "$PROFILE_DIR"/callgrind.out.* 2>/dev/null | wc -l)
+    before=$(dumps | wc -l)
     callgrind_control --dump="$w" "$VPID" >/dev/null
     for _ in $(seq 1 300); do
-      [[ $(ls "$PROFILE_DIR"/callgrind.out.* 2>/dev/null | wc -l) -gt $before ]] && break
+      [[ $(dumps | wc -l) -gt $before ]] && break
       sleep 0.1
     done
-    f=$(ls -t "$PROFILE_DIR"/callgrind.out.* | head -1)
+    f=$(dumps | tail -1)
     mv "$f" "$PROFILE_DIR/$w.callgrind"
     callgrind_annotate --inclusive=yes --threshold=100 --auto=no "$PROFILE_DIR/$w.callgrind" > "$PROFILE_DIR/$w.inclusive.txt" 2>/dev/null || true
     callgrind_annotate --inclusive=no --threshold=100 --auto=no "$PROFILE_DIR/$w.callgrind" > "$PROFILE_DIR/$w.self.txt" 2>/dev/null || true

@@ -10,6 +10,7 @@
 # Safe to run again (set-up is idempotent, each run uses its own key namespace).
 # Stop everything with: bash scripts/stop.sh
 set -euo pipefail
+# shellcheck source=scripts/stack.sh
 source "$(dirname "$0")/stack.sh"
 cd "$ROOT"
 

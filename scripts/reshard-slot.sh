@@ -11,6 +11,8 @@
 set -euo pipefail
 [[ $# -ge 3 ]] || { echo "usage: $0 SOURCE_HOST:PORT TARGET_HOST:PORT SLOT [timeout-ms]" >&2; exit 2; }
 src="$1" dst="$2" slot="$3" timeout="${4:-60000}"
+# REDIS_CLI_OPTS holds several words (e.g. "--user u --pass p"): split on purpose
+# shellcheck disable=SC2086
 cli() { local hp="$1"; shift; redis-cli ${REDIS_CLI_OPTS:-} -h "${hp%:*}" -p "${hp##*:}" "$@"; }
 check() { local out; out="$("$@")"; [[ "$out" == OK ]] || { echo "$*: $out" >&2; exit 1; }; }
 src_id="$(cli "$src" CLUSTER MYID)"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by demo.sh and stop.sh: the local dev stack (redis-server + tally, PostgreSQL 15,
 # the tansu Kafka-protocol broker, tally-shipper), all on 127.0.0.1, data under $TALLY_HOME.
 # Ports are fixed so a person can poke the running system; override them with env vars.
