@@ -27,10 +27,8 @@ use tokio_util::sync::CancellationToken;
 use cli::{Cli, Command, OpsOpts, PgOpts};
 use obs::{health, http, progress};
 use ops::{reconcile, restore};
-use retry::Sink;
 use sinks::kafka::{self as kafka_client, Forwarder};
 use sinks::postgres::{self as db, PgSink};
-use source::Downstream;
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
@@ -67,9 +65,9 @@ fn install_signals(shutdown: CancellationToken, deadline_ms: u64) -> anyhow::Res
 async fn pg_pool(pg: &PgOpts, conns: u32) -> anyhow::Result<sqlx::PgPool> {
     let pool = db::connect(pg, conns).await?;
     if pg.migrate {
-        with_retry("migration", || db::migrate(&pool)).await?;
+        retry::with_retry("migration", || db::migrate(&pool)).await?;
     } else {
-        let missing = with_retry("schema check", || db::missing_migrations(&pool)).await?;
+        let missing = retry::with_retry("schema check", || db::missing_migrations(&pool)).await?;
         if !missing.is_empty() {
             anyhow::bail!(
                 "the database lacks tally's migrations {}: run `tally-shipper migrate --database-url ...` first, or start with --migrate",
@@ -78,29 +76,6 @@ async fn pg_pool(pg: &PgOpts, conns: u32) -> anyhow::Result<sqlx::PgPool> {
         }
     }
     Ok(pool)
-}
-
-/// Retries a start-up step while Postgres is not reachable yet (about 2 minutes in all).
-async fn with_retry<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let mut attempt = 0;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt < 30 => {
-                tracing::warn!(error = %format!("{e:#}"), attempt, step = what, "start-up step failed, retrying");
-                tokio::time::sleep(Duration::from_millis(retry::backoff_ms(
-                    200, 5_000, attempt,
-                )))
-                .await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Signal handlers, then /metrics + /healthz (bound before this returns: a taken address is
@@ -129,7 +104,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Command::Migrate { pg } => {
             let pool = db::connect(&pg, 1).await?;
-            with_retry("migration", || db::migrate(&pool)).await?;
+            retry::with_retry("migration", || db::migrate(&pool)).await?;
             tracing::info!("migrations applied");
         }
         Command::RetryFailed { pg, limit } => {
@@ -171,13 +146,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             start_ops(&ops, &shutdown).await?;
             kafka_client::ensure_topic(&kafka).await?;
             let fwd = Arc::new(Forwarder::new(&kafka)?);
-            source::run_source(
-                redis,
-                batch,
-                Downstream::Sink(Sink::Kafka(fwd.clone())),
-                shutdown.clone(),
-            )
-            .await;
+            let forward = paths::Forward::new(fwd.clone(), batch.clone(), shutdown.clone());
+            source::run_source(redis, batch, Arc::new(forward), shutdown.clone()).await?;
             fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
         }
         Command::Persist {
@@ -281,15 +251,9 @@ async fn run_command(
             batch.clone(),
             shutdown.clone(),
         );
-        source::run_source(
-            redis,
-            batch,
-            Downstream::Writers(Arc::new(writers)),
-            shutdown.clone(),
-        )
-        .await;
+        let stored = source::run_source(redis, batch, Arc::new(writers), shutdown.clone()).await;
         pg_sink.finish().await;
-        return Ok(());
+        return Ok(stored?);
     }
     kafka_client::ensure_topic(&kafka).await?;
     let fwd = Arc::new(Forwarder::new(&kafka)?);
@@ -302,13 +266,8 @@ async fn run_command(
             retry::fail(format!("persist stopped: {e:#}"), &s);
         }
     });
-    source::run_source(
-        redis,
-        batch,
-        Downstream::Sink(Sink::Kafka(fwd.clone())),
-        shutdown.clone(),
-    )
-    .await;
+    let forward = paths::Forward::new(fwd.clone(), batch.clone(), shutdown.clone());
+    source::run_source(redis, batch, Arc::new(forward), shutdown.clone()).await?;
     fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
     persist.await.context("persist task")?;
     Ok(())

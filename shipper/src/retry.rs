@@ -1,162 +1,143 @@
-//! The delivery stage: hand a batch to the next durable stage (Kafka or Postgres) and retry
-//! transient failures with capped backoff. Nothing is acknowledged upstream until this
-//! returns Ok; a permanent failure stops the process instead of retrying forever.
+//! Retrying with capped exponential backoff: a start-up step (`with_retry`), and the delivery
+//! of a batch to the next durable stage (`until_durable`), which ends when the stage holds the
+//! batch or with a `Fatal` error when retrying cannot help.
 
-use std::sync::{Arc, OnceLock};
+use std::future::Future;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::BatchOpts;
-use crate::event::Record;
 use crate::obs::{health, metrics};
-use crate::sinks::kafka::Forwarder;
-use crate::sinks::postgres::{classify, permanent_message, ErrorClass, Outcome, PgSink, Position};
 
-#[derive(Clone)]
-pub enum Sink {
-    Pg(PgSink),
-    Kafka(Arc<Forwarder>),
+/// Capped exponential backoff: base * 2^attempt, at most cap.
+pub(crate) fn backoff_ms(base: u64, cap: u64, attempt: u32) -> u64 {
+    base.max(1)
+        .saturating_mul(1u64.checked_shl(attempt.min(32)).unwrap_or(u64::MAX))
+        .min(cap.max(1))
 }
 
-/// Why the process must stop: retrying cannot help.
-#[derive(Debug, Clone)]
-pub struct Fatal(pub String);
+/// Retries a start-up step while Postgres is not reachable yet (about 2 minutes in all).
+pub(crate) async fn with_retry<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < 30 => {
+                tracing::warn!(error = %format!("{e:#}"), attempt, step = what, "start-up step failed, retrying");
+                tokio::time::sleep(Duration::from_millis(backoff_ms(200, 5_000, attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Why the process must stop: retrying cannot help. It travels up to `main` (exit code 1);
+/// whatever it concerned stays unacknowledged, to be shipped again by the next run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fatal(pub(crate) String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
 
 static FATAL: OnceLock<String> = OnceLock::new();
 
 /// Record the first fatal error and stop every task; `main` exits non-zero with it.
-pub fn fail(msg: String, shutdown: &CancellationToken) {
+pub(crate) fn fail(msg: String, shutdown: &CancellationToken) {
     let _ = FATAL.set(msg);
     shutdown.cancel();
 }
 
-pub fn fatal_error() -> Option<String> {
+pub(crate) fn fatal_error() -> Option<String> {
     FATAL.get().cloned()
 }
 
-/// How a delivery ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivered {
-    /// the next stage holds the batch durably
-    Done,
-    /// nothing was written: another `persist` instance moved a Kafka position the batch
-    /// continued from (only with positions; see `db::Position`)
-    Fenced,
-}
-
-enum Failure {
+/// How one attempt to deliver a batch failed.
+pub(crate) enum Failure<S> {
+    /// the next stage is unavailable, slow or busy: the batch is retried with backoff
     Retry(anyhow::Error),
-    Stop(String),
+    /// retrying cannot help (`S`: why; `Infallible` for a stage that only ever retries)
+    Stop(S),
 }
 
-impl Sink {
-    fn stage(&self) -> &'static str {
+/// The next durable stage a batch is delivered to: the label of the delivery metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// to Kafka
+    Forward,
+    /// to Postgres (the direct writers and persist)
+    Persist,
+}
+
+impl Stage {
+    pub(crate) fn label(self) -> &'static str {
         match self {
-            Sink::Pg(_) => "persist",
-            Sink::Kafka(_) => "forward",
+            Stage::Forward => "forward",
+            Stage::Persist => "persist",
         }
-    }
-
-    async fn deliver_once(
-        &self,
-        recs: &[Record],
-        positions: &[Position],
-    ) -> Result<Delivered, Failure> {
-        match self {
-            Sink::Pg(pg) => match pg.persist(recs, positions).await {
-                Ok(out) if out.fenced => Ok(Delivered::Fenced),
-                Ok(out) => {
-                    account(&out);
-                    Ok(Delivered::Done)
-                }
-                Err(e) if classify(&e) == ErrorClass::Permanent => {
-                    Err(Failure::Stop(permanent_message(&e)))
-                }
-                Err(e) => Err(Failure::Retry(e.into())),
-            },
-            Sink::Kafka(f) => {
-                f.send_batch(recs).await.map_err(Failure::Retry)?;
-                metrics::EVENTS_FORWARDED.inc_by(recs.len() as u64);
-                metrics::record_lag(
-                    "forward",
-                    recs.iter()
-                        .filter_map(|r| r.decoded.as_ref().ok().map(|e| e.ts)),
-                );
-                Ok(Delivered::Done)
-            }
-        }
-    }
-
-    /// Deliver until the next stage holds the batch durably (transient failures are retried
-    /// with capped exponential backoff; nothing is acknowledged meanwhile), or until a
-    /// permanent failure, which the caller must not acknowledge.
-    pub async fn deliver(
-        &self,
-        recs: &[Record],
-        positions: &[Position],
-        b: &BatchOpts,
-    ) -> Result<Delivered, Fatal> {
-        let started = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            match self.deliver_once(recs, positions).await {
-                Ok(Delivered::Fenced) => {
-                    health::set_failing(false);
-                    metrics::KAFKA_FENCED.inc();
-                    return Ok(Delivered::Fenced);
-                }
-                Ok(Delivered::Done) => {
-                    health::set_failing(false);
-                    break;
-                }
-                Err(Failure::Stop(msg)) => {
-                    health::set_failing(true);
-                    metrics::DELIVERY_FAILURES
-                        .with_label_values(&[self.stage()])
-                        .inc();
-                    return Err(Fatal(msg));
-                }
-                Err(Failure::Retry(e)) => {
-                    health::set_failing(true);
-                    metrics::DELIVERY_FAILURES
-                        .with_label_values(&[self.stage()])
-                        .inc();
-                    let wait = backoff_ms(b.retry_backoff_ms, b.retry_backoff_cap_ms, attempt);
-                    metrics::RETRIES.inc();
-                    tracing::warn!(stage = self.stage(), batch = recs.len(), attempt, retry_in_ms = wait, error = %format!("{e:#}"),
-                        "delivery failed, will retry");
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                    attempt = attempt.saturating_add(1);
-                }
-            }
-        }
-        metrics::BATCH_SIZE
-            .with_label_values(&[self.stage()])
-            .observe(recs.len() as f64);
-        metrics::BATCH_SECONDS
-            .with_label_values(&[self.stage()])
-            .observe(started.elapsed().as_secs_f64());
-        Ok(Delivered::Done)
     }
 }
 
-pub fn account(out: &Outcome) {
-    metrics::EVENTS_PERSISTED.inc_by(out.inserted as u64);
-    metrics::EVENTS_DUPLICATE.inc_by(out.duplicates as u64);
-    metrics::EVENTS_FAILED.inc_by(out.failed as u64);
-    metrics::SEQ_ANOMALIES.inc_by(out.anomalies as u64);
-    metrics::record_lag("persist", out.inserted_ts.iter().copied());
-    if out.failed > 0 {
-        tracing::warn!(count = out.failed, "entries recorded in failed_events");
+/// Runs `attempt` until the next stage holds the batch (Ok) or retrying cannot help (Err):
+/// transient failures are retried with capped exponential backoff (--retry-backoff-ms,
+/// --retry-backoff-cap-ms), and nothing is acknowledged meanwhile. /healthz and the failure
+/// metrics follow every attempt.
+pub(crate) async fn until_durable<T, S, F, Fut>(
+    stage: Stage,
+    batch_len: usize,
+    b: &BatchOpts,
+    mut attempt: F,
+) -> Result<T, S>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Failure<S>>>,
+{
+    let mut n = 0u32;
+    loop {
+        let failure = match attempt().await {
+            Ok(v) => {
+                health::set_failing(false);
+                return Ok(v);
+            }
+            Err(f) => f,
+        };
+        health::set_failing(true);
+        metrics::DELIVERY_FAILURES
+            .with_label_values(&[stage.label()])
+            .inc();
+        let e = match failure {
+            Failure::Stop(why) => return Err(why),
+            Failure::Retry(e) => e,
+        };
+        let wait = backoff_ms(b.retry_backoff_ms, b.retry_backoff_cap_ms, n);
+        metrics::RETRIES.inc();
+        tracing::warn!(stage = stage.label(), batch = batch_len, attempt = n, retry_in_ms = wait, error = %format!("{e:#}"),
+            "delivery failed, will retry");
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        n = n.saturating_add(1);
     }
 }
 
-/// Capped exponential backoff: base * 2^attempt, at most cap.
-pub fn backoff_ms(base: u64, cap: u64, attempt: u32) -> u64 {
-    base.max(1)
-        .saturating_mul(1u64.checked_shl(attempt.min(32)).unwrap_or(u64::MAX))
-        .min(cap.max(1))
+/// A batch the next stage holds now: its size, and how long its delivery took (retries
+/// included) since `started`.
+pub(crate) fn observe_batch(stage: Stage, batch_len: usize, started: Instant) {
+    metrics::BATCH_SIZE
+        .with_label_values(&[stage.label()])
+        .observe(batch_len as f64);
+    metrics::BATCH_SECONDS
+        .with_label_values(&[stage.label()])
+        .observe(started.elapsed().as_secs_f64());
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! Parallel Postgres writers for the direct path (stream -> Postgres).
 //!
 //! Each writer owns a partition of the keys (a hash of the event's first key), so one key's
-//! events are always committed by the same writer in the order they were read, and two
-//! writers never wait for each other's row locks (a transfer whose second key belongs to
-//! another writer is serialized by the per-key advisory locks of `seqs`). A writer merges
+//! events are always committed by the same writer in the order they were read. A transfer
+//! whose second key belongs to another writer is committed by its first key's writer; the
+//! second key's watermark may then lag for a moment (`seqs` repairs it). A writer merges
 //! the jobs queued for it into one transaction of up to --batch-size events, then
 //! acknowledges every stream entry of those jobs: the one ack path of the direct pipeline.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -16,37 +16,34 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::BatchOpts;
 use crate::event::Record;
-use crate::retry::{self as pipeline, Sink};
+use crate::retry::{self, Fatal};
 use crate::sinks::postgres::PgSink;
-use crate::source::{ack_with_retry, AckTarget};
+use crate::source::{Batch, Downstream};
 
-struct Job {
-    records: Vec<Record>,
-    ids: Vec<String>,
-    ack: AckTarget,
-}
-
-impl Job {
-    fn release(&self) {
-        self.ack.release(&self.ids);
-    }
-}
-
-pub struct Writers {
-    lanes: std::sync::RwLock<Vec<mpsc::Sender<Job>>>,
+/// The per-key Postgres writers: one queue of jobs (parts of read batches) per writer.
+pub(crate) struct Writers {
+    lanes: RwLock<Vec<mpsc::Sender<Batch>>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// The writer that owns `key`.
-pub fn lane_of(key: &str, lanes: usize) -> usize {
+pub(crate) fn lane_of(key: &str, lanes: usize) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
     (h.finish() % lanes.max(1) as u64) as usize
 }
 
+/// The writer of a record: its event's first key's (an undecodable record: the first).
+fn lane_of_record(r: &Record, lanes: usize) -> usize {
+    match &r.decoded {
+        Ok(e) => lane_of(e.first_key(), lanes),
+        Err(_) => 0,
+    }
+}
+
 impl Writers {
     /// `n` writers, each with a queue of `queue_jobs` jobs (the read-ahead bound).
-    pub fn start(
+    pub(crate) fn start(
         n: usize,
         queue_jobs: usize,
         pg: PgSink,
@@ -67,51 +64,37 @@ impl Writers {
             )));
         }
         Writers {
-            lanes: std::sync::RwLock::new(lanes),
+            lanes: RwLock::new(lanes),
             handles: Mutex::new(handles),
         }
     }
+}
 
-    /// Split the records by owning writer and queue them (waits while a queue is full).
-    pub async fn submit(&self, records: Vec<Record>, ack: &AckTarget) {
-        let senders: Vec<mpsc::Sender<Job>> =
+impl Downstream for Writers {
+    /// Splits the batch by owning writer and queues the parts (waits while a queue is full).
+    /// A part whose writer is gone (shutting down) is dropped: its entries stay pending and
+    /// are read again.
+    async fn take(&self, batch: Batch) {
+        let senders: Vec<mpsc::Sender<Batch>> =
             self.lanes.read().unwrap_or_else(|e| e.into_inner()).clone();
         let n = senders.len().max(1);
-        let mut parts: Vec<Job> = (0..n)
-            .map(|_| Job {
-                records: vec![],
-                ids: vec![],
-                ack: ack.clone(),
-            })
-            .collect();
-        for r in records {
-            let lane = match &r.decoded {
-                Ok(e) => lane_of(e.first_key(), n),
-                Err(_) => 0,
-            };
-            if let Some(job) = parts.get_mut(lane) {
-                job.ids.extend(r.stream_id.clone());
-                job.records.push(r);
-            }
-        }
-        for (lane, job) in parts.into_iter().enumerate() {
+        for (lane, job) in batch
+            .split(n, |r| lane_of_record(r, n))
+            .into_iter()
+            .enumerate()
+        {
             if job.records.is_empty() {
                 continue;
             }
-            match senders.get(lane) {
-                Some(tx) => {
-                    if let Err(e) = tx.send(job).await {
-                        e.0.release(); // writer gone (shutting down): stays pending, re-read later
-                    }
-                }
-                None => job.release(),
+            if let Some(tx) = senders.get(lane) {
+                let _ = tx.send(job).await;
             }
         }
     }
 
-    /// Close the queues and wait until every queued job is committed and acknowledged (or
+    /// Closes the queues and waits until every queued job is committed and acknowledged (or
     /// left pending after a permanent failure).
-    pub async fn finish(&self) {
+    async fn finish(&self) -> Result<(), Fatal> {
         self.lanes
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -121,17 +104,17 @@ impl Writers {
         for h in handles {
             let _ = h.await;
         }
+        Ok(())
     }
 }
 
 async fn write_loop(
     lane: usize,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Batch>,
     pg: PgSink,
     batch: BatchOpts,
     shutdown: CancellationToken,
 ) {
-    let sink = Sink::Pg(pg);
     let size = batch.batch_size.max(1);
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
@@ -145,26 +128,22 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        if pipeline::fatal_error().is_some() {
-            jobs.iter().for_each(Job::release); // left pending for the next run
-            continue;
+        if retry::fatal_error().is_some() {
+            continue; // the jobs are dropped: left pending for the next run
         }
         let records: Vec<Record> = jobs
             .iter_mut()
             .flat_map(|j| std::mem::take(&mut j.records))
             .collect();
-        // no Kafka positions on the direct path, so never fenced
-        match sink.deliver(&records, &[], &batch).await {
-            Ok(_) => {
-                for j in &jobs {
-                    ack_with_retry(&j.ack, &batch, &shutdown, &j.ids).await;
-                    j.release();
+        match pg.store(&records, &batch).await {
+            Ok(()) => {
+                for j in jobs {
+                    j.in_flight.ack(&batch, &shutdown).await;
                 }
             }
             Err(fatal) => {
                 tracing::debug!(lane, "writer stops delivering after a permanent failure");
-                pipeline::fail(fatal.0, &shutdown);
-                jobs.iter().for_each(Job::release);
+                retry::fail(fatal.0, &shutdown);
             }
         }
     }

@@ -7,7 +7,9 @@
 //!   same transaction as the batch, fenced between instances).
 
 mod direct;
+mod forward;
 mod persist;
 
 pub(crate) use direct::Writers;
+pub(crate) use forward::Forward;
 pub(crate) use persist::Persist;

@@ -1,7 +1,8 @@
-//! The ack path: XACK of the entries a batch carried, once the next stage holds them durably.
+//! The ack path: the entries of a batch are held while in flight (`InFlight`, released on
+//! drop) and acknowledged (XACK) once the next stage holds them durably.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -11,29 +12,73 @@ use crate::cli::BatchOpts;
 use crate::redis_io::{query_asking, redirect_url, NodeConns, RResult};
 use crate::retry::backoff_ms;
 
-/// Where the entries of a batch are acknowledged once they are durable downstream.
-#[derive(Clone)]
-pub struct AckTarget {
-    pub url: String,
-    pub stream: String,
-    pub group: String,
-    pub conns: NodeConns,
-    /// ids being delivered (never re-read or re-claimed meanwhile)
-    pub held: Arc<Mutex<HashSet<String>>>,
+/// Where a stream's entries are acknowledged: the node that holds the stream, the stream, the
+/// group, and the ids of it in flight (handed downstream and not acknowledged yet).
+pub(crate) struct AckTarget {
+    pub(crate) url: String,
+    pub(crate) stream: String,
+    pub(crate) group: String,
+    pub(crate) conns: NodeConns,
+    /// ids being delivered (never re-read or re-claimed meanwhile); shared with the cursor
+    pub(crate) held: Arc<Mutex<HashSet<String>>>,
 }
 
 impl AckTarget {
-    pub fn hold(&self, ids: &[String]) {
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(ids.iter().cloned());
+    fn held(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Entries of one stream handed downstream: held (their reader neither re-reads nor claims
+/// them) for as long as this guard lives. `ack` acknowledges them once the next stage holds
+/// them durably; a guard dropped without it (a delivery that failed, a writer gone, a task
+/// that panicked) leaves them pending in the group, to be read again. Either way the ids
+/// are released on drop: none can be forgotten.
+pub(crate) struct InFlight {
+    target: Arc<AckTarget>,
+    ids: Vec<String>,
+}
+
+impl InFlight {
+    /// Holds `ids` until the guard is dropped.
+    pub(crate) fn hold(target: Arc<AckTarget>, ids: Vec<String>) -> InFlight {
+        target.held().extend(ids.iter().cloned());
+        InFlight { target, ids }
     }
 
-    pub fn release(&self, ids: &[String]) {
-        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        for id in ids {
-            h.remove(id);
+    /// The same entries under `n` guards: the i-th id goes to guard `part_of(i)` (at most
+    /// `n - 1`). Nothing is released.
+    pub(crate) fn split(mut self, n: usize, part_of: impl Fn(usize) -> usize) -> Vec<InFlight> {
+        let n = n.max(1);
+        let mut parts: Vec<InFlight> = (0..n)
+            .map(|_| InFlight {
+                target: self.target.clone(),
+                ids: Vec::new(),
+            })
+            .collect();
+        for (i, id) in std::mem::take(&mut self.ids).into_iter().enumerate() {
+            parts[part_of(i).min(n - 1)].ids.push(id);
+        }
+        parts
+    }
+
+    /// XACK the entries (the next stage holds them durably), then release them.
+    pub(crate) async fn ack(self, retry: &BatchOpts, shutdown: &CancellationToken) {
+        if self.ids.is_empty() {
+            return;
+        }
+        ack_with_retry(&self.target, retry, shutdown, &self.ids).await;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
+        let mut held = self.target.held();
+        for id in &self.ids {
+            held.remove(id);
         }
     }
 }
@@ -47,7 +92,7 @@ const ACK_REDIRECTS_MAX: u32 = 5;
 /// MOVED sends it to the new owner, ASK to the importing node after ASKING (the stream moved
 /// with its group and pending entries). If we die first, the entries are re-shipped and
 /// deduplicated.
-pub async fn ack_with_retry(
+async fn ack_with_retry(
     ack: &AckTarget,
     batch: &BatchOpts,
     shutdown: &CancellationToken,

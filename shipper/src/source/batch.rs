@@ -1,7 +1,37 @@
-//! A stream's entries as the records handed downstream.
+//! The hand-off from the source: one stream's entries as records, held in flight until the
+//! downstream acknowledges them or lets them go.
 
+use super::ack::InFlight;
 use crate::event::Record;
 use crate::redis_io::Entry;
+
+/// What the source hands downstream: one stream's entries as records (in the order read), and
+/// the guard that keeps them in flight until they are acknowledged (`InFlight::ack`) or
+/// dropped (left pending, read again).
+pub(crate) struct Batch {
+    pub(crate) records: Vec<Record>,
+    /// the entries of `records`, the i-th id the i-th record's
+    pub(crate) in_flight: InFlight,
+}
+
+impl Batch {
+    /// The batch as `n` batches (some maybe empty): record i goes to `part_of(record i)` (at
+    /// most `n - 1`), with its entry's id. Nothing is released.
+    pub(crate) fn split(self, n: usize, part_of: impl Fn(&Record) -> usize) -> Vec<Batch> {
+        let n = n.max(1);
+        let parts: Vec<usize> = self.records.iter().map(|r| part_of(r).min(n - 1)).collect();
+        let guards = self.in_flight.split(n, |i| parts[i]);
+        let mut records: Vec<Vec<Record>> = (0..n).map(|_| Vec::new()).collect();
+        for (r, p) in self.records.into_iter().zip(&parts) {
+            records[*p].push(r);
+        }
+        records
+            .into_iter()
+            .zip(guards)
+            .map(|(records, in_flight)| Batch { records, in_flight })
+            .collect()
+    }
+}
 
 /// Convert an entry to a pipeline record (never fails: problems become the record's error).
 /// The entry is consumed: its `event` bytes become the record's text without a copy.

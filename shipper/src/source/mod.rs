@@ -20,39 +20,43 @@ mod keeper;
 mod reader;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{BatchOpts, RedisOpts};
-use crate::paths::Writers;
 use crate::redis_io::NodeConns;
-use crate::retry::Sink;
+use crate::retry::Fatal;
 use discover::discover_all;
 use reader::NodeReader;
 
-pub(crate) use ack::{ack_with_retry, AckTarget};
+pub(crate) use batch::Batch;
 
-/// Where a reader hands its batches: a sink delivered batch by batch (Kafka), or the
-/// per-key Postgres writers (direct path).
-#[derive(Clone)]
-pub enum Downstream {
-    Sink(Sink),
-    Writers(Arc<Writers>),
+/// Where the source hands its batches: the direct path's writers or forward (`paths/`).
+pub(crate) trait Downstream: Send + Sync + 'static {
+    /// Takes one stream's batch, waiting while the downstream is full (the read-ahead bound).
+    /// From then on the downstream owns the batch's `InFlight` guard: it acknowledges the
+    /// entries once the next stage holds them durably, or drops the guard and leaves them
+    /// pending.
+    fn take(&self, batch: Batch) -> impl Future<Output = ()> + Send;
+
+    /// Called once every reader has stopped: returns when every batch taken is delivered and
+    /// acknowledged (or left pending after a failure retrying cannot fix, which is returned).
+    fn finish(&self) -> impl Future<Output = Result<(), Fatal>> + Send;
 }
 
 /// Discovery runs at most once per this long, even when readers keep asking (MOVED storms).
 const DISCOVERY_SPACING_MS: u64 = 1_000;
 
 /// The source's tasks: one reader per primary, one keeper per stream.
-struct Source {
+struct Source<D> {
     redis: RedisOpts,
     batch: BatchOpts,
-    downstream: Downstream,
+    downstream: Arc<D>,
     shutdown: CancellationToken,
-    inflight: Arc<Semaphore>,
     conns: NodeConns,
     rediscover: Arc<Notify>,
     readers: HashMap<String, (watch::Sender<Vec<String>>, tokio::task::JoinHandle<()>)>,
@@ -61,7 +65,7 @@ struct Source {
     keepers: HashMap<(String, String), tokio::task::JoinHandle<()>>,
 }
 
-impl Source {
+impl<D: Downstream> Source<D> {
     /// Give each node's reader the streams the node holds now (a reader is started for a
     /// node seen for the first time) and each stream a keeper. A keeper stops when its slot
     /// moved away (MOVED); it is started again if the slot comes back.
@@ -96,7 +100,6 @@ impl Source {
             redis: self.redis.clone(),
             batch: self.batch.clone(),
             downstream: self.downstream.clone(),
-            inflight: self.inflight.clone(),
             shutdown: self.shutdown.clone(),
             conns: self.conns.clone(),
             streams: rx,
@@ -105,30 +108,31 @@ impl Source {
         self.readers.insert(node, (tx, tokio::spawn(reader.run())));
     }
 
-    async fn finish(self) {
+    /// Every reader stopped, every batch handed over delivered and acknowledged (or left
+    /// pending), then the keepers' last trim.
+    async fn finish(self) -> Result<(), Fatal> {
         for (_, (_, h)) in self.readers {
             let _ = h.await;
         }
-        if let Downstream::Writers(w) = &self.downstream {
-            w.finish().await;
-        }
+        let delivered = self.downstream.finish().await;
         self.keep_token.cancel();
         for (_, h) in self.keepers {
             let _ = h.await;
         }
+        delivered
     }
 }
 
 /// Discover the streams on every URL, run one reader per primary until shutdown, then let
-/// every batch handed over finish and be acknowledged, and trim one last time.
-pub async fn run_source(
+/// every batch handed over finish and be acknowledged, and trim one last time. Err: the
+/// downstream met a failure retrying cannot fix (its entries are left pending).
+pub(crate) async fn run_source<D: Downstream>(
     redis: RedisOpts,
     batch: BatchOpts,
-    downstream: Downstream,
+    downstream: Arc<D>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), Fatal> {
     let mut src = Source {
-        inflight: Arc::new(Semaphore::new(batch.max_in_flight.max(1))),
         redis,
         batch,
         downstream,
@@ -160,5 +164,5 @@ pub async fn run_source(
             _ = shutdown.cancelled() => break,
         }
     }
-    src.finish().await;
+    src.finish().await
 }

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::ack::{ack_with_retry, AckTarget};
-use super::batch::entry_to_record;
+use super::ack::{AckTarget, InFlight};
+use super::batch::{entry_to_record, Batch};
 use super::cursor::{parse_xread, sync_cursors, Cursor, Read};
 use super::Downstream;
 use crate::cli::{BatchOpts, RedisOpts};
@@ -48,22 +48,21 @@ async fn pipelined(
 /// cluster primary, one stream per written slot) is swept: one pipelined round of
 /// non-blocking reads, then a pause of --poll-min-ms doubling up to --block-ms while every
 /// stream stays empty. XREADGROUP cannot block on streams of different slots.
-pub struct NodeReader {
-    pub url: String,
-    pub redis: RedisOpts,
-    pub batch: BatchOpts,
-    pub downstream: Downstream,
-    pub inflight: Arc<Semaphore>,
-    pub shutdown: CancellationToken,
+pub(super) struct NodeReader<D> {
+    pub(super) url: String,
+    pub(super) redis: RedisOpts,
+    pub(super) batch: BatchOpts,
+    pub(super) downstream: Arc<D>,
+    pub(super) shutdown: CancellationToken,
     /// the node's shared connection (acks, housekeeping, ASK targets)
-    pub conns: NodeConns,
+    pub(super) conns: NodeConns,
     /// the streams the node holds, as the last discovery found them
-    pub streams: watch::Receiver<Vec<String>>,
+    pub(super) streams: watch::Receiver<Vec<String>>,
     /// asks for a discovery now (a slot moved)
-    pub rediscover: Arc<Notify>,
+    pub(super) rediscover: Arc<Notify>,
 }
 
-impl NodeReader {
+impl<D: Downstream> NodeReader<D> {
     fn response_timeout(&self) -> Duration {
         Duration::from_millis(self.redis.block_ms + self.batch.batch_wait_ms + 10_000)
     }
@@ -202,7 +201,6 @@ impl NodeReader {
         &self,
         conn: &mut MultiplexedConnection,
         cursors: &mut [Cursor],
-        out: &mut Deliveries,
     ) -> RResult<usize> {
         let mut total = 0;
         for part in cursors.chunks_mut(sweep_streams(self.batch.batch_size)) {
@@ -225,7 +223,7 @@ impl NodeReader {
                     Ok(v) => {
                         let entries = c.advance(read, &v);
                         total += entries.len();
-                        out.start(self, c, entries).await;
+                        self.hand_over(c, entries).await;
                     }
                     Err(e) => self.stream_error(c, &e),
                 }
@@ -280,13 +278,12 @@ impl NodeReader {
         Ok(out)
     }
 
-    pub async fn run(self) {
-        let (mut cursors, mut out, mut attempt) = (Vec::new(), Deliveries::default(), 0u32);
+    /// Reads until shutdown, reconnecting with backoff after a connection error. The batches
+    /// handed over are the downstream's to finish (`Downstream::finish`).
+    pub(super) async fn run(self) {
+        let (mut cursors, mut attempt) = (Vec::new(), 0u32);
         while !self.shutdown.is_cancelled() {
-            let Err(e) = self
-                .run_connected(&mut cursors, &mut out, &mut attempt)
-                .await
-            else {
+            let Err(e) = self.run_connected(&mut cursors, &mut attempt).await else {
                 break;
             };
             self.conns.renew_after(&self.url, &e).await;
@@ -303,17 +300,32 @@ impl NodeReader {
             }
             attempt = attempt.saturating_add(1);
         }
-        // every batch already handed over finishes (delivered and acked, or left pending for
-        // the next run) before the reader ends
-        out.drain().await;
     }
 
-    async fn run_connected(
-        &self,
-        cursors: &mut Vec<Cursor>,
-        out: &mut Deliveries,
-        attempt: &mut u32,
-    ) -> RResult<()> {
+    /// One stream's entries, as a batch held in flight, to the downstream (waits while it is
+    /// full).
+    async fn hand_over(&self, c: &Cursor, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        metrics::EVENTS_READ.inc_by(entries.len() as u64);
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        let records: Vec<Record> = entries
+            .into_iter()
+            .map(|e| entry_to_record(&c.stream, e))
+            .collect();
+        let target = AckTarget {
+            url: self.url.clone(),
+            stream: c.stream.clone(),
+            group: self.redis.redis_group.clone(),
+            conns: self.conns.clone(),
+            held: c.held.clone(),
+        };
+        let in_flight = InFlight::hold(Arc::new(target), ids);
+        self.downstream.take(Batch { records, in_flight }).await;
+    }
+
+    async fn run_connected(&self, cursors: &mut Vec<Cursor>, attempt: &mut u32) -> RResult<()> {
         let mut conn = connect(&self.url, self.response_timeout()).await?;
         cursors.iter_mut().for_each(Cursor::reset);
         let mut streams = self.streams.clone();
@@ -333,10 +345,10 @@ impl NodeReader {
                 {
                     let entries = self.read_blocking(&mut conn, c).await?;
                     let n = entries.len();
-                    out.start(self, c, entries).await;
+                    self.hand_over(c, entries).await;
                     (n, !c.asked)
                 }
-                _ => (self.sweep(&mut conn, cursors, out).await?, false),
+                _ => (self.sweep(&mut conn, cursors).await?, false),
             };
             *attempt = 0;
             cursors.retain(|c| !c.moved);
@@ -355,73 +367,6 @@ impl NodeReader {
             idle_ms = (idle_ms * 2).min(self.redis.block_ms.max(idle_min_ms));
         }
         Ok(())
-    }
-}
-
-/// The batches a reader handed over: to the writers (which acknowledge them), or to a sink
-/// as background deliveries, up to --max-in-flight at once (shared by every reader), each
-/// acknowledged as soon as its own delivery completes, in any order.
-#[derive(Default)]
-struct Deliveries {
-    tasks: tokio::task::JoinSet<()>,
-}
-
-impl Deliveries {
-    async fn start(&mut self, r: &NodeReader, c: &Cursor, entries: Vec<Entry>) {
-        if entries.is_empty() {
-            return;
-        }
-        metrics::EVENTS_READ.inc_by(entries.len() as u64);
-        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-        let records: Vec<Record> = entries
-            .into_iter()
-            .map(|e| entry_to_record(&c.stream, e))
-            .collect();
-        let ack = AckTarget {
-            url: r.url.clone(),
-            stream: c.stream.clone(),
-            group: r.redis.redis_group.clone(),
-            conns: r.conns.clone(),
-            held: c.held.clone(),
-        };
-        let sink = match &r.downstream {
-            Downstream::Writers(writers) => {
-                ack.hold(&ids);
-                writers.submit(records, &ack).await;
-                return;
-            }
-            Downstream::Sink(s) => s.clone(),
-        };
-        while let Some(res) = self.tasks.try_join_next() {
-            log_task_end(res);
-        }
-        let Ok(permit) = r.inflight.clone().acquire_owned().await else {
-            return;
-        };
-        ack.hold(&ids);
-        let (batch, shutdown) = (r.batch.clone(), r.shutdown.clone());
-        self.tasks.spawn(async move {
-            let _permit = permit;
-            // no Kafka positions here, so never fenced
-            match sink.deliver(&records, &[], &batch).await {
-                Ok(_) => ack_with_retry(&ack, &batch, &shutdown, &ids).await,
-                // not acknowledged: the entries stay pending for the next run
-                Err(fatal) => crate::retry::fail(fatal.0, &shutdown),
-            }
-            ack.release(&ids);
-        });
-    }
-
-    async fn drain(&mut self) {
-        while let Some(r) = self.tasks.join_next().await {
-            log_task_end(r);
-        }
-    }
-}
-
-fn log_task_end(r: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "a delivery task ended abnormally; its entries stay pending and are re-read");
     }
 }
 

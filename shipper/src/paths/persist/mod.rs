@@ -30,9 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{BatchOpts, KafkaOpts};
 use crate::obs::metrics;
-use crate::retry::{backoff_ms, Delivered, Sink};
+use crate::retry::backoff_ms;
 use crate::sinks::kafka::{consumer_config, message_to_record, watermarks, BROKER_REQUEST_TIMEOUT};
-use crate::sinks::postgres::{load_positions, PgSink, Position};
+use crate::sinks::postgres::{load_positions, PgSink, Position, Stored};
 use group::{GroupLoader, PersistContext};
 use offsets::{owned_part, start_offsets, Batch};
 use owned::{at_positions, Owned};
@@ -253,7 +253,7 @@ impl Persist {
     }
 
     /// One batch read and stored (or, fenced, read again from the stored positions).
-    async fn step(&mut self, sink: &Sink, idle: Duration) -> anyhow::Result<()> {
+    async fn step(&mut self, idle: Duration) -> anyhow::Result<()> {
         let batch = self.read_batch(idle).await?;
         if batch.is_empty() {
             return Ok(());
@@ -269,17 +269,13 @@ impl Persist {
         if recs.is_empty() {
             return Ok(());
         }
-        match sink
-            .deliver(&recs, &positions, &self.batch)
-            .await
-            .map_err(|f| anyhow::anyhow!(f.0))?
-        {
-            Delivered::Done => {
+        match self.pg.store_fenced(&recs, &positions, &self.batch).await? {
+            Stored::Done => {
                 self.owned().advance(&positions);
                 self.commit_to_broker(&positions);
                 Ok(())
             }
-            Delivered::Fenced => {
+            Stored::Fenced => {
                 tracing::warn!(partitions = ?positions.iter().map(|p| p.partition).collect::<Vec<_>>(),
                     "another persist instance moved these partitions' stored positions; nothing of this batch was written, reading again from the stored positions");
                 self.reposition().await
@@ -291,7 +287,6 @@ impl Persist {
         if !self.assign().await? {
             return Ok(());
         }
-        let sink = Sink::Pg(self.pg.clone());
         let metadata_every = Duration::from_millis(self.k.kafka_metadata_interval_ms.max(1_000));
         let mut last_metadata = Instant::now();
         while !self.shutdown.is_cancelled() {
@@ -301,7 +296,7 @@ impl Persist {
                     break;
                 }
             }
-            self.step(&sink, metadata_every).await?;
+            self.step(metadata_every).await?;
         }
         tracing::info!("persist stopped");
         Ok(())

@@ -1,6 +1,7 @@
 //! The forward stage's sink: an idempotent Kafka producer (acks=all). A batch counts as
 //! delivered only when every message of it has its delivery report.
 
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -10,8 +11,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::client::{base_config, QuietContext, H_ERROR, H_EVENT_ID, H_SOURCE};
-use crate::cli::KafkaOpts;
+use crate::cli::{BatchOpts, KafkaOpts};
 use crate::event::Record;
+use crate::obs::metrics;
+use crate::retry::{observe_batch, until_durable, Failure, Stage};
 
 pub struct Forwarder {
     producer: std::sync::RwLock<FutureProducer<QuietContext>>,
@@ -69,8 +72,28 @@ impl Forwarder {
         })
     }
 
+    /// Delivers the batch: produced until every message has its delivery report (acks=all),
+    /// retried with backoff meanwhile. Kafka failures are all retried (the producer is
+    /// renewed and the batch sent again in full), so this ends only once Kafka holds it.
+    pub async fn deliver(&self, recs: &[Record], b: &BatchOpts) {
+        let started = Instant::now();
+        let delivered: Result<(), Infallible> =
+            until_durable(Stage::Forward, recs.len(), b, || async {
+                self.send_batch(recs).await.map_err(Failure::Retry)
+            })
+            .await;
+        let Ok(()) = delivered;
+        metrics::EVENTS_FORWARDED.inc_by(recs.len() as u64);
+        metrics::record_lag(
+            "forward",
+            recs.iter()
+                .filter_map(|r| r.decoded.as_ref().ok().map(|e| e.ts)),
+        );
+        observe_batch(Stage::Forward, recs.len(), started);
+    }
+
     /// Produce the whole batch and wait for every delivery report (acks=all).
-    pub async fn send_batch(&self, recs: &[Record]) -> anyhow::Result<()> {
+    async fn send_batch(&self, recs: &[Record]) -> anyhow::Result<()> {
         let r = self.send_batch_once(recs).await;
         if r.is_err() {
             self.renew();

@@ -22,8 +22,7 @@ mod schema;
 mod seqs;
 mod sink;
 
-pub(crate) use batch::Outcome;
 pub(crate) use fence::{load_positions, Position};
 pub(crate) use schema::{connect, migrate, missing_migrations};
 pub(crate) use seqs::repair as repair_watermarks;
-pub(crate) use sink::{classify, permanent_message, ErrorClass, PgSink};
+pub(crate) use sink::{PgSink, Stored};

@@ -1,16 +1,19 @@
-//! Postgres as a sink: one transaction per batch under bounded waits, and the error policy
-//! that keeps one bad event from wedging a stream.
+//! Postgres as a sink: one transaction per batch under bounded waits, retried until stored,
+//! and the error policy that keeps one bad event from wedging a stream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
 use super::batch::{persist_batch, Outcome};
 use super::fence::Position;
 use super::seqs;
+use crate::cli::BatchOpts;
 use crate::event::Record;
+use crate::obs::metrics;
+use crate::retry::{observe_batch, until_durable, Failure, Fatal, Stage};
 
 /// The pool, the client-side deadline of one batch transaction, and the keys whose
 /// watermark a concurrent commit may have left behind (see `seqs::repair`).
@@ -67,6 +70,28 @@ async fn repair_loop(pool: PgPool, behind: Arc<Mutex<HashMap<String, u32>>>) {
                 q.extend(keys);
             }
         }
+    }
+}
+
+/// How a delivery to Postgres ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Postgres holds the batch
+    Done,
+    /// nothing was written: another `persist` instance moved a Kafka position the batch
+    /// continued from (see `Position`)
+    Fenced,
+}
+
+/// The counters of a stored batch.
+fn account(out: &Outcome) {
+    metrics::EVENTS_PERSISTED.inc_by(out.inserted as u64);
+    metrics::EVENTS_DUPLICATE.inc_by(out.duplicates as u64);
+    metrics::EVENTS_FAILED.inc_by(out.failed as u64);
+    metrics::SEQ_ANOMALIES.inc_by(out.anomalies as u64);
+    metrics::record_lag("persist", out.inserted_ts.iter().copied());
+    if out.failed > 0 {
+        tracing::warn!(count = out.failed, "entries recorded in failed_events");
     }
 }
 
@@ -152,11 +177,57 @@ impl PgSink {
         }
     }
 
+    /// Direct path: stores the batch, retrying transient failures (nothing is acknowledged
+    /// meanwhile). Err: retrying cannot help; nothing of the batch is stored.
+    pub async fn store(&self, recs: &[Record], b: &BatchOpts) -> Result<(), Fatal> {
+        // without Kafka positions there is no fence: a batch is never refused as fenced
+        let stored = self.deliver(recs, &[], b).await?;
+        debug_assert_eq!(stored, Stored::Done);
+        Ok(())
+    }
+
+    /// persist: stores the batch with the Kafka positions it leads to, fenced: `Fenced` when
+    /// another instance moved one of the positions it continues from (nothing was written).
+    pub async fn store_fenced(
+        &self,
+        recs: &[Record],
+        positions: &[Position],
+        b: &BatchOpts,
+    ) -> Result<Stored, Fatal> {
+        self.deliver(recs, positions, b).await
+    }
+
+    async fn deliver(
+        &self,
+        recs: &[Record],
+        positions: &[Position],
+        b: &BatchOpts,
+    ) -> Result<Stored, Fatal> {
+        let started = Instant::now();
+        let out = until_durable(Stage::Persist, recs.len(), b, || async {
+            match self.persist(recs, positions).await {
+                Ok(out) => Ok(out),
+                Err(e) if classify(&e) == ErrorClass::Permanent => {
+                    Err(Failure::Stop(Fatal(permanent_message(&e))))
+                }
+                Err(e) => Err(Failure::Retry(e.into())),
+            }
+        })
+        .await?;
+        if out.fenced {
+            metrics::KAFKA_FENCED.inc();
+            return Ok(Stored::Fenced);
+        }
+        account(&out);
+        observe_batch(Stage::Persist, recs.len(), started);
+        Ok(Stored::Done)
+    }
+
     /// Persist a batch; when Postgres refuses the data itself, isolate the offending records
     /// one by one into failed_events so they never block the rest. Positions are stored with
     /// the batch, or after the isolated records (each of which checks the fence). A fenced
     /// outcome wrote nothing more.
-    pub async fn persist(
+    async fn persist(
         &self,
         recs: &[Record],
         positions: &[Position],
