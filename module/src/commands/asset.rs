@@ -1,43 +1,64 @@
 //! ASSET.INCR, ASSET.GET, ASSET.TRANSFER
+//!
+//! An account is a plain hash of balance fields, each an exact decimal as text.
 
 use redis_module::{CallOptionsBuilder, CallReply, CallResult};
 use redis_module::{Context, RedisValue};
 
-use super::{to_value, Result};
-use crate::args::{self, Floor};
-use crate::decimal::Decimal;
-use crate::error::CmdError;
-use crate::event::{Change, Event, Item, KeySeq, Reply};
-use crate::ffi::RStr;
-use crate::logic;
-use crate::tx::{self, FieldName, Tx};
+use super::reply::to_value;
+use crate::domain::decimal::Decimal;
+use crate::domain::error::CmdError;
+use crate::domain::event::{Change, Event, KeySeq};
+use crate::domain::layout::KIND_FIELD;
+use crate::domain::record::{Item, Reply};
+use crate::domain::request;
+use crate::domain::rules::{self, Floor};
+use crate::domain::text::printable;
+use crate::host::acl;
+use crate::host::command::{Command, KeyAccess, Spec};
+use crate::host::dispatch::CommandResult;
+use crate::host::ffi::RStr;
+use crate::host::tx::{self, FieldName, Tx};
 
 /// An existing hash must not be a campaign or usage counter (a `kind` field).
-fn check_asset(tx: &mut Tx, key: &str) -> std::result::Result<(), CmdError> {
+fn check_asset(tx: &mut Tx, key: &str) -> Result<(), CmdError> {
     if tx.hash_exists(key)? {
-        tx.hget_rs(key, tx::kind_field(), logic::check_asset_hash)??;
+        tx.hget_rs(key, tx::kind_field(), rules::check_asset_hash)??;
     }
     Ok(())
 }
 
-fn balance(tx: &mut Tx, key: &str, field: &str) -> std::result::Result<Decimal, CmdError> {
+fn balance(tx: &mut Tx, key: &str, field: &str) -> Result<Decimal, CmdError> {
     balance_rs(tx, key, field, &RStr::new(field.as_bytes()))
 }
 
 /// `balance` with the field's RedisModuleString (`name`) made by the caller.
-fn balance_rs(
-    tx: &mut Tx,
-    key: &str,
-    field: &str,
-    name: &RStr,
-) -> std::result::Result<Decimal, CmdError> {
+fn balance_rs(tx: &mut Tx, key: &str, field: &str, name: &RStr) -> Result<Decimal, CmdError> {
     tx.hget_rs(key, name, |raw| {
-        logic::stored_decimal_lazy(raw, || format!("field '{field}'"))
+        rules::stored_decimal_lazy(raw, || format!("field '{field}'"))
     })?
 }
 
-pub fn incr(ctx: &Context, raw: &[&[u8]]) -> Result {
-    let req = args::asset_incr(raw)?;
+pub struct Incr;
+
+impl Command for Incr {
+    const SPEC: Spec = Spec {
+        name: "asset.incr",
+        flags: "write deny-oom",
+        arity: -4,
+        first_key: 1,
+        last_key: 1,
+        access: KeyAccess::ReadUpdate,
+        summary: "Add signed decimal deltas to balances and log one event",
+    };
+    fn run(ctx: &Context, args: &[&[u8]]) -> CommandResult {
+        incr(ctx, args)
+    }
+}
+
+/// `ASSET.INCR key field delta [field delta ...] [ID op-id] [META text] [FLOOR n | NOFLOOR] [CEIL n]`
+fn incr(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
+    let req = request::asset_incr(raw)?;
     tx::check_user_key(&req.key)?;
     let reply = tx::mutate(
         ctx,
@@ -55,7 +76,7 @@ pub fn incr(ctx: &Context, raw: &[&[u8]]) -> Result {
             for (field, delta) in &req.deltas {
                 // one RedisModuleString for the field's read and its write
                 let name = RStr::new(field.as_bytes());
-                let next = logic::apply_delta(
+                let next = rules::apply_delta(
                     balance_rs(tx, &req.key, field, &name)?,
                     *delta,
                     req.floor,
@@ -88,8 +109,26 @@ pub fn incr(ctx: &Context, raw: &[&[u8]]) -> Result {
     Ok(to_value(reply))
 }
 
-pub fn transfer(ctx: &Context, raw: &[&[u8]]) -> Result {
-    let req = args::asset_transfer(raw)?;
+pub struct Transfer;
+
+impl Command for Transfer {
+    const SPEC: Spec = Spec {
+        name: "asset.transfer",
+        flags: "write deny-oom fast",
+        arity: -5,
+        first_key: 1,
+        last_key: 2,
+        access: KeyAccess::ReadUpdate,
+        summary: "Move an amount between two accounts and log one event",
+    };
+    fn run(ctx: &Context, args: &[&[u8]]) -> CommandResult {
+        transfer(ctx, args)
+    }
+}
+
+/// `ASSET.TRANSFER from to field amount [ID op-id] [META text]`
+fn transfer(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
+    let req = request::asset_transfer(raw)?;
     tx::check_user_key(&req.from)?;
     tx::check_user_key(&req.to)?;
     let reply = tx::mutate(
@@ -104,14 +143,14 @@ pub fn transfer(ctx: &Context, raw: &[&[u8]]) -> Result {
         |tx| {
             check_asset(tx, &req.from)?;
             check_asset(tx, &req.to)?;
-            let out = req.amount.neg();
-            let from_balance = logic::apply_delta(
+            let out = -req.amount;
+            let from_balance = rules::apply_delta(
                 balance(tx, &req.from, &req.field)?,
                 out,
                 Floor::Default,
                 None,
             )?;
-            let to_balance = logic::apply_delta(
+            let to_balance = rules::apply_delta(
                 balance(tx, &req.to, &req.field)?,
                 req.amount,
                 Floor::None,
@@ -156,18 +195,35 @@ pub fn transfer(ctx: &Context, raw: &[&[u8]]) -> Result {
     Ok(to_value(reply))
 }
 
+pub struct Get;
+
+impl Command for Get {
+    const SPEC: Spec = Spec {
+        name: "asset.get",
+        flags: "readonly",
+        arity: -2,
+        first_key: 1,
+        last_key: 1,
+        access: KeyAccess::Read,
+        summary: "Read balances as exact decimals",
+    };
+    fn run(ctx: &Context, args: &[&[u8]]) -> CommandResult {
+        get(ctx, args)
+    }
+}
+
 /// `ASSET.GET key [field ...]`: the named balances in order, or every field as
 /// `[field, balance, ...]` sorted by field name (byte order; names are returned byte-exact).
-pub fn get(ctx: &Context, raw: &[&[u8]]) -> Result {
+fn get(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
     let Some((key_raw, fields)) = raw.split_first() else {
         return Err(CmdError::Arity);
     };
-    let key = args::name("key", key_raw)?;
-    crate::acl::check_read(ctx, &key)?;
+    let key = request::name("key", key_raw)?;
+    acl::check_read(ctx, &key)?;
     let names = fields
         .iter()
-        .map(|f| args::name("field", f))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+        .map(|f| request::name("field", f))
+        .collect::<Result<Vec<_>, _>>()?;
     let handle = tx::open_read(ctx, &key)?;
     if !tx::kind_is_hash(handle.kind())? {
         return Ok(RedisValue::Array(
@@ -177,12 +233,12 @@ pub fn get(ctx: &Context, raw: &[&[u8]]) -> Result {
                 .collect(),
         ));
     }
-    logic::check_asset_hash(handle.hget(ctx, logic::KIND_FIELD.as_bytes())?.as_deref())?;
+    rules::check_asset_hash(handle.hget(KIND_FIELD.as_bytes())?.as_deref())?;
     if !fields.is_empty() {
         let mut out = Vec::with_capacity(fields.len());
         for field in names {
-            let value = handle.hget(ctx, field.as_bytes())?;
-            let d = logic::stored_decimal(&format!("field '{field}'"), value.as_deref())?;
+            let value = handle.hget(field.as_bytes())?;
+            let d = rules::stored_decimal(&format!("field '{field}'"), value.as_deref())?;
             out.push(RedisValue::BulkString(d.to_string()));
         }
         return Ok(RedisValue::Array(out));
@@ -204,8 +260,8 @@ pub fn get(ctx: &Context, raw: &[&[u8]]) -> Result {
     let mut it = flat.iter();
     while let (Some(f), Some(v)) = (it.next(), it.next()) {
         let field = bytes(Some(f));
-        let d = logic::stored_decimal_lazy(Some(&bytes(Some(v))), || {
-            format!("field '{}'", args::printable(&field))
+        let d = rules::stored_decimal_lazy(Some(&bytes(Some(v))), || {
+            format!("field '{}'", printable(&field))
         })?;
         balances.push((field, d));
     }

@@ -3,86 +3,77 @@
 //! A campaign is a plain hash: `kind`=`coupon`, `total`, `issued` (claims held),
 //! `last_issue`, `peruser`, `start`, `end`, and per holder `c:<user>` (how many claims the
 //! user holds) and `h:<k>:<user>` (the issue number of the k-th, in claim order): a claim or
-//! a release writes a constant number of fields (see `logic::HolderField`).
+//! a release writes a constant number of fields (see `rules::HolderField`).
+
+use std::sync::OnceLock;
 
 use redis_module::{Context, RedisValue};
 
-use super::{pairs, to_value, Result};
-use crate::args::{self, Common};
-use crate::error::CmdError;
-use crate::event::{CouponState, Event, Item, KeySeq, Reply};
-use std::sync::OnceLock;
+use super::reply::{pairs, to_value};
+use crate::domain::error::CmdError;
+use crate::domain::event::{CouponState, Event, KeySeq};
+use crate::domain::layout::{self, HolderField, CAMPAIGN_FIELDS, KIND_COUPON};
+use crate::domain::record::{Item, Reply};
+use crate::domain::request::{self, Common};
+use crate::domain::rules::{self, Campaign, HolderWrites, Holding, Newest};
+use crate::domain::text::IntText;
+use crate::host::acl;
+use crate::host::command::{Command, KeyAccess, Spec};
+use crate::host::dispatch::CommandResult;
+use crate::host::ffi::{Key, RStr};
+use crate::host::tx::{self, FieldName, Tx};
 
-use crate::ffi::{Key, RStr};
-use crate::logic::{self, Campaign, HolderField, HolderWrites, Holding, Newest};
-use crate::tx::{self, FieldName, Tx};
-use redis_module::raw::RedisModuleString;
+const KIND: &[u8] = KIND_COUPON;
 
-const KIND: &[u8] = logic::KIND_COUPON;
-
-/// The campaign's fixed field names, created once.
-const FIELD_NAMES: [&str; 7] = [
-    "kind",
-    "total",
-    "issued",
-    "last_issue",
-    "peruser",
-    "start",
-    "end",
-];
-
+/// The campaign's fixed field names (`layout::CAMPAIGN_FIELDS`), created once.
 fn field_names() -> &'static [RStr; 7] {
     static NAMES: OnceLock<[RStr; 7]> = OnceLock::new();
-    NAMES.get_or_init(|| FIELD_NAMES.map(|f| RStr::new(f.as_bytes())))
+    NAMES.get_or_init(|| CAMPAIGN_FIELDS.map(|f| RStr::new(f.as_bytes())))
 }
 
-/// A loaded campaign and, per stored integer field (bit `i` for `FIELD_NAMES[i + 1]`),
+/// A loaded campaign and, per stored integer field (bit `i` for `CAMPAIGN_FIELDS[i + 1]`),
 /// whether its text is already canonical (so an unchanged value need not be rewritten).
 struct Loaded {
     campaign: Campaign,
     canonical: u8,
 }
 
-fn load(ctx: &Context, key: &Key) -> std::result::Result<Loaded, CmdError> {
-    load_with(ctx, key, &[]).map(|(l, _)| l)
+fn load(key: &Key) -> Result<Loaded, CmdError> {
+    load_with(key, &[]).map(|(l, _)| l)
 }
 
-/// Loads the campaign with one read of all its fields and, when given, one more field read
-/// in the same call (the holder record), returned as stored.
-fn load_with(
-    _ctx: &Context,
-    key: &Key,
-    extra: &[*mut RedisModuleString],
-) -> std::result::Result<(Loaded, [RStr; 2]), CmdError> {
+/// Loads the campaign with one read of all its fields and, when given, up to two more
+/// fields read in the same call (the holder records), returned as stored.
+fn load_with(key: &Key, extra: &[&RStr]) -> Result<(Loaded, [RStr; 2]), CmdError> {
     if !tx::kind_is_hash(key.kind())? {
         return Err(CmdError::code("NOTFOUND", "no such campaign"));
     }
     let names = field_names();
-    let mut fields: [*mut RedisModuleString; 9] = [std::ptr::null_mut(); 9];
-    for (slot, name) in fields.iter_mut().zip(names.iter()) {
-        *slot = name.ptr();
-    }
     if extra.len() > 2 {
         return Err(CmdError::err(
             "internal error: too many campaign fields to read",
         ));
     }
-    for (slot, f) in fields[7..].iter_mut().zip(extra) {
-        *slot = *f;
+    let mut fields: [&RStr; 9] = [&names[0]; 9];
+    for (slot, name) in fields
+        .iter_mut()
+        .zip(names.iter().chain(extra.iter().copied()))
+    {
+        *slot = name;
     }
     let [kind, f1, f2, f3, f4, f5, f6, x1, x2] = key.hget_many(&fields[..7 + extra.len()])?;
-    logic::check_kind(kind.bytes(), KIND)?;
+    rules::check_kind(kind.bytes(), KIND)?;
     let mut canonical = 0u8;
     let mut values = [0i64; 6];
     for (i, raw) in [f1, f2, f3, f4, f5, f6].iter().enumerate() {
         let parsed = raw.bytes().and_then(|raw| {
             let n = std::str::from_utf8(raw).ok()?.parse::<i64>().ok()?;
-            Some((n, tx::IntText::new(n).as_bytes() == raw))
+            Some((n, IntText::new(n).as_bytes() == raw))
         });
         let (n, canon) = parsed.ok_or_else(|| {
             CmdError::wrong_type(format!(
                 "the campaign's '{}' field is corrupt",
-                FIELD_NAMES[i + 1]
+                CAMPAIGN_FIELDS[i + 1]
             ))
         })?;
         values[i] = n;
@@ -152,7 +143,7 @@ fn store(tx: &mut Tx, key: &str, old: Option<&Loaded>, c: &Campaign) {
             tx.set_named(
                 key,
                 FieldName::Static(&field_names()[i + 1]),
-                Some(tx::IntText::new(value).as_bytes()),
+                Some(IntText::new(value).as_bytes()),
             );
         }
     }
@@ -163,7 +154,7 @@ fn event(
     kind: &'static str,
     common: &Common,
     coupon: CouponState,
-) -> std::result::Result<Event<'static>, CmdError> {
+) -> Result<Event<'static>, CmdError> {
     let seq = tx.next_seq(&coupon.campaign)?;
     let mut e = Event::new(
         kind,
@@ -178,8 +169,26 @@ fn event(
     Ok(e)
 }
 
-pub fn create(ctx: &Context, raw: &[&[u8]]) -> Result {
-    let req = args::coupon_create(raw)?;
+pub struct Create;
+
+impl Command for Create {
+    const SPEC: Spec = Spec {
+        name: "coupon.create",
+        flags: "write deny-oom fast",
+        arity: -3,
+        first_key: 1,
+        last_key: 1,
+        access: KeyAccess::Insert,
+        summary: "Create a coupon campaign with a fixed stock",
+    };
+    fn run(ctx: &Context, args: &[&[u8]]) -> CommandResult {
+        create(ctx, args)
+    }
+}
+
+/// `COUPON.CREATE campaign total [PERUSER n] [START unix-ms] [END unix-ms] [ID op-id] [META text]`
+fn create(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
+    let req = request::coupon_create(raw)?;
     tx::check_user_key(&req.campaign)?;
     let reply = tx::mutate(
         ctx,
@@ -194,7 +203,7 @@ pub fn create(ctx: &Context, raw: &[&[u8]]) -> Result {
             if tx.hash_exists(&req.campaign)? {
                 // Another kind of hash is WRONGTYPE; a campaign already exists.
                 tx.hget_rs(&req.campaign, tx::kind_field(), |k| {
-                    logic::check_kind(k, KIND)
+                    rules::check_kind(k, KIND)
                 })??;
                 return Err(CmdError::err("the campaign already exists"));
             }
@@ -226,13 +235,53 @@ pub fn create(ctx: &Context, raw: &[&[u8]]) -> Result {
 
 /// How CLAIM or RELEASE changes a campaign and a user's holding: returns the issue number
 /// involved and the writes to the user's holder fields.
-type Change = fn(
-    &mut Tx,
-    &str,
-    &str,
-    &mut Campaign,
-    &Holding,
-) -> std::result::Result<(i64, HolderWrites), CmdError>;
+type Change =
+    fn(&mut Tx, &str, &str, &mut Campaign, &Holding) -> Result<(i64, HolderWrites), CmdError>;
+
+/// The campaign and the user's holding, read with one call: the claim count and the
+/// legacy `u:<user>` list (used only when there is no count). Also returns the count
+/// field's name, made for the read and reused for the write.
+fn load_holding(
+    tx: &mut Tx,
+    campaign: &str,
+    user: &str,
+) -> Result<(Loaded, Holding, RStr), CmdError> {
+    let count_field = RStr::new(&layout::holder_field_name(HolderField::Count, user));
+    let legacy_field = RStr::new(&layout::holder_field_name(HolderField::Legacy, user));
+    let (loaded, [count_raw, legacy_raw]) =
+        load_with(tx.handle(campaign)?, &[&count_field, &legacy_field])?;
+    let holding = match count_raw.bytes() {
+        Some(raw) => Holding::from_count(raw)?,
+        None => Holding::from_legacy(legacy_raw.bytes())?,
+    };
+    Ok((loaded, holding, count_field))
+}
+
+/// Queues the writes to the user's holder fields.
+fn queue_holder_writes(
+    tx: &mut Tx,
+    campaign: &str,
+    user: &str,
+    writes: HolderWrites,
+    count_field: RStr,
+) {
+    let mut count_field = Some(count_field);
+    for (field, value) in writes {
+        // The count's name was made for the read: reuse it.
+        let made = if field == HolderField::Count {
+            count_field.take()
+        } else {
+            None
+        };
+        let name = made.unwrap_or_else(|| RStr::new(&layout::holder_field_name(field, user)));
+        let text = value.map(IntText::new);
+        tx.set_named(
+            campaign,
+            FieldName::Owned(name),
+            text.as_ref().map(IntText::as_bytes),
+        );
+    }
+}
 
 /// CLAIM and RELEASE: load the campaign, the user's claim count and the legacy `u:<user>`
 /// list (read only when there is no count) with one call, let `change` decide, store what
@@ -243,13 +292,13 @@ fn change_holding(
     command: &'static str,
     kind: &'static str,
     change: Change,
-) -> Result {
-    let req = args::coupon_user(raw)?;
+) -> CommandResult {
+    let req = request::coupon_user(raw)?;
     tx::check_user_key(&req.campaign)?;
     let reply = tx::mutate(
         ctx,
         tx::Request {
-            command: command,
+            command,
             raw,
             parsed: &req,
             common: &req.common,
@@ -257,45 +306,10 @@ fn change_holding(
         &[&req.campaign],
         |tx| {
             let user = req.user.as_str();
-            let mut count_field = Some(RStr::new(&logic::holder_field_name(
-                HolderField::Count,
-                user,
-            )));
-            let legacy_field = RStr::new(&logic::holder_field_name(HolderField::Legacy, user));
-            let (loaded, [count_raw, legacy_raw]) = {
-                let (ctx, k) = tx.handle(&req.campaign)?;
-                load_with(
-                    ctx,
-                    k,
-                    &[
-                        count_field.as_ref().map_or(std::ptr::null_mut(), RStr::ptr),
-                        legacy_field.ptr(),
-                    ],
-                )?
-            };
-            let holding = match count_raw.bytes() {
-                Some(raw) => Holding::from_count(raw)?,
-                None => Holding::from_legacy(legacy_raw.bytes())?,
-            };
-            drop((count_raw, legacy_raw, legacy_field));
+            let (loaded, holding, count_field) = load_holding(tx, &req.campaign, user)?;
             let mut c = loaded.campaign;
             let (issue, writes) = change(tx, &req.campaign, user, &mut c, &holding)?;
-            for (field, value) in writes {
-                // The count's name was made for the read: reuse it.
-                let made = if field == HolderField::Count {
-                    count_field.take()
-                } else {
-                    None
-                };
-                let name =
-                    made.unwrap_or_else(|| RStr::new(&logic::holder_field_name(field, user)));
-                let text = value.map(tx::IntText::new);
-                tx.set_named(
-                    &req.campaign,
-                    FieldName::Owned(name),
-                    text.as_ref().map(tx::IntText::as_bytes),
-                );
-            }
+            queue_holder_writes(tx, &req.campaign, user, writes, count_field);
             store(tx, &req.campaign, Some(&loaded), &c);
             let e = event(
                 tx,
@@ -312,7 +326,25 @@ fn change_holding(
     Ok(to_value(reply))
 }
 
-pub fn claim(ctx: &Context, raw: &[&[u8]]) -> Result {
+pub struct Claim;
+
+impl Command for Claim {
+    const SPEC: Spec = Spec {
+        name: "coupon.claim",
+        flags: "write deny-oom fast",
+        arity: -3,
+        first_key: 1,
+        last_key: 1,
+        access: KeyAccess::ReadUpdate,
+        summary: "Claim one coupon for a user",
+    };
+    fn run(ctx: &Context, args: &[&[u8]]) -> CommandResult {
+        claim(ctx, args)
+    }
+}
+
+/// `COUPON.CLAIM campaign user [ID op-id] [META text]`
+fn claim(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
     change_holding(
         ctx,
         raw,
@@ -325,7 +357,25 @@ pub fn claim(ctx: &Context, raw: &[&[u8]]) -> Result {
     )
 }
 
-pub fn release(ctx: &Context, raw: &[&[u8]]) -> Result {
+pub struct Release;
+
+impl Command for Release {
+    const SPEC: Spec = Spec {
+        name: "coupon.release",
+        flags: "write deny-oom fast",
+        arity: -3,
+        first_key: 1,
+        last_key: 1,
+        access: KeyAccess::ReadUpdate,
+        summary: "Give a user's latest claim back to the stock",
+    };
+    fn run(ctx: &Context, args: &[&[u8]]) -> CommandResult {
+        release(ctx, args)
+    }
+}
+
+/// `COUPON.RELEASE campaign user [ID op-id] [META text]`
+fn release(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
     change_holding(
         ctx,
         raw,
@@ -336,8 +386,8 @@ pub fn release(ctx: &Context, raw: &[&[u8]]) -> Result {
                 Newest::Known(issue) => issue,
                 Newest::Stored(field) => Some(tx.hget_with(
                     campaign,
-                    &logic::holder_field_name(field, user),
-                    logic::parse_issue,
+                    &layout::holder_field_name(field, user),
+                    rules::parse_issue,
                 )??),
             };
             let issue = c.release(newest)?;
@@ -346,13 +396,31 @@ pub fn release(ctx: &Context, raw: &[&[u8]]) -> Result {
     )
 }
 
-pub fn info(ctx: &Context, raw: &[&[u8]]) -> Result {
+pub struct Info;
+
+impl Command for Info {
+    const SPEC: Spec = Spec {
+        name: "coupon.info",
+        flags: "readonly fast",
+        arity: 2,
+        first_key: 1,
+        last_key: 1,
+        access: KeyAccess::Read,
+        summary: "Show a campaign's stock and limits",
+    };
+    fn run(ctx: &Context, args: &[&[u8]]) -> CommandResult {
+        info(ctx, args)
+    }
+}
+
+/// `COUPON.INFO campaign`
+fn info(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
     let [key_raw] = raw else {
         return Err(CmdError::Arity);
     };
-    let key = args::name("campaign", key_raw)?;
-    crate::acl::check_read(ctx, &key)?;
-    let c = load(ctx, &tx::open_read(ctx, &key)?)?.campaign;
+    let key = request::name("campaign", key_raw)?;
+    acl::check_read(ctx, &key)?;
+    let c = load(&tx::open_read(ctx, &key)?)?.campaign;
     Ok(pairs(vec![
         ("total", RedisValue::Integer(c.total)),
         ("issued", RedisValue::Integer(c.issued)),

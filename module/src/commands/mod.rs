@@ -1,37 +1,25 @@
-//! One file per command family; each handler parses (args.rs), decides (logic.rs) and
-//! writes through `tx::mutate`.
+//! The commands, one file per family. Each command is declared beside its handler (a
+//! `host::command::Command` impl: name, flags, arity, keys, summary); its handler parses
+//! (`domain::request`), decides (`domain::rules`) and, for a change, reads and writes
+//! through `host::tx::mutate`, which appends the event in the same atomic step.
 
-pub mod asset;
-pub mod coupon;
-pub mod usage;
+mod asset;
+mod coupon;
+mod reply;
+mod usage;
 
-use redis_module::RedisValue;
+use crate::host::command::{registration, Registration};
 
-use crate::event::{Item, Reply};
-
-pub type Result = std::result::Result<RedisValue, crate::error::CmdError>;
-
-pub fn to_value(reply: Reply) -> RedisValue {
-    match reply {
-        Reply::Ok => RedisValue::SimpleStringStatic("OK"),
-        Reply::Array(items) => RedisValue::Array(
-            items
-                .into_iter()
-                .map(|i| match i {
-                    Item::Int(n) => RedisValue::Integer(n),
-                    Item::Str(s) => RedisValue::BulkString(s),
-                })
-                .collect(),
-        ),
-    }
-}
-
-/// A flat `[name, value, ...]` reply.
-pub fn pairs(items: Vec<(&str, RedisValue)>) -> RedisValue {
-    RedisValue::Array(
-        items
-            .into_iter()
-            .flat_map(|(k, v)| [RedisValue::BulkString(k.to_string()), v])
-            .collect(),
-    )
-}
+/// Every command, in the order they are registered.
+pub const ALL: [Registration; 10] = [
+    registration::<asset::Incr>(),
+    registration::<asset::Get>(),
+    registration::<asset::Transfer>(),
+    registration::<coupon::Create>(),
+    registration::<coupon::Claim>(),
+    registration::<coupon::Release>(),
+    registration::<coupon::Info>(),
+    registration::<usage::Limit>(),
+    registration::<usage::Consume>(),
+    registration::<usage::Get>(),
+];

@@ -2,27 +2,31 @@
 //!
 //! A usage counter is a plain hash: `kind`=`usage`, `limit`, `period`, `period_id`, `used`.
 
-use redis_module::{Context, RedisValue};
-
-use super::{pairs, to_value, Result};
-use crate::args;
-use crate::error::CmdError;
-use crate::event::{Event, Item, KeySeq, Reply, UsageState};
-use crate::logic::{self, Usage};
-use crate::period::Period;
 use std::sync::OnceLock;
 
-use crate::ffi::{Key, RStr};
-use crate::tx::{self, FieldName, Tx};
+use redis_module::{Context, RedisValue};
 
-const KIND: &[u8] = logic::KIND_USAGE;
+use super::reply::{pairs, to_value};
+use crate::domain::decimal::Decimal;
+use crate::domain::error::CmdError;
+use crate::domain::event::{Event, KeySeq, UsageState};
+use crate::domain::layout::{KIND_USAGE, USAGE_FIELDS};
+use crate::domain::period::Period;
+use crate::domain::record::{Item, Reply};
+use crate::domain::request::{self, Common};
+use crate::domain::rules::{self, Usage};
+use crate::host::acl;
+use crate::host::command::{Command, KeyAccess, Spec};
+use crate::host::dispatch::CommandResult;
+use crate::host::ffi::{self, Key, RStr};
+use crate::host::tx::{self, FieldName, Tx};
 
-/// The counter's field names, created once.
-const FIELD_NAMES: [&str; 5] = ["kind", "period", "limit", "used", "period_id"];
+const KIND: &[u8] = KIND_USAGE;
 
+/// The counter's field names (`layout::USAGE_FIELDS`), created once.
 fn field_names() -> &'static [RStr; 5] {
     static NAMES: OnceLock<[RStr; 5]> = OnceLock::new();
-    NAMES.get_or_init(|| FIELD_NAMES.map(|f| RStr::new(f.as_bytes())))
+    NAMES.get_or_init(|| USAGE_FIELDS.map(|f| RStr::new(f.as_bytes())))
 }
 
 /// The stored texts, so that only changed fields are rewritten.
@@ -38,33 +42,27 @@ fn text_of(s: &RStr) -> Option<&str> {
     s.bytes().and_then(|b| std::str::from_utf8(b).ok())
 }
 
-fn load(_ctx: &Context, key: &Key) -> std::result::Result<Option<(Usage, Stored)>, CmdError> {
+fn load(key: &Key) -> Result<Option<(Usage, Stored)>, CmdError> {
     if !tx::kind_is_hash(key.kind())? {
         return Ok(None);
     }
     let names = field_names();
-    let fields = [
-        names[0].ptr(),
-        names[1].ptr(),
-        names[2].ptr(),
-        names[3].ptr(),
-        names[4].ptr(),
-    ];
+    let fields: [&RStr; 5] = [&names[0], &names[1], &names[2], &names[3], &names[4]];
     let [kind, period, limit, used, period_id, ..] = key.hget_many(&fields)?;
-    logic::check_kind(kind.bytes(), KIND)?;
+    rules::check_kind(kind.bytes(), KIND)?;
     let corrupt = |i: usize| {
         CmdError::wrong_type(format!(
             "the usage counter's '{}' field is corrupt",
-            FIELD_NAMES[i]
+            USAGE_FIELDS[i]
         ))
     };
     let period_text = text_of(&period).ok_or_else(|| corrupt(1))?;
     let parsed_period = Period::parse(&period_text.to_ascii_uppercase())
         .ok_or_else(|| CmdError::wrong_type("the usage counter's 'period' field is corrupt"))?;
     let limit_text = text_of(&limit).ok_or_else(|| corrupt(2))?;
-    let limit_value = logic::stored_decimal("limit", Some(limit_text.as_bytes()))?;
+    let limit_value = rules::stored_decimal("limit", Some(limit_text.as_bytes()))?;
     let used_text = text_of(&used).ok_or_else(|| corrupt(3))?;
-    let used_value = logic::stored_decimal("used", Some(used_text.as_bytes()))?;
+    let used_value = rules::stored_decimal("used", Some(used_text.as_bytes()))?;
     let period_id_text = text_of(&period_id).ok_or_else(|| corrupt(4))?.to_string();
     let stored = Stored {
         period,
@@ -92,12 +90,11 @@ fn store_and_event(
     u: &Usage,
     old: Option<&Stored>,
     amount: Option<String>,
-    common: &args::Common,
-) -> std::result::Result<Event<'static>, CmdError> {
+    common: &Common,
+) -> Result<Event<'static>, CmdError> {
     let (limit, used) = (u.limit.to_string(), u.used.to_string());
-    let changed = |new: &str, stored: Option<&RStr>| {
-        stored.map_or(true, |s| s.bytes() != Some(new.as_bytes()))
-    };
+    let changed =
+        |new: &str, stored: Option<&RStr>| stored.is_none_or(|s| s.bytes() != Some(new.as_bytes()));
     let names = field_names();
     if old.is_none() {
         tx.set_named(key, FieldName::Static(&names[0]), Some(KIND));
@@ -143,13 +140,30 @@ fn store_and_event(
     Ok(e)
 }
 
-fn load_in(tx: &mut Tx, key: &str) -> std::result::Result<Option<(Usage, Stored)>, CmdError> {
-    let (ctx, k) = tx.handle(key)?;
-    load(ctx, k)
+fn load_in(tx: &mut Tx, key: &str) -> Result<Option<(Usage, Stored)>, CmdError> {
+    load(tx.handle(key)?)
 }
 
-pub fn limit(ctx: &Context, raw: &[&[u8]]) -> Result {
-    let req = args::usage_limit(raw)?;
+pub struct Limit;
+
+impl Command for Limit {
+    const SPEC: Spec = Spec {
+        name: "usage.limit",
+        flags: "write deny-oom fast",
+        arity: -3,
+        first_key: 1,
+        last_key: 1,
+        access: KeyAccess::Update,
+        summary: "Set the quota and period of a usage counter",
+    };
+    fn run(ctx: &Context, args: &[&[u8]]) -> CommandResult {
+        limit(ctx, args)
+    }
+}
+
+/// `USAGE.LIMIT key limit [PERIOD none|day|month] [ID op-id] [META text]`
+fn limit(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
+    let req = request::usage_limit(raw)?;
     tx::check_user_key(&req.key)?;
     let reply = tx::mutate(
         ctx,
@@ -166,7 +180,7 @@ pub fn limit(ctx: &Context, raw: &[&[u8]]) -> Result {
             let old = load_in(tx, &req.key)?;
             let used = match &old {
                 Some((u, _)) => u.at(now).used,
-                None => crate::decimal::Decimal::ZERO,
+                None => Decimal::ZERO,
             };
             let u = Usage {
                 limit: req.limit,
@@ -189,8 +203,26 @@ pub fn limit(ctx: &Context, raw: &[&[u8]]) -> Result {
     Ok(to_value(reply))
 }
 
-pub fn consume(ctx: &Context, raw: &[&[u8]]) -> Result {
-    let req = args::usage_consume(raw)?;
+pub struct Consume;
+
+impl Command for Consume {
+    const SPEC: Spec = Spec {
+        name: "usage.consume",
+        flags: "write deny-oom fast",
+        arity: -3,
+        first_key: 1,
+        last_key: 1,
+        access: KeyAccess::ReadUpdate,
+        summary: "Consume from a quota if it fits",
+    };
+    fn run(ctx: &Context, args: &[&[u8]]) -> CommandResult {
+        consume(ctx, args)
+    }
+}
+
+/// `USAGE.CONSUME key amount [ID op-id] [META text]`
+fn consume(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
+    let req = request::usage_consume(raw)?;
     tx::check_user_key(&req.key)?;
     let reply = tx::mutate(
         ctx,
@@ -230,16 +262,34 @@ pub fn consume(ctx: &Context, raw: &[&[u8]]) -> Result {
     Ok(to_value(reply))
 }
 
-pub fn get(ctx: &Context, raw: &[&[u8]]) -> Result {
+pub struct Get;
+
+impl Command for Get {
+    const SPEC: Spec = Spec {
+        name: "usage.get",
+        flags: "readonly fast",
+        arity: 2,
+        first_key: 1,
+        last_key: 1,
+        access: KeyAccess::Read,
+        summary: "Show a usage counter in the current period",
+    };
+    fn run(ctx: &Context, args: &[&[u8]]) -> CommandResult {
+        get(ctx, args)
+    }
+}
+
+/// `USAGE.GET key`
+fn get(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
     let [key_raw] = raw else {
         return Err(CmdError::Arity);
     };
-    let key = args::name("key", key_raw)?;
-    crate::acl::check_read(ctx, &key)?;
-    let u = load(ctx, &tx::open_read(ctx, &key)?)?
+    let key = request::name("key", key_raw)?;
+    acl::check_read(ctx, &key)?;
+    let u = load(&tx::open_read(ctx, &key)?)?
         .map(|(u, _)| u)
         .ok_or_else(|| CmdError::code("NOTFOUND", "no usage limit is set for this key"))?
-        .at(crate::ffi::now_ms());
+        .at(ffi::now_ms());
     Ok(pairs(vec![
         ("used", RedisValue::BulkString(u.used.to_string())),
         ("limit", RedisValue::BulkString(u.limit.to_string())),

@@ -1,5 +1,7 @@
-//! The thin layer over the Redis module key API. Binary-safe (no C strings built from
-//! client bytes) and panic-free: every pointer is checked before use.
+//! The thin layer over the Redis module key API, and with `acl`, `dispatch`, `register`
+//! and `eviction` the only place that calls it directly (`unsafe`). Binary-safe (no C
+//! strings built from client bytes) and panic-free: every pointer is checked before use.
+//! Callers pass strings as [`RStr`] handles, never as raw pointers.
 //!
 //! Hot-path notes: key and field names are passed as `RStr` (one RedisModuleString each,
 //! reused for every call on the same name); helper-key names and constant field names are
@@ -8,13 +10,15 @@
 //! each argument instead of copying it.
 
 use std::ffi::CStr;
+use std::marker::PhantomData;
 use std::os::raw::{c_char, c_int, c_void};
 use std::ptr;
 
 use redis_module::raw::{self, KeyType, RedisModuleKey, RedisModuleString};
-use redis_module::{Context, RedisString};
+use redis_module::Context;
+use smallvec::SmallVec;
 
-use crate::error::CmdError;
+use crate::domain::error::CmdError;
 
 const MODE_READ: c_int = 1;
 const MODE_WRITE: c_int = 2;
@@ -22,17 +26,19 @@ const HASH_NONE: c_int = 0;
 /// `RedisModule_HashSet` counts inserted fields too, so a successful set returns >= 1.
 const HASH_COUNT_ALL: c_int = raw::REDISMODULE_HASH_COUNT_ALL as c_int;
 
+/// `REDISMODULE_HASH_DELETE`: the sentinel value pointer that deletes a field.
+const HASH_DELETE: *mut RedisModuleString = ptr::without_provenance_mut(1);
+const STREAM_ADD_AUTOID: c_int = 1;
+/// Arguments of one propagated command kept on the stack (more spill to the heap): HSET of a
+/// key with 4 fields, XADD, SET ... PXAT.
+const ARGV_INLINE: usize = 9;
+
 fn write_failed(what: &str) -> CmdError {
     CmdError::err(format!("Redis refused the {what} write"))
 }
-const STREAM_ADD_AUTOID: c_int = 1;
 
 fn missing_api(name: &str) -> CmdError {
     CmdError::err(format!("this Redis lacks the module API {name}"))
-}
-
-pub fn bytes(ctx: &Context, data: &[u8]) -> RedisString {
-    RedisString::create_from_slice(ctx.get_raw(), data)
 }
 
 /// A RedisModuleString made from bytes, freed on drop. Created without a context, so it can
@@ -58,15 +64,14 @@ impl RStr {
         RStr { ptr }
     }
 
-    pub fn ptr(&self) -> *mut RedisModuleString {
+    /// The RedisModuleString, for the module API calls of `host`.
+    pub(super) fn ptr(&self) -> *mut RedisModuleString {
         self.ptr
     }
 
-    /// An empty handle (no string).
-    pub const fn null() -> RStr {
-        RStr {
-            ptr: ptr::null_mut(),
-        }
+    /// Whether the handle holds no string (creation failed, or a field that was missing).
+    pub(super) fn is_null(&self) -> bool {
+        self.ptr.is_null()
     }
 
     /// The bytes of the string, `None` for an empty handle.
@@ -93,7 +98,7 @@ impl Drop for RStr {
 }
 
 /// The bytes of a RedisModuleString (empty for a null pointer).
-fn slice_of<'a>(s: *mut RedisModuleString) -> &'a [u8] {
+pub(super) fn slice_of<'a>(s: *mut RedisModuleString) -> &'a [u8] {
     if s.is_null() {
         return &[];
     }
@@ -116,15 +121,7 @@ pub struct Key {
 }
 
 impl Key {
-    pub fn open(ctx: &Context, name: &RedisString, write: bool) -> Result<Key, CmdError> {
-        Key::open_raw(ctx, name.inner, write)
-    }
-
-    pub fn open_raw(
-        ctx: &Context,
-        name: *mut RedisModuleString,
-        write: bool,
-    ) -> Result<Key, CmdError> {
+    pub fn open(ctx: &Context, name: &RStr, write: bool) -> Result<Key, CmdError> {
         let open = unsafe { raw::RedisModule_OpenKey }.ok_or_else(|| missing_api("OpenKey"))?;
         if name.is_null() {
             return Err(CmdError::err("could not create a key name"));
@@ -134,7 +131,7 @@ impl Key {
         } else {
             MODE_READ
         };
-        let ptr = unsafe { open(ctx.get_raw(), name, mode) }.cast::<RedisModuleKey>();
+        let ptr = unsafe { open(ctx.get_raw(), name.ptr(), mode) }.cast::<RedisModuleKey>();
         Ok(Key {
             ptr,
             ctx: ctx.get_raw(),
@@ -152,7 +149,7 @@ impl Key {
     }
 
     /// Number of fields (hash) or entries (stream).
-    pub fn len(&self) -> usize {
+    pub fn value_length(&self) -> usize {
         if self.ptr.is_null() {
             return 0;
         }
@@ -162,19 +159,17 @@ impl Key {
         }
     }
 
-    pub fn hget(&self, ctx: &Context, field: &[u8]) -> Result<Option<Vec<u8>>, CmdError> {
+    pub fn hget(&self, field: &[u8]) -> Result<Option<Vec<u8>>, CmdError> {
         if self.ptr.is_null() {
             return Ok(None);
         }
-        let f = RStr::new(field);
-        self.hget_with(ctx, f.ptr(), |v| v.map(<[u8]>::to_vec))
+        self.hget_with(&RStr::new(field), |v| v.map(<[u8]>::to_vec))
     }
 
     /// Reads one hash field and hands its bytes (borrowed, no copy) to `f`.
     pub fn hget_with<R>(
         &self,
-        _ctx: &Context,
-        field: *mut RedisModuleString,
+        field: &RStr,
         f: impl FnOnce(Option<&[u8]>) -> R,
     ) -> Result<R, CmdError> {
         if self.ptr.is_null() {
@@ -189,7 +184,7 @@ impl Key {
             get(
                 self.ptr,
                 HASH_NONE,
-                field,
+                field.ptr(),
                 &mut out as *mut *mut RedisModuleString,
                 ptr::null_mut::<c_void>(),
             )
@@ -207,10 +202,7 @@ impl Key {
     /// Reads up to `HGET_MAX` hash fields with one variadic `RedisModule_HashGet` call;
     /// entry `i` of the result holds field `i` (an empty handle when the field or the key is
     /// missing).
-    pub fn hget_many(
-        &self,
-        fields: &[*mut RedisModuleString],
-    ) -> Result<[RStr; HGET_MAX], CmdError> {
+    pub fn hget_many(&self, fields: &[&RStr]) -> Result<[RStr; HGET_MAX], CmdError> {
         let mut out: [*mut RedisModuleString; HGET_MAX] = [ptr::null_mut(); HGET_MAX];
         if fields.len() > HGET_MAX || fields.iter().any(|f| f.is_null()) {
             return Err(CmdError::err("could not create a field name"));
@@ -220,7 +212,9 @@ impl Key {
             // (field, out) pairs, ended by the first null field; the arguments after it are
             // never read.
             let mut f: [*mut RedisModuleString; HGET_MAX + 1] = [ptr::null_mut(); HGET_MAX + 1];
-            f[..fields.len()].copy_from_slice(fields);
+            for (slot, field) in f.iter_mut().zip(fields) {
+                *slot = field.ptr();
+            }
             let o = out.as_mut_ptr();
             let rc = unsafe {
                 get(
@@ -256,18 +250,13 @@ impl Key {
         Ok(out.map(|p| RStr { ptr: p }))
     }
 
-    /// Sets (`Some`) or deletes (`None`) one field; both given as RedisModuleStrings.
-    pub fn hset_rs(
-        &self,
-        field: *mut RedisModuleString,
-        value: Option<*mut RedisModuleString>,
-    ) -> Result<(), CmdError> {
+    /// Sets (`Some`) or deletes (`None`) one field.
+    pub fn hset(&self, field: &RStr, value: Option<&RStr>) -> Result<(), CmdError> {
         let set = unsafe { raw::RedisModule_HashSet }.ok_or_else(|| missing_api("HashSet"))?;
         if self.ptr.is_null() {
             return Err(CmdError::err("key is not open for writing"));
         }
-        // REDISMODULE_HASH_DELETE is the sentinel pointer value 1.
-        let v = value.unwrap_or(1usize as *mut RedisModuleString);
+        let v = value.map_or(HASH_DELETE, RStr::ptr);
         if field.is_null() || v.is_null() {
             return Err(CmdError::err("could not create a field or value"));
         }
@@ -275,7 +264,7 @@ impl Key {
             set(
                 self.ptr,
                 HASH_COUNT_ALL,
-                field,
+                field.ptr(),
                 v,
                 ptr::null_mut::<c_void>(),
             )
@@ -287,32 +276,20 @@ impl Key {
         Ok(())
     }
 
-    /// Appends one entry with an automatic id; returns the id as (ms, seq).
-    pub fn stream_add(
-        &self,
-        _ctx: &Context,
-        fields: &[*mut RedisModuleString],
-    ) -> Result<(u64, u64), CmdError> {
+    /// Appends one entry of one field with an automatic id; returns the id as (ms, seq).
+    pub fn stream_add(&self, field: &RStr, value: &RStr) -> Result<(u64, u64), CmdError> {
         let add = unsafe { raw::RedisModule_StreamAdd }.ok_or_else(|| missing_api("StreamAdd"))?;
         if self.ptr.is_null() {
             return Err(CmdError::err("stream is not open for writing"));
         }
-        if fields.len() % 2 != 0 || fields.iter().any(|p| p.is_null()) {
+        if field.is_null() || value.is_null() {
             return Err(CmdError::err(
                 "the event stream refused the entry; nothing was changed",
             ));
         }
-        let mut argv: Vec<*mut RedisModuleString> = fields.to_vec();
+        let mut argv = [field.ptr(), value.ptr()];
         let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
-        let rc = unsafe {
-            add(
-                self.ptr,
-                STREAM_ADD_AUTOID,
-                &mut id,
-                argv.as_mut_ptr(),
-                (fields.len() / 2) as i64,
-            )
-        };
+        let rc = unsafe { add(self.ptr, STREAM_ADD_AUTOID, &mut id, argv.as_mut_ptr(), 1) };
         if rc != raw::REDISMODULE_OK as c_int {
             return Err(CmdError::err(
                 "the event stream refused the entry; nothing was changed",
@@ -334,12 +311,8 @@ impl Key {
         Some(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }.to_vec())
     }
 
-    /// Sets the string value (an existing RedisModuleString) and its TTL.
-    pub fn string_set_with_expire(
-        &self,
-        value: *mut RedisModuleString,
-        ttl_ms: i64,
-    ) -> Result<(), CmdError> {
+    /// Sets the string value and its TTL.
+    pub fn string_set_with_expire(&self, value: &RStr, ttl_ms: i64) -> Result<(), CmdError> {
         let set = unsafe { raw::RedisModule_StringSet }.ok_or_else(|| missing_api("StringSet"))?;
         let expire =
             unsafe { raw::RedisModule_SetExpire }.ok_or_else(|| missing_api("SetExpire"))?;
@@ -349,7 +322,7 @@ impl Key {
         if value.is_null() {
             return Err(CmdError::err("could not create a value"));
         }
-        if unsafe { set(self.ptr, value) } != raw::REDISMODULE_OK as c_int {
+        if unsafe { set(self.ptr, value.ptr()) } != raw::REDISMODULE_OK as c_int {
             return Err(write_failed("op-id record"));
         }
         if unsafe { expire(self.ptr, ttl_ms) } != raw::REDISMODULE_OK as c_int {
@@ -372,7 +345,7 @@ impl Drop for Key {
 
 pub fn now_ms() -> i64 {
     match unsafe { raw::RedisModule_Milliseconds } {
-        Some(f) => (unsafe { f() }) as i64,
+        Some(f) => unsafe { f() },
         None => 0,
     }
 }
@@ -380,34 +353,65 @@ pub fn now_ms() -> i64 {
 /// Tells Redis a key was written (WATCH, client-side caching). The module turns off the
 /// implicit signal on closing a key opened for writing, so that a rejected command, which
 /// opens keys for writing but writes nothing, signals nothing.
-pub fn signal_modified(ctx: &Context, key: *mut RedisModuleString) {
+pub fn signal_modified(ctx: &Context, key: &RStr) {
     if key.is_null() {
         return;
     }
     if let Some(signal) = unsafe { raw::RedisModule_SignalModifiedKey } {
-        unsafe { signal(ctx.get_raw(), key) };
+        unsafe { signal(ctx.get_raw(), key.ptr()) };
     }
 }
 
 /// Keyspace notification with a static event name.
-pub fn notify(ctx: &Context, kind: c_int, event: &CStr, key: *mut RedisModuleString) {
+pub fn notify(ctx: &Context, kind: c_int, event: &CStr, key: &RStr) {
     if key.is_null() {
         return;
     }
     if let Some(f) = unsafe { raw::RedisModule_NotifyKeyspaceEvent } {
-        unsafe { f(ctx.get_raw(), kind, event.as_ptr(), key) };
+        unsafe { f(ctx.get_raw(), kind, event.as_ptr(), key.ptr()) };
+    }
+}
+
+/// The arguments of a command to propagate: RedisModuleStrings borrowed from [`RStr`]s that
+/// outlive the list (built on the stack for up to `ARGV_INLINE` arguments).
+#[derive(Default)]
+pub struct Argv<'a> {
+    ptrs: SmallVec<[*mut RedisModuleString; ARGV_INLINE]>,
+    strings: PhantomData<&'a RStr>,
+}
+
+impl<'a> Argv<'a> {
+    pub fn new() -> Argv<'a> {
+        Argv::default()
+    }
+
+    pub fn of<const N: usize>(args: [&'a RStr; N]) -> Argv<'a> {
+        let mut argv = Argv::new();
+        for s in args {
+            argv.push(s);
+        }
+        argv
+    }
+
+    pub fn push(&mut self, s: &'a RStr) {
+        self.ptrs.push(s.ptr());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ptrs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ptrs.is_empty()
     }
 }
 
 /// Propagates `cmd argv...` to replicas and the AOF (inside the MULTI/EXEC Redis wraps around a
 /// module command's effects). Every argument is an existing RedisModuleString: Redis
 /// takes a reference to each (no copy, no allocation per argument).
-pub fn replicate_rs(
-    ctx: &Context,
-    cmd: &CStr,
-    argv: &mut [*mut RedisModuleString],
-) -> Result<(), CmdError> {
+pub fn replicate(ctx: &Context, cmd: &CStr, argv: &mut Argv) -> Result<(), CmdError> {
     let rep = unsafe { raw::RedisModule_Replicate }.ok_or_else(|| missing_api("Replicate"))?;
+    let argv = &mut argv.ptrs;
     if argv.is_empty() || argv.iter().any(|p| p.is_null()) {
         return Err(CmdError::err(
             "could not propagate the change to replicas/AOF",

@@ -3,9 +3,12 @@
 //! Each parser takes the arguments after the command name and returns a typed request or
 //! a [`CmdError`] whose text is safe to send back (it never echoes raw client bytes).
 
-use crate::decimal::Decimal;
-use crate::error::CmdError;
-use crate::period::Period;
+use crate::domain::decimal::Decimal;
+use crate::domain::error::CmdError;
+use crate::domain::layout::KIND_FIELD;
+use crate::domain::period::Period;
+use crate::domain::rules::Floor;
+use crate::domain::text::printable;
 
 /// Longest op-id accepted (`ID` option).
 pub const MAX_OP_ID_LEN: usize = 128;
@@ -27,13 +30,6 @@ pub struct Common {
     pub meta: Option<String>,
     /// Index (in the command's arguments, after the name) of the `ID` word, if given.
     pub id_index: Option<usize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Floor {
-    Default,
-    At(Decimal),
-    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +196,7 @@ pub fn name(what: &str, raw: &[u8]) -> Result<String, CmdError> {
 /// marks campaigns and usage counters).
 pub fn balance_field(raw: &[u8]) -> Result<String, CmdError> {
     let field = name("field", raw)?;
-    if field == crate::logic::KIND_FIELD {
+    if field == KIND_FIELD {
         return Err(CmdError::err("the field name 'kind' is reserved by tally"));
     }
     Ok(field)
@@ -313,16 +309,6 @@ impl<'a> Options<'a> {
     }
 }
 
-/// A short, printable rendering of client bytes for error messages.
-pub fn printable(raw: &[u8]) -> String {
-    let s: String = String::from_utf8_lossy(raw)
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(32)
-        .collect();
-    s
-}
-
 const INCR_OPTIONS: [&str; 5] = ["ID", "META", "FLOOR", "NOFLOOR", "CEIL"];
 
 /// `ASSET.INCR key field delta [field delta ...] [ID op-id] [META text] [FLOOR n | NOFLOOR] [CEIL n]`
@@ -375,7 +361,7 @@ pub fn asset_incr(args: &[&[u8]]) -> Result<AssetIncr, CmdError> {
             return Err(CmdError::err("FLOOR is above CEIL"));
         }
     }
-    if ceil.is_some() && floor == Floor::Default && ceil.map_or(false, |c| c.is_negative()) {
+    if floor == Floor::Default && ceil.is_some_and(|c| c.is_negative()) {
         return Err(CmdError::err("CEIL is below the default FLOOR 0"));
     }
     Ok(AssetIncr {

@@ -6,6 +6,7 @@
 //! the underlying `i128` before the range check.
 
 use std::fmt;
+use std::ops::Neg;
 
 /// Number of fractional digits carried exactly.
 pub const SCALE: u32 = 18;
@@ -78,7 +79,11 @@ impl Decimal {
             raw = raw * 10 + i128::from(d - b'0');
         }
         raw = raw.checked_mul(ONE).ok_or(DecimalError::OutOfRange)?;
+        // The significant fractional digits, then zeros up to SCALE digits. Indexed on
+        // purpose: this fixed 18-step loop costs ASSET.INCR about 150 instructions less than
+        // an iterator over the digits (callgrind; the parse runs on every command).
         let mut frac_raw: i128 = 0;
+        #[allow(clippy::needless_range_loop)]
         for i in 0..SCALE as usize {
             let digit = if i < significant { frac[i] - b'0' } else { 0 };
             frac_raw = frac_raw * 10 + i128::from(digit);
@@ -90,6 +95,7 @@ impl Decimal {
         Ok(Decimal(if negative { -raw } else { raw }))
     }
 
+    #[cfg(test)]
     pub fn from_int(v: i64) -> Decimal {
         // |i64| < 10^19 < 10^20: always in range.
         Decimal(i128::from(v) * ONE)
@@ -105,10 +111,6 @@ impl Decimal {
 
     pub fn checked_sub(self, other: Decimal) -> Option<Decimal> {
         Decimal::checked(self.0.checked_sub(other.0))
-    }
-
-    pub fn neg(self) -> Decimal {
-        Decimal(-self.0)
     }
 
     pub fn is_negative(self) -> bool {
@@ -189,6 +191,15 @@ impl Decimal {
             n += keep;
         }
         n
+    }
+}
+
+/// Exact: the range is symmetric, so every value has its negation.
+impl Neg for Decimal {
+    type Output = Decimal;
+
+    fn neg(self) -> Decimal {
+        Decimal(-self.0)
     }
 }
 
@@ -289,8 +300,8 @@ mod tests {
     fn add_reports_overflow() {
         let max = d("99999999999999999999.999999999999999999");
         assert_eq!(max.checked_add(d("0.000000000000000001")), None);
-        assert_eq!(max.neg().checked_sub(d("1")), None);
-        assert!(max.checked_add(max.neg()).is_some());
+        assert_eq!((-max).checked_sub(d("1")), None);
+        assert!(max.checked_add(-max).is_some());
     }
 
     proptest! {

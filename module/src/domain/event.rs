@@ -1,15 +1,14 @@
-//! Event encoding (docs/events.md) and the idempotency record: pure Rust, no Redis.
+//! The event a change appends to the stream (docs/events.md): its fields, its JSON written
+//! byte for byte as serde_json would, and its UUIDv7 id. Pure Rust, no Redis.
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize, Serializer};
-use xxhash_rust::xxh3::xxh3_128;
+use serde::{Serialize, Serializer};
 
-use crate::args::Common;
+use crate::domain::record::Reply;
+use crate::domain::request::Common;
 
 pub const FORMAT_VERSION: u32 = 1;
-/// The single stream field that carries the event JSON.
-pub const STREAM_FIELD: &str = "event";
 
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 pub struct KeySeq<'a> {
@@ -90,6 +89,7 @@ impl<'a> Event<'a> {
         }
     }
 
+    #[cfg(test)]
     pub fn to_json(&self) -> String {
         let mut out = Vec::with_capacity(512);
         self.write_json(&mut out);
@@ -216,29 +216,6 @@ fn json_int(out: &mut Vec<u8>, v: i64) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
-/// Decimal text of an integer in a stack buffer.
-pub struct IntText {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl IntText {
-    pub fn new(v: i64) -> IntText {
-        let mut buf = [0u8; 20];
-        let mut digits = itoa::Buffer::new();
-        let text = digits.format(v).as_bytes();
-        // An i64 has at most 19 digits and a sign.
-        let len = text.len().min(buf.len());
-        let start = buf.len() - len;
-        buf[start..].copy_from_slice(&text[text.len() - len..]);
-        IntText { buf, start }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-}
-
 fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         Some(s) => json_str(out, s),
@@ -347,94 +324,10 @@ fn next_random() -> u64 {
     })
 }
 
-/// One element of a stored reply.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum Item {
-    Int(i64),
-    Str(String),
-}
-
-/// A command's successful reply, as remembered for idempotent replays.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    Ok,
-    Array(Vec<Item>),
-}
-
-/// Fingerprint of a request (op-id record format 2): the command name and the parsed
-/// request's canonical parts (`args::Canonical`), length-prefixed so that part boundaries
-/// matter.
-pub fn fingerprint(command: &str, parts: &[Vec<u8>]) -> String {
-    hash_parts(std::iter::once(command.as_bytes()).chain(parts.iter().map(Vec::as_slice)))
-}
-
-/// Fingerprint of a request as op-id records of format 1 hold it (modules before 313b772,
-/// and the `fp` of their events): the command name and every raw argument after it except
-/// the `ID <op-id>` pair at `id_index`. Computed only to read a record or an event written
-/// before an upgrade (docs/upgrade.md), never to write one.
-pub fn fingerprint_v1(command: &str, raw: &[&[u8]], id_index: Option<usize>) -> String {
-    let outside_id = |i: &usize| id_index.is_none_or(|at| *i != at && *i != at + 1);
-    let args = raw
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| outside_id(i))
-        .map(|(_, a)| *a);
-    hash_parts(std::iter::once(command.as_bytes()).chain(args))
-}
-
-/// xxh3-128 of the length-prefixed parts, as 32 lowercase hex digits.
-fn hash_parts<'a>(parts: impl Iterator<Item = &'a [u8]>) -> String {
-    let mut buf = Vec::with_capacity(64);
-    for part in parts {
-        buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
-        buf.extend_from_slice(part);
-    }
-    let h = xxh3_128(&buf);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    (0..32)
-        .rev()
-        .map(|i| HEX[((h >> (4 * i)) & 0xf) as usize] as char)
-        .collect()
-}
-
-/// The stored idempotency record: `<fingerprint>\n<reply JSON>`.
-pub fn encode_record(fingerprint: &str, reply: &Reply) -> String {
-    format!(
-        "{fingerprint}\n{}",
-        serde_json::to_string(reply).unwrap_or_default()
-    )
-}
-
-pub enum Recorded {
-    Same(Reply),
-    Different,
-    Corrupt,
-}
-
-/// Reads a stored record against the request's fingerprint. A record written before an
-/// upgrade holds the format-1 fingerprint (`fingerprint_v1`), which `v1` computes only when
-/// the current one differs: the same request replays whichever format recorded it.
-pub fn check_record(stored: &[u8], fingerprint: &str, v1: impl FnOnce() -> String) -> Recorded {
-    let text = match std::str::from_utf8(stored) {
-        Ok(t) => t,
-        Err(_) => return Recorded::Corrupt,
-    };
-    let Some((fp, reply)) = text.split_once('\n') else {
-        return Recorded::Corrupt;
-    };
-    if fp != fingerprint && fp != v1() {
-        return Recorded::Different;
-    }
-    match serde_json::from_str(reply) {
-        Ok(r) => Recorded::Same(r),
-        Err(_) => Recorded::Corrupt,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::record::{fingerprint, Item};
 
     #[test]
     fn event_json_matches_the_contract() {
@@ -500,41 +393,6 @@ mod tests {
             proptest::prop_assert_eq!(e.to_json(), serde_json_of(&e));
         }
 
-        #[test]
-        fn fingerprint_hex_matches_format(a in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..8), 0..4)) {
-            let mut buf = Vec::new();
-            for part in std::iter::once(&b"X"[..]).chain(a.iter().map(Vec::as_slice)) {
-                buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
-                buf.extend_from_slice(part);
-            }
-            proptest::prop_assert_eq!(fingerprint("X", &a), format!("{:032x}", xxh3_128(&buf)));
-        }
-    }
-
-    #[test]
-    fn int_text_is_the_decimal_text() {
-        for v in [
-            0,
-            1,
-            -1,
-            9,
-            10,
-            -10,
-            1_732_272_000_123,
-            i64::MAX,
-            i64::MIN,
-            i64::MIN + 1,
-        ] {
-            assert_eq!(IntText::new(v).as_bytes(), v.to_string().as_bytes(), "{v}");
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn int_text_matches_to_string(v in proptest::num::i64::ANY) {
-            let (text, want) = (IntText::new(v), v.to_string());
-            proptest::prop_assert_eq!(text.as_bytes(), want.as_bytes());
-        }
     }
 
     #[test]
@@ -567,82 +425,5 @@ mod tests {
             .map(|(s, n)| s * 1000 + u64::from(n / 1_000_000));
         assert_eq!(ms, Some(1_732_272_000_123));
         assert!(a < b);
-    }
-
-    #[test]
-    fn fingerprint_separates_commands_and_part_boundaries() {
-        let p = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
-        assert_eq!(
-            fingerprint("ASSET.INCR", &p(&["k", "f"])),
-            fingerprint("ASSET.INCR", &p(&["k", "f"]))
-        );
-        assert_ne!(
-            fingerprint("ASSET.INCR", &p(&["k", "f"])),
-            fingerprint("ASSET.INCR", &p(&["kf"]))
-        );
-        assert_ne!(
-            fingerprint("ASSET.INCR", &p(&["k", "f"])),
-            fingerprint("ASSET.TRANSFER", &p(&["k", "f"]))
-        );
-    }
-
-    #[test]
-    fn record_round_trip() {
-        let reply = Reply::Array(vec![Item::Int(3), Item::Str("9.5".into())]);
-        let rec = encode_record("abc", &reply);
-        let no_v1 = || "-".to_string();
-        assert!(
-            matches!(check_record(rec.as_bytes(), "abc", no_v1), Recorded::Same(r) if r == reply)
-        );
-        assert!(matches!(
-            check_record(rec.as_bytes(), "abd", no_v1),
-            Recorded::Different
-        ));
-        assert!(matches!(
-            check_record(b"garbage", "abc", no_v1),
-            Recorded::Corrupt
-        ));
-    }
-
-    #[test]
-    fn a_format_1_record_replays_the_same_request_only() {
-        let reply = Reply::Array(vec![Item::Str("10".into())]);
-        let raw: Vec<&[u8]> = vec![b"k", b"f", b"10", b"ID", b"op", b"META", b"m"];
-        let v1 = fingerprint_v1("ASSET.INCR", &raw, Some(3));
-        let rec = encode_record(&v1, &reply);
-        let same = || v1.clone();
-        assert!(
-            matches!(check_record(rec.as_bytes(), "now", same), Recorded::Same(r) if r == reply)
-        );
-        let other: Vec<&[u8]> = vec![b"k", b"f", b"11", b"ID", b"op", b"META", b"m"];
-        let differs = || fingerprint_v1("ASSET.INCR", &other, Some(3));
-        assert!(matches!(
-            check_record(rec.as_bytes(), "now", differs),
-            Recorded::Different
-        ));
-    }
-
-    /// The format-1 scheme as modules before 313b772 computed it (their unit test, ported).
-    #[test]
-    fn fingerprint_v1_ignores_only_the_id_option() {
-        let a: Vec<&[u8]> = vec![b"k", b"f", b"1", b"ID", b"x", b"META", b"m"];
-        let b: Vec<&[u8]> = vec![b"k", b"f", b"1", b"META", b"m", b"id", b"y"];
-        let c: Vec<&[u8]> = vec![b"k", b"f", b"2", b"ID", b"x", b"META", b"m"];
-        let b2: Vec<&[u8]> = vec![b"k", b"f", b"1", b"META", b"m"];
-        let fa = fingerprint_v1("ASSET.INCR", &a, Some(3));
-        assert_eq!(fa, fingerprint_v1("ASSET.INCR", &b, Some(5)));
-        assert_eq!(fa, fingerprint_v1("ASSET.INCR", &b2, None));
-        assert_ne!(fa, fingerprint_v1("ASSET.INCR", &c, Some(3)));
-        assert_ne!(fa, fingerprint_v1("ASSET.TRANSFER", &a, Some(3)));
-        let flat: Vec<u8> = [&b"ASSET.INCR"[..], b"k", b"f", b"1", b"META", b"m"]
-            .iter()
-            .flat_map(|p| {
-                (p.len() as u64)
-                    .to_le_bytes()
-                    .into_iter()
-                    .chain(p.iter().copied())
-            })
-            .collect();
-        assert_eq!(fa, format!("{:032x}", xxh3_128(&flat)));
     }
 }

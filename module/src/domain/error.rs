@@ -1,5 +1,5 @@
 //! Error replies. The first word is a stable code clients can match on; the rest is a
-//! human sentence. Messages never contain raw client bytes (see `args::printable`).
+//! human sentence. Messages never contain raw client bytes (see `text::printable`).
 
 use std::fmt;
 

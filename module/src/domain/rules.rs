@@ -2,10 +2,19 @@
 //! request: bound checks, coupon stock and per-user limits, usage quotas and periods.
 //! The command layer reads state, calls these, and writes what they return.
 
-use crate::args::Floor;
-use crate::decimal::Decimal;
-use crate::error::CmdError;
-use crate::period::Period;
+use crate::domain::decimal::Decimal;
+use crate::domain::error::CmdError;
+use crate::domain::layout::{HolderField, KIND_COUPON, KIND_USAGE};
+use crate::domain::period::{self, Period};
+
+/// The lower bound of an `ASSET.*` balance: the default floor 0, another one (`FLOOR n`),
+/// or none (`NOFLOOR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Floor {
+    Default,
+    At(Decimal),
+    None,
+}
 
 /// A stored balance (or absent = 0), parsed strictly.
 pub fn stored_decimal(what: &str, raw: Option<&[u8]>) -> Result<Decimal, CmdError> {
@@ -45,7 +54,7 @@ pub fn apply_delta(
         if delta.is_negative() && next < f {
             return Err(CmdError::code(
                 "INSUFFICIENT",
-                format!("balance {current} cannot cover {} (floor {f})", delta.neg()),
+                format!("balance {current} cannot cover {} (floor {f})", -delta),
             ));
         }
     }
@@ -59,12 +68,6 @@ pub fn apply_delta(
     }
     Ok(next)
 }
-
-/// The reserved field that marks a hash as a tally campaign (`coupon`) or usage counter
-/// (`usage`). A hash without it is an asset hash; `ASSET.*` never writes it.
-pub const KIND_FIELD: &str = "kind";
-pub const KIND_COUPON: &[u8] = b"coupon";
-pub const KIND_USAGE: &[u8] = b"usage";
 
 /// What the `kind` field of an existing hash says it is, for error messages.
 fn kind_name(kind: &[u8]) -> &'static str {
@@ -181,39 +184,6 @@ pub fn parse_held(raw: Option<&[u8]>) -> Result<Vec<i64>, CmdError> {
                 .map_err(|_| CmdError::wrong_type("corrupt holder record"))
         })
         .collect()
-}
-
-/// A holder field of a campaign hash, for one user.
-///
-/// The layout: `c:<user>` = how many claims the user holds (absent = none), and
-/// `h:<k>:<user>` = the issue number of the user's k-th claim (k = 1..count, in claim
-/// order), so a claim or a release writes a constant number of fields. Versions before
-/// this layout kept one field `u:<user>` = `"3,17"`; the user's next CLAIM or RELEASE
-/// converts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HolderField {
-    /// `c:<user>`
-    Count,
-    /// `h:<k>:<user>`
-    Issue(i64),
-    /// `u:<user>` (legacy)
-    Legacy,
-}
-
-/// The name of `field` for `user`.
-pub fn holder_field_name(field: HolderField, user: &str) -> smallvec::SmallVec<[u8; 64]> {
-    let mut f = smallvec::SmallVec::new();
-    match field {
-        HolderField::Count => f.extend_from_slice(b"c:"),
-        HolderField::Legacy => f.extend_from_slice(b"u:"),
-        HolderField::Issue(k) => {
-            f.extend_from_slice(b"h:");
-            f.extend_from_slice(crate::event::IntText::new(k).as_bytes());
-            f.push(b':');
-        }
-    }
-    f.extend_from_slice(user.as_bytes());
-    f
 }
 
 /// A canonical non-negative decimal integer (no sign, no leading zero, fits i64).
@@ -355,7 +325,7 @@ impl Usage {
     /// whose clock is behind) keeps counting in the stored period.
     pub fn at(&self, now_ms: i64) -> Usage {
         let current = self.period.id_at(now_ms);
-        if crate::period::is_later(&current, &self.period_id) {
+        if period::is_later(&current, &self.period_id) {
             Usage {
                 period_id: current,
                 used: Decimal::ZERO,
@@ -518,17 +488,6 @@ mod tests {
             Holding::from_legacy(Some(b"3,x")).map_err(|e| e.code_name()),
             Err("WRONGTYPE")
         );
-    }
-
-    fn name(field: HolderField, user: &str) -> String {
-        String::from_utf8_lossy(&holder_field_name(field, user)).into_owned()
-    }
-
-    #[test]
-    fn holder_field_names() {
-        assert_eq!(name(HolderField::Count, "alice"), "c:alice");
-        assert_eq!(name(HolderField::Issue(12), "a:b"), "h:12:a:b");
-        assert_eq!(name(HolderField::Legacy, "alice"), "u:alice");
     }
 
     #[test]

@@ -1,20 +1,11 @@
-//! Module configuration: `--loadmodule libtally.so prefix tally max-backlog 1000000 ...`,
+//! The module's settings, their defaults and bounds, and the one validation every way of
+//! setting them goes through: `--loadmodule libtally.so prefix tally max-backlog 1000000 ...`,
 //! `--tally.<name> <value>` / `tally.<name> <value>` in the config file, or
 //! `CONFIG SET tally.<name> <value>` at run time (prefix is fixed at load time).
 //!
-//! Every path goes through [`validate`]: a value it refuses is refused with the same message
-//! whether it came as a module argument, a config-file or command-line setting, or CONFIG SET.
-
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
-use std::sync::{Mutex, OnceLock};
-
-use redis_module::configuration::ConfigurationContext;
-use redis_module::{ConfigurationValue, RedisError, RedisString};
-
-pub static MAX_BACKLOG: IntSetting = IntSetting::new("max-backlog", DEFAULT_MAX_BACKLOG);
-pub static OP_TTL_MS: IntSetting = IntSetting::new("op-ttl-ms", DEFAULT_OP_TTL_MS);
-pub static MAX_OP_IDS: IntSetting = IntSetting::new("max-op-ids", DEFAULT_MAX_OP_IDS);
-pub static PREFIX: PrefixSetting = PrefixSetting(OnceLock::new());
+//! A value [`validate`] refuses is refused with the same message whether it came as a module
+//! argument, a config-file or command-line setting, or CONFIG SET. The values in force are
+//! kept by `host::config`.
 
 pub const DEFAULT_MAX_BACKLOG: i64 = 1_000_000;
 pub const DEFAULT_OP_TTL_MS: i64 = 86_400_000;
@@ -76,84 +67,6 @@ pub fn validate(name: &str, value: &[u8]) -> Result<Setting, String> {
 
 fn printable(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(32).collect()
-}
-
-/// Stores a validated setting.
-pub fn apply(setting: Setting) {
-    match setting {
-        Setting::Prefix(p) => *lock_prefix() = p,
-        Setting::MaxBacklog(n) => MAX_BACKLOG.value.store(n, Relaxed),
-        Setting::OpTtlMs(n) => OP_TTL_MS.value.store(n, Relaxed),
-        Setting::MaxOpIds(n) => MAX_OP_IDS.value.store(n, Relaxed),
-    }
-}
-
-/// An integer module config whose every write is validated.
-pub struct IntSetting {
-    name: &'static str,
-    value: AtomicI64,
-}
-
-impl IntSetting {
-    const fn new(name: &'static str, default: i64) -> IntSetting {
-        IntSetting {
-            name,
-            value: AtomicI64::new(default),
-        }
-    }
-}
-
-impl ConfigurationValue<i64> for IntSetting {
-    fn get(&self, _ctx: &ConfigurationContext) -> i64 {
-        self.value.load(Relaxed)
-    }
-    fn set(&self, _ctx: &ConfigurationContext, val: i64) -> Result<(), RedisError> {
-        apply(validate(self.name, val.to_string().as_bytes()).map_err(RedisError::String)?);
-        Ok(())
-    }
-}
-
-/// The prefix config: validated on every write.
-pub struct PrefixSetting(OnceLock<Mutex<String>>);
-
-fn lock_prefix() -> std::sync::MutexGuard<'static, String> {
-    let cell = PREFIX
-        .0
-        .get_or_init(|| Mutex::new(DEFAULT_PREFIX.to_string()));
-    cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl ConfigurationValue<RedisString> for PrefixSetting {
-    fn get(&self, _ctx: &ConfigurationContext) -> RedisString {
-        RedisString::create(None, lock_prefix().as_str())
-    }
-    fn set(&self, _ctx: &ConfigurationContext, val: RedisString) -> Result<(), RedisError> {
-        apply(validate("prefix", val.as_slice()).map_err(RedisError::String)?);
-        Ok(())
-    }
-}
-
-pub fn prefix() -> String {
-    lock_prefix().clone()
-}
-
-/// The prefix as fixed at load time (it is immutable afterwards), read once on the first
-/// command and kept: no lock and no copy per command.
-pub fn prefix_fixed() -> &'static str {
-    static FIXED: OnceLock<String> = OnceLock::new();
-    FIXED.get_or_init(prefix).as_str()
-}
-
-pub fn max_backlog() -> i64 {
-    MAX_BACKLOG.value.load(Relaxed)
-}
-
-pub fn op_ttl_ms() -> i64 {
-    OP_TTL_MS.value.load(Relaxed)
-}
-
-pub fn max_op_ids() -> i64 {
-    MAX_OP_IDS.value.load(Relaxed)
 }
 
 /// Whether a `maxmemory-policy` can evict op-id records (string keys with a TTL): every

@@ -9,9 +9,10 @@
 //! What the count does not see (documented in the README): records this node did not create
 //! (loaded from RDB/AOF at start, written before a failover by another primary, or by
 //! `tally-shipper restore`). They are bounded by the same rate on the node that created them.
+//!
+//! The node's one window is kept by `host::stats`.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
 
 /// Buckets per op-ttl window: a record may be counted up to ttl/1024 (at least 1 s) late.
 const BUCKETS_PER_TTL: i64 = 1024;
@@ -74,15 +75,6 @@ impl Window {
     }
 }
 
-static WINDOW: Mutex<Window> = Mutex::new(Window::new());
-
-/// The node's window (commands run on Redis's main thread; the lock is never contended).
-pub fn window() -> MutexGuard<'static, Window> {
-    WINDOW
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,7 +133,7 @@ mod tests {
     #[test]
     fn extreme_times_do_not_wrap() {
         let mut w = Window::new();
-        w.record(i64::MAX - 10, crate::config::MAX_OP_TTL_MS);
+        w.record(i64::MAX - 10, crate::domain::config::MAX_OP_TTL_MS);
         assert_eq!(w.live(i64::MAX - 1), 1);
     }
 }

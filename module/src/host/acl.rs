@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 use redis_module::raw::{self, RedisModuleString, RedisModuleUser};
 use redis_module::{AclPermissions, Context};
 
-use crate::error::CmdError;
-use crate::ffi::RStr;
+use crate::domain::error::CmdError;
+use crate::host::ffi::RStr;
 
 /// Set at load when the server lacks `RedisModule_SetCommandACLCategories`.
 static ENFORCE_CORE_COMMANDS: AtomicBool = AtomicBool::new(false);
@@ -53,11 +53,12 @@ impl User {
         Ok(Some(User(user)))
     }
 
-    fn may_write_key(&self, key: *mut RedisModuleString) -> Result<bool, CmdError> {
+    fn may_write_key(&self, key: &RStr) -> Result<bool, CmdError> {
         let check = unsafe { raw::RedisModule_ACLCheckKeyPermissions }
             .ok_or_else(|| CmdError::err("this Redis lacks RedisModule_ACLCheckKeyPermissions"))?;
         let flags = (AclPermissions::INSERT | AclPermissions::UPDATE).bits();
-        Ok(!key.is_null() && unsafe { check(self.0, key, flags) } == raw::REDISMODULE_OK as i32)
+        Ok(!key.is_null()
+            && unsafe { check(self.0, key.ptr(), flags) } == raw::REDISMODULE_OK as i32)
     }
 
     fn may_run(&self, argv: &mut [*mut RedisModuleString]) -> Result<bool, CmdError> {
@@ -116,7 +117,7 @@ fn denied_core(command: &str, key: &str) -> CmdError {
 }
 
 /// A key name and its RedisModuleString.
-pub type NamedKey<'a> = (&'a str, *mut RedisModuleString);
+pub type NamedKey<'a> = (&'a str, &'a RStr);
 
 /// A mutating command: write permission on the helper keys, and (Redis 7.0) the core writes.
 pub fn check_write(
@@ -144,16 +145,16 @@ pub fn check_write(
     // on the sequence hash, SET on the op-id record), which covers the write permission on
     // those keys, so they are not checked twice.
     let w = words();
-    let hset = |key: *mut RedisModuleString| [w.hset.ptr(), key, w.field.ptr(), w.value.ptr()];
+    let hset = |key: &RStr| [w.hset.ptr(), key.ptr(), w.field.ptr(), w.value.ptr()];
     for k in data_keys {
         let rs = RStr::new(k.as_bytes());
-        if !user.may_run(&mut hset(rs.ptr()))? {
+        if !user.may_run(&mut hset(&rs))? {
             return Err(denied_core("HSET", k));
         }
     }
     if !user.may_run(&mut [
         w.xadd.ptr(),
-        stream.1,
+        stream.1.ptr(),
         w.star.ptr(),
         w.event.ptr(),
         w.value.ptr(),
@@ -164,7 +165,7 @@ pub fn check_write(
         return Err(denied_core("HSET", seq.0));
     }
     if let Some((name, key)) = op {
-        if !user.may_run(&mut [w.set.ptr(), key, w.value.ptr()])? {
+        if !user.may_run(&mut [w.set.ptr(), key.ptr(), w.value.ptr()])? {
             return Err(denied_core("SET", name));
         }
     }
