@@ -3,7 +3,7 @@
 //! A campaign is a plain hash: `kind`=`coupon`, `total`, `issued` (claims held),
 //! `last_issue`, `peruser`, `start`, `end`, and per holder `c:<user>` (how many claims the
 //! user holds) and `h:<k>:<user>` (the issue number of the k-th, in claim order): a claim or
-//! a release writes a constant number of fields (see `rules::HolderField`).
+//! a release writes a constant number of fields (see `layout::HolderField`).
 
 use std::sync::OnceLock;
 

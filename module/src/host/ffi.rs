@@ -117,7 +117,6 @@ pub(super) fn slice_of<'a>(s: *mut RedisModuleString) -> &'a [u8] {
 /// An open key, closed on drop.
 pub struct Key {
     ptr: *mut RedisModuleKey,
-    ctx: *mut raw::RedisModuleCtx,
 }
 
 impl Key {
@@ -132,10 +131,7 @@ impl Key {
             MODE_READ
         };
         let ptr = unsafe { open(ctx.get_raw(), name.ptr(), mode) }.cast::<RedisModuleKey>();
-        Ok(Key {
-            ptr,
-            ctx: ctx.get_raw(),
-        })
+        Ok(Key { ptr })
     }
 
     pub fn kind(&self) -> KeyType {
@@ -339,7 +335,6 @@ impl Drop for Key {
                 unsafe { close(self.ptr) };
             }
         }
-        let _ = self.ctx;
     }
 }
 
