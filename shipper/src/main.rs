@@ -1,5 +1,13 @@
 //! tally-shipper: Redis stream -> (Kafka ->) Postgres, exactly once in effect
 //! (at-least-once delivery + dedupe on event id).
+//!
+//! The tree follows an event: `source/` reads the log streams and hands each batch to a path
+//! in `paths/`: the direct writers, or forward -> Kafka -> persist. The path stores it through
+//! `sinks/` (Kafka, Postgres) and only then does the batch's guard acknowledge it
+//! (`source/ack.rs`). `commands.rs` wires the stages of each command, `ops/` holds the
+//! one-shot operations (reconcile, restore, retry-failed), `obs/` the metrics and /healthz,
+//! `event/` the event format, `redis_io/` the Redis client layer, `cli.rs` every option,
+//! `retry.rs` the backoff and the `Fatal` error, `shutdown.rs` the signals.
 
 /// The shipper allocates per entry and per row (reply values, strings, bind arrays): mimalloc
 /// cut its allocator time, which glibc's malloc made the largest item of its profile.
@@ -8,27 +16,30 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cli;
 mod clock;
+mod commands;
 mod event;
 mod obs;
 mod ops;
 mod paths;
 mod redis_io;
 mod retry;
+mod shutdown;
 mod sinks;
 mod source;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
-use cli::{Cli, Command, OpsOpts, PgOpts};
-use obs::{health, http, progress};
-use ops::{reconcile, restore};
-use sinks::kafka::{self as kafka_client, Forwarder};
-use sinks::postgres::{self as db, PgSink};
+use cli::Cli;
+use shutdown::Shutdown;
+
+/// A fatal error (stderr names it), or reconcile found a mismatch.
+const EXIT_FATAL: u8 = 1;
+/// The shutdown deadline passed after a signal with work still in flight (re-shipped later).
+const EXIT_OVERDUE: u8 = 3;
+/// A panic (Rust's own code for it).
+const EXIT_PANIC: u8 = 101;
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
@@ -41,261 +52,39 @@ fn init_tracing() {
         .init();
 }
 
-/// SIGTERM/SIGINT -> cancel the token; then enforce the shutdown deadline. The handlers are
-/// registered before this returns, so once /healthz answers a SIGTERM is never lost.
-fn install_signals(shutdown: CancellationToken, deadline_ms: u64) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping reads, finishing in-flight batch"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping reads, finishing in-flight batch"),
-        }
-        shutdown.cancel();
-        tokio::time::sleep(Duration::from_millis(deadline_ms)).await;
-        tracing::warn!(deadline_ms, "shutdown deadline exceeded; exiting with in-flight work unacknowledged (it will be re-shipped)");
-        std::process::exit(3);
-    });
-    Ok(())
-}
-
-/// The pool of run/persist: migrations applied (--migrate) or checked, so a missing schema
-/// stops the process at start with the fix named instead of failing every batch.
-async fn pg_pool(pg: &PgOpts, conns: u32) -> anyhow::Result<sqlx::PgPool> {
-    let pool = db::connect(pg, conns).await?;
-    if pg.migrate {
-        retry::with_retry("migration", || db::migrate(&pool)).await?;
-    } else {
-        let missing = retry::with_retry("schema check", || db::missing_migrations(&pool)).await?;
-        if !missing.is_empty() {
-            anyhow::bail!(
-                "the database lacks tally's migrations {}: run `tally-shipper migrate --database-url ...` first, or start with --migrate",
-                missing.join(", ")
-            );
-        }
-    }
-    Ok(pool)
-}
-
-/// Signal handlers, then /metrics + /healthz (bound before this returns: a taken address is
-/// a fatal start-up error), then the progress line.
-async fn start_ops(ops: &OpsOpts, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    install_signals(shutdown.clone(), ops.shutdown_deadline_ms)?;
-    health::set_unhealthy_after_ms(ops.unhealthy_after_ms);
-    let server = http::bind(&ops.metrics_addr).await?;
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        if let Some(listener) = server {
-            if let Err(e) = http::serve(listener, s).await {
-                tracing::warn!(error = %format!("{e:#}"), "metrics server failed");
-            }
-        }
-    });
-    tokio::spawn(progress::progress(
-        ops.progress_interval_ms,
-        shutdown.clone(),
-    ));
-    Ok(())
-}
-
-async fn real_main(cli: Cli) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    match cli.cmd {
-        Command::Migrate { pg } => {
-            let pool = db::connect(&pg, 1).await?;
-            retry::with_retry("migration", || db::migrate(&pool)).await?;
-            tracing::info!("migrations applied");
-        }
-        Command::RetryFailed { pg, limit } => {
-            let pool = db::connect(&pg, 1).await?;
-            let (ok, bad) = ops::retry_failed::retry_failed(&pool, limit).await?;
-            tracing::info!(resolved = ok, still_failing = bad, "retry-failed done");
-            println!("resolved={ok} still_failing={bad}");
-        }
-        Command::Reconcile {
-            target,
-            pg,
-            wait_ms,
-        } => {
-            let pool = db::connect(&pg, 2).await?;
-            let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, wait_ms))
-                .await?;
-            std::process::exit(code);
-        }
-        Command::Restore {
-            target,
-            pg,
-            kafka,
-            force,
-            as_of,
-        } => restore_command(target, pg, kafka, force, as_of).await?,
-        Command::Run {
-            redis,
-            kafka,
-            pg,
-            batch,
-            ops,
-        } => run_command(redis, kafka, pg, batch, ops, &shutdown).await?,
-        Command::Forward {
-            redis,
-            kafka,
-            batch,
-            ops,
-        } => {
-            start_ops(&ops, &shutdown).await?;
-            kafka_client::ensure_topic(&kafka).await?;
-            let fwd = Arc::new(Forwarder::new(&kafka)?);
-            let forward = paths::Forward::new(fwd.clone(), batch.clone(), shutdown.clone());
-            source::run_source(redis, batch, Arc::new(forward), shutdown.clone()).await?;
-            fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
-        }
-        Command::Persist {
-            kafka,
-            pg,
-            batch,
-            ops,
-        } => {
-            start_ops(&ops, &shutdown).await?;
-            let pool = pg_pool(&pg, pg.pg_max_conns).await?;
-            kafka_client::ensure_topic(&kafka).await?;
-            paths::Persist::new(kafka, batch, PgSink::new(pool, &pg), shutdown.clone())?
-                .run()
-                .await?;
-        }
-    }
-    if let Some(msg) = retry::fatal_error() {
-        anyhow::bail!(msg);
-    }
-    tracing::info!("stopped cleanly");
-    Ok(())
-}
-
-/// `restore` (a lost Redis rebuilt) or `restore --as-of` (a rollback); both end with
-/// reconcile, whose exit code is the command's.
-async fn restore_command(
-    target: cli::CheckOpts,
-    pg: cli::PgOpts,
-    kafka: cli::KafkaOpts,
-    force: bool,
-    as_of: Option<i64>,
-) -> anyhow::Result<()> {
-    let pool = db::connect(&pg, 2).await?;
-    let kafka = kafka.configured().then_some(kafka);
-    let opt = restore::Options {
-        prefix: target.prefix.clone(),
-        group: target.group.clone(),
-        kafka,
-        force,
-        batch: target.batch.max(1),
-    };
-    let wait_ms = if let Some(ms) = as_of {
-        let done = restore::as_of_command(&target.url, &pool, &opt, ms).await?;
-        println!(
-            "rolled back to {ms}: {} fields of {} keys corrected, {} claims released",
-            done.fields, done.keys, done.releases
-        );
-        for n in &done.not_rolled_back {
-            println!("not rolled back: {n}");
-        }
-        30_000 // the corrections travel through the shipper
-    } else {
-        let done = restore::command(&target.url, &pool, &opt).await?;
-        println!(
-            "restored {} balance keys ({} fields), {} campaigns ({} holders), {} usage counters, {} sequences",
-            done.balance_keys, done.balance_fields, done.campaigns, done.holders, done.usage_keys, done.sequences
-        );
-        println!(
-            "restored {} op-id records still inside tally.op-ttl-ms",
-            done.op_ids.restored
-        );
-        if done.op_ids.without_record > 0 {
-            println!(
-                "not restored: {} op-ids inside the window whose events carry no record (written by an older module); a retry of one is applied again",
-                done.op_ids.without_record
-            );
-        }
-        0
-    };
-    let code = reconcile::command(&target.url, &pool, &reconcile_options(&target, wait_ms)).await?;
-    std::process::exit(code);
-}
-
-/// `run`: the direct path (stream -> writers -> Postgres) or the Kafka path in one process.
-async fn run_command(
-    redis: cli::RedisOpts,
-    kafka: cli::KafkaOpts,
-    pg: cli::PgOpts,
-    batch: cli::BatchOpts,
-    ops: cli::OpsOpts,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    start_ops(&ops, shutdown).await?;
-    let direct = !kafka.configured();
-    let conns = if direct {
-        pg.pg_max_conns.max(batch.pg_writers as u32 + 1)
-    } else {
-        pg.pg_max_conns
-    };
-    let pool = pg_pool(&pg, conns).await?;
-    let pg_sink = PgSink::new(pool, &pg);
-    if direct {
-        tracing::info!(
-            writers = batch.pg_writers,
-            "no Kafka brokers configured: direct path stream -> Postgres"
-        );
-        let writers = paths::Writers::start(
-            batch.pg_writers,
-            batch.writer_queue_jobs,
-            pg_sink.clone(),
-            batch.clone(),
-            shutdown.clone(),
-        );
-        let stored = source::run_source(redis, batch, Arc::new(writers), shutdown.clone()).await;
-        pg_sink.finish().await;
-        return Ok(stored?);
-    }
-    kafka_client::ensure_topic(&kafka).await?;
-    let fwd = Arc::new(Forwarder::new(&kafka)?);
-    let persist = paths::Persist::new(kafka.clone(), batch.clone(), pg_sink, shutdown.clone())?;
-    // a persist that dies stops the whole process: forward must not keep acknowledging the
-    // stream into a topic nobody persists
-    let s = shutdown.clone();
-    let persist = tokio::spawn(async move {
-        if let Err(e) = persist.run().await {
-            retry::fail(format!("persist stopped: {e:#}"), &s);
-        }
-    });
-    let forward = paths::Forward::new(fwd.clone(), batch.clone(), shutdown.clone());
-    source::run_source(redis, batch, Arc::new(forward), shutdown.clone()).await?;
-    fwd.flush(Duration::from_millis(ops.shutdown_deadline_ms));
-    persist.await.context("persist task")?;
-    Ok(())
-}
-
-fn reconcile_options(t: &cli::CheckOpts, wait_ms: u64) -> reconcile::Options {
-    reconcile::Options {
-        prefix: t.prefix.clone(),
-        group: t.group.clone(),
-        wait_ms,
-        batch: t.batch.max(1),
-        show: t.show,
-    }
-}
-
-fn main() {
+/// Exit codes: 0 done (reconcile: match), 1 a fatal error or a reconcile mismatch, 2
+/// reconcile matched with events still in flight, 3 the shutdown deadline passed.
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(real_main(cli)) {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            // ERROR level is reserved for data loss; a fatal start-up/config error goes to stderr
-            eprintln!("tally-shipper: fatal: {e:#}");
-            std::process::exit(1);
-        }
+    let code = rt.block_on(run(cli));
+    // Not waiting for the tasks left: past the shutdown deadline some are stuck by
+    // definition (a Kafka client closing, a blocking call), and nothing they do matters now.
+    rt.shutdown_background();
+    ExitCode::from(code)
+}
+
+/// The command's exit code; `EXIT_OVERDUE` as soon as the deadline after a signal passed.
+async fn run(cli: Cli) -> u8 {
+    let shutdown = Shutdown::default();
+    // The command runs as a task of its own so that an overdue shutdown ends the process
+    // without waiting for it, nor dropping it here (closing a Kafka consumer can block).
+    let stop = shutdown.clone();
+    let mut command = tokio::spawn(async move { commands::run(cli.cmd, &stop).await });
+    tokio::select! {
+        joined = &mut command => match joined {
+            Ok(Ok(code)) => code,
+            Ok(Err(e)) => {
+                // ERROR level is reserved for data loss; a fatal error goes to stderr
+                eprintln!("tally-shipper: fatal: {e:#}");
+                EXIT_FATAL
+            }
+            Err(_) => EXIT_PANIC, // the panic hook has printed it
+        },
+        () = shutdown.overdue.cancelled() => EXIT_OVERDUE,
     }
 }

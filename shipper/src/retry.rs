@@ -3,10 +3,7 @@
 //! batch or with a `Fatal` error when retrying cannot help.
 
 use std::future::Future;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::BatchOpts;
 use crate::obs::{health, metrics};
@@ -50,18 +47,6 @@ impl std::fmt::Display for Fatal {
 }
 
 impl std::error::Error for Fatal {}
-
-static FATAL: OnceLock<String> = OnceLock::new();
-
-/// Record the first fatal error and stop every task; `main` exits non-zero with it.
-pub(crate) fn fail(msg: String, shutdown: &CancellationToken) {
-    let _ = FATAL.set(msg);
-    shutdown.cancel();
-}
-
-pub(crate) fn fatal_error() -> Option<String> {
-    FATAL.get().cloned()
-}
 
 /// How one attempt to deliver a batch failed.
 pub(crate) enum Failure<S> {

@@ -147,6 +147,19 @@ pub struct Options {
     pub show: usize,
 }
 
+impl Options {
+    /// The options of `target`, waiting up to `wait_ms` for the pipeline to drain.
+    pub fn new(target: &crate::cli::CheckOpts, wait_ms: u64) -> Options {
+        Options {
+            prefix: target.prefix.clone(),
+            group: target.group.clone(),
+            wait_ms,
+            batch: target.batch.max(1),
+            show: target.show,
+        }
+    }
+}
+
 pub(crate) async fn scan_keys(
     conn: &mut MultiplexedConnection,
     pattern: &str,
@@ -746,7 +759,7 @@ fn redis_holders(fields: &BTreeMap<String, String>) -> (BTreeSet<(String, i64)>,
 }
 
 /// Connects and runs; returns the process exit code (0 match, 1 mismatch, 2 only in flight).
-pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::Result<i32> {
+pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::Result<u8> {
     let mut nodes = super::nodes::Nodes::connect(redis_url).await?;
     let report = run(&mut nodes.conns, pool, opt).await?;
     report.print();

@@ -43,6 +43,26 @@ pub struct Restored {
     pub op_ids: op_records::OpRecords,
 }
 
+impl Restored {
+    /// What the restore wrote, for the operator (stdout).
+    pub fn print(&self) {
+        println!(
+            "restored {} balance keys ({} fields), {} campaigns ({} holders), {} usage counters, {} sequences",
+            self.balance_keys, self.balance_fields, self.campaigns, self.holders, self.usage_keys, self.sequences
+        );
+        println!(
+            "restored {} op-id records still inside tally.op-ttl-ms",
+            self.op_ids.restored
+        );
+        if self.op_ids.without_record > 0 {
+            println!(
+                "not restored: {} op-ids inside the window whose events carry no record (written by an older module); a retry of one is applied again",
+                self.op_ids.without_record
+            );
+        }
+    }
+}
+
 /// What has not reached the derived tables yet; each entry is one sentence for the operator.
 async fn not_drained(
     nodes: &mut Nodes,

@@ -29,6 +29,19 @@ pub struct RolledBack {
     pub not_rolled_back: Vec<String>,
 }
 
+impl RolledBack {
+    /// What the rollback to `as_of_ms` did, for the operator (stdout).
+    pub fn print(&self, as_of_ms: i64) {
+        println!(
+            "rolled back to {as_of_ms}: {} fields of {} keys corrected, {} claims released",
+            self.fields, self.keys, self.releases
+        );
+        for n in &self.not_rolled_back {
+            println!("not rolled back: {n}");
+        }
+    }
+}
+
 /// The balance of every (key, field) at `as_of_ms`: the change with the highest seq at or
 /// before it; fields first changed later roll back to 0.
 async fn balances_at(

@@ -8,7 +8,7 @@
 //! acknowledges every stream entry of those jobs: the one ack path of the direct pipeline.
 
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::BatchOpts;
 use crate::event::Record;
-use crate::retry::{self, Fatal};
+use crate::retry::Fatal;
 use crate::sinks::postgres::PgSink;
 use crate::source::{Batch, Downstream};
 
@@ -24,6 +24,9 @@ use crate::source::{Batch, Downstream};
 pub(crate) struct Writers {
     lanes: RwLock<Vec<mpsc::Sender<Batch>>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
+    /// the first failure retrying cannot fix: after it no writer stores anything more (their
+    /// jobs are left pending for the next run); `finish` returns it
+    failed: Arc<OnceLock<Fatal>>,
 }
 
 /// The writer that owns `key`.
@@ -50,22 +53,25 @@ impl Writers {
         batch: BatchOpts,
         shutdown: CancellationToken,
     ) -> Writers {
+        let failed = Arc::new(OnceLock::new());
         let mut lanes = Vec::with_capacity(n.max(1));
         let mut handles = Vec::with_capacity(n.max(1));
         for lane in 0..n.max(1) {
             let (tx, rx) = mpsc::channel(queue_jobs.max(1));
             lanes.push(tx);
-            handles.push(tokio::spawn(write_loop(
+            let writer = Writer {
                 lane,
-                rx,
-                pg.clone(),
-                batch.clone(),
-                shutdown.clone(),
-            )));
+                pg: pg.clone(),
+                batch: batch.clone(),
+                shutdown: shutdown.clone(),
+                failed: failed.clone(),
+            };
+            handles.push(tokio::spawn(writer.run(rx)));
         }
         Writers {
             lanes: RwLock::new(lanes),
             handles: Mutex::new(handles),
+            failed,
         }
     }
 }
@@ -104,46 +110,66 @@ impl Downstream for Writers {
         for h in handles {
             let _ = h.await;
         }
-        Ok(())
+        match self.failed.get() {
+            Some(fatal) => Err(fatal.clone()),
+            None => Ok(()),
+        }
     }
 }
 
-async fn write_loop(
+/// One writer: its lane of the keys, and what it needs to store and acknowledge.
+struct Writer {
     lane: usize,
-    mut rx: mpsc::Receiver<Batch>,
     pg: PgSink,
     batch: BatchOpts,
     shutdown: CancellationToken,
-) {
-    let size = batch.batch_size.max(1);
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        let mut n = jobs[0].records.len();
-        while n < size {
-            match rx.try_recv() {
-                Ok(j) => {
-                    n += j.records.len();
-                    jobs.push(j);
+    failed: Arc<OnceLock<Fatal>>,
+}
+
+impl Writer {
+    /// Merges the jobs queued for this writer into transactions of up to --batch-size
+    /// records, each acknowledged once committed, until the queue is closed.
+    async fn run(self, mut rx: mpsc::Receiver<Batch>) {
+        let size = self.batch.batch_size.max(1);
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            let mut n = jobs[0].records.len();
+            while n < size {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        n += j.records.len();
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
+            if self.failed.get().is_some() {
+                continue; // the jobs are dropped: left pending for the next run
+            }
+            self.store(jobs).await;
         }
-        if retry::fatal_error().is_some() {
-            continue; // the jobs are dropped: left pending for the next run
-        }
+    }
+
+    /// One transaction for `jobs`, then every entry of them acknowledged. After a failure
+    /// retrying cannot fix, nothing is acknowledged and the process stops.
+    async fn store(&self, mut jobs: Vec<Batch>) {
         let records: Vec<Record> = jobs
             .iter_mut()
             .flat_map(|j| std::mem::take(&mut j.records))
             .collect();
-        match pg.store(&records, &batch).await {
+        match self.pg.store(&records, &self.batch).await {
             Ok(()) => {
                 for j in jobs {
-                    j.in_flight.ack(&batch, &shutdown).await;
+                    j.in_flight.ack(&self.batch, &self.shutdown).await;
                 }
             }
             Err(fatal) => {
-                tracing::debug!(lane, "writer stops delivering after a permanent failure");
-                retry::fail(fatal.0, &shutdown);
+                tracing::debug!(
+                    lane = self.lane,
+                    "writer stops delivering after a permanent failure"
+                );
+                let _ = self.failed.set(fatal);
+                self.shutdown.cancel();
             }
         }
     }

@@ -8,7 +8,7 @@
 //! clear error instead of consuming from positions it does not know.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -21,7 +21,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::owned::{at_positions, Owned};
-use crate::retry::backoff_ms;
+use crate::retry::{backoff_ms, Fatal};
 use crate::sinks::kafka::QuietContext;
 use crate::sinks::postgres::load_positions;
 
@@ -38,17 +38,33 @@ pub struct GroupLoader {
     topic: String,
     shutdown: CancellationToken,
     runtime: tokio::runtime::Handle,
+    /// why persist must stop, when an assignment cannot be taken (the callback has no caller
+    /// to return it to: `Persist::run` does, once the shutdown it asked for ends its loop)
+    failed: Arc<OnceLock<Fatal>>,
 }
 
 impl GroupLoader {
-    /// Call from inside the tokio runtime that will poll the consumer.
-    pub fn new(pool: PgPool, topic: String, shutdown: CancellationToken) -> GroupLoader {
+    /// Call from inside the tokio runtime that will poll the consumer. `failed` receives the
+    /// first failure that stops persist.
+    pub fn new(
+        pool: PgPool,
+        topic: String,
+        shutdown: CancellationToken,
+        failed: Arc<OnceLock<Fatal>>,
+    ) -> GroupLoader {
         GroupLoader {
             pool,
             topic,
             shutdown,
             runtime: tokio::runtime::Handle::current(),
+            failed,
         }
+    }
+
+    /// Persist cannot go on: keep the first reason and stop the process.
+    fn stop(&self, why: String) {
+        let _ = self.failed.set(Fatal(why));
+        self.shutdown.cancel();
     }
 
     /// The stored positions of the topic, retried with backoff; Err once the attempts are spent.
@@ -115,7 +131,7 @@ impl PersistContext {
         let stored = match g.load_blocking() {
             Ok(s) => s,
             Err(msg) => {
-                crate::retry::fail(msg, &g.shutdown);
+                g.stop(msg);
                 return;
             }
         };
@@ -124,13 +140,10 @@ impl PersistContext {
         let tpl = match at_positions(&g.topic, &from) {
             Ok(t) => t,
             Err(e) => {
-                crate::retry::fail(
-                    format!(
-                        "partitions {parts:?} of {}: cannot set their start offsets: {e}",
-                        g.topic
-                    ),
-                    &g.shutdown,
-                );
+                g.stop(format!(
+                    "partitions {parts:?} of {}: cannot set their start offsets: {e}",
+                    g.topic
+                ));
                 return;
             }
         };

@@ -19,7 +19,7 @@ mod offsets;
 mod owned;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{BatchOpts, KafkaOpts};
 use crate::obs::metrics;
-use crate::retry::backoff_ms;
+use crate::retry::{backoff_ms, Fatal};
 use crate::sinks::kafka::{consumer_config, message_to_record, watermarks, BROKER_REQUEST_TIMEOUT};
 use crate::sinks::postgres::{load_positions, PgSink, Position, Stored};
 use group::{GroupLoader, PersistContext};
@@ -45,6 +45,8 @@ pub struct Persist {
     consumer: StreamConsumer<PersistContext>,
     /// the partitions this instance owns and the stored position each continues from
     owned: Arc<Mutex<Owned>>,
+    /// --persist-group: a failure the rebalance callback met (returned by `run`)
+    group_failed: Arc<OnceLock<Fatal>>,
 }
 
 /// What the assignment step concluded.
@@ -65,9 +67,15 @@ impl Persist {
             anyhow::bail!("--persist-group and --persist-shard exclude each other: the group shares the partitions itself");
         }
         let owned = Arc::new(Mutex::new(Owned::default()));
-        let group = k
-            .persist_group
-            .then(|| GroupLoader::new(pg.pool.clone(), k.topic.clone(), shutdown.clone()));
+        let group_failed = Arc::new(OnceLock::new());
+        let group = k.persist_group.then(|| {
+            GroupLoader::new(
+                pg.pool.clone(),
+                k.topic.clone(),
+                shutdown.clone(),
+                group_failed.clone(),
+            )
+        });
         let ctx = PersistContext::new(owned.clone(), group);
         let consumer = consumer_config(&k)?
             .create_with_context(ctx)
@@ -79,6 +87,7 @@ impl Persist {
             shutdown,
             consumer,
             owned,
+            group_failed,
         })
     }
 
@@ -283,6 +292,9 @@ impl Persist {
         }
     }
 
+    /// Reads and stores batches until shutdown. Err: a failure retrying cannot fix (Postgres
+    /// refusing for good, events deleted by retention, an assignment the group gave that
+    /// cannot be taken).
     pub async fn run(mut self) -> anyhow::Result<()> {
         if !self.assign().await? {
             return Ok(());
@@ -299,7 +311,10 @@ impl Persist {
             self.step(metadata_every).await?;
         }
         tracing::info!("persist stopped");
-        Ok(())
+        match self.group_failed.get() {
+            Some(fatal) => Err(fatal.clone().into()),
+            None => Ok(()),
+        }
     }
 
     /// For lag tools only; failures are harmless (positions live in Postgres).
