@@ -9,4 +9,4 @@ mod decode;
 mod record;
 
 pub(crate) use decode::{Body, Coupon, Event, Usage};
-pub(crate) use record::{next_stream_id, parse_stream_id, Record};
+pub(crate) use record::{next_stream_id, parse_stream_id, Origin, Record};

@@ -15,20 +15,44 @@ pub struct Record {
     pub decoded: Result<Event, String>,
 }
 
+/// Where a record came from: the columns stored with it (events, failed_events).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// Identity of the origin, unique: `redis:<stream>/<id>` or `kafka:<topic>/<p>/<offset>`.
+    pub source: String,
+    /// Kafka coordinates when the record came through Kafka.
+    pub via: Option<String>,
+    /// The log stream and the entry id in it, when known.
+    pub stream: Option<String>,
+    pub stream_id: Option<String>,
+}
+
+impl Origin {
+    /// Entry `id` of the log stream `stream`, read from Redis: `redis:<stream>/<id>`.
+    pub fn stream_entry(stream: &str, id: String) -> Origin {
+        Origin {
+            source: format!("redis:{stream}/{id}"),
+            via: None,
+            stream: Some(stream.to_string()),
+            stream_id: Some(id),
+        }
+    }
+}
+
 impl Record {
-    /// Build from a payload; an upstream error (e.g. stream entry without `event`) wins.
-    pub fn new(
-        source: String,
-        via: Option<String>,
-        stream: Option<String>,
-        stream_id: Option<String>,
-        raw: String,
-        upstream_error: Option<String>,
-    ) -> Record {
+    /// Build from a payload as received; an error already known upstream (e.g. a stream
+    /// entry without `event` field) wins over decoding.
+    pub fn new(origin: Origin, raw: String, upstream_error: Option<String>) -> Record {
         let decoded = match upstream_error {
             Some(e) => Err(e),
             None => decode::decode(&raw),
         };
+        let Origin {
+            source,
+            via,
+            stream,
+            stream_id,
+        } = origin;
         Record {
             source,
             via,
@@ -73,16 +97,17 @@ mod tests {
 
     #[test]
     fn upstream_error_wins() {
+        let origin = |source: &str| Origin {
+            source: source.into(),
+            ..Origin::default()
+        };
         let r = Record::new(
-            "redis:s/1-0".into(),
-            None,
-            None,
-            None,
+            origin("redis:s/1-0"),
             "{}".into(),
             Some("no event field".into()),
         );
         assert_eq!(r.decoded.unwrap_err(), "no event field");
-        let r = Record::new("redis:s/1-0".into(), None, None, None, "{".into(), None);
+        let r = Record::new(origin("redis:s/1-0"), "{".into(), None);
         assert!(r.decoded.unwrap_err().contains("invalid event JSON"));
     }
 }

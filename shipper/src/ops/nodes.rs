@@ -5,16 +5,25 @@
 use anyhow::Context as _;
 use redis::aio::MultiplexedConnection;
 
+use crate::redis_io::{cluster_layout, Primary};
+
 pub struct Nodes {
     pub conns: Vec<MultiplexedConnection>,
-    /// Cluster mode: (first slot, last slot, index into `conns`). Empty when standalone.
-    ranges: Vec<(usize, usize, usize)>,
+    /// Cluster mode: which node serves which slots. Empty when standalone.
+    ranges: Vec<SlotOwner>,
+}
+
+/// Slots `first..=last` are served by `conns[node]`.
+struct SlotOwner {
+    first: usize,
+    last: usize,
+    node: usize,
 }
 
 impl Nodes {
     /// Connects to `seed`, or, when it is a cluster node, to every primary of its cluster.
     pub async fn connect(seed: &str) -> anyhow::Result<Nodes> {
-        let layout = crate::redis_io::cluster_layout(seed)
+        let layout = cluster_layout(seed)
             .await
             .with_context(|| format!("reading the layout of {seed}"))?;
         let Some(primaries) = layout else {
@@ -27,12 +36,15 @@ impl Nodes {
             conns: Vec::new(),
             ranges: Vec::new(),
         };
-        for (url, ranges) in primaries {
-            nodes.ranges.extend(
-                ranges
-                    .into_iter()
-                    .map(|(lo, hi)| (lo, hi, nodes.conns.len())),
-            );
+        for Primary { url, slots } in primaries {
+            let node = nodes.conns.len();
+            nodes
+                .ranges
+                .extend(
+                    slots
+                        .into_iter()
+                        .map(|(first, last)| SlotOwner { first, last, node }),
+                );
             nodes.conns.push(open(&url).await?);
         }
         anyhow::ensure!(
@@ -51,8 +63,8 @@ impl Nodes {
         let slot = tally_slot::key_slot(key.as_bytes());
         self.ranges
             .iter()
-            .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
-            .map_or(0, |r| r.2)
+            .find(|r| (r.first..=r.last).contains(&slot))
+            .map_or(0, |r| r.node)
     }
 
     pub fn conn_for(&mut self, key: &str) -> &mut MultiplexedConnection {
@@ -131,7 +143,7 @@ async fn open(url: &str) -> anyhow::Result<MultiplexedConnection> {
 
 #[cfg(test)]
 mod tests {
-    use super::Nodes;
+    use super::{Nodes, SlotOwner};
 
     #[test]
     fn op_keys_are_named_as_the_module_names_them() {
@@ -145,7 +157,11 @@ mod tests {
         );
         let cluster = Nodes {
             conns: Vec::new(),
-            ranges: vec![(0, 16383, 0)],
+            ranges: vec![SlotOwner {
+                first: 0,
+                last: 16383,
+                node: 0,
+            }],
         };
         let tag = tally_slot::tag(tally_slot::key_slot(b"acct:1"));
         assert_eq!(

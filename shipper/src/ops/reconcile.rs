@@ -492,6 +492,16 @@ async fn check_keys_with_history(
     Ok(())
 }
 
+/// A fork as sequence_anomalies records it: `data_key`'s seq `got_seq` carried by `event_id`
+/// after `other_event_id`.
+#[derive(sqlx::FromRow)]
+struct ForkRow {
+    data_key: String,
+    got_seq: i64,
+    event_id: String,
+    other_event_id: Option<String>,
+}
+
 /// The history's own proof: every fork (one seq carried by two events), and, once the
 /// pipeline has drained, every gap (seqs missing below the highest seen).
 async fn check_history(
@@ -500,15 +510,22 @@ async fn check_history(
     opt: &Options,
     events_pending: bool,
 ) -> anyhow::Result<()> {
-    let forks: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
-        "SELECT data_key, got_seq, event_id::text, other_event_id::text FROM sequence_anomalies WHERE kind = 'fork' ORDER BY id",
+    let forks: Vec<ForkRow> = sqlx::query_as(
+        "SELECT data_key, got_seq, event_id::text AS event_id, other_event_id::text AS other_event_id
+         FROM sequence_anomalies WHERE kind = 'fork' ORDER BY id",
     )
     .fetch_all(pool)
     .await?;
-    for (key, seq, ev, other) in forks {
+    for f in forks {
         report.forks += 1;
-        let other = other.unwrap_or_else(|| "?".into());
-        report.mismatch(opt.show, format!("fork {key} seq {seq}: events {other} and {ev} (one timeline was lost, e.g. by a failover)"));
+        let other = f.other_event_id.unwrap_or_else(|| "?".into());
+        report.mismatch(
+            opt.show,
+            format!(
+                "fork {} seq {}: events {other} and {} (one timeline was lost, e.g. by a failover)",
+                f.data_key, f.got_seq, f.event_id
+            ),
+        );
     }
     if events_pending {
         return Ok(());
@@ -683,12 +700,20 @@ async fn check_usage(
         return Ok(());
     }
     let keys: Vec<String> = usages.keys().cloned().collect();
-    let rows: Vec<(String, String, String, String)> =
-        sqlx::query_as("SELECT usage_key, period_id, used::text, quota::text FROM usage_totals WHERE usage_key = ANY($1)")
-            .bind(&keys).fetch_all(pool).await?;
+    let rows: Vec<UsageTotalRow> = sqlx::query_as(
+        "SELECT usage_key, period_id, used::text AS used, quota::text AS quota
+         FROM usage_totals WHERE usage_key = ANY($1)",
+    )
+    .bind(&keys)
+    .fetch_all(pool)
+    .await?;
+    // (key, period) -> (used, quota), canonical
     let pg: HashMap<(String, String), (String, String)> = rows
         .into_iter()
-        .map(|(k, p, u, q)| ((k, p), (canonical(&u), canonical(&q))))
+        .map(|r| {
+            let amounts = (canonical(&r.used), canonical(&r.quota));
+            ((r.usage_key, r.period_id), amounts)
+        })
         .collect();
     for (key, fields) in usages {
         report.usage.checked += 1;
@@ -707,6 +732,15 @@ async fn check_usage(
         }
     }
     Ok(())
+}
+
+/// A usage counter of one period in the history (amounts as decimal text).
+#[derive(sqlx::FromRow)]
+struct UsageTotalRow {
+    usage_key: String,
+    period_id: String,
+    used: String,
+    quota: String,
 }
 
 /// `h:<k>:<user>` as (k, user): k is the digits up to the first ':' (a user name may hold ':').

@@ -265,6 +265,36 @@ pub async fn run(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Res
     Ok(done)
 }
 
+/// A coupon campaign as the history holds it, and the highest issue number it handed out.
+#[derive(sqlx::FromRow)]
+struct CampaignRow {
+    campaign: String,
+    total: i64,
+    issued: i64,
+    peruser: i64,
+    start_ms: i64,
+    end_ms: i64,
+    last_issue: i64,
+}
+
+/// The issue numbers a user holds in a campaign, ascending.
+#[derive(sqlx::FromRow)]
+struct HolderRow {
+    campaign: String,
+    user_id: String,
+    issues: Vec<i64>,
+}
+
+/// A usage counter as of its highest seq (amounts as decimal text).
+#[derive(sqlx::FromRow)]
+struct UsageRow {
+    usage_key: String,
+    period: String,
+    period_id: String,
+    used: String,
+    quota: String,
+}
+
 /// The balances of `keys`, one HSET per field.
 async fn add_balances(
     pipes: &mut Pipes,
@@ -302,44 +332,49 @@ async fn add_campaigns(
     keys: &[String],
     done: &mut Restored,
 ) -> anyhow::Result<()> {
-    let campaigns: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+    let campaigns: Vec<CampaignRow> = sqlx::query_as(
         "SELECT c.campaign, c.total, c.issued, c.peruser, c.start_ms, c.end_ms,
-                COALESCE((SELECT max(i.issue) FROM coupon_issues i WHERE i.campaign = c.campaign), 0)
+                COALESCE((SELECT max(i.issue) FROM coupon_issues i WHERE i.campaign = c.campaign), 0) AS last_issue
          FROM coupon_campaigns c WHERE c.campaign = ANY($1)",
     ).bind(keys).fetch_all(pool).await?;
-    for (c, total, issued, peruser, start, end, last_issue) in &campaigns {
+    for c in &campaigns {
         pipes
-            .on(nodes, c)
+            .on(nodes, &c.campaign)
             .cmd("HSET")
-            .arg(c)
+            .arg(&c.campaign)
             .arg("kind")
             .arg("coupon")
             .arg("total")
-            .arg(total)
+            .arg(c.total)
             .arg("issued")
-            .arg(issued)
+            .arg(c.issued)
             .arg("last_issue")
-            .arg(last_issue)
+            .arg(c.last_issue)
             .arg("peruser")
-            .arg(peruser)
+            .arg(c.peruser)
             .arg("start")
-            .arg(start)
+            .arg(c.start_ms)
             .arg("end")
-            .arg(end)
+            .arg(c.end_ms)
             .ignore();
         done.campaigns += 1;
     }
     // The module's layout: `c:<user>` = how many, `h:<k>:<user>` = the k-th in claim order
     // (ascending issue numbers: a claim takes the next number, a release gives back the newest).
-    let holders: Vec<(String, String, Vec<i64>)> = sqlx::query_as(
-        "SELECT campaign, user_id, array_agg(issue ORDER BY issue)
+    let holders: Vec<HolderRow> = sqlx::query_as(
+        "SELECT campaign, user_id, array_agg(issue ORDER BY issue) AS issues
          FROM coupon_issues WHERE campaign = ANY($1) AND NOT released AND user_id IS NOT NULL
          GROUP BY campaign, user_id",
     )
     .bind(keys)
     .fetch_all(pool)
     .await?;
-    for (c, u, issues) in &holders {
+    for HolderRow {
+        campaign: c,
+        user_id: u,
+        issues,
+    } in &holders
+    {
         let hset = pipes
             .on(nodes, c)
             .cmd("HSET")
@@ -363,28 +398,28 @@ async fn add_usage(
     keys: &[String],
     done: &mut Restored,
 ) -> anyhow::Result<()> {
-    let usage: Vec<(String, String, String, String, String)> = sqlx::query_as(
-        "SELECT DISTINCT ON (usage_key) usage_key, period, period_id, used::text, quota::text
+    let usage: Vec<UsageRow> = sqlx::query_as(
+        "SELECT DISTINCT ON (usage_key) usage_key, period, period_id, used::text AS used, quota::text AS quota
          FROM usage_totals WHERE usage_key = ANY($1) ORDER BY usage_key, seq DESC",
     )
     .bind(keys)
     .fetch_all(pool)
     .await?;
-    for (k, period, period_id, used, quota) in &usage {
+    for u in &usage {
         pipes
-            .on(nodes, k)
+            .on(nodes, &u.usage_key)
             .cmd("HSET")
-            .arg(k)
+            .arg(&u.usage_key)
             .arg("kind")
             .arg("usage")
             .arg("limit")
-            .arg(canonical(quota))
+            .arg(canonical(&u.quota))
             .arg("period")
-            .arg(period)
+            .arg(&u.period)
             .arg("period_id")
-            .arg(period_id)
+            .arg(&u.period_id)
             .arg("used")
-            .arg(canonical(used))
+            .arg(canonical(&u.used))
             .ignore();
         done.usage_keys += 1;
     }

@@ -42,17 +42,22 @@ impl RolledBack {
     }
 }
 
+/// A field's balance at the moment (decimal text).
+#[derive(sqlx::FromRow)]
+struct BalanceAt {
+    data_key: String,
+    field: String,
+    balance: String,
+}
+
 /// The balance of every (key, field) at `as_of_ms`: the change with the highest seq at or
 /// before it; fields first changed later roll back to 0.
-async fn balances_at(
-    pool: &PgPool,
-    as_of_ms: i64,
-) -> anyhow::Result<Vec<(String, String, String)>> {
+async fn balances_at(pool: &PgPool, as_of_ms: i64) -> anyhow::Result<Vec<BalanceAt>> {
     Ok(sqlx::query_as(
         "SELECT b.data_key, b.field,
                 COALESCE((SELECT c.balance::text FROM event_changes c
                           WHERE c.data_key = b.data_key AND c.field = b.field AND c.ts_ms <= $1
-                          ORDER BY c.seq DESC LIMIT 1), '0')
+                          ORDER BY c.seq DESC LIMIT 1), '0') AS balance
          FROM balances b ORDER BY b.data_key, b.field",
     )
     .bind(as_of_ms)
@@ -91,10 +96,10 @@ async fn roll_back_balances(
 ) -> anyhow::Result<()> {
     let rows = balances_at(pool, as_of_ms).await?;
     // rows come ordered by key: one group of fields per key
-    for group in rows.chunk_by(|a, b| a.0 == b.0) {
-        let key = &group[0].0;
-        let fields: Vec<String> = group.iter().map(|r| r.1.clone()).collect();
-        let targets: Vec<String> = group.iter().map(|r| r.2.clone()).collect();
+    for group in rows.chunk_by(|a, b| a.data_key == b.data_key) {
+        let key = &group[0].data_key;
+        let fields: Vec<String> = group.iter().map(|r| r.field.clone()).collect();
+        let targets: Vec<String> = group.iter().map(|r| r.balance.clone()).collect();
         let mut get = redis::cmd("HMGET");
         get.arg(key).arg(&fields);
         let current: Vec<Option<String>> = get.query_async(nodes.conn_for(key)).await?;

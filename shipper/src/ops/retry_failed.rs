@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use crate::event::Record;
+use crate::event::{Origin, Record};
 use crate::sinks::postgres::failed;
 
 /// Re-process unresolved failed_events, each row in its own transaction: a row that still
@@ -14,14 +14,13 @@ pub async fn retry_failed(pool: &PgPool, limit: i64) -> Result<(usize, usize), s
     let (mut ok, mut bad) = (0, 0);
     for row in rows {
         let id = row.id;
-        let rec = Record::new(
-            row.source,
-            row.via,
-            row.stream,
-            row.stream_id,
-            row.raw,
-            None,
-        );
+        let origin = Origin {
+            source: row.source,
+            via: row.via,
+            stream: row.stream,
+            stream_id: row.stream_id,
+        };
+        let rec = Record::new(origin, row.raw, None);
         let error = match &rec.decoded {
             Ok(ev) => match failed::resolve(pool, id, &rec, &ev.id).await {
                 Ok(()) => None,

@@ -8,9 +8,22 @@ use redis::Value;
 use super::{as_array, as_int, as_str, connect, RResult};
 use crate::obs::metrics;
 
-/// The primaries of the cluster `seed` belongs to, each with its URL (the seed's credentials
-/// and options) and slot ranges; None when `seed` is a standalone server.
-pub async fn cluster_layout(seed: &str) -> RResult<Option<Vec<(String, Vec<(usize, usize)>)>>> {
+/// Slot ranges, each `(first, last)` inclusive.
+pub type SlotRanges = Vec<(usize, usize)>;
+
+/// A primary of a cluster: its URL (the seed's credentials and options) and the slots it
+/// serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Primary {
+    pub url: String,
+    pub slots: SlotRanges,
+}
+
+/// A node's address as CLUSTER SLOTS gives it: (host, port).
+type Addr = (String, u16);
+
+/// The primaries of the cluster `seed` belongs to; None when `seed` is a standalone server.
+pub async fn cluster_layout(seed: &str) -> RResult<Option<Vec<Primary>>> {
     let mut conn = connect(seed, Duration::from_secs(10)).await?;
     let info: String = redis::cmd("INFO")
         .arg("cluster")
@@ -26,14 +39,16 @@ pub async fn cluster_layout(seed: &str) -> RResult<Option<Vec<(String, Vec<(usiz
     Ok(Some(
         primaries(&slots)
             .into_iter()
-            .filter_map(|((host, port), ranges)| node_url(seed, &host, port).map(|u| (u, ranges)))
+            .filter_map(|((host, port), slots)| {
+                node_url(seed, &host, port).map(|url| Primary { url, slots })
+            })
             .collect(),
     ))
 }
 
 /// `CLUSTER SLOTS` -> per primary (host, port), its slot ranges.
-fn primaries(v: &Value) -> Vec<((String, u16), Vec<(usize, usize)>)> {
-    let mut out: Vec<((String, u16), Vec<(usize, usize)>)> = Vec::new();
+fn primaries(v: &Value) -> Vec<(Addr, SlotRanges)> {
+    let mut out: Vec<(Addr, SlotRanges)> = Vec::new();
     for range in as_array(v) {
         let r = as_array(range);
         let (Some(lo), Some(hi), Some(node)) = (

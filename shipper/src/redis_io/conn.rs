@@ -26,14 +26,16 @@ const SHARED_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// One connection per node for every non-blocking command of every stream the node holds
 /// (XACK, housekeeping, commands redirected by ASK): with the node's reader, two connections
 /// per node however many slot streams it holds. A task that sees an error on it
-/// calls `renew`; the next `get` opens a new one.
+/// calls `renew_after`; the next `get` opens a new one.
 #[derive(Clone, Default)]
-pub struct NodeConns(
-    Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>>>>,
-);
+pub struct NodeConns(Arc<std::sync::Mutex<HashMap<String, SharedConn>>>);
+
+/// A node's shared connection: None until opened, or after a connection error on it. The
+/// async lock makes one task connect while the others wait for it.
+type SharedConn = Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>;
 
 impl NodeConns {
-    fn slot(&self, url: &str) -> Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>> {
+    fn slot(&self, url: &str) -> SharedConn {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(url.to_string()).or_default().clone()
     }

@@ -9,7 +9,7 @@ mod cluster;
 mod conn;
 mod reply;
 
-pub(crate) use cluster::{cluster_layout, redirect_url};
+pub(crate) use cluster::{cluster_layout, redirect_url, Primary};
 pub(crate) use conn::{connect, query_asking, NodeConns};
 #[cfg(test)]
 pub(crate) use reply::bulk;

@@ -2,7 +2,7 @@
 //! downstream acknowledges them or lets them go.
 
 use super::ack::InFlight;
-use crate::event::Record;
+use crate::event::{Origin, Record};
 use crate::redis_io::Entry;
 
 /// What the source hands downstream: one stream's entries as records (in the order read), and
@@ -36,7 +36,6 @@ impl Batch {
 /// Convert an entry to a pipeline record (never fails: problems become the record's error).
 /// The entry is consumed: its `event` bytes become the record's text without a copy.
 pub(super) fn entry_to_record(stream: &str, e: Entry) -> Record {
-    let source = format!("redis:{stream}/{}", e.id);
     let (raw, err) = match e.fields {
         None => (
             "".to_string(),
@@ -67,5 +66,5 @@ pub(super) fn entry_to_record(stream: &str, e: Entry) -> Record {
             }
         },
     };
-    Record::new(source, None, Some(stream.to_string()), Some(e.id), raw, err)
+    Record::new(Origin::stream_entry(stream, e.id), raw, err)
 }

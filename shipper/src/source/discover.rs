@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
-use crate::redis_io::{cluster_layout, connect, RResult};
+use crate::redis_io::{cluster_layout, connect, Primary, RResult};
 
 /// Where the log streams are: per node that answered, its URL and the streams it holds (maybe
 /// none), for every URL given; and whether every node answered.
@@ -46,8 +46,8 @@ async fn discover(
         return Ok(vec![(url.to_string(), vec![format!("{prefix}:log")])]);
     };
     let mut out = Vec::new();
-    for (node, ranges) in primaries {
-        let streams: Vec<String> = ranges
+    for Primary { url: node, slots } in primaries {
+        let streams: Vec<String> = slots
             .iter()
             .flat_map(|&(lo, hi)| lo..=hi)
             .map(|slot| slot_stream(prefix, slot))

@@ -34,7 +34,7 @@ use crate::retry::{backoff_ms, Fatal};
 use crate::sinks::kafka::{consumer_config, message_to_record, watermarks, BROKER_REQUEST_TIMEOUT};
 use crate::sinks::postgres::{load_positions, PgSink, Position, Stored};
 use group::{GroupLoader, PersistContext};
-use offsets::{owned_part, start_offsets, Batch};
+use offsets::{owned_part, start_offsets, Batch, Consumed};
 use owned::{at_positions, Owned};
 
 pub struct Persist {
@@ -238,7 +238,12 @@ impl Persist {
                 generation = now;
             }
             match next {
-                Ok(Ok(m)) => out.push((message_to_record(&m), (m.topic().to_string(), m.partition(), m.offset()))),
+                Ok(Ok(m)) => out.push(Consumed {
+                    record: message_to_record(&m),
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                }),
                 Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => anyhow::bail!(self.lost_ranges().await),
                 Ok(Err(e @ KafkaError::MessageConsumptionFatal(_))) => anyhow::bail!(
                     "the Kafka consumer failed for good: {e} (with --persist-group: is another instance using the same --kafka-instance-id?)"

@@ -30,8 +30,17 @@ pub fn next_positions(
     out
 }
 
-/// A batch read from Kafka: each record with its (topic, partition, offset).
-pub type Batch = Vec<(Record, (String, i32, i64))>;
+/// A message read from Kafka, as a record, and where it was read.
+#[derive(Debug)]
+pub struct Consumed {
+    pub record: Record,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A batch read from Kafka, in the order read.
+pub type Batch = Vec<Consumed>;
 
 /// Keeps the messages of partitions this instance owns, at or past the position they
 /// continue from (a message from before an assignment or a re-read is dropped); the
@@ -43,11 +52,12 @@ pub fn owned_part(
     let total = batch.len();
     let (recs, coords): (Vec<Record>, Vec<(String, i32, i64)>) = batch
         .into_iter()
-        .filter(|(_, (_, p, o))| {
+        .filter(|m| {
             owned
-                .get(p)
-                .is_some_and(|from| from.is_none_or(|f| *o >= f))
+                .get(&m.partition)
+                .is_some_and(|from| from.is_none_or(|f| m.offset >= f))
         })
+        .map(|m| (m.record, (m.topic, m.partition, m.offset)))
         .unzip();
     let dropped = total - recs.len();
     let positions = next_positions(coords, |p| owned.get(&p).copied().flatten());
@@ -91,6 +101,7 @@ pub fn start_offsets(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Origin;
 
     #[test]
     fn next_position_per_partition() {
@@ -117,18 +128,18 @@ mod tests {
 
     #[test]
     fn only_owned_partitions_at_or_past_their_position_are_stored() {
-        let rec = |p: i32, o: i64| {
-            (
-                Record::new(
-                    format!("kafka:t/{p}/{o}"),
-                    None,
-                    None,
-                    None,
-                    "{}".into(),
-                    None,
-                ),
-                ("t".to_string(), p, o),
-            )
+        let rec = |p: i32, o: i64| Consumed {
+            record: Record::new(
+                Origin {
+                    source: format!("kafka:t/{p}/{o}"),
+                    ..Origin::default()
+                },
+                "{}".into(),
+                None,
+            ),
+            topic: "t".to_string(),
+            partition: p,
+            offset: o,
         };
         let owned = BTreeMap::from([(0, Some(10)), (1, None)]);
         let batch = vec![

@@ -11,7 +11,7 @@ use rdkafka::Message;
 
 use super::client::{base_config, QuietContext, H_ERROR, H_SOURCE, H_STREAM, H_STREAM_ID};
 use crate::cli::KafkaOpts;
-use crate::event::{parse_stream_id, Record};
+use crate::event::{parse_stream_id, Origin, Record};
 
 /// Timeout of one metadata / watermark request to the broker.
 pub const BROKER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,7 +60,13 @@ pub fn message_to_record(m: &BorrowedMessage<'_>) -> Record {
             ),
         },
     };
-    Record::new(source, via, stream, stream_id, raw, err)
+    let origin = Origin {
+        source,
+        via,
+        stream,
+        stream_id,
+    };
+    Record::new(origin, raw, err)
 }
 
 pub fn consumer_config(k: &KafkaOpts) -> anyhow::Result<rdkafka::ClientConfig> {

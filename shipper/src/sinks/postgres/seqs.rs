@@ -26,6 +26,14 @@ pub struct Fork {
     pub other_event_id: String,
 }
 
+/// A key's row of key_seqs: its highest seq seen and its contiguous watermark.
+#[derive(sqlx::FromRow)]
+struct KeySeqRow {
+    data_key: String,
+    contiguous_seq: i64,
+    last_seq: i64,
+}
+
 /// The new watermark: from `contiguous`, advance over `seqs_above` (the stored seqs of the
 /// key greater than `contiguous`, any order, duplicates allowed) while they are consecutive.
 pub fn advance_watermark(contiguous: i64, seqs_above: &[i64]) -> i64 {
@@ -235,14 +243,16 @@ async fn advance(
         return Ok(vec![]);
     }
     let keys: Vec<&str> = kept.keys().copied().collect();
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+    let rows: Vec<KeySeqRow> = sqlx::query_as(
         "SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE data_key = ANY($1::text[])",
     )
     .bind(&keys)
     .fetch_all(&mut **tx)
     .await?;
-    let current: HashMap<String, (i64, i64)> =
-        rows.into_iter().map(|(k, c, l)| (k, (c, l))).collect();
+    let current: HashMap<String, (i64, i64)> = rows
+        .into_iter()
+        .map(|r| (r.data_key, (r.contiguous_seq, r.last_seq)))
+        .collect();
     let (mut contiguous, slow) = fast_watermarks(&current, kept);
     if !slow.is_empty() {
         let from: Vec<i64> = slow
@@ -342,26 +352,30 @@ pub async fn repair(pool: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx:
     if keys.is_empty() {
         return Ok(vec![]);
     }
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+    let rows: Vec<KeySeqRow> = sqlx::query_as(
         "SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE data_key = ANY($1::text[])",
     )
     .bind(keys)
     .fetch_all(pool)
     .await?;
-    let behind: Vec<(String, i64, i64)> = rows.into_iter().filter(|r| r.1 < r.2).collect();
-    let ks: Vec<&str> = behind.iter().map(|r| r.0.as_str()).collect();
-    let from: Vec<i64> = behind.iter().map(|r| r.1).collect();
+    let behind: Vec<KeySeqRow> = rows
+        .into_iter()
+        .filter(|r| r.contiguous_seq < r.last_seq)
+        .collect();
+    let ks: Vec<&str> = behind.iter().map(|r| r.data_key.as_str()).collect();
+    let from: Vec<i64> = behind.iter().map(|r| r.contiguous_seq).collect();
     let above = seqs_above(pool, &ks, &from).await?;
     let mut still = Vec::new();
     let (mut uk, mut uc) = (vec![], vec![]);
-    for (k, c, last) in &behind {
-        let n = advance_watermark(*c, above.get(k).map(Vec::as_slice).unwrap_or(&[]));
-        if n > *c {
-            uk.push(k.as_str());
+    for r in &behind {
+        let c = r.contiguous_seq;
+        let n = advance_watermark(c, above.get(&r.data_key).map(Vec::as_slice).unwrap_or(&[]));
+        if n > c {
+            uk.push(r.data_key.as_str());
             uc.push(n);
         }
-        if n < *last {
-            still.push(k.clone());
+        if n < r.last_seq {
+            still.push(r.data_key.clone());
         }
     }
     if !uk.is_empty() {
