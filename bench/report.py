@@ -1,11 +1,21 @@
 #!/usr/bin/env python3
 """Turns tally-bench's results.json (+ callgrind annotations) into docs/bench.md, the ratio
-chart, and a Markdown table for the README (printed on stdout). Called by scripts/bench.sh."""
+chart, and a Markdown table for the README (printed on stdout). Called by scripts/bench.sh.
+
+`report.py shipper ...` renders `tally-bench shipper`'s results instead (report_shipper.py,
+called by scripts/bench-shipper.sh)."""
 import argparse
 import json
 import os
 import re
 import sys
+
+if sys.argv[1:2] == ["shipper"]:
+    sys.dont_write_bytecode = True  # no __pycache__ in bench/
+    import report_shipper
+
+    report_shipper.main(sys.argv[2:])
+    sys.exit(0)
 
 ap = argparse.ArgumentParser()
 for a in ["results", "profile-dir", "profile-ops", "doc", "chart", "command", "nproc", "cpu", "redis", "date", "load", "commit"]:
