@@ -9,13 +9,13 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Ships tally change-log events: Redis stream -> Kafka -> Postgres"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    pub cmd: Command,
+    pub(crate) cmd: Command,
 }
 
 #[derive(Subcommand, Debug, Clone)]
-pub enum Command {
+pub(crate) enum Command {
     /// Whole pipeline in one process: stream -> Kafka -> Postgres, or stream -> Postgres when no
     /// Kafka brokers are configured.
     Run {
@@ -100,34 +100,34 @@ pub enum Command {
 
 /// Options of `reconcile` and `restore`: a standalone server, or any node of a cluster (every primary is used).
 #[derive(Args, Debug, Clone)]
-pub struct CheckOpts {
+pub(crate) struct CheckOpts {
     #[arg(
         long = "redis-url",
         id = "redis_url",
         env = "TALLY_REDIS_URL",
         default_value = "redis://127.0.0.1:6379"
     )]
-    pub url: String,
+    pub(crate) url: String,
     /// Module key prefix (`tally.prefix`).
     #[arg(long, env = "TALLY_PREFIX", default_value = "tally")]
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// The shipper's consumer group (to count entries still in flight).
     #[arg(long = "group", env = "TALLY_GROUP", default_value = "tally-shipper")]
-    pub group: String,
+    pub(crate) group: String,
     /// Keys per batch (SCAN/HSCAN page, Postgres query, Redis pipeline).
     #[arg(
         long = "check-batch",
         env = "TALLY_CHECK_BATCH",
         default_value_t = 1000
     )]
-    pub batch: usize,
+    pub(crate) batch: usize,
     /// How many mismatches to print.
     #[arg(long, default_value_t = 20)]
-    pub show: usize,
+    pub(crate) show: usize,
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct RedisOpts {
+pub(crate) struct RedisOpts {
     /// Redis URL(s), comma separated or repeated. Standalone: one per server. Cluster: any
     /// node(s) as seeds; the primaries and their slots are read from CLUSTER SLOTS.
     #[arg(
@@ -136,38 +136,38 @@ pub struct RedisOpts {
         default_value = "redis://127.0.0.1:6379",
         value_delimiter = ','
     )]
-    pub urls: Vec<String>,
+    pub(crate) urls: Vec<String>,
     /// Module key prefix (`tally.prefix`): streams are `<prefix>:log` and `<prefix>:log:{tag}`.
     #[arg(long, env = "TALLY_PREFIX", default_value = "tally")]
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// Consumer group name.
     #[arg(long = "group", env = "TALLY_GROUP", default_value = "tally-shipper")]
-    pub redis_group: String,
+    pub(crate) redis_group: String,
     /// Consumer name (keep it stable across restarts so own pending entries are re-read).
     #[arg(long, env = "TALLY_CONSUMER", default_value_t = default_consumer())]
-    pub consumer: String,
+    pub(crate) consumer: String,
     /// Claim pending entries of other consumers idle for at least this long.
     #[arg(long, env = "TALLY_CLAIM_IDLE_MS", default_value_t = 30_000)]
-    pub claim_idle_ms: u64,
+    pub(crate) claim_idle_ms: u64,
     /// How often to run XAUTOCLAIM.
     #[arg(long, env = "TALLY_CLAIM_INTERVAL_MS", default_value_t = 5_000)]
-    pub claim_interval_ms: u64,
+    pub(crate) claim_interval_ms: u64,
     /// XREADGROUP BLOCK time (a standalone server's one stream). Cluster mode: the longest
     /// pause between two sweeps of a primary's streams while they are all empty.
     #[arg(long, env = "TALLY_BLOCK_MS", default_value_t = 1_000)]
-    pub block_ms: u64,
+    pub(crate) block_ms: u64,
     /// Cluster mode: the pause after a sweep of a primary's streams (one pipelined round of
     /// non-blocking XREADGROUP on one connection) found nothing; it doubles, up to
     /// --block-ms, while they stay empty, and is back to this after any entry.
     #[arg(long, env = "TALLY_POLL_MIN_MS", default_value_t = 10)]
-    pub poll_min_ms: u64,
+    pub(crate) poll_min_ms: u64,
     /// How often to trim acknowledged entries (XTRIM MINID); 0 disables trimming.
     #[arg(long, env = "TALLY_TRIM_INTERVAL_MS", default_value_t = 1_000)]
-    pub trim_interval_ms: u64,
+    pub(crate) trim_interval_ms: u64,
     /// Cluster mode: how often to re-read CLUSTER SLOTS and look for per-slot log streams
     /// (computed names, one pipelined EXISTS per primary). Standalone: unused.
     #[arg(long, env = "TALLY_DISCOVER_INTERVAL_MS", default_value_t = 10_000)]
-    pub discover_interval_ms: u64,
+    pub(crate) discover_interval_ms: u64,
     /// How often to sample each stream's length, pending entries and lag for /metrics, on a
     /// connection of its own (so the figures keep moving while Kafka or Postgres is down).
     #[arg(
@@ -175,10 +175,10 @@ pub struct RedisOpts {
         env = "TALLY_STREAM_METRICS_INTERVAL_MS",
         default_value_t = 1_000
     )]
-    pub stream_metrics_interval_ms: u64,
+    pub(crate) stream_metrics_interval_ms: u64,
 }
 
-pub fn default_consumer() -> String {
+pub(crate) fn default_consumer() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -189,17 +189,17 @@ pub fn default_consumer() -> String {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct KafkaOpts {
+pub(crate) struct KafkaOpts {
     /// Kafka bootstrap servers; when empty `run` uses the direct path (stream -> Postgres).
     #[arg(long = "kafka-brokers", env = "TALLY_KAFKA_BROKERS")]
-    pub brokers: Option<String>,
+    pub(crate) brokers: Option<String>,
     /// Topic carrying the events.
     #[arg(
         long = "kafka-topic",
         env = "TALLY_KAFKA_TOPIC",
         default_value = "tally.events"
     )]
-    pub topic: String,
+    pub(crate) topic: String,
     /// Group id under which `persist` commits its offsets to the broker, for lag tools only
     /// (its positions live in Postgres, table kafka_offsets). It joins this group only with
     /// --persist-group.
@@ -208,32 +208,32 @@ pub struct KafkaOpts {
         env = "TALLY_KAFKA_GROUP",
         default_value = "tally-persist"
     )]
-    pub kafka_group: String,
+    pub(crate) kafka_group: String,
     /// persist: share the topic's partitions with the other instances of --kafka-group
     /// through the broker's consumer group (static membership, see --kafka-instance-id)
     /// instead of assigning them itself. On every assignment it starts from the positions
     /// stored in Postgres; a batch is stored only if its positions were not moved meanwhile,
     /// so an instance that lost a partition cannot write it. Not with --persist-shard.
     #[arg(long = "persist-group", env = "TALLY_PERSIST_GROUP")]
-    pub persist_group: bool,
+    pub(crate) persist_group: bool,
     /// persist --persist-group: this instance's static member id (group.instance.id), stable
     /// across restarts and distinct per instance. A restarted instance gets its partitions
     /// back without a rebalance; a dead one's go to the others after session.timeout.ms
     /// (librdkafka default 45 s; set it with --kafka-opt). Default: the --consumer name.
     #[arg(long = "kafka-instance-id", env = "TALLY_KAFKA_INSTANCE_ID")]
-    pub kafka_instance_id: Option<String>,
+    pub(crate) kafka_instance_id: Option<String>,
     /// librdkafka property passthrough, `key=value` (repeatable), e.g. for SASL/TLS. From the
     /// environment: TALLY_KAFKA_OPTS, one `key=value` per line (keeps secrets off the command line).
     #[arg(long = "kafka-opt", env = "TALLY_KAFKA_OPTS", value_parser = parse_kv, value_delimiter = '\n')]
-    pub opts: Vec<(String, String)>,
+    pub(crate) opts: Vec<(String, String)>,
     /// Producer delivery timeout (message.timeout.ms); the batch is retried after it.
     #[arg(long, env = "TALLY_KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 30_000)]
-    pub kafka_message_timeout_ms: u64,
+    pub(crate) kafka_message_timeout_ms: u64,
     /// Create the topic at start if it does not exist (with --kafka-topic-partitions).
     #[arg(long, env = "TALLY_KAFKA_CREATE_TOPIC")]
-    pub kafka_create_topic: bool,
+    pub(crate) kafka_create_topic: bool,
     #[arg(long, env = "TALLY_KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
-    pub kafka_topic_partitions: i32,
+    pub(crate) kafka_topic_partitions: i32,
     /// persist: how often to look for partitions added to the topic (they are assigned at
     /// their stored positions, or from the beginning).
     #[arg(
@@ -241,17 +241,17 @@ pub struct KafkaOpts {
         env = "TALLY_KAFKA_METADATA_INTERVAL_MS",
         default_value_t = 30_000
     )]
-    pub kafka_metadata_interval_ms: u64,
+    pub(crate) kafka_metadata_interval_ms: u64,
     /// persist: the partitions this instance owns, `i/n` = every partition p with p % n == i.
     /// Several `persist` instances given 0/n .. (n-1)/n share the topic without a consumer
     /// group (no coordinator, no rebalance); partitions added later go to their owner.
     #[arg(long = "persist-shard", env = "TALLY_PERSIST_SHARD", default_value = "0/1", value_parser = parse_shard)]
-    pub persist_shard: Shard,
+    pub(crate) persist_shard: Shard,
 }
 
 impl KafkaOpts {
     /// Whether brokers are given (an empty value means the direct path, no Kafka).
-    pub fn configured(&self) -> bool {
+    pub(crate) fn configured(&self) -> bool {
         self.brokers
             .as_deref()
             .is_some_and(|b| !b.trim().is_empty())
@@ -260,16 +260,16 @@ impl KafkaOpts {
 
 /// `i/n`: this instance owns the partitions p with p % n == i.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: u32,
-    pub count: u32,
+pub(crate) struct Shard {
+    pub(crate) index: u32,
+    pub(crate) count: u32,
 }
 
 /// The most persist instances one topic can be split over.
-pub const MAX_SHARDS: u32 = 1024;
+pub(crate) const MAX_SHARDS: u32 = 1024;
 
 impl Shard {
-    pub fn owns(&self, partition: i32) -> bool {
+    pub(crate) fn owns(&self, partition: i32) -> bool {
         u32::try_from(partition).is_ok_and(|p| p % self.count.max(1) == self.index)
     }
 }
@@ -280,7 +280,7 @@ impl std::fmt::Display for Shard {
     }
 }
 
-pub fn parse_shard(s: &str) -> Result<Shard, String> {
+pub(crate) fn parse_shard(s: &str) -> Result<Shard, String> {
     let bad = || format!("expected i/n with 0 <= i < n <= {MAX_SHARDS} (e.g. 0/2), got {s:?}");
     let (i, n) = s.trim().split_once('/').ok_or_else(bad)?;
     let (index, count): (u32, u32) = (
@@ -294,81 +294,81 @@ pub fn parse_shard(s: &str) -> Result<Shard, String> {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct PgOpts {
+pub(crate) struct PgOpts {
     /// Postgres URL.
     #[arg(long = "database-url", env = "TALLY_DATABASE_URL")]
-    pub url: String,
+    pub(crate) url: String,
     /// Connection pool size.
     #[arg(long, env = "TALLY_PG_MAX_CONNS", default_value_t = 4)]
-    pub pg_max_conns: u32,
+    pub(crate) pg_max_conns: u32,
     /// Apply migrations at start (run/persist).
     #[arg(long, env = "TALLY_MIGRATE")]
-    pub migrate: bool,
+    pub(crate) migrate: bool,
     /// Longest wait for a pooled connection (including connecting); past it the batch fails
     /// and is retried with backoff, so a Postgres that does not answer shows as a failure.
     #[arg(long, env = "TALLY_PG_ACQUIRE_TIMEOUT_MS", default_value_t = 5_000)]
-    pub pg_acquire_timeout_ms: u64,
+    pub(crate) pg_acquire_timeout_ms: u64,
     /// Server-side `statement_timeout` of every shipper connection. The whole batch
     /// transaction also has a client-side deadline of acquire + 2 x statement timeout, which
     /// catches a server that stopped answering altogether.
     #[arg(long, env = "TALLY_PG_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
-    pub pg_statement_timeout_ms: u64,
+    pub(crate) pg_statement_timeout_ms: u64,
 }
 
 impl PgOpts {
     /// Client-side deadline of one batch transaction.
-    pub fn batch_deadline_ms(&self) -> u64 {
+    pub(crate) fn batch_deadline_ms(&self) -> u64 {
         self.pg_acquire_timeout_ms
             .saturating_add(self.pg_statement_timeout_ms.saturating_mul(2))
     }
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct BatchOpts {
+pub(crate) struct BatchOpts {
     /// Maximum entries per batch (one Postgres transaction / one Kafka produce round).
     #[arg(long, env = "TALLY_BATCH_SIZE", default_value_t = 2_000)]
-    pub batch_size: usize,
+    pub(crate) batch_size: usize,
     /// How long to keep filling a batch after its first entry.
     #[arg(long, env = "TALLY_BATCH_WAIT_MS", default_value_t = 50)]
-    pub batch_wait_ms: u64,
+    pub(crate) batch_wait_ms: u64,
     /// Kafka path (forward): maximum batches in flight (read, produced or being acknowledged),
     /// across streams; their messages enter the producer one batch at a time, and each is
     /// acknowledged in the stream as soon as all its delivery reports are in.
     #[arg(long, env = "TALLY_MAX_IN_FLIGHT", default_value_t = 4)]
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// Direct path: Postgres writers, each owning a partition of the keys (hash of the
     /// event's first key) and committing its own transactions.
     #[arg(long, env = "TALLY_PG_WRITERS", default_value_t = 4)]
-    pub pg_writers: usize,
+    pub(crate) pg_writers: usize,
     /// Direct path: jobs (parts of read batches) queued per writer before the reader waits.
     #[arg(long, env = "TALLY_WRITER_QUEUE_JOBS", default_value_t = 8)]
-    pub writer_queue_jobs: usize,
+    pub(crate) writer_queue_jobs: usize,
     /// First retry delay after a transient failure.
     #[arg(long, env = "TALLY_RETRY_BACKOFF_MS", default_value_t = 100)]
-    pub retry_backoff_ms: u64,
+    pub(crate) retry_backoff_ms: u64,
     /// Cap of the exponential retry delay.
     #[arg(long, env = "TALLY_RETRY_BACKOFF_CAP_MS", default_value_t = 10_000)]
-    pub retry_backoff_cap_ms: u64,
+    pub(crate) retry_backoff_cap_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct OpsOpts {
+pub(crate) struct OpsOpts {
     /// Address of /metrics and /healthz ("off" disables).
     #[arg(long, env = "TALLY_METRICS_ADDR", default_value = "127.0.0.1:9187")]
-    pub metrics_addr: String,
+    pub(crate) metrics_addr: String,
     /// After SIGTERM/SIGINT: time allowed to finish the in-flight batch, flush and commit.
     #[arg(long, env = "TALLY_SHUTDOWN_DEADLINE_MS", default_value_t = 30_000)]
-    pub shutdown_deadline_ms: u64,
+    pub(crate) shutdown_deadline_ms: u64,
     /// Interval of the progress log line (only while events flow).
     #[arg(long, env = "TALLY_PROGRESS_INTERVAL_MS", default_value_t = 10_000)]
-    pub progress_interval_ms: u64,
+    pub(crate) progress_interval_ms: u64,
     /// /healthz answers 503 "degraded" once deliveries to the next stage (Kafka or Postgres)
     /// have failed continuously for this long; /metrics counts every failure at once.
     #[arg(long, env = "TALLY_UNHEALTHY_AFTER_MS", default_value_t = 10_000)]
-    pub unhealthy_after_ms: u64,
+    pub(crate) unhealthy_after_ms: u64,
 }
 
-pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
         _ => Err(format!("expected key=value, got {s:?}")),

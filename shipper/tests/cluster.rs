@@ -3,6 +3,10 @@
 //! both nodes exactly once, and picks up streams of slots first written after it started;
 //! reconcile given the same seed checks every primary, and restore rebuilds every primary.
 
+// Scenarios read better whole than cut into helpers, and every test holds `common::serial()`
+// (a std Mutex guard that runs the heavy tests one at a time) across its awaits on purpose.
+#![allow(clippy::too_many_lines, clippy::await_holding_lock)]
+
 mod common;
 
 use std::time::{Duration, Instant};

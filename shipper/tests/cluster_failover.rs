@@ -8,6 +8,10 @@
 //! reconcile's verdict agrees with what the failover did (MATCH, or a recorded fork for each
 //! seq the new primary handed out again).
 
+// Scenarios read better whole than cut into helpers, and every test holds `common::serial()`
+// (a std Mutex guard that runs the heavy tests one at a time) across its awaits on purpose.
+#![allow(clippy::too_many_lines, clippy::await_holding_lock)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

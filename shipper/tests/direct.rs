@@ -1,5 +1,9 @@
 //! Direct path (stream -> Postgres) integration tests: real redis-server and PostgreSQL 15.
 
+// Scenarios read better whole than cut into helpers, and every test holds `common::serial()`
+// (a std Mutex guard that runs the heavy tests one at a time) across its awaits on purpose.
+#![allow(clippy::too_many_lines, clippy::await_holding_lock)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -4,6 +4,10 @@
 //! primary, keeps every event it acknowledges; each reissued seq is recorded as a fork with
 //! both event ids, and reconcile names the forks and says the history is ahead of Redis.
 
+// Scenarios read better whole than cut into helpers, and every test holds `common::serial()`
+// (a std Mutex guard that runs the heavy tests one at a time) across its awaits on purpose.
+#![allow(clippy::too_many_lines, clippy::await_holding_lock)]
+
 mod common;
 
 use std::time::Duration;

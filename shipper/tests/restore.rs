@@ -2,6 +2,10 @@
 //! `restore` rebuilds it from Postgres, `reconcile` proves both sides match, and the system
 //! keeps operating: new events continue each key's sequence and persist without conflicts.
 
+// Scenarios read better whole than cut into helpers, and every test holds `common::serial()`
+// (a std Mutex guard that runs the heavy tests one at a time) across its awaits on purpose.
+#![allow(clippy::too_many_lines, clippy::await_holding_lock)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -7,69 +7,69 @@ use serde::Deserialize;
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeySeq {
-    pub key: String,
-    pub seq: i64,
+pub(crate) struct KeySeq {
+    pub(crate) key: String,
+    pub(crate) seq: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub key: String,
-    pub field: String,
-    pub delta: String,
-    pub balance: String,
+pub(crate) struct Change {
+    pub(crate) key: String,
+    pub(crate) field: String,
+    pub(crate) delta: String,
+    pub(crate) balance: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Coupon {
-    pub campaign: String,
-    pub user: Option<String>,
-    pub issue: Option<i64>,
-    pub total: i64,
-    pub issued: i64,
-    pub remaining: i64,
-    pub peruser: i64,
-    pub start: i64,
-    pub end: i64,
+pub(crate) struct Coupon {
+    pub(crate) campaign: String,
+    pub(crate) user: Option<String>,
+    pub(crate) issue: Option<i64>,
+    pub(crate) total: i64,
+    pub(crate) issued: i64,
+    pub(crate) remaining: i64,
+    pub(crate) peruser: i64,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Usage {
-    pub key: String,
-    pub amount: Option<String>,
-    pub used: String,
-    pub limit: String,
-    pub period: String,
-    pub period_id: String,
+pub(crate) struct Usage {
+    pub(crate) key: String,
+    pub(crate) amount: Option<String>,
+    pub(crate) used: String,
+    pub(crate) limit: String,
+    pub(crate) period: String,
+    pub(crate) period_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Body {
+pub(crate) enum Body {
     Asset(Vec<Change>),
     Coupon(Coupon),
     Usage(Usage),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub id: String, // canonical lower-case hyphenated UUID
+pub(crate) struct Event {
+    pub(crate) id: String, // canonical lower-case hyphenated UUID
     /// `id` parsed (the binary form COPY sends; parsed once, at decode)
-    pub uuid: uuid::Uuid,
-    pub typ: String,
-    pub ts: i64,
-    pub op: Option<String>,
-    pub meta: Option<String>,
-    pub keys: Vec<KeySeq>,
-    pub body: Body,
+    pub(crate) uuid: uuid::Uuid,
+    pub(crate) typ: String,
+    pub(crate) ts: i64,
+    pub(crate) op: Option<String>,
+    pub(crate) meta: Option<String>,
+    pub(crate) keys: Vec<KeySeq>,
+    pub(crate) body: Body,
 }
 
 impl Event {
     /// The first data key (Kafka message key).
-    pub fn first_key(&self) -> &str {
+    pub(crate) fn first_key(&self) -> &str {
         &self.keys[0].key
     }
     /// seq of `key` in this event, if the event changed it.
-    pub fn seq_of(&self, key: &str) -> Option<i64> {
+    pub(crate) fn seq_of(&self, key: &str) -> Option<i64> {
         self.keys.iter().find(|k| k.key == key).map(|k| k.seq)
     }
 }
@@ -127,7 +127,7 @@ struct RawEvent {
     usage: Option<RawUsage>,
 }
 
-pub const TYPES: &[&str] = &[
+pub(crate) const TYPES: &[&str] = &[
     "asset.incr",
     "asset.transfer",
     "coupon.create",
@@ -139,7 +139,7 @@ pub const TYPES: &[&str] = &[
 
 /// Canonical decimal: optional `-`, integer digits without leading zeros, optional `.` and
 /// 1..=18 fractional digits without trailing zero, no exponent; `-0` is not canonical.
-pub fn is_canonical_decimal(s: &str) -> bool {
+pub(crate) fn is_canonical_decimal(s: &str) -> bool {
     let (neg, body) = match s.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, s),
@@ -186,7 +186,7 @@ fn decimal(s: String, what: &str) -> Result<String, String> {
 }
 
 /// Decode one event from its JSON text and validate it against the contract.
-pub fn decode(json: &str) -> Result<Event, String> {
+pub(crate) fn decode(json: &str) -> Result<Event, String> {
     if json.contains("\\u0000") {
         return Err("event contains a NUL character (cannot be stored)".into());
     }

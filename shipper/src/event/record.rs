@@ -3,33 +3,33 @@
 use super::decode::{self, Event};
 
 #[derive(Debug, Clone)]
-pub struct Record {
+pub(crate) struct Record {
     /// Identity of the origin, unique: `redis:<stream>/<id>` or `kafka:<topic>/<p>/<offset>`.
-    pub source: String,
+    pub(crate) source: String,
     /// Kafka coordinates when the record came through Kafka.
-    pub via: Option<String>,
-    pub stream: Option<String>,
-    pub stream_id: Option<String>,
+    pub(crate) via: Option<String>,
+    pub(crate) stream: Option<String>,
+    pub(crate) stream_id: Option<String>,
     /// Payload text as received.
-    pub raw: String,
-    pub decoded: Result<Event, String>,
+    pub(crate) raw: String,
+    pub(crate) decoded: Result<Event, String>,
 }
 
 /// Where a record came from: the columns stored with it (events, failed_events).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Origin {
+pub(crate) struct Origin {
     /// Identity of the origin, unique: `redis:<stream>/<id>` or `kafka:<topic>/<p>/<offset>`.
-    pub source: String,
+    pub(crate) source: String,
     /// Kafka coordinates when the record came through Kafka.
-    pub via: Option<String>,
+    pub(crate) via: Option<String>,
     /// The log stream and the entry id in it, when known.
-    pub stream: Option<String>,
-    pub stream_id: Option<String>,
+    pub(crate) stream: Option<String>,
+    pub(crate) stream_id: Option<String>,
 }
 
 impl Origin {
     /// Entry `id` of the log stream `stream`, read from Redis: `redis:<stream>/<id>`.
-    pub fn stream_entry(stream: &str, id: String) -> Origin {
+    pub(crate) fn stream_entry(stream: &str, id: String) -> Origin {
         Origin {
             source: format!("redis:{stream}/{id}"),
             via: None,
@@ -42,7 +42,7 @@ impl Origin {
 impl Record {
     /// Build from a payload as received; an error already known upstream (e.g. a stream
     /// entry without `event` field) wins over decoding.
-    pub fn new(origin: Origin, raw: String, upstream_error: Option<String>) -> Record {
+    pub(crate) fn new(origin: Origin, raw: String, upstream_error: Option<String>) -> Record {
         let decoded = match upstream_error {
             Some(e) => Err(e),
             None => decode::decode(&raw),
@@ -65,13 +65,13 @@ impl Record {
 }
 
 /// Redis stream id `<ms>-<n>` -> (ms, n).
-pub fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
     let (a, b) = id.split_once('-')?;
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 /// The smallest id strictly greater than `id`.
-pub fn next_stream_id(id: &str) -> Option<String> {
+pub(crate) fn next_stream_id(id: &str) -> Option<String> {
     let (ms, n) = parse_stream_id(id)?;
     Some(if n == u64::MAX {
         format!("{}-0", ms + 1)

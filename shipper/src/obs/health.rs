@@ -10,12 +10,12 @@ static FAILING_SINCE_MS: AtomicI64 = AtomicI64::new(0);
 /// (`--unhealthy-after-ms`).
 static UNHEALTHY_AFTER_MS: AtomicI64 = AtomicI64::new(10_000);
 
-pub fn set_unhealthy_after_ms(ms: u64) {
+pub(crate) fn set_unhealthy_after_ms(ms: u64) {
     UNHEALTHY_AFTER_MS.store(i64::try_from(ms).unwrap_or(i64::MAX), Relaxed);
 }
 
 /// A delivery failed (`true`) or succeeded (`false`).
-pub fn set_failing(failing: bool) {
+pub(crate) fn set_failing(failing: bool) {
     if failing {
         let _ = FAILING_SINCE_MS.compare_exchange(0, now_ms(), Relaxed, Relaxed);
     } else {
@@ -25,7 +25,7 @@ pub fn set_failing(failing: bool) {
 
 /// How many seconds deliveries have been failing, once that is longer than
 /// `--unhealthy-after-ms`; None while healthy.
-pub fn degraded_for_s() -> Option<i64> {
+pub(crate) fn degraded_for_s() -> Option<i64> {
     let since = FAILING_SINCE_MS.load(Relaxed);
     let after = UNHEALTHY_AFTER_MS.load(Relaxed);
     (since != 0 && now_ms() - since >= after).then(|| (now_ms() - since) / 1000)

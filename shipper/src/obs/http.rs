@@ -16,7 +16,7 @@ async fn healthz() -> (axum::http::StatusCode, String) {
 }
 
 /// Binds the /metrics address; None when it is "off".
-pub async fn bind(addr: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+pub(crate) async fn bind(addr: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
     if addr == "off" || addr.is_empty() {
         return Ok(None);
     }
@@ -29,7 +29,7 @@ pub async fn bind(addr: &str) -> anyhow::Result<Option<tokio::net::TcpListener>>
     Ok(Some(listener))
 }
 
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {

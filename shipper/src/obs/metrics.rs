@@ -10,55 +10,55 @@ use prometheus::{
     IntGaugeVec, TextEncoder,
 };
 
-pub static EVENTS_READ: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static EVENTS_READ: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("tally_events_read_total", "Stream entries read from Redis").unwrap()
 });
-pub static EVENTS_FORWARDED: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static EVENTS_FORWARDED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "tally_events_forwarded_total",
         "Entries delivered to Kafka (acks=all)"
     )
     .unwrap()
 });
-pub static EVENTS_PERSISTED: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static EVENTS_PERSISTED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "tally_events_persisted_total",
         "Events newly inserted into Postgres"
     )
     .unwrap()
 });
-pub static EVENTS_DUPLICATE: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static EVENTS_DUPLICATE: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "tally_events_duplicate_total",
         "Replayed events skipped by dedupe on id"
     )
     .unwrap()
 });
-pub static EVENTS_FAILED: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static EVENTS_FAILED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "tally_events_failed_total",
         "Entries recorded in failed_events"
     )
     .unwrap()
 });
-pub static KAFKA_CONSUMED: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static KAFKA_CONSUMED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "tally_kafka_messages_consumed_total",
         "Kafka messages consumed by persist"
     )
     .unwrap()
 });
-pub static KAFKA_PARTITIONS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+pub(crate) static KAFKA_PARTITIONS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
     prometheus::register_int_gauge!("tally_kafka_partitions_assigned", "Partitions persist consumes (its --persist-shard, or its share of the group with --persist-group)").unwrap()
 });
-pub static KAFKA_FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static KAFKA_FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "tally_kafka_fenced_batches_total",
         "Batches persist dropped because another instance had moved their Kafka positions (re-read from the stored positions)"
     )
     .unwrap()
 });
-pub static PG_COPIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static PG_COPIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "tally_pg_copy_batches_total",
         "Batch COPYs into a history table: copied, or present (a row was stored already, so the batch was inserted row by row with ON CONFLICT)",
@@ -66,21 +66,21 @@ pub static PG_COPIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
-pub static SEQ_ANOMALIES: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static SEQ_ANOMALIES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "tally_seq_anomalies_total",
         "Per-key seq gaps / out-of-order arrivals"
     )
     .unwrap()
 });
-pub static RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "tally_transient_retries_total",
         "Retries after transient failures"
     )
     .unwrap()
 });
-pub static DELIVERY_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static DELIVERY_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "tally_delivery_failures_total",
         "Failed attempts to deliver a batch to the next stage (each is retried with backoff)",
@@ -88,7 +88,7 @@ pub static DELIVERY_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
-pub static REDIRECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static REDIRECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "tally_redis_redirects_total",
         "Stream reads and acks redirected by the cluster (slot moved or being migrated) and followed",
@@ -96,14 +96,14 @@ pub static REDIRECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
-pub static ENTRIES_CLAIMED: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static ENTRIES_CLAIMED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "tally_entries_claimed_total",
         "Pending entries of idle consumers taken over (XAUTOCLAIM)"
     )
     .unwrap()
 });
-pub static STREAM_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
+pub(crate) static STREAM_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
     register_gauge_vec!(
         "tally_stream_lag_seconds",
         "Age of the oldest entry of the stream not yet acknowledged by the group (0 when none)",
@@ -111,7 +111,7 @@ pub static STREAM_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
-pub static STREAM_UNREAD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+pub(crate) static STREAM_UNREAD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "tally_stream_unread_entries",
         "Entries the group has not read yet",
@@ -119,7 +119,7 @@ pub static STREAM_UNREAD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
-pub static PENDING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+pub(crate) static PENDING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "tally_stream_pending_entries",
         "Pending (delivered, unacked) entries of the group",
@@ -127,10 +127,10 @@ pub static PENDING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
-pub static STREAM_LEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+pub(crate) static STREAM_LEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("tally_stream_length", "XLEN of the log stream", &["stream"]).unwrap()
 });
-pub static LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
+pub(crate) static LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
     register_gauge_vec!(
         "tally_end_to_end_lag_seconds",
         "now - event ts of the newest event in the last delivered batch",
@@ -138,7 +138,7 @@ pub static LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
-pub static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
+pub(crate) static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "tally_batch_size",
         "Entries per batch",
@@ -147,7 +147,7 @@ pub static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
-pub static BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+pub(crate) static BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "tally_batch_seconds",
         "Time to deliver one batch to the next stage (incl. retries)",
@@ -157,14 +157,14 @@ pub static BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .unwrap()
 });
 
-pub fn record_lag(stage: &str, ts_ms: impl IntoIterator<Item = i64>) {
+pub(crate) fn record_lag(stage: &str, ts_ms: impl IntoIterator<Item = i64>) {
     if let Some(newest) = ts_ms.into_iter().max() {
         LAG.with_label_values(&[stage])
             .set(((now_ms() - newest).max(0) as f64) / 1000.0);
     }
 }
 
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     // touch the lazies so every series is exported from the start
     let _ = (
         &*EVENTS_READ,

@@ -9,7 +9,7 @@ use super::metrics::{
 };
 
 /// Logs one progress line per interval while counters move.
-pub async fn progress(interval_ms: u64, shutdown: CancellationToken) {
+pub(crate) async fn progress(interval_ms: u64, shutdown: CancellationToken) {
     let mut last = (0, 0, 0, 0);
     loop {
         tokio::select! {

@@ -7,8 +7,8 @@ use redis::aio::MultiplexedConnection;
 
 use crate::redis_io::{cluster_layout, Primary};
 
-pub struct Nodes {
-    pub conns: Vec<MultiplexedConnection>,
+pub(crate) struct Nodes {
+    pub(crate) conns: Vec<MultiplexedConnection>,
     /// Cluster mode: which node serves which slots. Empty when standalone.
     ranges: Vec<SlotOwner>,
 }
@@ -22,7 +22,7 @@ struct SlotOwner {
 
 impl Nodes {
     /// Connects to `seed`, or, when it is a cluster node, to every primary of its cluster.
-    pub async fn connect(seed: &str) -> anyhow::Result<Nodes> {
+    pub(crate) async fn connect(seed: &str) -> anyhow::Result<Nodes> {
         let layout = cluster_layout(seed)
             .await
             .with_context(|| format!("reading the layout of {seed}"))?;
@@ -54,12 +54,12 @@ impl Nodes {
         Ok(nodes)
     }
 
-    pub fn is_cluster(&self) -> bool {
+    pub(crate) fn is_cluster(&self) -> bool {
         !self.ranges.is_empty()
     }
 
     /// Index of the node that serves `key` (0 when standalone or when no node serves it).
-    pub fn node_of(&self, key: &str) -> usize {
+    pub(crate) fn node_of(&self, key: &str) -> usize {
         let slot = tally_slot::key_slot(key.as_bytes());
         self.ranges
             .iter()
@@ -67,7 +67,7 @@ impl Nodes {
             .map_or(0, |r| r.node)
     }
 
-    pub fn conn_for(&mut self, key: &str) -> &mut MultiplexedConnection {
+    pub(crate) fn conn_for(&mut self, key: &str) -> &mut MultiplexedConnection {
         let i = self.node_of(key);
         &mut self.conns[i]
     }
@@ -85,14 +85,15 @@ impl Nodes {
         }
     }
 
-    /// The hash holding `key`'s seq: `<prefix>:seq`, or `<prefix>:seq:{tag of its slot}` in a cluster.
-    pub fn seq_hash(&self, prefix: &str, key: &str) -> String {
+    /// The hash holding `key`'s seq: `<prefix>:seq`, or `<prefix>:seq:{tag of its slot}` in a
+    /// cluster.
+    pub(crate) fn seq_hash(&self, prefix: &str, key: &str) -> String {
         format!("{prefix}:seq{}", self.slot_suffix(key))
     }
 
     /// The op-id record of `op` sent with a command whose first key is `key`, named as the
     /// module names it: `<prefix>:op[:{tag}]:<byte length of key>:<key>:<op>`.
-    pub fn op_key(&self, prefix: &str, key: &str, op: &str) -> String {
+    pub(crate) fn op_key(&self, prefix: &str, key: &str, op: &str) -> String {
         format!(
             "{prefix}:op{}:{}:{key}:{op}",
             self.slot_suffix(key),
@@ -101,7 +102,7 @@ impl Nodes {
     }
 
     /// One empty pipeline per node.
-    pub fn pipes(&self) -> Pipes {
+    pub(crate) fn pipes(&self) -> Pipes {
         Pipes {
             pipes: (0..self.conns.len()).map(|_| redis::pipe()).collect(),
         }
@@ -109,18 +110,18 @@ impl Nodes {
 }
 
 /// Commands gathered per node, sent as one pipeline to each.
-pub struct Pipes {
+pub(crate) struct Pipes {
     pipes: Vec<redis::Pipeline>,
 }
 
 impl Pipes {
     /// The pipeline of the node that serves `key`.
-    pub fn on(&mut self, nodes: &Nodes, key: &str) -> &mut redis::Pipeline {
+    pub(crate) fn on(&mut self, nodes: &Nodes, key: &str) -> &mut redis::Pipeline {
         let i = nodes.node_of(key).min(self.pipes.len().saturating_sub(1));
         &mut self.pipes[i]
     }
 
-    pub async fn send(self, nodes: &mut Nodes) -> redis::RedisResult<()> {
+    pub(crate) async fn send(self, nodes: &mut Nodes) -> redis::RedisResult<()> {
         for (pipe, conn) in self.pipes.into_iter().zip(nodes.conns.iter_mut()) {
             if pipe.is_empty() {
                 continue;

@@ -11,11 +11,11 @@ use sqlx::PgPool;
 use super::nodes::Nodes;
 
 #[derive(Default, Debug)]
-pub struct OpRecords {
-    pub restored: u64,
+pub(crate) struct OpRecords {
+    pub(crate) restored: u64,
     /// events with an op-id inside the window but no record in them (written by a module
     /// older than the `fp`/`reply` fields): a retry of these is applied again
-    pub without_record: u64,
+    pub(crate) without_record: u64,
 }
 
 #[derive(Deserialize)]
@@ -54,7 +54,7 @@ async fn op_ttl_ms(nodes: &mut Nodes) -> anyhow::Result<i64> {
 }
 
 /// Writes the op-id records of the events newer than `now - tally.op-ttl-ms`.
-pub async fn restore(
+pub(crate) async fn restore(
     nodes: &mut Nodes,
     pool: &PgPool,
     prefix: &str,

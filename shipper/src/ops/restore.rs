@@ -3,8 +3,9 @@
 //! coupon campaigns (stock, issued, holders, issue counter) and usage counters. Writes plain
 //! Redis hashes in pipelined batches (replicated and AOF'd by Redis like any write); it
 //! appends no events, because the history already has them. Last, the op-id records still
-//! inside `tally.op-ttl-ms` (op_records.rs), so a client's retry is not applied twice. On a cluster, given any node, it
-//! writes each key, and its seq into its slot's sequence hash, on the primary that serves it.
+//! inside `tally.op-ttl-ms` (op_records.rs), so a client's retry is not applied twice. On a
+//! cluster, given any node, it writes each key, and its seq into its slot's sequence hash,
+//! on the primary that serves it.
 //!
 //! It refuses to run before the pipeline has drained: an event still in the stream, in Kafka
 //! or in `failed_events` is not in the derived tables, so the rebuilt state would lack it and
@@ -15,37 +16,38 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use sqlx::PgPool;
 
+use super::decimal::canonical;
 use super::nodes::{Nodes, Pipes};
-use super::reconcile::{canonical, scan_keys, stream_in_flight};
+use super::reconcile::{scan_keys, stream_in_flight};
 use super::{op_records, restore_as_of};
 use crate::cli::KafkaOpts;
 use crate::clock::now_ms;
 use crate::sinks::{kafka, postgres};
 
-pub struct Options {
-    pub prefix: String,
+pub(crate) struct Options {
+    pub(crate) prefix: String,
     /// the shipper's consumer group (stream entries it has not acknowledged are in flight)
-    pub group: String,
+    pub(crate) group: String,
     /// check the topic against the positions in kafka_offsets
-    pub kafka: Option<KafkaOpts>,
-    pub force: bool,
-    pub batch: usize,
+    pub(crate) kafka: Option<KafkaOpts>,
+    pub(crate) force: bool,
+    pub(crate) batch: usize,
 }
 
 #[derive(Default, Debug)]
-pub struct Restored {
-    pub balance_keys: u64,
-    pub balance_fields: u64,
-    pub campaigns: u64,
-    pub holders: u64,
-    pub usage_keys: u64,
-    pub sequences: u64,
-    pub op_ids: op_records::OpRecords,
+pub(crate) struct Restored {
+    pub(crate) balance_keys: u64,
+    pub(crate) balance_fields: u64,
+    pub(crate) campaigns: u64,
+    pub(crate) holders: u64,
+    pub(crate) usage_keys: u64,
+    pub(crate) sequences: u64,
+    pub(crate) op_ids: op_records::OpRecords,
 }
 
 impl Restored {
     /// What the restore wrote, for the operator (stdout).
-    pub fn print(&self) {
+    pub(crate) fn print(&self) {
         println!(
             "restored {} balance keys ({} fields), {} campaigns ({} holders), {} usage counters, {} sequences",
             self.balance_keys, self.balance_fields, self.campaigns, self.holders, self.usage_keys, self.sequences
@@ -210,7 +212,11 @@ async fn require_drained(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> any
     Ok(())
 }
 
-pub async fn run(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
+pub(crate) async fn run(
+    nodes: &mut Nodes,
+    pool: &PgPool,
+    opt: &Options,
+) -> anyhow::Result<Restored> {
     require_drained(nodes, pool, opt).await?;
     let existing = existing_keys(nodes, pool, opt).await?;
     if !existing.is_empty() && !opt.force {
@@ -426,13 +432,17 @@ async fn add_usage(
     Ok(())
 }
 
-pub async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::Result<Restored> {
+pub(crate) async fn command(
+    redis_url: &str,
+    pool: &PgPool,
+    opt: &Options,
+) -> anyhow::Result<Restored> {
     let mut nodes = Nodes::connect(redis_url).await?;
     run(&mut nodes, pool, opt).await
 }
 
 /// `restore --as-of`: the same drain rule, then the rollback through the module.
-pub async fn as_of_command(
+pub(crate) async fn as_of_command(
     redis_url: &str,
     pool: &PgPool,
     opt: &Options,

@@ -22,16 +22,16 @@ use sqlx::PgPool;
 const FIELDS_PER_COMMAND: usize = 64;
 
 #[derive(Default, Debug)]
-pub struct RolledBack {
-    pub keys: u64,
-    pub fields: u64,
-    pub releases: u64,
-    pub not_rolled_back: Vec<String>,
+pub(crate) struct RolledBack {
+    pub(crate) keys: u64,
+    pub(crate) fields: u64,
+    pub(crate) releases: u64,
+    pub(crate) not_rolled_back: Vec<String>,
 }
 
 impl RolledBack {
     /// What the rollback to `as_of_ms` did, for the operator (stdout).
-    pub fn print(&self, as_of_ms: i64) {
+    pub(crate) fn print(&self, as_of_ms: i64) {
         println!(
             "rolled back to {as_of_ms}: {} fields of {} keys corrected, {} claims released",
             self.fields, self.keys, self.releases
@@ -84,7 +84,7 @@ async fn deltas(
     .context("computing the rollback deltas (a balance in Redis that is not a decimal?)")?;
     Ok(rows
         .into_iter()
-        .map(|(f, d)| (f, super::reconcile::canonical(&d)))
+        .map(|(f, d)| (f, super::decimal::canonical(&d)))
         .collect())
 }
 
@@ -209,7 +209,11 @@ async fn report_unrolled(pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> 
     .await
 }
 
-pub async fn run(nodes: &mut Nodes, pool: &PgPool, as_of_ms: i64) -> anyhow::Result<RolledBack> {
+pub(crate) async fn run(
+    nodes: &mut Nodes,
+    pool: &PgPool,
+    as_of_ms: i64,
+) -> anyhow::Result<RolledBack> {
     let mut out = RolledBack::default();
     roll_back_balances(nodes, pool, as_of_ms, &mut out).await?;
     roll_back_claims(nodes, pool, as_of_ms, &mut out).await?;

@@ -9,7 +9,7 @@ use crate::sinks::postgres::failed;
 /// Re-process unresolved failed_events, each row in its own transaction: a row that still
 /// fails (to decode, or to be stored) is counted and left for later, never blocking the
 /// rows after it. Returns (resolved, still failing).
-pub async fn retry_failed(pool: &PgPool, limit: i64) -> Result<(usize, usize), sqlx::Error> {
+pub(crate) async fn retry_failed(pool: &PgPool, limit: i64) -> Result<(usize, usize), sqlx::Error> {
     let rows = failed::unresolved(pool, limit).await?;
     let (mut ok, mut bad) = (0, 0);
     for row in rows {

@@ -1,5 +1,10 @@
 //! The two ways from the streams to Postgres, and the stages they are made of.
 //!
+//! In: `source::Batch`es (records and their in-flight guard), through the
+//! `source::Downstream` each path implements; persist reads Kafka instead. Out: the batch
+//! durable in the next stage (`sinks`), then its entries acknowledged (`InFlight::ack`), or,
+//! when retrying cannot help, a `retry::Fatal` returned to the command.
+//!
 //! - Direct (`direct`): the source hands each batch to per-key writers, which commit it to
 //!   Postgres and acknowledge its entries.
 //! - Kafka: `forward` (stream -> topic; each batch acknowledged once every message has its

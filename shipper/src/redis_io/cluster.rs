@@ -5,25 +5,26 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::{as_array, as_int, as_str, connect, RResult};
+use super::conn::{connect, RResult};
+use super::reply::{as_array, as_int, as_str};
 use crate::obs::metrics;
 
 /// Slot ranges, each `(first, last)` inclusive.
-pub type SlotRanges = Vec<(usize, usize)>;
+pub(crate) type SlotRanges = Vec<(usize, usize)>;
 
 /// A primary of a cluster: its URL (the seed's credentials and options) and the slots it
 /// serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Primary {
-    pub url: String,
-    pub slots: SlotRanges,
+pub(crate) struct Primary {
+    pub(crate) url: String,
+    pub(crate) slots: SlotRanges,
 }
 
 /// A node's address as CLUSTER SLOTS gives it: (host, port).
 type Addr = (String, u16);
 
 /// The primaries of the cluster `seed` belongs to; None when `seed` is a standalone server.
-pub async fn cluster_layout(seed: &str) -> RResult<Option<Vec<Primary>>> {
+pub(crate) async fn cluster_layout(seed: &str) -> RResult<Option<Vec<Primary>>> {
     let mut conn = connect(seed, Duration::from_secs(10)).await?;
     let info: String = redis::cmd("INFO")
         .arg("cluster")
@@ -80,13 +81,13 @@ fn primaries(v: &Value) -> Vec<(Addr, SlotRanges)> {
 }
 
 /// `INFO cluster` says `cluster_enabled:1` on a cluster node.
-pub fn cluster_enabled(info: &str) -> bool {
+pub(crate) fn cluster_enabled(info: &str) -> bool {
     info.lines().any(|l| l.trim() == "cluster_enabled:1")
 }
 
 /// The seed URL with another host and port (same scheme, credentials and options). An IPv6
 /// host (as CLUSTER SLOTS and redirections give it, without brackets) is bracketed.
-pub fn node_url(seed: &str, host: &str, port: u16) -> Option<String> {
+pub(crate) fn node_url(seed: &str, host: &str, port: u16) -> Option<String> {
     let mut u = redis::parse_redis_url(seed)?;
     let host = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
@@ -100,7 +101,7 @@ pub fn node_url(seed: &str, host: &str, port: u16) -> Option<String> {
 
 /// Where a MOVED or ASK reply sends the command: the node's URL (credentials and options of
 /// `from`) and whether it is an ASK (one command, after ASKING). None for any other error.
-pub fn redirect_url(from: &str, e: &redis::RedisError) -> Option<(String, bool)> {
+pub(crate) fn redirect_url(from: &str, e: &redis::RedisError) -> Option<(String, bool)> {
     let ask = match e.code() {
         Some("ASK") => true,
         Some("MOVED") => false,

@@ -8,9 +8,13 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
-use super::RResult;
+/// A Redis command's result.
+pub(crate) type RResult<T> = Result<T, redis::RedisError>;
 
-pub async fn connect(url: &str, response_timeout: Duration) -> RResult<MultiplexedConnection> {
+pub(crate) async fn connect(
+    url: &str,
+    response_timeout: Duration,
+) -> RResult<MultiplexedConnection> {
     let client = redis::Client::open(url)?;
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -28,7 +32,7 @@ const SHARED_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// per node however many slot streams it holds. A task that sees an error on it
 /// calls `renew_after`; the next `get` opens a new one.
 #[derive(Clone, Default)]
-pub struct NodeConns(Arc<std::sync::Mutex<HashMap<String, SharedConn>>>);
+pub(crate) struct NodeConns(Arc<std::sync::Mutex<HashMap<String, SharedConn>>>);
 
 /// A node's shared connection: None until opened, or after a connection error on it. The
 /// async lock makes one task connect while the others wait for it.
@@ -42,7 +46,7 @@ impl NodeConns {
 
     /// The node's shared connection, opened on first use or after `renew` (one connect at a
     /// time per node; other nodes are not held up by a node that does not answer).
-    pub async fn get(&self, url: &str) -> RResult<MultiplexedConnection> {
+    pub(crate) async fn get(&self, url: &str) -> RResult<MultiplexedConnection> {
         let slot = self.slot(url);
         let mut conn = slot.lock().await;
         if let Some(c) = conn.as_ref() {
@@ -55,7 +59,7 @@ impl NodeConns {
 
     /// Forget the node's shared connection after a connection error on it (a reply error,
     /// such as MOVED, leaves it in use).
-    pub async fn renew_after(&self, url: &str, e: &redis::RedisError) {
+    pub(crate) async fn renew_after(&self, url: &str, e: &redis::RedisError) {
         if e.is_io_error()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
@@ -68,7 +72,7 @@ impl NodeConns {
 
 /// `cmd` on `conn`, after ASKING when `asking` (one write, so nothing interleaves): the
 /// command's own reply or error.
-pub async fn query_asking(
+pub(crate) async fn query_asking(
     conn: &mut MultiplexedConnection,
     cmd: &redis::Cmd,
     asking: bool,

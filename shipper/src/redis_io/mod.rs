@@ -10,10 +10,7 @@ mod conn;
 mod reply;
 
 pub(crate) use cluster::{cluster_layout, redirect_url, Primary};
-pub(crate) use conn::{connect, query_asking, NodeConns};
+pub(crate) use conn::{connect, query_asking, NodeConns, RResult};
 #[cfg(test)]
 pub(crate) use reply::bulk;
 pub(crate) use reply::{as_array, as_int, as_str, parse_entries, Entry};
-
-/// A Redis command's result.
-pub(crate) type RResult<T> = Result<T, redis::RedisError>;

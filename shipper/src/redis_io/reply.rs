@@ -4,10 +4,10 @@
 use redis::Value;
 
 #[derive(Debug, Clone)]
-pub struct Entry {
-    pub id: String,
+pub(crate) struct Entry {
+    pub(crate) id: String,
     /// None when the entry was deleted while pending
-    pub fields: Option<Vec<(String, Vec<u8>)>>,
+    pub(crate) fields: Option<Vec<(String, Vec<u8>)>>,
 }
 
 pub(crate) fn as_str(v: &Value) -> Option<String> {
@@ -35,7 +35,7 @@ pub(crate) fn as_array(v: &Value) -> &[Value] {
 }
 
 /// Parse a list of stream entries `[[id, [f, v, ...]], ...]`.
-pub fn parse_entries(v: &Value) -> Vec<Entry> {
+pub(crate) fn parse_entries(v: &Value) -> Vec<Entry> {
     let mut out = Vec::new();
     for e in as_array(v) {
         let parts = as_array(e);
@@ -75,6 +75,6 @@ pub fn parse_entries(v: &Value) -> Vec<Entry> {
 
 /// A bulk-string reply, for the tests of every module that parses replies.
 #[cfg(test)]
-pub fn bulk(s: &str) -> Value {
+pub(crate) fn bulk(s: &str) -> Value {
     Value::BulkString(s.as_bytes().to_vec())
 }

@@ -1,9 +1,12 @@
-//! The hand-off from the source: one stream's entries as records, held in flight until the
-//! downstream acknowledges them or lets them go.
+//! The hand-off from the source: one stream's entries as records (`Batch`), held in flight
+//! until the `Downstream` they are handed to acknowledges them or lets them go.
+
+use std::future::Future;
 
 use super::ack::InFlight;
 use crate::event::{Origin, Record};
 use crate::redis_io::Entry;
+use crate::retry::Fatal;
 
 /// What the source hands downstream: one stream's entries as records (in the order read), and
 /// the guard that keeps them in flight until they are acknowledged (`InFlight::ack`) or
@@ -12,6 +15,19 @@ pub(crate) struct Batch {
     pub(crate) records: Vec<Record>,
     /// the entries of `records`, the i-th id the i-th record's
     pub(crate) in_flight: InFlight,
+}
+
+/// Where the source hands its batches: the direct path's writers or forward (`paths/`).
+pub(crate) trait Downstream: Send + Sync + 'static {
+    /// Takes one stream's batch, waiting while the downstream is full (the read-ahead bound).
+    /// From then on the downstream owns the batch's `InFlight` guard: it acknowledges the
+    /// entries once the next stage holds them durably, or drops the guard and leaves them
+    /// pending.
+    fn take(&self, batch: Batch) -> impl Future<Output = ()> + Send;
+
+    /// Called once every reader has stopped: returns when every batch taken is delivered and
+    /// acknowledged (or left pending after a failure retrying cannot fix, which is returned).
+    fn finish(&self) -> impl Future<Output = Result<(), Fatal>> + Send;
 }
 
 impl Batch {

@@ -16,7 +16,10 @@ use crate::redis_io::{cluster_layout, connect, Primary, RResult};
 /// discovery), and per slot the stream name computed from the slot's tag, kept when it exists
 /// (one pipelined EXISTS per primary). A node that does not answer is left out (its reader
 /// keeps the streams it had); the others keep shipping.
-pub async fn discover_all(urls: &[String], prefix: &str) -> (Vec<(String, Vec<String>)>, bool) {
+pub(crate) async fn discover_all(
+    urls: &[String],
+    prefix: &str,
+) -> (Vec<(String, Vec<String>)>, bool) {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     let mut complete = true;
     for url in urls {
@@ -68,7 +71,7 @@ async fn discover(
 }
 
 /// The stream of `slot`: `<prefix>:log:{<tag of the slot>}`, as the module names it.
-pub fn slot_stream(prefix: &str, slot: usize) -> String {
+pub(crate) fn slot_stream(prefix: &str, slot: usize) -> String {
     format!("{prefix}:log:{{{}}}", tally_slot::tag(slot))
 }
 

@@ -21,7 +21,7 @@ use crate::retry::backoff_ms;
 /// --stream-metrics-interval-ms).
 const IDLE_TICKS_MAX: u32 = 10;
 
-pub struct Keeper {
+pub(crate) struct Keeper {
     url: String,
     stream: String,
     group: String,
@@ -35,15 +35,15 @@ pub struct Keeper {
 
 /// One group's view of the stream, from XINFO GROUPS.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupInfo {
-    pub name: String,
-    pub pending: i64,
-    pub last_delivered: String,
+pub(crate) struct GroupInfo {
+    pub(crate) name: String,
+    pub(crate) pending: i64,
+    pub(crate) last_delivered: String,
     /// entries not yet read by the group (None when the server cannot tell)
-    pub lag: Option<i64>,
+    pub(crate) lag: Option<i64>,
 }
 
-pub fn parse_groups(v: &Value) -> Vec<GroupInfo> {
+pub(crate) fn parse_groups(v: &Value) -> Vec<GroupInfo> {
     let mut out = Vec::new();
     for g in as_array(v) {
         let kv: HashMap<String, &Value> = match g {
@@ -76,7 +76,7 @@ pub fn parse_groups(v: &Value) -> Vec<GroupInfo> {
 
 /// The lowest id any group still needs, given each group's oldest pending id (when it has
 /// pending entries). None when a group's position cannot be read: then nothing is trimmed.
-pub fn trim_floor(groups: &[(GroupInfo, Option<String>)]) -> Option<String> {
+pub(crate) fn trim_floor(groups: &[(GroupInfo, Option<String>)]) -> Option<String> {
     let mut floor: Option<((u64, u64), String)> = None;
     for (g, oldest_pending) in groups {
         let min = match oldest_pending {
@@ -104,7 +104,7 @@ fn next_tick(holds: bool, tick: Duration, base: Duration) -> Duration {
 }
 
 impl Keeper {
-    pub fn new(
+    pub(crate) fn new(
         url: &str,
         stream: &str,
         redis: &RedisOpts,
@@ -125,7 +125,7 @@ impl Keeper {
         }
     }
 
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let mut attempt = 0u32;
         loop {
             match self.run_connected().await {

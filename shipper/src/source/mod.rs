@@ -1,14 +1,15 @@
 //! The source stage: the log streams read with a consumer group and handed downstream.
 //!
 //! In: the Redis URLs (`--redis-url`); `discover` finds the streams each primary holds.
-//! Out: batches of `Record`s, one stream's entries each, handed to a `Downstream` (the
-//! direct writers or forward, in `paths/`); the entries stay pending in the group until
-//! the downstream acknowledges them (`ack`), once the next stage holds them durably.
+//! Out: `Batch`es of `Record`s, one stream's entries each, handed to a `Downstream` (the
+//! direct writers or forward, in `paths/`); the entries stay pending in the group, held by
+//! the batch's `InFlight` guard, until the downstream acknowledges them (`InFlight::ack`)
+//! once the next stage holds them durably, or drops the guard.
 //!
 //! - `reader`: one per primary, one read connection for every stream it holds;
 //! - `cursor`: where the reading of one stream stands (pending, claims, new entries);
-//! - `batch`: a stream entry as a record;
-//! - `ack`: the ack path (XACK, following the stream when its slot moves);
+//! - `batch`: the hand-off (`Batch`, `Downstream`), a stream entry as a record;
+//! - `ack`: the ack path (`InFlight`; XACK, following the stream when its slot moves);
 //! - `keeper`: beside the reader, per stream: trimming and the stream metrics;
 //! - `discover`: the streams of each primary, at start and whenever a slot moves.
 
@@ -20,7 +21,6 @@ mod keeper;
 mod reader;
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,20 +33,7 @@ use crate::retry::Fatal;
 use discover::discover_all;
 use reader::NodeReader;
 
-pub(crate) use batch::Batch;
-
-/// Where the source hands its batches: the direct path's writers or forward (`paths/`).
-pub(crate) trait Downstream: Send + Sync + 'static {
-    /// Takes one stream's batch, waiting while the downstream is full (the read-ahead bound).
-    /// From then on the downstream owns the batch's `InFlight` guard: it acknowledges the
-    /// entries once the next stage holds them durably, or drops the guard and leaves them
-    /// pending.
-    fn take(&self, batch: Batch) -> impl Future<Output = ()> + Send;
-
-    /// Called once every reader has stopped: returns when every batch taken is delivered and
-    /// acknowledged (or left pending after a failure retrying cannot fix, which is returned).
-    fn finish(&self) -> impl Future<Output = Result<(), Fatal>> + Send;
-}
+pub(crate) use batch::{Batch, Downstream};
 
 /// Discovery runs at most once per this long, even when readers keep asking (MOVED storms).
 const DISCOVERY_SPACING_MS: u64 = 1_000;

@@ -10,9 +10,8 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::ack::{AckTarget, InFlight};
-use super::batch::{entry_to_record, Batch};
+use super::batch::{entry_to_record, Batch, Downstream};
 use super::cursor::{parse_xread, sync_cursors, Cursor, Read};
-use super::Downstream;
 use crate::cli::{BatchOpts, RedisOpts};
 use crate::event::Record;
 use crate::obs::metrics;
@@ -243,7 +242,8 @@ impl<D: Downstream> NodeReader<D> {
         let cmd = self.read_cmd(&c.stream, &Read::New, size, Some(self.redis.block_ms));
         let first = cmd.query_async(conn).await;
         if first.as_ref().is_err_and(|e| e.code() == Some("ASK")) {
-            c.asked = true; // read by sweeps: a blocking read must not hold the target's shared connection
+            // read by sweeps: a blocking read must not hold the target's shared connection
+            c.asked = true;
             return Ok(vec![]);
         }
         let mut out = match self.follow(c, &cmd, first).await {

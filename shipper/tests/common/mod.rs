@@ -1,6 +1,6 @@
 //! Test harness: throwaway redis-server, PostgreSQL 15, tansu broker and shipper processes,
 //! all on free 127.0.0.1 ports, stopped on drop.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::too_many_lines)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -33,7 +33,7 @@ const LOAD_BACKOFF_MS: u64 = 250;
 const LOAD_BACKOFF_CAP_MS: u64 = 8_000;
 
 /// Loads the stored positions for the rebalance callback.
-pub struct GroupLoader {
+pub(crate) struct GroupLoader {
     pool: PgPool,
     topic: String,
     shutdown: CancellationToken,
@@ -46,7 +46,7 @@ pub struct GroupLoader {
 impl GroupLoader {
     /// Call from inside the tokio runtime that will poll the consumer. `failed` receives the
     /// first failure that stops persist.
-    pub fn new(
+    pub(crate) fn new(
         pool: PgPool,
         topic: String,
         shutdown: CancellationToken,
@@ -102,14 +102,14 @@ impl GroupLoader {
 
 /// The consumer's context: librdkafka's logs (as `QuietContext`) and, in group mode, the
 /// rebalance callback.
-pub struct PersistContext {
+pub(crate) struct PersistContext {
     quiet: QuietContext,
     owned: Arc<Mutex<Owned>>,
     group: Option<GroupLoader>,
 }
 
 impl PersistContext {
-    pub fn new(owned: Arc<Mutex<Owned>>, group: Option<GroupLoader>) -> PersistContext {
+    pub(crate) fn new(owned: Arc<Mutex<Owned>>, group: Option<GroupLoader>) -> PersistContext {
         PersistContext {
             quiet: QuietContext,
             owned,

@@ -4,15 +4,21 @@
 //! i/n`) is assigned to this one consumer (no group join, no rebalance, no heartbeats: nothing
 //! on the critical path depends on the broker's group coordinator). With `--persist-group`
 //! the instances of `--kafka-group` share the partitions through the broker's consumer group
-//! (static membership with `--kafka-instance-id`); the rebalance callback loads the stored positions of every partition
-//! it is given. Either way each partition starts at its position stored in `kafka_offsets`,
-//! which each batch's transaction advances together with the events, fenced: the batch is
-//! stored only if the position is still the one it continued from (`sinks::postgres::Position`), so an
-//! instance that lost a partition writes nothing of it and re-reads from the stored
-//! positions. Offsets are also committed to the broker, asynchronously and only so that lag
-//! tools see them. A stored position below the broker's earliest offset means retention
-//! deleted events that were never persisted: that stops the process with the partitions
-//! and ranges named, never a silent skip.
+//! (static membership with `--kafka-instance-id`); the rebalance callback loads the stored
+//! positions of every partition it is given. Either way each partition starts at its
+//! position stored in `kafka_offsets`, which each batch's transaction advances together with
+//! the events, fenced: the batch is stored only if the position is still the one it
+//! continued from (`sinks::postgres::Position`), so an instance that lost a partition writes
+//! nothing of it and re-reads from the stored positions. Offsets are also committed to the
+//! broker, asynchronously and only so that lag tools see them. A stored position below the
+//! broker's earliest offset means retention deleted events that were never persisted: that
+//! stops the process with the partitions and ranges named, never a silent skip.
+//!
+//! In: Kafka messages (`sinks::kafka` consumer). Out: batches stored in Postgres with their
+//! positions (`PgSink::store_fenced`); offsets committed to the broker for lag tools.
+//!
+//! - `offsets`: start offsets, the owned part of a batch, the positions it leads to;
+//! - `owned`: the partitions this instance owns; `group`: the rebalance callback.
 
 mod group;
 mod offsets;
@@ -37,7 +43,7 @@ use group::{GroupLoader, PersistContext};
 use offsets::{owned_part, start_offsets, Batch, Consumed};
 use owned::{at_positions, Owned};
 
-pub struct Persist {
+pub(crate) struct Persist {
     k: KafkaOpts,
     batch: BatchOpts,
     pg: PgSink,
@@ -57,7 +63,7 @@ enum Assign {
 }
 
 impl Persist {
-    pub fn new(
+    pub(crate) fn new(
         k: KafkaOpts,
         batch: BatchOpts,
         pg: PgSink,
@@ -300,7 +306,7 @@ impl Persist {
     /// Reads and stores batches until shutdown. Err: a failure retrying cannot fix (Postgres
     /// refusing for good, events deleted by retention, an assignment the group gave that
     /// cannot be taken).
-    pub async fn run(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn run(mut self) -> anyhow::Result<()> {
         if !self.assign().await? {
             return Ok(());
         }

@@ -8,7 +8,7 @@ use crate::sinks::postgres::Position;
 
 /// Positions after a batch: per (topic, partition) the highest offset seen + 1, continuing
 /// from the stored position `from` gives.
-pub fn next_positions(
+pub(crate) fn next_positions(
     seen: impl IntoIterator<Item = (String, i32, i64)>,
     from: impl Fn(i32) -> Option<i64>,
 ) -> Vec<Position> {
@@ -32,20 +32,20 @@ pub fn next_positions(
 
 /// A message read from Kafka, as a record, and where it was read.
 #[derive(Debug)]
-pub struct Consumed {
-    pub record: Record,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
+pub(crate) struct Consumed {
+    pub(crate) record: Record,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
 }
 
 /// A batch read from Kafka, in the order read.
-pub type Batch = Vec<Consumed>;
+pub(crate) type Batch = Vec<Consumed>;
 
 /// Keeps the messages of partitions this instance owns, at or past the position they
 /// continue from (a message from before an assignment or a re-read is dropped); the
 /// positions the kept ones lead to; and how many messages were dropped.
-pub fn owned_part(
+pub(crate) fn owned_part(
     batch: Batch,
     owned: &BTreeMap<i32, Option<i64>>,
 ) -> (Vec<Record>, Vec<Position>, usize) {
@@ -66,7 +66,7 @@ pub fn owned_part(
 
 /// Where to start each partition, given the stored positions and the broker's (low, high)
 /// watermarks. Err names every partition whose unpersisted events the broker no longer has.
-pub fn start_offsets(
+pub(crate) fn start_offsets(
     topic: &str,
     watermarks: &BTreeMap<i32, (i64, i64)>,
     stored: &BTreeMap<i32, i64>,

@@ -12,14 +12,14 @@ use crate::sinks::postgres::Position;
 /// The partitions this instance owns, each with the stored position it continues from
 /// (`None`: nothing stored yet), and a counter bumped by every change of the assignment.
 #[derive(Debug, Default)]
-pub struct Owned {
-    pub generation: u64,
-    pub from: BTreeMap<i32, Option<i64>>,
+pub(crate) struct Owned {
+    pub(crate) generation: u64,
+    pub(crate) from: BTreeMap<i32, Option<i64>>,
 }
 
 impl Owned {
     /// A new assignment (or the same partitions re-read from their stored positions).
-    pub fn replace(&mut self, from: BTreeMap<i32, Option<i64>>) {
+    pub(crate) fn replace(&mut self, from: BTreeMap<i32, Option<i64>>) {
         self.generation += 1;
         self.from = from;
         metrics::KAFKA_PARTITIONS.set(i64::try_from(self.from.len()).unwrap_or(i64::MAX));
@@ -34,7 +34,7 @@ impl Owned {
     }
 
     /// After a stored batch: its positions are the stored ones now.
-    pub fn advance(&mut self, positions: &[Position]) {
+    pub(crate) fn advance(&mut self, positions: &[Position]) {
         for p in positions {
             if let Some(from) = self.from.get_mut(&p.partition) {
                 *from = Some(p.next_offset);
@@ -45,7 +45,7 @@ impl Owned {
 
 /// The partitions of `topic` at the positions they continue from: the stored offset, or the
 /// beginning when nothing is stored yet.
-pub fn at_positions(
+pub(crate) fn at_positions(
     topic: &str,
     from: &BTreeMap<i32, Option<i64>>,
 ) -> Result<TopicPartitionList, KafkaError> {

@@ -13,13 +13,13 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::cli::KafkaOpts;
 
-pub const H_EVENT_ID: &str = "event_id";
-pub const H_SOURCE: &str = "tally_source";
-pub const H_STREAM: &str = "tally_stream";
-pub const H_STREAM_ID: &str = "tally_stream_id";
-pub const H_ERROR: &str = "tally_error";
+pub(crate) const H_EVENT_ID: &str = "event_id";
+pub(crate) const H_SOURCE: &str = "tally_source";
+pub(crate) const H_STREAM: &str = "tally_stream";
+pub(crate) const H_STREAM_ID: &str = "tally_stream_id";
+pub(crate) const H_ERROR: &str = "tally_error";
 
-pub fn base_config(k: &KafkaOpts) -> anyhow::Result<ClientConfig> {
+pub(crate) fn base_config(k: &KafkaOpts) -> anyhow::Result<ClientConfig> {
     let brokers = k
         .brokers
         .as_deref()
@@ -42,7 +42,7 @@ pub fn base_config(k: &KafkaOpts) -> anyhow::Result<ClientConfig> {
     Ok(c)
 }
 
-pub async fn ensure_topic(k: &KafkaOpts) -> anyhow::Result<()> {
+pub(crate) async fn ensure_topic(k: &KafkaOpts) -> anyhow::Result<()> {
     if !k.kafka_create_topic {
         return Ok(());
     }
@@ -73,7 +73,7 @@ pub async fn ensure_topic(k: &KafkaOpts) -> anyhow::Result<()> {
 /// Routes librdkafka's own logs to tracing at WARN at most: broker/transport trouble is
 /// retried and is not data loss (ERROR is reserved for that).
 #[derive(Clone, Default)]
-pub struct QuietContext;
+pub(crate) struct QuietContext;
 
 impl ClientContext for QuietContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {

@@ -14,7 +14,7 @@ use crate::cli::KafkaOpts;
 use crate::event::{parse_stream_id, Origin, Record};
 
 /// Timeout of one metadata / watermark request to the broker.
-pub const BROKER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BROKER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
     let h = m.headers()?;
@@ -26,14 +26,14 @@ fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
 
 /// `redis:<stream>/<entry id>` -> (stream, entry id). Stream names (`<prefix>:log[:{tag}]`)
 /// contain no `/`; the entry id is `<ms>-<n>`.
-pub fn stream_coordinates(source: &str) -> Option<(&str, &str)> {
+pub(crate) fn stream_coordinates(source: &str) -> Option<(&str, &str)> {
     let (stream, id) = source.strip_prefix("redis:")?.rsplit_once('/')?;
     parse_stream_id(id)?;
     Some((stream, id))
 }
 
 /// Kafka message -> pipeline record (never fails: problems become the record's error).
-pub fn message_to_record(m: &BorrowedMessage<'_>) -> Record {
+pub(crate) fn message_to_record(m: &BorrowedMessage<'_>) -> Record {
     let coord = format!("kafka:{}/{}/{}", m.topic(), m.partition(), m.offset());
     let (source, via) = match header(m, H_SOURCE) {
         Some(s) => (s, Some(coord)),
@@ -69,7 +69,7 @@ pub fn message_to_record(m: &BorrowedMessage<'_>) -> Record {
     Record::new(origin, raw, err)
 }
 
-pub fn consumer_config(k: &KafkaOpts) -> anyhow::Result<rdkafka::ClientConfig> {
+pub(crate) fn consumer_config(k: &KafkaOpts) -> anyhow::Result<rdkafka::ClientConfig> {
     let mut c = base_config(k)?;
     // without --persist-group, group.id only names the offsets committed for lag tools
     c.set("group.id", &k.kafka_group)
@@ -92,7 +92,7 @@ fn consumer(k: &KafkaOpts) -> anyhow::Result<StreamConsumer<QuietContext>> {
 }
 
 /// (low, high) watermarks of every partition of the topic.
-pub fn watermarks<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+pub(crate) fn watermarks<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     c: &C,
     topic: &str,
 ) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
@@ -124,7 +124,7 @@ pub fn watermarks<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
 /// broker's end minus the stored position (or minus the earliest offset when none is stored).
 /// `restore` refuses to run while this is not zero.
 /// `stored`: the positions of the topic stored in Postgres (partition -> next offset).
-pub async fn unpersisted(k: &KafkaOpts, stored: &BTreeMap<i32, i64>) -> anyhow::Result<u64> {
+pub(crate) async fn unpersisted(k: &KafkaOpts, stored: &BTreeMap<i32, i64>) -> anyhow::Result<u64> {
     let (k2, topic) = (k.clone(), k.topic.clone());
     let marks = tokio::task::spawn_blocking(move || watermarks(&consumer(&k2)?, &topic))
         .await
@@ -132,7 +132,7 @@ pub async fn unpersisted(k: &KafkaOpts, stored: &BTreeMap<i32, i64>) -> anyhow::
     Ok(unpersisted_count(&marks, stored))
 }
 
-pub fn unpersisted_count(
+pub(crate) fn unpersisted_count(
     watermarks: &BTreeMap<i32, (i64, i64)>,
     stored: &BTreeMap<i32, i64>,
 ) -> u64 {

@@ -16,7 +16,7 @@ use crate::event::Record;
 use crate::obs::metrics;
 use crate::retry::{observe_batch, until_durable, Failure, Stage};
 
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     producer: std::sync::RwLock<FutureProducer<QuietContext>>,
     config: ClientConfig,
     topic: String,
@@ -50,7 +50,7 @@ impl Forwarder {
         }
     }
 
-    pub fn new(k: &KafkaOpts) -> anyhow::Result<Forwarder> {
+    pub(crate) fn new(k: &KafkaOpts) -> anyhow::Result<Forwarder> {
         let mut c = base_config(k)?;
         c.set("enable.idempotence", "true")
             .set("acks", "all")
@@ -75,7 +75,7 @@ impl Forwarder {
     /// Delivers the batch: produced until every message has its delivery report (acks=all),
     /// retried with backoff meanwhile. Kafka failures are all retried (the producer is
     /// renewed and the batch sent again in full), so this ends only once Kafka holds it.
-    pub async fn deliver(&self, recs: &[Record], b: &BatchOpts) {
+    pub(crate) async fn deliver(&self, recs: &[Record], b: &BatchOpts) {
         let started = Instant::now();
         let delivered: Result<(), Infallible> =
             until_durable(Stage::Forward, recs.len(), b, || async {
@@ -123,7 +123,8 @@ impl Forwarder {
             // stream and entry id travel inside `tally_source` (redis:<stream>/<id>): every
             // header costs the broker per message (measured on the test broker: four headers
             // instead of none cut a plain producer from ~7.5k to ~4.7k messages/s)
-            // upstream problems that a decoder downstream could not see (e.g. missing `event` field)
+            // upstream problems that a decoder downstream could not see (e.g. missing `event`
+            // field)
             if let Err(e) = &r.decoded {
                 headers = headers.insert(Header {
                     key: H_ERROR,
@@ -170,7 +171,7 @@ impl Forwarder {
         }
     }
 
-    pub fn flush(&self, timeout: Duration) {
+    pub(crate) fn flush(&self, timeout: Duration) {
         if let Err(e) = self.producer.read().unwrap().flush(timeout) {
             tracing::warn!(error = %e, "producer flush incomplete");
         }

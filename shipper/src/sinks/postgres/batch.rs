@@ -13,26 +13,26 @@ use super::fence::{take_fence, Position};
 use crate::event::{Event, Record};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// events newly inserted
-    pub inserted: usize,
+    pub(crate) inserted: usize,
     /// decoded events already present (replays)
-    pub duplicates: usize,
+    pub(crate) duplicates: usize,
     /// records written to failed_events
-    pub failed: usize,
+    pub(crate) failed: usize,
     /// sequence anomalies recorded
-    pub anomalies: usize,
+    pub(crate) anomalies: usize,
     /// ts_ms of the newly inserted events (for lag metrics)
-    pub inserted_ts: Vec<i64>,
+    pub(crate) inserted_ts: Vec<i64>,
     /// keys whose contiguous watermark stayed below their highest seq
-    pub behind_keys: Vec<String>,
+    pub(crate) behind_keys: Vec<String>,
     /// nothing was written: another instance moved a Kafka position this batch continued
     /// from (see `Position`)
-    pub fenced: bool,
+    pub(crate) fenced: bool,
 }
 
 impl Outcome {
-    pub fn add(&mut self, o: Outcome) {
+    pub(crate) fn add(&mut self, o: Outcome) {
         self.inserted += o.inserted;
         self.duplicates += o.duplicates;
         self.failed += o.failed;
@@ -48,7 +48,7 @@ impl Outcome {
 /// transaction is rolled back, writing nothing, when another instance moved one of them:
 /// `Outcome::fenced`. `advance` false checks the fence without moving the positions (the
 /// records of a batch being isolated one by one).
-pub async fn persist_batch(
+pub(crate) async fn persist_batch(
     pool: &PgPool,
     records: &[Record],
     positions: &[Position],

@@ -11,16 +11,16 @@ use sqlx::{Connection, PgConnection};
 
 /// Binary COPY rows: the header, then per row a field count and each field as a length and
 /// its bytes (-1 = NULL), then the trailer.
-pub struct CopyRows {
+pub(crate) struct CopyRows {
     buf: Vec<u8>,
 }
 
 /// The most integer digits `numeric` encodes here; a longer value (never a canonical amount of
 /// the module, at most 20) is left to the text path, where Postgres judges it.
-pub const MAX_NUMERIC_INT_DIGITS: usize = 1_000;
+pub(crate) const MAX_NUMERIC_INT_DIGITS: usize = 1_000;
 
 impl CopyRows {
-    pub fn new() -> CopyRows {
+    pub(crate) fn new() -> CopyRows {
         let mut buf = Vec::with_capacity(64 * 1024);
         buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         buf.extend_from_slice(&0i32.to_be_bytes()); // flags
@@ -28,7 +28,7 @@ impl CopyRows {
         CopyRows { buf }
     }
 
-    pub fn row(&mut self, fields: i16) {
+    pub(crate) fn row(&mut self, fields: i16) {
         self.buf.extend_from_slice(&fields.to_be_bytes());
     }
 
@@ -39,38 +39,38 @@ impl CopyRows {
         self.buf.extend_from_slice(bytes);
     }
 
-    pub fn text(&mut self, s: &str) {
+    pub(crate) fn text(&mut self, s: &str) {
         self.field(s.as_bytes());
     }
 
-    pub fn opt_text(&mut self, s: Option<&str>) {
+    pub(crate) fn opt_text(&mut self, s: Option<&str>) {
         match s {
             Some(s) => self.text(s),
             None => self.buf.extend_from_slice(&(-1i32).to_be_bytes()),
         }
     }
 
-    pub fn int8(&mut self, v: i64) {
+    pub(crate) fn int8(&mut self, v: i64) {
         self.field(&v.to_be_bytes());
     }
 
-    pub fn int4(&mut self, v: i32) {
+    pub(crate) fn int4(&mut self, v: i32) {
         self.field(&v.to_be_bytes());
     }
 
-    pub fn uuid_value(&mut self, u: &uuid::Uuid) {
+    pub(crate) fn uuid_value(&mut self, u: &uuid::Uuid) {
         self.field(u.as_bytes());
     }
 
     /// None when `s` is not a plain decimal (`-`? digits (`.` digits)?) of at most
     /// `MAX_NUMERIC_INT_DIGITS` integer digits.
-    pub fn numeric(&mut self, s: &str) -> Option<()> {
+    pub(crate) fn numeric(&mut self, s: &str) -> Option<()> {
         let bytes = numeric_binary(s)?;
         self.field(&bytes);
         Some(())
     }
 
-    pub fn finish(mut self) -> Vec<u8> {
+    pub(crate) fn finish(mut self) -> Vec<u8> {
         self.buf.extend_from_slice(&(-1i16).to_be_bytes());
         self.buf
     }
@@ -78,7 +78,7 @@ impl CopyRows {
 
 /// Postgres' binary `numeric`: ndigits, weight (of the first base-10000 digit), sign,
 /// display scale, then the base-10000 digits, all big-endian 16-bit.
-pub fn numeric_binary(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn numeric_binary(s: &str) -> Option<Vec<u8>> {
     let (neg, body) = match s.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, s),
@@ -131,7 +131,7 @@ pub fn numeric_binary(s: &str) -> Option<Vec<u8>> {
 
 /// COPY `rows` (binary, as built by `CopyRows`) into `table` (`columns`, comma separated).
 /// Returns the rows copied.
-pub async fn copy_in(
+pub(crate) async fn copy_in(
     conn: &mut PgConnection,
     table: &str,
     columns: &str,
@@ -147,14 +147,14 @@ pub async fn copy_in(
 }
 
 /// SQLSTATE 23505: a unique index already holds the key.
-pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
 }
 
 /// COPY inside a savepoint: true when every row went in, false when a unique index refused
 /// one (nothing of the COPY is left; the caller decides row by row instead). Any other error
 /// is returned as it is.
-pub async fn copy_unless_present(
+pub(crate) async fn copy_unless_present(
     conn: &mut PgConnection,
     table: &str,
     columns: &str,

@@ -265,25 +265,25 @@ async fn upsert_issues(
     Ok(())
 }
 
-/// Usage totals per (key, period_id): latest used/limit by seq, consumed summed in SQL.
-async fn derive_usage(
-    tx: &mut Transaction<'_, Postgres>,
-    fresh: &[&Event],
-) -> Result<(), sqlx::Error> {
-    struct Agg<'a> {
-        ev: &'a Event,
-        u: &'a Usage,
-        seq: i64,
-        amounts: Vec<&'a str>,
-        n: i64,
-    }
-    let mut usage: HashMap<(&str, &str), Agg> = HashMap::new();
+/// One usage counter's events of a batch: the latest (by seq) state, every amount consumed,
+/// and how many events.
+struct UsageAgg<'a> {
+    ev: &'a Event,
+    u: &'a Usage,
+    seq: i64,
+    amounts: Vec<&'a str>,
+    n: i64,
+}
+
+/// The batch's usage events per (key, period_id).
+fn usage_aggregates<'a>(fresh: &[&'a Event]) -> HashMap<(&'a str, &'a str), UsageAgg<'a>> {
+    let mut usage: HashMap<(&str, &str), UsageAgg> = HashMap::new();
     for e in fresh {
         if let Body::Usage(u) = &e.body {
             let seq = e.seq_of(&u.key).unwrap_or(e.keys[0].seq);
             let ent = usage
                 .entry((u.key.as_str(), u.period_id.as_str()))
-                .or_insert(Agg {
+                .or_insert(UsageAgg {
                     ev: e,
                     u,
                     seq,
@@ -301,8 +301,17 @@ async fn derive_usage(
             }
         }
     }
+    usage
+}
+
+/// Usage totals per (key, period_id): latest used/limit by seq, consumed summed in SQL.
+async fn derive_usage(
+    tx: &mut Transaction<'_, Postgres>,
+    fresh: &[&Event],
+) -> Result<(), sqlx::Error> {
+    let usage = usage_aggregates(fresh);
     if !usage.is_empty() {
-        let v: Vec<&Agg> = usage.values().collect();
+        let v: Vec<&UsageAgg> = usage.values().collect();
         // the sum of amounts is computed in SQL (exact NUMERIC); pass them joined by ','
         let sums: Vec<String> = v.iter().map(|a| a.amounts.join(",")).collect();
         sqlx::query(

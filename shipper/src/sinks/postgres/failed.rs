@@ -8,17 +8,17 @@ use crate::event::Record;
 
 /// An unresolved failed_events row, as `retry-failed` reads it.
 #[derive(Debug, sqlx::FromRow)]
-pub struct FailedRow {
-    pub id: i64,
-    pub source: String,
-    pub via: Option<String>,
-    pub stream: Option<String>,
-    pub stream_id: Option<String>,
-    pub raw: String,
+pub(crate) struct FailedRow {
+    pub(crate) id: i64,
+    pub(crate) source: String,
+    pub(crate) via: Option<String>,
+    pub(crate) stream: Option<String>,
+    pub(crate) stream_id: Option<String>,
+    pub(crate) raw: String,
 }
 
 /// Up to `limit` unresolved rows, oldest first.
-pub async fn unresolved(pool: &PgPool, limit: i64) -> Result<Vec<FailedRow>, sqlx::Error> {
+pub(crate) async fn unresolved(pool: &PgPool, limit: i64) -> Result<Vec<FailedRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, source, via, stream, stream_id, raw FROM failed_events WHERE NOT resolved ORDER BY id LIMIT $1",
     )
@@ -28,7 +28,7 @@ pub async fn unresolved(pool: &PgPool, limit: i64) -> Result<Vec<FailedRow>, sql
 }
 
 /// Stores `rec` (now an event) and marks row `id` resolved, in one transaction.
-pub async fn resolve(
+pub(crate) async fn resolve(
     pool: &PgPool,
     id: i64,
     rec: &Record,
@@ -48,7 +48,7 @@ pub async fn resolve(
 }
 
 /// Counts one more failed attempt of row `id`, with the error it met this time.
-pub async fn still_failing(pool: &PgPool, id: i64, error: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn still_failing(pool: &PgPool, id: i64, error: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE failed_events SET attempts = attempts + 1, last_seen = now(), error = $2 WHERE id = $1",
     )

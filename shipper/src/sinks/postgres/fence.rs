@@ -12,11 +12,11 @@ use sqlx::{Postgres, Transaction};
 /// `from`, so an instance that lost the partition (a zombie after a rebalance, or a second
 /// instance given the same partitions) can neither write its batch nor move the position.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Position {
-    pub topic: String,
-    pub partition: i32,
-    pub from: Option<i64>,
-    pub next_offset: i64,
+pub(crate) struct Position {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) from: Option<i64>,
+    pub(crate) next_offset: i64,
 }
 
 /// Moves (or, `advance` false, only locks) every position whose stored value is still its
@@ -80,7 +80,10 @@ pub(super) async fn take_fence(
 }
 
 /// Every stored position of `topic`: partition -> next offset.
-pub async fn load_positions(pool: &PgPool, topic: &str) -> Result<BTreeMap<i32, i64>, sqlx::Error> {
+pub(crate) async fn load_positions(
+    pool: &PgPool,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, sqlx::Error> {
     let rows: Vec<(i32, i64)> =
         sqlx::query_as("SELECT partition, next_offset FROM kafka_offsets WHERE topic = $1")
             .bind(topic)

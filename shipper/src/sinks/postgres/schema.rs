@@ -7,12 +7,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::cli::PgOpts;
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// A lazily connecting pool whose every wait is bounded: acquiring a connection (which
 /// includes connecting) by `pg_acquire_timeout_ms`, each statement by the server-side
 /// `statement_timeout`, and a transaction left idle by `idle_in_transaction_session_timeout`.
-pub async fn connect(pg: &PgOpts, max_conns: u32) -> Result<PgPool, sqlx::Error> {
+pub(crate) async fn connect(pg: &PgOpts, max_conns: u32) -> Result<PgPool, sqlx::Error> {
     let statement_ms = pg.pg_statement_timeout_ms.to_string();
     let opts = PgConnectOptions::from_str(&pg.url)?.options([
         ("statement_timeout", statement_ms.as_str()),
@@ -26,14 +26,14 @@ pub async fn connect(pg: &PgOpts, max_conns: u32) -> Result<PgPool, sqlx::Error>
         .connect_lazy_with(opts))
 }
 
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+pub(crate) async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
 
 /// Versions of the embedded migrations the database has not applied (all of them when the
 /// migrations table does not exist).
-pub async fn missing_migrations(pool: &PgPool) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn missing_migrations(pool: &PgPool) -> anyhow::Result<Vec<String>> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
         .fetch_one(pool)
         .await?;

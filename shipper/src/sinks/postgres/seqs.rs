@@ -17,13 +17,13 @@ use crate::event::Event;
 
 /// A (key, seq) carried by two different events.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fork {
-    pub key: String,
-    pub seq: i64,
+pub(crate) struct Fork {
+    pub(crate) key: String,
+    pub(crate) seq: i64,
     /// the event that arrived second
-    pub event_id: String,
+    pub(crate) event_id: String,
     /// the version already stored (or earlier in the same batch)
-    pub other_event_id: String,
+    pub(crate) other_event_id: String,
 }
 
 /// A key's row of key_seqs: its highest seq seen and its contiguous watermark.
@@ -36,7 +36,7 @@ struct KeySeqRow {
 
 /// The new watermark: from `contiguous`, advance over `seqs_above` (the stored seqs of the
 /// key greater than `contiguous`, any order, duplicates allowed) while they are consecutive.
-pub fn advance_watermark(contiguous: i64, seqs_above: &[i64]) -> i64 {
+pub(crate) fn advance_watermark(contiguous: i64, seqs_above: &[i64]) -> i64 {
     let mut sorted: Vec<i64> = seqs_above
         .iter()
         .copied()
@@ -58,7 +58,7 @@ pub fn advance_watermark(contiguous: i64, seqs_above: &[i64]) -> i64 {
 /// event_keys: the key had no early arrivals stored (`last == contiguous`) and the batch
 /// brings exactly the next seqs. The keys returned second need `advance_watermark` over the
 /// stored seqs above their watermark.
-pub fn fast_watermarks<'a>(
+pub(crate) fn fast_watermarks<'a>(
     current: &HashMap<String, (i64, i64)>,
     batch: &BTreeMap<&'a str, Vec<i64>>,
 ) -> (HashMap<&'a str, i64>, Vec<&'a str>) {
@@ -87,7 +87,7 @@ pub fn fast_watermarks<'a>(
 /// No locks: a watermark computed while another transaction holds seqs of the same key
 /// uncommitted (a transfer whose second key belongs to another writer) can only be too low,
 /// never too high; `repair` recomputes such keys after the fact.
-pub async fn record(
+pub(crate) async fn record(
     tx: &mut Transaction<'_, Postgres>,
     fresh: &[&Event],
 ) -> Result<(usize, Vec<String>), sqlx::Error> {
@@ -325,7 +325,7 @@ where
 
 /// `repair` over every key whose watermark is below its highest seq (a scan of key_seqs, in
 /// pages): at start, after a crash lost the in-process repair queue, and at shutdown.
-pub async fn repair_all(pool: &PgPool) -> Result<usize, sqlx::Error> {
+pub(crate) async fn repair_all(pool: &PgPool) -> Result<usize, sqlx::Error> {
     const PAGE: i64 = 1_000;
     let mut after = String::new();
     let mut still = 0;
@@ -348,7 +348,7 @@ pub async fn repair_all(pool: &PgPool) -> Result<usize, sqlx::Error> {
 /// Recompute the watermark of `keys` from everything committed (after concurrent writers
 /// finished). Returns the keys still behind their highest seq: early arrivals waiting for
 /// the rest, or, once the pipeline has drained, gaps.
-pub async fn repair(pool: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
+pub(crate) async fn repair(pool: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
     if keys.is_empty() {
         return Ok(vec![]);
     }

@@ -18,9 +18,9 @@ use crate::retry::{observe_batch, until_durable, Failure, Fatal, Stage};
 /// The pool, the client-side deadline of one batch transaction, and the keys whose
 /// watermark a concurrent commit may have left behind (see `seqs::repair`).
 #[derive(Clone)]
-pub struct PgSink {
-    pub pool: PgPool,
-    pub batch_deadline: Duration,
+pub(crate) struct PgSink {
+    pub(crate) pool: PgPool,
+    pub(crate) batch_deadline: Duration,
     behind: Arc<Mutex<HashMap<String, u32>>>,
 }
 
@@ -75,7 +75,7 @@ async fn repair_loop(pool: PgPool, behind: Arc<Mutex<HashMap<String, u32>>>) {
 
 /// How a delivery to Postgres ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
+pub(crate) enum Stored {
     /// Postgres holds the batch
     Done,
     /// nothing was written: another `persist` instance moved a Kafka position the batch
@@ -97,7 +97,7 @@ fn account(out: &Outcome) {
 
 /// What a failed batch means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
+pub(crate) enum ErrorClass {
     /// the database is unavailable, slow or busy: retry the batch with backoff
     Transient,
     /// retrying cannot help (schema missing, permission denied, wrong database): stop
@@ -110,7 +110,7 @@ pub enum ErrorClass {
 /// 53 insufficient resources, 57 operator intervention (incl. statement timeout 57014),
 /// 55P03 lock not available; 28 auth, 3D/3F missing database/schema, 42501 privilege,
 /// 42P01/42703/42883 missing table/column/function (migrations not applied).
-pub fn classify(e: &sqlx::Error) -> ErrorClass {
+pub(crate) fn classify(e: &sqlx::Error) -> ErrorClass {
     match e {
         sqlx::Error::Database(d) => {
             let code = d.code().map(|c| c.to_string()).unwrap_or_default();
@@ -131,7 +131,7 @@ pub fn classify(e: &sqlx::Error) -> ErrorClass {
 }
 
 /// A failure that retrying cannot fix, with the fix named.
-pub fn permanent_message(e: &sqlx::Error) -> String {
+pub(crate) fn permanent_message(e: &sqlx::Error) -> String {
     let hint = match e {
         sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("42P01" | "42703" | "42883")) => {
             "the schema is missing or old: run `tally-shipper migrate --database-url ...` (or start with --migrate)"
@@ -146,7 +146,7 @@ pub fn permanent_message(e: &sqlx::Error) -> String {
 
 impl PgSink {
     /// Also starts the watermark repair task (runs until the process exits).
-    pub fn new(pool: PgPool, pg: &crate::cli::PgOpts) -> PgSink {
+    pub(crate) fn new(pool: PgPool, pg: &crate::cli::PgOpts) -> PgSink {
         let behind: Arc<Mutex<HashMap<String, u32>>> = Default::default();
         tokio::spawn(repair_loop(pool.clone(), behind.clone()));
         PgSink {
@@ -157,7 +157,7 @@ impl PgSink {
     }
 
     /// At shutdown, after the last commit: leave every watermark exact.
-    pub async fn finish(&self) {
+    pub(crate) async fn finish(&self) {
         self.behind
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -179,7 +179,7 @@ impl PgSink {
 
     /// Direct path: stores the batch, retrying transient failures (nothing is acknowledged
     /// meanwhile). Err: retrying cannot help; nothing of the batch is stored.
-    pub async fn store(&self, recs: &[Record], b: &BatchOpts) -> Result<(), Fatal> {
+    pub(crate) async fn store(&self, recs: &[Record], b: &BatchOpts) -> Result<(), Fatal> {
         // without Kafka positions there is no fence: a batch is never refused as fenced
         let stored = self.deliver(recs, &[], b).await?;
         debug_assert_eq!(stored, Stored::Done);
@@ -188,7 +188,7 @@ impl PgSink {
 
     /// persist: stores the batch with the Kafka positions it leads to, fenced: `Fenced` when
     /// another instance moved one of the positions it continues from (nothing was written).
-    pub async fn store_fenced(
+    pub(crate) async fn store_fenced(
         &self,
         recs: &[Record],
         positions: &[Position],
