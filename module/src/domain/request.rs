@@ -289,6 +289,10 @@ impl<'a> Options<'a> {
                             "META is longer than {MAX_META_LEN} bytes"
                         )));
                     }
+                    // The event carries META to a Postgres text column, which cannot hold NUL.
+                    if v.contains(&0) {
+                        return Err(CmdError::err("META must not contain NUL bytes"));
+                    }
                     common.meta = Some(
                         String::from_utf8(v.to_vec())
                             .map_err(|_| CmdError::err("META must be valid UTF-8"))?,
@@ -708,6 +712,19 @@ mod tests {
         assert!(err_text(asset_incr(&bad)).contains("UTF-8"));
         let nul: Vec<&[u8]> = vec![b"a\0b", b"gold", b"1"];
         assert!(err_text(asset_incr(&nul)).contains("NUL"));
+    }
+
+    /// Found by the fuzzer (fuzz/, target `request`: `ASSET.INCR k f 1 META "\0"`): META
+    /// with a NUL was accepted, its event then refused by the shipper (failed_events), so the
+    /// change never reached Postgres.
+    #[test]
+    fn meta_must_not_contain_nul() {
+        let incr: Vec<&[u8]> = vec![b"k", b"f", b"1", b"META", b"\0"];
+        assert!(err_text(asset_incr(&incr)).contains("META must not contain NUL"));
+        let consume: Vec<&[u8]> = vec![b"q", b"1", b"META", b"a\0b", b"ID", b"x"];
+        assert!(err_text(usage_consume(&consume)).contains("NUL"));
+        let ok: Vec<&[u8]> = vec![b"c", b"u", b"META", b"\\u0000 \x01"];
+        assert!(coupon_user(&ok).is_ok());
     }
 
     proptest! {
