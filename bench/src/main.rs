@@ -9,6 +9,10 @@
 //! `tally-bench shipper RESULTS.json` starts its own redis-server, PostgreSQL and tansu,
 //!                       measures tally-shipper against them and writes the figures as
 //!                       typed JSON (shipper/).
+//! `tally-bench capacity RESULTS.json` the mixed workload at stepped rates on the direct
+//!                       path, and the drain ceiling (shipper/capacity.rs).
+//! `tally-bench growth RESULTS.json` drain rate and statement latency as a synthetic
+//!                       history grows (shipper/growth.rs).
 //!
 //! Configuration comes from environment variables (`Cfg::from_env`, `shipper::Config`).
 
@@ -80,7 +84,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 const USAGE: &str = "usage: tally-bench suite | profile-setup | profile WORKLOAD \
-                     | shipper RESULTS.json (configured by BENCH_* variables)";
+                     | shipper RESULTS.json | capacity RESULTS.json | growth RESULTS.json \
+                     (configured by BENCH_*, CAPACITY_* and GROWTH_* variables)";
 
 fn main() -> Result<ExitCode> {
     let args: Vec<String> = std::env::args().collect();
@@ -98,6 +103,16 @@ fn main() -> Result<ExitCode> {
         Some("shipper") => {
             let out = args.get(2).ok_or_else(|| anyhow!("shipper RESULTS.json"))?;
             return local.block_on(&rt, shipper::main(out.as_ref()));
+        }
+        Some("capacity") => {
+            let out = args
+                .get(2)
+                .ok_or_else(|| anyhow!("capacity RESULTS.json"))?;
+            return local.block_on(&rt, shipper::capacity_main(out.as_ref()));
+        }
+        Some("growth") => {
+            let out = args.get(2).ok_or_else(|| anyhow!("growth RESULTS.json"))?;
+            return local.block_on(&rt, shipper::growth_main(out.as_ref()));
         }
         _ => bail!(USAGE),
     }

@@ -38,7 +38,7 @@ pub async fn run(
     say(&format!("drain {label}: fill"));
     p.reset().await?;
     let used_memory_empty = p.used_memory().await?;
-    let fill_s = match fill::backlog(s, p, n).await {
+    let fill_s = match fill::backlog(s, p, n, fill::ACCOUNTS).await {
         Ok(seconds) => seconds,
         Err(e) => {
             say(&format!("drain {label}: {e:#}"));

@@ -10,13 +10,14 @@ use super::probe::{entries_added, Probe};
 use super::servers::{tail, Servers};
 use crate::key;
 
-/// Accounts the events are spread over.
-const ACCOUNTS: u64 = 10_000;
+/// Accounts the events are spread over (`backlog`'s usual `accounts`).
+pub const ACCOUNTS: u64 = 10_000;
 
-/// redis-benchmark, 50 connections 16 deep; returns the seconds it took. redis-benchmark
+/// redis-benchmark, 50 connections 16 deep, over `accounts` accounts (`acct:` and 12
+/// digits); returns the seconds it took. redis-benchmark
 /// overshoots `-n` when it is not a multiple of the pipeline depth, so the multiple of 16
 /// goes pipelined and the remainder one command at a time.
-pub async fn backlog(s: &Servers, p: &mut Probe, n: u64) -> Result<f64> {
+pub async fn backlog(s: &Servers, p: &mut Probe, n: u64, accounts: u64) -> Result<f64> {
     let before = p.entries_added().await;
     let log = s.log("fill.out");
     let out = std::fs::File::create(&log)?;
@@ -27,7 +28,7 @@ pub async fn backlog(s: &Servers, p: &mut Probe, n: u64) -> Result<f64> {
         }
         let status = Command::new("redis-benchmark")
             .args(["-p", &s.redis.port.to_string(), "-P", depth, "-c", clients])
-            .args(["-n", &count.to_string(), "-r", &ACCOUNTS.to_string(), "-q"])
+            .args(["-n", &count.to_string(), "-r", &accounts.to_string(), "-q"])
             .args(["ASSET.INCR", "acct:__rand_int__", "gold", "1"])
             .stdout(out.try_clone()?)
             .stderr(out.try_clone()?)

@@ -138,14 +138,21 @@ fn send_at_rate(info: redis::ConnectionInfo, rate: f64, seconds: f64) -> Result<
 
 /// p50/p99/max/mean of (commit time of the row's transaction - ts_ms) over all events, ms.
 async fn freshness(p: &Probe) -> Result<Freshness> {
+    freshness_between(p, i64::MIN, i64::MAX).await
+}
+
+/// The same over the events with `from_ms <= ts_ms < to_ms`.
+pub async fn freshness_between(p: &Probe, from_ms: i64, to_ms: i64) -> Result<Freshness> {
     let row: (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
         "SELECT count(*), \
          round(percentile_cont(0.5) WITHIN GROUP (ORDER BY f)::numeric, 1)::float8, \
          round(percentile_cont(0.99) WITHIN GROUP (ORDER BY f)::numeric, 1)::float8, \
          round(max(f)::numeric, 1)::float8, round(avg(f)::numeric, 1)::float8 \
          FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000 - ts_ms AS f \
-         FROM events) s",
+         FROM events WHERE ts_ms >= $1 AND ts_ms < $2) s",
     )
+    .bind(from_ms)
+    .bind(to_ms)
     .fetch_one(&p.pg)
     .await?;
     let (events, p50_ms, p99_ms, max_ms, mean_ms) = row;

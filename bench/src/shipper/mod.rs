@@ -15,9 +15,14 @@
 //! - `fresh`: 3. sustained freshness under a fixed-rate load.
 //! - `results`: the JSON written (the report's input).
 
+mod capacity;
+mod cpu;
 mod drain;
 mod fill;
 mod fresh;
+mod growth;
+mod history;
+mod mix;
 mod probe;
 mod results;
 mod servers;
@@ -32,7 +37,7 @@ use sha2::Digest as _;
 use tokio::signal::unix::{signal, SignalKind};
 
 use probe::Probe;
-use results::{Binary, LoadAverages, Results, Route, RunInfo, Settings};
+use results::{Binary, CapacitySettings, LoadAverages, Results, Route, RunInfo, Settings};
 use servers::{command_output, Servers};
 
 /// The knobs (BENCH_SHIPPER_*, recorded in the results) and the binaries' paths;
@@ -118,7 +123,34 @@ impl Config {
 
 /// Runs the benchmark into `out`; SIGINT or SIGTERM drop the run (every server stops).
 pub async fn main(out: &Path) -> Result<ExitCode> {
-    let mut cfg = Config::from_env()?;
+    let mut cfg = checked_config()?;
+    if !cfg.knobs.kafka_batch_sizes.is_empty() && !cfg.tansu.is_file() {
+        say(&format!(
+            "tansu not found at {}; skipping the Kafka runs",
+            cfg.tansu.display()
+        ));
+        cfg.knobs.kafka_batch_sizes.clear();
+    }
+    guarded(out, run(&cfg)).await
+}
+
+/// `tally-bench capacity RESULTS.json` (capacity.rs).
+pub async fn capacity_main(out: &Path) -> Result<ExitCode> {
+    let cfg = checked_config()?;
+    let k = capacity_settings()?;
+    guarded(out, capacity::run(&cfg, &k)).await
+}
+
+/// `tally-bench growth RESULTS.json` (growth.rs).
+pub async fn growth_main(out: &Path) -> Result<ExitCode> {
+    let cfg = checked_config()?;
+    let k = capacity_settings()?;
+    guarded(out, growth::run(&cfg, &k)).await
+}
+
+/// The configuration, with the module, tally-shipper and PostgreSQL where it says.
+fn checked_config() -> Result<Config> {
+    let cfg = Config::from_env()?;
     for (what, p) in [("module", &cfg.module), ("tally-shipper", &cfg.shipper)] {
         if !p.is_file() {
             bail!(
@@ -130,17 +162,51 @@ pub async fn main(out: &Path) -> Result<ExitCode> {
     if !cfg.pg_bin.join("postgres").is_file() {
         bail!("PostgreSQL binaries not in {}", cfg.pg_bin.display());
     }
-    if !cfg.knobs.kafka_batch_sizes.is_empty() && !cfg.tansu.is_file() {
-        say(&format!(
-            "tansu not found at {}; skipping the Kafka runs",
-            cfg.tansu.display()
-        ));
-        cfg.knobs.kafka_batch_sizes.clear();
-    }
+    Ok(cfg)
+}
+
+/// CAPACITY_* and GROWTH_* (scripts/bench-capacity.sh lists them).
+fn capacity_settings() -> Result<CapacitySettings> {
+    use crate::env_or;
+    Ok(CapacitySettings {
+        rates: env_list("CAPACITY_RATES", "2000 5000 10000 15000 20000 25000")?,
+        step_seconds: env_or("CAPACITY_STEP_SECONDS", 60.0),
+        clients: env_or("CAPACITY_CLIENTS", 50),
+        writers: std::env::var("CAPACITY_WRITERS")
+            .ok()
+            .and_then(|w| w.parse().ok()),
+        slack_min: env_or("CAPACITY_SLACK_MIN", 1000),
+        slack_seconds: env_or("CAPACITY_SLACK_SECONDS", 1.0),
+        achieved_min: env_or("CAPACITY_ACHIEVED_MIN", 0.95),
+        drain_n: env_or("CAPACITY_DRAIN_N", 200_000),
+        stop_after_failed: env_or("CAPACITY_STOP_AFTER", 2),
+        growth_sizes: env_list("GROWTH_SIZES", "1000000 10000000 20000000")?,
+        growth_accounts: env_or("GROWTH_ACCOUNTS", 1_000_000),
+        growth_backlog: env_or("GROWTH_BACKLOG", 200_000),
+        growth_backlog_accounts: env_or("GROWTH_BACKLOG_ACCOUNTS", 1_000_000),
+        growth_queries: env_or("GROWTH_QUERIES", 200),
+        redis_accounts: env_list("GROWTH_REDIS_ACCOUNTS", "100000 1000000")?,
+        drain_timeout_s: env_or("CAPACITY_DRAIN_TIMEOUT", 300),
+    })
+}
+
+/// Servers without tansu, the database migrated, the probe, and the load average now.
+async fn start(cfg: &Config) -> Result<(Servers, Probe, Vec<results::LoadAt>)> {
+    let s = Servers::start(cfg, false).await?;
+    s.create_database(cfg).await?;
+    let p = Probe::connect(&s).await?;
+    Ok((s, p, vec![capacity::at("start")]))
+}
+
+/// Runs `work` into `out`; SIGINT or SIGTERM drop the run (every server stops).
+async fn guarded<T: serde::Serialize>(
+    out: &Path,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<ExitCode> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let results = tokio::select! {
-        r = run(&cfg) => r?,
+        r = work => r?,
         _ = int.recv() => return interrupted("SIGINT"),
         _ = term.recv() => return interrupted("SIGTERM"),
     };
@@ -213,13 +279,13 @@ async fn run(cfg: &Config) -> Result<Results> {
     })
 }
 
-async fn run_info(
+pub async fn run_info<L>(
     cfg: &Config,
     s: &Servers,
     p: &Probe,
     started_unix: u64,
-    load: LoadAverages,
-) -> Result<RunInfo> {
+    load: L,
+) -> Result<RunInfo<L>> {
     let postgres_settings = sqlx::query_scalar(
         "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings \
          WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', 'wal_level', \
@@ -260,14 +326,14 @@ fn binary(path: &Path) -> Result<Binary> {
     })
 }
 
-fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// The 1, 5 and 15 minute load averages.
-fn loadavg() -> String {
+pub fn loadavg() -> String {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     text.split_whitespace()
         .take(3)

@@ -18,14 +18,15 @@ pub struct Results {
     pub freshness: Vec<FreshRun>,
 }
 
-/// The machine, the software and when the run happened.
+/// The machine, the software and when the run happened; `L`: the load averages taken
+/// during the run (`LoadAverages` for `tally-bench shipper`, a list of `LoadAt` otherwise).
 #[derive(Serialize)]
-pub struct RunInfo {
+pub struct RunInfo<L = LoadAverages> {
     pub started_unix: u64,
     pub finished_unix: u64,
     pub nproc: usize,
     pub cpu: String,
-    pub load: LoadAverages,
+    pub load: L,
     /// `redis-server --version`
     pub redis_version: String,
     /// `postgres --version`
@@ -45,6 +46,13 @@ pub struct LoadAverages {
     pub after_direct: String,
     pub after_kafka: String,
     pub end: String,
+}
+
+/// `/proc/loadavg` (1/5/15 min) at a named point of the run.
+#[derive(Serialize)]
+pub struct LoadAt {
+    pub at: String,
+    pub loadavg: String,
 }
 
 #[derive(Serialize)]
@@ -196,4 +204,165 @@ pub struct Freshness {
     pub p99_ms: Option<f64>,
     pub max_ms: Option<f64>,
     pub mean_ms: Option<f64>,
+}
+
+// ---------------------------------------------------------------- tally-bench capacity
+
+/// What `tally-bench capacity` writes (read by bench/report_capacity.py).
+#[derive(Serialize)]
+pub struct CapacityResults {
+    pub run: RunInfo<Vec<LoadAt>>,
+    pub settings: CapacitySettings,
+    /// Events the setup appended (coupon campaigns, usage limits, opening balances), shipped
+    /// before the first step.
+    pub setup_events: u64,
+    pub steps: Vec<Step>,
+    /// The highest target rate of a passed step (None: none passed).
+    pub capacity: Option<f64>,
+    /// The direct drain ceiling of the same run (drain.rs: an ASSET.INCR backlog, then
+    /// `tally-shipper run` with the steps' `--pg-writers`).
+    pub drain: DrainRun,
+}
+
+/// The knobs of `tally-bench capacity` and `tally-bench growth` (CAPACITY_*, GROWTH_*).
+#[derive(Serialize, Clone)]
+pub struct CapacitySettings {
+    pub rates: Vec<f64>,
+    pub step_seconds: f64,
+    pub clients: u32,
+    /// `--pg-writers` of the shipper (None: its default).
+    pub writers: Option<u32>,
+    /// A step's backlog is bounded when end <= start + slack; slack = max(slack_min,
+    /// slack_seconds x target rate).
+    pub slack_min: u64,
+    pub slack_seconds: f64,
+    /// A step passes only when its achieved rate is at least this fraction of its target.
+    pub achieved_min: f64,
+    pub drain_n: u64,
+    /// Steps stop after this many unbounded or slow steps in a row.
+    pub stop_after_failed: u32,
+    pub growth_sizes: Vec<u64>,
+    pub growth_accounts: u64,
+    pub growth_backlog: u64,
+    pub growth_backlog_accounts: u64,
+    pub growth_queries: u32,
+    /// Account counts of the Redis memory measurement ("" skips it).
+    pub redis_accounts: Vec<u64>,
+    pub drain_timeout_s: u64,
+}
+
+/// One fixed-rate step of the mixed workload, shipper running throughout.
+#[derive(Serialize)]
+pub struct Step {
+    pub target_rate: f64,
+    pub seconds: f64,
+    /// Commands sent / that replied with an error (an error appends no event).
+    pub sent: u64,
+    pub errors: u64,
+    /// Successful commands per type: asset.incr, asset.transfer, coupon.claim, usage.consume.
+    pub by_type: [u64; 4],
+    /// Most any client fell behind its schedule (it then sends at once to catch up).
+    pub max_behind_schedule_s: f64,
+    /// Unix ms of the step's start and end (events with ts_ms in it belong to the step).
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// Group lag + pending at the start and the end of the step.
+    pub backlog_start: i64,
+    pub backlog_end: i64,
+    /// Stream and group sampled every second.
+    pub samples: Vec<Sample>,
+    /// Events committed to Postgres while the step ran (by their commit timestamp).
+    pub shipped: i64,
+    /// Freshness of the step's events, measured after the run drained (events not stored
+    /// by then are missing from `freshness.events`).
+    pub freshness: Freshness,
+    /// CPU seconds (user + system) during the step.
+    pub cpu: CpuSeconds,
+    /// backlog_end <= backlog_start + slack; passed: bounded, and the achieved rate at least
+    /// `achieved_min` x target, p99 freshness < 1 s and every successful command's event stored.
+    pub bounded: bool,
+    pub passed: bool,
+}
+
+#[derive(Serialize, Default, Clone, Copy)]
+pub struct CpuSeconds {
+    pub redis: f64,
+    pub shipper: f64,
+    /// The postmaster, its live children, and children it reaped during the step.
+    pub postgres: f64,
+    /// tally-bench itself (the load generator).
+    pub bench: f64,
+}
+
+// ---------------------------------------------------------------- tally-bench growth
+
+/// What `tally-bench growth` writes.
+#[derive(Serialize)]
+pub struct GrowthResults {
+    pub run: RunInfo<Vec<LoadAt>>,
+    pub settings: CapacitySettings,
+    pub points: Vec<GrowthPoint>,
+    /// Redis memory with `accounts` asset hashes (after FLUSHALL, stream trimmed to 0).
+    pub redis_memory: Vec<RedisMemory>,
+}
+
+#[derive(Serialize)]
+pub struct RedisMemory {
+    pub accounts: u64,
+    pub used_memory_empty: u64,
+    pub used_memory: u64,
+    /// MEMORY USAGE of the (trimmed) stream, part of `used_memory`.
+    pub stream_memory: u64,
+}
+
+/// One history size: the synthetic history, then a drain into it and the statement query.
+#[derive(Serialize)]
+pub struct GrowthPoint {
+    /// Synthetic events in the history (before this point's drain; earlier drains add theirs).
+    pub history_events: u64,
+    /// Rows of events / event_keys / event_changes before the drain (all sources).
+    pub rows: TableRows,
+    /// Seconds the COPY of this point's new history took, and the index rebuild after it.
+    pub copy_s: f64,
+    pub index_s: f64,
+    pub drain: GrowthDrain,
+    pub hot: QueryLatency,
+    pub cold: QueryLatency,
+    pub database_bytes: i64,
+    /// pg_total_relation_size of events, event_keys, event_changes.
+    pub table_bytes: [i64; 3],
+    pub loadavg: String,
+}
+
+#[derive(Serialize, Default)]
+pub struct TableRows {
+    pub events: i64,
+    pub event_keys: i64,
+    pub event_changes: i64,
+}
+
+#[derive(Serialize)]
+pub struct GrowthDrain {
+    pub n: u64,
+    pub fill_s: f64,
+    /// From starting the shipper until its group had nothing pending or unread.
+    pub drain_s: f64,
+    pub status: Status,
+    /// Events with a `ts_ms` after the backlog's fill started, counted after the drain.
+    pub stored: i64,
+    pub cpu: CpuSeconds,
+    /// WAL written during the drain (pg_stat_wal): records, full-page images, bytes.
+    pub wal: [i64; 3],
+}
+
+/// The account statement query (docs/operations.md), `queries` times on random accounts of
+/// the class, timed at the client (one connection, prepared statement).
+#[derive(Serialize, Default)]
+pub struct QueryLatency {
+    pub queries: u32,
+    /// Mean rows returned (at most 50).
+    pub mean_rows: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
 }

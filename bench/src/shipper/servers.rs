@@ -64,6 +64,11 @@ impl Proc {
         Ok(Proc { child, grace })
     }
 
+    /// Its process id (None once reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -178,6 +183,10 @@ impl RedisServer {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
+
+    pub fn pid(&self) -> Option<u32> {
+        self._proc.pid()
+    }
 }
 
 pub struct Tansu {
@@ -283,6 +292,12 @@ impl Postgres {
 
     pub fn url(&self, user: &str, db: &str) -> String {
         format!("postgres://{user}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The postmaster's pid, from the first line of postmaster.pid.
+    pub fn pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.home.path().join("data/postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
     }
 
     pub fn version(&self) -> String {

@@ -35,7 +35,7 @@ const POLL: Duration = Duration::from_millis(5);
 /// Both stages and the plain clients; `None` when the plain clients failed.
 pub async fn run(s: &Servers, p: &mut Probe, cfg: &Config) -> Result<Option<KafkaStages>> {
     p.reset().await?;
-    fill::backlog(s, p, WARMUP).await?;
+    fill::backlog(s, p, WARMUP, fill::ACCOUNTS).await?;
     let topic = format!("bench.stages.{}", fastrand::u16(..));
     let forward = forward(s, p, cfg, &topic).await?;
     let persist = persist(s, p, cfg, &topic).await?;

@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Turns the JSON of `tally-bench capacity` and `tally-bench growth` (their fields:
+bench/src/shipper/results.rs, CapacityResults and GrowthResults) into docs/bench-capacity.md
+and a chart (docs/bench-capacity.png). Called by scripts/bench-capacity.sh:
+
+    report_capacity.py [--capacity C.json] [--growth G.json] --doc D.md --chart P.png \
+                       --command CMD --commit GIT
+
+Either input may be missing (that section then says it was not run). The chart needs
+matplotlib (the wrapper runs this script with a venv that has it); without it the report is
+written without the chart.
+"""
+import argparse
+import datetime
+import json
+import os
+import sys
+
+
+def when(unix):
+    return datetime.datetime.fromtimestamp(unix, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def num(v, digits=0):
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def mib(b):
+    return f"{b / 1048576:,.0f} MiB"
+
+
+def machine(w, res, what):
+    run = res["run"]
+    w(f"- {what}: started {when(run['started_unix'])}, took {run['finished_unix'] - run['started_unix']} s")
+    w("- load average (1/5/15 min): " + "; ".join(f"{l['at']} {l['loadavg']}" for l in run["load"]))
+    w(f"- nproc {run['nproc']}, {run['cpu']}; {run['redis_version']}; {run['postgres_version']}")
+    w(f"- PostgreSQL: initdb defaults but `track_commit_timestamp = on` ({run['postgres_settings']})")
+    w(f"- libtally.so sha256 {run['module']['sha256']}, tally-shipper sha256 {run['shipper']['sha256']}")
+
+
+def section(w, res, title):
+    w(f"## {title}")
+    w("")
+    machine(w, res, "run")
+    w("")
+
+
+def capacity(w, res):
+    st, steps = res["settings"], res["steps"]
+    section(w, res, "1. Capacity on the direct path")
+    w(f"Mixed workload from {st['clients']} connections, each sending one command at a time on its own")
+    w("fixed schedule (open loop: a client behind schedule sends at once, until the step ends). Per 20 commands: 10")
+    w("`ASSET.INCR acct:<k> gold 1 ID <op-id>`, 4 `ASSET.TRANSFER {u<k>}.wallet {u<k>}.savings gold 1`,")
+    w("3 `COUPON.CLAIM camp:<k%10> <new user>`, 3 `USAGE.CONSUME use:<k> 1`, k uniform over 10,000.")
+    writers = st["writers"] if st["writers"] is not None else "default (4)"
+    w(f"One `tally-shipper run` (direct path, `--pg-writers` {writers}, default batch) runs through every")
+    w(f"step; each step lasts {st['step_seconds']:g} s and starts once the previous step's backlog is")
+    w(f"down to {st['slack_min']} (or after 30 s). The setup appended {res['setup_events']:,} events, shipped before step 1.")
+    w("")
+    w("| target cmd/s | achieved cmd/s | errors | shipped ev/s | backlog start -> end | freshness p50 / p99 / max ms | stored / ok cmds | CPU s redis / shipper / postgres / bench | behind schedule s | passed |")
+    w("|---:|---:|---:|---:|---|---|---|---|---:|---|")
+    for s in steps:
+        f = s["freshness"]
+        ok = s["sent"] - s["errors"]
+        c = s["cpu"]
+        w(f"| {num(s['target_rate'])} | {num(ok / s['seconds'])} | {s['errors']:,} | {num(s['shipped'] / s['seconds'])} "
+          f"| {s['backlog_start']:,} -> {s['backlog_end']:,} | {num(f['p50_ms'], 1)} / {num(f['p99_ms'], 1)} / {num(f['max_ms'], 1)} "
+          f"| {f['events']:,} / {ok:,} | {c['redis']:.1f} / {c['shipper']:.1f} / {c['postgres']:.1f} / {c['bench']:.1f} "
+          f"| {s['max_behind_schedule_s']:.2f} | {'yes' if s['passed'] else '**no**'} |")
+    w("")
+    cap = res["capacity"]
+    d = res["drain"]
+    m = d.get("measured")
+    ceiling = m["rows"] / m["drain_s"] if m and m["drain_s"] > 0 else None
+    w(f"**Capacity: {num(cap)} commands/s** (the highest step that achieved >= {st['achieved_min']:g} x its target")
+    w("rate with a bounded backlog, p99 freshness < 1 s and every event stored). Goal >= 20,000:")
+    w(f"**{'MET' if cap and cap >= 20000 else 'MISS'}**.")
+    w("")
+    if m:
+        w(f"Direct drain ceiling of the same run (bench/src/shipper/drain.rs): a backlog of {d['n']:,}")
+        w(f"`ASSET.INCR` events drained in {m['drain_s']:.2f} s = **{num(ceiling)} events/s** ({d['status']}),")
+        w("after the steps, on the same servers (an ASSET.INCR-only backlog: one key and one change per")
+        w("event, like 14 of the mix's 20 commands; a transfer writes two of each).")
+    else:
+        w(f"Direct drain ceiling: not measured ({d['status']}).")
+    w("")
+    w("- achieved = commands that succeeded / step seconds; shipped = events whose transaction committed")
+    w("  while the step ran (`pg_xact_commit_timestamp(xmin)`) / step seconds.")
+    w("- freshness = commit time of the transaction that stored the event - the event's `ts` (its time in")
+    w("  Redis), over the events whose `ts` falls in the step, measured after the whole run drained.")
+    w("  (`events.persisted_at` is `now()` = the transaction's start, not its commit, so the commit timestamp")
+    w("  is used.)")
+    w("- backlog = the shipper group's `lag` + `pending` (XINFO GROUPS); bounded = end <= start + max(")
+    w(f"  {st['slack_min']}, {st['slack_seconds']:g} s x target rate).")
+    w("- CPU s = user + system seconds during the step from /proc/<pid>/stat: redis-server; tally-shipper;")
+    w("  the postmaster with every backend (live children, plus children it reaped); tally-bench, which")
+    w("  generates the load on the same 2 cores.")
+    w("")
+
+
+def growth(w, res):
+    st, pts = res["settings"], res["points"]
+    section(w, res, "2. Growth: drain rate and the statement query as the history grows")
+    w(f"A synthetic history written with COPY (bench/src/shipper/history.rs): {st['growth_accounts']:,} accounts,")
+    w("the account of rank r drawn with probability ~1/r (continuous Zipf, s = 1; ranks scattered over the")
+    w("key space), 4 in 5 events `asset.incr`, 1 in 5 `asset.transfer` (two keys, two changes), one in 3")
+    w("with an op-id, spread over the year before the run; rows of `events`, `event_keys`, `event_changes`")
+    w("as the shipper writes them, and each account's `balances` and `key_seqs` row. The three history")
+    w("tables' indexes are dropped during COPY and rebuilt after it (same definitions as migration 0004),")
+    w("then VACUUM ANALYZE and CHECKPOINT. At each size: a backlog of")
+    w(f"{st['growth_backlog']:,} `ASSET.INCR acct:<random of {st['growth_backlog_accounts']:,}> gold 1` (their keys sort")
+    w("next to the history's `acct:<n>h`, so the inserts land all over its indexes), drained by `tally-shipper")
+    w("run` (direct, default batch and writers), timed from its start until its group has nothing pending or")
+    w(f"unread; then the statement query of docs/operations.md (LIMIT 50), {st['growth_queries']} times each on hot accounts")
+    w("(the 100 most active) and cold ones (1 to 3 events), one connection, prepared, timed at the client.")
+    w("Earlier points' drained events stay in the database.")
+    w("")
+    w("| history events | rows events / event_keys / event_changes | database | bytes per event | drain ev/s | vs empty | statement hot p50 / p99 ms | cold p50 / p99 ms | load at the point |")
+    w("|---:|---|---:|---:|---:|---:|---|---|---|")
+    base = None
+    for p in pts:
+        d = p["drain"]
+        rate = d["n"] / d["drain_s"] if d["drain_s"] > 0 else 0
+        base = base or rate
+        r = p["rows"]
+        per = p["database_bytes"] / r["events"] if r["events"] else None
+        status = "" if d["status"] == "ok" else f" ({d['status']})"
+        w(f"| {p['history_events']:,} | {r['events']:,} / {r['event_keys']:,} / {r['event_changes']:,} | {mib(p['database_bytes'])} "
+          f"| {num(per)} | {num(rate)}{status} | {rate / base:.2f}x | {p['hot']['p50_ms']:.2f} / {p['hot']['p99_ms']:.2f} "
+          f"| {p['cold']['p50_ms']:.2f} / {p['cold']['p99_ms']:.2f} | {p['loadavg']} |")
+    w("")
+    if len(pts) > 1:
+        last = pts[-1]
+        d = last["drain"]
+        ratio = (d["n"] / d["drain_s"]) / base if base else 0
+        p99 = max(last["hot"]["p99_ms"], last["cold"]["p99_ms"])
+        w(f"At the largest size measured here ({last['history_events']:,} events; the issue asks for 20M): drain rate")
+        w(f"{ratio:.2f}x the empty database (goal >= 0.8x: **{'MET' if ratio >= 0.8 else 'MISS'}** at this size), statement")
+        w(f"p99 {p99:.2f} ms (goal < 10 ms: **{'MET' if p99 < 10 else 'MISS'}** at this size).")
+        w("")
+    w("- copy / index rebuild seconds per point: " + "; ".join(
+        f"{p['history_events']:,}: {p['copy_s']:.0f} s / {p['index_s']:.0f} s" for p in pts))
+    w("- WAL written during each drain (pg_stat_wal): " + "; ".join(
+        f"{p['history_events']:,}: {p['drain']['wal'][2] / p['drain']['n']:,.0f} bytes and "
+        f"{p['drain']['wal'][1] / p['drain']['n']:.2f} full-page images per event"
+        for p in pts))
+    w("- CPU seconds during each drain (redis / shipper / postgres): " + "; ".join(
+        f"{p['history_events']:,}: {p['drain']['cpu']['redis']:.1f} / {p['drain']['cpu']['shipper']:.1f} / "
+        f"{p['drain']['cpu']['postgres']:.1f}" for p in pts))
+    w("- table sizes (events / event_keys / event_changes, with indexes): " + "; ".join(
+        f"{p['history_events']:,}: " + " / ".join(mib(b) for b in p["table_bytes"]) for p in pts))
+    w("- the machine has 24 GB of RAM: at these sizes the whole database fits in the OS page cache")
+    w("  (shared_buffers is 128 MB), so this measures B-tree and WAL work, not disk reads.")
+    w("")
+    mem = res.get("redis_memory") or []
+    if mem:
+        w("### Redis memory per account")
+        w("")
+        w("After FLUSHALL, `ASSET.INCR acct:<i> gold 1` for i = 0 .. N-1 (pipelined), the stream trimmed to")
+        w("nothing (`XTRIM MAXLEN 0`); per account = (used_memory - used_memory after FLUSHALL) / N, which")
+        w("includes the account's hash and its entry in the module's `tally:seq` hash.")
+        w("")
+        w("| accounts | used_memory | per account |")
+        w("|---:|---:|---:|")
+        for m in mem:
+            per = (m["used_memory"] - m["used_memory_empty"]) / m["accounts"]
+            w(f"| {m['accounts']:,} | {mib(m['used_memory'])} | {per:,.0f} bytes |")
+        w("")
+
+
+def chart(cap, gro, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (1 if cap else 0) + (1 if gro else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.8), squeeze=False)
+    axes = list(axes[0])
+    if cap:
+        ax = axes.pop(0)
+        steps = cap["steps"]
+        x = [s["target_rate"] for s in steps]
+        ax.plot(x, [s["freshness"]["p99_ms"] or 0 for s in steps], "o-", color="#d62728", label="p99 freshness")
+        ax.plot(x, [s["freshness"]["p50_ms"] or 0 for s in steps], "o--", color="#ff9896", label="p50 freshness")
+        ax.axhline(1000, color="#d62728", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_xlabel("target command rate (commands/s)")
+        ax.set_ylabel("freshness (ms, log)")
+        ax2 = ax.twinx()
+        ax2.bar(x, [s["backlog_end"] for s in steps], width=max(x) / 40, color="#1f77b4", alpha=0.5,
+                label="backlog at step end")
+        ax2.set_ylabel("backlog (entries)")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+        ax.set_title(f"capacity: {num(cap['capacity'])} cmd/s (direct path)")
+    if gro:
+        ax = axes.pop(0)
+        pts = gro["points"]
+        x = [p["rows"]["events"] / 1e6 for p in pts]
+        ax.plot(x, [p["drain"]["n"] / p["drain"]["drain_s"] for p in pts], "o-", color="#2f6fb0",
+                label="drain events/s")
+        ax.set_xlabel("events stored before the drain (millions)")
+        ax.set_ylabel("drain rate (events/s)")
+        ax.set_ylim(bottom=0)
+        ax2 = ax.twinx()
+        ax2.plot(x, [p["hot"]["p99_ms"] for p in pts], "s--", color="#d62728", label="statement p99 hot")
+        ax2.plot(x, [p["cold"]["p99_ms"] for p in pts], "^--", color="#ff7f0e", label="statement p99 cold")
+        ax2.set_ylabel("statement query p99 (ms)")
+        ax2.set_ylim(bottom=0)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, loc="lower left", fontsize=8)
+        ax.set_title("growth: drain rate and statement latency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--capacity")
+    ap.add_argument("--growth")
+    ap.add_argument("--doc", required=True)
+    ap.add_argument("--chart", required=True)
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--commit", required=True)
+    args = ap.parse_args()
+    load = lambda p: json.load(open(p)) if p and os.path.exists(p) else None  # noqa: E731
+    cap, gro = load(args.capacity), load(args.growth)
+    out = []
+    w = out.append
+    w("# Capacity and growth")
+    w("")
+    w("Written by `scripts/bench-capacity.sh` (unedited output; issue 27). One run on a shared 2-core")
+    w("machine where other engineers' builds and tests may run at the same time: read every figure with")
+    w("the load averages next to it. Everything runs on 127.0.0.1: redis-server with the module (no AOF/RDB,")
+    w("`tally.max-backlog 0`), PostgreSQL 15, tally-shipper and the load generator share the 2 cores.")
+    w("")
+    w(f"- command: `{args.command}`; git {args.commit}")
+    w("")
+    w(f"![capacity and growth]({os.path.basename(args.chart)})")
+    w("")
+    if cap:
+        capacity(w, cap)
+    else:
+        w("## 1. Capacity on the direct path\n\nNot run.\n")
+    if gro:
+        growth(w, gro)
+    else:
+        w("## 2. Growth\n\nNot run.\n")
+    os.makedirs(os.path.dirname(os.path.abspath(args.doc)), exist_ok=True)
+    with open(args.doc, "w") as f:
+        f.write("\n".join(out) + "\n")
+    try:
+        chart(cap, gro, args.chart)
+    except Exception as e:  # the report is still useful without the chart
+        print(f"chart not written: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
