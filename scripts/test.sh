@@ -5,11 +5,13 @@
 #      the shipper end to end with PostgreSQL and the Kafka-protocol test broker)
 #   3. the module's integration tests and the shipper's cluster tests on Redis 8.2 and
 #      Valkey 9.1
-#   4. the Python and TypeScript clients' tests, the alert rules' promtool tests
+#   4. the Python and TypeScript clients' tests, the alert rules' promtool tests, and a short
+#      fuzz run of every parser over the committed corpus (scripts/fuzz.sh)
 # Every test starts its own servers on free 127.0.0.1 ports and stops them. Every step runs
 # even when an earlier one failed; the exit status is 1 when any failed, and the summary at
 # the end names them.
 #   TALLY_TEST_THREADS=2   test threads per cargo test binary
+#   FUZZ_SECONDS=20        seconds of fuzzing per target
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -59,6 +61,7 @@ done
 run "Python client (clients/python)" bash clients/python/test.sh
 run "TypeScript client (clients/node)" bash clients/node/test.sh
 run "alert rules (promtool)" bash deploy/test.sh
+run "fuzz: every target ${FUZZ_SECONDS:-20} s over the committed corpus" bash scripts/fuzz.sh
 
 if [ "${#failed[@]}" -gt 0 ]; then
   printf '[test] FAILED steps:\n' >&2
