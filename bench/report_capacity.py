@@ -116,6 +116,8 @@ def growth(w, res):
     w(f"unread; then the statement query of docs/operations.md (LIMIT 50), {st['growth_queries']} times each on hot accounts")
     w("(the 100 most active) and cold ones (1 to 3 events), one connection, prepared, timed at the client.")
     w("Earlier points' drained events stay in the database.")
+    if st.get("pg_set"):
+        w(f"Postgres settings changed for this run (ALTER SYSTEM): `{' '.join(st['pg_set'])}`.")
     w("")
     w("| history events | rows events / event_keys / event_changes | database | bytes per event | drain ev/s | vs empty | statement hot p50 / p99 ms | cold p50 / p99 ms | load at the point |")
     w("|---:|---|---:|---:|---:|---:|---|---|---|")
@@ -140,6 +142,7 @@ def growth(w, res):
         w(f"{ratio:.2f}x the empty database (goal >= 0.8x: **{'MET' if ratio >= 0.8 else 'MISS'}** at this size), statement")
         w(f"p99 {p99:.2f} ms (goal < 10 ms: **{'MET' if p99 < 10 else 'MISS'}** at this size).")
         w("")
+    findings(w, pts)
     w("- copy / index rebuild seconds per point: " + "; ".join(
         f"{p['history_events']:,}: {p['copy_s']:.0f} s / {p['index_s']:.0f} s" for p in pts))
     w("- WAL written during each drain (pg_stat_wal): " + "; ".join(
@@ -168,6 +171,40 @@ def growth(w, res):
             per = (m["used_memory"] - m["used_memory_empty"]) / m["accounts"]
             w(f"| {m['accounts']:,} | {mib(m['used_memory'])} | {per:,.0f} bytes |")
         w("")
+
+
+def findings(w, pts):
+    """What the growth figures say about the drain, from the figures themselves."""
+    if len(pts) < 2:
+        return
+    rate = lambda p: p["drain"]["n"] / p["drain"]["drain_s"]  # noqa: E731
+    per = lambda p, i: p["drain"]["wal"][i] / p["drain"]["n"]  # noqa: E731
+    first, last = pts[0], pts[-1]
+    ratio = rate(last) / rate(first)
+    w("### Reading the drain figures")
+    w("")
+    w(f"From the empty database to {last['history_events']:,} events the drain rate went from {rate(first):,.0f} to")
+    w(f"{rate(last):,.0f} events/s ({ratio:.2f}x); WAL per drained event from {per(first, 2):,.0f} to {per(last, 2):,.0f} bytes,")
+    w(f"full-page images per event from {per(first, 1):.2f} to {per(last, 1):.2f}; Postgres CPU seconds for the drain from")
+    w(f"{first['drain']['cpu']['postgres']:.1f} to {last['drain']['cpu']['postgres']:.1f}.")
+    if ratio < 0.8 and per(last, 1) > per(first, 1) + 0.05:
+        w("The full-page images point at the cause: each drained event inserts into `event_changes` (primary")
+        w("key data_key, field, seq, event_id) and `event_keys` (data_key, seq) at a random place in a large")
+        w("index, and the first change to a leaf page after a checkpoint writes the whole 8 kB page to the WAL")
+        w("(full_page_writes). The drain here starts right after a CHECKPOINT, the worst moment; in production")
+        w("every checkpoint (checkpoint_timeout, 5 min by default) starts that cycle again. What would help")
+        w("(not applied in the table above):")
+        w("- `wal_compression = on` (pglz; lz4 where the server is built with it): full-page images shrink")
+        w("  several-fold; a setting, no schema change.")
+        w("- a longer `checkpoint_timeout` and larger `max_wal_size`: fewer cycles, each page's image paid once")
+        w("  per cycle for more inserts (longer crash recovery).")
+        w("- time-partitioned `event_changes` / `event_keys` (for example monthly on ts_ms): inserts go to the")
+        w("  current partition, whose indexes are small enough to stay hot, and old history is retired by")
+        w("  detaching or dropping partitions. The statement query then merges one index scan per partition")
+        w("  (ORDER BY seq DESC LIMIT 50), and the (key, seq) uniqueness that detects forks holds only within a")
+        w("  partition: a schema change to design and test, not a setting.")
+        w("- a lower fillfactor on those indexes only delays page splits; it does not avoid the page images.")
+    w("")
 
 
 def chart(cap, gro, path):

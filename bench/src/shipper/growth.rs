@@ -41,6 +41,12 @@ const STATEMENT: &str = "SELECT c.seq, to_timestamp(c.ts_ms / 1000.0) AS at, c.d
 pub async fn run(cfg: &Config, k: &CapacitySettings) -> Result<GrowthResults> {
     let started_unix = unix_now();
     let (s, mut p, mut loads) = super::start(cfg).await?;
+    for setting in &k.pg_set {
+        superuser(&s, &alter_system(setting)?).await?;
+    }
+    if !k.pg_set.is_empty() {
+        superuser(&s, "SELECT pg_reload_conf()").await?;
+    }
     let max = k.growth_sizes.iter().copied().max().unwrap_or(0);
     let mut h = History::new(k.growth_accounts, max, super::capacity::unix_ms());
     let mut sizes = vec![0];
@@ -83,7 +89,7 @@ async fn point(
         sqlx::raw_sql(CREATE_INDEXES).execute(&p.pg).await?;
     }
     sqlx::raw_sql("VACUUM ANALYZE").execute(&p.pg).await?;
-    checkpoint(s).await?;
+    superuser(s, "CHECKPOINT").await?;
     let index_s = t1.elapsed().as_secs_f64();
     let rows = rows(&p.pg).await?;
     say(&format!(
@@ -173,13 +179,25 @@ async fn redis_memory(p: &mut Probe, counts: &[u64]) -> Result<Vec<RedisMemory>>
     Ok(out)
 }
 
-/// CHECKPOINT, as the superuser (the probe is the owner, `tally`).
-async fn checkpoint(s: &Servers) -> Result<()> {
+/// `sql` as the superuser (the probe is the owner, `tally`).
+async fn superuser(s: &Servers, sql: &str) -> Result<()> {
     use sqlx::Connection as _;
     let mut c = sqlx::PgConnection::connect(&s.pg.url("postgres", "tally")).await?;
-    sqlx::raw_sql("CHECKPOINT").execute(&mut c).await?;
+    sqlx::raw_sql(sql).execute(&mut c).await?;
     c.close().await?;
     Ok(())
+}
+
+/// `name=value` as ALTER SYSTEM (the name a plain identifier, the value quoted).
+fn alter_system(setting: &str) -> Result<String> {
+    let (name, value) = setting
+        .split_once('=')
+        .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .ok_or_else(|| anyhow::anyhow!("GROWTH_PG_SET: {setting:?} is not name=value"))?;
+    Ok(format!(
+        "ALTER SYSTEM SET {name} = '{}'",
+        value.replace('\'', "''")
+    ))
 }
 
 /// A random account with 1 to 3 events (the long tail).

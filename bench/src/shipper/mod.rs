@@ -169,7 +169,7 @@ fn checked_config() -> Result<Config> {
 fn capacity_settings() -> Result<CapacitySettings> {
     use crate::env_or;
     Ok(CapacitySettings {
-        rates: env_list("CAPACITY_RATES", "2000 5000 10000 15000 20000 25000")?,
+        rates: env_list("CAPACITY_RATES", "2000 5000 8000 10000 12000 15000 20000")?,
         step_seconds: env_or("CAPACITY_STEP_SECONDS", 60.0),
         clients: env_or("CAPACITY_CLIENTS", 50),
         writers: std::env::var("CAPACITY_WRITERS")
@@ -186,6 +186,7 @@ fn capacity_settings() -> Result<CapacitySettings> {
         growth_backlog_accounts: env_or("GROWTH_BACKLOG_ACCOUNTS", 1_000_000),
         growth_queries: env_or("GROWTH_QUERIES", 200),
         redis_accounts: env_list("GROWTH_REDIS_ACCOUNTS", "100000 1000000")?,
+        pg_set: env_list("GROWTH_PG_SET", "")?,
         drain_timeout_s: env_or("CAPACITY_DRAIN_TIMEOUT", 300),
     })
 }

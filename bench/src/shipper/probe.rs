@@ -100,7 +100,12 @@ pub fn stopped(shipper: &mut Proc, t0: Instant, limit: Duration) -> Option<Statu
 impl Probe {
     pub async fn connect(s: &Servers) -> Result<Probe> {
         let client = redis::Client::open(s.redis.url())?;
-        let mut redis = client.get_multiplexed_async_connection().await?;
+        // FLUSHALL of a large keyspace takes seconds: no 500 ms response timeout
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(120)));
+        let mut redis = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         redis::cmd("CONFIG")
             .arg(&["SET", "tally.max-backlog", "0"])
             .exec_async(&mut redis)

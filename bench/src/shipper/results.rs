@@ -246,6 +246,9 @@ pub struct CapacitySettings {
     pub growth_backlog: u64,
     pub growth_backlog_accounts: u64,
     pub growth_queries: u32,
+    /// `name=value` Postgres settings the growth run applies (ALTER SYSTEM) before its first
+    /// point; empty: initdb's defaults.
+    pub pg_set: Vec<String>,
     /// Account counts of the Redis memory measurement ("" skips it).
     pub redis_accounts: Vec<u64>,
     pub drain_timeout_s: u64,
