@@ -2,17 +2,20 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::health::degraded_for_s;
+use super::health;
 use super::metrics::render;
 
+/// 200 `ok`, or 503 with one `degraded: ...` line per reason (`health::report`).
 async fn healthz() -> (axum::http::StatusCode, String) {
-    match degraded_for_s() {
-        Some(secs) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            format!("degraded: deliveries failing for {secs}s\n"),
-        ),
+    match health::report() {
+        Some(body) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, body),
         None => (axum::http::StatusCode::OK, "ok\n".to_string()),
     }
+}
+
+async fn scrape() -> String {
+    health::export();
+    render()
 }
 
 /// Binds the /metrics address; None when it is "off".
@@ -34,7 +37,7 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = axum::Router::new()
-        .route("/metrics", axum::routing::get(|| async { render() }))
+        .route("/metrics", axum::routing::get(scrape))
         .route("/healthz", axum::routing::get(healthz));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -2,7 +2,8 @@
 //! progress log line.
 //!
 //! In: counters and gauges updated by every stage (`metrics`), delivery failures
-//! (`health::set_failing`). Out: the HTTP server (`http`), the progress line (`progress`).
+//! (`health::set_failing`) and requests waiting for a peer (`health::Wait`). Out: the HTTP
+//! server (`http`), the progress line (`progress`).
 
 pub(crate) mod health;
 pub(crate) mod http;

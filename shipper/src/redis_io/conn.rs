@@ -6,16 +6,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use redis::io::tcp::socket2::TcpKeepalive;
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, Value};
 
 /// A Redis command's result.
 pub(crate) type RResult<T> = Result<T, redis::RedisError>;
+
+/// TCP keepalive on every Redis connection: an idle connection to a server that vanished
+/// without closing it (host gone, packets dropped) fails after about IDLE + INTERVAL x PROBES
+/// instead of at the next command's response timeout; TCP_USER_TIMEOUT bounds how long sent
+/// data may stay unacknowledged. Commands have their own (shorter) response timeouts.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+const USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) async fn connect(
     url: &str,
     response_timeout: Duration,
 ) -> RResult<MultiplexedConnection> {
-    let client = redis::Client::open(url)?;
+    let info = url.into_connection_info()?;
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    let tcp = info
+        .tcp_settings()
+        .clone()
+        .set_keepalive(keepalive)
+        .set_user_timeout(USER_TIMEOUT);
+    let client = redis::Client::open(info.set_tcp_settings(tcp))?;
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(response_timeout));

@@ -9,6 +9,7 @@ use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::BatchOpts;
+use crate::obs::health::{Step, Wait};
 use crate::redis_io::{query_asking, redirect_url, NodeConns, RResult};
 use crate::retry::backoff_ms;
 
@@ -98,6 +99,8 @@ async fn ack_with_retry(
     shutdown: &CancellationToken,
     ids: &[String],
 ) {
+    // /healthz: waiting for Redis until the XACK succeeds
+    let _wait = Wait::start(Step::Ack);
     let (mut url, mut asking) = (ack.url.clone(), false);
     let (mut attempt, mut hops) = (0u32, 0u32);
     loop {

@@ -28,6 +28,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{BatchOpts, RedisOpts};
+use crate::obs::health::{Step, Wait};
 use crate::redis_io::NodeConns;
 use crate::retry::Fatal;
 use discover::discover_all;
@@ -47,6 +48,8 @@ struct Source<D> {
     conns: NodeConns,
     rediscover: Arc<Notify>,
     readers: HashMap<String, (watch::Sender<Vec<String>>, tokio::task::JoinHandle<()>)>,
+    /// each reader's wait for its node (/healthz)
+    waits: HashMap<String, Arc<Wait>>,
     /// trimming and stream metrics: stopped only after every reader acked its last batch
     keep_token: CancellationToken,
     keepers: HashMap<(String, String), tokio::task::JoinHandle<()>>,
@@ -82,6 +85,8 @@ impl<D: Downstream> Source<D> {
             }
         }
         let (tx, rx) = watch::channel(streams);
+        let wait = Arc::new(Wait::idle(Step::Read));
+        self.waits.insert(node.clone(), wait.clone());
         let reader = NodeReader {
             url: node.clone(),
             redis: self.redis.clone(),
@@ -91,8 +96,23 @@ impl<D: Downstream> Source<D> {
             conns: self.conns.clone(),
             streams: rx,
             rediscover: self.rediscover.clone(),
+            wait,
         };
         self.readers.insert(node, (tx, tokio::spawn(reader.run())));
+    }
+
+    /// A reader's unanswered requests count for /healthz while its node is a primary: found
+    /// by this discovery, or maybe still one when the discovery is incomplete (a node that
+    /// does not answer is left out of it). After a complete discovery without the node (it
+    /// failed over, its slots moved) its reader's retries no longer count.
+    fn count_waits(&self, found: &BTreeMap<String, Vec<String>>, complete: bool) {
+        for (node, wait) in &self.waits {
+            if found.contains_key(node) {
+                wait.counts(true);
+            } else if complete {
+                wait.counts(false);
+            }
+        }
     }
 
     /// Every reader stopped, every batch handed over delivered and acknowledged (or left
@@ -127,6 +147,7 @@ pub(crate) async fn run_source<D: Downstream>(
         conns: NodeConns::default(),
         rediscover: Arc::new(Notify::new()),
         readers: HashMap::new(),
+        waits: HashMap::new(),
         keep_token: CancellationToken::new(),
         keepers: HashMap::new(),
     };
@@ -134,6 +155,7 @@ pub(crate) async fn run_source<D: Downstream>(
         let started = Instant::now();
         let (found, complete) = discover_all(&src.redis.urls, &src.redis.prefix).await;
         let by_node: BTreeMap<String, Vec<String>> = found.into_iter().collect();
+        src.count_waits(&by_node, complete);
         for (node, streams) in by_node {
             src.apply(node, streams);
         }

@@ -1,6 +1,7 @@
 //! The reader of one primary: every log stream the node holds, on one connection, read
 //! blocking (one stream) or swept (several), each stream's entries handed over as a batch.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use super::batch::{entry_to_record, Batch, Downstream};
 use super::cursor::{parse_xread, sync_cursors, Cursor, Read};
 use crate::cli::{BatchOpts, RedisOpts};
 use crate::event::Record;
+use crate::obs::health::Wait;
 use crate::obs::metrics;
 use crate::redis_io::{connect, query_asking, redirect_url, Entry, NodeConns, RResult};
 use crate::retry::backoff_ms;
@@ -59,11 +61,30 @@ pub(super) struct NodeReader<D> {
     pub(super) streams: watch::Receiver<Vec<String>>,
     /// asks for a discovery now (a slot moved)
     pub(super) rediscover: Arc<Notify>,
+    /// /healthz: a request to the node unanswered (kept across a failure and the reconnects
+    /// after it until the node answers again)
+    pub(super) wait: Arc<Wait>,
 }
 
 impl<D: Downstream> NodeReader<D> {
     fn response_timeout(&self) -> Duration {
         Duration::from_millis(self.redis.block_ms + self.batch.batch_wait_ms + 10_000)
+    }
+
+    /// How long a blocking read may legitimately take: its BLOCK time, then filling the batch.
+    fn read_allowance(&self) -> Duration {
+        Duration::from_millis(self.redis.block_ms + self.batch.batch_wait_ms)
+    }
+
+    /// `request` to the node, its wait registered for /healthz; ended when it succeeds, kept
+    /// when it fails (the retry after a reconnect keeps its start).
+    async fn request<T>(&self, request: impl Future<Output = RResult<T>>) -> RResult<T> {
+        self.wait.begin(Duration::ZERO);
+        let r = request.await;
+        if r.is_ok() {
+            self.wait.end();
+        }
+        r
     }
 
     fn claim_every(&self) -> Duration {
@@ -178,7 +199,7 @@ impl<D: Downstream> NodeReader<D> {
             .iter()
             .map(|&i| self.group_cmd(&part[i].stream))
             .collect();
-        let replies = pipelined(conn, &cmds).await?;
+        let replies = self.request(pipelined(conn, &cmds)).await?;
         for ((&i, cmd), reply) in idx.iter().zip(&cmds).zip(replies) {
             let c = &mut part[i];
             match self.follow(c, cmd, reply).await {
@@ -215,7 +236,7 @@ impl<D: Downstream> NodeReader<D> {
                 .iter()
                 .map(|(i, r)| self.read_cmd(&part[*i].stream, r, self.batch.batch_size, None))
                 .collect();
-            let replies = pipelined(conn, &cmds).await?;
+            let replies = self.request(pipelined(conn, &cmds)).await?;
             for (((i, read), cmd), reply) in reads.iter().zip(&cmds).zip(replies) {
                 let c = &mut part[*i];
                 match self.follow(c, cmd, reply).await {
@@ -326,6 +347,9 @@ impl<D: Downstream> NodeReader<D> {
     }
 
     async fn run_connected(&self, cursors: &mut Vec<Cursor>, attempt: &mut u32) -> RResult<()> {
+        // a connection is no answer yet (TCP may connect to a node that answers nothing):
+        // the wait ends with the first reply read on it
+        self.wait.begin(Duration::ZERO);
         let mut conn = connect(&self.url, self.response_timeout()).await?;
         cursors.iter_mut().for_each(Cursor::reset);
         let mut streams = self.streams.clone();
@@ -338,12 +362,17 @@ impl<D: Downstream> NodeReader<D> {
             if std::mem::take(&mut changed) || streams.has_changed().unwrap_or(false) {
                 sync_cursors(cursors, &streams.borrow_and_update());
             }
+            if cursors.is_empty() {
+                self.wait.end(); // nothing to ask the node
+            }
             let (got, waited) = match cursors.as_mut_slice() {
                 [c] if c.group_ready
                     && !c.asked
                     && c.next_read(self.claim_every()) == Read::New =>
                 {
+                    self.wait.begin(self.read_allowance());
                     let entries = self.read_blocking(&mut conn, c).await?;
+                    self.wait.end();
                     let n = entries.len();
                     self.hand_over(c, entries).await;
                     (n, !c.asked)

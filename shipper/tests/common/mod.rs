@@ -1101,3 +1101,120 @@ pub fn normalize_decimal(s: &str) -> String {
         s.to_string()
     }
 }
+
+// ---------------------------------------------------------------- black-hole proxy
+
+/// A TCP proxy between the shipper and a server that the test can switch to a black hole:
+/// nothing is forwarded in either direction and nothing is read any more, while every
+/// connection stays open (no RST, no FIN), as when the packets are dropped on the way. New
+/// connections are accepted but not connected onward meanwhile. Switched back, the bytes
+/// held (in the proxy and in the kernel's buffers) flow again, as TCP retransmission would
+/// deliver them. Stops on drop.
+pub struct BlackHoleProxy {
+    pub port: u16,
+    holed: tokio::sync::watch::Sender<bool>,
+    tasks: std::sync::Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl BlackHoleProxy {
+    /// Forwards 127.0.0.1:`self.port` to 127.0.0.1:`upstream`.
+    pub async fn start(upstream: u16) -> BlackHoleProxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().unwrap().port();
+        let (holed, _) = tokio::sync::watch::channel(false);
+        let tasks: std::sync::Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Default::default();
+        let (rx, list) = (holed.subscribe(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let conn = tokio::spawn(proxy_conn(client, upstream, rx.clone(), list.clone()));
+                list.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        BlackHoleProxy { port, holed, tasks }
+    }
+
+    /// Start (true) or end (false) the black hole.
+    pub fn black_hole(&self, on: bool) {
+        self.holed.send_replace(on);
+    }
+}
+
+impl Drop for BlackHoleProxy {
+    fn drop(&mut self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+}
+
+async fn proxy_conn(
+    client: tokio::net::TcpStream,
+    upstream: u16,
+    mut holed: tokio::sync::watch::Receiver<bool>,
+    tasks: std::sync::Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+) {
+    if holed.wait_for(|h| !*h).await.is_err() {
+        return;
+    }
+    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+        return; // dropping the client closes it, as a refused connection would
+    };
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let up = tokio::spawn(pump(cr, sw, holed.clone()));
+    let down = tokio::spawn(pump(sr, cw, holed));
+    let mut list = tasks.lock().unwrap_or_else(|e| e.into_inner());
+    list.push(up.abort_handle());
+    list.push(down.abort_handle());
+}
+
+/// Copies `from` to `to`, holding everything while the black hole is on; passes the end of
+/// the stream on.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut holed: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if holed.wait_for(|h| !*h).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        // bytes read just as the black hole began are held until it ends
+        if holed.wait_for(|h| !*h).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The value of the series `name` whose labels include every `labels` pair (in any order).
+pub fn metric_with_labels(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        let pairs: Vec<&str> = set.split(',').collect();
+        labels
+            .iter()
+            .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()))
+            .then(|| value.trim().parse().ok())?
+    })
+}

@@ -27,6 +27,10 @@ pub(crate) fn base_config(k: &KafkaOpts) -> anyhow::Result<ClientConfig> {
         .context("no Kafka brokers configured")?;
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
+    // SO_KEEPALIVE on broker connections (librdkafka has no per-socket timers: the system's
+    // net.ipv4.tcp_keepalive_* apply); a broker that stops answering shows in /healthz
+    // sooner, through forward's wait for its delivery reports. `--kafka-opt` may override.
+    c.set("socket.keepalive.enable", "true");
     for (key, v) in &k.opts {
         c.set(key, v);
     }

@@ -13,6 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use super::client::{base_config, QuietContext, H_ERROR, H_EVENT_ID, H_SOURCE};
 use crate::cli::{BatchOpts, KafkaOpts};
 use crate::event::Record;
+use crate::obs::health::{Step, Wait};
 use crate::obs::metrics;
 use crate::retry::{observe_batch, until_durable, Failure, Stage};
 
@@ -77,12 +78,15 @@ impl Forwarder {
     /// renewed and the batch sent again in full), so this ends only once Kafka holds it.
     pub(crate) async fn deliver(&self, recs: &[Record], b: &BatchOpts) {
         let started = Instant::now();
+        // /healthz: from the batch's first turn in the producer until Kafka holds it
+        let wait = Wait::idle(Step::Forward);
         let delivered: Result<(), Infallible> =
             until_durable(Stage::Forward, recs.len(), b, || async {
-                self.send_batch(recs).await.map_err(Failure::Retry)
+                self.send_batch(recs, &wait).await.map_err(Failure::Retry)
             })
             .await;
         let Ok(()) = delivered;
+        drop(wait);
         metrics::EVENTS_FORWARDED.inc_by(recs.len() as u64);
         metrics::record_lag(
             "forward",
@@ -93,16 +97,17 @@ impl Forwarder {
     }
 
     /// Produce the whole batch and wait for every delivery report (acks=all).
-    async fn send_batch(&self, recs: &[Record]) -> anyhow::Result<()> {
-        let r = self.send_batch_once(recs).await;
+    async fn send_batch(&self, recs: &[Record], wait: &Wait) -> anyhow::Result<()> {
+        let r = self.send_batch_once(recs, wait).await;
         if r.is_err() {
             self.renew();
         }
         r
     }
 
-    async fn send_batch_once(&self, recs: &[Record]) -> anyhow::Result<()> {
+    async fn send_batch_once(&self, recs: &[Record], wait: &Wait) -> anyhow::Result<()> {
         let _turn = self.turn.lock().await;
+        wait.begin(Duration::ZERO);
         let producer = self.producer.read().unwrap().clone();
         let mut futures = Vec::with_capacity(recs.len());
         for r in recs {

@@ -12,6 +12,7 @@ use super::fence::Position;
 use super::seqs;
 use crate::cli::BatchOpts;
 use crate::event::Record;
+use crate::obs::health::{Step, Wait};
 use crate::obs::metrics;
 use crate::retry::{observe_batch, until_durable, Failure, Fatal, Stage};
 
@@ -204,8 +205,10 @@ impl PgSink {
         b: &BatchOpts,
     ) -> Result<Stored, Fatal> {
         let started = Instant::now();
+        // /healthz: the batch waits for Postgres until a transaction of it commits
+        let wait = Wait::start(Step::Persist);
         let out = until_durable(Stage::Persist, recs.len(), b, || async {
-            match self.persist(recs, positions).await {
+            match self.persist(recs, positions, &wait).await {
                 Ok(out) => Ok(out),
                 Err(e) if classify(&e) == ErrorClass::Permanent => {
                     Err(Failure::Stop(Fatal(permanent_message(&e))))
@@ -231,8 +234,9 @@ impl PgSink {
         &self,
         recs: &[Record],
         positions: &[Position],
+        wait: &Wait,
     ) -> Result<Outcome, sqlx::Error> {
-        let out = self.persist_isolating(recs, positions).await?;
+        let out = self.persist_isolating(recs, positions, wait).await?;
         self.note_behind(&out);
         Ok(out)
     }
@@ -241,18 +245,19 @@ impl PgSink {
         &self,
         recs: &[Record],
         positions: &[Position],
+        wait: &Wait,
     ) -> Result<Outcome, sqlx::Error> {
-        match self.once(recs, positions, true).await {
+        match self.once(recs, positions, true, wait).await {
             Err(e) if classify(&e) == ErrorClass::Data && !recs.is_empty() => {
                 tracing::warn!(error = %e, batch = recs.len(), "batch refused by Postgres, isolating its records");
                 let mut total = Outcome::default();
                 for r in recs {
-                    total.add(self.persist_one(r, positions).await?);
+                    total.add(self.persist_one(r, positions, wait).await?);
                     if total.fenced {
                         return Ok(total);
                     }
                 }
-                total.add(self.once(&[], positions, true).await?);
+                total.add(self.once(&[], positions, true, wait).await?);
                 Ok(total)
             }
             other => other,
@@ -263,12 +268,16 @@ impl PgSink {
         &self,
         r: &Record,
         positions: &[Position],
+        wait: &Wait,
     ) -> Result<Outcome, sqlx::Error> {
-        match self.once(std::slice::from_ref(r), positions, false).await {
+        match self
+            .once(std::slice::from_ref(r), positions, false, wait)
+            .await
+        {
             Err(e) if classify(&e) == ErrorClass::Data => {
                 let mut bad = r.clone();
                 bad.decoded = Err(format!("refused by Postgres: {e}"));
-                self.once(std::slice::from_ref(&bad), positions, false)
+                self.once(std::slice::from_ref(&bad), positions, false, wait)
                     .await
             }
             other => other,
@@ -276,12 +285,14 @@ impl PgSink {
     }
 
     /// One transaction under the client-side deadline: a server that accepted the
-    /// connection and then stopped answering fails the batch instead of hanging it.
+    /// connection and then stopped answering fails the batch instead of hanging it (and
+    /// shows in /healthz long before that, through `wait`, which a commit moves on).
     async fn once(
         &self,
         recs: &[Record],
         positions: &[Position],
         advance: bool,
+        wait: &Wait,
     ) -> Result<Outcome, sqlx::Error> {
         match tokio::time::timeout(
             self.batch_deadline,
@@ -289,7 +300,11 @@ impl PgSink {
         )
         .await
         {
-            Ok(r) => r,
+            Ok(Ok(out)) => {
+                wait.answered(true);
+                Ok(out)
+            }
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!(
