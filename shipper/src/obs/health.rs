@@ -138,17 +138,19 @@ impl Wait {
         }
     }
 
-    /// The peer answered: waiting from now on if anything is still outstanding (progress
-    /// restarts the clock), else idle.
-    pub(crate) fn answered(&self, more: bool) {
+    /// The peer answered and the next request is sent (progress restarts the clock); the
+    /// peer may take `allowance`.
+    pub(crate) fn again(&self, allowance: Duration) {
         if let Some(w) = waits().get_mut(&self.id) {
-            w.since = more.then(|| (Instant::now(), Duration::ZERO));
+            w.since = Some((Instant::now(), allowance));
         }
     }
 
     /// The peer answered and nothing is outstanding.
     pub(crate) fn end(&self) {
-        self.answered(false);
+        if let Some(w) = waits().get_mut(&self.id) {
+            w.since = None;
+        }
     }
 
     /// Whether this wait counts for /healthz (false: its peer is not expected to answer).
@@ -252,7 +254,7 @@ mod tests {
         w.begin(Duration::ZERO);
         assert!(report().is_some());
         // progress restarts the clock; an answer with nothing outstanding ends the wait
-        w.answered(true);
+        w.again(Duration::ZERO);
         assert_eq!(report(), before);
         w.end();
         std::thread::sleep(Duration::from_millis(60));

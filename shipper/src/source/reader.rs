@@ -253,7 +253,8 @@ impl<D: Downstream> NodeReader<D> {
     }
 
     /// The one stream of a standalone server: block for the first new entry, then keep
-    /// filling the batch for up to --batch-wait-ms.
+    /// filling the batch for up to --batch-wait-ms. The reader's wait ends when the last read
+    /// is answered; a fill read that fails keeps it running.
     async fn read_blocking(
         &self,
         conn: &mut MultiplexedConnection,
@@ -261,16 +262,19 @@ impl<D: Downstream> NodeReader<D> {
     ) -> RResult<Vec<Entry>> {
         let size = self.batch.batch_size.max(1);
         let cmd = self.read_cmd(&c.stream, &Read::New, size, Some(self.redis.block_ms));
+        self.wait.begin(self.read_allowance());
         let first = cmd.query_async(conn).await;
         if first.as_ref().is_err_and(|e| e.code() == Some("ASK")) {
             // read by sweeps: a blocking read must not hold the target's shared connection
             c.asked = true;
+            self.wait.end();
             return Ok(vec![]);
         }
         let mut out = match self.follow(c, &cmd, first).await {
             Ok(v) => parse_xread(&v),
             Err(e) if c.moved || e.code() == Some("NOGROUP") => {
                 self.stream_error(c, &e);
+                self.wait.end();
                 return Ok(vec![]);
             }
             Err(e) => return Err(e),
@@ -287,15 +291,17 @@ impl<D: Downstream> NodeReader<D> {
                 size - out.len(),
                 Some(left.as_millis().max(1) as u64),
             );
+            self.wait.again(left);
             // a failed read ends the batch; the next read meets the error again
             let Ok(more) = more_cmd.query_async(conn).await.map(|v| parse_xread(&v)) else {
-                break;
+                return Ok(out);
             };
             if more.is_empty() {
                 break;
             }
             out.extend(more);
         }
+        self.wait.end();
         Ok(out)
     }
 
@@ -370,9 +376,7 @@ impl<D: Downstream> NodeReader<D> {
                     && !c.asked
                     && c.next_read(self.claim_every()) == Read::New =>
                 {
-                    self.wait.begin(self.read_allowance());
                     let entries = self.read_blocking(&mut conn, c).await?;
-                    self.wait.end();
                     let n = entries.len();
                     self.hand_over(c, entries).await;
                     (n, !c.asked)

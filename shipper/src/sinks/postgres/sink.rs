@@ -301,7 +301,7 @@ impl PgSink {
         .await
         {
             Ok(Ok(out)) => {
-                wait.answered(true);
+                wait.again(Duration::ZERO);
                 Ok(out)
             }
             Ok(Err(e)) => Err(e),
