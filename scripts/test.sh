@@ -3,8 +3,8 @@
 #   1. gates: cargo fmt --check, clippy -D warnings, shellcheck, the module's purity check
 #   2. the workspace's tests (unit, property, module integration on Debian's Redis 7.0,
 #      the shipper end to end with PostgreSQL and the Kafka-protocol test broker)
-#   3. the module's integration tests and the shipper's cluster tests on Redis 8.2 and
-#      Valkey 9.1
+#   3. the module's integration tests, the shipper's cluster tests and its stream trimming
+#      test on Redis 8.2 and Valkey 9.1
 #   4. the Python and TypeScript clients' tests, the alert rules' promtool tests, and a short
 #      fuzz run of every parser over the committed corpus (scripts/fuzz.sh)
 # Every test starts its own servers on free 127.0.0.1 ports and stops them. Every step runs
@@ -53,9 +53,9 @@ for server in redis8 valkey; do
   version="$("$bin" --version | cut -d' ' -f1-3)"
   run "module integration tests on $version" \
     env TALLY_SERVER_BIN="$bin" cargo test -p tally-tests --locked --no-fail-fast -- "$threads"
-  run "the shipper on a $version cluster (slot migration, failover)" \
+  run "the shipper on a $version cluster (slot migration, failover) and its stream trimming" \
     env TALLY_SERVER_BIN="$bin" cargo test -p tally-shipper --locked --no-fail-fast \
-    --test cluster --test cluster_failover -- "$threads"
+    --test cluster --test cluster_failover --test keeper -- "$threads"
 done
 
 run "Python client (clients/python)" bash clients/python/test.sh

@@ -2,8 +2,14 @@
 //! trimming entries every group has acknowledged, and sampling the stream's length, pending
 //! entries and lag for /metrics. Runs on timers, so the figures keep moving while the next
 //! stage (Kafka or Postgres) is down and the reader is stuck retrying a batch.
+//!
+//! Trimming computes the lowest id any group still needs (XINFO GROUPS, XPENDING) and trims
+//! below it (XTRIM MINID); where the server has `XTRIM ... ACKED` (Redis 8.2+, found once per
+//! node) the same XTRIM also carries ACKED, so the server itself keeps every entry a group
+//! has not acknowledged, whatever changed since the groups were read.
 
 use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -20,6 +26,59 @@ use crate::retry::backoff_ms;
 /// An empty stream is sampled at most this many sampling intervals apart (10 s at the default
 /// --stream-metrics-interval-ms).
 const IDLE_TICKS_MAX: u32 = 10;
+
+/// Per node URL: whether its XTRIM takes `ACKED`, asked once per node (not per stream, not
+/// per trim) and shared by every keeper of the node's streams.
+static ACKED_TRIM: LazyLock<Mutex<HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>> =
+    LazyLock::new(Mutex::default);
+
+fn acked_trim_cell(url: &str) -> Arc<tokio::sync::OnceCell<bool>> {
+    let mut map = ACKED_TRIM.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(url.to_string()).or_default().clone()
+}
+
+/// Whether the node at `url` has `XTRIM ... ACKED`: its `COMMAND DOCS XTRIM` lists the ACKED
+/// token (Redis 8.2+; not Redis 7.x, not Valkey 9.1). A server without COMMAND DOCS (before
+/// 7.0) has not. Asked once per node; a connection error leaves it unknown (asked again).
+async fn has_acked_trim(url: &str, conn: &mut MultiplexedConnection) -> RResult<bool> {
+    let cell = acked_trim_cell(url);
+    let known = cell
+        .get_or_try_init(|| async {
+            let docs: RResult<Value> = redis::cmd("COMMAND")
+                .arg("DOCS")
+                .arg("XTRIM")
+                .query_async(conn)
+                .await;
+            let acked = match docs {
+                Ok(v) => has_token(&v, "ACKED"),
+                Err(e) if e.code() == Some("ERR") => false,
+                Err(e) => return Err(e),
+            };
+            tracing::debug!(url = %url, acked, "XTRIM ... ACKED (the server keeps unacknowledged entries)");
+            Ok(acked)
+        })
+        .await?;
+    Ok(*known)
+}
+
+/// Whether a COMMAND DOCS reply (RESP2 flat arrays or RESP3 maps) has an argument whose
+/// `token` is `token`.
+fn has_token(v: &Value, token: &str) -> bool {
+    let is_token = |k: &Value, v: &Value| {
+        as_str(k).as_deref() == Some("token")
+            && as_str(v).is_some_and(|t| t.eq_ignore_ascii_case(token))
+    };
+    match v {
+        Value::Map(kv) => kv
+            .iter()
+            .any(|(k, v)| is_token(k, v) || has_token(v, token)),
+        Value::Array(items) | Value::Set(items) => {
+            items.windows(2).any(|p| is_token(&p[0], &p[1]))
+                || items.iter().any(|i| has_token(i, token))
+        }
+        _ => false,
+    }
+}
 
 pub(crate) struct Keeper {
     url: String,
@@ -209,6 +268,15 @@ impl Keeper {
 
     /// XTRIM MINID to the lowest id any group still needs. Never removes an entry a group has
     /// not acknowledged.
+    ///
+    /// The bound is computed from replies read one after the other (XINFO GROUPS, then each
+    /// group's XPENDING), then used by a later XTRIM: a group created meanwhile (XGROUP CREATE
+    /// at an old id), moved back (XGROUP SETID) or whose position was misread would lose
+    /// entries it has not acknowledged. With ACKED (Redis 8.2+) the server checks every
+    /// group's pending list and last-delivered id in the same atomic XTRIM and keeps any
+    /// entry one of them has not acknowledged; the MINID bound stays, so a group destroyed
+    /// meanwhile (an XTRIM ACKED on a stream without groups removes anything) cannot widen
+    /// the trim either. Servers without it (Redis 7.x, Valkey) keep the bound alone.
     async fn trim(&self, conn: &mut MultiplexedConnection) -> RResult<()> {
         let groups = self.groups(conn).await?;
         if groups.is_empty() {
@@ -223,15 +291,26 @@ impl Keeper {
             };
             with_pending.push((g, oldest));
         }
-        if let Some(minid) = trim_floor(&with_pending) {
-            let _: Value = redis::cmd("XTRIM")
-                .arg(&self.stream)
-                .arg("MINID")
-                .arg(&minid)
-                .query_async(conn)
-                .await?;
+        let Some(minid) = trim_floor(&with_pending) else {
+            return Ok(());
+        };
+        let acked = has_acked_trim(&self.url, conn).await?;
+        let mut xtrim = redis::cmd("XTRIM");
+        xtrim.arg(&self.stream).arg("MINID").arg(&minid);
+        if acked {
+            xtrim.arg("ACKED");
         }
-        Ok(())
+        match xtrim.query_async::<Value>(conn).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if acked && e.code() == Some("ERR") {
+                    // another server behind the same URL now (a downgrade): asked again next time
+                    let mut map = ACKED_TRIM.lock().unwrap_or_else(|e| e.into_inner());
+                    map.remove(&self.url);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Length, pending entries, unread entries and the age of the oldest unacknowledged entry.
@@ -304,6 +383,52 @@ mod tests {
         }
         assert_eq!(seen, vec![2, 4, 8, 10, 10, 10]);
         assert_eq!(next_tick(true, tick, base), base);
+    }
+
+    #[test]
+    fn acked_is_found_in_command_docs_in_both_protocols() {
+        let b = crate::redis_io::bulk;
+        let arg = |name: &str| {
+            Value::Array(vec![
+                b("name"),
+                b(&name.to_lowercase()),
+                b("type"),
+                b("pure-token"),
+                b("token"),
+                b(name),
+            ])
+        };
+        let resp2 = |args: Vec<Value>| {
+            Value::Array(vec![
+                b("xtrim"),
+                Value::Array(vec![
+                    b("summary"),
+                    b("Deletes messages from the beginning of a stream."),
+                    b("arguments"),
+                    Value::Array(args),
+                ]),
+            ])
+        };
+        let redis82 = resp2(vec![arg("MINID"), arg("KEEPREF"), arg("ACKED")]);
+        assert!(has_token(&redis82, "ACKED"));
+        assert!(!has_token(
+            &resp2(vec![arg("MINID"), arg("LIMIT")]),
+            "ACKED"
+        ));
+        // the word in a text (history, summary) is not an argument
+        let history = Value::Array(vec![b("history"), b("Added the ACKED option.")]);
+        assert!(!has_token(&resp2(vec![history]), "ACKED"));
+        let resp3 = Value::Map(vec![(
+            b("xtrim"),
+            Value::Map(vec![(
+                b("arguments"),
+                Value::Array(vec![Value::Map(vec![
+                    (b("name"), b("acked")),
+                    (b("token"), b("ACKED")),
+                ])]),
+            )]),
+        )]);
+        assert!(has_token(&resp3, "ACKED"));
     }
 
     #[test]
