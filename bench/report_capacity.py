@@ -100,6 +100,10 @@ def capacity(w, res):
     w("")
 
 
+def lat(q):
+    return f"{q['p50_ms']:.2f} / {q['p99_ms']:.2f} ({q['mean_rows']:.0f})"
+
+
 def growth(w, res):
     st, pts = res["settings"], res["points"]
     section(w, res, "2. Growth: drain rate and the statement query as the history grows")
@@ -115,11 +119,12 @@ def growth(w, res):
     w("run` (direct, default batch and writers), timed from its start until its group has nothing pending or")
     w(f"unread; then the statement query of docs/operations.md (LIMIT 50), {st['growth_queries']} times each on hot accounts")
     w("(the 100 most active) and cold ones (1 to 3 events), one connection, prepared, timed at the client.")
-    w("Earlier points' drained events stay in the database.")
+    w("Earlier points' drained events stay in the database. On the empty database the history accounts")
+    w("do not exist yet, so its statement queries return no rows (mean rows in brackets).")
     if st.get("pg_set"):
         w(f"Postgres settings changed for this run (ALTER SYSTEM): `{' '.join(st['pg_set'])}`.")
     w("")
-    w("| history events | rows events / event_keys / event_changes | database | bytes per event | drain ev/s | vs empty | statement hot p50 / p99 ms | cold p50 / p99 ms | load at the point |")
+    w("| history events | rows events / event_keys / event_changes | database | bytes per event | drain ev/s | vs empty | statement hot p50 / p99 ms (mean rows) | cold p50 / p99 ms (mean rows) | load at the point |")
     w("|---:|---|---:|---:|---:|---:|---|---|---|")
     base = None
     for p in pts:
@@ -130,8 +135,7 @@ def growth(w, res):
         per = p["database_bytes"] / r["events"] if r["events"] else None
         status = "" if d["status"] == "ok" else f" ({d['status']})"
         w(f"| {p['history_events']:,} | {r['events']:,} / {r['event_keys']:,} / {r['event_changes']:,} | {mib(p['database_bytes'])} "
-          f"| {num(per)} | {num(rate)}{status} | {rate / base:.2f}x | {p['hot']['p50_ms']:.2f} / {p['hot']['p99_ms']:.2f} "
-          f"| {p['cold']['p50_ms']:.2f} / {p['cold']['p99_ms']:.2f} | {p['loadavg']} |")
+          f"| {num(per)} | {num(rate)}{status} | {rate / base:.2f}x | {lat(p['hot'])} | {lat(p['cold'])} | {p['loadavg']} |")
     w("")
     if len(pts) > 1:
         last = pts[-1]
@@ -140,7 +144,7 @@ def growth(w, res):
         p99 = max(last["hot"]["p99_ms"], last["cold"]["p99_ms"])
         w(f"At the largest size measured here ({last['history_events']:,} events; the issue asks for 20M): drain rate")
         w(f"{ratio:.2f}x the empty database (goal >= 0.8x: **{'MET' if ratio >= 0.8 else 'MISS'}** at this size), statement")
-        w(f"p99 {p99:.2f} ms (goal < 10 ms: **{'MET' if p99 < 10 else 'MISS'}** at this size).")
+        w(f"p99 {p99:.2f} ms, hot and cold (goal < 10 ms: **{'MET' if p99 < 10 else 'MISS'}** at this size).")
         w("")
     findings(w, pts)
     w("- copy / index rebuild seconds per point: " + "; ".join(
