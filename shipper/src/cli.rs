@@ -52,18 +52,32 @@ pub(crate) enum Command {
         #[command(flatten)]
         ops: OpsOpts,
     },
-    /// Apply the embedded migrations (safe to rerun).
+    /// Apply the embedded migrations (safe to rerun). Refuses a database migrated by a newer
+    /// shipper, and, when it has migrations to apply, any other connection to the database
+    /// named `tally-shipper/<v>` with v older than this binary's schema version (a shipper that
+    /// would fail every insert once the schema changes under it).
     Migrate {
         #[command(flatten)]
         pg: PgOpts,
+        /// Migrate although shippers of an older schema version are connected.
+        #[arg(long)]
+        force: bool,
     },
-    /// Decode unresolved failed_events again; those that now succeed are persisted and marked resolved.
+    /// Decode unresolved failed_events again; those that now succeed are persisted and marked
+    /// resolved. The same as `failed retry --all`.
     RetryFailed {
         #[command(flatten)]
         pg: PgOpts,
         /// Maximum number of rows to process.
         #[arg(long, env = "TALLY_RETRY_LIMIT", default_value_t = 10_000)]
         limit: i64,
+    },
+    /// The failed_events rows (entries that could not be stored as events): list, show, retry
+    /// or dismiss them. Exit codes: 0 done, 1 a fatal error, 2 bad arguments, 4 no such row,
+    /// 5 refused for the row's state, 6 `retry ID`: the row still fails.
+    Failed {
+        #[command(subcommand)]
+        cmd: FailedCommand,
     },
     /// Compare Redis with Postgres (balances, coupons, usage, sequences); exit 0 when they
     /// match, 1 on any mismatch, 2 when they match but events are still in flight.
@@ -98,16 +112,158 @@ pub(crate) enum Command {
     },
 }
 
-/// Options of `reconcile` and `restore`: a standalone server, or any node of a cluster (every primary is used).
+/// `tally-shipper failed ...`: the rows of failed_events, for an operator.
+#[derive(Subcommand, Debug, Clone)]
+pub(crate) enum FailedCommand {
+    /// The unresolved rows, oldest first: id, source (stream and entry id, or Kafka
+    /// coordinates), attempts, first and last seen, error. Exit 0, also when there are none.
+    List {
+        #[command(flatten)]
+        pg: PgOpts,
+        /// Every row: resolved ones (stored by a retry) and dismissed ones (who, when, why) too.
+        #[arg(long)]
+        all: bool,
+        /// A JSON array of the rows, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Most rows printed (the counts per state are always complete).
+        #[arg(long, default_value_t = 1_000)]
+        limit: i64,
+    },
+    /// One row, with its payload as received. Exit 4 when there is no such row.
+    Show {
+        #[command(flatten)]
+        pg: PgOpts,
+        id: i64,
+        /// The row as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decode row ID (or every unresolved row with --all) again: one that is an event now is
+    /// stored and marked resolved; one that still fails counts an attempt. ID: exit 4 no such
+    /// row, 5 not unresolved, 6 still fails. --all: exit 0, `resolved=N still_failing=M`.
+    Retry {
+        #[command(flatten)]
+        pg: PgOpts,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every unresolved row, oldest first (what `retry-failed` does).
+        #[arg(long)]
+        all: bool,
+        /// --all: most rows processed.
+        #[arg(long, env = "TALLY_RETRY_LIMIT", default_value_t = 10_000)]
+        limit: i64,
+    },
+    /// Set unresolved row ID aside for good (an entry that is not a tally event), recording
+    /// who, when and why: it no longer blocks `restore` and is never stored. Exit 4 no such
+    /// row; 5 the row is resolved or dismissed already, or its payload is a tally event.
+    Dismiss {
+        #[command(flatten)]
+        pg: PgOpts,
+        id: i64,
+        /// Why (kept in the row; required, not empty).
+        #[arg(long, value_parser = non_empty)]
+        reason: String,
+        /// Who (kept in the row). Default: $USER, else the OS user.
+        #[arg(long, value_parser = non_empty)]
+        by: Option<String>,
+        /// Dismiss the row although its payload decodes as a tally event (one Postgres
+        /// refused): the history, and a restore from it, will never have that event.
+        #[arg(long)]
+        discard_event: bool,
+    },
+}
+
+/// A value that is not empty or blank, trimmed.
+pub(crate) fn non_empty(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(t.to_string())
+}
+
+#[cfg(test)]
+mod failed_tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<FailedCommand, clap::Error> {
+        let mut all = vec!["tally-shipper", "failed"];
+        all.extend_from_slice(args);
+        all.extend(["--database-url", "postgres://x"]);
+        match Cli::try_parse_from(all)?.cmd {
+            Command::Failed { cmd } => Ok(cmd),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn failed_subcommands_parse_and_refuse_bad_arguments() {
+        assert!(matches!(
+            parse(&["list", "--all", "--json"]),
+            Ok(FailedCommand::List {
+                all: true,
+                json: true,
+                limit: 1_000,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["retry", "7"]),
+            Ok(FailedCommand::Retry {
+                id: Some(7),
+                all: false,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["retry", "--all"]),
+            Ok(FailedCommand::Retry {
+                id: None,
+                all: true,
+                ..
+            })
+        ));
+        match parse(&["dismiss", "3", "--reason", "  not an event "]) {
+            Ok(FailedCommand::Dismiss {
+                id: 3,
+                reason,
+                by: None,
+                discard_event: false,
+                ..
+            }) => assert_eq!(reason, "not an event"),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &["retry"][..],
+            &["retry", "7", "--all"],
+            &["dismiss", "3"],
+            &["dismiss", "3", "--reason", ""],
+            &["dismiss", "3", "--reason", " "],
+            &["dismiss", "3", "--reason", "r", "--by", ""],
+            &["show"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
+
+/// Options of `reconcile` and `restore`: the same Redis URL list as `run` takes.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct CheckOpts {
+    /// Redis URL(s), comma separated or repeated, as `run` and `forward` take them. Cluster:
+    /// seeds, tried in order until one answers; every primary of its CLUSTER SLOTS is used.
+    /// Standalone: every server listed (each holds its own keys; all must answer). `restore`
+    /// without --as-of takes one standalone server or a cluster, not several servers.
     #[arg(
         long = "redis-url",
         id = "redis_url",
         env = "TALLY_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        value_delimiter = ','
     )]
-    pub(crate) url: String,
+    pub(crate) urls: Vec<String>,
     /// Module key prefix (`tally.prefix`).
     #[arg(long, env = "TALLY_PREFIX", default_value = "tally")]
     pub(crate) prefix: String,
@@ -313,6 +469,14 @@ pub(crate) struct PgOpts {
     /// catches a server that stopped answering altogether.
     #[arg(long, env = "TALLY_PG_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
     pub(crate) pg_statement_timeout_ms: u64,
+    /// run/persist: how often to count the unresolved and the dismissed failed_events rows
+    /// for /metrics (two counts on partial indexes, on a connection of their own); 0 disables.
+    #[arg(
+        long,
+        env = "TALLY_FAILED_EVENTS_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    pub(crate) failed_events_interval_ms: u64,
 }
 
 impl PgOpts {
@@ -452,6 +616,28 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["tally-shipper", "run", "--kafka-opt", "bad"]).is_err());
+        // reconcile and restore take the list run takes
+        for cmd in ["reconcile", "restore"] {
+            let cli = Cli::try_parse_from([
+                "tally-shipper",
+                cmd,
+                "--database-url",
+                "postgres://x",
+                "--redis-url",
+                "redis://a:1,redis://b:2",
+                "--redis-url",
+                "redis://c:3",
+            ])
+            .unwrap();
+            let (Command::Reconcile { target, .. } | Command::Restore { target, .. }) = cli.cmd
+            else {
+                panic!("{cmd}")
+            };
+            assert_eq!(
+                target.urls,
+                vec!["redis://a:1", "redis://b:2", "redis://c:3"]
+            );
+        }
         assert!(
             Cli::try_parse_from(["tally-shipper", "migrate"]).is_err()
                 || std::env::var("TALLY_DATABASE_URL").is_ok()

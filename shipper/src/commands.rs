@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::cli::{BatchOpts, CheckOpts, Command, KafkaOpts, OpsOpts, PgOpts, RedisOpts};
+use crate::cli::{
+    BatchOpts, CheckOpts, Command, FailedCommand, KafkaOpts, OpsOpts, PgOpts, RedisOpts,
+};
 use crate::obs::{health, http, progress};
-use crate::ops::{reconcile, restore, retry_failed};
+use crate::ops::{failed, reconcile, restore};
 use crate::paths::{Forward, Persist, Writers};
 use crate::retry::with_retry;
 use crate::shutdown::Shutdown;
@@ -33,7 +35,8 @@ pub(crate) async fn run(cmd: Command, shutdown: &Shutdown) -> anyhow::Result<u8>
             force,
             as_of,
         } => return restore_command(&target, &pg, kafka, force, as_of).await,
-        Command::Migrate { pg } => migrate_command(&pg).await?,
+        Command::Failed { cmd } => return failed_command(cmd).await,
+        Command::Migrate { pg, force } => migrate_command(&pg, force).await?,
         Command::RetryFailed { pg, limit } => retry_failed_command(&pg, limit).await?,
         Command::Run {
             redis,
@@ -59,26 +62,75 @@ pub(crate) async fn run(cmd: Command, shutdown: &Shutdown) -> anyhow::Result<u8>
     Ok(EXIT_OK)
 }
 
-async fn migrate_command(pg: &PgOpts) -> anyhow::Result<()> {
+async fn migrate_command(pg: &PgOpts, force: bool) -> anyhow::Result<()> {
     let pool = postgres::connect(pg, 1).await?;
-    with_retry("migration", || postgres::migrate(&pool)).await?;
-    tracing::info!("migrations applied");
+    apply_migrations(&pool, force).await
+}
+
+/// `migrate` and `--migrate`: refused for a database a newer shipper migrated (its schema is
+/// unknown here), and, when there are migrations to apply, while a shipper of an older schema
+/// version is connected to the database (it would fail every insert once the schema changes
+/// under it), unless `force`.
+async fn apply_migrations(pool: &sqlx::PgPool, force: bool) -> anyhow::Result<()> {
+    let state = with_retry("schema check", || postgres::schema_state(pool)).await?;
+    state.refuse_newer()?;
+    let version = postgres::schema_version();
+    if !state.missing.is_empty() {
+        let older = with_retry("looking for older shippers", || {
+            postgres::older_shippers(pool, version)
+        })
+        .await?;
+        let list: Vec<String> = older.iter().map(ToString::to_string).collect();
+        if !older.is_empty() && !force {
+            anyhow::bail!(
+                "refusing to migrate the schema from version {} to {version}: {} connections of shippers of an \
+                 older schema version are open on this database, and such a shipper fails every insert once the \
+                 schema changes under it:\n  - {}\nStop those shippers first (docs/upgrade.md, \"Order of an \
+                 upgrade\"), or run `tally-shipper migrate --force` to migrate anyway",
+                state.at,
+                older.len(),
+                list.join("\n  - ")
+            );
+        }
+        if !older.is_empty() {
+            tracing::warn!(connections = %list.join("; "), "migrate --force: shippers of an older schema version are connected");
+        }
+    }
+    with_retry("migration", || postgres::migrate(pool)).await?;
+    tracing::info!(from = state.at, to = version, "migrations applied");
     Ok(())
 }
 
+/// The fix named when a one-shot command finds migrations missing.
+const MIGRATE_FIRST: &str = "run `tally-shipper migrate --database-url ...` first";
+
+/// A one-shot command's pool, refused unless the database has exactly the schema this binary
+/// knows (neither migrations missing nor migrated by a newer shipper).
+async fn checked_pool(pg: &PgOpts, conns: u32) -> anyhow::Result<sqlx::PgPool> {
+    let pool = postgres::connect(pg, conns).await?;
+    postgres::schema_state(&pool)
+        .await?
+        .require_known(MIGRATE_FIRST)?;
+    Ok(pool)
+}
+
+/// `retry-failed`: `failed retry --all` under its first name.
 async fn retry_failed_command(pg: &PgOpts, limit: i64) -> anyhow::Result<()> {
-    let pool = postgres::connect(pg, 1).await?;
-    let (ok, bad) = retry_failed::retry_failed(&pool, limit).await?;
-    tracing::info!(resolved = ok, still_failing = bad, "retry-failed done");
-    println!("resolved={ok} still_failing={bad}");
-    Ok(())
+    let pool = checked_pool(pg, 1).await?;
+    failed::retry_all(&pool, limit).await
+}
+
+/// `failed list | show | retry | dismiss`: its exit code says what it did (ops/failed).
+async fn failed_command(cmd: FailedCommand) -> anyhow::Result<u8> {
+    let pool = checked_pool(failed::pg_opts(&cmd), 1).await?;
+    failed::command(&pool, cmd).await
 }
 
 /// `reconcile`: its exit code is its verdict.
 async fn reconcile_command(target: &CheckOpts, pg: &PgOpts, wait_ms: u64) -> anyhow::Result<u8> {
-    let pool = postgres::connect(pg, 2).await?;
+    let pool = checked_pool(pg, 2).await?;
     reconcile::command(
-        &target.url,
+        &target.urls,
         &pool,
         &reconcile::Options::new(target, wait_ms),
     )
@@ -94,7 +146,7 @@ async fn restore_command(
     force: bool,
     as_of: Option<i64>,
 ) -> anyhow::Result<u8> {
-    let pool = postgres::connect(pg, 2).await?;
+    let pool = checked_pool(pg, 2).await?;
     let opt = restore::Options {
         prefix: target.prefix.clone(),
         group: target.group.clone(),
@@ -103,16 +155,16 @@ async fn restore_command(
         batch: target.batch.max(1),
     };
     let wait_ms = if let Some(ms) = as_of {
-        restore::as_of_command(&target.url, &pool, &opt, ms)
+        restore::as_of_command(&target.urls, &pool, &opt, ms)
             .await?
             .print(ms);
         30_000 // the corrections travel through the shipper
     } else {
-        restore::command(&target.url, &pool, &opt).await?.print();
+        restore::command(&target.urls, &pool, &opt).await?.print();
         0
     };
     reconcile::command(
-        &target.url,
+        &target.urls,
         &pool,
         &reconcile::Options::new(target, wait_ms),
     )
@@ -132,11 +184,13 @@ async fn run_command(
     start_ops(&ops, shutdown).await?;
     if kafka.configured() {
         let pool = pg_pool(&pg, pg.pg_max_conns).await?;
+        start_failed_gauges(&pg, shutdown).await?;
         return run_kafka_path(redis, kafka, PgSink::new(pool, &pg), batch, ops, shutdown).await;
     }
     // one connection per writer, and one for the watermark repair beside them
     let conns = pg.pg_max_conns.max(batch.pg_writers as u32 + 1);
     let pg_sink = PgSink::new(pg_pool(&pg, conns).await?, &pg);
+    start_failed_gauges(&pg, shutdown).await?;
     tracing::info!(
         writers = batch.pg_writers,
         "no Kafka brokers configured: direct path stream -> Postgres"
@@ -211,6 +265,7 @@ async fn persist_command(
 ) -> anyhow::Result<()> {
     start_ops(&ops, shutdown).await?;
     let pool = pg_pool(&pg, pg.pg_max_conns).await?;
+    start_failed_gauges(&pg, shutdown).await?;
     kafka::ensure_topic(&kafka).await?;
     Persist::new(
         kafka,
@@ -222,22 +277,33 @@ async fn persist_command(
     .await
 }
 
-/// The pool of run/persist: migrations applied (--migrate) or checked, so a missing schema
-/// stops the process at start with the fix named instead of failing every batch.
+/// The pool of run/persist: migrations applied (--migrate) or checked, so a missing schema,
+/// or one a newer shipper migrated, stops the process at start with the fix named instead of
+/// failing every batch.
 async fn pg_pool(pg: &PgOpts, conns: u32) -> anyhow::Result<sqlx::PgPool> {
     let pool = postgres::connect(pg, conns).await?;
     if pg.migrate {
-        with_retry("migration", || postgres::migrate(&pool)).await?;
+        apply_migrations(&pool, false).await?;
     } else {
-        let missing = with_retry("schema check", || postgres::missing_migrations(&pool)).await?;
-        if !missing.is_empty() {
-            anyhow::bail!(
-                "the database lacks tally's migrations {}: run `tally-shipper migrate --database-url ...` first, or start with --migrate",
-                missing.join(", ")
-            );
-        }
+        with_retry("schema check", || postgres::schema_state(&pool))
+            .await?
+            .require_known(&format!("{MIGRATE_FIRST}, or start with --migrate"))?;
     }
     Ok(pool)
+}
+
+/// run/persist: the failed_events gauges, counted every --failed-events-interval-ms on a
+/// pool of their own (one connection), so they move whatever the writers are doing.
+async fn start_failed_gauges(pg: &PgOpts, shutdown: &Shutdown) -> anyhow::Result<()> {
+    if pg.failed_events_interval_ms > 0 {
+        let pool = postgres::connect(pg, 1).await?;
+        tokio::spawn(postgres::failed::sample_gauges(
+            pool,
+            Duration::from_millis(pg.failed_events_interval_ms),
+            shutdown.requested.clone(),
+        ));
+    }
+    Ok(())
 }
 
 /// Signal handlers, then /metrics + /healthz (bound before this returns: a taken address is

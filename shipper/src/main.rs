@@ -5,7 +5,7 @@
 //! in `paths/`: the direct writers, or forward -> Kafka -> persist. The path stores it through
 //! `sinks/` (Kafka, Postgres) and only then does the batch's guard acknowledge it
 //! (`source/ack.rs`). `commands.rs` wires the stages of each command, `ops/` holds the
-//! one-shot operations (reconcile, restore, retry-failed), `obs/` the metrics and /healthz,
+//! one-shot operations (reconcile, restore, failed events), `obs/` the metrics and /healthz,
 //! `event/` the event format, `redis_io/` the Redis client layer, `cli.rs` every option,
 //! `retry.rs` the backoff and the `Fatal` error, `shutdown.rs` the signals.
 
@@ -53,7 +53,8 @@ fn init_tracing() {
 }
 
 /// Exit codes: 0 done (reconcile: match), 1 a fatal error or a reconcile mismatch, 2
-/// reconcile matched with events still in flight, 3 the shutdown deadline passed.
+/// reconcile matched with events still in flight (or bad arguments, from clap), 3 the
+/// shutdown deadline passed; `failed`: 4 no such row, 5 refused, 6 still fails (ops/failed).
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();

@@ -18,7 +18,9 @@
 //!   after the first batch delivered to Postgres (stage `persist` on the direct path);
 //! - `tally_pg_copy_batches_total{table,result}`: after the first batch COPY into `events`;
 //! - `tally_delivery_failures_total{stage}`: exported for `forward` and `persist` from the
-//!   start.
+//!   start;
+//! - `tally_failed_events_{unresolved,dismissed}`: once `run` (or `persist`) has counted the
+//!   failed_events rows, right after its start (`forward` never exports them).
 //!
 //! The only name checked without a scrape is `up`: Prometheus writes it for every target it
 //! scrapes; it is never part of an exposition. Recording rules (`tally:...`) defined in the
@@ -745,6 +747,7 @@ async fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
         "tally_stream_length",
         "tally_delivery_failures_total",
         "tally_events_failed_total",
+        "tally_failed_events_unresolved",
         "tally_seq_anomalies_total",
         "tally_kafka_partitions_assigned",
         "tally_events_read_total",

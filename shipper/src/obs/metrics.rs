@@ -41,6 +41,22 @@ pub(crate) static EVENTS_FAILED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+/// Sampled from Postgres by `run` and `persist` only (`sinks::postgres::failed`): a process
+/// without Postgres (`forward`) does not export them.
+pub(crate) static FAILED_EVENTS_UNRESOLVED: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "tally_failed_events_unresolved",
+        "Rows of failed_events neither stored by a retry nor dismissed (they block restore), counted every --failed-events-interval-ms"
+    )
+    .unwrap()
+});
+pub(crate) static FAILED_EVENTS_DISMISSED: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "tally_failed_events_dismissed",
+        "Rows of failed_events an operator dismissed (tally-shipper failed dismiss), counted every --failed-events-interval-ms"
+    )
+    .unwrap()
+});
 pub(crate) static KAFKA_CONSUMED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "tally_kafka_messages_consumed_total",

@@ -22,6 +22,7 @@ use super::reconcile::{scan_keys, stream_in_flight};
 use super::{op_records, restore_as_of};
 use crate::cli::KafkaOpts;
 use crate::clock::now_ms;
+use crate::sinks::postgres::failed;
 use crate::sinks::{kafka, postgres};
 
 pub(crate) struct Options {
@@ -105,14 +106,7 @@ async fn not_drained(
             }
         }
     }
-    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM failed_events WHERE NOT resolved")
-        .fetch_one(pool)
-        .await?;
-    if failed > 0 {
-        out.push(format!(
-            "{failed} unresolved failed_events (fix them and run retry-failed)"
-        ));
-    }
+    out.extend(unresolved_failed(pool).await?);
     let behind: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE last_seq > contiguous_seq ORDER BY data_key",
     )
@@ -192,8 +186,29 @@ async fn existing_keys(
     Ok(found)
 }
 
-/// Refuses (or with --force, warns) while events are in flight.
+/// The unresolved failed_events as a reason not to restore, naming the commands that handle
+/// them. Dismissed rows never block.
+async fn unresolved_failed(pool: &PgPool) -> anyhow::Result<Option<String>> {
+    let n = failed::unresolved_count(pool).await?;
+    Ok((n > 0).then(|| {
+        format!(
+            "{n} unresolved failed_events: list them with `tally-shipper failed list`; once their cause is \
+             fixed `tally-shipper failed retry ID` (or --all) stores them, and `tally-shipper failed dismiss ID \
+             --reason TEXT` sets aside an entry that is not a tally event"
+        )
+    }))
+}
+
+/// Refuses (or with --force, warns) while events are in flight. Dismissed failed_events are
+/// counted apart: set aside by an operator, they are not part of the history.
 async fn require_drained(nodes: &mut Nodes, pool: &PgPool, opt: &Options) -> anyhow::Result<()> {
+    let dismissed = failed::dismissed_count(pool).await?;
+    if dismissed > 0 {
+        println!(
+            "{dismissed} dismissed failed_events: set aside by an operator, not part of the history, so neither \
+             restored nor blocking (tally-shipper failed list --all)"
+        );
+    }
     let pending = not_drained(nodes, pool, opt).await?;
     if !pending.is_empty() {
         if !opt.force {
@@ -217,6 +232,7 @@ pub(crate) async fn run(
     pool: &PgPool,
     opt: &Options,
 ) -> anyhow::Result<Restored> {
+    refuse_several_servers(nodes)?;
     require_drained(nodes, pool, opt).await?;
     let existing = existing_keys(nodes, pool, opt).await?;
     if !existing.is_empty() && !opt.force {
@@ -433,22 +449,40 @@ async fn add_usage(
 }
 
 pub(crate) async fn command(
-    redis_url: &str,
+    redis_urls: &[String],
     pool: &PgPool,
     opt: &Options,
 ) -> anyhow::Result<Restored> {
-    let mut nodes = Nodes::connect(redis_url).await?;
+    let mut nodes = Nodes::connect(redis_urls).await?;
+    refuse_several_servers(&nodes)?;
     run(&mut nodes, pool, opt).await
+}
+
+/// A rebuild writes every key to the node that serves it: a cluster's slot owner, or the one
+/// server. Several standalone servers hold keys where the clients' sharding put them, which
+/// neither Redis (it lost its data) nor the history records: refused, rather than every key
+/// written to the first server.
+fn refuse_several_servers(nodes: &Nodes) -> anyhow::Result<()> {
+    if nodes.several_servers() {
+        bail!(
+            "refusing to restore: --redis-url lists {} standalone servers, and which of them a key belongs to is \
+             decided by the clients' sharding, which the history does not record. restore rebuilds one standalone \
+             server or a cluster (each key on the primary serving its slot); `reconcile` and `restore --as-of` \
+             work on several servers",
+            nodes.conns.len()
+        );
+    }
+    Ok(())
 }
 
 /// `restore --as-of`: the same drain rule, then the rollback through the module.
 pub(crate) async fn as_of_command(
-    redis_url: &str,
+    redis_urls: &[String],
     pool: &PgPool,
     opt: &Options,
     as_of_ms: i64,
 ) -> anyhow::Result<restore_as_of::RolledBack> {
-    let mut nodes = Nodes::connect(redis_url).await?;
+    let mut nodes = Nodes::connect(redis_urls).await?;
     require_drained(&mut nodes, pool, opt).await?;
-    restore_as_of::run(&mut nodes, pool, as_of_ms).await
+    restore_as_of::run(&mut nodes, pool, &opt.prefix, as_of_ms).await
 }

@@ -13,6 +13,9 @@
 //! Not rolled back (reported): usage counters (no command lowers `used`; a period has usually
 //! moved on), claims released after the moment (their issue numbers are retired), campaigns
 //! created after it.
+//!
+//! On several standalone servers every key is first found on its server (`Nodes::locate`):
+//! one that is on none, or on more than one, stops the rollback before anything is corrected.
 
 use super::nodes::Nodes;
 use anyhow::Context as _;
@@ -91,10 +94,10 @@ async fn deltas(
 async fn roll_back_balances(
     nodes: &mut Nodes,
     pool: &PgPool,
-    as_of_ms: i64,
+    (prefix, as_of_ms): (&str, i64),
+    rows: &[BalanceAt],
     out: &mut RolledBack,
 ) -> anyhow::Result<()> {
-    let rows = balances_at(pool, as_of_ms).await?;
     // rows come ordered by key: one group of fields per key
     for group in rows.chunk_by(|a, b| a.data_key == b.data_key) {
         let key = &group[0].data_key;
@@ -102,7 +105,8 @@ async fn roll_back_balances(
         let targets: Vec<String> = group.iter().map(|r| r.balance.clone()).collect();
         let mut get = redis::cmd("HMGET");
         get.arg(key).arg(&fields);
-        let current: Vec<Option<String>> = get.query_async(nodes.conn_for(key)).await?;
+        let current: Vec<Option<String>> =
+            get.query_async(nodes.conn_for(prefix, key).await?).await?;
         let current: Vec<String> = current
             .into_iter()
             .map(|v| v.unwrap_or_else(|| "0".into()))
@@ -118,7 +122,7 @@ async fn roll_back_balances(
                 .arg("ID")
                 .arg(format!("restore-as-of:{as_of_ms}:{n}"));
             c.arg("META").arg(format!("restore --as-of {as_of_ms}"));
-            c.query_async::<redis::Value>(nodes.conn_for(key))
+            c.query_async::<redis::Value>(nodes.conn_for(prefix, key).await?)
                 .await
                 .with_context(|| format!("rolling back {key}"))?;
             out.fields += chunk.len() as u64;
@@ -130,21 +134,26 @@ async fn roll_back_balances(
     Ok(())
 }
 
-async fn roll_back_claims(
-    nodes: &mut Nodes,
-    pool: &PgPool,
-    as_of_ms: i64,
-    out: &mut RolledBack,
-) -> anyhow::Result<()> {
-    // claims made after the moment and still held: the user's most recent ones
-    let held: Vec<(String, String, i64)> = sqlx::query_as(
+/// Claims made after the moment and still held, per (campaign, user): how many (the user's
+/// most recent ones).
+async fn held_since(pool: &PgPool, as_of_ms: i64) -> anyhow::Result<Vec<(String, String, i64)>> {
+    Ok(sqlx::query_as(
         "SELECT campaign, user_id, count(*) FROM coupon_issues
          WHERE claimed_ts_ms > $1 AND NOT released AND user_id IS NOT NULL
          GROUP BY campaign, user_id ORDER BY campaign, user_id",
     )
     .bind(as_of_ms)
     .fetch_all(pool)
-    .await?;
+    .await?)
+}
+
+async fn roll_back_claims(
+    nodes: &mut Nodes,
+    pool: &PgPool,
+    (prefix, as_of_ms): (&str, i64),
+    held: Vec<(String, String, i64)>,
+    out: &mut RolledBack,
+) -> anyhow::Result<()> {
     for (campaign, user, n) in held {
         for i in 0..n {
             redis::cmd("COUPON.RELEASE")
@@ -154,7 +163,7 @@ async fn roll_back_claims(
                 .arg(format!("restore-as-of:{as_of_ms}:{user}:{i}"))
                 .arg("META")
                 .arg(format!("restore --as-of {as_of_ms}"))
-                .query_async::<redis::Value>(nodes.conn_for(&campaign))
+                .query_async::<redis::Value>(nodes.conn_for(prefix, &campaign).await?)
                 .await
                 .with_context(|| format!("releasing a claim of {user} in {campaign}"))?;
             out.releases += 1;
@@ -212,11 +221,19 @@ async fn report_unrolled(pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> 
 pub(crate) async fn run(
     nodes: &mut Nodes,
     pool: &PgPool,
+    prefix: &str,
     as_of_ms: i64,
 ) -> anyhow::Result<RolledBack> {
     let mut out = RolledBack::default();
-    roll_back_balances(nodes, pool, as_of_ms, &mut out).await?;
-    roll_back_claims(nodes, pool, as_of_ms, &mut out).await?;
+    let balances = balances_at(pool, as_of_ms).await?;
+    let held = held_since(pool, as_of_ms).await?;
+    let mut keys: Vec<String> = balances.iter().map(|b| b.data_key.clone()).collect();
+    keys.extend(held.iter().map(|(campaign, _, _)| campaign.clone()));
+    keys.sort_unstable();
+    keys.dedup();
+    nodes.locate(prefix, &keys).await?;
+    roll_back_balances(nodes, pool, (prefix, as_of_ms), &balances, &mut out).await?;
+    roll_back_claims(nodes, pool, (prefix, as_of_ms), held, &mut out).await?;
     report_unrolled(pool, as_of_ms, &mut out).await?;
     Ok(out)
 }

@@ -87,9 +87,15 @@ async fn wait_for_drain(
     Ok(())
 }
 
-/// Connects and runs; returns the process exit code (0 match, 1 mismatch, 2 only in flight).
-pub(crate) async fn command(redis_url: &str, pool: &PgPool, opt: &Options) -> anyhow::Result<u8> {
-    let mut nodes = super::nodes::Nodes::connect(redis_url).await?;
+/// Connects to what `redis_urls` names (every primary of a cluster, or every standalone
+/// server: each node's keys are compared where they are) and runs; returns the process exit
+/// code (0 match, 1 mismatch, 2 only in flight).
+pub(crate) async fn command(
+    redis_urls: &[String],
+    pool: &PgPool,
+    opt: &Options,
+) -> anyhow::Result<u8> {
+    let mut nodes = super::nodes::Nodes::connect(redis_urls).await?;
     let report = run(&mut nodes.conns, pool, opt).await?;
     report.print();
     Ok(if !report.ok() {

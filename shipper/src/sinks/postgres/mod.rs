@@ -11,7 +11,8 @@
 //! - `fence`: the Kafka positions stored with the batch;
 //! - `derived`: balances, coupons, usage; `seqs`: the per-key order proof;
 //! - `copy`: binary COPY for the history tables;
-//! - `schema`: migrations and the pool; `failed`: failed_events for `retry-failed`.
+//! - `schema`: migrations, the schema version check, and the pool; `failed`: failed_events
+//!   for `retry-failed`.
 
 mod batch;
 mod copy;
@@ -23,6 +24,6 @@ mod seqs;
 mod sink;
 
 pub(crate) use fence::{load_positions, Position};
-pub(crate) use schema::{connect, migrate, missing_migrations};
+pub(crate) use schema::{connect, migrate, older_shippers, schema_state, schema_version};
 pub(crate) use seqs::repair as repair_watermarks;
 pub(crate) use sink::{PgSink, Stored};
