@@ -12,7 +12,7 @@
 //! - `derived`: balances, coupons, usage; `seqs`: the per-key order proof;
 //! - `copy`: binary COPY for the history tables;
 //! - `schema`: migrations, the schema version check, and the pool; `failed`: failed_events
-//!   for `retry-failed`.
+//!   for `tally-shipper failed ...` / `retry-failed`, and the gauges of run/persist.
 
 mod batch;
 mod copy;
