@@ -6,7 +6,10 @@
 //! replica takes over, writes go on through the new primary, and the history stays exact:
 //! every event of the stories once, exactly 100 coupon rows, nothing left pending, and
 //! reconcile's verdict agrees with what the failover did (MATCH, or a recorded fork for each
-//! seq the new primary handed out again).
+//! seq the new primary handed out again). `reconcile` and `restore` get the exact
+//! `--redis-url` value `run` got (two seeds, comma separated; after the failover the first no
+//! longer answers), or the same in TALLY_REDIS_URL; last, the cluster is flushed and
+//! `restore` rebuilds every primary's keys.
 
 // Scenarios read better whole than cut into helpers, and every test holds `common::serial()`
 // (a std Mutex guard that runs the heavy tests one at a time) across its awaits on purpose.
@@ -198,6 +201,23 @@ fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
+/// A `tally-shipper` subcommand with `TALLY_REDIS_URL` set: (exit code, stdout + stderr).
+fn shipper_cmd_with_url_env(urls: &str, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .env("TALLY_REDIS_URL", urls)
+        .output()
+        .expect("run tally-shipper");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// The three stories; returns the number of events they append.
 async fn three_stories(r: &Router) -> i64 {
     r.call(&args(&[
@@ -371,10 +391,11 @@ async fn three_primaries_with_replicas_ship_the_stories_and_survive_a_failover()
         .await,
         100
     );
+    // the seed list `run` got, as it got it, and the same in TALLY_REDIS_URL
     let (code, out) = shipper_cmd(&[
         "reconcile",
         "--redis-url",
-        &primaries[1].url(),
+        &seeds,
         "--database-url",
         &pg.url(),
         "--wait-ms",
@@ -382,17 +403,37 @@ async fn three_primaries_with_replicas_ship_the_stories_and_survive_a_failover()
     ]);
     assert_eq!(code, 0, "reconcile after the stories:\n{out}");
     assert!(out.contains("verdict: MATCH"), "{out}");
+    let (code, out) = shipper_cmd_with_url_env(
+        &seeds,
+        &["reconcile", "--database-url", &pg.url(), "--wait-ms", "0"],
+    );
+    assert_eq!(code, 0, "reconcile with TALLY_REDIS_URL:\n{out}");
+    assert!(out.contains("verdict: MATCH"), "{out}");
+    // restore reads every primary through the seeds, and finds the keys in place
+    let (code, out) = shipper_cmd(&[
+        "restore",
+        "--redis-url",
+        &seeds,
+        "--database-url",
+        &pg.url(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("refusing to overwrite existing Redis keys"),
+        "{out}"
+    );
 
     let [first, second, _] = &mut primaries[..] else {
         unreachable!("three primaries")
     };
     let (total, by_promoted) = failover_under_load(&router, first, &replicas[0], second).await;
 
-    // Drained: nothing pending on any serving primary; the verdict agrees with the forks.
+    // Drained: nothing pending on any serving primary; the verdict agrees with the forks. The
+    // first seed is the killed primary: the second gives the layout.
     let (code, out) = shipper_cmd(&[
         "reconcile",
         "--redis-url",
-        &primaries[1].url(),
+        &seeds,
         "--database-url",
         &pg.url(),
         "--wait-ms",
@@ -455,4 +496,42 @@ async fn three_primaries_with_replicas_ship_the_stories_and_survive_a_failover()
         "{}",
         tail_lines(&sh.log_text(), 40)
     );
+
+    // The cluster loses its data; restore, given the seeds in TALLY_REDIS_URL, rebuilds every
+    // primary's keys, and reconcile with the seeds agrees as before.
+    for n in [&replicas[0], &primaries[1], &primaries[2]] {
+        cmd(&mut n.conn().await, &["FLUSHALL"]).await;
+    }
+    let (code, out) = shipper_cmd_with_url_env(&seeds, &["restore", "--database-url", &pg.url()]);
+    let expected = if forks == 0 { 0 } else { 1 };
+    assert_eq!(code, expected, "restore with TALLY_REDIS_URL:\n{out}");
+    assert!(
+        out.contains("restored ") && out.contains(" sequences"),
+        "{out}"
+    );
+    let (code, out) = shipper_cmd(&[
+        "reconcile",
+        "--redis-url",
+        &seeds,
+        "--database-url",
+        &pg.url(),
+        "--wait-ms",
+        "0",
+    ]);
+    assert_eq!(code, expected, "reconcile after the restore:\n{out}");
+    if forks == 0 {
+        assert!(out.contains("verdict: MATCH"), "{out}");
+    } else {
+        assert!(out.contains(&format!("history: {forks} forks")), "{out}");
+    }
+    let mut restored = 0;
+    for n in [&replicas[0], &primaries[1], &primaries[2]] {
+        let size: i64 = redis::cmd("DBSIZE")
+            .query_async(&mut n.conn().await)
+            .await
+            .unwrap();
+        assert!(size > 0, "restore wrote nothing on :{}", n.port);
+        restored += size;
+    }
+    eprintln!("restore: {restored} keys over the three primaries");
 }
