@@ -472,11 +472,6 @@ fn check_event(e: &Event) {
     }
     let d = match shipper::decode(text) {
         Ok(d) => d,
-        // Known finding (fuzz/README.md): the shipper refuses any event whose JSON text holds
-        // the six characters `\u0000`, also when they are an escaped backslash followed by
-        // `u0000` (a key, field or META with that text), not a NUL. TALLY_FUZZ_STRICT=1 fails
-        // on it again, for when the shipper is fixed.
-        Err(err) if err.contains("NUL character") && !strict() => return,
         Err(err) => panic!("the shipper refuses the module's event: {err}\n{text}"),
     };
     assert_eq!(d.id, e.id.as_str());
@@ -524,10 +519,4 @@ fn event_strings<'a>(e: &'a Event) -> Vec<&'a str> {
         v.extend([u.key.as_str(), u.period_id.as_str()]);
     }
     v
-}
-
-/// `TALLY_FUZZ_STRICT=1`: known findings fail too.
-fn strict() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("TALLY_FUZZ_STRICT").is_some_and(|v| v == "1"))
 }
