@@ -20,7 +20,12 @@ use crate::host::config;
 use crate::host::stats::info;
 
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
-    host::load::init(ctx, args, &commands::ALL)
+    let status = host::load::init(ctx, args, &commands::ALL);
+    if status == Status::Ok {
+        // Holds expire on the primary by its clock (docs/holds.md).
+        commands::holds::expiry::start(ctx);
+    }
+    status
 }
 
 /// Unit tests run outside Redis, where the Redis allocator does not exist.
@@ -39,6 +44,9 @@ macro_rules! tally_module {
                 ["max-backlog", &config::MAX_BACKLOG, bounds::DEFAULT_MAX_BACKLOG, bounds::MIN_MAX_BACKLOG, bounds::MAX_MAX_BACKLOG, ConfigurationFlags::DEFAULT, None],
                 ["op-ttl-ms", &config::OP_TTL_MS, bounds::DEFAULT_OP_TTL_MS, bounds::MIN_OP_TTL_MS, bounds::MAX_OP_TTL_MS, ConfigurationFlags::DEFAULT, None],
                 ["max-op-ids", &config::MAX_OP_IDS, bounds::DEFAULT_MAX_OP_IDS, bounds::MIN_MAX_OP_IDS, bounds::MAX_MAX_OP_IDS, ConfigurationFlags::DEFAULT, None],
+                ["max-holds-per-key", &config::MAX_HOLDS_PER_KEY, bounds::DEFAULT_MAX_HOLDS_PER_KEY, bounds::MIN_MAX_HOLDS_PER_KEY, bounds::MAX_MAX_HOLDS_PER_KEY, ConfigurationFlags::DEFAULT, None],
+                ["hold-expire-per-tick", &config::HOLD_EXPIRE_PER_TICK, bounds::DEFAULT_HOLD_EXPIRE_PER_TICK, bounds::MIN_HOLD_EXPIRE_PER_TICK, bounds::MAX_HOLD_EXPIRE_PER_TICK, ConfigurationFlags::DEFAULT, None],
+                ["hold-tombstone-ms", &config::HOLD_TOMBSTONE_MS, bounds::DEFAULT_HOLD_TOMBSTONE_MS, bounds::MIN_HOLD_TOMBSTONE_MS, bounds::MAX_HOLD_TOMBSTONE_MS, ConfigurationFlags::DEFAULT, None],
             ],
             string: [
                 ["prefix", &config::PREFIX, bounds::DEFAULT_PREFIX, ConfigurationFlags::IMMUTABLE, None],

@@ -21,14 +21,14 @@ use crate::host::ffi::RStr;
 use crate::host::tx::{self, FieldName, Tx};
 
 /// An existing hash must not be a campaign or usage counter (a `kind` field).
-fn check_asset(tx: &mut Tx, key: &str) -> Result<(), CmdError> {
+pub(super) fn check_asset(tx: &mut Tx, key: &str) -> Result<(), CmdError> {
     if tx.hash_exists(key)? {
         tx.hget_rs(key, tx::kind_field(), rules::check_asset_hash)??;
     }
     Ok(())
 }
 
-fn balance(tx: &mut Tx, key: &str, field: &str) -> Result<Decimal, CmdError> {
+pub(super) fn balance(tx: &mut Tx, key: &str, field: &str) -> Result<Decimal, CmdError> {
     balance_rs(tx, key, field, &RStr::new(field.as_bytes()))
 }
 
@@ -37,6 +37,29 @@ fn balance_rs(tx: &mut Tx, key: &str, field: &str, name: &RStr) -> Result<Decima
     tx.hget_rs(key, name, |raw| {
         rules::stored_decimal_lazy(raw, || format!("field '{field}'"))
     })?
+}
+
+/// The floor check of a decrease, against what is available (balance minus the field's
+/// open holds, docs/holds.md): held funds cannot be spent twice.
+fn held_floor(
+    tx: &mut Tx,
+    key: &str,
+    field: &str,
+    current: Decimal,
+    delta: Decimal,
+    floor: Floor,
+) -> Result<(), CmdError> {
+    if !delta.is_negative() || floor == Floor::None {
+        return Ok(());
+    }
+    let held = super::holds::asset::held(tx, key, field)?;
+    let available = current
+        .checked_sub(held)
+        .ok_or_else(|| CmdError::err("the balance would overflow 20 integer digits"))?;
+    if held.is_zero() {
+        return rules::apply_delta(current, delta, floor, None).map(|_| ());
+    }
+    super::holds::asset::check_take(available, -delta, floor, held)
 }
 
 pub struct Incr;
@@ -60,6 +83,7 @@ impl Command for Incr {
 fn incr(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
     let req = request::asset_incr(raw)?;
     tx::check_user_key(&req.key)?;
+    super::holds::expiry::expire_due(ctx, &req.key)?;
     let reply = tx::mutate(
         ctx,
         tx::Request {
@@ -76,12 +100,9 @@ fn incr(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
             for (field, delta) in &req.deltas {
                 // one RedisModuleString for the field's read and its write
                 let name = RStr::new(field.as_bytes());
-                let next = rules::apply_delta(
-                    balance_rs(tx, &req.key, field, &name)?,
-                    *delta,
-                    req.floor,
-                    req.ceil,
-                )?;
+                let current = balance_rs(tx, &req.key, field, &name)?;
+                let next = rules::apply_delta(current, *delta, Floor::None, req.ceil)?;
+                held_floor(tx, &req.key, field, current, *delta, req.floor)?;
                 let text = next.to_string();
                 tx.set_named(&req.key, FieldName::Owned(name), Some(text.as_bytes()));
                 changes.push(Change {
@@ -131,6 +152,8 @@ fn transfer(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
     let req = request::asset_transfer(raw)?;
     tx::check_user_key(&req.from)?;
     tx::check_user_key(&req.to)?;
+    super::holds::expiry::expire_due(ctx, &req.from)?;
+    super::holds::expiry::expire_due(ctx, &req.to)?;
     let reply = tx::mutate(
         ctx,
         tx::Request {
@@ -144,12 +167,9 @@ fn transfer(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
             check_asset(tx, &req.from)?;
             check_asset(tx, &req.to)?;
             let out = -req.amount;
-            let from_balance = rules::apply_delta(
-                balance(tx, &req.from, &req.field)?,
-                out,
-                Floor::Default,
-                None,
-            )?;
+            let from_current = balance(tx, &req.from, &req.field)?;
+            let from_balance = rules::apply_delta(from_current, out, Floor::None, None)?;
+            held_floor(tx, &req.from, &req.field, from_current, out, Floor::Default)?;
             let to_balance = rules::apply_delta(
                 balance(tx, &req.to, &req.field)?,
                 req.amount,

@@ -33,12 +33,12 @@ fn field_names() -> &'static [RStr; 7] {
 
 /// A loaded campaign and, per stored integer field (bit `i` for `CAMPAIGN_FIELDS[i + 1]`),
 /// whether its text is already canonical (so an unchanged value need not be rewritten).
-struct Loaded {
-    campaign: Campaign,
+pub(crate) struct Loaded {
+    pub(crate) campaign: Campaign,
     canonical: u8,
 }
 
-fn load(key: &Key) -> Result<Loaded, CmdError> {
+pub(crate) fn load(key: &Key) -> Result<Loaded, CmdError> {
     load_with(key, &[]).map(|(l, _)| l)
 }
 
@@ -98,7 +98,12 @@ fn load_with(key: &Key, extra: &[&RStr]) -> Result<(Loaded, [RStr; 2]), CmdError
     ))
 }
 
-fn state(campaign: &str, user: Option<&str>, issue: Option<i64>, c: &Campaign) -> CouponState {
+pub(crate) fn state(
+    campaign: &str,
+    user: Option<&str>,
+    issue: Option<i64>,
+    c: &Campaign,
+) -> CouponState {
     CouponState {
         campaign: campaign.to_string(),
         user: user.map(str::to_string),
@@ -114,7 +119,7 @@ fn state(campaign: &str, user: Option<&str>, issue: Option<i64>, c: &Campaign) -
 
 /// Queues the campaign's integer fields: all of them for a new campaign, otherwise only
 /// those whose stored text differs from the new value's canonical text.
-fn store(tx: &mut Tx, key: &str, old: Option<&Loaded>, c: &Campaign) {
+pub(crate) fn store(tx: &mut Tx, key: &str, old: Option<&Loaded>, c: &Campaign) {
     let values = [
         c.total,
         c.issued,
@@ -241,7 +246,7 @@ type Change =
 /// The campaign and the user's holding, read with one call: the claim count and the
 /// legacy `u:<user>` list (used only when there is no count). Also returns the count
 /// field's name, made for the read and reused for the write.
-fn load_holding(
+pub(crate) fn load_holding(
     tx: &mut Tx,
     campaign: &str,
     user: &str,
@@ -258,7 +263,7 @@ fn load_holding(
 }
 
 /// Queues the writes to the user's holder fields.
-fn queue_holder_writes(
+pub(crate) fn queue_holder_writes(
     tx: &mut Tx,
     campaign: &str,
     user: &str,
@@ -295,6 +300,7 @@ fn change_holding(
 ) -> CommandResult {
     let req = request::coupon_user(raw)?;
     tx::check_user_key(&req.campaign)?;
+    super::holds::expiry::expire_due(ctx, &req.campaign)?;
     let reply = tx::mutate(
         ctx,
         tx::Request {
@@ -350,8 +356,9 @@ fn claim(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
         raw,
         "COUPON.CLAIM",
         "coupon.claim",
-        |tx, _, _, c, holding| {
-            let issue = c.claim(holding.count(), tx.now_ms)?;
+        |tx, campaign, user, c, holding| {
+            let reserved = super::holds::coupon::reserved_by(tx, campaign, user)?;
+            let issue = c.claim(holding.count().saturating_add(reserved), tx.now_ms)?;
             Ok((issue, holding.claim_writes(issue)))
         },
     )
@@ -420,10 +427,14 @@ fn info(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
     };
     let key = request::name("campaign", key_raw)?;
     acl::check_read(ctx, &key)?;
-    let c = load(&tx::open_read(ctx, &key)?)?.campaign;
+    let mut c = load(&tx::open_read(ctx, &key)?)?.campaign;
+    // Reservations past their deadline are left out, as if the timer had run.
+    let (reserved, due) = super::holds::coupon::reserved_live(ctx, &key)?;
+    c.issued = c.issued.saturating_sub(due);
     Ok(pairs(vec![
         ("total", RedisValue::Integer(c.total)),
         ("issued", RedisValue::Integer(c.issued)),
+        ("reserved", RedisValue::Integer(reserved)),
         ("remaining", RedisValue::Integer(c.remaining())),
         ("peruser", RedisValue::Integer(c.per_user)),
         ("start", RedisValue::Integer(c.start_ms)),

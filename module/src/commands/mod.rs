@@ -5,13 +5,14 @@
 
 mod asset;
 mod coupon;
+pub(crate) mod holds;
 mod reply;
 mod usage;
 
 use crate::host::command::{registration, Registration};
 
 /// Every command, in the order they are registered.
-pub const ALL: [Registration; 10] = [
+pub const ALL: [Registration; 21] = [
     registration::<asset::Incr>(),
     registration::<asset::Get>(),
     registration::<asset::Transfer>(),
@@ -22,4 +23,15 @@ pub const ALL: [Registration; 10] = [
     registration::<usage::Limit>(),
     registration::<usage::Consume>(),
     registration::<usage::Get>(),
+    registration::<holds::asset::HoldCmd>(),
+    registration::<holds::asset::Settle>(),
+    registration::<holds::asset::Void>(),
+    registration::<holds::asset::Holds>(),
+    registration::<holds::asset::Available>(),
+    registration::<holds::coupon::Reserve>(),
+    registration::<holds::coupon::Confirm>(),
+    registration::<holds::coupon::Cancel>(),
+    registration::<holds::usage::Reserve>(),
+    registration::<holds::usage::Commit>(),
+    registration::<holds::usage::Cancel>(),
 ];

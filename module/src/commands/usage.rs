@@ -30,7 +30,7 @@ fn field_names() -> &'static [RStr; 5] {
 }
 
 /// The stored texts, so that only changed fields are rewritten.
-struct Stored {
+pub(crate) struct Stored {
     period: RStr,
     limit: RStr,
     used: RStr,
@@ -42,7 +42,7 @@ fn text_of(s: &RStr) -> Option<&str> {
     s.bytes().and_then(|b| std::str::from_utf8(b).ok())
 }
 
-fn load(key: &Key) -> Result<Option<(Usage, Stored)>, CmdError> {
+pub(crate) fn load(key: &Key) -> Result<Option<(Usage, Stored)>, CmdError> {
     if !tx::kind_is_hash(key.kind())? {
         return Ok(None);
     }
@@ -83,7 +83,7 @@ fn load(key: &Key) -> Result<Option<(Usage, Stored)>, CmdError> {
 
 /// Queues the counter's fields (all for a new counter, otherwise those whose stored text
 /// differs) and builds the event.
-fn store_and_event(
+pub(crate) fn store_and_event(
     tx: &mut Tx,
     key: &str,
     kind: &'static str,
@@ -140,7 +140,7 @@ fn store_and_event(
     Ok(e)
 }
 
-fn load_in(tx: &mut Tx, key: &str) -> Result<Option<(Usage, Stored)>, CmdError> {
+pub(crate) fn load_in(tx: &mut Tx, key: &str) -> Result<Option<(Usage, Stored)>, CmdError> {
     load(tx.handle(key)?)
 }
 
@@ -224,6 +224,7 @@ impl Command for Consume {
 fn consume(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
     let req = request::usage_consume(raw)?;
     tx::check_user_key(&req.key)?;
+    super::holds::expiry::expire_due(ctx, &req.key)?;
     let reply = tx::mutate(
         ctx,
         tx::Request {
@@ -240,7 +241,8 @@ fn consume(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
                     "no usage limit is set for this key (USAGE.LIMIT)",
                 )
             })?;
-            let next = u.consume(req.amount, tx.now_ms)?;
+            let reserved = super::holds::usage::reserved(tx, &req.key)?;
+            let next = u.consume(req.amount, reserved, tx.now_ms)?;
             let e = store_and_event(
                 tx,
                 &req.key,
@@ -255,7 +257,8 @@ fn consume(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
                 .as_ref()
                 .map(|s| s.used.clone())
                 .unwrap_or_else(|| next.used.to_string());
-            let items = vec![Item::Str(used), Item::Str(next.remaining().to_string())];
+            let remaining = next.remaining_with(reserved).to_string();
+            let items = vec![Item::Str(used), Item::Str(remaining)];
             Ok((Reply::Array(items), e))
         },
     )?;
@@ -290,12 +293,15 @@ fn get(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
         .map(|(u, _)| u)
         .ok_or_else(|| CmdError::code("NOTFOUND", "no usage limit is set for this key"))?
         .at(ffi::now_ms());
+    // Reservations past their deadline are left out, as if the timer had run.
+    let (_, reserved) = super::holds::live_summary(ctx, &key, "", ffi::now_ms())?;
     Ok(pairs(vec![
         ("used", RedisValue::BulkString(u.used.to_string())),
         ("limit", RedisValue::BulkString(u.limit.to_string())),
+        ("reserved", RedisValue::BulkString(reserved.to_string())),
         (
             "remaining",
-            RedisValue::BulkString(u.remaining().to_string()),
+            RedisValue::BulkString(u.remaining_with(reserved).to_string()),
         ),
         (
             "period",

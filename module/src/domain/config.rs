@@ -12,6 +12,18 @@ pub const DEFAULT_OP_TTL_MS: i64 = 86_400_000;
 /// About 2 GB of op-id records at their ~213 bytes each.
 pub const DEFAULT_MAX_OP_IDS: i64 = 10_000_000;
 pub const DEFAULT_PREFIX: &str = "tally";
+/// Holds (docs/holds.md): open holds per key, expiries per 10 ms timer tick, and how long a
+/// closed hold's outcome is kept for NOTFOUND reasons (one hour of tombstones: a key closing
+/// 10 holds a second keeps about 36,000, a few MB).
+pub const DEFAULT_MAX_HOLDS_PER_KEY: i64 = 1000;
+pub const MIN_MAX_HOLDS_PER_KEY: i64 = 1;
+pub const MAX_MAX_HOLDS_PER_KEY: i64 = 100_000;
+pub const DEFAULT_HOLD_EXPIRE_PER_TICK: i64 = 500;
+pub const MIN_HOLD_EXPIRE_PER_TICK: i64 = 1;
+pub const MAX_HOLD_EXPIRE_PER_TICK: i64 = 100_000;
+pub const DEFAULT_HOLD_TOMBSTONE_MS: i64 = 3_600_000;
+pub const MIN_HOLD_TOMBSTONE_MS: i64 = 0;
+pub const MAX_HOLD_TOMBSTONE_MS: i64 = 2_592_000_000;
 
 /// Bounds, also declared to Redis when the configs are registered.
 pub const MIN_MAX_BACKLOG: i64 = 0;
@@ -30,6 +42,9 @@ pub enum Setting {
     MaxBacklog(i64),
     OpTtlMs(i64),
     MaxOpIds(i64),
+    MaxHoldsPerKey(i64),
+    HoldExpirePerTick(i64),
+    HoldTombstoneMs(i64),
 }
 
 /// The one validation of every setting: `name` (case-insensitive, with or without the
@@ -61,6 +76,15 @@ pub fn validate(name: &str, value: &[u8]) -> Result<Setting, String> {
         "max-backlog" => int(MIN_MAX_BACKLOG, MAX_MAX_BACKLOG).map(Setting::MaxBacklog),
         "op-ttl-ms" => int(MIN_OP_TTL_MS, MAX_OP_TTL_MS).map(Setting::OpTtlMs),
         "max-op-ids" => int(MIN_MAX_OP_IDS, MAX_MAX_OP_IDS).map(Setting::MaxOpIds),
+        "max-holds-per-key" => {
+            int(MIN_MAX_HOLDS_PER_KEY, MAX_MAX_HOLDS_PER_KEY).map(Setting::MaxHoldsPerKey)
+        }
+        "hold-expire-per-tick" => {
+            int(MIN_HOLD_EXPIRE_PER_TICK, MAX_HOLD_EXPIRE_PER_TICK).map(Setting::HoldExpirePerTick)
+        }
+        "hold-tombstone-ms" => {
+            int(MIN_HOLD_TOMBSTONE_MS, MAX_HOLD_TOMBSTONE_MS).map(Setting::HoldTombstoneMs)
+        }
         other => Err(format!("unknown setting '{}'", printable(other))),
     }
 }

@@ -95,7 +95,6 @@ impl Decimal {
         Ok(Decimal(if negative { -raw } else { raw }))
     }
 
-    #[cfg(test)]
     pub fn from_int(v: i64) -> Decimal {
         // |i64| < 10^19 < 10^20: always in range.
         Decimal(i128::from(v) * ONE)

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use serde::{Serialize, Serializer};
 
+use crate::domain::holds::HoldState;
 use crate::domain::record::Reply;
 use crate::domain::request::Common;
 
@@ -63,6 +64,9 @@ pub struct Event<'a> {
     pub coupon: Option<CouponState>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageState>,
+    /// Hold events (docs/holds.md): the hold after the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldState>,
     /// With an op-id: the idempotency record (fingerprint and reply), so that
     /// `tally-shipper restore` can rebuild the record of an op-id still inside its window.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,6 +88,7 @@ impl<'a> Event<'a> {
             changes: None,
             coupon: None,
             usage: None,
+            hold: None,
             fp: None,
             reply: None,
         }
@@ -122,6 +127,9 @@ impl<'a> Event<'a> {
         }
         if let Some(u) = &self.usage {
             write_usage(out, u);
+        }
+        if let Some(h) = &self.hold {
+            write_hold(out, h);
         }
         if let Some(fp) = &self.fp {
             out.extend_from_slice(b",\"fp\":");
@@ -207,6 +215,26 @@ fn write_usage(out: &mut Vec<u8>, u: &UsageState) {
     json_str(out, u.period);
     out.extend_from_slice(b",\"period_id\":");
     json_str(out, &u.period_id);
+    out.push(b'}');
+}
+
+fn write_hold(out: &mut Vec<u8>, h: &HoldState) {
+    out.extend_from_slice(b",\"hold\":{\"id\":");
+    json_str(out, &h.id);
+    out.extend_from_slice(b",\"kind\":");
+    json_str(out, h.kind.as_str());
+    out.extend_from_slice(b",\"subject\":");
+    json_opt_str(out, h.subject.as_deref());
+    out.extend_from_slice(b",\"amount\":");
+    json_str(out, &h.amount);
+    out.extend_from_slice(b",\"status\":");
+    json_str(out, h.status.as_str());
+    out.extend_from_slice(b",\"created\":");
+    json_int(out, h.created);
+    out.extend_from_slice(b",\"expires\":");
+    json_int(out, h.expires);
+    out.extend_from_slice(b",\"settled\":");
+    json_opt_str(out, h.settled.as_deref());
     out.push(b'}');
 }
 
@@ -373,7 +401,7 @@ mod tests {
         #[test]
         fn hand_written_json_equals_serde(key in ".{0,12}", field in "[\\x00-\\x7f]{0,12}", meta in proptest::option::of(".{0,16}"),
                                           op in proptest::option::of("[ -~]{1,8}"), seq in proptest::num::i64::ANY,
-                                          n in proptest::num::i64::ANY, kind in 0u8..3) {
+                                          n in proptest::num::i64::ANY, kind in 0u8..4) {
             let common = Common { op_id: op.clone(), meta: meta.clone(), id_index: None };
             let mut e = Event::new("asset.incr", n, &common, vec![KeySeq { key: key.as_str().into(), seq }, KeySeq { key: field.as_str().into(), seq: n }]);
             match kind {
@@ -383,6 +411,9 @@ mod tests {
                 ]),
                 1 => e.coupon = Some(CouponState { campaign: key.clone(), user: meta.clone(), issue: op.as_ref().map(|_| seq),
                     total: n, issued: seq, remaining: -n, peruser: 3, start: 0, end: i64::MIN }),
+                2 => e.hold = Some(crate::domain::holds::HoldState { id: field.clone(), kind: crate::domain::holds::Kind::Usage,
+                    subject: meta.clone(), amount: key.clone(), status: crate::domain::holds::Status::Expired, created: n, expires: seq,
+                    settled: op.clone() }),
                 _ => e.usage = Some(UsageState { key: key.clone(), amount: op.clone(), used: field.clone(), limit: "10".into(),
                     period: "day", period_id: meta.clone().unwrap_or_default() }),
             }

@@ -69,7 +69,10 @@ pub fn holder_field_name(field: HolderField, user: &str) -> smallvec::SmallVec<[
 pub struct HelperKeys {
     pub stream: String,
     pub seq: String,
+    /// The due index of holds (docs/holds.md): a sorted set per node (per slot in cluster mode).
+    pub due: String,
     op_prefix: String,
+    holds_prefix: String,
 }
 
 impl HelperKeys {
@@ -77,8 +80,15 @@ impl HelperKeys {
         HelperKeys {
             stream: format!("{prefix}:log{suffix}"),
             seq: format!("{prefix}:seq{suffix}"),
+            due: format!("{prefix}:due{suffix}"),
             op_prefix: format!("{prefix}:op{suffix}:"),
+            holds_prefix: format!("{prefix}:holds{suffix}:"),
         }
+    }
+
+    /// The holds hash of `key`: `<prefix>:holds[:{tag}]:<byte length of key>:<key>`.
+    pub fn holds(&self, key: &str) -> String {
+        format!("{}{}:{key}", self.holds_prefix, key.len())
     }
 
     /// The record of `op_id` sent with a command whose first key is `key`. An op-id is
@@ -147,6 +157,8 @@ mod tests {
         assert_eq!(standalone.seq, "tally:seq");
         assert_eq!(standalone.op("acct:1", "x"), "tally:op:6:acct:1:x");
         assert_eq!(standalone.op_v1("x"), "tally:op:x");
+        assert_eq!(standalone.holds("acct:1"), "tally:holds:6:acct:1");
+        assert_eq!(standalone.due, "tally:due");
         let suffix = slot_suffix("acct:1");
         assert!(
             suffix.starts_with(":{") && suffix.ends_with('}'),
@@ -156,6 +168,8 @@ mod tests {
         assert_eq!(cluster.stream, format!("t:log{suffix}"));
         assert_eq!(cluster.op("k", "o"), format!("t:op{suffix}:1:k:o"));
         assert_eq!(cluster.op_v1("o"), format!("t:op{suffix}:o"));
+        assert_eq!(cluster.holds("k"), format!("t:holds{suffix}:1:k"));
+        assert_eq!(cluster.due, format!("t:due{suffix}"));
     }
 
     #[test]

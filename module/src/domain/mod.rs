@@ -7,6 +7,7 @@
 //! JSON and the op-id record to store.
 //!
 //! - `request`: parsing of every command's arguments, and their canonical form
+//! - `holds`, `hold_request`: hold records, their rules and the hold commands' arguments
 //! - `rules`: the decisions (bounds, coupon stock and holders, usage quotas)
 //! - `layout`: hash fields and helper-key names
 //! - `event`, `record`: the event JSON; the op-id record (fingerprint, stored reply)
@@ -21,6 +22,8 @@ pub mod config;
 pub mod decimal;
 pub mod error;
 pub mod event;
+pub mod hold_request;
+pub mod holds;
 pub mod layout;
 pub mod opids;
 pub mod period;

@@ -90,7 +90,7 @@ pub trait Canonical {
     fn canonical(&self) -> Vec<Vec<u8>>;
 }
 
-fn meta_part(common: &Common) -> Vec<u8> {
+pub(crate) fn meta_part(common: &Common) -> Vec<u8> {
     match &common.meta {
         None => b"-".to_vec(),
         Some(m) => [b"+", m.as_bytes()].concat(),
@@ -234,7 +234,7 @@ fn keyword(raw: &[u8]) -> String {
 
 /// Walks the trailing `[NAME value | FLAG]...` options. `accept` gets the upper-cased
 /// option name and a cursor; it returns `Ok(false)` for an unknown option.
-struct Options<'a> {
+pub(crate) struct Options<'a> {
     args: &'a [&'a [u8]],
     pos: usize,
     offset: usize,
@@ -242,7 +242,7 @@ struct Options<'a> {
 
 impl<'a> Options<'a> {
     /// Options start at `args[offset]`.
-    fn new(args: &'a [&'a [u8]], offset: usize) -> Self {
+    pub(crate) fn new(args: &'a [&'a [u8]], offset: usize) -> Self {
         Options {
             args: &args[offset.min(args.len())..],
             pos: 0,
@@ -250,7 +250,7 @@ impl<'a> Options<'a> {
         }
     }
 
-    fn value(&mut self, option: &str) -> Result<&'a [u8], CmdError> {
+    pub(crate) fn value(&mut self, option: &str) -> Result<&'a [u8], CmdError> {
         let v = self
             .args
             .get(self.pos)
@@ -259,7 +259,7 @@ impl<'a> Options<'a> {
         Ok(v)
     }
 
-    fn parse(
+    pub(crate) fn parse(
         mut self,
         common: &mut Common,
         mut other: impl FnMut(&str, &mut Self) -> Result<bool, CmdError>,

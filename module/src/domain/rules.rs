@@ -336,8 +336,13 @@ impl Usage {
         }
     }
 
-    pub fn remaining(&self) -> Decimal {
-        let r = self.limit.checked_sub(self.used).unwrap_or(Decimal::ZERO);
+    /// What is left under the limit with `reserved` held by open reservations.
+    pub fn remaining_with(&self, reserved: Decimal) -> Decimal {
+        let r = self
+            .limit
+            .checked_sub(self.used)
+            .and_then(|r| r.checked_sub(reserved))
+            .unwrap_or(Decimal::ZERO);
         if r.is_negative() {
             Decimal::ZERO
         } else {
@@ -345,18 +350,22 @@ impl Usage {
         }
     }
 
-    /// Consumes `amount` at `now_ms` if it fits; returns the state to store.
-    pub fn consume(&self, amount: Decimal, now_ms: i64) -> Result<Usage, CmdError> {
+    /// Consumes `amount` at `now_ms` if it fits beside the `reserved` amount of open
+    /// reservations (USAGE.RESERVE); returns the state to store.
+    pub fn consume(
+        &self,
+        amount: Decimal,
+        reserved: Decimal,
+        now_ms: i64,
+    ) -> Result<Usage, CmdError> {
         let mut u = self.at(now_ms);
-        let next = u
-            .used
-            .checked_add(amount)
-            .ok_or_else(|| CmdError::err("usage would overflow 20 integer digits"))?;
-        if next > u.limit {
+        let overflow = || CmdError::err("usage would overflow 20 integer digits");
+        let next = u.used.checked_add(amount).ok_or_else(overflow)?;
+        if next.checked_add(reserved).ok_or_else(overflow)? > u.limit {
             return Err(CmdError::code(
                 "LIMIT",
                 format!(
-                    "used {} + {amount} would exceed the limit {}",
+                    "used {} + reserved {reserved} + {amount} would exceed the limit {}",
                     u.used, u.limit
                 ),
             ));
@@ -638,11 +647,13 @@ mod tests {
         };
         assert_eq!(u.at(day), u);
         assert_eq!(
-            u.consume(d("2"), day).map_err(|e| e.code_name()),
+            u.consume(d("2"), Decimal::ZERO, day)
+                .map_err(|e| e.code_name()),
             Err("LIMIT")
         );
         assert_eq!(
-            u.consume(d("1"), day).map(|u| (u.used, u.period_id)),
+            u.consume(d("1"), Decimal::ZERO, day)
+                .map(|u| (u.used, u.period_id)),
             Ok((d("10"), "1970-01-03".to_string()))
         );
         // A later period still resets.
@@ -665,13 +676,19 @@ mod tests {
             period_id: Period::Day.id_at(0),
             used: d("9"),
         };
-        assert_eq!(u.consume(d("1"), 5).map(|u| u.used), Ok(d("10")));
         assert_eq!(
-            u.consume(d("2"), 5).map_err(|e| e.code_name()),
+            u.consume(d("1"), Decimal::ZERO, 5).map(|u| u.used),
+            Ok(d("10"))
+        );
+        assert_eq!(
+            u.consume(d("2"), Decimal::ZERO, 5)
+                .map_err(|e| e.code_name()),
             Err("LIMIT")
         );
-        let next_day = u.consume(d("2"), day).map(|u| (u.used, u.period_id));
+        let next_day = u
+            .consume(d("2"), Decimal::ZERO, day)
+            .map(|u| (u.used, u.period_id));
         assert_eq!(next_day, Ok((d("2"), "1970-01-02".to_string())));
-        assert_eq!(u.at(day).remaining(), d("10"));
+        assert_eq!(u.at(day).remaining_with(Decimal::ZERO), d("10"));
     }
 }

@@ -187,3 +187,20 @@ pub fn check_read(ctx: &Context, key: &str) -> Result<(), CmdError> {
     }
     Ok(())
 }
+
+/// A hold command: write permission on the key's holds hash and the due index
+/// (docs/holds.md), checked with the key permissions on every Redis version.
+pub fn check_hold_keys(ctx: &Context, keys: &[NamedKey]) -> Result<(), CmdError> {
+    let Some(user) = User::current(ctx)? else {
+        return Ok(());
+    };
+    for (name, key) in keys {
+        if !user.may_write_key(key)? {
+            return Err(CmdError::code(
+                "NOPERM",
+                format!("this user has no write access to tally's key '{name}'"),
+            ));
+        }
+    }
+    Ok(())
+}

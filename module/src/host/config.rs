@@ -9,12 +9,20 @@ use redis_module::configuration::ConfigurationContext;
 use redis_module::{ConfigurationValue, RedisError, RedisString};
 
 use crate::domain::config::{
-    validate, Setting, DEFAULT_MAX_BACKLOG, DEFAULT_MAX_OP_IDS, DEFAULT_OP_TTL_MS, DEFAULT_PREFIX,
+    validate, Setting, DEFAULT_HOLD_EXPIRE_PER_TICK, DEFAULT_HOLD_TOMBSTONE_MS,
+    DEFAULT_MAX_BACKLOG, DEFAULT_MAX_HOLDS_PER_KEY, DEFAULT_MAX_OP_IDS, DEFAULT_OP_TTL_MS,
+    DEFAULT_PREFIX,
 };
 
 pub static MAX_BACKLOG: IntSetting = IntSetting::new("max-backlog", DEFAULT_MAX_BACKLOG);
 pub static OP_TTL_MS: IntSetting = IntSetting::new("op-ttl-ms", DEFAULT_OP_TTL_MS);
 pub static MAX_OP_IDS: IntSetting = IntSetting::new("max-op-ids", DEFAULT_MAX_OP_IDS);
+pub static MAX_HOLDS_PER_KEY: IntSetting =
+    IntSetting::new("max-holds-per-key", DEFAULT_MAX_HOLDS_PER_KEY);
+pub static HOLD_EXPIRE_PER_TICK: IntSetting =
+    IntSetting::new("hold-expire-per-tick", DEFAULT_HOLD_EXPIRE_PER_TICK);
+pub static HOLD_TOMBSTONE_MS: IntSetting =
+    IntSetting::new("hold-tombstone-ms", DEFAULT_HOLD_TOMBSTONE_MS);
 pub static PREFIX: PrefixSetting = PrefixSetting(OnceLock::new());
 
 /// Stores a validated setting.
@@ -24,6 +32,9 @@ pub fn apply(setting: Setting) {
         Setting::MaxBacklog(n) => MAX_BACKLOG.value.store(n, Relaxed),
         Setting::OpTtlMs(n) => OP_TTL_MS.value.store(n, Relaxed),
         Setting::MaxOpIds(n) => MAX_OP_IDS.value.store(n, Relaxed),
+        Setting::MaxHoldsPerKey(n) => MAX_HOLDS_PER_KEY.value.store(n, Relaxed),
+        Setting::HoldExpirePerTick(n) => HOLD_EXPIRE_PER_TICK.value.store(n, Relaxed),
+        Setting::HoldTombstoneMs(n) => HOLD_TOMBSTONE_MS.value.store(n, Relaxed),
     }
 }
 
@@ -93,4 +104,16 @@ pub fn op_ttl_ms() -> i64 {
 
 pub fn max_op_ids() -> i64 {
     MAX_OP_IDS.value.load(Relaxed)
+}
+
+pub fn max_holds_per_key() -> i64 {
+    MAX_HOLDS_PER_KEY.value.load(Relaxed)
+}
+
+pub fn hold_expire_per_tick() -> i64 {
+    HOLD_EXPIRE_PER_TICK.value.load(Relaxed)
+}
+
+pub fn hold_tombstone_ms() -> i64 {
+    HOLD_TOMBSTONE_MS.value.load(Relaxed)
 }

@@ -246,6 +246,34 @@ impl Key {
         Ok(out.map(|p| RStr { ptr: p }))
     }
 
+    /// Adds `member` with `score` to a sorted set (or updates its score); creates the key.
+    pub fn zset_add(&self, score: f64, member: &RStr) -> Result<(), CmdError> {
+        let add = unsafe { raw::RedisModule_ZsetAdd }.ok_or_else(|| missing_api("ZsetAdd"))?;
+        if self.ptr.is_null() || member.is_null() {
+            return Err(CmdError::err("the due index is not open for writing"));
+        }
+        let mut flags: c_int = 0;
+        let rc = unsafe { add(self.ptr, score, member.ptr(), &mut flags) };
+        if rc != raw::REDISMODULE_OK as c_int {
+            return Err(write_failed("due index"));
+        }
+        Ok(())
+    }
+
+    /// Removes `member` from a sorted set (deleting the key when it empties).
+    pub fn zset_rem(&self, member: &RStr) -> Result<(), CmdError> {
+        let rem = unsafe { raw::RedisModule_ZsetRem }.ok_or_else(|| missing_api("ZsetRem"))?;
+        if self.ptr.is_null() || member.is_null() {
+            return Err(CmdError::err("the due index is not open for writing"));
+        }
+        let mut deleted: c_int = 0;
+        let rc = unsafe { rem(self.ptr, member.ptr(), &mut deleted) };
+        if rc != raw::REDISMODULE_OK as c_int {
+            return Err(write_failed("due index"));
+        }
+        Ok(())
+    }
+
     /// Sets (`Some`) or deletes (`None`) one field.
     pub fn hset(&self, field: &RStr, value: Option<&RStr>) -> Result<(), CmdError> {
         let set = unsafe { raw::RedisModule_HashSet }.ok_or_else(|| missing_api("HashSet"))?;

@@ -126,6 +126,20 @@ fn admit_op_id() -> Result<(), CmdError> {
 /// The log stream, open for writing: WRONGTYPE when the name holds something else, BACKLOG
 /// when it holds `tally.max-backlog` unshipped entries.
 pub(super) fn open_stream(ctx: &Context, names: &Names) -> Result<Key, CmdError> {
+    let stream = open_stream_unbounded(ctx, names)?;
+    let max_backlog = config::max_backlog();
+    let entries = stream.value_length();
+    if max_backlog > 0 && entries as i64 >= max_backlog {
+        return Err(CmdError::code(
+            "BACKLOG",
+            format!("the event stream holds {entries} unshipped entries (tally.max-backlog); is the shipper running?"),
+        ));
+    }
+    Ok(stream)
+}
+
+/// The log stream, open for writing: WRONGTYPE when the name holds something else.
+pub(super) fn open_stream_unbounded(ctx: &Context, names: &Names) -> Result<Key, CmdError> {
     let stream = Key::open(ctx, &names.stream_rs, true)?;
     match stream.kind() {
         KeyType::Empty | KeyType::Stream => {}
@@ -135,14 +149,6 @@ pub(super) fn open_stream(ctx: &Context, names: &Names) -> Result<Key, CmdError>
                 names.keys.stream
             )))
         }
-    }
-    let max_backlog = config::max_backlog();
-    let entries = stream.value_length();
-    if max_backlog > 0 && entries as i64 >= max_backlog {
-        return Err(CmdError::code(
-            "BACKLOG",
-            format!("the event stream holds {entries} unshipped entries (tally.max-backlog); is the shipper running?"),
-        ));
     }
     Ok(stream)
 }

@@ -11,6 +11,7 @@
 //!   each propagated as HSET / HDEL / XADD / SET.
 
 mod admit;
+mod direct;
 mod names;
 mod queued;
 mod read;
@@ -28,6 +29,7 @@ use crate::host::ffi::{self, Key, RStr};
 use crate::host::stats;
 
 pub use admit::Request;
+pub use direct::{due_index_names, due_members, due_now, hgetall, hold_names, hset_now};
 pub use names::{check_user_key, kind_field};
 pub use queued::FieldName;
 pub use read::{kind_is_hash, open_read};
@@ -61,6 +63,7 @@ impl<'a> Tx<'a> {
                 keys: SmallVec::new(),
                 seq_key: None,
                 seqs: SmallVec::new(),
+                due: SmallVec::new(),
             },
             failed: None,
         }
@@ -134,6 +137,24 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// The holds hash of `key` (docs/holds.md), in this command's slot.
+    pub fn holds_key(&self, key: &str) -> String {
+        self.names.keys.holds(key)
+    }
+
+    /// Queues adding (or moving) a member of the due index of holds.
+    pub fn due_add(&mut self, member: &str, score_ms: i64) {
+        // Deadlines are below 2^53 ms, exact in an f64.
+        self.queued
+            .due
+            .push((RStr::new(member.as_bytes()), Some(score_ms as f64)));
+    }
+
+    /// Queues removing a member of the due index of holds.
+    pub fn due_remove(&mut self, member: &str) {
+        self.queued.due.push((RStr::new(member.as_bytes()), None));
+    }
+
     /// The sequence number the next event of `key` carries.
     pub fn next_seq(&mut self, key: &str) -> Result<i64, CmdError> {
         let index = self.index_of(key)?;
@@ -189,10 +210,35 @@ pub fn mutate<'r>(
 
     let mut propagated = write::Propagation::default();
     write::event_and_data(ctx, names, stream, &mut tx.queued, &event, &mut propagated)?;
+    write::due_index(ctx, names, &tx.queued.due, &mut propagated)?;
     if let Some(op_rs) = op_rs {
         write::op_record(ctx, &op_rs, &fingerprint, &reply, &mut propagated)?;
     }
     stats::event_appended();
     propagated.result()?;
     Ok(reply)
+}
+
+/// A change the module makes on its own (a hold's expiry): `body` as in [`mutate`], without
+/// a request (no ACL user, no op-id) and without the `tally.max-backlog` refusal, since an
+/// expiry that waits would hold funds past their deadline. One event, propagated like a
+/// command's.
+pub fn apply<'r>(
+    ctx: &Context,
+    first_key: &str,
+    body: impl FnOnce(&mut Tx) -> Result<Event<'r>, CmdError>,
+) -> Result<(), CmdError> {
+    let names = Names::for_key(ctx, first_key);
+    let names: &Names = &names;
+    let stream = admit::open_stream_unbounded(ctx, names)?;
+    let mut tx = Tx::new(ctx, names);
+    let event = body(&mut tx)?;
+    if let Some(e) = tx.failed.take() {
+        return Err(e);
+    }
+    let mut propagated = write::Propagation::default();
+    write::event_and_data(ctx, names, stream, &mut tx.queued, &event, &mut propagated)?;
+    write::due_index(ctx, names, &tx.queued.due, &mut propagated)?;
+    stats::event_appended();
+    propagated.result()
 }

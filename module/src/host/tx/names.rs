@@ -16,6 +16,7 @@ pub(super) struct Names {
     pub(super) keys: HelperKeys,
     pub(super) stream_rs: RStr,
     pub(super) seq_rs: RStr,
+    pub(super) due_rs: RStr,
 }
 
 /// The names of a command: in standalone mode one set, built on first use and kept (the
@@ -36,7 +37,7 @@ impl Deref for NamesRef {
 }
 
 /// Whether the server runs in cluster mode (fixed for the life of the process).
-fn cluster_mode(ctx: &Context) -> bool {
+pub(crate) fn cluster_mode(ctx: &Context) -> bool {
     static CLUSTER: OnceLock<bool> = OnceLock::new();
     *CLUSTER.get_or_init(|| ctx.get_flags().contains(ContextFlags::CLUSTER))
 }
@@ -47,7 +48,19 @@ impl Names {
         Names {
             stream_rs: RStr::new(keys.stream.as_bytes()),
             seq_rs: RStr::new(keys.seq.as_bytes()),
+            due_rs: RStr::new(keys.due.as_bytes()),
             keys,
+        }
+    }
+
+    /// The names of the helper keys of a hash slot (cluster mode) or of the node.
+    pub(super) fn for_slot(ctx: &Context, slot: usize) -> NamesRef {
+        let prefix = config::prefix_fixed();
+        if cluster_mode(ctx) {
+            let suffix = format!(":{{{}}}", tally_slot::tag(slot));
+            NamesRef::Slot(Names::build(prefix, &suffix))
+        } else {
+            Names::for_key(ctx, "")
         }
     }
 

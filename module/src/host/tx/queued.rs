@@ -45,4 +45,6 @@ pub(super) struct Queued {
     pub(super) keys: SmallVec<[DataKey; 2]>,
     pub(super) seq_key: Option<Key>,
     pub(super) seqs: SmallVec<[(usize, i64); 2]>,
+    /// Writes to the due index of holds: (member, Some(score) = add, None = remove).
+    pub(super) due: SmallVec<[(RStr, Option<f64>); 1]>,
 }

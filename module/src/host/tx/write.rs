@@ -7,6 +7,7 @@ use std::cell::Cell;
 
 use redis_module::raw::{
     REDISMODULE_NOTIFY_HASH, REDISMODULE_NOTIFY_STREAM, REDISMODULE_NOTIFY_STRING,
+    REDISMODULE_NOTIFY_ZSET,
 };
 use redis_module::Context;
 use smallvec::SmallVec;
@@ -141,6 +142,39 @@ fn seq_hash(
     Ok(())
 }
 
+/// The queued writes to the due index of holds, propagated as ZADD / ZREM.
+pub(super) fn due_index(
+    ctx: &Context,
+    names: &Names,
+    ops: &[(RStr, Option<f64>)],
+    propagated: &mut Propagation,
+) -> Result<(), CmdError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let key = Key::open(ctx, &names.due_rs, true).map_err(|e| partial_write(ctx, e))?;
+    for (member, score) in ops {
+        match score {
+            Some(score) => {
+                key.zset_add(*score, member)
+                    .map_err(|e| partial_write(ctx, e))?;
+                let score_rs = RStr::new(IntText::new(*score as i64).as_bytes());
+                let mut zadd = Argv::of([&names.due_rs, &score_rs, member]);
+                propagated.note(ctx, ffi::replicate(ctx, c"ZADD", &mut zadd));
+            }
+            None => {
+                key.zset_rem(member).map_err(|e| partial_write(ctx, e))?;
+                let mut zrem = Argv::of([&names.due_rs, member]);
+                propagated.note(ctx, ffi::replicate(ctx, c"ZREM", &mut zrem));
+            }
+        }
+    }
+    drop(key);
+    ffi::notify(ctx, REDISMODULE_NOTIFY_ZSET, c"zadd", &names.due_rs);
+    ffi::signal_modified(ctx, &names.due_rs);
+    Ok(())
+}
+
 /// The op-id record (fingerprint and reply) with its TTL, propagated as SET ... PXAT.
 pub(super) fn op_record(
     ctx: &Context,
@@ -170,7 +204,7 @@ pub(super) fn op_record(
 
 /// A write that failed after the event was appended (Redis refused it: out of memory, or the
 /// server changed under the module). Never silent: logged, counted, replied as an error.
-fn partial_write(ctx: &Context, e: CmdError) -> CmdError {
+pub(super) fn partial_write(ctx: &Context, e: CmdError) -> CmdError {
     ctx.log_warning(&format!(
         "tally: {e} after the event was appended; this command's change is incomplete"
     ));

@@ -1,0 +1,174 @@
+//! Expiry of holds. Decided on the primary only, by its clock: a module timer every
+//! [`TICK`] walks the due index (one sorted set per node, per slot in cluster mode) and
+//! expires at most `tally.hold-expire-per-tick` holds per tick, each as its own change with
+//! an `*.expire` event, propagated as effects (replicas and AOF replay never decide an
+//! expiry). A command on a key expires that key's due holds first ([`expire_due`]).
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use redis_module::{Context, ContextFlags};
+
+use super::{asset, coupon, usage};
+use crate::domain::error::CmdError;
+use crate::domain::holds::{self, Hold, FIELD_DEADLINE};
+use crate::domain::layout::{KIND_COUPON, KIND_FIELD, KIND_USAGE};
+use crate::domain::text::IntText;
+use crate::host::ffi::{self, Key, RStr};
+use crate::host::{config, tx};
+
+/// How often the timer runs. Short enough that a hold is released within tens of ms of its
+/// deadline, long enough that an idle server spends next to nothing on it.
+pub const TICK: Duration = Duration::from_millis(10);
+/// Due indexes looked at per tick in cluster mode (16384 slots in 8 ticks, ~80 ms): each
+/// look is a key lookup, so a tick stays well under a millisecond of lookups.
+const SLOTS_PER_TICK: usize = 2048;
+const SLOTS: usize = 16384;
+/// A member whose holds hash is missing (it may still be arriving in a slot migration) is
+/// looked at again after this long.
+const RETRY_MS: i64 = 60_000;
+
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts the timer (at module load).
+pub fn start(ctx: &Context) {
+    ctx.create_timer(TICK, tick, ());
+}
+
+fn tick(ctx: &Context, _: ()) {
+    let flags = ctx.get_flags();
+    if flags.contains(ContextFlags::MASTER) && !flags.contains(ContextFlags::LOADING) {
+        run_tick(ctx);
+    }
+    ctx.create_timer(TICK, tick, ());
+}
+
+fn run_tick(ctx: &Context) {
+    let mut budget = config::hold_expire_per_tick();
+    let now_ms = ffi::now_ms();
+    let (due, cluster) = tx::due_index_names(ctx, 0);
+    if !cluster {
+        sweep(ctx, &due, now_ms, &mut budget);
+        return;
+    }
+    let first = NEXT_SLOT.load(Relaxed) % SLOTS;
+    let mut looked = 0;
+    while looked < SLOTS_PER_TICK && budget > 0 {
+        let slot = (first + looked) % SLOTS;
+        let (due, _) = tx::due_index_names(ctx, slot);
+        if exists(ctx, &due) {
+            sweep(ctx, &due, now_ms, &mut budget);
+        }
+        looked += 1;
+    }
+    NEXT_SLOT.store((first + looked) % SLOTS, Relaxed);
+}
+
+fn exists(ctx: &Context, name: &str) -> bool {
+    Key::open(ctx, &RStr::new(name.as_bytes()), false)
+        .map(|k| k.kind() != redis_module::KeyType::Empty)
+        .unwrap_or(false)
+}
+
+/// Handles the due members of one due index, spending `budget`.
+fn sweep(ctx: &Context, due: &str, now_ms: i64, budget: &mut i64) {
+    let members = match tx::due_members(ctx, due, now_ms, *budget) {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.log_warning(&format!("tally: hold expiry: {e}"));
+            return;
+        }
+    };
+    let due_rs = RStr::new(due.as_bytes());
+    for member in members {
+        *budget -= 1;
+        if let Err(e) = handle(ctx, &due_rs, &member, now_ms) {
+            ctx.log_warning(&format!(
+                "tally: hold expiry: {e}; retried in {RETRY_MS} ms"
+            ));
+            let _ = tx::due_now(ctx, &due_rs, &member, Some(now_ms.saturating_add(RETRY_MS)));
+        }
+    }
+}
+
+/// One due member: expire its hold, drop its tombstone, or move it to its real time.
+fn handle(ctx: &Context, due: &RStr, member: &[u8], now_ms: i64) -> Result<(), CmdError> {
+    let Some((key, id)) = holds::parse_due_member(member) else {
+        return tx::due_now(ctx, due, member, None);
+    };
+    let names = tx::hold_names(ctx, &key);
+    let k = Key::open(ctx, &names.holds_rs, false)?;
+    if k.kind() == redis_module::KeyType::Empty {
+        return tx::due_now(ctx, due, member, Some(now_ms.saturating_add(RETRY_MS)));
+    }
+    let open = k.hget(&holds::open_field(&id))?;
+    let closed = k.hget(&holds::closed_field(&id))?;
+    drop(k);
+    if let Some(raw) = open {
+        let hold = Hold::parse(&raw)?;
+        if !hold.is_due(now_ms) {
+            return tx::due_now(ctx, due, member, Some(hold.expires_ms));
+        }
+        return expire_one(ctx, &key, &id);
+    }
+    match closed.as_deref().and_then(holds::parse_closed) {
+        Some((_, at)) if at.saturating_add(config::hold_tombstone_ms()) > now_ms => {
+            let when = at.saturating_add(config::hold_tombstone_ms());
+            tx::due_now(ctx, due, member, Some(when))
+        }
+        Some(_) => {
+            tx::hset_now(ctx, &names.holds_rs, &holds::closed_field(&id), None)?;
+            tx::due_now(ctx, due, member, None)
+        }
+        None => tx::due_now(ctx, due, member, None),
+    }
+}
+
+/// Expires hold `id` of `key` as one change with its event, by the kind of the key.
+fn expire_one(ctx: &Context, key: &str, id: &str) -> Result<(), CmdError> {
+    let kind = Key::open(ctx, &RStr::new(key.as_bytes()), false)?.hget(KIND_FIELD.as_bytes())?;
+    tx::apply(ctx, key, |tx| match kind.as_deref() {
+        Some(k) if k == KIND_COUPON => coupon::expire(tx, key, id),
+        Some(k) if k == KIND_USAGE => usage::expire(tx, key, id),
+        _ => asset::expire(tx, key, id),
+    })
+}
+
+/// Before a command on `key`: expires its due holds, each with its event, earliest first,
+/// and stores the earliest deadline left. Cheap when none is due: one field read.
+pub(crate) fn expire_due(ctx: &Context, key: &str) -> Result<(), CmdError> {
+    let now_ms = ffi::now_ms();
+    let names = tx::hold_names(ctx, key);
+    let deadline = Key::open(ctx, &names.holds_rs, false)?
+        .hget(FIELD_DEADLINE)
+        .unwrap_or(None);
+    let earliest = deadline
+        .as_deref()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| s.parse::<i64>().ok());
+    if earliest.is_none_or(|d| d > now_ms) {
+        return Ok(());
+    }
+    let mut due: Vec<(i64, String)> = Vec::new();
+    let mut left: Option<i64> = None;
+    for (field, value) in tx::hgetall(ctx, &names.holds)? {
+        let Some(id) = field.strip_prefix(b"o:") else {
+            continue;
+        };
+        let hold = Hold::parse(&value)?;
+        if hold.is_due(now_ms) {
+            due.push((hold.expires_ms, String::from_utf8_lossy(id).into_owned()));
+        } else {
+            left = Some(left.map_or(hold.expires_ms, |l| l.min(hold.expires_ms)));
+        }
+    }
+    due.sort();
+    for (_, id) in &due {
+        expire_one(ctx, key, id)?;
+    }
+    if let Some(l) = left {
+        let text = IntText::new(l);
+        tx::hset_now(ctx, &names.holds_rs, FIELD_DEADLINE, Some(text.as_bytes()))?;
+    }
+    Ok(())
+}

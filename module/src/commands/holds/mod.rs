@@ -1,0 +1,112 @@
+//! Holds (docs/holds.md): ASSET.HOLD/SETTLE/VOID/HOLDS/AVAILABLE, COUPON.RESERVE/CONFIRM/
+//! CANCEL, USAGE.RESERVE/COMMIT/CANCEL, and their expiry.
+//!
+//! - `store`: a key's holds hash and due-index members, through a command's `Tx`
+//! - `asset`, `coupon`, `usage`: the commands of each kind, and what an expiry does to it
+//! - `expiry`: the primary's timer, and the expiry of due holds before a command on the key
+
+pub(super) mod asset;
+pub(super) mod coupon;
+pub(crate) mod expiry;
+mod store;
+pub(super) mod usage;
+
+use redis_module::Context;
+
+use crate::domain::decimal::Decimal;
+use crate::domain::error::CmdError;
+use crate::domain::event::{Event, KeySeq};
+use crate::domain::holds::{self, Hold, HoldState, FIELD_DEADLINE, FIELD_OPEN};
+use crate::domain::request::Common;
+use crate::domain::rules;
+use crate::host::acl;
+use crate::host::ffi::Key;
+use crate::host::tx::{self, Tx};
+
+/// The event of a hold change on `key`: its next seq and the hold's state after it.
+fn hold_event<'a>(
+    tx: &mut Tx,
+    kind: &'static str,
+    common: &Common,
+    key: &'a str,
+    hold: HoldState,
+) -> Result<Event<'a>, CmdError> {
+    let seq = tx.next_seq(key)?;
+    let mut e = Event::new(
+        kind,
+        tx.now_ms,
+        common,
+        vec![KeySeq {
+            key: key.into(),
+            seq,
+        }],
+    );
+    e.hold = Some(hold);
+    Ok(e)
+}
+
+/// What every mutating hold command does before its change: refuse tally's own keys,
+/// check write access to the holds hash and due index, expire the key's due holds.
+fn before(ctx: &Context, key: &str) -> Result<(), CmdError> {
+    tx::check_user_key(key)?;
+    let names = tx::hold_names(ctx, key);
+    acl::check_hold_keys(
+        ctx,
+        &[(&names.holds, &names.holds_rs), (&names.due, &names.due_rs)],
+    )?;
+    expiry::expire_due(ctx, key)
+}
+
+/// The common options of an expiry: no op-id, no META.
+fn no_request() -> Common {
+    Common::default()
+}
+
+/// The open holds of `key` that are not due at `now_ms` (reads leave due holds out), in id
+/// order.
+pub(crate) fn live(ctx: &Context, key: &str, now_ms: i64) -> Result<Vec<(u64, Hold)>, CmdError> {
+    let names = tx::hold_names(ctx, key);
+    let mut out = Vec::new();
+    for (field, value) in tx::hgetall(ctx, &names.holds)? {
+        let Some(id) = field.strip_prefix(b"o:") else {
+            continue;
+        };
+        let hold = Hold::parse(&value)?;
+        let id = std::str::from_utf8(id)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok());
+        if let (Some(id), false) = (id, hold.is_due(now_ms)) {
+            out.push((id, hold));
+        }
+    }
+    out.sort_by_key(|(id, _)| *id);
+    Ok(out)
+}
+
+/// How many holds of `key` are open and not due at `now_ms`, and their sum: from the
+/// stored count and total (`subject`'s) when none is due, else by reading them.
+pub(crate) fn live_summary(
+    ctx: &Context,
+    key: &str,
+    subject: &str,
+    now_ms: i64,
+) -> Result<(i64, Decimal), CmdError> {
+    let names = tx::hold_names(ctx, key);
+    let k = Key::open(ctx, &names.holds_rs, false)?;
+    let int =
+        |raw: Option<Vec<u8>>| raw.and_then(|b| std::str::from_utf8(&b).ok()?.parse::<i64>().ok());
+    let deadline = int(k.hget(FIELD_DEADLINE)?);
+    if deadline.is_none_or(|d| d > now_ms) {
+        let open = int(k.hget(FIELD_OPEN)?).unwrap_or(0);
+        let total = k.hget(&holds::total_field(subject))?;
+        let sum = rules::stored_decimal("the holds' total", total.as_deref())?;
+        return Ok((open, sum));
+    }
+    drop(k);
+    let mut sum = Decimal::ZERO;
+    let all = live(ctx, key, now_ms)?;
+    for (_, h) in all.iter().filter(|(_, h)| h.subject == subject) {
+        sum = sum.checked_add(h.amount).unwrap_or(sum);
+    }
+    Ok((all.len() as i64, sum))
+}
