@@ -8,5 +8,5 @@
 mod decode;
 mod record;
 
-pub(crate) use decode::{Body, Coupon, Event, Usage};
+pub(crate) use decode::{Body, Coupon, Event, Hold, Usage};
 pub(crate) use record::{next_stream_id, parse_stream_id, Origin, Record};
