@@ -346,6 +346,16 @@ pub fn snapshot(conn: &mut redis::Connection) -> Vec<(String, String)> {
                     .arg(&k)
                     .query::<String>(conn)
                     .expect("GET"),
+                "zset" => {
+                    let m: Vec<(String, String)> = redis::cmd("ZRANGE")
+                        .arg(&k)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query(conn)
+                        .expect("ZRANGE");
+                    format!("{m:?}")
+                }
                 other => other.to_string(),
             };
             (k, format!("{t}:{v}"))

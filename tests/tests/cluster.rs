@@ -61,3 +61,79 @@ fn helper_keys_share_the_commands_slot() {
         .unwrap();
     assert_eq!(r, ["0", "1"]);
 }
+
+/// Holds in cluster mode: the holds hash and the due index live in the key's slot, and the
+/// timer finds due holds in every slot of the node.
+#[test]
+fn holds_live_in_the_keys_slot_and_expire_in_every_slot() {
+    let redis = Redis::start(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+    ]);
+    let mut c = redis.conn();
+    let _: () = cmd(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"])
+        .query(&mut c)
+        .unwrap();
+    wait_for_text(&mut c, &["CLUSTER", "INFO"], "cluster_state:ok");
+    let keys: Vec<String> = (0..40).map(|i| format!("acct:{i}")).collect();
+    for key in &keys {
+        let _: Vec<String> = cmd(&["ASSET.INCR", key, "gold", "10"])
+            .query(&mut c)
+            .unwrap();
+        let _: Vec<String> = cmd(&["ASSET.HOLD", key, "gold", "10", "TTL", "200"])
+            .query(&mut c)
+            .unwrap();
+    }
+    let slot_of = |c: &mut redis::Connection, k: &str| -> i64 {
+        cmd(&["CLUSTER", "KEYSLOT", k]).query(c).unwrap()
+    };
+    let dues: Vec<String> = cmd(&["KEYS", "tally:due*"]).query(&mut c).unwrap();
+    for key in &keys {
+        let slot = slot_of(&mut c, key);
+        assert!(
+            dues.iter().any(|d| slot_of(&mut c, d) == slot),
+            "{key}: {dues:?}"
+        );
+        let holds: Vec<String> = cmd(&["KEYS", &format!("tally:holds:*:{}:{key}", key.len())])
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(holds.len(), 1, "{key}");
+        assert_eq!(slot_of(&mut c, &holds[0]), slot);
+    }
+    // Every hold expires, once, with nobody touching the keys.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let streams: Vec<String> = cmd(&["KEYS", "tally:log*"]).query(&mut c).unwrap();
+    loop {
+        let expired: usize = streams
+            .iter()
+            .map(|s| {
+                events(&mut c, s)
+                    .iter()
+                    .filter(|(_, e)| e["type"] == "asset.expire")
+                    .count()
+            })
+            .sum();
+        if expired == keys.len() {
+            break;
+        }
+        assert!(
+            expired < keys.len(),
+            "{expired} expiries for {} holds",
+            keys.len()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{expired} of {} expired",
+            keys.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for key in &keys {
+        let a: Vec<String> = cmd(&["ASSET.AVAILABLE", key, "gold"])
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(a, ["gold", "10", "0", "10"], "{key}");
+    }
+}
