@@ -924,33 +924,6 @@ async fn derived_tables_do_not_depend_on_arrival_order() {
     assert_matches_model(&pool, &m, 0).await;
 }
 
-/// Appends `events` in this order, runs the shipper until `events` holds `want` rows, and
-/// stops it cleanly.
-async fn ship_all(
-    c: &mut redis::aio::MultiplexedConnection,
-    pool: &sqlx::PgPool,
-    args: &[String],
-    log: &std::path::Path,
-    events: &[String],
-    want: i64,
-) {
-    let mut pipe = redis::pipe();
-    events.iter().for_each(|e| queue(&mut pipe, e));
-    let _: () = pipe.query_async(c).await.unwrap();
-    let mut sh = Shipper::spawn(args, log);
-    assert_eq!(
-        wait_count(pool, EVENTS_SQL, want, Duration::from_secs(60)).await,
-        want,
-        "{}",
-        sh.log_text()
-    );
-    sh.sigterm();
-    assert!(sh
-        .wait_timeout(Duration::from_secs(15))
-        .expect("exit")
-        .success());
-}
-
 fn queue(pipe: &mut redis::Pipeline, event: &str) {
     pipe.cmd("XADD")
         .arg(STREAM)

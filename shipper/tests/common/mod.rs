@@ -729,6 +729,25 @@ pub fn run_migrate(pg_url: &str) {
     );
 }
 
+/// Applies the migrations up to `version` only (a database as an older shipper left it).
+pub async fn migrate_up_to(pool: &PgPool, version: i64) {
+    let mut m = sqlx::migrate::Migrator::new(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../migrations"
+    )))
+    .await
+    .expect("read migrations/");
+    m.migrations = m
+        .migrations
+        .iter()
+        .filter(|m| m.version <= version)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    assert_eq!(m.migrations.len() as i64, version);
+    m.run(pool).await.expect("migrate");
+}
+
 pub fn base_args(
     cmd: &str,
     redis: Option<&str>,
@@ -958,6 +977,46 @@ pub async fn fill_with_replays(
         }
     }
     replay
+}
+
+/// Appends `events` in this order, runs the shipper until `events` holds `want` rows, and
+/// stops it cleanly.
+pub async fn ship_all(
+    c: &mut redis::aio::MultiplexedConnection,
+    pool: &sqlx::PgPool,
+    args: &[String],
+    log: &std::path::Path,
+    events: &[String],
+    want: i64,
+) {
+    let mut pipe = redis::pipe();
+    for e in events {
+        pipe.cmd("XADD")
+            .arg(STREAM)
+            .arg("*")
+            .arg("event")
+            .arg(e)
+            .ignore();
+    }
+    let _: () = pipe.query_async(c).await.unwrap();
+    let mut sh = Shipper::spawn(args, log);
+    assert_eq!(
+        wait_count(
+            pool,
+            "SELECT count(*) FROM events",
+            want,
+            Duration::from_secs(60)
+        )
+        .await,
+        want,
+        "{}",
+        sh.log_text()
+    );
+    sh.sigterm();
+    assert!(sh
+        .wait_timeout(Duration::from_secs(30))
+        .expect("exit")
+        .success());
 }
 
 pub fn now_ms() -> i64 {

@@ -1,12 +1,12 @@
 //! The derived tables, updated for the newly inserted events of a batch only: per-key seqs
-//! (`seqs`), event_changes and balances, coupon campaigns and issues, usage totals.
+//! (`seqs`), event_changes and balances, coupon campaigns and issues, usage totals, holds.
 
 use std::collections::HashMap;
 
 use sqlx::{Postgres, Transaction};
 
 use super::copy::{copy_in, CopyRows};
-use crate::event::{Body, Coupon, Event, Usage};
+use crate::event::{Body, Coupon, Event, Hold, Usage};
 
 /// Update derived tables for newly inserted events (in arrival order). Returns the number of
 /// anomalies (forks) recorded and the keys whose watermark is behind.
@@ -18,6 +18,7 @@ pub(super) async fn derive(
     derive_assets(tx, fresh).await?;
     derive_coupons(tx, fresh).await?;
     derive_usage(tx, fresh).await?;
+    derive_holds(tx, fresh).await?;
     Ok(seqs)
 }
 
@@ -170,7 +171,8 @@ async fn derive_coupons(
                 *ent = (e, c, seq);
             }
             match (c.issue, e.typ.as_str()) {
-                (Some(issue), "coupon.claim") => {
+                // a confirmed reservation becomes a claim (docs/holds.md)
+                (Some(issue), "coupon.claim" | "coupon.confirm") => {
                     claims.insert((c.campaign.as_str(), issue), (e, c));
                 }
                 (Some(issue), "coupon.release") => {
@@ -343,5 +345,109 @@ async fn derive_usage(
         .execute(&mut **tx)
         .await?;
     }
+    Ok(())
+}
+
+/// One hold's events of a batch: the newest (by seq) carries its state; the one that opened
+/// it, if it is in the batch.
+struct HoldAgg<'a> {
+    ev: &'a Event,
+    h: &'a Hold,
+    seq: i64,
+    opened_by: Option<&'a str>,
+}
+
+/// The batch's hold events per (key, hold id), in key order.
+fn hold_aggregates<'a>(fresh: &[&'a Event]) -> Vec<(&'a str, HoldAgg<'a>)> {
+    let mut holds: HashMap<(&str, i64), HoldAgg> = HashMap::new();
+    for e in fresh {
+        let (Some(h), Some(k)) = (&e.hold, e.keys.first()) else {
+            continue;
+        };
+        let opened_by = (h.status == "open").then_some(e.id.as_str());
+        let ent = holds.entry((k.key.as_str(), h.id)).or_insert(HoldAgg {
+            ev: e,
+            h,
+            seq: k.seq,
+            opened_by,
+        });
+        if ent.seq <= k.seq {
+            (ent.ev, ent.h, ent.seq) = (e, h, k.seq);
+        }
+        ent.opened_by = ent.opened_by.or(opened_by);
+    }
+    let mut out: Vec<_> = holds.into_iter().map(|((k, _), a)| (k, a)).collect();
+    out.sort_unstable_by(|a, b| (a.0, a.1.h.id).cmp(&(b.0, b.1.h.id)));
+    out
+}
+
+/// Each hold's row: its state as carried by its highest seq (an older seq never overwrites a
+/// newer one), and the event that opened it once that arrived.
+async fn derive_holds(
+    tx: &mut Transaction<'_, Postgres>,
+    fresh: &[&Event],
+) -> Result<(), sqlx::Error> {
+    let v = hold_aggregates(fresh);
+    if v.is_empty() {
+        return Ok(());
+    }
+    let newer = |c: &str| {
+        format!("{c} = CASE WHEN holds.seq < EXCLUDED.seq THEN EXCLUDED.{c} ELSE holds.{c} END")
+    };
+    let state = [
+        "kind",
+        "subject",
+        "amount",
+        "status",
+        "created_ms",
+        "expires_ms",
+        "closed_ms",
+        "settled",
+        "event_id",
+        "seq",
+    ];
+    let sets: Vec<String> = state.iter().map(|c| newer(c)).collect();
+    let sql = format!(
+        "INSERT INTO holds (data_key, hold_id, kind, subject, amount, status, created_ms, expires_ms,
+                            closed_ms, settled, seq, event_id, open_event_id)
+         SELECT k, i, kd, sb, a::numeric, st, c, x, cl, se::numeric, s, e::uuid, o::uuid
+         FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
+                     $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::text[], $13::text[])
+             AS u(k, i, kd, sb, a, st, c, x, cl, se, s, e, o)
+         ON CONFLICT (data_key, hold_id) DO UPDATE
+           SET {}, open_event_id = COALESCE(holds.open_event_id, EXCLUDED.open_event_id), updated_at = now()
+         WHERE holds.seq < EXCLUDED.seq
+            OR (holds.open_event_id IS NULL AND EXCLUDED.open_event_id IS NOT NULL)",
+        sets.join(", ")
+    );
+    let closed = |a: &HoldAgg| (a.h.status != "open").then_some(a.ev.ts);
+    sqlx::query(&sql)
+        .bind(v.iter().map(|(k, _)| *k).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, a)| a.h.id).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, a)| a.h.kind).collect::<Vec<_>>())
+        .bind(
+            v.iter()
+                .map(|(_, a)| a.h.subject.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            v.iter()
+                .map(|(_, a)| a.h.amount.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(v.iter().map(|(_, a)| a.h.status).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, a)| a.h.created).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, a)| a.h.expires).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, a)| closed(a)).collect::<Vec<_>>())
+        .bind(
+            v.iter()
+                .map(|(_, a)| a.h.settled.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(v.iter().map(|(_, a)| a.seq).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, a)| a.ev.id.as_str()).collect::<Vec<_>>())
+        .bind(v.iter().map(|(_, a)| a.opened_by).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
