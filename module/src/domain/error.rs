@@ -10,7 +10,7 @@ pub enum CmdError {
     Coded(&'static str, String),
 }
 
-pub const CODES: [&str; 12] = [
+pub const CODES: [&str; 13] = [
     "INSUFFICIENT",
     "SOLDOUT",
     "DUPLICATE",
@@ -22,6 +22,7 @@ pub const CODES: [&str; 12] = [
     "OPIDS",
     "WRONGTYPE",
     "NOPERM",
+    "HOLDLIMIT",
     "ERR",
 ];
 

@@ -14,6 +14,8 @@ use crate::host::{config, ffi};
 static EVENTS: AtomicU64 = AtomicU64::new(0);
 static REPLAYS: AtomicU64 = AtomicU64::new(0);
 static PROPAGATION_FAILURES: AtomicU64 = AtomicU64::new(0);
+static HOLDS_EXPIRED: AtomicU64 = AtomicU64::new(0);
+static HOLD_EXPIRY_RETRIES: AtomicU64 = AtomicU64::new(0);
 static REJECTED: [AtomicU64; CODES.len() + 1] = [const { AtomicU64::new(0) }; CODES.len() + 1];
 /// Set while `maxmemory-policy` can evict op-id records (`host::eviction`).
 static EVICTION_RISK: AtomicBool = AtomicBool::new(false);
@@ -25,6 +27,16 @@ pub fn event_appended() {
 
 pub fn propagation_failed() {
     PROPAGATION_FAILURES.fetch_add(1, Relaxed);
+}
+
+/// A hold expired (the timer or a command on its key).
+pub fn hold_expired() {
+    HOLDS_EXPIRED.fetch_add(1, Relaxed);
+}
+
+/// An expiry failed and was put off (logged with the reason).
+pub fn hold_expiry_retried() {
+    HOLD_EXPIRY_RETRIES.fetch_add(1, Relaxed);
 }
 
 pub fn replay() {
@@ -56,6 +68,11 @@ pub fn snapshot() -> Vec<(String, u64)> {
         (
             "propagation_failures".to_string(),
             PROPAGATION_FAILURES.load(Relaxed),
+        ),
+        ("holds_expired".to_string(), HOLDS_EXPIRED.load(Relaxed)),
+        (
+            "hold_expiry_retries".to_string(),
+            HOLD_EXPIRY_RETRIES.load(Relaxed),
         ),
     ];
     for (i, counter) in REJECTED.iter().enumerate() {

@@ -4,7 +4,8 @@
 //! an `*.expire` event, propagated as effects (replicas and AOF replay never decide an
 //! expiry). A command on a key expires that key's due holds first ([`expire_due`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use redis_module::{Context, ContextFlags};
@@ -15,20 +16,44 @@ use crate::domain::holds::{self, Hold, FIELD_DEADLINE};
 use crate::domain::layout::{KIND_COUPON, KIND_FIELD, KIND_USAGE};
 use crate::domain::text::IntText;
 use crate::host::ffi::{self, Key, RStr};
-use crate::host::{config, tx};
+use crate::host::{config, stats, tx};
 
 /// How often the timer runs. Short enough that a hold is released within tens of ms of its
 /// deadline, long enough that an idle server spends next to nothing on it.
 pub const TICK: Duration = Duration::from_millis(10);
-/// Due indexes looked at per tick in cluster mode (16384 slots in 8 ticks, ~80 ms): each
-/// look is a key lookup, so a tick stays well under a millisecond of lookups.
-const SLOTS_PER_TICK: usize = 2048;
 const SLOTS: usize = 16384;
+/// Cluster mode: slots looked at per tick to discover due indexes this node did not write
+/// (a slot migrated in): all 16384 in 2.56 s, at 64 key lookups per tick.
+const DISCOVER_PER_TICK: usize = 64;
+/// After loading or a promotion every slot is looked at, 2048 per tick (8 ticks), so the
+/// promoted node's due holds expire within ~80 ms without one long pause.
+const BURST_PER_TICK: usize = 2048;
 /// A member whose holds hash is missing (it may still be arriving in a slot migration) is
 /// looked at again after this long.
 const RETRY_MS: i64 = 60_000;
 
-static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+/// Cluster mode: the slots known to hold a due index on this node, and the discovery walk.
+/// Touched on Redis's main thread only (commands and timer callbacks).
+#[derive(Default)]
+struct Slots {
+    known: BTreeSet<usize>,
+    cursor: usize,
+    burst_left: usize,
+    was_primary: bool,
+    next_known: usize,
+}
+
+thread_local! {
+    static STATE: RefCell<Slots> = RefCell::new(Slots::default());
+}
+
+/// A hold was opened on `key` (cluster mode: its slot has a due index from now on).
+pub(crate) fn note_due(ctx: &Context, key: &str) {
+    if tx::due_index_names(ctx, 0).1 {
+        let slot = tally_slot::key_slot(key.as_bytes());
+        STATE.with(|s| s.borrow_mut().known.insert(slot));
+    }
+}
 
 /// Starts the timer (at module load).
 pub fn start(ctx: &Context) {
@@ -39,6 +64,8 @@ fn tick(ctx: &Context, _: ()) {
     let flags = ctx.get_flags();
     if flags.contains(ContextFlags::MASTER) && !flags.contains(ContextFlags::LOADING) {
         run_tick(ctx);
+    } else {
+        STATE.with(|s| s.borrow_mut().was_primary = false);
     }
     ctx.create_timer(TICK, tick, ());
 }
@@ -51,17 +78,60 @@ fn run_tick(ctx: &Context) {
         sweep(ctx, &due, now_ms, &mut budget);
         return;
     }
-    let first = NEXT_SLOT.load(Relaxed) % SLOTS;
-    let mut looked = 0;
-    while looked < SLOTS_PER_TICK && budget > 0 {
-        let slot = (first + looked) % SLOTS;
+    discover(ctx);
+    let (known, start) = STATE.with(|s| {
+        let s = s.borrow();
+        (s.known.clone(), s.next_known)
+    });
+    // From where the last tick stopped, so a busy slot cannot starve the others.
+    let order = known.range(start..).chain(known.range(..start));
+    let mut gone = Vec::new();
+    let mut last = start;
+    for &slot in order {
+        if budget <= 0 {
+            break;
+        }
         let (due, _) = tx::due_index_names(ctx, slot);
         if exists(ctx, &due) {
             sweep(ctx, &due, now_ms, &mut budget);
+        } else {
+            gone.push(slot);
         }
-        looked += 1;
+        last = slot + 1;
     }
-    NEXT_SLOT.store((first + looked) % SLOTS, Relaxed);
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.next_known = last % SLOTS;
+        for slot in gone {
+            s.known.remove(&slot);
+        }
+    });
+}
+
+/// Looks at the next slots for due indexes not yet known: a few per tick, every slot after
+/// loading or a promotion.
+fn discover(ctx: &Context) {
+    let (cursor, walk) = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if !s.was_primary {
+            s.was_primary = true;
+            s.burst_left = SLOTS;
+        }
+        let walk = if s.burst_left > 0 {
+            BURST_PER_TICK
+        } else {
+            DISCOVER_PER_TICK
+        };
+        s.burst_left = s.burst_left.saturating_sub(walk);
+        let cursor = s.cursor;
+        s.cursor = (cursor + walk) % SLOTS;
+        (cursor, walk)
+    });
+    let found: Vec<usize> = (0..walk)
+        .map(|i| (cursor + i) % SLOTS)
+        .filter(|&slot| exists(ctx, &tx::due_index_names(ctx, slot).0))
+        .collect();
+    STATE.with(|s| s.borrow_mut().known.extend(found));
 }
 
 fn exists(ctx: &Context, name: &str) -> bool {
@@ -83,6 +153,7 @@ fn sweep(ctx: &Context, due: &str, now_ms: i64, budget: &mut i64) {
     for member in members {
         *budget -= 1;
         if let Err(e) = handle(ctx, &due_rs, &member, now_ms) {
+            stats::hold_expiry_retried();
             ctx.log_warning(&format!(
                 "tally: hold expiry: {e}; retried in {RETRY_MS} ms"
             ));
@@ -131,7 +202,9 @@ fn expire_one(ctx: &Context, key: &str, id: &str) -> Result<(), CmdError> {
         Some(k) if k == KIND_COUPON => coupon::expire(tx, key, id),
         Some(k) if k == KIND_USAGE => usage::expire(tx, key, id),
         _ => asset::expire(tx, key, id),
-    })
+    })?;
+    stats::hold_expired();
+    Ok(())
 }
 
 /// Before a command on `key`: expires its due holds, each with its event, earliest first,

@@ -76,6 +76,7 @@ impl Store {
 
     /// Opens hold `id`: HOLDLIMIT when the key has `tally.max-holds-per-key` open.
     pub(crate) fn add(&self, tx: &mut Tx, id: &str, hold: &Hold) -> Result<(), CmdError> {
+        super::expiry::note_due(tx.ctx, &self.key);
         let open = tx.hget_with(&self.holds, FIELD_OPEN, |v| int_field(v, "open"))??;
         let max = config::max_holds_per_key();
         if open >= max {
