@@ -111,37 +111,37 @@ fn holds_live_in_the_keys_slot_and_expire_in_every_slot() {
     redis.restart();
     let mut c = redis.conn();
     wait_for_text(&mut c, &["CLUSTER", "INFO"], "cluster_state:ok");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let streams: Vec<String> = cmd(&["KEYS", "tally:log*"]).query(&mut c).unwrap();
-    loop {
-        let expired: usize = streams
-            .iter()
-            .map(|s| {
-                events(&mut c, s)
-                    .iter()
-                    .filter(|(_, e)| e["type"] == "asset.expire")
-                    .count()
-            })
-            .sum();
-        if expired == keys.len() {
-            break;
-        }
-        assert!(
-            expired < keys.len(),
-            "{expired} expiries for {} holds",
-            keys.len()
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{expired} of {} expired",
-            keys.len()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_expiries(&mut c, keys.len());
     for key in &keys {
         let a: Vec<String> = cmd(&["ASSET.AVAILABLE", key, "gold"])
             .query(&mut c)
             .unwrap();
         assert_eq!(a, ["gold", "10", "0", "10"], "{key}");
+    }
+}
+
+/// Polls every stream of the node until `n` asset.expire events are logged (never more).
+fn wait_for_expiries(c: &mut redis::Connection, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let streams: Vec<String> = cmd(&["KEYS", "tally:log*"]).query(c).unwrap();
+    loop {
+        let expired: usize = streams
+            .iter()
+            .map(|s| {
+                events(c, s)
+                    .iter()
+                    .filter(|(_, e)| e["type"] == "asset.expire")
+                    .count()
+            })
+            .sum();
+        if expired == n {
+            return;
+        }
+        assert!(expired < n, "{expired} expiries for {n} holds");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{expired} of {n} expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
