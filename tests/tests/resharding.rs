@@ -234,6 +234,15 @@ fn reshard_under_load(migrate: impl FnOnce(&Node, &Node, i64)) {
         }
     };
     wait_ops(300);
+    // Holds move with their slot: one comes due after the move, one stays open.
+    let key_h = format!("{{{tag}}}h");
+    for args in [
+        &["ASSET.INCR", &key_h, "gold", "10"][..],
+        &["ASSET.HOLD", &key_h, "gold", "3", "TTL", "1500"],
+        &["ASSET.HOLD", &key_h, "gold", "4", "TTL", "600000"],
+    ] {
+        let _: redis::Value = cmd(args).query(&mut ca).unwrap();
+    }
     migrate(&a, &b, slot);
     let after = progress.load(Ordering::SeqCst);
     wait_ops(after + 300);
@@ -278,7 +287,10 @@ fn reshard_under_load(migrate: impl FnOnce(&Node, &Node, i64)) {
         1,
         "one stream for the slot on B: {streams:?}"
     );
-    let evs = events(&mut cb, &streams[0]);
+    let evs: Vec<_> = events(&mut cb, &streams[0])
+        .into_iter()
+        .filter(|(_, e)| e["keys"][0]["key"] != key_h.as_str())
+        .collect();
     assert_eq!(
         evs.len() as i64,
         load.incrs + load.transfers,
@@ -305,6 +317,26 @@ fn reshard_under_load(migrate: impl FnOnce(&Node, &Node, i64)) {
     );
     let gold: String = cmd(&["HGET", &key_a, "gold"]).query(&mut cb).unwrap();
     assert_eq!(gold, (load.incrs - load.transfers).to_string());
+    // B found the migrated due index by itself and expired the due hold, once.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let expired = |cb: &mut redis::Connection| {
+        events(cb, &streams[0])
+            .iter()
+            .filter(|(_, e)| e["type"] == "asset.expire" && e["keys"][0]["key"] == key_h.as_str())
+            .count()
+    };
+    while expired(&mut cb) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the migrated hold never expired on B"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(expired(&mut cb), 1);
+    let avail: Vec<String> = cmd(&["ASSET.AVAILABLE", &key_h, "gold"])
+        .query(&mut cb)
+        .unwrap();
+    assert_eq!(avail, ["gold", "10", "4", "6"]);
 }
 
 /// The script scripts/reshard-slot.sh runs on the source node.
