@@ -438,10 +438,6 @@ async fn restore_refuses_until_the_pipeline_drains() {
     assert_eq!((gold.as_str(), seq), ("5", 5));
 }
 
-async fn hgetall(c: &mut redis::aio::MultiplexedConnection, key: &str) -> BTreeMap<String, String> {
-    redis::cmd("HGETALL").arg(key).query_async(c).await.unwrap()
-}
-
 /// `restore --as-of` rolls balances and claims back to a moment by appending correcting
 /// events through the module: the state equals a snapshot taken at that moment, the history
 /// keeps the incident and the correction, reconcile matches, and a second run changes nothing.

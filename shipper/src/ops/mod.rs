@@ -6,8 +6,10 @@
 //! `sinks::kafka`. Out: Redis rewritten (restore), a report on stdout, an exit code.
 //!
 //! - `reconcile`: Redis against the history, key by key; exit 0 match, 1 mismatch, 2 in flight;
-//! - `restore`: a lost Redis rebuilt from the history, then its op-id records (`op_records`);
-//! - `restore_as_of`: a rollback to a moment, as correcting events through the module;
+//! - `restore`: a lost Redis rebuilt from the history (`restore_holds`: its open holds), then
+//!   its op-id records (`op_records`);
+//! - `restore_as_of`: a rollback to a moment, as correcting events through the module
+//!   (`restore_as_of_holds`: the holds open at it);
 //! - `failed`: the failed_events rows listed, shown, retried (decoded again and stored) or
 //!   dismissed with a recorded reason; exit 0 done, 4 no such row, 5 refused, 6 still fails;
 //! - `nodes`: the Redis side of an operation (standalone servers or every primary);
@@ -20,3 +22,5 @@ mod op_records;
 pub(crate) mod reconcile;
 pub(crate) mod restore;
 mod restore_as_of;
+mod restore_as_of_holds;
+mod restore_holds;

@@ -230,6 +230,16 @@ impl Nodes {
         format!("{prefix}:seq{}", self.slot_suffix(key))
     }
 
+    /// The hold records of `key` (docs/holds.md): `<prefix>:holds[:{tag}]:<byte length>:<key>`.
+    pub(crate) fn holds_hash(&self, prefix: &str, key: &str) -> String {
+        holds_hash(prefix, &self.slot_suffix(key), key)
+    }
+
+    /// The deadlines of the holds in `key`'s slot: `<prefix>:due[:{tag}]`.
+    pub(crate) fn due_zset(&self, prefix: &str, key: &str) -> String {
+        format!("{prefix}:due{}", self.slot_suffix(key))
+    }
+
     /// The op-id record of `op` sent with a command whose first key is `key`, named as the
     /// module names it: `<prefix>:op[:{tag}]:<byte length of key>:<key>:<op>`.
     pub(crate) fn op_key(&self, prefix: &str, key: &str, op: &str) -> String {
@@ -269,6 +279,17 @@ impl Pipes {
         }
         Ok(())
     }
+}
+
+/// The hold records of `key` whose helper keys end in `suffix` (empty standalone,
+/// `:{<tag>}` in a cluster): `<prefix>:holds<suffix>:<byte length of key>:<key>`.
+pub(crate) fn holds_hash(prefix: &str, suffix: &str, key: &str) -> String {
+    format!("{prefix}:holds{suffix}:{}:{key}", key.len())
+}
+
+/// A hold's member of the due sorted set: `<byte length of key>:<key>:<id>`.
+pub(crate) fn due_member(key: &str, id: i64) -> String {
+    format!("{}:{key}:{id}", key.len())
 }
 
 /// Reply timeout of reconcile's and restore's commands (redis-rs would give up after 500 ms,
@@ -336,5 +357,16 @@ mod tests {
             cluster.seq_hash("tally", "acct:1"),
             format!("tally:seq:{{{tag}}}")
         );
+        assert_eq!(
+            cluster.holds_hash("tally", "acct:1"),
+            format!("tally:holds:{{{tag}}}:6:acct:1")
+        );
+        assert_eq!(
+            cluster.due_zset("tally", "acct:1"),
+            format!("tally:due:{{{tag}}}")
+        );
+        assert_eq!(standalone.holds_hash("tally", "ü"), "tally:holds:2:ü");
+        assert_eq!(standalone.due_zset("tally", "k"), "tally:due");
+        assert_eq!(super::due_member("a:b", 12), "3:a:b:12");
     }
 }

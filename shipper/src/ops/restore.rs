@@ -1,6 +1,7 @@
 //! `tally-shipper restore`: rebuilds the Redis state from the Postgres history after Redis
 //! lost its data: balances, per-key sequence numbers (so new events continue the sequence),
-//! coupon campaigns (stock, issued, holders, issue counter) and usage counters. Writes plain
+//! coupon campaigns (stock, issued, holders, issue counter), usage counters and open holds
+//! (`restore_holds`). Writes plain
 //! Redis hashes in pipelined batches (replicated and AOF'd by Redis like any write); it
 //! appends no events, because the history already has them. Last, the op-id records still
 //! inside `tally.op-ttl-ms` (op_records.rs), so a client's retry is not applied twice. On a
@@ -19,7 +20,7 @@ use sqlx::PgPool;
 use super::decimal::canonical;
 use super::nodes::{Nodes, Pipes};
 use super::reconcile::{scan_keys, stream_in_flight};
-use super::{op_records, restore_as_of};
+use super::{op_records, restore_as_of, restore_holds};
 use crate::cli::KafkaOpts;
 use crate::clock::now_ms;
 use crate::sinks::postgres::failed;
@@ -43,6 +44,7 @@ pub(crate) struct Restored {
     pub(crate) holders: u64,
     pub(crate) usage_keys: u64,
     pub(crate) sequences: u64,
+    pub(crate) holds: restore_holds::HoldsRestored,
     pub(crate) op_ids: op_records::OpRecords,
 }
 
@@ -52,6 +54,10 @@ impl Restored {
         println!(
             "restored {} balance keys ({} fields), {} campaigns ({} holders), {} usage counters, {} sequences",
             self.balance_keys, self.balance_fields, self.campaigns, self.holders, self.usage_keys, self.sequences
+        );
+        println!(
+            "restored {} open holds of {} keys (a deadline that passed while Redis was down is expired by the module's timer at once, with its event)",
+            self.holds.open, self.holds.keys
         );
         println!(
             "restored {} op-id records still inside tally.op-ttl-ms",
@@ -151,6 +157,7 @@ async fn existing_keys(
     let mut found = Vec::new();
     for conn in nodes.conns.iter_mut() {
         found.extend(scan_keys(conn, &format!("{}:seq*", opt.prefix), "hash").await?);
+        found.extend(scan_keys(conn, &format!("{}:due*", opt.prefix), "zset").await?);
     }
     let mut after = String::new();
     loop {
@@ -170,14 +177,17 @@ async fn existing_keys(
             let mut pipe = redis::pipe();
             for k in &mine {
                 pipe.cmd("EXISTS").arg(*k);
+                pipe.cmd("EXISTS").arg(nodes.holds_hash(&opt.prefix, k));
             }
             let exists: Vec<i64> = pipe.query_async(&mut nodes.conns[node]).await?;
-            found.extend(
-                mine.into_iter()
-                    .zip(exists)
-                    .filter(|(_, e)| *e > 0)
-                    .map(|(k, _)| k.clone()),
-            );
+            for (k, e) in mine.into_iter().zip(exists.chunks(2)) {
+                if e[0] > 0 {
+                    found.push(k.clone());
+                }
+                if e[1] > 0 {
+                    found.push(nodes.holds_hash(&opt.prefix, k));
+                }
+            }
         }
         if found.len() >= 10 {
             break;
@@ -241,6 +251,9 @@ pub(crate) async fn run(
             existing.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
         );
     }
+    if opt.force {
+        clear_due(nodes, &opt.prefix).await?;
+    }
     let started = Instant::now();
     let mut done = Restored::default();
 
@@ -254,7 +267,8 @@ pub(crate) async fn run(
         let mut pipes = nodes.pipes();
         if opt.force {
             for k in &keys {
-                pipes.on(nodes, k).cmd("DEL").arg(k).ignore();
+                let holds = nodes.holds_hash(&opt.prefix, k);
+                pipes.on(nodes, k).cmd("DEL").arg(k).arg(holds).ignore();
             }
         }
         add_balances(&mut pipes, nodes, pool, &keys, &mut done).await?;
@@ -270,6 +284,10 @@ pub(crate) async fn run(
                 .ignore();
             done.sequences += 1;
         }
+        // after the seqs: the module's timer may expire a restored hold as soon as its due
+        // member is written, and its event must continue the key's sequence
+        let page_keys = (opt.prefix.as_str(), keys.as_slice());
+        restore_holds::add_holds(&mut pipes, nodes, pool, page_keys, &mut done.holds).await?;
         pipes
             .send(nodes)
             .await
@@ -285,6 +303,20 @@ pub(crate) async fn run(
     }
     done.op_ids = op_records::restore(nodes, pool, &opt.prefix, now_ms(), opt.batch).await?;
     Ok(done)
+}
+
+/// `--force`: the due sets go (the open holds' members are written again with their keys),
+/// so no member is left for a hold the history does not have open.
+async fn clear_due(nodes: &mut Nodes, prefix: &str) -> anyhow::Result<()> {
+    for conn in nodes.conns.iter_mut() {
+        for due in scan_keys(conn, &format!("{prefix}:due*"), "zset").await? {
+            redis::cmd("DEL")
+                .arg(&due)
+                .query_async::<()>(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// A coupon campaign as the history holds it, and the highest issue number it handed out.
@@ -356,7 +388,9 @@ async fn add_campaigns(
 ) -> anyhow::Result<()> {
     let campaigns: Vec<CampaignRow> = sqlx::query_as(
         "SELECT c.campaign, c.total, c.issued, c.peruser, c.start_ms, c.end_ms,
-                COALESCE((SELECT max(i.issue) FROM coupon_issues i WHERE i.campaign = c.campaign), 0) AS last_issue
+                GREATEST(COALESCE((SELECT max(i.issue) FROM coupon_issues i WHERE i.campaign = c.campaign), 0),
+                         COALESCE((SELECT max(h.hold_id) FROM holds h
+                                   WHERE h.data_key = c.campaign AND h.kind = 'coupon'), 0)) AS last_issue
          FROM coupon_campaigns c WHERE c.campaign = ANY($1)",
     ).bind(keys).fetch_all(pool).await?;
     for c in &campaigns {

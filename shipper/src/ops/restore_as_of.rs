@@ -10,6 +10,9 @@
 //! rollback twice replays instead of applying twice. Run it with writers stopped: a change
 //! made between reading a balance and correcting it is not rolled back.
 //!
+//! Holds (`restore_as_of_holds`): those opened after the moment are voided, those open at it
+//! and closed since are opened again until their deadline.
+//!
 //! Not rolled back (reported): usage counters (no command lowers `used`; a period has usually
 //! moved on), claims released after the moment (their issue numbers are retired), campaigns
 //! created after it.
@@ -29,6 +32,10 @@ pub(crate) struct RolledBack {
     pub(crate) keys: u64,
     pub(crate) fields: u64,
     pub(crate) releases: u64,
+    /// holds opened after the moment, voided
+    pub(crate) holds_voided: u64,
+    /// holds open at the moment and closed since, opened again
+    pub(crate) holds_reopened: u64,
     pub(crate) not_rolled_back: Vec<String>,
 }
 
@@ -38,6 +45,10 @@ impl RolledBack {
         println!(
             "rolled back to {as_of_ms}: {} fields of {} keys corrected, {} claims released",
             self.fields, self.keys, self.releases
+        );
+        println!(
+            "holds: {} opened after the moment voided, {} open at the moment opened again (new ids, same deadlines)",
+            self.holds_voided, self.holds_reopened
         );
         for n in &self.not_rolled_back {
             println!("not rolled back: {n}");
@@ -202,7 +213,7 @@ async fn report_unrolled(pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> 
     report_count(
         pool,
         "SELECT count(DISTINCT k.data_key) FROM event_keys k JOIN events e USING (event_id)
-         WHERE e.type = 'usage.consume' AND e.ts_ms > $1",
+         WHERE e.type IN ('usage.consume', 'usage.commit') AND e.ts_ms > $1",
         as_of_ms,
         "usage counters consumed after the moment (no command lowers `used`)",
         out,
@@ -218,6 +229,16 @@ async fn report_unrolled(pool: &PgPool, as_of_ms: i64, out: &mut RolledBack) -> 
     .await
 }
 
+/// The keys of holds the rollback may touch: opened after the moment or closed after it.
+async fn held_keys(pool: &PgPool, as_of_ms: i64) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT data_key FROM holds WHERE created_ms > $1 OR closed_ms > $1",
+    )
+    .bind(as_of_ms)
+    .fetch_all(pool)
+    .await?)
+}
+
 pub(crate) async fn run(
     nodes: &mut Nodes,
     pool: &PgPool,
@@ -229,11 +250,13 @@ pub(crate) async fn run(
     let held = held_since(pool, as_of_ms).await?;
     let mut keys: Vec<String> = balances.iter().map(|b| b.data_key.clone()).collect();
     keys.extend(held.iter().map(|(campaign, _, _)| campaign.clone()));
+    keys.extend(held_keys(pool, as_of_ms).await?);
     keys.sort_unstable();
     keys.dedup();
     nodes.locate(prefix, &keys).await?;
     roll_back_balances(nodes, pool, (prefix, as_of_ms), &balances, &mut out).await?;
     roll_back_claims(nodes, pool, (prefix, as_of_ms), held, &mut out).await?;
+    super::restore_as_of_holds::roll_back_holds(nodes, pool, (prefix, as_of_ms), &mut out).await?;
     report_unrolled(pool, as_of_ms, &mut out).await?;
     Ok(out)
 }

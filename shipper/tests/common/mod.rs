@@ -692,6 +692,11 @@ pub async fn module_stack(test: &str) -> Option<ModuleStack> {
     Some(ModuleStack { redis, pg, pool, c })
 }
 
+/// A hash's fields.
+pub async fn hgetall(c: &mut MultiplexedConnection, key: &str) -> BTreeMap<String, String> {
+    redis::cmd("HGETALL").arg(key).query_async(c).await.unwrap()
+}
+
 /// One Redis command that must succeed.
 pub async fn cmd(c: &mut MultiplexedConnection, args: &[&str]) -> redis::Value {
     let mut k = redis::cmd(args[0]);

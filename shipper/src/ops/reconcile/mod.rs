@@ -3,7 +3,8 @@
 //! so it never loads millions of keys at once.
 //!
 //! Categories: balances (key, field), coupons (issued count and holder set), usage (used in
-//! the stored period and the quota), sequences (per-key seq). A key whose Postgres sequence
+//! the stored period and the quota), holds (open holds and held totals per key), sequences
+//! (per-key seq). A key whose Postgres sequence
 //! is behind Redis while events are still in flight is counted as "in flight", not as a
 //! mismatch; with `--wait-ms` the command first waits for the pipeline to drain.
 //!
@@ -11,9 +12,11 @@
 //! Out: a `report::Report` printed to stdout, and its verdict as the exit code.
 //!
 //! - `scan`: the Redis side, paged; `state`: balances, coupons and usage against the derived
-//!   tables; `history`: seqs against the watermarks, keys Redis lost, forks and gaps.
+//!   tables; `holds`: hold records against the `holds` table; `history`: seqs against the
+//!   watermarks, keys Redis lost, forks and gaps.
 
 mod history;
+mod holds;
 mod options;
 mod report;
 mod scan;
@@ -25,6 +28,7 @@ use redis::aio::MultiplexedConnection;
 use sqlx::PgPool;
 
 use history::{check_history, check_keys_with_history, keys_behind};
+use holds::check_holds;
 use report::Report;
 use state::{check_assets, check_coupons, check_usage, compare_sequences};
 
@@ -51,6 +55,8 @@ pub(crate) async fn run(
             check_assets(pool, &mut report, opt, &hashes.assets, &hashes.missing).await?;
             check_coupons(pool, &mut report, opt, &hashes.coupons).await?;
             check_usage(pool, &mut report, opt, &hashes.usages).await?;
+            let seq_hash = pager.page_hash().to_string();
+            check_holds(conn, pool, (&mut report, opt), &seq_hash, &hashes.compared).await?;
         }
     }
     check_history(pool, &mut report, opt, events_pending).await?;

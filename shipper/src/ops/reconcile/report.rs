@@ -14,6 +14,8 @@ pub(crate) struct Report {
     pub(crate) balances: Tally,
     pub(crate) coupons: Tally,
     pub(crate) usage: Tally,
+    /// keys with holds: their open holds and held totals (docs/holds.md)
+    pub(crate) holds: Tally,
     pub(crate) sequences: Tally,
     pub(crate) mismatches: Vec<String>,
     pub(crate) stream_in_flight: u64,
@@ -26,17 +28,25 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// Every category with its name, in the order printed.
+    fn categories(&self) -> [(&'static str, Tally); 5] {
+        [
+            ("balances", self.balances),
+            ("coupons", self.coupons),
+            ("usage", self.usage),
+            ("holds", self.holds),
+            ("sequences", self.sequences),
+        ]
+    }
     pub(crate) fn ok(&self) -> bool {
-        [self.balances, self.coupons, self.usage, self.sequences]
-            .iter()
-            .all(|t| t.mismatched == 0)
+        self.categories().iter().all(|(_, t)| t.mismatched == 0)
             && self.forks == 0
             && self.gaps == 0
     }
     pub(crate) fn in_flight(&self) -> u64 {
-        [self.balances, self.coupons, self.usage, self.sequences]
+        self.categories()
             .iter()
-            .map(|t| t.in_flight)
+            .map(|(_, t)| t.in_flight)
             .sum::<u64>()
             + self.stream_in_flight
     }
@@ -85,12 +95,7 @@ impl Report {
             "{:<10} {:>10} {:>10} {:>11} {:>10}",
             "category", "checked", "matching", "mismatched", "in flight"
         );
-        for (name, t) in [
-            ("balances", self.balances),
-            ("coupons", self.coupons),
-            ("usage", self.usage),
-            ("sequences", self.sequences),
-        ] {
+        for (name, t) in self.categories() {
             println!(
                 "{name:<10} {:>10} {:>10} {:>11} {:>10}",
                 t.checked, t.matching, t.mismatched, t.in_flight

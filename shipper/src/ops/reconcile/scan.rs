@@ -71,6 +71,8 @@ pub(super) struct SeqPager {
     idx: usize,
     cursor: u64,
     done: bool,
+    /// the sequence hash the last page came from
+    page_hash: String,
 }
 
 impl SeqPager {
@@ -84,7 +86,13 @@ impl SeqPager {
             hashes,
             idx: 0,
             cursor: 0,
+            page_hash: String::new(),
         })
+    }
+
+    /// The sequence hash the last page came from: `<prefix>:seq`, or `<prefix>:seq:{tag}`.
+    pub(super) fn page_hash(&self) -> &str {
+        &self.page_hash
     }
 
     pub(super) async fn next(
@@ -102,6 +110,7 @@ impl SeqPager {
                 .query_async(conn)
                 .await?;
             self.cursor = next;
+            self.page_hash.clone_from(hash);
             if next == 0 {
                 self.idx += 1;
                 self.done = self.idx >= self.hashes.len();

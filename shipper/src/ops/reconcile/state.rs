@@ -18,6 +18,8 @@ pub(super) struct PageHashes {
     pub(super) coupons: BTreeMap<String, BTreeMap<String, String>>,
     pub(super) usages: BTreeMap<String, BTreeMap<String, String>>,
     pub(super) missing: Vec<String>,
+    /// every key of the page compared (its seq with the one the page read)
+    pub(super) compared: Vec<(String, i64)>,
 }
 
 impl PageHashes {
@@ -74,6 +76,7 @@ pub(super) async fn compare_sequences(
         let pg_seq = pg.get(key).copied().unwrap_or(0);
         if report.compare_seq(opt.show, key, *seq, pg_seq, events_pending) {
             out.add(key, reply, report, opt.show);
+            out.compared.push((key.clone(), *seq));
         }
     }
     Ok(out)
