@@ -294,7 +294,7 @@ fn get(ctx: &Context, raw: &[&[u8]]) -> CommandResult {
         .ok_or_else(|| CmdError::code("NOTFOUND", "no usage limit is set for this key"))?
         .at(ffi::now_ms());
     // Reservations past their deadline are left out, as if the timer had run.
-    let (_, reserved) = super::holds::live_summary(ctx, &key, "", ffi::now_ms())?;
+    let reserved = super::holds::live_summary(ctx, &key, "", ffi::now_ms())?.live_sum;
     Ok(pairs(vec![
         ("used", RedisValue::BulkString(u.used.to_string())),
         ("limit", RedisValue::BulkString(u.limit.to_string())),

@@ -35,18 +35,8 @@ pub(crate) fn reserved_by(tx: &mut Tx, campaign: &str, user: &str) -> Result<i64
 
 /// (open reservations not yet due, reservations due but not yet expired) of a campaign.
 pub(crate) fn reserved_live(ctx: &Context, campaign: &str) -> Result<(i64, i64), CmdError> {
-    let now = ffi::now_ms();
-    let (live, _) = super::live_summary(ctx, campaign, "", now)?;
-    let names = tx::hold_names(ctx, campaign);
-    let open = crate::host::ffi::Key::open(
-        ctx,
-        &crate::host::ffi::RStr::new(names.holds.as_bytes()),
-        false,
-    )?
-    .hget(holds::FIELD_OPEN)?
-    .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<i64>().ok())
-    .unwrap_or(0);
-    Ok((live, open.saturating_sub(live).max(0)))
+    let s = super::live_summary(ctx, campaign, "", ffi::now_ms())?;
+    Ok((s.live, s.stored_open.saturating_sub(s.live).max(0)))
 }
 
 fn request<'a>(

@@ -83,30 +83,48 @@ pub(crate) fn live(ctx: &Context, key: &str, now_ms: i64) -> Result<Vec<(u64, Ho
     Ok(out)
 }
 
-/// How many holds of `key` are open and not due at `now_ms`, and their sum: from the
-/// stored count and total (`subject`'s) when none is due, else by reading them.
+/// What reads report of a key's holds at `now_ms`, leaving due holds out (as if the timer
+/// had run): how many are open in Redis, how many of them are not due, and the sum of the
+/// not-due ones of `subject`. From the stored count and total when none is due (one read),
+/// else by reading the holds.
+pub(crate) struct Summary {
+    pub(crate) stored_open: i64,
+    pub(crate) live: i64,
+    pub(crate) live_sum: Decimal,
+}
+
 pub(crate) fn live_summary(
     ctx: &Context,
     key: &str,
     subject: &str,
     now_ms: i64,
-) -> Result<(i64, Decimal), CmdError> {
+) -> Result<Summary, CmdError> {
     let names = tx::hold_names(ctx, key);
     let k = Key::open(ctx, &names.holds_rs, false)?;
     let int =
         |raw: Option<Vec<u8>>| raw.and_then(|b| std::str::from_utf8(&b).ok()?.parse::<i64>().ok());
+    let stored_open = int(k.hget(FIELD_OPEN)?).unwrap_or(0);
     let deadline = int(k.hget(FIELD_DEADLINE)?);
     if deadline.is_none_or(|d| d > now_ms) {
-        let open = int(k.hget(FIELD_OPEN)?).unwrap_or(0);
         let total = k.hget(&holds::total_field(subject))?;
-        let sum = rules::stored_decimal("the holds' total", total.as_deref())?;
-        return Ok((open, sum));
+        let live_sum = rules::stored_decimal("the holds' total", total.as_deref())?;
+        return Ok(Summary {
+            stored_open,
+            live: stored_open,
+            live_sum,
+        });
     }
     drop(k);
-    let mut sum = Decimal::ZERO;
     let all = live(ctx, key, now_ms)?;
+    let mut live_sum = Decimal::ZERO;
     for (_, h) in all.iter().filter(|(_, h)| h.subject == subject) {
-        sum = sum.checked_add(h.amount).unwrap_or(sum);
+        live_sum = live_sum
+            .checked_add(h.amount)
+            .ok_or_else(|| CmdError::err("the held total would overflow 20 integer digits"))?;
     }
-    Ok((all.len() as i64, sum))
+    Ok(Summary {
+        stored_open,
+        live: all.len() as i64,
+        live_sum,
+    })
 }
