@@ -92,6 +92,25 @@ fn a_serves(key: &str) -> bool {
     tally_slot::key_slot(key.as_bytes()) < 8192
 }
 
+/// One hold on a key of each node, and the open holds `ASSET.HOLDS` lists for each key.
+async fn hold_on_each_node(
+    a: &mut redis::aio::MultiplexedConnection,
+    b: &mut redis::aio::MultiplexedConnection,
+    keys: &[String],
+) -> Vec<(String, redis::Value)> {
+    let mut out = Vec::new();
+    for on_a in [true, false] {
+        let key = keys
+            .iter()
+            .find(|k| a_serves(k) == on_a)
+            .expect("a key on each node");
+        let c = if on_a { &mut *a } else { &mut *b };
+        cmd(c, &["ASSET.HOLD", key, "gold", "0.5", "TTL", "600000"]).await;
+        out.push((key.clone(), cmd(c, &["ASSET.HOLDS", key]).await));
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_seed_node_ships_every_primary_of_a_cluster() {
     let _g = serial();
@@ -123,15 +142,17 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
     );
     // keys in slots first written now get streams the shipper has not seen yet
     let later = incr_spread(&mut ca, &mut cb, "y", 100).await;
+    // and a hold on each node: its hash and due index live in the key's slot
+    let held = hold_on_each_node(&mut ca, &mut cb, &later).await;
     assert_eq!(
         wait_count(
             &pool,
             "SELECT count(*) FROM events",
-            300,
+            302,
             Duration::from_secs(60)
         )
         .await,
-        300,
+        302,
         "{}",
         tail_lines(&sh.log_text(), 40)
     );
@@ -164,7 +185,13 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
         .fetch_one(&pool)
         .await
         .unwrap();
-        assert_eq!((normalize_decimal(&bal), seq), (n.to_string(), n), "{key}");
+        // a hold moves no balance, and takes the next seq
+        let holds = held.iter().filter(|(k, _)| k == key).count() as i64;
+        assert_eq!(
+            (normalize_decimal(&bal), seq),
+            (n.to_string(), n + holds),
+            "{key}"
+        );
     }
     assert_eq!(
         count(&pool, "SELECT count(*) FROM sequence_anomalies").await,
@@ -193,6 +220,11 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
         .unwrap_or_default()
         .to_string();
     assert_eq!(checked, "40", "every key of both nodes:\n{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().take(3).eq(["holds", "2", "2"])),
+        "the hold of each node:\n{out}"
+    );
     // a balance tampered with on the node the seed is not
     let on_b = first
         .iter()
@@ -243,6 +275,14 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
         n_b.to_string(),
         "{on_b} restored on B with its history's balance"
     );
+    for (key, listed) in &held {
+        let c = if a_serves(key) { &mut ca } else { &mut cb };
+        assert_eq!(
+            &cmd(c, &["ASSET.HOLDS", key]).await,
+            listed,
+            "{key}'s hold restored on its node"
+        );
+    }
     // and the system keeps going: sequences continue on both nodes, no anomaly
     let mut sh = Shipper::spawn(&args, &tmpdir("cluster-after").join("shipper.log"));
     let more = incr_spread(&mut ca, &mut cb, "x", 40).await;
@@ -250,11 +290,11 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
         wait_count(
             &pool,
             "SELECT count(*) FROM events",
-            340,
+            342,
             Duration::from_secs(60)
         )
         .await,
-        340,
+        342,
         "{}",
         tail_lines(&sh.log_text(), 40)
     );
