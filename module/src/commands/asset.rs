@@ -49,8 +49,8 @@ fn held_floor(
     delta: Decimal,
     floor: Floor,
 ) -> Result<(), CmdError> {
-    if !delta.is_negative() || floor == Floor::None {
-        return Ok(());
+    if !delta.is_negative() || floor == Floor::None || !tx.slot_has_holds() {
+        return rules::apply_delta(current, delta, floor, None).map(|_| ());
     }
     let held = super::holds::asset::held(tx, key, field)?;
     let available = current

@@ -26,6 +26,9 @@ use crate::host::tx::{self, Tx};
 
 /// How many open reservations `user` has in `campaign`.
 pub(crate) fn reserved_by(tx: &mut Tx, campaign: &str, user: &str) -> Result<i64, CmdError> {
+    if !tx.slot_has_holds() {
+        return Ok(0);
+    }
     let total = Store::new(tx, campaign).total(tx, user)?;
     total
         .to_string()

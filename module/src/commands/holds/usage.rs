@@ -25,6 +25,9 @@ use crate::host::tx::{self, Tx};
 
 /// The amount open reservations of `key` hold.
 pub(crate) fn reserved(tx: &mut Tx, key: &str) -> Result<Decimal, CmdError> {
+    if !tx.slot_has_holds() {
+        return Ok(Decimal::ZERO);
+    }
     Store::new(tx, key).total(tx, "")
 }
 

@@ -30,6 +30,13 @@ pub fn hold_names(ctx: &Context, key: &str) -> HoldNames {
     }
 }
 
+/// Whether the slot of `key` (the node, standalone) has a due index: without one no key
+/// there has holds.
+pub fn slot_has_holds(ctx: &Context, key: &str) -> bool {
+    let names = Names::for_key(ctx, key);
+    super::read::exists(ctx, &names.due_rs)
+}
+
 /// The due index of hash slot `slot` (cluster mode) or of the node; whether the server runs
 /// in cluster mode.
 pub fn due_index_names(ctx: &Context, slot: usize) -> (String, bool) {

@@ -29,7 +29,9 @@ use crate::host::ffi::{self, Key, RStr};
 use crate::host::stats;
 
 pub use admit::Request;
-pub use direct::{due_index_names, due_members, due_now, hgetall, hold_names, hset_now};
+pub use direct::{
+    due_index_names, due_members, due_now, hgetall, hold_names, hset_now, slot_has_holds,
+};
 pub use names::{check_user_key, kind_field};
 pub use queued::FieldName;
 pub use read::{kind_is_hash, open_read};
@@ -140,6 +142,13 @@ impl<'a> Tx<'a> {
     /// The holds hash of `key` (docs/holds.md), in this command's slot.
     pub fn holds_key(&self, key: &str) -> String {
         self.names.keys.holds(key)
+    }
+
+    /// Whether this command's slot (the node, standalone) has a due index, i.e. any hold open
+    /// or closed within `tally.hold-tombstone-ms`: when not, no key here has holds, and the
+    /// commands skip looking for them (one lookup of a name made once).
+    pub fn slot_has_holds(&self) -> bool {
+        read::exists(self.ctx, &self.names.due_rs)
     }
 
     /// Queues adding (or moving) a member of the due index of holds.

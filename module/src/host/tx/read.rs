@@ -36,3 +36,8 @@ pub(super) fn field_with<R>(
         _ => Err(wrong_kind()),
     }
 }
+
+/// Whether a key exists (of any type).
+pub(super) fn exists(ctx: &Context, name: &RStr) -> bool {
+    Key::open(ctx, name, false).is_ok_and(|k| k.kind() != KeyType::Empty)
+}
