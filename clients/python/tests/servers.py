@@ -6,6 +6,7 @@ The server binary comes from ``TALLY_SERVER_BIN`` (default ``redis-server``), th
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import shutil
@@ -14,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -79,6 +80,15 @@ def wait_until(check: Callable[[], T | None], what: str, timeout: float = 30.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last error: {last_error!r}")
         time.sleep(0.05)
+
+
+async def async_wait_until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0) -> None:
+    """:func:`wait_until` for a coroutine check, sleeping without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 class Server:

@@ -11,7 +11,22 @@ import redis
 import redis.asyncio
 
 import tally_client as tc
-from tally_client import AsyncTally, ClaimResult, CouponInfo, ReleaseResult, TransferResult, UsageInfo, UsageResult
+from servers import async_wait_until
+from tally_client import (
+    AsyncTally,
+    Availability,
+    ClaimResult,
+    CouponInfo,
+    HoldResult,
+    ReleaseResult,
+    SettleResult,
+    TransferResult,
+    UsageCancelResult,
+    UsageInfo,
+    UsageReservation,
+    UsageResult,
+    VoidResult,
+)
 
 
 @pytest.fixture
@@ -52,6 +67,46 @@ async def test_coupon_and_usage_methods(atally: AsyncTally, key) -> None:
     assert await atally.usage_consume(q, "0.5") == UsageResult(Decimal("0.5"), Decimal(1))
     info = await atally.usage_get(q)
     assert isinstance(info, UsageInfo) and info.used == Decimal("0.5") and info.period == "day"
+
+
+async def test_hold_methods(atally: AsyncTally, raw: redis.Redis, key) -> None:
+    k = key("wallet")
+    await atally.asset_incr(k, {"gold": 100})
+    h = await atally.asset_hold(k, "gold", 30, ttl=60_000, op_id="h-1")
+    assert h == await atally.asset_hold(k, "gold", 30, ttl=60_000, op_id="h-1") == HoldResult("1", Decimal(70))
+    assert await atally.asset_available(k) == {"gold": Availability(Decimal(100), Decimal(30), Decimal(70))}
+    assert [x.hold_id for x in await atally.asset_holds(k)] == ["1"]
+    assert await atally.asset_settle(k, "1", "25") == SettleResult(Decimal(25), Decimal(75))
+    with pytest.raises(tc.NotFound) as e:
+        await atally.asset_void(k, "1")
+    assert e.value.reason == "settled"
+    h2 = await atally.asset_hold(k, "gold", 5, ttl=60_000)
+    assert await atally.asset_void(k, h2.hold_id) == VoidResult(Decimal(5), Decimal(75))
+    assert (await atally.asset_hold(k, "gold", 75, ttl=100)).available == Decimal(0)
+
+    async def expired() -> bool:
+        return await atally.asset_holds(k) == []
+
+    await async_wait_until(expired, "the hold to expire", timeout=10)
+    assert (await atally.asset_available(k, "gold"))["gold"].available == Decimal(75)
+
+    camp = key("camp")
+    await atally.coupon_create(camp, 2)
+    assert await atally.coupon_reserve(camp, "alice", ttl=60_000) == ClaimResult(1, 1)
+    assert await atally.coupon_confirm(camp, "alice", 1) == ClaimResult(1, 1)
+    assert raw.hget(camp, "c:alice") == "1"
+    assert await atally.coupon_reserve(camp, "bob", ttl=60_000) == ClaimResult(2, 0)
+    assert await atally.coupon_cancel(camp, "bob", 2) == ReleaseResult(2, 1)
+    assert (await atally.coupon_info(camp)).reserved == 0
+
+    q = key("q")
+    await atally.usage_limit(q, 10)
+    r = await atally.usage_reserve(q, 4, ttl=60_000)
+    assert r == UsageReservation("1", Decimal(0), Decimal(4), Decimal(6))
+    assert (await atally.usage_get(q)).reserved == Decimal(4)
+    assert await atally.usage_commit(q, r.reservation_id, "2.5") == UsageResult(Decimal("2.5"), Decimal("7.5"))
+    r2 = await atally.usage_reserve(q, 1, ttl=60_000)
+    assert await atally.usage_cancel(q, r2.reservation_id) == UsageCancelResult(Decimal(1), Decimal("7.5"))
 
 
 async def test_errors_and_idempotency(atally: AsyncTally, raw: redis.Redis, key) -> None:

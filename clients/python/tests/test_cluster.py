@@ -11,8 +11,8 @@ import redis.asyncio
 from redis.exceptions import RedisClusterException, ResponseError
 
 import tally_client as tc
-from servers import Cluster
-from tally_client import AsyncTally, ClaimResult, Tally, TransferResult
+from servers import Cluster, wait_until
+from tally_client import AsyncTally, ClaimResult, HoldResult, SettleResult, Tally, TransferResult
 
 
 def keys_on_every_node(cluster: Cluster, stem: str) -> list[str]:
@@ -75,6 +75,35 @@ def test_commands_through_redis_cluster(cluster: Cluster, key) -> None:
             with pytest.raises(tc.LimitExceeded):
                 t.usage_consume(q, 2)
             assert t.usage_get(q).used == Decimal(2)
+
+
+def test_holds_through_redis_cluster(cluster: Cluster, key) -> None:
+    with Tally(redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)) as t:
+        for k in keys_on_every_node(cluster, key("wallet")):
+            t.asset_incr(k, {"gold": 100})
+            assert t.asset_hold(k, "gold", 30, ttl=60_000, op_id="h-1") == HoldResult("1", Decimal(70))
+            assert t.asset_hold(k, "gold", 30, ttl=60_000, op_id="h-1") == HoldResult("1", Decimal(70))
+            assert t.asset_settle(k, "1", 10) == SettleResult(Decimal(10), Decimal(90))
+            t.asset_hold(k, "gold", 90, ttl=100)
+            wait_until(lambda k=k: t.asset_holds(k) == [], f"the hold on {k} to expire", timeout=10)
+            assert t.asset_available(k, "gold")["gold"].available == Decimal(90)
+            # Reads leave a due hold out at once; the primary's timer then expires it, with
+            # one asset.expire event in the stream of the key's slot.
+            expected = ["asset.settle", "asset.hold", "asset.expire"]
+            wait_until(
+                lambda k=k: [e["type"] for e in events_on(cluster, k)][-3:] == expected,
+                f"the asset.expire event of {k}",
+                timeout=10,
+            )
+        for c in keys_on_every_node(cluster, key("camp")):
+            t.coupon_create(c, 1)
+            assert t.coupon_reserve(c, "alice", ttl=60_000) == ClaimResult(1, 0)
+            assert t.coupon_confirm(c, "alice", 1) == ClaimResult(1, 0)
+            assert t.coupon_info(c).reserved == 0
+        for q in keys_on_every_node(cluster, key("quota")):
+            t.usage_limit(q, 5)
+            r = t.usage_reserve(q, 3, ttl=60_000)
+            assert t.usage_commit(q, r.reservation_id, 1).remaining == Decimal(4)
 
 
 def test_from_url_detects_a_cluster(cluster: Cluster, key) -> None:

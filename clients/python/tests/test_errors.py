@@ -196,3 +196,18 @@ def test_translate_shapes() -> None:
     assert type(from_reply("OPIDS too many op-ids")) is tc.OpIds
     odd = from_reply("NEWCODE something")
     assert type(odd) is tc.TallyError and odd.code == "NEWCODE"
+
+
+def test_hold_errors_from_replies() -> None:
+    limit = from_reply("HOLDLIMIT this key has 1000 open holds (tally.max-holds-per-key is 1000)")
+    assert type(limit) is tc.HoldLimit and limit.code == "HOLDLIMIT"
+    assert type(translate(ResponseError("HOLDLIMIT this key has 2 open holds"))) is tc.HoldLimit
+    for why, reason in (("is unknown", "unknown"), ("was settled", "settled"), ("was voided", "voided"), ("expired", "expired")):
+        e = from_reply(f"NOTFOUND hold 17 of this key {why}")
+        assert isinstance(e, tc.NotFound) and (e.hold_id, e.reason) == ("17", reason)
+    other = from_reply("NOTFOUND no such campaign")
+    assert isinstance(other, tc.NotFound) and (other.hold_id, other.reason) == (None, None)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(from_reply("NOTFOUND hold 3 of this key expired")))
+    assert type(again) is tc.NotFound and again.reason == "expired" and again.hold_id == "3"

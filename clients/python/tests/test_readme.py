@@ -32,4 +32,6 @@ def test_snippets_run(start_server, capsys: pytest.CaptureFixture[str]) -> None:
     assert out[0] == "{'BDP': Decimal('5210.43'), 'TRAINING': Decimal('3.5')}"
     assert out[1] == "True"
     assert out[2].startswith("133 UsageInfo(used=Decimal('997.5'), limit=Decimal('1000'), remaining=Decimal('2.5')")
+    assert out[3] == "settled"  # the holds snippet: a settled hold cannot be voided
+    assert str(scope["hold"]) == "HoldResult(hold_id='1', available=Decimal('70'))"
     assert scope["balances"] == {"BDP": __import__("decimal").Decimal("5220.86")}

@@ -15,13 +15,20 @@ from typing import Any, Generic, TypeVar
 
 from .types import (
     Amount,
+    Availability,
     ClaimResult,
     CouponInfo,
+    Hold,
+    HoldResult,
     Period,
     ReleaseResult,
+    SettleResult,
     TransferResult,
+    UsageCancelResult,
     UsageInfo,
+    UsageReservation,
     UsageResult,
+    VoidResult,
 )
 
 T = TypeVar("T")
@@ -116,6 +123,42 @@ def _options(op_id: str | None, meta: str | None) -> list[Arg]:
     return out
 
 
+def _floor(floor: Amount | None, nofloor: bool) -> list[Arg]:
+    """``FLOOR n`` / ``NOFLOOR`` of ASSET.INCR and ASSET.HOLD (both given: the server refuses)."""
+    out: list[Arg] = []
+    if floor is not None:
+        out += ["FLOOR", amount_arg(floor, "floor")]
+    if nofloor:
+        out.append("NOFLOOR")
+    return out
+
+
+def _decimal_pair(reply: Any) -> tuple[Decimal, Decimal]:
+    a, b = reply
+    return dec(a), dec(b)
+
+
+def ttl_ms(value: int | _dt.timedelta) -> int:
+    """A hold's ``TTL``: milliseconds, or a ``timedelta`` (whole milliseconds)."""
+    if isinstance(value, bool):
+        raise TypeError("ttl must be milliseconds (int) or a timedelta")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, _dt.timedelta):
+        ms, rest = divmod(value, _MS)
+        if rest:
+            raise ValueError(f"ttl must be whole milliseconds, not {value}")
+        return int(ms)
+    raise TypeError("ttl must be milliseconds (int) or a timedelta")
+
+
+def hold_id_arg(value: str | int, what: str = "hold_id") -> str:
+    """A hold id as sent: the decimal text ``ASSET.HOLD`` / ``USAGE.RESERVE`` replied."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"{what} must be str or int")
+    return str(value)
+
+
 def unix_ms(value: int | _dt.datetime, what: str) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{what} must be unix milliseconds or an aware datetime")
@@ -149,10 +192,7 @@ def asset_incr(
     for field in fields:
         args += [field, amount_arg(deltas[field], f"delta of {field!r}")]
     args += _options(op_id, meta)
-    if floor is not None:
-        args += ["FLOOR", amount_arg(floor, "floor")]
-    if nofloor:
-        args.append("NOFLOOR")
+    args += _floor(floor, nofloor)
     if ceil is not None:
         args += ["CEIL", amount_arg(ceil, "ceil")]
 
@@ -187,12 +227,72 @@ def asset_transfer(
 ) -> Call[TransferResult]:
     args: list[Arg] = ["ASSET.TRANSFER", source, target, field, amount_arg(amount)]
     args += _options(op_id, meta)
+    return Call(tuple(args), lambda r: TransferResult(*_decimal_pair(r)))
 
-    def parse(reply: Any) -> TransferResult:
-        a, b = reply
-        return TransferResult(dec(a), dec(b))
+
+def asset_hold(
+    key: str,
+    field: str,
+    amount: Amount,
+    *,
+    ttl: int | _dt.timedelta,
+    floor: Amount | None,
+    nofloor: bool,
+    op_id: str | None,
+    meta: str | None,
+) -> Call[HoldResult]:
+    args: list[Arg] = ["ASSET.HOLD", key, field, amount_arg(amount), "TTL", ttl_ms(ttl)]
+    args += _floor(floor, nofloor) + _options(op_id, meta)
+
+    def parse(reply: Any) -> HoldResult:
+        hold_id, available = reply
+        return HoldResult(_text(hold_id), dec(available))
 
     return Call(tuple(args), parse)
+
+
+def _close_args(
+    command: str, key: str, hold_id: str | int, amount: Amount | None, op_id: str | None, meta: str | None
+) -> tuple[Arg, ...]:
+    """``key hold-id [amount] [ID] [META]`` of ASSET.SETTLE/VOID, USAGE.COMMIT/CANCEL."""
+    args: list[Arg] = [command, key, hold_id_arg(hold_id)]
+    if amount is not None:
+        args.append(amount_arg(amount))
+    return tuple(args + _options(op_id, meta))
+
+
+def asset_settle(
+    key: str, hold_id: str | int, amount: Amount | None, *, op_id: str | None, meta: str | None
+) -> Call[SettleResult]:
+    args = _close_args("ASSET.SETTLE", key, hold_id, amount, op_id, meta)
+    return Call(args, lambda r: SettleResult(*_decimal_pair(r)))
+
+
+def asset_void(key: str, hold_id: str | int, *, op_id: str | None, meta: str | None) -> Call[VoidResult]:
+    args = _close_args("ASSET.VOID", key, hold_id, None, op_id, meta)
+    return Call(args, lambda r: VoidResult(*_decimal_pair(r)))
+
+
+def asset_holds(key: str) -> Call[list[Hold]]:
+    def parse(reply: Any) -> list[Hold]:
+        items = list(reply)
+        return [
+            Hold(_text(items[i]), _text(items[i + 1]), dec(items[i + 2]), _int(items[i + 3]))
+            for i in range(0, len(items), 4)
+        ]
+
+    return Call(("ASSET.HOLDS", key), parse)
+
+
+def asset_available(key: str, fields: Sequence[str]) -> Call[dict[str, Availability]]:
+    def parse(reply: Any) -> dict[str, Availability]:
+        items = list(reply)
+        return {
+            _text(items[i]): Availability(dec(items[i + 1]), dec(items[i + 2]), dec(items[i + 3]))
+            for i in range(0, len(items), 4)
+        }
+
+    return Call(("ASSET.AVAILABLE", key, *fields), parse)
 
 
 # ---------------------------------------------------------------------------------------
@@ -243,6 +343,33 @@ def coupon_release(
     return Call(tuple(args), lambda r: ReleaseResult(*_claim_pair(r)))
 
 
+def coupon_reserve(
+    campaign: str, user: str, *, ttl: int | _dt.timedelta, op_id: str | None, meta: str | None
+) -> Call[ClaimResult]:
+    args: list[Arg] = ["COUPON.RESERVE", campaign, user, "TTL", ttl_ms(ttl), *_options(op_id, meta)]
+    return Call(tuple(args), lambda r: ClaimResult(*_claim_pair(r)))
+
+
+def _issue_arg(issue: int) -> int:
+    if isinstance(issue, bool) or not isinstance(issue, int):
+        raise TypeError("issue must be an int")
+    return issue
+
+
+def coupon_confirm(
+    campaign: str, user: str, issue: int, *, op_id: str | None, meta: str | None
+) -> Call[ClaimResult]:
+    args: list[Arg] = ["COUPON.CONFIRM", campaign, user, _issue_arg(issue), *_options(op_id, meta)]
+    return Call(tuple(args), lambda r: ClaimResult(*_claim_pair(r)))
+
+
+def coupon_cancel(
+    campaign: str, user: str, issue: int, *, op_id: str | None, meta: str | None
+) -> Call[ReleaseResult]:
+    args: list[Arg] = ["COUPON.CANCEL", campaign, user, _issue_arg(issue), *_options(op_id, meta)]
+    return Call(tuple(args), lambda r: ReleaseResult(*_claim_pair(r)))
+
+
 def coupon_info(campaign: str) -> Call[CouponInfo]:
     def parse(reply: Any) -> CouponInfo:
         m = dict(_pairs(reply))
@@ -255,6 +382,7 @@ def coupon_info(campaign: str) -> Call[CouponInfo]:
             start_ms=start or None,
             end_ms=end or None,
             last_issue=_int(m["last_issue"]),
+            reserved=_int(m.get("reserved", 0)),  # absent before holds: none can be open
         )
 
     return Call(("COUPON.INFO", campaign), parse)
@@ -283,12 +411,7 @@ def usage_consume(
     key: str, amount: Amount, *, op_id: str | None, meta: str | None
 ) -> Call[UsageResult]:
     args: list[Arg] = ["USAGE.CONSUME", key, amount_arg(amount), *_options(op_id, meta)]
-
-    def parse(reply: Any) -> UsageResult:
-        used, remaining = reply
-        return UsageResult(dec(used), dec(remaining))
-
-    return Call(tuple(args), parse)
+    return Call(tuple(args), lambda r: UsageResult(*_decimal_pair(r)))
 
 
 def usage_get(key: str) -> Call[UsageInfo]:
@@ -300,6 +423,33 @@ def usage_get(key: str) -> Call[UsageInfo]:
             remaining=dec(m["remaining"]),
             period=_text(m["period"]),
             period_id=_text(m["period_id"]),
+            reserved=dec(m.get("reserved", 0)),  # absent before holds: none can be open
         )
 
     return Call(("USAGE.GET", key), parse)
+
+
+def usage_reserve(
+    key: str, amount: Amount, *, ttl: int | _dt.timedelta, op_id: str | None, meta: str | None
+) -> Call[UsageReservation]:
+    args: list[Arg] = ["USAGE.RESERVE", key, amount_arg(amount), "TTL", ttl_ms(ttl), *_options(op_id, meta)]
+
+    def parse(reply: Any) -> UsageReservation:
+        rid, used, reserved, remaining = reply
+        return UsageReservation(_text(rid), dec(used), dec(reserved), dec(remaining))
+
+    return Call(tuple(args), parse)
+
+
+def usage_commit(
+    key: str, reservation_id: str | int, actual: Amount | None, *, op_id: str | None, meta: str | None
+) -> Call[UsageResult]:
+    args = _close_args("USAGE.COMMIT", key, reservation_id, actual, op_id, meta)
+    return Call(args, lambda r: UsageResult(*_decimal_pair(r)))
+
+
+def usage_cancel(
+    key: str, reservation_id: str | int, *, op_id: str | None, meta: str | None
+) -> Call[UsageCancelResult]:
+    args = _close_args("USAGE.CANCEL", key, reservation_id, None, op_id, meta)
+    return Call(args, lambda r: UsageCancelResult(*_decimal_pair(r)))

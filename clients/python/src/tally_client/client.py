@@ -16,13 +16,20 @@ from . import _commands as c
 from .errors import translate
 from .types import (
     Amount,
+    Availability,
     ClaimResult,
     CouponInfo,
+    Hold,
+    HoldResult,
     Period,
     ReleaseResult,
+    SettleResult,
     TransferResult,
+    UsageCancelResult,
     UsageInfo,
+    UsageReservation,
     UsageResult,
+    VoidResult,
 )
 
 T = TypeVar("T")
@@ -229,3 +236,124 @@ class Tally:
     def usage_get(self, key: str) -> UsageInfo:
         """``USAGE.GET``."""
         return self._run(c.usage_get(key))
+
+    # Holds (docs/holds.md) --------------------------------------------------------------
+
+    def asset_hold(
+        self,
+        key: str,
+        field: str,
+        amount: Amount,
+        *,
+        ttl: int | _dt.timedelta,
+        floor: Amount | None = None,
+        nofloor: bool = False,
+        op_id: str | None = None,
+        meta: str | None = None,
+    ) -> HoldResult:
+        """``ASSET.HOLD``: take a positive ``amount`` of ``field`` out of reach for ``ttl``
+        (milliseconds or a timedelta, at most 30 days), until settled, voided or expired.
+
+        Raises :class:`Insufficient` when ``available`` (balance minus open holds) would go
+        below ``floor`` (default 0; ``nofloor=True`` removes it), :class:`HoldLimit` when the
+        key has ``tally.max-holds-per-key`` open holds."""
+        return self._run(
+            c.asset_hold(
+                key,
+                field,
+                amount,
+                ttl=ttl,
+                floor=floor,
+                nofloor=nofloor,
+                op_id=self._op(op_id),
+                meta=meta,
+            )
+        )
+
+    def asset_settle(
+        self,
+        key: str,
+        hold_id: str | int,
+        amount: Amount | None = None,
+        *,
+        op_id: str | None = None,
+        meta: str | None = None,
+    ) -> SettleResult:
+        """``ASSET.SETTLE``: spend ``amount`` of the hold (default: all of it; ``0 < amount <=
+        held``) from the balance and release the rest. A hold that is not open raises
+        :class:`NotFound` with its :attr:`~NotFound.reason`."""
+        return self._run(c.asset_settle(key, hold_id, amount, op_id=self._op(op_id), meta=meta))
+
+    def asset_void(
+        self, key: str, hold_id: str | int, *, op_id: str | None = None, meta: str | None = None
+    ) -> VoidResult:
+        """``ASSET.VOID``: give the hold back to the available balance."""
+        return self._run(c.asset_void(key, hold_id, op_id=self._op(op_id), meta=meta))
+
+    def asset_holds(self, key: str) -> list[Hold]:
+        """``ASSET.HOLDS``: the key's open holds, in id order (due ones left out)."""
+        return self._run(c.asset_holds(key))
+
+    def asset_available(self, key: str, *fields: str) -> dict[str, Availability]:
+        """``ASSET.AVAILABLE``: balance, held and available of the named fields in order, or
+        of every field with a balance or a hold (sorted by name) when none is named."""
+        return self._run(c.asset_available(key, fields))
+
+    def coupon_reserve(
+        self,
+        campaign: str,
+        user: str,
+        *,
+        ttl: int | _dt.timedelta,
+        op_id: str | None = None,
+        meta: str | None = None,
+    ) -> ClaimResult:
+        """``COUPON.RESERVE``: take one coupon from the stock for ``user`` for ``ttl``; it
+        counts against ``per_user`` like a claim. ``issue`` is the reservation's id. Raises
+        like :meth:`coupon_claim`."""
+        return self._run(c.coupon_reserve(campaign, user, ttl=ttl, op_id=self._op(op_id), meta=meta))
+
+    def coupon_confirm(
+        self, campaign: str, user: str, issue: int, *, op_id: str | None = None, meta: str | None = None
+    ) -> ClaimResult:
+        """``COUPON.CONFIRM``: the reservation becomes a claim (:meth:`coupon_release` can
+        release it from then on)."""
+        return self._run(c.coupon_confirm(campaign, user, issue, op_id=self._op(op_id), meta=meta))
+
+    def coupon_cancel(
+        self, campaign: str, user: str, issue: int, *, op_id: str | None = None, meta: str | None = None
+    ) -> ReleaseResult:
+        """``COUPON.CANCEL``: the stock gets the reservation back (its number stays retired)."""
+        return self._run(c.coupon_cancel(campaign, user, issue, op_id=self._op(op_id), meta=meta))
+
+    def usage_reserve(
+        self,
+        key: str,
+        amount: Amount,
+        *,
+        ttl: int | _dt.timedelta,
+        op_id: str | None = None,
+        meta: str | None = None,
+    ) -> UsageReservation:
+        """``USAGE.RESERVE``: hold ``amount`` of the quota for ``ttl`` without moving
+        ``used``; :class:`LimitExceeded` when it exceeds what remains."""
+        return self._run(c.usage_reserve(key, amount, ttl=ttl, op_id=self._op(op_id), meta=meta))
+
+    def usage_commit(
+        self,
+        key: str,
+        reservation_id: str | int,
+        actual: Amount | None = None,
+        *,
+        op_id: str | None = None,
+        meta: str | None = None,
+    ) -> UsageResult:
+        """``USAGE.COMMIT``: add ``actual`` (default: the whole reservation; ``0 <= actual <=
+        reserved``) to ``used`` and release the rest."""
+        return self._run(c.usage_commit(key, reservation_id, actual, op_id=self._op(op_id), meta=meta))
+
+    def usage_cancel(
+        self, key: str, reservation_id: str | int, *, op_id: str | None = None, meta: str | None = None
+    ) -> UsageCancelResult:
+        """``USAGE.CANCEL``: release the reservation."""
+        return self._run(c.usage_cancel(key, reservation_id, op_id=self._op(op_id), meta=meta))

@@ -9,7 +9,8 @@ maps them back to the classes below by their first word. Every class is a
 
 from __future__ import annotations
 
-from typing import ClassVar
+import re
+from typing import ClassVar, Literal, cast
 
 from redis.exceptions import NoPermissionError, ResponseError
 
@@ -19,11 +20,13 @@ __all__ = [
     "SoldOut",
     "Duplicate",
     "NotFound",
+    "HoldReason",
     "Closed",
     "LimitExceeded",
     "Conflict",
     "Backlog",
     "OpIds",
+    "HoldLimit",
     "WrongType",
     "NoPerm",
     "CommandError",
@@ -65,10 +68,32 @@ class Duplicate(TallyError):
     CODE = "DUPLICATE"
 
 
+#: Why a hold is not open (:attr:`NotFound.reason`).
+HoldReason = Literal["unknown", "settled", "voided", "expired"]
+
+_HOLD_NOT_FOUND = re.compile(r"hold (\S+) of this key (is unknown|was settled|was voided|expired)")
+
+
 class NotFound(TallyError):
-    """``NOTFOUND``: no such campaign / usage counter / claim to release."""
+    """``NOTFOUND``: no such campaign / usage counter / claim to release, or a hold that is
+    not open. For the latter, :attr:`reason` and :attr:`hold_id` say which and why."""
 
     CODE = "NOTFOUND"
+
+    @property
+    def hold_id(self) -> str | None:
+        """The id of the hold that is not open (a coupon reservation's: its issue number), or
+        ``None`` when the error is not about a hold."""
+        m = _HOLD_NOT_FOUND.fullmatch(self.message)
+        return m.group(1) if m else None
+
+    @property
+    def reason(self) -> HoldReason | None:
+        """Why the hold is not open: ``"settled"``, ``"voided"`` (voided or cancelled),
+        ``"expired"``, or ``"unknown"`` (never opened on this key, or closed longer ago than
+        ``tally.hold-tombstone-ms``); ``None`` when the error is not about a hold."""
+        m = _HOLD_NOT_FOUND.fullmatch(self.message)
+        return cast(HoldReason, m.group(2).split()[-1]) if m else None
 
 
 class Closed(TallyError):
@@ -99,6 +124,12 @@ class OpIds(TallyError):
     """``OPIDS``: the node keeps ``tally.max-op-ids`` op-id records; retry later."""
 
     CODE = "OPIDS"
+
+
+class HoldLimit(TallyError):
+    """``HOLDLIMIT``: the key has ``tally.max-holds-per-key`` open holds."""
+
+    CODE = "HOLDLIMIT"
 
 
 class WrongType(TallyError):
@@ -132,6 +163,7 @@ _BY_CODE: dict[str, type[TallyError]] = {
         Conflict,
         Backlog,
         OpIds,
+        HoldLimit,
         WrongType,
         NoPerm,
         CommandError,

@@ -15,6 +15,13 @@ __all__ = [
     "CouponInfo",
     "UsageResult",
     "UsageInfo",
+    "HoldResult",
+    "SettleResult",
+    "VoidResult",
+    "Hold",
+    "Availability",
+    "UsageReservation",
+    "UsageCancelResult",
 ]
 
 #: What an amount argument may be. ``float`` is refused with ``TypeError``: a float cannot
@@ -53,7 +60,7 @@ class ReleaseResult:
 @dataclass(frozen=True, slots=True)
 class CouponInfo:
     """``COUPON.INFO``: a campaign's stock. ``start_ms`` / ``end_ms`` are unix milliseconds,
-    ``None`` when unbounded."""
+    ``None`` when unbounded; ``remaining = total - issued``."""
 
     total: int
     issued: int
@@ -62,6 +69,8 @@ class CouponInfo:
     start_ms: int | None
     end_ms: int | None
     last_issue: int
+    #: Open reservations (``COUPON.RESERVE``), counted in ``issued`` too.
+    reserved: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +85,79 @@ class UsageResult:
 class UsageInfo:
     """``USAGE.GET``: the counter as of now (a new period reads as 0 used).
 
-    ``period_id`` names the period (``all``, ``2026-12-06``, ``2026-12``)."""
+    ``period_id`` names the period (``all``, ``2026-12-06``, ``2026-12``); ``reserved`` is
+    what open reservations (``USAGE.RESERVE``) hold, so ``remaining = limit - used -
+    reserved``."""
 
     used: Decimal
     limit: Decimal
     remaining: Decimal
     period: str
     period_id: str
+    reserved: Decimal = Decimal(0)
+
+
+# Holds (docs/holds.md) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    """``ASSET.HOLD``'s reply: the new hold's id (decimal text, unique per key) and what is
+    available of the field after it (balance minus its open holds)."""
+
+    hold_id: str
+    available: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """``ASSET.SETTLE``'s reply: the amount spent from the balance, and the balance after."""
+
+    settled: Decimal
+    balance: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class VoidResult:
+    """``ASSET.VOID``'s reply: the amount given back, and what is available after."""
+
+    released: Decimal
+    available: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One open hold of ``ASSET.HOLDS``; ``expires_ms`` is its deadline in unix milliseconds."""
+
+    hold_id: str
+    field: str
+    amount: Decimal
+    expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """One field of ``ASSET.AVAILABLE``: ``available = balance - held``."""
+
+    balance: Decimal
+    held: Decimal
+    available: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReservation:
+    """``USAGE.RESERVE``'s reply: the reservation's id, ``used`` (unchanged), what open
+    reservations hold now, and ``remaining = limit - used - reserved``."""
+
+    reservation_id: str
+    used: Decimal
+    reserved: Decimal
+    remaining: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCancelResult:
+    """``USAGE.CANCEL``'s reply: the amount released and the remaining quota after."""
+
+    released: Decimal
+    remaining: Decimal
