@@ -1,7 +1,7 @@
 import { decodeAmount, encodeAmount, stringCodec, type DecimalCodec } from './amount';
 import { toTallyError } from './errors';
 import { deltaPairs } from './spec';
-import type { Balances, Deltas, IncrOptions, TallyApi } from './types';
+import type { Availability, Balances, CommitOptions, Deltas, HoldOptions, IncrOptions, SettleOptions, TallyApi } from './types';
 
 /** Options of the driver adapters (`fromNodeRedis`, `fromIoredis`). */
 export interface AdapterOptions<D> {
@@ -17,17 +17,22 @@ async function mapped<T>(call: () => Promise<T>): Promise<T> {
   }
 }
 
-function decodeAll<D>(codec: DecimalCodec<D>, values: Balances<string>): Balances<D> {
-  const out: Balances<D> = {};
-  for (const [field, text] of Object.entries(values)) {
+/** `values` with each value mapped, as own properties (a field named `__proto__` too), in order. */
+function mapValues<V, W>(values: Record<string, V>, map: (value: V) => W): Record<string, W> {
+  const out: Record<string, W> = {};
+  for (const [field, value] of Object.entries(values)) {
     Object.defineProperty(out, field, {
-      value: decodeAmount(codec, text),
+      value: map(value),
       enumerable: true,
       writable: true,
       configurable: true,
     });
   }
   return out;
+}
+
+function decodeAll<D>(codec: DecimalCodec<D>, values: Balances<string>): Balances<D> {
+  return mapValues(values, (text) => decodeAmount(codec, text));
 }
 
 /**
@@ -40,18 +45,25 @@ export function withCodec<D = string>(core: TallyApi<string>, codec?: DecimalCod
   const c = (codec ?? stringCodec) as DecimalCodec<D>;
   const enc = (value: D, what: string): string => encodeAmount(c, value, what);
   const dec = (text: string): D => decodeAmount(c, text);
+  /** `options` with its amount options `names` encoded (an absent one stays absent). */
+  const encOptions = (options: object | undefined, names: readonly string[]): object => {
+    const out: Record<string, unknown> = { ...options };
+    for (const n of names) {
+      if (out[n] === undefined) {
+        delete out[n];
+      } else {
+        out[n] = enc(out[n] as D, n);
+      }
+    }
+    return out;
+  };
   const api: TallyApi<D> = {
     assetIncr<F extends string>(key: string, deltas: Deltas<D, F>, options?: IncrOptions<D>): Promise<Balances<D, F>> {
       return mapped(async () => {
         const pairs = deltaPairs(deltas).map(
           ([field, delta]) => [field, enc(delta, `the delta of ${JSON.stringify(field)}`)] as const,
         );
-        const { floor, ceil, ...rest } = options ?? {};
-        const opts = {
-          ...rest,
-          ...(floor === undefined ? {} : { floor: enc(floor, 'floor') }),
-          ...(ceil === undefined ? {} : { ceil: enc(ceil, 'ceil') }),
-        } as IncrOptions<string>;
+        const opts = encOptions(options, ['floor', 'ceil']) as IncrOptions<string>;
         return decodeAll(c, await core.assetIncr(key, pairs, opts)) as Balances<D, F>;
       });
     },
@@ -88,7 +100,65 @@ export function withCodec<D = string>(core: TallyApi<string>, codec?: DecimalCod
     usageGet(key) {
       return mapped(async () => {
         const r = await core.usageGet(key);
-        return { ...r, used: dec(r.used), limit: dec(r.limit), remaining: dec(r.remaining) };
+        return { ...r, used: dec(r.used), limit: dec(r.limit), reserved: dec(r.reserved), remaining: dec(r.remaining) };
+      });
+    },
+    assetHold(key, field, amount, options) {
+      return mapped(async () => {
+        const opts = encOptions(options, ['floor']) as HoldOptions<string>;
+        const r = await core.assetHold(key, field, enc(amount, 'amount'), opts);
+        return { holdId: r.holdId, available: dec(r.available) };
+      });
+    },
+    assetSettle(key, holdId, options) {
+      return mapped(async () => {
+        const r = await core.assetSettle(key, holdId, encOptions(options, ['amount']) as SettleOptions<string>);
+        return { settled: dec(r.settled), balance: dec(r.balance) };
+      });
+    },
+    assetVoid(key, holdId, options) {
+      return mapped(async () => {
+        const r = await core.assetVoid(key, holdId, options);
+        return { released: dec(r.released), available: dec(r.available) };
+      });
+    },
+    assetHolds(key) {
+      return mapped(async () => (await core.assetHolds(key)).map((h) => ({ ...h, amount: dec(h.amount) })));
+    },
+    assetAvailable(key: string, fields?: readonly string[]): Promise<Record<string, Availability<D>>> {
+      return mapped(async () =>
+        mapValues(await core.assetAvailable(key, fields ?? []), (a) => ({
+          balance: dec(a.balance),
+          held: dec(a.held),
+          available: dec(a.available),
+        })),
+      );
+    },
+    couponReserve(campaign, user, options) {
+      return mapped(() => core.couponReserve(campaign, user, options));
+    },
+    couponConfirm(campaign, user, issue, options) {
+      return mapped(() => core.couponConfirm(campaign, user, issue, options));
+    },
+    couponCancel(campaign, user, issue, options) {
+      return mapped(() => core.couponCancel(campaign, user, issue, options));
+    },
+    usageReserve(key, amount, options) {
+      return mapped(async () => {
+        const r = await core.usageReserve(key, enc(amount, 'amount'), options);
+        return { reservationId: r.reservationId, used: dec(r.used), reserved: dec(r.reserved), remaining: dec(r.remaining) };
+      });
+    },
+    usageCommit(key, reservationId, options) {
+      return mapped(async () => {
+        const r = await core.usageCommit(key, reservationId, encOptions(options, ['actual']) as CommitOptions<string>);
+        return { used: dec(r.used), remaining: dec(r.remaining) };
+      });
+    },
+    usageCancel(key, reservationId, options) {
+      return mapped(async () => {
+        const r = await core.usageCancel(key, reservationId, options);
+        return { released: dec(r.released), remaining: dec(r.remaining) };
       });
     },
   };

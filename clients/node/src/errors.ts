@@ -25,8 +25,32 @@ export class InsufficientError extends TallyError {}
 export class SoldOutError extends TallyError {}
 /** `DUPLICATE`: the user already holds `PERUSER` claims. */
 export class DuplicateError extends TallyError {}
-/** `NOTFOUND`: no such campaign / usage counter / claim to release. */
-export class NotFoundError extends TallyError {}
+/** Why a hold is not open ({@link NotFoundError.reason}). */
+export type HoldReason = 'unknown' | 'settled' | 'voided' | 'expired';
+
+const HOLD_NOT_FOUND = /^NOTFOUND hold (\S+) of this key (is unknown|was settled|was voided|expired)$/;
+
+/**
+ * `NOTFOUND`: no such campaign / usage counter / claim to release, or a hold (a coupon or
+ * usage reservation) that is not open; then `holdId` and `reason` say which and why.
+ */
+export class NotFoundError extends TallyError {
+  /** The id of the hold that is not open (a coupon reservation's: its issue number); `undefined` when the error is not about a hold. */
+  readonly holdId: string | undefined;
+  /**
+   * Why the hold is not open: `settled`, `voided` (voided or cancelled), `expired`, or
+   * `unknown` (never opened on this key, or closed longer ago than `tally.hold-tombstone-ms`);
+   * `undefined` when the error is not about a hold.
+   */
+  readonly reason: HoldReason | undefined;
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    const m = HOLD_NOT_FOUND.exec(message);
+    this.holdId = m?.[1];
+    this.reason = m ? (m[2]?.split(' ').pop() as HoldReason) : undefined;
+  }
+}
 /** `CLOSED`: outside the campaign's window. */
 export class ClosedError extends TallyError {}
 /** `LIMIT`: the usage quota or the `CEIL` of a balance would be exceeded. */
@@ -37,6 +61,8 @@ export class ConflictError extends TallyError {}
 export class BacklogError extends TallyError {}
 /** `OPIDS`: the node keeps `tally.max-op-ids` op-id records; a new op-id waits. */
 export class OpIdsError extends TallyError {}
+/** `HOLDLIMIT`: the key has `tally.max-holds-per-key` open holds. */
+export class HoldLimitError extends TallyError {}
 /** `WRONGTYPE`: the key (or a stored value) is not what the command needs. */
 export class WrongTypeError extends TallyError {}
 /** `NOPERM`: the ACL user may not do what the command amounts to. */
@@ -54,6 +80,7 @@ export const ERROR_CLASSES: Readonly<Record<string, new (code: string, message: 
     CONFLICT: ConflictError,
     BACKLOG: BacklogError,
     OPIDS: OpIdsError,
+    HOLDLIMIT: HoldLimitError,
     WRONGTYPE: WrongTypeError,
     NOPERM: NoPermError,
   });

@@ -47,6 +47,17 @@ export function ioredisCommands(client: IoredisLike): TallyApi<string> {
     usageLimit: run(SPECS.usageLimit),
     usageConsume: run(SPECS.usageConsume),
     usageGet: run(SPECS.usageGet),
+    assetHold: run(SPECS.assetHold),
+    assetSettle: run(SPECS.assetSettle),
+    assetVoid: run(SPECS.assetVoid),
+    assetHolds: run(SPECS.assetHolds),
+    assetAvailable: run(SPECS.assetAvailable),
+    couponReserve: run(SPECS.couponReserve),
+    couponConfirm: run(SPECS.couponConfirm),
+    couponCancel: run(SPECS.couponCancel),
+    usageReserve: run(SPECS.usageReserve),
+    usageCommit: run(SPECS.usageCommit),
+    usageCancel: run(SPECS.usageCancel),
   };
 }
 

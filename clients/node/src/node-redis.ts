@@ -18,16 +18,27 @@ import type { CommandParser } from '@redis/client';
 import type { AdapterOptions } from './client';
 import { withCodec } from './client';
 import {
+  assetAvailable,
   assetGet,
+  assetHold,
+  assetHolds,
   assetIncr,
+  assetSettle,
   assetTransfer,
+  assetVoid,
+  couponCancel,
   couponClaim,
+  couponConfirm,
   couponCreate,
   couponInfo,
   couponRelease,
+  couponReserve,
+  usageCancel,
+  usageCommit,
   usageConsume,
   usageGet,
   usageLimit,
+  usageReserve,
   type Spec,
 } from './spec';
 import type { TallyApi } from './types';
@@ -57,7 +68,7 @@ function command<P extends unknown[], R>(spec: Spec<P, R>) {
 
 /**
  * The tally module for `createClient({ modules: { tally } })` / `createCluster(...)`:
- * `client.tally.assetIncr(...)` and the nine others, amounts as decimal strings. Their
+ * `client.tally.assetIncr(...)` and the others, amounts as decimal strings. Their
  * error replies are node-redis `ErrorReply`s; {@link fromNodeRedis} (or `toTallyError`) turns
  * them into the tally error classes.
  */
@@ -72,6 +83,17 @@ export const tally = {
   usageLimit: command(usageLimit),
   usageConsume: command(usageConsume),
   usageGet: command(usageGet),
+  assetHold: command(assetHold),
+  assetSettle: command(assetSettle),
+  assetVoid: command(assetVoid),
+  assetHolds: command(assetHolds),
+  assetAvailable: command(assetAvailable),
+  couponReserve: command(couponReserve),
+  couponConfirm: command(couponConfirm),
+  couponCancel: command(couponCancel),
+  usageReserve: command(usageReserve),
+  usageCommit: command(usageCommit),
+  usageCancel: command(usageCancel),
 } as const;
 
 type Methods = { [K in keyof TallyApi<string>]: (...args: never[]) => Promise<unknown> };

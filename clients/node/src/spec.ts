@@ -1,23 +1,34 @@
 /**
- * The ten commands as driver-independent specs: `build` turns typed arguments (string
+ * The commands as driver-independent specs: `build` turns typed arguments (string
  * amounts) into the command's keys and arguments, `parse` turns the raw reply into the typed
  * result. The node-redis command objects and the ioredis adapter both run on these.
  */
 import { encodeAmount, stringCodec } from './amount';
 import type {
+  Availability,
   Balances,
   ClaimResult,
+  CommitOptions,
   ConsumeResult,
   CouponCreateOptions,
   CouponInfo,
   Deltas,
+  Hold,
+  HoldOptions,
+  HoldResult,
   IncrOptions,
   OpOptions,
   ReleaseResult,
+  SettleOptions,
+  SettleResult,
   TransferResult,
+  TtlOptions,
+  UsageCancelResult,
   UsageInfo,
   UsageLimitOptions,
   UsagePeriod,
+  UsageReservation,
+  VoidResult,
 } from './types';
 
 /** A command ready to send: `name keys... args...`. */
@@ -71,6 +82,26 @@ function pushOp(args: string[], options: OpOptions | undefined): void {
   if (options?.meta !== undefined) {
     args.push('META', name(options.meta, 'meta'));
   }
+}
+
+/** `FLOOR n` or `NOFLOOR` (ASSET.INCR, ASSET.HOLD). */
+function pushFloor(args: string[], options: { floor?: string | undefined; noFloor?: boolean | undefined } | undefined): void {
+  if (options?.noFloor === true) {
+    if (options.floor !== undefined) {
+      throw new TypeError('floor and noFloor exclude each other');
+    }
+    args.push('NOFLOOR');
+  } else if (options?.floor !== undefined) {
+    args.push('FLOOR', amount(options.floor, 'floor'));
+  }
+}
+
+/** `TTL ms` of a hold (required), 1 ms to 30 days. */
+function pushTtl(args: string[], options: { ttl: number } | undefined): void {
+  if (options === undefined || options.ttl === undefined) {
+    throw new TypeError('a hold needs options.ttl (milliseconds)');
+  }
+  args.push('TTL', integer(options.ttl, 'ttl', 1, 2_592_000_000));
 }
 
 function entries<A>(deltas: Deltas<A>): Array<readonly [string, A]> {
@@ -190,16 +221,21 @@ function ok(command: string, reply: unknown): void {
   }
 }
 
-/** A balances object: an own property per field (`__proto__` included), in reply order. */
-function balances(fields: readonly string[], values: readonly string[]): Balances<string> {
-  const out: Balances<string> = {};
+/** An object with an own property per field (`__proto__` included), in reply order. */
+function ownProperties<V>(fields: readonly string[], values: readonly V[]): Record<string, V> {
+  const out: Record<string, V> = {};
   fields.forEach((f, i) => {
     Object.defineProperty(out, f, { value: values[i], enumerable: true, writable: true, configurable: true });
   });
   return out;
 }
 
-// ---- the ten commands ---------------------------------------------------------------------
+/** A balances object: an own property per field, in reply order. */
+function balances(fields: readonly string[], values: readonly string[]): Balances<string> {
+  return ownProperties(fields, values);
+}
+
+// ---- the commands ---------------------------------------------------------------------------
 
 export const assetIncr: Spec<[key: string, deltas: Deltas<string>, options?: IncrOptions<string>], Balances<string>> = {
   name: 'ASSET.INCR',
@@ -212,14 +248,7 @@ export const assetIncr: Spec<[key: string, deltas: Deltas<string>, options?: Inc
       args.push(field, amount(delta, `the delta of ${JSON.stringify(field)}`));
     }
     pushOp(args, options);
-    if (options?.noFloor === true) {
-      if (options.floor !== undefined) {
-        throw new TypeError('floor and noFloor exclude each other');
-      }
-      args.push('NOFLOOR');
-    } else if (options?.floor !== undefined) {
-      args.push('FLOOR', amount(options.floor, 'floor'));
-    }
+    pushFloor(args, options);
     if (options?.ceil !== undefined) {
       args.push('CEIL', amount(options.ceil, 'ceil'));
     }
@@ -325,6 +354,11 @@ export const couponRelease: Spec<[campaign: string, user: string, options?: OpOp
 
 const INFO_FIELDS = ['total', 'issued', 'remaining', 'peruser', 'start', 'end', 'last_issue'];
 
+/** `reserved` of COUPON.INFO / USAGE.GET: absent from a module without holds, where none can be open. */
+function reservedOf(m: Map<string, unknown>): unknown {
+  return m.has('reserved') ? m.get('reserved') : '0';
+}
+
 export const couponInfo: Spec<[campaign: string], CouponInfo> = {
   name: 'COUPON.INFO',
   readOnly: true,
@@ -337,6 +371,7 @@ export const couponInfo: Spec<[campaign: string], CouponInfo> = {
     return {
       total: get('total'),
       issued: get('issued'),
+      reserved: int('COUPON.INFO', reservedOf(m)),
       remaining: get('remaining'),
       perUser: get('peruser'),
       start: get('start'),
@@ -397,12 +432,177 @@ export const usageGet: Spec<[key: string], UsageInfo<string>> = {
     return {
       used: get('used'),
       limit: get('limit'),
+      reserved: text('USAGE.GET', reservedOf(m)),
       remaining: get('remaining'),
       period: period as UsagePeriod,
       periodId: get('period_id'),
     };
   },
 };
+
+// ---- holds (docs/holds.md) -----------------------------------------------------------------
+
+/** A two-element reply of decimal strings. */
+function decimalPair(command: string, reply: unknown): [string, string] {
+  const [a, b] = list(command, reply, 2).map((v) => text(command, v));
+  return [a as string, b as string];
+}
+
+/**
+ * A command on an open hold, `key hold-id [amount] [ID op-id] [META text]` (ASSET.SETTLE/VOID,
+ * USAGE.COMMIT/CANCEL): `amountOf` picks the optional amount from the options; the reply is
+ * two decimals, named `names`.
+ */
+function closeHold<O extends OpOptions, K1 extends string, K2 extends string>(
+  command: string,
+  idWhat: string,
+  amountOf: (options: O | undefined) => string | undefined,
+  names: readonly [K1, K2],
+): Spec<[key: string, holdId: string, options?: O], Record<K1 | K2, string>> {
+  return {
+    name: command,
+    readOnly: false,
+    build(key, holdId, options) {
+      const args = [name(holdId, idWhat)];
+      const value = amountOf(options);
+      if (value !== undefined) {
+        args.push(amount(value, 'amount'));
+      }
+      pushOp(args, options);
+      return { keys: [name(key, 'key')], args };
+    },
+    parse(reply) {
+      const [a, b] = decimalPair(command, reply);
+      return { [names[0]]: a, [names[1]]: b } as Record<K1 | K2, string>;
+    },
+  };
+}
+
+export const assetHold: Spec<[key: string, field: string, amount: string, options: HoldOptions<string>], HoldResult<string>> = {
+  name: 'ASSET.HOLD',
+  readOnly: false,
+  build(key, field, value, options) {
+    const args = [name(field, 'field'), amount(value, 'amount')];
+    pushTtl(args, options);
+    pushFloor(args, options);
+    pushOp(args, options);
+    return { keys: [name(key, 'key')], args };
+  },
+  parse(reply) {
+    const [holdId, available] = decimalPair('ASSET.HOLD', reply);
+    return { holdId, available };
+  },
+};
+
+export const assetSettle: Spec<[key: string, holdId: string, options?: SettleOptions<string>], SettleResult<string>> =
+  closeHold('ASSET.SETTLE', 'holdId', (o: SettleOptions<string> | undefined) => o?.amount, ['settled', 'balance']);
+
+export const assetVoid: Spec<[key: string, holdId: string, options?: OpOptions], VoidResult<string>> =
+  closeHold('ASSET.VOID', 'holdId', () => undefined, ['released', 'available']);
+
+export const assetHolds: Spec<[key: string], Array<Hold<string>>> = {
+  name: 'ASSET.HOLDS',
+  readOnly: true,
+  build(key) {
+    return { keys: [name(key, 'key')], args: [] };
+  },
+  parse(reply) {
+    const items = list('ASSET.HOLDS', reply);
+    if (items.length % 4 !== 0) {
+      throw unexpected('ASSET.HOLDS', reply);
+    }
+    const out: Array<Hold<string>> = [];
+    for (let i = 0; i < items.length; i += 4) {
+      out.push({
+        holdId: text('ASSET.HOLDS', items[i]),
+        field: text('ASSET.HOLDS', items[i + 1]),
+        amount: text('ASSET.HOLDS', items[i + 2]),
+        expires: int('ASSET.HOLDS', items[i + 3]),
+      });
+    }
+    return out;
+  },
+};
+
+export const assetAvailable: Spec<[key: string, fields?: readonly string[]], Record<string, Availability<string>>> = {
+  name: 'ASSET.AVAILABLE',
+  readOnly: true,
+  build(key, fields) {
+    return { keys: [name(key, 'key')], args: (fields ?? []).map((f) => name(f, 'a field name')) };
+  },
+  parse(reply) {
+    const items = list('ASSET.AVAILABLE', reply).map((v) => text('ASSET.AVAILABLE', v));
+    if (items.length % 4 !== 0) {
+      throw unexpected('ASSET.AVAILABLE', reply);
+    }
+    const fields: string[] = [];
+    const rows: Array<Availability<string>> = [];
+    for (let i = 0; i < items.length; i += 4) {
+      fields.push(items[i] as string);
+      rows.push({ balance: items[i + 1] as string, held: items[i + 2] as string, available: items[i + 3] as string });
+    }
+    return ownProperties(fields, rows);
+  },
+};
+
+export const couponReserve: Spec<[campaign: string, user: string, options: TtlOptions], ClaimResult> = {
+  name: 'COUPON.RESERVE',
+  readOnly: false,
+  build(campaign, user, options) {
+    const args = [name(user, 'user')];
+    pushTtl(args, options);
+    pushOp(args, options);
+    return { keys: [name(campaign, 'campaign')], args };
+  },
+  parse(reply) {
+    return claimLike('COUPON.RESERVE', reply);
+  },
+};
+
+function reservation(campaign: string, user: string, issue: number, options: OpOptions | undefined): Built {
+  const args = [name(user, 'user'), integer(issue, 'issue', 1, Number.MAX_SAFE_INTEGER)];
+  pushOp(args, options);
+  return { keys: [name(campaign, 'campaign')], args };
+}
+
+export const couponConfirm: Spec<[campaign: string, user: string, issue: number, options?: OpOptions], ClaimResult> = {
+  name: 'COUPON.CONFIRM',
+  readOnly: false,
+  build: reservation,
+  parse(reply) {
+    return claimLike('COUPON.CONFIRM', reply);
+  },
+};
+
+export const couponCancel: Spec<[campaign: string, user: string, issue: number, options?: OpOptions], ReleaseResult> = {
+  name: 'COUPON.CANCEL',
+  readOnly: false,
+  build: reservation,
+  parse(reply) {
+    return claimLike('COUPON.CANCEL', reply);
+  },
+};
+
+export const usageReserve: Spec<[key: string, amount: string, options: TtlOptions], UsageReservation<string>> = {
+  name: 'USAGE.RESERVE',
+  readOnly: false,
+  build(key, value, options) {
+    const args = [amount(value, 'amount')];
+    pushTtl(args, options);
+    pushOp(args, options);
+    return { keys: [name(key, 'key')], args };
+  },
+  parse(reply) {
+    const [reservationId, used, reserved, remaining] = list('USAGE.RESERVE', reply, 4).map((v) => text('USAGE.RESERVE', v));
+    return { reservationId: reservationId as string, used: used as string, reserved: reserved as string, remaining: remaining as string };
+  },
+};
+
+export const usageCommit: Spec<[key: string, reservationId: string, options?: CommitOptions<string>], ConsumeResult<string>> =
+  closeHold('USAGE.COMMIT', 'reservationId', (o: CommitOptions<string> | undefined) => o?.actual, ['used', 'remaining']);
+
+export const usageCancel: Spec<[key: string, reservationId: string, options?: OpOptions], UsageCancelResult<string>> =
+  closeHold('USAGE.CANCEL', 'reservationId', () => undefined, ['released', 'remaining']);
 
 /** Every command's spec, by method name. */
 export const SPECS = {
@@ -416,6 +616,17 @@ export const SPECS = {
   usageLimit,
   usageConsume,
   usageGet,
+  assetHold,
+  assetSettle,
+  assetVoid,
+  assetHolds,
+  assetAvailable,
+  couponReserve,
+  couponConfirm,
+  couponCancel,
+  usageReserve,
+  usageCommit,
+  usageCancel,
 } as const;
 
 export type MethodName = keyof typeof SPECS;

@@ -1,5 +1,5 @@
 /**
- * The typed surface of the ten tally commands. `A` is the amount type: `string` by default
+ * The typed surface of the tally commands. `A` is the amount type: `string` by default
  * (canonical decimal strings), or whatever a {@link DecimalCodec} maps them to.
  */
 
@@ -80,7 +80,10 @@ export interface ReleaseResult {
 /** `COUPON.INFO`'s reply. `start`/`end` are unix ms, 0 = unbounded. */
 export interface CouponInfo {
   total: number;
+  /** Claims and open reservations: `remaining = total - issued`. */
   issued: number;
+  /** Open reservations (`COUPON.RESERVE`). */
+  reserved: number;
   remaining: number;
   perUser: number;
   start: number;
@@ -105,10 +108,95 @@ export interface ConsumeResult<A> {
 export interface UsageInfo<A> {
   used: A;
   limit: A;
+  /** What open reservations (`USAGE.RESERVE`) hold. */
+  reserved: A;
+  /** `limit - used - reserved`. */
   remaining: A;
   period: UsagePeriod;
   /** `all` for `none`, `2026-12` for `month`, `2026-12-06` style for `day`. */
   periodId: string;
+}
+
+// ---- holds (docs/holds.md) -----------------------------------------------------------------
+
+/** `TTL ms` of a hold: required. */
+export interface TtlOptions extends OpOptions {
+  /** `TTL ms`: the hold expires (gives everything back) after this many milliseconds, 1 to 2,592,000,000 (30 days). */
+  ttl: number;
+}
+
+/** Options of `ASSET.HOLD`: the `ttl`, and the floor `available` may not go below. */
+export type HoldOptions<A> = TtlOptions &
+  (
+    | {
+        /** `FLOOR n`: the lowest `available` allowed after the hold (default 0). */
+        floor?: A;
+        noFloor?: false;
+      }
+    | {
+        floor?: undefined;
+        /** `NOFLOOR`: no lower bound. */
+        noFloor: true;
+      }
+  );
+
+/** Options of `ASSET.SETTLE`. */
+export interface SettleOptions<A> extends OpOptions {
+  /** The amount to spend, `0 < amount <= held` (default: all of the hold); the rest is released. */
+  amount?: A;
+}
+
+/** Options of `USAGE.COMMIT`. */
+export interface CommitOptions<A> extends OpOptions {
+  /** What was really used, `0 <= actual <= reserved` (default: all of the reservation); the rest is released. */
+  actual?: A;
+}
+
+/** `ASSET.HOLD`'s reply: the hold's id (decimal text, unique per key) and what is available after it. */
+export interface HoldResult<A> {
+  holdId: string;
+  available: A;
+}
+
+/** `ASSET.SETTLE`'s reply: the amount spent from the balance, and the balance after. */
+export interface SettleResult<A> {
+  settled: A;
+  balance: A;
+}
+
+/** `ASSET.VOID`'s reply: the amount given back, and what is available after. */
+export interface VoidResult<A> {
+  released: A;
+  available: A;
+}
+
+/** One open hold of `ASSET.HOLDS`; `expires` is its deadline in unix ms. */
+export interface Hold<A> {
+  holdId: string;
+  field: string;
+  amount: A;
+  expires: number;
+}
+
+/** One field of `ASSET.AVAILABLE`: `available = balance - held`. */
+export interface Availability<A> {
+  balance: A;
+  held: A;
+  available: A;
+}
+
+/** `USAGE.RESERVE`'s reply: the reservation's id, `used` (unchanged), what open reservations hold now, and `limit - used - reserved`. */
+export interface UsageReservation<A> {
+  reservationId: string;
+  used: A;
+  reserved: A;
+  remaining: A;
+}
+
+/** `USAGE.CANCEL`'s reply: the amount released and the remaining quota after. */
+export interface UsageCancelResult<A> {
+  released: A;
+  remaining: A;
 }
 
 /** One typed method per tally command; see the repository README's "Command reference". */
@@ -141,4 +229,28 @@ export interface TallyApi<A = string> {
   usageConsume(key: string, amount: A, options?: OpOptions): Promise<ConsumeResult<A>>;
   /** `USAGE.GET`. */
   usageGet(key: string): Promise<UsageInfo<A>>;
+  /** `ASSET.HOLD`: takes a positive amount of `field` out of reach until settled, voided or expired (`InsufficientError` below the floor, `HoldLimitError`). */
+  assetHold(key: string, field: string, amount: A, options: HoldOptions<A>): Promise<HoldResult<A>>;
+  /** `ASSET.SETTLE`: spends `amount` of the hold (default: all of it) from the balance, releases the rest. */
+  assetSettle(key: string, holdId: string, options?: SettleOptions<A>): Promise<SettleResult<A>>;
+  /** `ASSET.VOID`: gives the hold back to the available balance. */
+  assetVoid(key: string, holdId: string, options?: OpOptions): Promise<VoidResult<A>>;
+  /** `ASSET.HOLDS`: the open holds of `key`, in id order. */
+  assetHolds(key: string): Promise<Array<Hold<A>>>;
+  /** `ASSET.AVAILABLE` with no field: every field with a balance or a hold, sorted by name. */
+  assetAvailable(key: string): Promise<Record<string, Availability<A>>>;
+  /** `ASSET.AVAILABLE`: balance, held and available of the named fields, in order. */
+  assetAvailable<F extends string>(key: string, fields: readonly F[]): Promise<Record<F, Availability<A>>>;
+  /** `COUPON.RESERVE`: takes one coupon from the stock for `user` (counts against `perUser`); `issue` is the reservation's id. */
+  couponReserve(campaign: string, user: string, options: TtlOptions): Promise<ClaimResult>;
+  /** `COUPON.CONFIRM`: the reservation becomes a claim. */
+  couponConfirm(campaign: string, user: string, issue: number, options?: OpOptions): Promise<ClaimResult>;
+  /** `COUPON.CANCEL`: the stock gets the reservation back (its number stays retired). */
+  couponCancel(campaign: string, user: string, issue: number, options?: OpOptions): Promise<ReleaseResult>;
+  /** `USAGE.RESERVE`: holds `amount` of the quota without moving `used` (`LimitExceededError`). */
+  usageReserve(key: string, amount: A, options: TtlOptions): Promise<UsageReservation<A>>;
+  /** `USAGE.COMMIT`: adds `actual` (default: all of the reservation) to `used`, releases the rest. */
+  usageCommit(key: string, reservationId: string, options?: CommitOptions<A>): Promise<ConsumeResult<A>>;
+  /** `USAGE.CANCEL`: releases the reservation. */
+  usageCancel(key: string, reservationId: string, options?: OpOptions): Promise<UsageCancelResult<A>>;
 }

@@ -11,7 +11,7 @@ import { newOpId, SoldOutError, TallyError, type TallyApi } from '@tally/client'
 import { fromIoredis } from '@tally/client/ioredis';
 import { fromNodeRedis, tally } from '@tally/client/node-redis';
 import { rejectsWith } from './helpers/suite';
-import { startCluster, type ClusterNodes } from './helpers/server';
+import { startCluster, waitFor, type ClusterNodes } from './helpers/server';
 
 let cluster: ClusterNodes;
 const admins = new Map<number, Redis>();
@@ -114,9 +114,39 @@ function clusterSuite(label: string, connect: () => Promise<{ t: TallyApi; close
       const issues = won.map((r) => (r.status === 'fulfilled' ? r.value.issue : 0)).sort((x, y) => x - y);
       assert.deepEqual(issues, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
       assert.deepEqual(await t.couponInfo(campaign), {
-        total: 10, issued: 10, remaining: 0, perUser: 1, start: 0, end: 0, lastIssue: 10,
+        total: 10, issued: 10, reserved: 0, remaining: 0, perUser: 1, start: 0, end: 0, lastIssue: 10,
       });
       assert.equal(await (await adminFor(campaign)).hget(campaign, 'issued'), '10');
+    });
+
+    test('holds on every node: hold, replay, partial settle, expiry; coupon and usage reservations', async () => {
+      const keys: string[] = [];
+      const ports = new Set<number>();
+      for (let i = 0; ports.size < 3; i++) {
+        const key = `${p}hold.${i}`;
+        keys.push(key);
+        ports.add((await cluster.nodeFor(key)).port);
+      }
+      for (const key of keys) {
+        await t.assetIncr(key, { gold: '100' });
+        const opId = newOpId();
+        assert.deepEqual(await t.assetHold(key, 'gold', '30', { ttl: 60_000, opId }), { holdId: '1', available: '70' });
+        assert.deepEqual(await t.assetHold(key, 'gold', '30', { ttl: 60_000, opId }), { holdId: '1', available: '70' });
+        assert.deepEqual(await t.assetSettle(key, '1', { amount: '10' }), { settled: '10', balance: '90' });
+        await t.assetHold(key, 'gold', '90', { ttl: 100 });
+        await waitFor(`the hold on ${key} to expire`, async () => (await t.assetHolds(key)).length === 0, 10_000);
+        assert.deepEqual(await t.assetAvailable(key, ['gold']), { gold: { balance: '90', held: '0', available: '90' } });
+        assert.equal(await (await adminFor(key)).hget(key, 'gold'), '90', `${key} on its own node`);
+      }
+      const campaign = `${p}hold.camp`;
+      await t.couponCreate(campaign, 1);
+      assert.deepEqual(await t.couponReserve(campaign, 'alice', { ttl: 60_000 }), { issue: 1, remaining: 0 });
+      assert.deepEqual(await t.couponConfirm(campaign, 'alice', 1), { issue: 1, remaining: 0 });
+      assert.equal((await t.couponInfo(campaign)).reserved, 0);
+      const quota = `${p}hold.quota`;
+      await t.usageLimit(quota, '5');
+      const r = await t.usageReserve(quota, '3', { ttl: 60_000 });
+      assert.deepEqual(await t.usageCommit(quota, r.reservationId, { actual: '1' }), { used: '1', remaining: '4' });
     });
 
     test('usage: limit, consume, get', async () => {

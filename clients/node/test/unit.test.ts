@@ -11,6 +11,7 @@ import {
   ConflictError,
   DuplicateError,
   errorFromReply,
+  HoldLimitError,
   InsufficientError,
   isDecimalString,
   isRetryableError,
@@ -84,6 +85,20 @@ describe('amounts', () => {
       void t.usageConsume('k', 1);
       // @ts-expect-error no such period
       void t.usageLimit('k', '10', { period: 'week' });
+      // @ts-expect-error a hold needs a ttl
+      void t.assetHold('k', 'x', '1', {});
+      // @ts-expect-error a number is not an amount
+      void t.assetHold('k', 'x', 1, { ttl: 1000 });
+      // @ts-expect-error floor and noFloor exclude each other
+      void t.assetHold('k', 'x', '1', { ttl: 1000, floor: '-1', noFloor: true });
+      // @ts-expect-error a number is not an amount
+      void t.assetSettle('k', '1', { amount: 1 });
+      // @ts-expect-error a number is not an amount
+      void t.usageReserve('k', 1, { ttl: 1000 });
+      // @ts-expect-error a number is not an amount
+      void t.usageCommit('k', '1', { actual: 1 });
+      // @ts-expect-error a coupon reservation needs a ttl
+      void t.couponReserve('c', 'u');
     }
     assert.ok(true);
   });
@@ -124,12 +139,59 @@ describe('the arguments sent', () => {
         'USAGE.GET',
         ['q'],
       ],
+      [
+        (t) => t.assetHold('w', 'gold', '30', { ttl: 60_000, floor: '-5', opId: 'o', meta: 'm' }),
+        ['1', '70'],
+        'ASSET.HOLD',
+        ['w', 'gold', '30', 'TTL', '60000', 'FLOOR', '-5', 'ID', 'o', 'META', 'm'],
+      ],
+      [(t) => t.assetHold('w', 'gold', '30', { ttl: 1, noFloor: true }), ['1', '70'], 'ASSET.HOLD', ['w', 'gold', '30', 'TTL', '1', 'NOFLOOR']],
+      [(t) => t.assetSettle('w', '7', { amount: '2.5', opId: 'o' }), ['2.5', '97.5'], 'ASSET.SETTLE', ['w', '7', '2.5', 'ID', 'o']],
+      [(t) => t.assetSettle('w', '7'), ['3', '97'], 'ASSET.SETTLE', ['w', '7']],
+      [(t) => t.assetVoid('w', '7', { meta: 'm' }), ['3', '100'], 'ASSET.VOID', ['w', '7', 'META', 'm']],
+      [(t) => t.assetHolds('w'), ['7', 'gold', '3', 1796589431190], 'ASSET.HOLDS', ['w']],
+      [(t) => t.assetAvailable('w', ['gold']), ['gold', '100', '3', '97'], 'ASSET.AVAILABLE', ['w', 'gold']],
+      [(t) => t.assetAvailable('w'), [], 'ASSET.AVAILABLE', ['w']],
+      [(t) => t.couponReserve('c', 'user:1', { ttl: 900_000, opId: 'o' }), [3, 97], 'COUPON.RESERVE', ['c', 'user:1', 'TTL', '900000', 'ID', 'o']],
+      [(t) => t.couponConfirm('c', 'user:1', 3, { meta: 'm' }), [3, 97], 'COUPON.CONFIRM', ['c', 'user:1', '3', 'META', 'm']],
+      [(t) => t.couponCancel('c', 'user:1', 3), [3, 98], 'COUPON.CANCEL', ['c', 'user:1', '3']],
+      [(t) => t.usageReserve('q', '4', { ttl: 5000, opId: 'o' }), ['1', '0', '4', '6'], 'USAGE.RESERVE', ['q', '4', 'TTL', '5000', 'ID', 'o']],
+      [(t) => t.usageCommit('q', '1', { actual: '0', meta: 'm' }), ['0', '10'], 'USAGE.COMMIT', ['q', '1', '0', 'META', 'm']],
+      [(t) => t.usageCommit('q', '1'), ['4', '6'], 'USAGE.COMMIT', ['q', '1']],
+      [(t) => t.usageCancel('q', '1', { opId: 'o' }), ['4', '10'], 'USAGE.CANCEL', ['q', '1', 'ID', 'o']],
     ];
     for (const [run, reply, command, args] of cases) {
       const { calls, client } = recorder(reply);
       await run(withCodec(ioredisCommands(client)));
       assert.deepEqual(calls, [[command, args]]);
     }
+  });
+
+  test('hold replies are typed; reserved defaults to 0 before holds existed', async () => {
+    const parsed = async (reply: unknown, run: (t: TallyApi) => Promise<unknown>): Promise<unknown> =>
+      run(withCodec(ioredisCommands(recorder(reply).client)));
+    assert.deepEqual(await parsed(['7', 'gold', '3', 1796589431190, '8', 'x:y', '0.5', '1796589431191'], (t) => t.assetHolds('w')), [
+      { holdId: '7', field: 'gold', amount: '3', expires: 1796589431190 },
+      { holdId: '8', field: 'x:y', amount: '0.5', expires: 1796589431191 },
+    ]);
+    const av = (await parsed(['__proto__', '1', '0', '1'], (t) => t.assetAvailable('w'))) as object;
+    assert.deepEqual(Object.keys(av), ['__proto__']);
+    assert.equal(Object.getPrototypeOf(av), Object.prototype);
+    assert.deepEqual(await parsed(['1', '0', '4', '6'], (t) => t.usageReserve('q', '4', { ttl: 1 })), {
+      reservationId: '1',
+      used: '0',
+      reserved: '4',
+      remaining: '6',
+    });
+    const info = (await parsed(['total', 2, 'issued', 1, 'remaining', 1, 'peruser', 1, 'start', 0, 'end', 0, 'last_issue', 1], (t) =>
+      t.couponInfo('c'),
+    )) as { reserved: number };
+    assert.equal(info.reserved, 0);
+    const usage = (await parsed(['used', '0', 'limit', '1', 'remaining', '1', 'period', 'none', 'period_id', 'all'], (t) => t.usageGet('q'))) as {
+      reserved: string;
+    };
+    assert.equal(usage.reserved, '0');
+    await assert.rejects(parsed(['1', 'gold', '3'], (t) => t.assetHolds('w')), /unexpected reply to ASSET.HOLDS/);
   });
 
   test("ioredis's keyPrefix is applied to the keys (not to fields or users)", async () => {
@@ -156,6 +218,9 @@ describe('the arguments sent', () => {
     assert.equal(tally.assetGet.IS_READ_ONLY, true);
     assert.equal(tally.couponInfo.IS_READ_ONLY, true);
     assert.equal(tally.usageGet.IS_READ_ONLY, true);
+    assert.equal(tally.assetHolds.IS_READ_ONLY, true);
+    assert.equal(tally.assetAvailable.IS_READ_ONLY, true);
+    assert.equal(tally.assetHold.IS_READ_ONLY, false);
     assert.equal(tally.couponClaim.IS_READ_ONLY, false);
     assert.throws(() => fromNodeRedis({} as never), TypeError);
   });
@@ -202,6 +267,21 @@ describe('errors', () => {
       assert.equal(e.message, text);
       assert.equal(e.name, Class.name);
     }
+    const limit = errorFromReply('HOLDLIMIT this key has 2 open holds (tally.max-holds-per-key is 2)');
+    assert.ok(limit instanceof HoldLimitError && limit.code === 'HOLDLIMIT');
+    for (const [why, reason] of [
+      ['is unknown', 'unknown'],
+      ['was settled', 'settled'],
+      ['was voided', 'voided'],
+      ['expired', 'expired'],
+    ]) {
+      const nf = errorFromReply(`NOTFOUND hold 17 of this key ${why}`);
+      assert.ok(nf instanceof NotFoundError);
+      assert.deepEqual([nf.holdId, nf.reason], ['17', reason]);
+    }
+    const nf = errorFromReply('NOTFOUND no such campaign');
+    assert.ok(nf instanceof NotFoundError);
+    assert.deepEqual([nf.holdId, nf.reason], [undefined, undefined]);
     const err = errorFromReply('ERR syntax error');
     assert.equal(err.constructor, TallyError);
     assert.equal(err.code, 'ERR');

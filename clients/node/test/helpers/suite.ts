@@ -11,6 +11,7 @@ import {
   ClosedError,
   ConflictError,
   DuplicateError,
+  HoldLimitError,
   InsufficientError,
   LimitExceededError,
   NoPermError,
@@ -23,7 +24,7 @@ import {
   type DecimalCodec,
   type TallyApi,
 } from '@tally/client';
-import { infoField, startServer, xlen, type Server } from './server';
+import { infoField, startServer, waitFor, xlen, type Server } from './server';
 
 export interface Connected<A> {
   t: TallyApi<A>;
@@ -56,6 +57,26 @@ export async function rejectsWith(promise: Promise<unknown>, Class: new (...a: n
   assert.equal(caught.code, code);
   assert.ok(caught.message.startsWith(`${code} `), caught.message);
   return caught;
+}
+
+/** A TTL short enough for a test to watch a hold expire (polling, with a deadline). */
+export const SHORT_TTL_MS = 100;
+
+/** Asserts `promise` rejects with NOTFOUND about hold `holdId`, for `reason`. */
+export async function rejectsNotFound(promise: Promise<unknown>, holdId: string, reason: string): Promise<void> {
+  const e = await rejectsWith(promise, NotFoundError, 'NOTFOUND');
+  assert.ok(e instanceof NotFoundError);
+  assert.deepEqual([e.holdId, e.reason], [holdId, reason], e.message);
+}
+
+/** The last event of the standalone change log. */
+async function lastEvent(admin: Redis): Promise<Record<string, unknown> & { type: string; hold: Record<string, unknown> }> {
+  const entries = (await admin.call('XREVRANGE', 'tally:log', '+', '-', 'COUNT', '1')) as Array<[string, string[]]>;
+  const fields = entries[0]?.[1] ?? [];
+  return JSON.parse(fields[fields.indexOf('event') + 1] ?? 'null') as Record<string, unknown> & {
+    type: string;
+    hold: Record<string, unknown>;
+  };
 }
 
 export function defineAdapterSuite(label: string, factory: AdapterFactory): void {
@@ -196,6 +217,7 @@ export function defineAdapterSuite(label: string, factory: AdapterFactory): void
       assert.deepEqual(await t.couponInfo('spring'), {
         total: 2,
         issued: 2,
+        reserved: 0,
         remaining: 0,
         perUser: 1,
         start: 0,
@@ -230,9 +252,9 @@ export function defineAdapterSuite(label: string, factory: AdapterFactory): void
       assert.deepEqual(await t.usageConsume('api:acme', '7.5'), { used: '10', remaining: '0' });
       const g = await t.usageGet('api:acme');
       const month = new Date().toISOString().slice(0, 7);
-      assert.deepEqual(g, { used: '10', limit: '10', remaining: '0', period: 'month', periodId: month });
+      assert.deepEqual(g, { used: '10', limit: '10', reserved: '0', remaining: '0', period: 'month', periodId: month });
       await t.usageLimit('api:acme', '12');
-      assert.deepEqual(await t.usageGet('api:acme'), { used: '10', limit: '12', remaining: '2', period: 'none', periodId: 'all' });
+      assert.deepEqual(await t.usageGet('api:acme'), { used: '10', limit: '12', reserved: '0', remaining: '2', period: 'none', periodId: 'all' });
       await rejectsWith(t.usageConsume('api:nobody', '1'), NotFoundError, 'NOTFOUND');
       await rejectsWith(t.usageGet('api:nobody'), NotFoundError, 'NOTFOUND');
       await t.usageLimit('api:daily', '5', { period: 'day' });
@@ -283,6 +305,169 @@ export function defineAdapterSuite(label: string, factory: AdapterFactory): void
       await t.couponCreate('replay-c2', 5, { opId: createId });
       await t.couponCreate('replay-c2', 5, { opId: createId });
       await rejectsWith(t.couponCreate('replay-c2', 6, { opId: createId }), ConflictError, 'CONFLICT');
+    });
+
+    test('holds: a hold lowers available, not the balance; partial settle; void; holds list', async () => {
+      await t.assetIncr('hold.w', { gold: '100', silver: '5' });
+      const startedAt = Date.now();
+      const h = await t.assetHold('hold.w', 'gold', '30.5', { ttl: 60_000, meta: 'order 17' });
+      assert.deepEqual(h, { holdId: '1', available: '69.5' });
+      assert.deepEqual(await t.assetGet('hold.w', ['gold']), { gold: '100' });
+      assert.deepEqual(await t.assetAvailable('hold.w', ['gold', 'none']), {
+        gold: { balance: '100', held: '30.5', available: '69.5' },
+        none: { balance: '0', held: '0', available: '0' },
+      });
+      assert.deepEqual(Object.keys(await t.assetAvailable('hold.w')), ['gold', 'silver']);
+      const holds = await t.assetHolds('hold.w');
+      assert.equal(holds.length, 1);
+      assert.deepEqual({ ...holds[0], expires: 0 }, { holdId: '1', field: 'gold', amount: '30.5', expires: 0 });
+      assert.ok((holds[0]?.expires ?? 0) >= startedAt + 60_000 && (holds[0]?.expires ?? 0) <= Date.now() + 60_000);
+      const ev = await lastEvent(admin);
+      assert.deepEqual([ev.type, ev.meta, ev.hold.status], ['asset.hold', 'order 17', 'open']);
+      // Held funds cannot be spent twice.
+      await rejectsWith(t.assetIncr('hold.w', { gold: '-70' }), InsufficientError, 'INSUFFICIENT');
+      await rejectsWith(t.assetHold('hold.w', 'gold', '70', { ttl: 60_000 }), InsufficientError, 'INSUFFICIENT');
+      assert.deepEqual(await t.assetHold('hold.w', 'gold', '70', { ttl: 60_000, floor: '-0.5' }), { holdId: '2', available: '-0.5' });
+      assert.deepEqual(await t.assetHold('hold.w', 'gold', '1', { ttl: 60_000, noFloor: true }), { holdId: '3', available: '-1.5' });
+      // Partial settle: spends 25 of hold 1, releases the other 5.5.
+      assert.deepEqual(await t.assetSettle('hold.w', '1', { amount: '25', meta: 'shipped' }), { settled: '25', balance: '75' });
+      const settled = await lastEvent(admin);
+      assert.deepEqual([settled.type, settled.hold.settled], ['asset.settle', '25']);
+      assert.deepEqual(await t.assetVoid('hold.w', '2'), { released: '70', available: '74' });
+      assert.deepEqual(await t.assetSettle('hold.w', '3'), { settled: '1', balance: '74' });
+      assert.deepEqual(await t.assetHolds('hold.w'), []);
+      assert.deepEqual(await t.assetAvailable('hold.w', ['gold']), { gold: { balance: '74', held: '0', available: '74' } });
+      // More than held, or nothing: ERR, the hold stays open.
+      const h4 = await t.assetHold('hold.w', 'gold', '1', { ttl: 60_000 });
+      await rejectsWith(t.assetSettle('hold.w', h4.holdId, { amount: '1.5' }), TallyError, 'ERR');
+      await rejectsWith(t.assetSettle('hold.w', h4.holdId, { amount: '0' }), TallyError, 'ERR');
+      assert.deepEqual((await t.assetHolds('hold.w')).map((x) => x.holdId), [h4.holdId]);
+    });
+
+    test('holds: expiry gives the funds back; NOTFOUND says settled, voided, expired, unknown', async () => {
+      await t.assetIncr('hold.x', { gold: '100' });
+      const settled = (await t.assetHold('hold.x', 'gold', '1', { ttl: 60_000 })).holdId;
+      await t.assetSettle('hold.x', settled);
+      const voided = (await t.assetHold('hold.x', 'gold', '1', { ttl: 60_000 })).holdId;
+      await t.assetVoid('hold.x', voided);
+      const short = await t.assetHold('hold.x', 'gold', '99', { ttl: SHORT_TTL_MS });
+      assert.equal(short.available, '0');
+      await waitFor('the hold to expire', async () => (await t.assetHolds('hold.x')).length === 0, 10_000);
+      assert.deepEqual(await t.assetAvailable('hold.x', ['gold']), { gold: { balance: '99', held: '0', available: '99' } });
+      for (const [id, reason] of [[settled, 'settled'], [voided, 'voided'], [short.holdId, 'expired'], ['999', 'unknown']] as const) {
+        await rejectsNotFound(t.assetSettle('hold.x', id), id, reason);
+        await rejectsNotFound(t.assetVoid('hold.x', id), id, reason);
+      }
+      const other = await rejectsWith(t.couponInfo('hold.no-such-campaign'), NotFoundError, 'NOTFOUND');
+      assert.ok(other instanceof NotFoundError);
+      assert.equal(other.reason, undefined);
+      assert.equal(other.holdId, undefined);
+      assert.deepEqual(await t.assetGet('hold.x', ['gold']), { gold: '99' });
+    });
+
+    test('holds: an op-id replay returns the same hold; other args: CONFLICT', async () => {
+      await t.assetIncr('hold.r', { gold: '100' });
+      const before = await xlen(admin);
+      const opId = newOpId();
+      const first = await t.assetHold('hold.r', 'gold', '30', { ttl: 60_000, opId });
+      assert.deepEqual(await t.assetHold('hold.r', 'gold', '30.0', { ttl: 60_000, opId }), first);
+      assert.deepEqual(first, { holdId: '1', available: '70' });
+      assert.deepEqual((await t.assetHolds('hold.r')).map((h) => h.holdId), ['1']);
+      assert.equal(await xlen(admin), before + 1);
+      await rejectsWith(t.assetHold('hold.r', 'gold', '31', { ttl: 60_000, opId }), ConflictError, 'CONFLICT');
+      const settleId = newOpId();
+      const s1 = await t.assetSettle('hold.r', '1', { amount: '10', opId: settleId });
+      assert.deepEqual(await t.assetSettle('hold.r', '1', { amount: '10', opId: settleId }), s1);
+      assert.deepEqual(await t.assetGet('hold.r', ['gold']), { gold: '90' });
+    });
+
+    test('holds: HOLDLIMIT beyond tally.max-holds-per-key', async () => {
+      await t.assetIncr('hold.l', { gold: '10' });
+      await admin.call('CONFIG', 'SET', 'tally.max-holds-per-key', '2');
+      try {
+        await t.assetHold('hold.l', 'gold', '1', { ttl: 60_000 });
+        await t.assetHold('hold.l', 'gold', '1', { ttl: 60_000 });
+        const e = await rejectsWith(t.assetHold('hold.l', 'gold', '1', { ttl: 60_000 }), HoldLimitError, 'HOLDLIMIT');
+        assert.match(e.message, /tally\.max-holds-per-key is 2/);
+        await t.assetVoid('hold.l', '1');
+        assert.equal((await t.assetHold('hold.l', 'gold', '1', { ttl: 60_000 })).holdId, '3');
+      } finally {
+        await admin.call('CONFIG', 'SET', 'tally.max-holds-per-key', '1000');
+      }
+    });
+
+    test('holds: arguments checked before sending (number amounts, ttl)', async () => {
+      const before = await xlen(admin);
+      const asString = (v: unknown): string => v as string;
+      const noTtl = {} as unknown as { ttl: number };
+      await assert.rejects(t.assetHold('hold.a', 'gold', asString(1), { ttl: 1000 }), TypeError);
+      await assert.rejects(t.assetHold('hold.a', 'gold', '1', noTtl), TypeError);
+      await assert.rejects(t.assetHold('hold.a', 'gold', '1', { ttl: 1.5 }), TypeError);
+      await assert.rejects(t.assetHold('hold.a', 'gold', '1', { ttl: 0 }), RangeError);
+      await assert.rejects(t.assetHold('hold.a', 'gold', '1', { ttl: 1000, floor: asString(-1) }), TypeError);
+      await assert.rejects(t.assetSettle('hold.a', '1', { amount: asString(1) }), TypeError);
+      await assert.rejects(t.usageReserve('hold.a', asString(1), { ttl: 1000 }), TypeError);
+      await assert.rejects(t.usageCommit('hold.a', '1', { actual: asString(1) }), TypeError);
+      await assert.rejects(t.couponReserve('hold.a', 'u', { ttl: 2_592_000_001 }), RangeError);
+      await assert.rejects(t.couponConfirm('hold.a', 'u', asString('1') as unknown as number), TypeError);
+      assert.equal(await xlen(admin), before);
+    });
+
+    test('coupons: reserve then confirm is a claim; cancel and expiry give the stock back', async () => {
+      await t.couponCreate('hold.c', 2);
+      assert.deepEqual(await t.couponReserve('hold.c', 'alice', { ttl: 60_000 }), { issue: 1, remaining: 1 });
+      const info = await t.couponInfo('hold.c');
+      assert.deepEqual([info.issued, info.reserved, info.remaining], [1, 1, 1]);
+      assert.equal(await admin.hget('hold.c', 'c:alice'), null, 'a reservation is no claim yet');
+      await rejectsWith(t.couponClaim('hold.c', 'alice'), DuplicateError, 'DUPLICATE');
+      assert.deepEqual(await t.couponConfirm('hold.c', 'alice', 1, { meta: 'paid' }), { issue: 1, remaining: 1 });
+      assert.equal(await admin.hget('hold.c', 'c:alice'), '1', 'the claim row COUPON.CLAIM writes');
+      assert.equal((await t.couponInfo('hold.c')).reserved, 0);
+      await rejectsNotFound(t.couponConfirm('hold.c', 'alice', 1), '1', 'settled');
+      // Cancel: the stock gets it back, the number stays retired.
+      const opId = newOpId();
+      const r = await t.couponReserve('hold.c', 'bob', { ttl: 60_000, opId });
+      assert.deepEqual(r, { issue: 2, remaining: 0 });
+      assert.deepEqual(await t.couponReserve('hold.c', 'bob', { ttl: 60_000, opId }), r);
+      await rejectsWith(t.couponReserve('hold.c', 'carol', { ttl: 60_000 }), SoldOutError, 'SOLDOUT');
+      await rejectsWith(t.couponCancel('hold.c', 'carol', 2), NotFoundError, 'NOTFOUND');
+      assert.deepEqual(await t.couponCancel('hold.c', 'bob', 2), { issue: 2, remaining: 1 });
+      await rejectsNotFound(t.couponConfirm('hold.c', 'bob', 2), '2', 'voided');
+      // Expiry.
+      await t.couponReserve('hold.c', 'dave', { ttl: SHORT_TTL_MS });
+      await waitFor('the reservation to expire', async () => (await t.couponInfo('hold.c')).reserved === 0, 10_000);
+      assert.equal((await t.couponInfo('hold.c')).remaining, 1);
+      await rejectsNotFound(t.couponConfirm('hold.c', 'dave', 3), '3', 'expired');
+      assert.deepEqual(await t.couponClaim('hold.c', 'dave'), { issue: 4, remaining: 0 });
+    });
+
+    test('usage: reserve then commit part; cancel and expiry release the quota', async () => {
+      await t.usageLimit('hold.q', '10');
+      const r = await t.usageReserve('hold.q', '4', { ttl: 60_000 });
+      assert.deepEqual(r, { reservationId: '1', used: '0', reserved: '4', remaining: '6' });
+      const g = await t.usageGet('hold.q');
+      assert.deepEqual([g.used, g.reserved, g.remaining], ['0', '4', '6']);
+      await rejectsWith(t.usageConsume('hold.q', '7'), LimitExceededError, 'LIMIT');
+      assert.deepEqual(await t.usageCommit('hold.q', r.reservationId, { actual: '2.5' }), { used: '2.5', remaining: '7.5' });
+      const ev = await lastEvent(admin);
+      assert.deepEqual([ev.type, ev.hold.amount, ev.hold.settled], ['usage.commit', '4', '2.5']);
+      const g2 = await t.usageGet('hold.q');
+      assert.deepEqual([g2.used, g2.reserved, g2.remaining], ['2.5', '0', '7.5']);
+      await rejectsNotFound(t.usageCommit('hold.q', r.reservationId), r.reservationId, 'settled');
+      await rejectsWith(t.usageReserve('hold.q', '7.6', { ttl: 60_000 }), LimitExceededError, 'LIMIT');
+      const opId = newOpId();
+      const r2 = await t.usageReserve('hold.q', '3', { ttl: 60_000, opId });
+      assert.deepEqual(await t.usageReserve('hold.q', '3', { ttl: 60_000, opId }), r2);
+      assert.deepEqual(await t.usageCancel('hold.q', r2.reservationId), { released: '3', remaining: '7.5' });
+      await rejectsNotFound(t.usageCancel('hold.q', r2.reservationId), r2.reservationId, 'voided');
+      const r3 = await t.usageReserve('hold.q', '7.5', { ttl: SHORT_TTL_MS });
+      await waitFor('the reservation to expire', async () => (await t.usageGet('hold.q')).reserved === '0', 10_000);
+      assert.equal((await t.usageGet('hold.q')).remaining, '7.5');
+      await rejectsNotFound(t.usageCommit('hold.q', r3.reservationId), r3.reservationId, 'expired');
+      assert.deepEqual(await t.usageCommit('hold.q', (await t.usageReserve('hold.q', '1', { ttl: 60_000 })).reservationId), {
+        used: '3.5',
+        remaining: '6.5',
+      });
     });
 
     test('WRONGTYPE: an asset command on a campaign, a coupon command on a string', async () => {
@@ -366,6 +551,17 @@ export function defineAdapterSuite(label: string, factory: AdapterFactory): void
         const tr = await dc.t.assetTransfer('dec', 'dec2', 'x', new D40('0.1'));
         assert.ok(tr.from instanceof Decimal);
         await assert.rejects(dc.t.assetIncr('dec', { x: 0.1 as unknown as Decimal }), TypeError);
+        const h = await dc.t.assetHold('dec', 'y', new D40('0.000000000000000001'), { ttl: 60_000, floor: new D40('-1') });
+        assert.ok(h.available instanceof Decimal && h.available.equals(new D40('99999999999999999999.999999999999999998')));
+        const [held] = await dc.t.assetHolds('dec');
+        assert.ok(held?.amount instanceof Decimal);
+        const av = await dc.t.assetAvailable('dec', ['y']);
+        assert.ok(av.y?.held instanceof Decimal && av.y.held.equals(new D40('0.000000000000000001')));
+        const st = await dc.t.assetSettle('dec', h.holdId, { amount: new D40('0.000000000000000001') });
+        assert.equal(st.balance.toFixed(), '99999999999999999999.999999999999999998');
+        const ur = await dc.t.usageReserve('dec.q', new D40('0.25'), { ttl: 60_000 });
+        assert.ok(ur.reserved instanceof Decimal && (await dc.t.usageGet('dec.q')).reserved.equals(new D40('0.25')));
+        assert.equal((await dc.t.usageCommit('dec.q', ur.reservationId, { actual: new D40('0.1') })).used.toFixed(), '0.6');
       } finally {
         await dc.close();
       }
