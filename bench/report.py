@@ -69,6 +69,8 @@ COMPARISONS = [
     ("ASSET.INCR / WATCH loop", "asset", "watch", None),
     ("COUPON.CLAIM / Lua", "coupon", "lua_coupon", 2.0),
     ("USAGE.CONSUME / Lua", "usage", "lua_usage", 2.0),
+    ("ASSET.HOLD+SETTLE / Lua hold+settle", "hold", "lua_hold", None),
+    ("ASSET.HOLD+SETTLE / HINCRBYFLOAT pair", "hold", "hincr_pair", None),
     ("ASSET.INCR / PING", "asset", "ping", None),
 ]
 
@@ -83,6 +85,9 @@ IR_GOALS = [
     ("ASSET.INCR / MULTI-EXEC HINCRBYFLOAT+XADD (per transaction)", "asset", "multi", None, None),
 ]
 MODULE_WORKLOADS = {"asset": "ASSET.INCR", "coupon": "COUPON.CLAIM", "usage": "USAGE.CONSUME"}
+# HOLD+SETTLE workloads: one operation is a hold and its settle, two commands.
+PAIRS = {"hold": "ASSET.HOLD + ASSET.SETTLE", "lua_hold": "Lua hold script + Lua settle script",
+         "hincr_pair": "HINCRBYFLOAT + HINCRBYFLOAT (floor: no checks, no history)"}
 # Absolute instruction goals per command: (workload, goal).
 IR_CEILINGS = [("asset", 24_000)]
 
@@ -147,6 +152,8 @@ for r in rows:
         notes.append(f"EXEC retries: {retries[0]} (P=1), {retries[1]} (P={P} = 2 round trips per op, see below)")
     if r["id"] == "multi":
         notes.append(f"P={P}: {P} transactions per write")
+    if r["id"] in PAIRS:
+        notes.append(f"ops = pairs (hold, then its settle: 2 round trips); P={P}: {P} holds per write, then their {P} settles")
     w(f"| {r['label']} | {r['tool']} | {' | '.join(cells(a))} | {' | '.join(cells(b))} | {errors} | {'; '.join(notes)} |")
 w("")
 w("Ratios (module command ops/s divided by the alternative's ops/s):")
@@ -185,12 +192,15 @@ if m:
     w("")
 
 # ---------------- profile
-PROF_ORDER = ["ping", "hincrbyfloat", "xadd", "multi", "asset", "lua_asset", "coupon", "lua_coupon", "usage", "lua_usage"]
+PROF_ORDER = ["ping", "hincrbyfloat", "xadd", "multi", "asset", "lua_asset", "coupon", "lua_coupon", "usage", "lua_usage",
+              "hold", "lua_hold", "hincr_pair"]
 PROF_NOTES = {
     "xadd": "`XADD bench:xa:log * event <event-sized JSON>` alone",
     "multi": "per transaction: MULTI, HINCRBYFLOAT, XADD, EXEC",
     "floor": "HINCRBYFLOAT + XADD - PING (one command's fixed cost counted once)",
 }
+for _p, _what in PAIRS.items():
+    PROF_NOTES[_p] = f"per command: a pair ({_what}) / 2"
 LINE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*([\d.]+)%\)\s+)?(.*?)\s*$")
 
 
@@ -279,14 +289,26 @@ else:
         totals[p] = t
     if all(totals.get(p) for p in ("hincrbyfloat", "xadd", "ping")):
         totals["floor"] = totals["hincrbyfloat"] + totals["xadd"] - totals["ping"]
+    def per_command(p):  # the pairs count two commands per operation
+        t = totals.get(p)
+        return t / nops / (2 if p in PAIRS else 1) if t else None
+
     w("| workload | server instructions per command | vs HINCRBYFLOAT | notes |")
     w("|---|---:|---:|---|")
     for p in PROF_ORDER + ["floor"]:
-        t = totals.get(p)
-        base = totals.get("hincrbyfloat")
+        t, base = per_command(p), per_command("hincrbyfloat")
         rr = f"{t / base:.2f}x" if t and base else "n/a"
-        w(f"| {p} | {t / nops:,.0f} | {rr} | {PROF_NOTES.get(p, '')} |" if t else f"| {p} | n/a | | |")
+        w(f"| {p} | {t:,.0f} | {rr} | {PROF_NOTES.get(p, '')} |" if t else f"| {p} | n/a | | |")
     w("")
+    if all(totals.get(p) for p in PAIRS):
+        w(f"HOLD+SETTLE: {nops:,} pairs per workload over 1,000 funded accounts, 16 holds per write then")
+        w("their 16 settles (a settle names the hold id its hold returned); the counters cover both writes:")
+        w("")
+        w("| pair | Ir per pair | Ir per command | vs ASSET.HOLD+SETTLE |")
+        w("|---|---:|---:|---:|")
+        for p, what in PAIRS.items():
+            w(f"| {what} | {totals[p] / nops:,.0f} | {per_command(p):,.0f} | {totals[p] / totals['hold']:.2f}x |")
+        w("")
     w("Instruction goals (issue 12) against the native floor and the Lua scripts, ASSET.INCR against the")
     w("same two native commands in one MULTI/EXEC, and ASSET.INCR's own count (the goal column gives the")
     w("module command's figure that meets each ratio):")
@@ -450,6 +472,15 @@ w("- The Lua and MULTI baselines write an event JSON of similar shape and size t
 w("  less than the module: no per-key sequence number (`tally:seq`), no UUIDv7 event id (Lua), no exact")
 w("  decimal arithmetic (HINCRBYFLOAT is a long double), no ACL/backlog checks. The ratios therefore")
 w("  price all of that in.")
+w("- HOLD+SETTLE (tally-bench, like MULTI/EXEC): one operation is a hold and its settle of 1.25 on a")
+w("  random one of the 10,000 accounts, each funded with 1e12 in the row's setup; the hold's TTL (10")
+w("  minutes) outlives the run, so the timer expires nothing. The holds of a batch go in one write, the")
+w("  settles in the next, for tally, Lua and the HINCRBYFLOAT pair alike. The Lua scripts keep the held")
+w("  sum and the hold record in the account hash and append an event each, but expire nothing (a user")
+w("  would still need a sorted set of deadlines and something that walks it) and keep no outcome of a")
+w("  closed hold; tally also writes the due index and a tombstone per closed hold")
+w("  (`tally.hold-tombstone-ms`, docs/holds.md). The HINCRBYFLOAT pair (`held:gold` up, then `gold`")
+w("  down) checks nothing, records nothing and never gives the held amount back: the floor of cost.")
 w("- Memory: `used_memory` includes allocator rounding; the per-account figure is a delta over")
 w(f"  {m['accounts'] if m else 'N'} keys after FLUSHALL, so fixed costs are amortised away.")
 w("")
@@ -494,7 +525,8 @@ print("")
 print(f"<!-- scripts/bench.sh, {args.date}, {args.nproc} CPUs, Redis {args.redis}; details in docs/bench.md -->")
 print(f"| operation (50 clients, pipeline {P}) | ops/s | vs alternative | goal |")
 print("|---|---:|---|---|")
-for wid, name in [("asset", "ASSET.INCR"), ("coupon", "COUPON.CLAIM"), ("usage", "USAGE.CONSUME")]:
+for wid, name in [("asset", "ASSET.INCR"), ("coupon", "COUPON.CLAIM"), ("usage", "USAGE.CONSUME"),
+                  ("hold", "ASSET.HOLD+SETTLE (pairs/s)")]:
     parts, goals = [], []
     for label, a, b, goal in COMPARISONS:
         if a == wid and b not in ("ping", "multi", "watch"):

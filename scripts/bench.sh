@@ -8,6 +8,8 @@
 # for MULTI/EXEC and the WATCH loop), the memory test, and (if valgrind is installed and
 # BENCH_PROFILE is not 0) a callgrind profile of a fixed small workload on a second
 # redis-server (with XADD alone and MULTI/EXEC HINCRBYFLOAT+XADD, for the native floor).
+# HOLD+SETTLE rows (hold, lua_hold, hincr_pair) count one ASSET.HOLD and its ASSET.SETTLE
+# (or the Lua pair, or two HINCRBYFLOATs) as one operation.
 # Writes docs/bench.md and docs/bench-ratios.png and prints a Markdown table for the README.
 #
 # Knobs (environment):
@@ -18,7 +20,8 @@
 #   BENCH_PROFILE=1          0 skips the callgrind profile
 #   BENCH_PROFILE_OPS=5000   commands per profiled workload
 #   BENCH_ONLY=id,id         run only these workloads (ids: ping asset hincrbyfloat lua_asset
-#                            multi watch asset_rust coupon lua_coupon usage lua_usage)
+#                            multi watch asset_rust coupon lua_coupon usage lua_usage
+#                            hold lua_hold hincr_pair); the callgrind profile runs them all
 #   BENCH_DOC=docs/bench.md  BENCH_CHART=docs/bench-ratios.png
 #   TALLY_MODULE=path        use this libtally.so instead of building it
 #   MODULE_TARGET_DIR=target BENCH_TARGET_DIR=$CARGO_TARGET_DIR or target   (cargo target dirs)
@@ -126,7 +129,8 @@ if [[ "$BENCH_PROFILE" != 0 ]] && need valgrind && need callgrind_control; then
     --callgrind-out-file="$PROFILE_DIR/callgrind.out.%p" -q
   VPID=${PIDS[-1]}
   BENCH_PORT=$PPORT "$BENCH_BIN" profile-setup
-  for w in ping hincrbyfloat asset lua_asset coupon lua_coupon usage lua_usage xadd multi; do
+  for w in ping hincrbyfloat asset lua_asset coupon lua_coupon usage lua_usage xadd multi \
+           hold lua_hold hincr_pair; do
     # Outside the counted part: the xadd/multi streams never hold more than one run's events.
     redis-cli -p "$PPORT" DEL bench:xa:log bench:mx:log >/dev/null
     callgrind_control -z "$VPID" >/dev/null

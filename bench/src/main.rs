@@ -16,6 +16,7 @@
 //!
 //! Configuration comes from environment variables (`Cfg::from_env`, `shipper::Config`).
 
+mod pairs;
 mod profile;
 mod resp;
 mod shipper;

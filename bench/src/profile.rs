@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 
+use crate::pairs;
 use crate::resp::Conn;
 use crate::suite::event_json;
 use crate::workloads::{incr_each, load_scripts, setup, Shas, LIMIT, LUA_CAMPAIGN};
@@ -9,7 +10,8 @@ use crate::{key, Cfg};
 
 /// A fixed workload for one profile phase: setup outside the measured part is done by
 /// `profile-setup`; `profile WORKLOAD` sends BENCH_PROFILE_OPS operations, 16 per write. An
-/// operation is one command, except `multi`: one MULTI/HINCRBYFLOAT/XADD/EXEC transaction.
+/// operation is one command, except `multi`: one MULTI/HINCRBYFLOAT/XADD/EXEC transaction,
+/// and the pairs (`hold`, `lua_hold`, `hincr_pair`): one hold and its settle (pairs.rs).
 pub async fn profile(cfg: Cfg, id: &str) -> Result<()> {
     let mut c = Conn::connect(cfg.port).await?;
     let shas = load_scripts(&mut c).await?;
@@ -17,6 +19,16 @@ pub async fn profile(cfg: Cfg, id: &str) -> Result<()> {
     let mut rng = fastrand::Rng::with_seed(42);
     fastrand::seed(42); // the event ids of `xadd` and `multi`
     let n = cfg.profile_ops;
+    if pairs::is_pair(id) {
+        // BENCH_PROFILE_OPS pairs, 16 holds per write then their 16 settles.
+        let keys: Vec<String> = (0..n)
+            .map(|_| key(pairs::prefix(id), rng.u64(..keys)))
+            .collect();
+        for chunk in keys.chunks(16) {
+            pairs::batch(&mut c, id, &shas, chunk).await?;
+        }
+        return Ok(());
+    }
     let mut ops: Vec<Vec<Vec<String>>> = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let k = rng.u64(..keys);
@@ -135,6 +147,17 @@ pub async fn profile_setup(cfg: Cfg) -> Result<()> {
     ];
     for (cmd, prefix) in touched {
         incr_each(&mut c, cmd, prefix, 1000, "1").await?;
+    }
+    // The pairs' accounts: funded, and one pair each so that the holds hash, the due index
+    // and the Lua script's fields exist before the profiled phase.
+    let shas = load_scripts(&mut c).await?;
+    for id in ["hold", "lua_hold", "hincr_pair"] {
+        let keys: Vec<String> = (0..1000).map(|i| key(pairs::prefix(id), i)).collect();
+        c.bulk(keys.iter().map(|k| pairs::fund(id, k.clone())))
+            .await?;
+        for chunk in keys.chunks(16) {
+            pairs::batch(&mut c, id, &shas, chunk).await?;
+        }
     }
     Ok(())
 }

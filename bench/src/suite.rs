@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
 
+use crate::pairs;
 use crate::resp::{Conn, Val};
-use crate::workloads::{incr_each, setup, trim_streams, Tool, STREAMS, WORKLOADS};
+use crate::workloads::{incr_each, load_scripts, setup, trim_streams, Tool, STREAMS, WORKLOADS};
 use crate::{key, Cfg};
 
 #[derive(Debug, Default, Clone)]
@@ -109,6 +110,7 @@ async fn client(
     end: Instant,
 ) -> Result<(Vec<u32>, u64)> {
     let mut c = Conn::connect(port).await?;
+    let shas = load_scripts(&mut c).await?;
     let mut lat = Vec::with_capacity(1 << 16);
     let mut retries = 0u64;
     let window = Window { start, end };
@@ -118,6 +120,16 @@ async fn client(
                 pipelined_batch(&mut c, id, keys, depth, window, &mut lat).await?
             }
             "watch" => retries += watch_once(&mut c, keys, depth, window, &mut lat).await?,
+            id if pairs::is_pair(id) => {
+                let batch: Vec<String> = (0..depth)
+                    .map(|_| key(pairs::prefix(id), fastrand::u64(..keys)))
+                    .collect();
+                let t0 = Instant::now();
+                pairs::batch(&mut c, id, &shas, &batch).await?;
+                for _ in 0..depth {
+                    window.record(&mut lat, t0);
+                }
+            }
             _ => bail!("no Rust workload {id}"),
         }
     }

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 
+use crate::pairs;
 use crate::resp::Conn;
 use crate::{key, Cfg};
 
@@ -58,13 +59,57 @@ redis.call('XADD', KEYS[2], '*', 'event', '{"v":1,"type":"usage.consume","ts":' 
 return {now, tostring(limit - tonumber(now))}
 "#;
 
-pub const STREAMS: [&str; 6] = [
+/// ASSET.HOLD as a user would write it: available = balance - held (`held:<field>` in the
+/// same hash) must cover the amount; then the hold counter, the held sum, the hold record
+/// `hold:<id>` = `<expires-ms>:<created-ms>:<amount>:<field>`, and an event like the module's.
+/// No expiry of its own: a user would still need something that expires holds.
+pub const LUA_HOLD: &str = r#"
+local k, f, amt = KEYS[1], ARGV[1], ARGV[2]
+local v = redis.call('HMGET', k, f, 'held:' .. f)
+local avail = tonumber(v[1] or '0') - tonumber(v[2] or '0')
+if avail < tonumber(amt) then return redis.error_reply('INSUFFICIENT available ' .. avail) end
+local id = redis.call('HINCRBY', k, 'hold:n', 1)
+redis.call('HINCRBYFLOAT', k, 'held:' .. f, amt)
+local t = redis.call('TIME')
+local ms = t[1] * 1000 + math.floor(t[2] / 1000)
+local exp = ms + tonumber(ARGV[3])
+redis.call('HSET', k, 'hold:' .. id, exp .. ':' .. ms .. ':' .. amt .. ':' .. f)
+redis.call('XADD', KEYS[2], '*', 'event', '{"v":1,"type":"asset.hold","ts":' .. ms ..
+  ',"op":null,"meta":null,"keys":[{"key":"' .. k .. '","seq":0}],"hold":{"id":"' .. id ..
+  '","kind":"asset","subject":"' .. f .. '","amount":"' .. amt .. '","status":"open","created":' .. ms ..
+  ',"expires":' .. exp .. ',"settled":null}}')
+return {tostring(id), tostring(avail - tonumber(amt))}
+"#;
+
+/// ASSET.SETTLE (of the whole hold) as a user would write it: the hold must exist and not
+/// be past its deadline; the balance and the held sum go down, the record goes, an event.
+pub const LUA_SETTLE: &str = r#"
+local k, id = KEYS[1], ARGV[1]
+local rec = redis.call('HGET', k, 'hold:' .. id)
+if not rec then return redis.error_reply('NOTFOUND hold ' .. id) end
+local exp, created, amt, f = string.match(rec, '^(%d+):(%d+):([^:]+):(.*)$')
+local t = redis.call('TIME')
+local ms = t[1] * 1000 + math.floor(t[2] / 1000)
+if tonumber(exp) <= ms then return redis.error_reply('NOTFOUND hold ' .. id .. ' expired') end
+local bal = redis.call('HINCRBYFLOAT', k, f, '-' .. amt)
+redis.call('HINCRBYFLOAT', k, 'held:' .. f, '-' .. amt)
+redis.call('HDEL', k, 'hold:' .. id)
+redis.call('XADD', KEYS[2], '*', 'event', '{"v":1,"type":"asset.settle","ts":' .. ms ..
+  ',"op":null,"meta":null,"keys":[{"key":"' .. k .. '","seq":0}],"changes":[{"key":"' .. k ..
+  '","field":"' .. f .. '","delta":"-' .. amt .. '","balance":"' .. bal .. '"}],"hold":{"id":"' .. id ..
+  '","kind":"asset","subject":"' .. f .. '","amount":"' .. amt .. '","status":"settled","created":' .. created ..
+  ',"expires":' .. exp .. ',"settled":"' .. amt .. '"}}')
+return {amt, bal}
+"#;
+
+pub const STREAMS: [&str; 7] = [
     "tally:log",
     "bench:lua:log",
     "bench:mx:log",
     "bench:wl:log",
     "bench:lc:log",
     "bench:lu:log",
+    pairs::LUA_STREAM,
 ];
 pub const LIMIT: &str = "1000000000000000";
 
@@ -72,6 +117,8 @@ pub struct Shas {
     pub asset: String,
     pub coupon: String,
     pub usage: String,
+    pub hold: String,
+    pub settle: String,
 }
 
 pub async fn load_scripts(c: &mut Conn) -> Result<Shas> {
@@ -79,6 +126,8 @@ pub async fn load_scripts(c: &mut Conn) -> Result<Shas> {
         asset: c.ok(&["SCRIPT", "LOAD", LUA_ASSET]).await?.text(),
         coupon: c.ok(&["SCRIPT", "LOAD", LUA_COUPON]).await?.text(),
         usage: c.ok(&["SCRIPT", "LOAD", LUA_USAGE]).await?.text(),
+        hold: c.ok(&["SCRIPT", "LOAD", LUA_HOLD]).await?.text(),
+        settle: c.ok(&["SCRIPT", "LOAD", LUA_SETTLE]).await?.text(),
     })
 }
 
@@ -177,6 +226,27 @@ pub const WORKLOADS: &[Workload] = &[
         tool: Tool::RedisBenchmark,
         stat: "evalsha",
     },
+    Workload {
+        id: "hold",
+        label: "ASSET.HOLD+SETTLE (pair)",
+        group: "hold",
+        tool: Tool::Rust,
+        stat: "asset.settle",
+    },
+    Workload {
+        id: "lua_hold",
+        label: "Lua hold+XADD, settle+XADD (pair)",
+        group: "hold",
+        tool: Tool::Rust,
+        stat: "evalsha",
+    },
+    Workload {
+        id: "hincr_pair",
+        label: "HINCRBYFLOAT pair (floor)",
+        group: "hold",
+        tool: Tool::Rust,
+        stat: "hincrbyfloat",
+    },
 ];
 
 /// The fields that make `lcamp` the campaign the Lua coupon script claims from.
@@ -235,6 +305,11 @@ async fn create_data(c: &mut Conn, id: &str, keys: u64) -> Result<()> {
             };
             c.bulk((0..keys).map(hash)).await?;
         }
+        id if pairs::is_pair(id) => {
+            let prefix = pairs::prefix(id);
+            c.bulk((0..keys).map(|i| pairs::fund(id, key(prefix, i))))
+                .await?;
+        }
         _ => {}
     }
     Ok(())
@@ -271,6 +346,7 @@ fn command_line(id: &str, shas: &Shas, cfg: &Cfg) -> (Vec<String>, u64) {
             let lu = ["2", "lu:__rand_int__", "bench:lu:log", "1"];
             (s(&[&["EVALSHA", &shas.usage], &lu[..]].concat()), keys)
         }
+        id if pairs::is_pair(id) => (vec![pairs::describe(id)], keys),
         _ => (Vec::new(), keys),
     }
 }
