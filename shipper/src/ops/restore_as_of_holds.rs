@@ -18,6 +18,7 @@
 use anyhow::Context as _;
 use sqlx::PgPool;
 
+use super::decimal::canonical;
 use super::nodes::Nodes;
 use super::restore_as_of::RolledBack;
 use crate::clock::now_ms;
@@ -96,6 +97,7 @@ fn void_command(h: &HoldRow, as_of_ms: i64) -> redis::Cmd {
 /// The command that opens `h` again until its deadline (`ttl_ms` from now).
 fn reopen_command(h: &HoldRow, as_of_ms: i64, ttl_ms: i64) -> redis::Cmd {
     let subject = h.subject.as_deref().unwrap_or_default();
+    let amount = canonical(&h.amount);
     let mut c = match h.kind.as_str() {
         "coupon" => redis::cmd("COUPON.RESERVE"),
         "usage" => redis::cmd("USAGE.RESERVE"),
@@ -104,10 +106,10 @@ fn reopen_command(h: &HoldRow, as_of_ms: i64, ttl_ms: i64) -> redis::Cmd {
     c.arg(&h.data_key);
     match h.kind.as_str() {
         "coupon" => c.arg(subject).arg("TTL").arg(ttl_ms),
-        "usage" => c.arg(&h.amount).arg("TTL").arg(ttl_ms),
+        "usage" => c.arg(&amount).arg("TTL").arg(ttl_ms),
         _ => c
             .arg(subject)
-            .arg(&h.amount)
+            .arg(&amount)
             .arg("TTL")
             .arg(ttl_ms)
             .arg("NOFLOOR"),
