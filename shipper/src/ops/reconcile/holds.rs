@@ -264,9 +264,10 @@ pub(super) async fn check_holds(
     }
     let replies: Vec<redis::Value> = pipe.query_async(conn).await?;
     for ((key, seq, mut r, p), reply) in with_holds.into_iter().zip(replies.chunks(2)) {
+        let value = |i: usize| reply.get(i).cloned().unwrap_or(redis::Value::Nil);
         let scores: Vec<Option<f64>> = match p.open.is_empty() {
             true => Vec::new(),
-            false => redis::from_redis_value(reply[0].clone()).unwrap_or_default(),
+            false => redis::from_redis_value(value(0)).unwrap_or_default(),
         };
         r.due = p
             .open
@@ -274,7 +275,7 @@ pub(super) async fn check_holds(
             .copied()
             .zip(scores.into_iter().map(|s| s.map(|s| s as i64)))
             .collect();
-        let seq_now: Option<i64> = redis::from_redis_value(reply[1].clone()).ok();
+        let seq_now: Option<i64> = redis::from_redis_value(value(1)).ok();
         tally_key(report, opt, key, differences(&r, &p), seq_now != Some(seq));
     }
     Ok(())
