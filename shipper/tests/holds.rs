@@ -792,6 +792,30 @@ async fn module_holds_are_shipped_reconciled_and_restored() {
         .wait_timeout(std::time::Duration::from_secs(30))
         .expect("exit")
         .success());
+
+    // over a Redis that has them, restore refuses; --force writes the same records again
+    let now = hold_records(&mut c, &keys).await;
+    let restore = [
+        "restore",
+        "--redis-url",
+        &redis.url(),
+        "--database-url",
+        &pg.url(),
+    ];
+    let (code, out) = shipper_cmd(&restore);
+    assert!(code == 1 && out.contains("refusing to overwrite"), "{out}");
+    let (code, out) = shipper_cmd(&[&restore[..], &["--force"]].concat());
+    assert_eq!(code, 0, "restore --force:\n{out}");
+    assert_eq!(hold_records(&mut c, &keys).await, now);
+    let due: i64 = redis::cmd("ZCARD")
+        .arg("tally:due")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        due, 8,
+        "one member per open hold, the tombstones' gone with the due set"
+    );
 }
 
 /// The same workload through Kafka: every hold event in Postgres once, reconcile 0.
