@@ -260,6 +260,31 @@ impl Key {
         Ok(())
     }
 
+    /// The lowest score of a sorted set (`None` for a missing or empty key, or another type).
+    pub fn zset_first_score(&self) -> Option<f64> {
+        if self.ptr.is_null() || self.kind() != KeyType::ZSet {
+            return None;
+        }
+        let (Some(first), Some(current), Some(stop)) = (
+            unsafe { raw::RedisModule_ZsetFirstInScoreRange },
+            unsafe { raw::RedisModule_ZsetRangeCurrentElement },
+            unsafe { raw::RedisModule_ZsetRangeStop },
+        ) else {
+            return None;
+        };
+        let inf = f64::INFINITY;
+        if unsafe { first(self.ptr, -inf, inf, 0, 0) } != raw::REDISMODULE_OK as c_int {
+            return None;
+        }
+        let mut score = 0.0;
+        let member = unsafe { current(self.ptr, &mut score) };
+        let found = !member.is_null();
+        // The element is a new string the caller owns: freed by the RStr's drop.
+        drop(RStr { ptr: member });
+        unsafe { stop(self.ptr) };
+        found.then_some(score)
+    }
+
     /// Removes `member` from a sorted set (deleting the key when it empties).
     pub fn zset_rem(&self, member: &RStr) -> Result<(), CmdError> {
         let rem = unsafe { raw::RedisModule_ZsetRem }.ok_or_else(|| missing_api("ZsetRem"))?;

@@ -210,10 +210,10 @@ fn expire_one(ctx: &Context, key: &str, id: &str) -> Result<(), CmdError> {
 /// Before a command on `key`: expires its due holds, each with its event, earliest first,
 /// and stores the earliest deadline left. Cheap when none is due: one field read.
 pub(crate) fn expire_due(ctx: &Context, key: &str) -> Result<(), CmdError> {
-    if !tx::slot_has_holds(ctx, key) {
+    let now_ms = ffi::now_ms();
+    if !tx::slot_may_have_due(ctx, key, now_ms) {
         return Ok(());
     }
-    let now_ms = ffi::now_ms();
     let names = tx::hold_names(ctx, key);
     let deadline = Key::open(ctx, &names.holds_rs, false)?
         .hget(FIELD_DEADLINE)

@@ -30,11 +30,16 @@ pub fn hold_names(ctx: &Context, key: &str) -> HoldNames {
     }
 }
 
-/// Whether the slot of `key` (the node, standalone) has a due index: without one no key
-/// there has holds.
-pub fn slot_has_holds(ctx: &Context, key: &str) -> bool {
+/// Whether a hold of any key in the slot of `key` (the node, standalone) may be due at
+/// `now_ms`: the due index exists and its earliest member is not later than now. The timer
+/// keeps the earliest ahead of the clock, so this is almost always `false`: one key lookup
+/// and the sorted set's first element instead of a look at the key's own holds.
+pub fn slot_may_have_due(ctx: &Context, key: &str, now_ms: i64) -> bool {
     let names = Names::for_key(ctx, key);
-    super::read::exists(ctx, &names.due_rs)
+    Key::open(ctx, &names.due_rs, false)
+        .ok()
+        .and_then(|k| k.zset_first_score())
+        .is_some_and(|first| first <= now_ms as f64)
 }
 
 /// The due index of hash slot `slot` (cluster mode) or of the node; whether the server runs

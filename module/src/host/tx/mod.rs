@@ -30,7 +30,7 @@ use crate::host::stats;
 
 pub use admit::Request;
 pub use direct::{
-    due_index_names, due_members, due_now, hgetall, hold_names, hset_now, slot_has_holds,
+    due_index_names, due_members, due_now, hgetall, hold_names, hset_now, slot_may_have_due,
 };
 pub use names::{check_user_key, kind_field};
 pub use queued::FieldName;
