@@ -245,6 +245,21 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
         out.contains(&format!("balances {on_b} gold: redis 999")),
         "{out}"
     );
+    // a hold shipped just before both nodes lose everything, due while they are down
+    let late = cmd(
+        &mut cb,
+        &["ASSET.HOLD", &on_b, "gold", "0.25", "TTL", "4000"],
+    )
+    .await;
+    let late_made = std::time::Instant::now();
+    let late: Vec<String> = redis::from_redis_value(late).unwrap();
+    let shipped = wait_count(
+        &pool,
+        "SELECT count(*) FROM events",
+        303,
+        Duration::from_secs(30),
+    );
+    assert_eq!(shipped.await, 303, "{}", tail_lines(&sh.log_text(), 40));
     sh.sigterm();
     assert!(sh
         .wait_timeout(Duration::from_secs(30))
@@ -254,6 +269,11 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
     // seq into its slot's sequence hash, and ends with a matching reconcile
     cmd(&mut ca, &["FLUSHALL"]).await;
     cmd(&mut cb, &["FLUSHALL"]).await;
+    assert!(
+        late_made.elapsed() < Duration::from_millis(3_500),
+        "too slow to test"
+    );
+    tokio::time::sleep(Duration::from_millis(4_500).saturating_sub(late_made.elapsed())).await;
     let (code, out) = shipper_cmd(&[
         "restore",
         "--redis-url",
@@ -261,7 +281,9 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
         "--database-url",
         &pg.url(),
     ]);
-    assert_eq!(code, 0, "{out}");
+    // restore waits for the node's timer to expire the late hold: its event is in flight
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("the module expired 1 "), "{out}");
     assert!(out.contains("verdict: MATCH"), "{out}");
     let n_b = first.iter().chain(&later).filter(|k| **k == on_b).count();
     let restored: String = redis::cmd("HGET")
@@ -290,11 +312,11 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
         wait_count(
             &pool,
             "SELECT count(*) FROM events",
-            342,
+            344,
             Duration::from_secs(60)
         )
         .await,
-        342,
+        344,
         "{}",
         tail_lines(&sh.log_text(), 40)
     );
@@ -314,6 +336,17 @@ async fn one_seed_node_ships_every_primary_of_a_cluster() {
     ]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(more.len(), 40);
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM holds WHERE data_key = $1 AND hold_id = $2")
+            .bind(&on_b)
+            .bind(late[0].parse::<i64>().unwrap())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        status, "expired",
+        "the restored node's timer expired the late hold"
+    );
     sh.sigterm();
     assert!(sh
         .wait_timeout(Duration::from_secs(30))

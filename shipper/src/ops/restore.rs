@@ -59,6 +59,17 @@ impl Restored {
             "restored {} open holds of {} keys (a deadline that passed while Redis was down is expired by the module's timer at once, with its event)",
             self.holds.open, self.holds.keys
         );
+        if self.holds.past_due_count > 0 {
+            println!(
+                "{} of them had passed their deadline while Redis was down: the module expired {} (their *.expire events are in the stream for the shipper){}",
+                self.holds.past_due_count,
+                self.holds.past_due_count - self.holds.past_due_open,
+                match self.holds.past_due_open {
+                    0 => String::new(),
+                    n => format!("; {n} not yet after 15 s: is the module loaded on every primary?"),
+                }
+            );
+        }
         println!(
             "restored {} op-id records still inside tally.op-ttl-ms",
             self.op_ids.restored
@@ -302,6 +313,10 @@ pub(crate) async fn run(
         );
     }
     done.op_ids = op_records::restore(nodes, pool, &opt.prefix, now_ms(), opt.batch).await?;
+    let past_due = std::mem::take(&mut done.holds.past_due);
+    done.holds.past_due_count = past_due.len() as u64;
+    done.holds.past_due_open =
+        restore_holds::wait_expired(nodes, &opt.prefix, &past_due).await? as u64;
     Ok(done)
 }
 

@@ -10,11 +10,13 @@
 //! number, whose counter is the campaign's `last_issue`), so no id is handed out twice.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
 use super::decimal::canonical;
 use super::nodes::{due_member, Nodes, Pipes};
+use crate::clock::now_ms;
 
 /// What the holds of a page of keys wrote.
 #[derive(Default, Debug)]
@@ -23,6 +25,11 @@ pub(crate) struct HoldsRestored {
     pub(crate) keys: u64,
     /// open holds written
     pub(crate) open: u64,
+    /// open holds written whose deadline had passed (the module's timer expires them)
+    pub(crate) past_due: Vec<(String, i64)>,
+    /// how many of them, and how many the module had not expired when restore stopped waiting
+    pub(crate) past_due_count: u64,
+    pub(crate) past_due_open: u64,
 }
 
 /// A key's holds in the history: the highest asset/usage id, the open ones.
@@ -102,8 +109,59 @@ pub(crate) async fn add_holds(
             .arg(due_member(&h.data_key, h.hold_id))
             .ignore();
         done.open += 1;
+        if h.expires_ms <= now_ms() {
+            done.past_due.push((h.data_key.clone(), h.hold_id));
+        }
     }
     Ok(())
+}
+
+/// How long restore waits for the module to expire the restored holds whose deadline passed
+/// (its timer finds them within a tick; in a cluster, within its walk over the slots).
+const EXPIRY_WAIT: Duration = Duration::from_secs(15);
+
+/// Waits until the module has expired every hold of `past_due` (its `o:<id>` is gone), so the
+/// reconcile that ends the restore counts their events in flight instead of meeting them half
+/// way. Returns how many are still open when the wait ends.
+pub(crate) async fn wait_expired(
+    nodes: &mut Nodes,
+    prefix: &str,
+    past_due: &[(String, i64)],
+) -> anyhow::Result<usize> {
+    let started = Instant::now();
+    let mut left: Vec<&(String, i64)> = past_due.iter().collect();
+    while !left.is_empty() {
+        let mut still = Vec::new();
+        for node in 0..nodes.conns.len() {
+            let mine: Vec<&(String, i64)> = left
+                .iter()
+                .copied()
+                .filter(|(k, _)| nodes.node_of(k) == node)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for (k, id) in &mine {
+                pipe.cmd("HEXISTS")
+                    .arg(nodes.holds_hash(prefix, k))
+                    .arg(format!("o:{id}"));
+            }
+            let open: Vec<bool> = pipe.query_async(&mut nodes.conns[node]).await?;
+            still.extend(
+                mine.into_iter()
+                    .zip(open)
+                    .filter(|(_, o)| *o)
+                    .map(|(h, _)| h),
+            );
+        }
+        left = still;
+        if left.is_empty() || started.elapsed() >= EXPIRY_WAIT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(left.len())
 }
 
 /// The history's holds of `keys`: per key, its open holds, and the held totals per subject.
