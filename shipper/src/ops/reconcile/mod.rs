@@ -30,7 +30,7 @@ use sqlx::PgPool;
 use history::{check_history, check_keys_with_history, keys_behind};
 use holds::check_holds;
 use report::Report;
-use state::{check_assets, check_coupons, check_usage, compare_sequences};
+use state::{check_assets, check_coupons, check_usage, compare_sequences, LateCheck};
 
 pub(crate) use options::Options;
 use scan::SeqPager;
@@ -49,9 +49,11 @@ pub(crate) async fn run(
     // Redis -> Postgres, node by node, batch by batch.
     for conn in nodes.iter_mut() {
         let mut pager = SeqPager::new(conn, &opt.prefix).await?;
+        let mut late = LateCheck::default();
         while let Some(page) = pager.next(conn, opt.batch).await? {
+            let node = (&mut *conn, &mut late);
             let hashes =
-                compare_sequences(conn, pool, opt, &mut report, &page, events_pending).await?;
+                compare_sequences(node, pool, opt, &mut report, &page, events_pending).await?;
             check_assets(pool, &mut report, opt, &hashes.assets, &hashes.missing).await?;
             check_coupons(pool, &mut report, opt, &hashes.coupons).await?;
             check_usage(pool, &mut report, opt, &hashes.usages).await?;

@@ -2,6 +2,7 @@
 //! the derived tables.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use sqlx::PgPool;
@@ -58,7 +59,7 @@ impl PageHashes {
 /// Compares each key's seq in Redis with the history's contiguous seq and loads the keys
 /// whose history is complete (a key still receiving events is counted in flight instead).
 pub(super) async fn compare_sequences(
-    conn: &mut MultiplexedConnection,
+    (conn, late): (&mut MultiplexedConnection, &mut LateCheck),
     pool: &PgPool,
     opt: &Options,
     report: &mut Report,
@@ -69,7 +70,7 @@ pub(super) async fn compare_sequences(
     let pg = pg_seqs(pool, &keys).await?;
     let moved = match events_pending {
         true => HashSet::new(),
-        false => moved_since_drain(conn, pool, opt, page, &pg).await?,
+        false => moved_since_drain((conn, late), pool, opt, page, &pg).await?,
     };
     let mut pipe = redis::pipe();
     for k in &keys {
@@ -88,12 +89,37 @@ pub(super) async fn compare_sequences(
     Ok(out)
 }
 
+/// A node's stream looked at again after the drain check, at most once a second (each look
+/// scans the node's keys for its streams): what it held unacknowledged then.
+#[derive(Default)]
+pub(super) struct LateCheck {
+    at: Option<Instant>,
+    in_stream: u64,
+}
+
+impl LateCheck {
+    async fn in_stream(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        opt: &Options,
+    ) -> anyhow::Result<u64> {
+        if self
+            .at
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.in_stream = stream_in_flight(conn, &opt.prefix, &opt.group).await?;
+            self.at = Some(Instant::now());
+        }
+        Ok(self.in_stream)
+    }
+}
+
 /// The keys of `page` Redis holds ahead of the history although the pipeline had drained,
 /// whose events were appended after that check (the holds' expiry timer writes by itself, a
 /// client may still be writing): still in the stream, or stored since. Those are in flight;
 /// the others are mismatches.
 async fn moved_since_drain<'a>(
-    conn: &mut MultiplexedConnection,
+    (conn, late): (&mut MultiplexedConnection, &mut LateCheck),
     pool: &PgPool,
     opt: &Options,
     page: &'a [(String, i64)],
@@ -106,7 +132,7 @@ async fn moved_since_drain<'a>(
     if ahead.is_empty() {
         return Ok(HashSet::new());
     }
-    let in_stream = stream_in_flight(conn, &opt.prefix, &opt.group).await?;
+    let in_stream = late.in_stream(conn, opt).await?;
     let keys: Vec<String> = ahead.iter().map(|(k, _)| k.clone()).collect();
     let now = pg_seqs(pool, &keys).await?;
     Ok(ahead
