@@ -4,11 +4,13 @@ committed corpus in fuzz/corpus/ is these seeds and what fuzzing found, minimize
 `cargo fuzz cmin`; fuzz/README.md).
 
 - request: every command line written as string literals in tests/tests/*.rs, tests/src and
-  bench/src (ASSET.INCR acct gold 10 ...), plus the forms docs/commands.md describes, in the
-  target's input format (fuzz/src/request.rs): command digit, separator, arguments.
+  bench/src (ASSET.INCR acct gold 10 ...), plus the forms docs/commands.md and docs/holds.md
+  describe, in the target's input format (fuzz/src/request.rs): command code (`0`-`9`, `a`-`k`
+  for the hold commands), separator, arguments.
 - decimal: the amounts of module/src/domain/decimal.rs's tests, as `a|b|floor|ceil`.
 - event_decode: docs/events.md's example, the events of shipper/src/event/decode.rs's
-  tests, one event of each type as the module writes it, and broken ones.
+  tests, one event of each type as the module writes it (the twelve hold types included),
+  and broken ones.
 
 Run from anywhere: python3 fuzz/seeds.py
 """
@@ -23,7 +25,12 @@ OUT = os.path.join(ROOT, "fuzz", "seeds")
 COMMANDS = [
     "ASSET.INCR", "ASSET.GET", "ASSET.TRANSFER", "COUPON.CREATE", "COUPON.CLAIM",
     "COUPON.RELEASE", "COUPON.INFO", "USAGE.LIMIT", "USAGE.CONSUME", "USAGE.GET",
+    "ASSET.HOLD", "ASSET.SETTLE", "ASSET.VOID", "ASSET.HOLDS", "ASSET.AVAILABLE",
+    "COUPON.RESERVE", "COUPON.CONFIRM", "COUPON.CANCEL",
+    "USAGE.RESERVE", "USAGE.COMMIT", "USAGE.CANCEL",
 ]
+# The input's first byte for each command (request.rs, CODES).
+CODES = b"0123456789abcdefghijk"
 
 
 def write(target, data):
@@ -37,13 +44,13 @@ def write(target, data):
 
 
 def command_line(cmd, args):
-    """The request target's input: command digit, separator, arguments."""
+    """The request target's input: command code, separator, arguments."""
     args = [a.encode() if isinstance(a, str) else a for a in args]
     for sep in b" |\x1f":
         if not any(sep in a for a in args):
             break
     body = bytes([sep]).join(args)
-    return bytes([ord("0") + COMMANDS.index(cmd), sep]) + body
+    return bytes([CODES[COMMANDS.index(cmd)], sep]) + body
 
 
 def request_seeds():
@@ -81,8 +88,56 @@ def request_seeds():
         ("USAGE.CONSUME", "quota", "0.000000000000000001", "META", "", "ID", "u"),
         ("USAGE.GET", "quota"),
     }
+    lines |= hold_lines()
     for line in sorted(lines):
         write("request", command_line(line[0], line[1:]))
+
+
+def hold_lines():
+    """docs/holds.md's forms: every option, TTL and id bounds, amounts at and past a hold."""
+    big = "99999999999999999999.999999999999999999"
+    return {
+        ("ASSET.HOLD", "acct", "gold", "30", "TTL", "60000", "FLOOR", "-100", "ID", "h-1",
+         "META", "order 7"),
+        ("ASSET.HOLD", "acct", "gold", "30.50", "ttl", "1", "NOFLOOR"),
+        ("ASSET.HOLD", "acct", "gold", big, "TTL", "2592000000", "FLOOR", "1"),
+        ("ASSET.HOLD", "acct", "gold", "1", "TTL", "2592000001"),
+        ("ASSET.HOLD", "acct", "gold", "1", "TTL", "0"),
+        ("ASSET.HOLD", "acct", "kind", "1", "TTL", "10"),
+        ("ASSET.HOLD", "acct", "gold", "0", "TTL", "10"),
+        ("ASSET.HOLD", "acct", "gold", "1", "TTL", "10", "FLOOR", "1", "NOFLOOR"),
+        ("ASSET.HOLD", "{acct}:1", "gold:eu", "0.000000000000000001", "META", "é", "TTL", "5"),
+        ("ASSET.SETTLE", "acct", "1"),
+        ("ASSET.SETTLE", "acct", "7", "25", "ID", "s-1", "META", "part"),
+        ("ASSET.SETTLE", "acct", "7", "0"),
+        ("ASSET.SETTLE", "acct", "7", "-1"),
+        ("ASSET.SETTLE", "acct", "7", "id", "s-2"),
+        ("ASSET.SETTLE", "acct", "9223372036854775807", big),
+        ("ASSET.SETTLE", "acct", "9223372036854775808"),
+        ("ASSET.SETTLE", "acct", "9999999999999999999"),
+        ("ASSET.SETTLE", "acct", "12345678901234567890"),
+        ("ASSET.SETTLE", "acct", "007"),
+        ("ASSET.VOID", "acct", "7", "META", "cancelled", "ID", "v-1"),
+        ("ASSET.VOID", "acct", "7", "25"),
+        ("ASSET.HOLDS", "acct"),
+        ("ASSET.AVAILABLE", "acct"),
+        ("ASSET.AVAILABLE", "acct", "gold", "gems"),
+        ("ASSET.AVAILABLE", "acct", "kind"),
+        ("COUPON.RESERVE", "camp", "alice", "TTL", "60000", "ID", "r-1", "META", "cart 9"),
+        ("COUPON.RESERVE", "camp", "a,b", "TTL", "60000"),
+        ("COUPON.CONFIRM", "camp", "alice", "12", "ID", "c-1"),
+        ("COUPON.CONFIRM", "camp", "alice", "1000000000", "META", "paid"),
+        ("COUPON.CONFIRM", "camp", "alice", "1000000001"),
+        ("COUPON.CANCEL", "camp", "alice", "012"),
+        ("COUPON.CANCEL", "camp", "alice", "0"),
+        ("USAGE.RESERVE", "quota", "2.5", "TTL", "30000", "ID", "q-1", "META", "job 4"),
+        ("USAGE.RESERVE", "quota", "1", "TTL", "30000", "FLOOR", "1"),
+        ("USAGE.COMMIT", "quota", "1", "2", "ID", "k-1"),
+        ("USAGE.COMMIT", "quota", "1", "0"),
+        ("USAGE.COMMIT", "quota", "1", "-0"),
+        ("USAGE.COMMIT", "quota", "1", "META", "all"),
+        ("USAGE.CANCEL", "quota", "1", "ID", "x-1"),
+    }
 
 
 def decimal_seeds():
@@ -142,6 +197,8 @@ def event_seeds():
               usage={**usage, "period": "none", "period_id": "all"}),
     ]:
         write("event_decode", e)
+    for e in hold_events(coupon, usage, change):
+        write("event_decode", e)
     for broken in [
         "", "{}", "null", "[]", '{"v":2}', "not json",
         event("asset.incr", [("k", 0)], changes=[change("k", "1", "1")]),
@@ -153,6 +210,42 @@ def event_seeds():
         event("asset.incr", [("k", 1)], meta="a\u0000b", changes=[change("k", "1", "1")]),
     ]:
         write("event_decode", broken)
+
+
+def hold_events(coupon, usage, change):
+    """One event of each hold type (docs/holds.md), as commands/holds/*.rs writes it."""
+    def hold(kind, status, subject="BDP", amount="30", settled=None):
+        # made a minute before the event, due a minute after it (an expiry: at the event)
+        expires = 1796579307776 if status == "expired" else 1796579367776
+        return {"id": "8" if kind == "coupon" else "3", "kind": kind, "subject": subject,
+                "amount": amount, "status": status, "created": 1796579247776,
+                "expires": expires, "settled": settled}
+    reserved = {**coupon, "issue": 8, "issued": 2, "remaining": 8}
+    cancelled = {**coupon, "issue": 8, "issued": 1, "remaining": 9}
+    counter = {**usage, "amount": None, "used": "0"}
+    c_hold = lambda status, settled=None: hold("coupon", status, "alice", "1", settled)
+    u_hold = lambda status, settled=None: hold("usage", status, None, "2.5", settled)
+    return [
+        event("asset.hold", [("acct", 4)], "h-1", "order 7", hold=hold("asset", "open")),
+        event("asset.settle", [("acct", 5)], "s-1", None,
+              changes=[change("acct", "-25", "75")], hold=hold("asset", "settled", settled="25")),
+        event("asset.void", [("acct", 5)], None, "cancelled", hold=hold("asset", "voided")),
+        event("asset.expire", [("acct", 5)], hold=hold("asset", "expired")),
+        event("coupon.reserve", [("camp", 3)], "r-1", None, coupon=reserved, hold=c_hold("open")),
+        event("coupon.confirm", [("camp", 4)], None, None, coupon=reserved,
+              hold=c_hold("settled", "1")),
+        event("coupon.cancel", [("camp", 4)], "c-1", None, coupon=cancelled,
+              hold=c_hold("voided")),
+        event("coupon.expire", [("camp", 4)], coupon=cancelled, hold=c_hold("expired")),
+        event("usage.reserve", [("quota", 2)], "q-1", "job 4", usage=counter,
+              hold=u_hold("open")),
+        event("usage.commit", [("quota", 3)], "k-1", None, usage={**usage, "amount": "2"},
+              hold=u_hold("settled", "2")),
+        event("usage.commit", [("quota", 3)], None, None, usage={**counter, "amount": "0"},
+              hold=u_hold("settled", "0")),
+        event("usage.cancel", [("quota", 3)], None, None, usage=counter, hold=u_hold("voided")),
+        event("usage.expire", [("quota", 3)], usage=counter, hold=u_hold("expired")),
+    ]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 //!
 //! - [`request`]: every command's argument parsing (`domain::request`), the canonical form
 //!   and fingerprints of what parses, and the event the module would append for it, checked
-//!   against serde_json and decoded by the shipper's decoder.
+//!   against serde_json and decoded by the shipper's decoder; [`holds`] does the same for the
+//!   eleven hold commands (`domain::hold_request`), with the hold records and hold events.
 //! - [`decimal`]: `Decimal::parse`, its canonical text, the arithmetic and `apply_delta`,
 //!   against a reference written here with plain integers and strings.
 //! - [`event`]: the shipper's event decoder on arbitrary text.
@@ -21,6 +22,7 @@
 
 pub mod decimal;
 pub mod event;
+pub mod holds;
 pub mod request;
 
 #[allow(dead_code, unused_imports)]

@@ -2,14 +2,17 @@
 //! parsing; on what parses, the canonical form, the fingerprints, the op-id record and the
 //! event JSON the module would write.
 //!
-//! Input: byte 0 picks the command (`b'0' + i` is `COMMANDS[i]`, any byte works, modulo 10),
+//! Input: byte 0 picks the command (`CODES[i]` is `COMMANDS[i]`: `0`-`9` the ten commands of
+//! before holds, `a`-`k` the eleven hold commands; any other byte picks `COMMANDS[byte % 21]`),
 //! byte 1 is the separator, the rest the arguments after the command name split on it (an
 //! empty rest is no argument). `0 acct gold 10` is `ASSET.INCR acct gold 10`;
-//! `0|acct|gold|1|META|daily bonus` puts a space in an argument.
+//! `0|acct|gold|1|META|daily bonus` puts a space in an argument; `a acct gold 30 TTL 60000`
+//! is `ASSET.HOLD acct gold 30 TTL 60000`. The hold commands' checks are in `holds.rs`.
 
 use crate::domain::decimal::Decimal;
 use crate::domain::error::CmdError;
 use crate::domain::event::{Change, CouponState, Event, KeySeq, UsageState};
+use crate::domain::holds::HoldState;
 use crate::domain::layout::{self, HelperKeys, HolderField};
 use crate::domain::record::{self, Item, Recorded, Reply};
 use crate::domain::request::{self as req, Canonical, Common};
@@ -18,8 +21,9 @@ use crate::domain::rules::{self, Floor};
 use crate::check_error_text;
 use crate::shipper_decode::{self as shipper, Body};
 
-/// The ten commands, in the order the input's first byte picks them.
-pub const COMMANDS: [&str; 10] = [
+/// The commands, in the order of [`CODES`]: the ten of before holds, then the eleven hold
+/// commands (docs/holds.md).
+pub const COMMANDS: [&str; 21] = [
     "ASSET.INCR",
     "ASSET.GET",
     "ASSET.TRANSFER",
@@ -30,12 +34,26 @@ pub const COMMANDS: [&str; 10] = [
     "USAGE.LIMIT",
     "USAGE.CONSUME",
     "USAGE.GET",
+    "ASSET.HOLD",
+    "ASSET.SETTLE",
+    "ASSET.VOID",
+    "ASSET.HOLDS",
+    "ASSET.AVAILABLE",
+    "COUPON.RESERVE",
+    "COUPON.CONFIRM",
+    "COUPON.CANCEL",
+    "USAGE.RESERVE",
+    "USAGE.COMMIT",
+    "USAGE.CANCEL",
 ];
 
+/// The input's first byte for each command of [`COMMANDS`] (fuzz/seeds.py writes the same).
+pub const CODES: &[u8; 21] = b"0123456789abcdefghijk";
+
 /// The default `tally.prefix`.
-const PREFIX: &str = "tally";
+pub(crate) const PREFIX: &str = "tally";
 /// The server time of the events built here (any non-negative ms).
-const TS: i64 = 1_796_579_307_776;
+pub(crate) const TS: i64 = 1_796_579_307_776;
 
 /// The command index and its arguments; `None` for inputs shorter than two bytes.
 pub fn split(data: &[u8]) -> Option<(usize, Vec<&[u8]>)> {
@@ -46,7 +64,8 @@ pub fn split(data: &[u8]) -> Option<(usize, Vec<&[u8]>)> {
     } else {
         rest.split(|&b| b == sep).collect()
     };
-    Some((usize::from(cmd.wrapping_sub(b'0')) % COMMANDS.len(), args))
+    let index = CODES.iter().position(|&c| c == cmd);
+    Some((index.unwrap_or(usize::from(cmd) % COMMANDS.len()), args))
 }
 
 pub fn run(data: &[u8]) {
@@ -59,10 +78,11 @@ pub fn run(data: &[u8]) {
         2 => req::asset_transfer(&args).map(|r| transfer(&args, &r)),
         3 => req::coupon_create(&args).map(|r| create(&args, &r)),
         4 | 5 => req::coupon_user(&args).map(|r| coupon_user(COMMANDS[cmd], &args, &r)),
-        6 => single_key("campaign", &args),
+        6 => single_key("campaign", &args).map(drop),
         7 => req::usage_limit(&args).map(|r| usage_limit(&args, &r)),
         8 => req::usage_consume(&args).map(|r| usage_consume(&args, &r)),
-        _ => single_key("key", &args),
+        9 => single_key("key", &args).map(drop),
+        _ => crate::holds::run(COMMANDS[cmd], &args),
     };
     if let Err(e) = result {
         check_error_text(&e);
@@ -83,26 +103,27 @@ fn asset_get(args: &[&[u8]]) -> Result<(), CmdError> {
     Ok(())
 }
 
-/// `COUPON.INFO campaign` / `USAGE.GET key`, parsed as `commands/coupon.rs` and
-/// `commands/usage.rs` do: exactly one argument, a `request::name`.
-fn single_key(what: &str, args: &[&[u8]]) -> Result<(), CmdError> {
+/// `COUPON.INFO campaign` / `USAGE.GET key` / `ASSET.HOLDS key`, parsed as
+/// `commands/coupon.rs`, `commands/usage.rs` and `commands/holds/asset.rs` do: exactly one
+/// argument, a `request::name`.
+pub(crate) fn single_key(what: &str, args: &[&[u8]]) -> Result<String, CmdError> {
     let [key] = args else {
         return Err(CmdError::Arity);
     };
     let key = req::name(what, key)?;
     names_of_key(&key, None);
-    Ok(())
+    Ok(key)
 }
 
 /// A parsed name: valid UTF-8 (a `String`), non-empty, bounded, without NUL.
-fn check_name(name: &str) {
+pub(crate) fn check_name(name: &str) {
     assert!(!name.is_empty() && name.len() <= req::MAX_NAME_LEN);
     assert!(!name.contains('\0'), "NUL in a parsed name {name:?}");
 }
 
 /// The helper-key names built from a parsed key (and op-id): they must not panic, and the
 /// op-id record's name embeds the key's byte length.
-fn names_of_key(key: &str, op_id: Option<&str>) {
+pub(crate) fn names_of_key(key: &str, op_id: Option<&str>) {
     check_name(key);
     let _ = layout::check_user_key(PREFIX, key).map_err(|e| check_error_text(&e));
     let suffix = layout::slot_suffix(key);
@@ -124,7 +145,12 @@ fn names_of_key(key: &str, op_id: Option<&str>) {
 }
 
 /// What every parsed mutating request must satisfy; returns its fingerprint.
-fn check_parsed<R: Canonical>(command: &str, raw: &[&[u8]], r: &R, common: &Common) -> String {
+pub(crate) fn check_parsed<R: Canonical>(
+    command: &str,
+    raw: &[&[u8]],
+    r: &R,
+    common: &Common,
+) -> String {
     let parts = r.canonical();
     assert_eq!(parts, r.canonical(), "canonical form not stable");
     let fp = record::fingerprint(command, &parts);
@@ -168,7 +194,7 @@ fn check_record(fp: &str, reply: &Reply) {
 
 /// A decimal as parsed from a request: its canonical text parses back to it, and is what
 /// the shipper accepts as a canonical decimal.
-fn check_decimal(d: Decimal) -> String {
+pub(crate) fn check_decimal(d: Decimal) -> String {
     let text = d.to_string();
     assert_eq!(Decimal::parse(text.as_bytes()), Ok(d), "{text}");
     assert!(shipper::is_canonical_decimal(&text), "{text}");
@@ -176,7 +202,7 @@ fn check_decimal(d: Decimal) -> String {
 }
 
 /// The request as argument words again: canonical numbers, options in one order.
-fn with_common(mut words: Vec<Vec<u8>>, common: &Common) -> Vec<Vec<u8>> {
+pub(crate) fn with_common(mut words: Vec<Vec<u8>>, common: &Common) -> Vec<Vec<u8>> {
     if let Some(m) = &common.meta {
         words.extend([b"META".to_vec(), m.clone().into_bytes()]);
     }
@@ -186,7 +212,7 @@ fn with_common(mut words: Vec<Vec<u8>>, common: &Common) -> Vec<Vec<u8>> {
     words
 }
 
-fn reparse<T>(words: &[Vec<u8>], parse: impl Fn(&[&[u8]]) -> Result<T, CmdError>) -> T {
+pub(crate) fn reparse<T>(words: &[Vec<u8>], parse: impl Fn(&[&[u8]]) -> Result<T, CmdError>) -> T {
     let refs: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
     match parse(&refs) {
         Ok(r) => r,
@@ -195,7 +221,7 @@ fn reparse<T>(words: &[Vec<u8>], parse: impl Fn(&[&[u8]]) -> Result<T, CmdError>
 }
 
 /// Same request, position of the ID option aside.
-fn same_common(a: &Common, b: &Common) {
+pub(crate) fn same_common(a: &Common, b: &Common) {
     assert_eq!((&a.op_id, &a.meta), (&b.op_id, &b.meta));
 }
 
@@ -441,7 +467,7 @@ fn usage_consume(raw: &[&[u8]], r: &req::UsageConsume) {
 }
 
 /// The op-id part of the event (as `host::tx` adds it), then the event checks.
-fn finish_event(mut e: Event, fp: &str, reply: Reply) {
+pub(crate) fn finish_event(mut e: Event, fp: &str, reply: Reply) {
     check_record(fp, &reply);
     if e.op.is_some() {
         e.fp = Some(fp.to_string());
@@ -453,7 +479,7 @@ fn finish_event(mut e: Event, fp: &str, reply: Reply) {
 /// The module's hand-written event JSON is serde_json's, byte for byte; the event holds no
 /// NUL (Postgres text cannot store one, the shipper refuses it); the shipper's decoder
 /// accepts it and reads back what the module wrote.
-fn check_event(e: &Event) {
+pub(crate) fn check_event(e: &Event) {
     let mut json = Vec::new();
     e.write_json(&mut json);
     let serde = serde_json::to_vec(e).expect("serde_json of an event");
@@ -481,6 +507,8 @@ fn check_event(e: &Event) {
     let got: Vec<(&str, i64)> = d.keys.iter().map(|k| (k.key.as_str(), k.seq)).collect();
     assert_eq!(keys, got);
     match (&d.body, &e.changes, &e.coupon, &e.usage) {
+        // asset.hold, asset.void, asset.expire: no balance moves
+        (Body::Asset(got), None, None, None) if e.hold.is_some() => assert!(got.is_empty()),
         (Body::Asset(got), Some(want), None, None) => {
             assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(want) {
@@ -502,6 +530,25 @@ fn check_event(e: &Event) {
         }
         other => panic!("decoded body does not match the event: {other:?}"),
     }
+    check_hold(d.hold.as_ref(), e.hold.as_ref());
+}
+
+/// The shipper reads back the `hold` object the module wrote (hold events only).
+fn check_hold(got: Option<&shipper::Hold>, want: Option<&HoldState>) {
+    let (Some(g), Some(w)) = (got, want) else {
+        assert!(
+            got.is_none() && want.is_none(),
+            "hold {got:?} decoded from {want:?}"
+        );
+        return;
+    };
+    assert_eq!(g.id.to_string(), w.id);
+    assert_eq!((g.kind, g.status), (w.kind.as_str(), w.status.as_str()));
+    assert_eq!((&g.subject, &g.amount), (&w.subject, &w.amount));
+    assert_eq!(
+        (g.created, g.expires, &g.settled),
+        (w.created, w.expires, &w.settled)
+    );
 }
 
 /// Every string of an event that ends up in a Postgres text column.
@@ -517,6 +564,10 @@ fn event_strings<'a>(e: &'a Event) -> Vec<&'a str> {
     }
     if let Some(u) = &e.usage {
         v.extend([u.key.as_str(), u.period_id.as_str()]);
+    }
+    if let Some(h) = &e.hold {
+        v.push(&h.id);
+        v.extend(h.subject.as_deref());
     }
     v
 }
