@@ -114,6 +114,18 @@ pub(super) fn slice_of<'a>(s: *mut RedisModuleString) -> &'a [u8] {
     }
 }
 
+/// Whether key `name` exists, without opening it (no key handle, no access-time or
+/// hit/miss statistics): `RedisModule_KeyExists` (Redis 7.0+), else an open for reading.
+pub fn key_exists(ctx: &Context, name: &RStr) -> bool {
+    if name.is_null() {
+        return false;
+    }
+    match unsafe { raw::RedisModule_KeyExists } {
+        Some(exists) => unsafe { exists(ctx.get_raw(), name.ptr()) != 0 },
+        None => Key::open(ctx, name, false).is_ok_and(|k| k.kind() != KeyType::Empty),
+    }
+}
+
 /// An open key, closed on drop.
 pub struct Key {
     ptr: *mut RedisModuleKey,

@@ -135,9 +135,7 @@ fn discover(ctx: &Context) {
 }
 
 fn exists(ctx: &Context, name: &str) -> bool {
-    Key::open(ctx, &RStr::new(name.as_bytes()), false)
-        .map(|k| k.kind() != redis_module::KeyType::Empty)
-        .unwrap_or(false)
+    ffi::key_exists(ctx, &RStr::new(name.as_bytes()))
 }
 
 /// Handles the due members of one due index, spending `budget`.

@@ -36,6 +36,9 @@ pub fn hold_names(ctx: &Context, key: &str) -> HoldNames {
 /// and the sorted set's first element instead of a look at the key's own holds.
 pub fn slot_may_have_due(ctx: &Context, key: &str, now_ms: i64) -> bool {
     let names = Names::for_key(ctx, key);
+    if !super::read::exists(ctx, &names.due_rs) {
+        return false;
+    }
     Key::open(ctx, &names.due_rs, false)
         .ok()
         .and_then(|k| k.zset_first_score())

@@ -39,5 +39,5 @@ pub(super) fn field_with<R>(
 
 /// Whether a key exists (of any type).
 pub(super) fn exists(ctx: &Context, name: &RStr) -> bool {
-    Key::open(ctx, name, false).is_ok_and(|k| k.kind() != KeyType::Empty)
+    crate::host::ffi::key_exists(ctx, name)
 }
