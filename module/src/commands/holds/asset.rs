@@ -5,7 +5,7 @@
 use redis_module::{Context, RedisValue};
 
 use super::store::Store;
-use super::{before, hold_event, no_request};
+use super::{before, hold_event, no_request, request};
 use crate::commands::asset::{balance, check_asset};
 use crate::commands::reply::to_value;
 use crate::domain::decimal::Decimal;
@@ -76,34 +76,6 @@ impl Command for HoldCmd {
             open(tx, &req)
         })?;
         Ok(to_value(reply))
-    }
-}
-
-fn request<'a, R: request::Canonical + HasCommon>(
-    command: &'static str,
-    raw: &'a [&'a [u8]],
-    parsed: &'a R,
-) -> tx::Request<'a, R> {
-    tx::Request {
-        command,
-        raw,
-        parsed,
-        common: parsed.common(),
-    }
-}
-
-/// The common options of a parsed hold request.
-pub(super) trait HasCommon {
-    fn common(&self) -> &request::Common;
-}
-impl HasCommon for Open {
-    fn common(&self) -> &request::Common {
-        &self.common
-    }
-}
-impl HasCommon for Close {
-    fn common(&self) -> &request::Common {
-        &self.common
     }
 }
 

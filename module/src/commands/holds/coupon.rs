@@ -7,9 +7,8 @@
 
 use redis_module::Context;
 
-use super::asset::HasCommon;
 use super::store::Store;
-use super::{before, hold_event, no_request};
+use super::{before, hold_event, no_request, request};
 use crate::commands::coupon::{load, store, Loaded};
 use crate::commands::coupon::{load_holding, queue_holder_writes, state};
 use crate::commands::reply::to_value;
@@ -42,19 +41,6 @@ pub(crate) fn reserved_live(ctx: &Context, campaign: &str) -> Result<(i64, i64),
     Ok((s.live, s.stored_open.saturating_sub(s.live).max(0)))
 }
 
-fn request<'a>(
-    command: &'static str,
-    raw: &'a [&'a [u8]],
-    parsed: &'a Close,
-) -> tx::Request<'a, Close> {
-    tx::Request {
-        command,
-        raw,
-        parsed,
-        common: parsed.common(),
-    }
-}
-
 pub struct Reserve;
 
 impl Command for Reserve {
@@ -70,12 +56,7 @@ impl Command for Reserve {
     fn run(ctx: &Context, args: &[&[u8]]) -> CommandResult {
         let req = hold_request::coupon_reserve(args)?;
         before(ctx, &req.key)?;
-        let r = tx::Request {
-            command: "COUPON.RESERVE",
-            raw: args,
-            parsed: &req,
-            common: &req.common,
-        };
+        let r = request("COUPON.RESERVE", args, &req);
         let reply = tx::mutate(ctx, r, &[&req.key], |tx| {
             let user = req.subject.as_str();
             let (loaded, holding, _) = load_holding(tx, &req.key, user)?;

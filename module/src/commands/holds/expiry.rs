@@ -225,13 +225,9 @@ pub(crate) fn expire_due(ctx: &Context, key: &str) -> Result<(), CmdError> {
     }
     let mut due: Vec<(i64, String)> = Vec::new();
     let mut left: Option<i64> = None;
-    for (field, value) in tx::hgetall(ctx, &names.holds)? {
-        let Some(id) = field.strip_prefix(b"o:") else {
-            continue;
-        };
-        let hold = Hold::parse(&value)?;
+    for (id, hold) in super::open_holds(ctx, key)? {
         if hold.is_due(now_ms) {
-            due.push((hold.expires_ms, String::from_utf8_lossy(id).into_owned()));
+            due.push((hold.expires_ms, id));
         } else {
             left = Some(left.map_or(hold.expires_ms, |l| l.min(hold.expires_ms)));
         }

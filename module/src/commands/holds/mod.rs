@@ -16,8 +16,9 @@ use redis_module::Context;
 use crate::domain::decimal::Decimal;
 use crate::domain::error::CmdError;
 use crate::domain::event::{Event, KeySeq};
+use crate::domain::hold_request::{Close, Open};
 use crate::domain::holds::{self, Hold, HoldState, FIELD_DEADLINE, FIELD_OPEN};
-use crate::domain::request::Common;
+use crate::domain::request::{Canonical, Common};
 use crate::domain::rules;
 use crate::host::acl;
 use crate::host::ffi::Key;
@@ -65,21 +66,27 @@ fn no_request() -> Common {
 /// The open holds of `key` that are not due at `now_ms` (reads leave due holds out), in id
 /// order.
 pub(crate) fn live(ctx: &Context, key: &str, now_ms: i64) -> Result<Vec<(u64, Hold)>, CmdError> {
+    let mut out: Vec<(u64, Hold)> = open_holds(ctx, key)?
+        .into_iter()
+        .filter(|(_, hold)| !hold.is_due(now_ms))
+        .filter_map(|(id, hold)| Some((id.parse::<u64>().ok()?, hold)))
+        .collect();
+    out.sort_by_key(|(id, _)| *id);
+    Ok(out)
+}
+
+/// Every open hold of `key` (its `o:<id>` fields), due or not, with its id, in hash order.
+pub(crate) fn open_holds(ctx: &Context, key: &str) -> Result<Vec<(String, Hold)>, CmdError> {
     let names = tx::hold_names(ctx, key);
     let mut out = Vec::new();
     for (field, value) in tx::hgetall(ctx, &names.holds)? {
-        let Some(id) = field.strip_prefix(b"o:") else {
-            continue;
-        };
-        let hold = Hold::parse(&value)?;
-        let id = std::str::from_utf8(id)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok());
-        if let (Some(id), false) = (id, hold.is_due(now_ms)) {
-            out.push((id, hold));
+        if let Some(id) = field.strip_prefix(b"o:") {
+            out.push((
+                String::from_utf8_lossy(id).into_owned(),
+                Hold::parse(&value)?,
+            ));
         }
     }
-    out.sort_by_key(|(id, _)| *id);
     Ok(out)
 }
 
@@ -127,4 +134,33 @@ pub(crate) fn live_summary(
         live: all.len() as i64,
         live_sum,
     })
+}
+
+/// The `tx::Request` of a parsed hold command.
+fn request<'a, R: Canonical + HasCommon>(
+    command: &'static str,
+    raw: &'a [&'a [u8]],
+    parsed: &'a R,
+) -> tx::Request<'a, R> {
+    tx::Request {
+        command,
+        raw,
+        parsed,
+        common: parsed.common(),
+    }
+}
+
+/// The common options of a parsed hold request.
+pub(super) trait HasCommon {
+    fn common(&self) -> &Common;
+}
+impl HasCommon for Open {
+    fn common(&self) -> &Common {
+        &self.common
+    }
+}
+impl HasCommon for Close {
+    fn common(&self) -> &Common {
+        &self.common
+    }
 }

@@ -6,9 +6,8 @@
 
 use redis_module::Context;
 
-use super::asset::HasCommon;
 use super::store::Store;
-use super::{before, no_request};
+use super::{before, no_request, request};
 use crate::commands::reply::to_value;
 use crate::commands::usage::{load_in, store_and_event, Stored};
 use crate::domain::decimal::Decimal;
@@ -77,12 +76,7 @@ impl Command for Reserve {
     fn run(ctx: &Context, args: &[&[u8]]) -> CommandResult {
         let req = hold_request::usage_reserve(args)?;
         before(ctx, &req.key)?;
-        let r = tx::Request {
-            command: "USAGE.RESERVE",
-            raw: args,
-            parsed: &req,
-            common: &req.common,
-        };
+        let r = request("USAGE.RESERVE", args, &req);
         let reply = tx::mutate(ctx, r, &[&req.key], |tx| {
             let (u, stored) = counter(tx, &req.key)?;
             let held = reserved(tx, &req.key)?;
@@ -118,19 +112,6 @@ impl Command for Reserve {
             Ok((Reply::Array(items.into_iter().map(Item::Str).collect()), e))
         })?;
         Ok(to_value(reply))
-    }
-}
-
-fn request<'a>(
-    command: &'static str,
-    raw: &'a [&'a [u8]],
-    parsed: &'a Close,
-) -> tx::Request<'a, Close> {
-    tx::Request {
-        command,
-        raw,
-        parsed,
-        common: parsed.common(),
     }
 }
 
