@@ -34,6 +34,8 @@
 #   GROWTH_REDIS_ACCOUNTS="100000 1000000"   Redis used_memory per account at these counts ("" skips)
 #   GROWTH_PG_SET=""                  Postgres settings for the growth run, "name=value ..." (ALTER
 #                                     SYSTEM before the first point), e.g. "wal_compression=on"
+#   BENCH_PG_CONF=""                  settings Postgres starts with (both runs), "name=value ...",
+#                                     for those that need a restart, e.g. "shared_buffers=6GB"
 #   BENCH_CAPACITY_DOC=docs/bench-capacity.md   (the chart goes next to it, .png)
 #   BENCH_CAPACITY_KEEP=dir           keep logs and the results JSON in dir
 #   BENCH_VENV=$BENCH_TARGET_DIR/bench-venv    venv for matplotlib
@@ -47,7 +49,7 @@ COMMAND_LINE="scripts/bench-capacity.sh"
 for v in BENCH_CAPACITY_RUNS CAPACITY_RATES CAPACITY_STEP_SECONDS CAPACITY_CLIENTS CAPACITY_WRITERS \
          CAPACITY_SLACK_MIN CAPACITY_SLACK_SECONDS CAPACITY_STOP_AFTER CAPACITY_DRAIN_N \
          CAPACITY_DRAIN_TIMEOUT GROWTH_SIZES GROWTH_ACCOUNTS GROWTH_BACKLOG GROWTH_BACKLOG_ACCOUNTS \
-         GROWTH_QUERIES GROWTH_REDIS_ACCOUNTS GROWTH_PG_SET CAPACITY_ACHIEVED_MIN BENCH_CAPACITY_DOC TALLY_MODULE TALLY_SHIPPER; do
+         GROWTH_QUERIES GROWTH_REDIS_ACCOUNTS GROWTH_PG_SET BENCH_PG_CONF CAPACITY_ACHIEVED_MIN BENCH_CAPACITY_DOC TALLY_MODULE TALLY_SHIPPER; do
   if [[ -n "${!v+x}" ]]; then COMMAND_LINE="$v=\"${!v}\" $COMMAND_LINE"; fi
 done
 RUNS="${BENCH_CAPACITY_RUNS:-capacity growth}"

@@ -50,6 +50,9 @@ pub struct Config {
     pub shipper: PathBuf,
     pub ceiling: PathBuf,
     pub pg_bin: PathBuf,
+    /// `name=value` settings Postgres starts with (`-c`; BENCH_PG_CONF): the ones that need a
+    /// restart, like shared_buffers, which GROWTH_PG_SET (a reload) cannot change.
+    pub pg_conf: Vec<String>,
     pub tansu: PathBuf,
 }
 
@@ -116,6 +119,7 @@ impl Config {
                 "target/release/examples/kafka_ceiling",
             ),
             pg_bin: path("PG_BIN", "/usr/lib/postgresql/15/bin"),
+            pg_conf: env_list("BENCH_PG_CONF", "")?,
             tansu: path("TANSU_BIN", &format!("{home}/.cargo/bin/tansu")),
         })
     }

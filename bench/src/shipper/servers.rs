@@ -227,12 +227,21 @@ impl Tansu {
 }
 
 /// PostgreSQL 15 with initdb's defaults (fsync and synchronous_commit on) but for the port,
-/// the socket dir and `track_commit_timestamp = on`; stopped (`-m immediate`) when dropped.
+/// the socket dir, `track_commit_timestamp = on` and BENCH_PG_CONF; stopped (`-m immediate`) when dropped.
 pub struct Postgres {
     home: TempDir,
     bin: PathBuf,
     keep: Option<PathBuf>,
     pub port: u16,
+}
+
+/// `name=value` checked to be one word of safe characters (it goes on pg_ctl's `-o` line).
+fn start_option(setting: &str) -> Result<&str> {
+    let safe = |b: u8| b.is_ascii_alphanumeric() || b"_.=".contains(&b);
+    match setting.split_once('=') {
+        Some((n, v)) if !n.is_empty() && !v.is_empty() && setting.bytes().all(safe) => Ok(setting),
+        _ => bail!("BENCH_PG_CONF: {setting:?} is not name=value (letters, digits, _ .)"),
+    }
 }
 
 /// A command run as user postgres.
@@ -275,10 +284,13 @@ impl Postgres {
                 .arg(&data)
                 .args(["-A", "trust", "-U", "postgres", "-E", "UTF8"]),
         )?;
-        let opts = format!(
+        let mut opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c track_commit_timestamp=on",
             pg.home.path().display()
         );
+        for setting in &cfg.pg_conf {
+            opts.push_str(&format!(" -c {}", start_option(setting)?));
+        }
         check(
             as_postgres(&pg.bin, "pg_ctl")
                 .arg("-D")
