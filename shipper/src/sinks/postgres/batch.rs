@@ -54,6 +54,7 @@ pub(crate) async fn persist_batch(
     positions: &[Position],
     advance: bool,
 ) -> Result<Outcome, sqlx::Error> {
+    ensure_months(pool, records).await?;
     let mut tx = pool.begin().await?;
     if !take_fence(&mut tx, positions, advance).await? {
         tx.rollback().await?;
@@ -67,6 +68,16 @@ pub(crate) async fn persist_batch(
     Ok(outcome)
 }
 
+/// The month partitions the records' events will be written to (before the transaction: see
+/// `months`).
+pub(super) async fn ensure_months(pool: &PgPool, records: &[Record]) -> Result<(), sqlx::Error> {
+    let ts = records
+        .iter()
+        .filter_map(|r| r.decoded.as_ref().ok().map(|e| e.ts));
+    super::months::ensure(pool, ts).await
+}
+
+/// The records in `tx`; their months exist (`ensure_months`).
 pub(super) async fn persist_in_tx(
     tx: &mut Transaction<'_, Postgres>,
     records: &[Record],

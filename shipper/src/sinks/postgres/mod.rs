@@ -10,7 +10,7 @@
 //! - `batch`: one batch in one transaction (events deduplicated on id, failed_events);
 //! - `fence`: the Kafka positions stored with the batch;
 //! - `derived`: balances, coupons, usage; `seqs`: the per-key order proof;
-//! - `copy`: binary COPY for the history tables;
+//! - `copy`: binary COPY for the history tables; `months`: their month partitions;
 //! - `schema`: migrations, the schema version check, and the pool; `failed`: failed_events
 //!   for `tally-shipper failed ...` / `retry-failed`, and the gauges of run/persist.
 
@@ -19,6 +19,7 @@ mod copy;
 mod derived;
 pub(crate) mod failed;
 mod fence;
+mod months;
 mod schema;
 mod seqs;
 mod sink;

@@ -8,11 +8,11 @@
 //! missing once the pipeline has drained (`reconcile` reports it). A fork is one (key, seq)
 //! carried by two different event ids: recorded, never overwritten.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::copy::{copy_unless_present, CopyRows};
+use super::copy::{copy_in, CopyRows};
 use crate::event::Event;
 
 /// A (key, seq) carried by two different events.
@@ -81,127 +81,153 @@ pub(crate) fn fast_watermarks<'a>(
     (fast, slow)
 }
 
+/// One (key, seq) an event carried.
+struct Pair<'a> {
+    ev: &'a str,
+    uuid: uuid::Uuid,
+    key: &'a str,
+    seq: i64,
+    ts: i64,
+}
+
 /// Records the batch's (key, seq) pairs and its forks, and advances each key's watermark.
 /// Returns the number of forks and the keys whose watermark stayed below their highest seq.
 ///
-/// No locks: a watermark computed while another transaction holds seqs of the same key
-/// uncommitted (a transfer whose second key belongs to another writer) can only be too low,
-/// never too high; `repair` recomputes such keys after the fact.
+/// Every key's key_seqs row is locked first (`lock_keys`, in key order), so no other
+/// transaction writes pairs of these keys until this one ends: a pair above the key's highest
+/// seq cannot be stored yet, and only the others are looked up in event_keys (every month).
+/// That is what makes a fork exact without a unique (key, seq) index, which a table
+/// partitioned by month cannot have across months.
 pub(crate) async fn record(
     tx: &mut Transaction<'_, Postgres>,
     fresh: &[&Event],
 ) -> Result<(usize, Vec<String>), sqlx::Error> {
-    let (mut k_ev, mut k_uuid, mut k_key, mut k_seq) = (vec![], vec![], vec![], vec![]);
+    let mut pairs = Vec::new();
     for e in fresh {
         for k in &e.keys {
-            k_ev.push(e.id.as_str());
-            k_uuid.push(e.uuid);
-            k_key.push(k.key.as_str());
-            k_seq.push(k.seq);
+            pairs.push(Pair {
+                ev: e.id.as_str(),
+                uuid: e.uuid,
+                key: k.key.as_str(),
+                seq: k.seq,
+                ts: e.ts,
+            });
         }
     }
-    // None: the COPY stored every pair (the usual case, no set to build or probe)
-    let mut stored: Option<HashSet<(String, i64)>> =
-        if copy_keys(tx, &k_uuid, &k_key, &k_seq).await? {
-            None
-        } else {
-            Some(insert_keys(tx, &k_ev, &k_key, &k_seq).await?)
-        };
+    let current = lock_keys(tx, &pairs).await?;
+    let highest = |k: &str| current.get(k).map(|c| c.1).unwrap_or(0);
+    let seen: Vec<(&str, i64)> = pairs
+        .iter()
+        .filter(|p| p.seq <= highest(p.key))
+        .map(|p| (p.key, p.seq))
+        .collect();
+    // (key, seq) -> the event that keeps it: stored before, or the first of this batch
+    let mut keeper: HashMap<(String, i64), String> = stored_versions(tx, &seen).await?;
     let mut kept: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
-    let mut fork_in = Vec::new();
-    for ((ev, key), seq) in k_ev.iter().zip(&k_key).zip(&k_seq) {
-        if stored
-            .as_mut()
-            .is_none_or(|s| s.remove(&(key.to_string(), *seq)))
-        {
-            kept.entry(key).or_default().push(*seq);
-            let n = newest.entry(key).or_insert((*seq, ev));
-            if *seq > n.0 {
-                *n = (*seq, ev);
+    let mut store = Vec::new();
+    let mut forks = Vec::new();
+    for p in &pairs {
+        match keeper.get(&(p.key.to_string(), p.seq)) {
+            Some(other) if other != p.ev => forks.push(Fork {
+                key: p.key.to_string(),
+                seq: p.seq,
+                event_id: p.ev.to_string(),
+                other_event_id: other.clone(),
+            }),
+            Some(_) => {} // the same event twice: nothing new
+            None => {
+                keeper.insert((p.key.to_string(), p.seq), p.ev.to_string());
+                kept.entry(p.key).or_default().push(p.seq);
+                let n = newest.entry(p.key).or_insert((p.seq, p.ev));
+                if p.seq > n.0 {
+                    *n = (p.seq, p.ev);
+                }
+                store.push(p);
             }
-        } else {
-            fork_in.push((*key, *seq, *ev));
         }
     }
-    let forks = name_forks(tx, &fork_in).await?;
+    copy_keys(tx, &store).await?;
     insert_forks(tx, &forks).await?;
-    let behind = advance(tx, &kept, &newest).await?;
+    let behind = advance(tx, &kept, &newest, &current).await?;
     Ok((forks.len(), behind))
 }
 
-/// Every (key, seq) of the batch by COPY, when none of them is stored yet (the usual case):
-/// false when a unique (data_key, seq) refused one (a fork, stored or within the batch),
-/// and nothing was written.
-async fn copy_keys(
+/// Locks the key_seqs row of every key of `pairs`, in key order, creating the missing ones
+/// (highest and contiguous seq 0, until `advance` sets them), and returns each key's
+/// (contiguous_seq, last_seq) as stored. One statement: the no-op update of an existing row is
+/// what locks it, and the rows are taken in the order given, so two batches sharing keys (a
+/// transfer whose keys went to two writers) wait for each other instead of deadlocking.
+async fn lock_keys(
     tx: &mut Transaction<'_, Postgres>,
-    ev: &[uuid::Uuid],
-    key: &[&str],
-    seq: &[i64],
-) -> Result<bool, sqlx::Error> {
-    let mut rows = CopyRows::new();
-    for ((e, k), s) in ev.iter().zip(key).zip(seq) {
-        rows.row(3);
-        rows.uuid_value(e);
-        rows.text(k);
-        rows.int8(*s);
+    pairs: &[Pair<'_>],
+) -> Result<HashMap<String, (i64, i64)>, sqlx::Error> {
+    let mut first: BTreeMap<&str, &str> = BTreeMap::new();
+    for p in pairs {
+        first.entry(p.key).or_insert(p.ev);
     }
-    copy_unless_present(tx, "event_keys", "event_id, data_key, seq", rows.finish()).await
-}
-
-/// Inserts the (key, seq) pairs not stored yet; returns those it inserted. The unique
-/// (data_key, seq) keeps the first version; the others are forks, exactly, even against a
-/// concurrent transaction (the insert waits for it).
-async fn insert_keys(
-    tx: &mut Transaction<'_, Postgres>,
-    ev: &[&str],
-    key: &[&str],
-    seq: &[i64],
-) -> Result<HashSet<(String, i64)>, sqlx::Error> {
-    let stored: Vec<(String, i64)> = sqlx::query_as(
-        "INSERT INTO event_keys (event_id, data_key, seq)
-         SELECT e::uuid, k, s FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS t(e, k, s)
-         ON CONFLICT (data_key, seq) DO NOTHING
-         RETURNING data_key, seq",
+    if first.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<KeySeqRow> = sqlx::query_as(
+        "INSERT INTO key_seqs (data_key, last_seq, event_id, contiguous_seq)
+         SELECT k, 0, e::uuid, 0 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(k, e, n) ORDER BY n
+         ON CONFLICT (data_key) DO UPDATE SET last_seq = key_seqs.last_seq
+         RETURNING data_key, contiguous_seq, last_seq",
     )
-    .bind(ev)
-    .bind(key)
-    .bind(seq)
+    .bind(first.keys().copied().collect::<Vec<_>>())
+    .bind(first.values().copied().collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
-    Ok(stored.into_iter().collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.data_key, (r.contiguous_seq, r.last_seq)))
+        .collect())
 }
 
-/// The stored version of each forked (key, seq).
-async fn name_forks(
+/// The stored event of each (key, seq) in `seen` that event_keys holds.
+async fn stored_versions(
     tx: &mut Transaction<'_, Postgres>,
-    fork_in: &[(&str, i64, &str)],
-) -> Result<Vec<Fork>, sqlx::Error> {
-    if fork_in.is_empty() {
-        return Ok(vec![]);
+    seen: &[(&str, i64)],
+) -> Result<HashMap<(String, i64), String>, sqlx::Error> {
+    if seen.is_empty() {
+        return Ok(HashMap::new());
     }
     let rows: Vec<(String, i64, String)> = sqlx::query_as(
         "SELECT ek.data_key, ek.seq, ek.event_id::text FROM UNNEST($1::text[], $2::int8[]) AS t(k, s)
          JOIN event_keys ek ON ek.data_key = t.k AND ek.seq = t.s",
     )
-    .bind(fork_in.iter().map(|f| f.0).collect::<Vec<_>>())
-    .bind(fork_in.iter().map(|f| f.1).collect::<Vec<_>>())
+    .bind(seen.iter().map(|f| f.0).collect::<Vec<_>>())
+    .bind(seen.iter().map(|f| f.1).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
-    let first: HashMap<(String, i64), String> =
-        rows.into_iter().map(|(k, s, e)| ((k, s), e)).collect();
-    Ok(fork_in
-        .iter()
-        .filter_map(|(k, s, e)| {
-            let other = first.get(&(k.to_string(), *s))?;
-            (other != e).then(|| Fork {
-                key: k.to_string(),
-                seq: *s,
-                event_id: e.to_string(),
-                other_event_id: other.clone(),
-            })
-        })
-        .collect())
+    Ok(rows.into_iter().map(|(k, s, e)| ((k, s), e)).collect())
+}
+
+/// The new (key, seq) pairs by COPY (nothing in them is stored yet: see `record`).
+async fn copy_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    store: &[&Pair<'_>],
+) -> Result<(), sqlx::Error> {
+    if store.is_empty() {
+        return Ok(());
+    }
+    let mut rows = CopyRows::new();
+    for p in store {
+        rows.row(4);
+        rows.uuid_value(&p.uuid);
+        rows.text(p.key);
+        rows.int8(p.seq);
+        rows.int8(p.ts);
+    }
+    copy_in(
+        tx,
+        "event_keys",
+        "event_id, data_key, seq, ts_ms",
+        rows.finish(),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn insert_forks(
@@ -235,25 +261,14 @@ async fn advance(
     tx: &mut Transaction<'_, Postgres>,
     kept: &BTreeMap<&str, Vec<i64>>,
     newest: &HashMap<&str, (i64, &str)>,
+    current: &HashMap<String, (i64, i64)>,
 ) -> Result<Vec<String>, sqlx::Error> {
-    // One statement for every key, in key order (kept is a BTreeMap): two writers sharing
-    // keys (a transfer across partitions) lock them in the same order. Moving some keys in a
-    // separate UPDATE first broke that order and deadlocked writers (40P01, retried) under load.
+    // Every row exists and is locked (`lock_keys`); one statement, in key order, all the same.
     if kept.is_empty() {
         return Ok(vec![]);
     }
     let keys: Vec<&str> = kept.keys().copied().collect();
-    let rows: Vec<KeySeqRow> = sqlx::query_as(
-        "SELECT data_key, contiguous_seq, last_seq FROM key_seqs WHERE data_key = ANY($1::text[])",
-    )
-    .bind(&keys)
-    .fetch_all(&mut **tx)
-    .await?;
-    let current: HashMap<String, (i64, i64)> = rows
-        .into_iter()
-        .map(|r| (r.data_key, (r.contiguous_seq, r.last_seq)))
-        .collect();
-    let (mut contiguous, slow) = fast_watermarks(&current, kept);
+    let (mut contiguous, slow) = fast_watermarks(current, kept);
     if !slow.is_empty() {
         let from: Vec<i64> = slow
             .iter()

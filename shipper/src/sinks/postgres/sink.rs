@@ -107,11 +107,14 @@ pub(crate) enum ErrorClass {
     Data,
 }
 
-/// SQLSTATE classes: 08 connection, 40 transaction rollback (serialization, deadlock),
+/// A month partition detached under a batch is transient (`months`). SQLSTATE classes: 08 connection, 40 transaction rollback (serialization, deadlock),
 /// 53 insufficient resources, 57 operator intervention (incl. statement timeout 57014),
 /// 55P03 lock not available; 28 auth, 3D/3F missing database/schema, 42501 privilege,
 /// 42P01/42703/42883 missing table/column/function (migrations not applied).
 pub(crate) fn classify(e: &sqlx::Error) -> ErrorClass {
+    if super::months::is_missing_month(e) {
+        return ErrorClass::Transient;
+    }
     match e {
         sqlx::Error::Database(d) => {
             let code = d.code().map(|c| c.to_string()).unwrap_or_default();
