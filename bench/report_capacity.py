@@ -31,12 +31,19 @@ def mib(b):
     return f"{b / 1048576:,.0f} MiB"
 
 
+def pg_settings(run):
+    """The run's `name=value, ...` Postgres settings as a dict."""
+    return dict(kv.split("=", 1) for kv in run["postgres_settings"].split(", ") if "=" in kv)
+
+
 def machine(w, res, what):
     run = res["run"]
     w(f"- {what}: started {when(run['started_unix'])}, took {run['finished_unix'] - run['started_unix']} s")
     w("- load average (1/5/15 min): " + "; ".join(f"{l['at']} {l['loadavg']}" for l in run["load"]))
     w(f"- nproc {run['nproc']}, {run['cpu']}; {run['redis_version']}; {run['postgres_version']}")
-    w(f"- PostgreSQL: initdb defaults but `track_commit_timestamp = on` ({run['postgres_settings']})")
+    started = run.get("postgres_start_settings") or []
+    conf = f" and, started with BENCH_PG_CONF, `{' '.join(started)}`" if started else ""
+    w(f"- PostgreSQL: initdb defaults but `track_commit_timestamp = on`{conf} ({run['postgres_settings']})")
     w(f"- libtally.so sha256 {run['module']['sha256']}, tally-shipper sha256 {run['shipper']['sha256']}")
 
 
@@ -104,28 +111,46 @@ def lat(q):
     return f"{q['p50_ms']:.2f} / {q['p99_ms']:.2f} ({q['mean_rows']:.0f})"
 
 
-def growth(w, res):
+def month_cell(p):
+    m = p.get("drain_month")
+    if not m:
+        return "-"
+    return f"{m['month']}: {m['event_keys']:,} / {m['event_changes']:,}"
+
+
+def growth(w, res, link):
     st, pts = res["settings"], res["points"]
     section(w, res, "2. Growth: drain rate and the statement query as the history grows")
     w(f"A synthetic history written with COPY (bench/src/shipper/history.rs): {st['growth_accounts']:,} accounts,")
     w("the account of rank r drawn with probability ~1/r (continuous Zipf, s = 1; ranks scattered over the")
     w("key space), 4 in 5 events `asset.incr`, 1 in 5 `asset.transfer` (two keys, two changes), one in 3")
-    w("with an op-id, spread over the year before the run; rows of `events`, `event_keys`, `event_changes`")
-    w("as the shipper writes them, and each account's `balances` and `key_seqs` row. The three history")
-    w("tables' indexes are dropped during COPY and rebuilt after it (same definitions as migration 0004),")
-    w("then VACUUM ANALYZE and CHECKPOINT. At each size: a backlog of")
+    w("with an op-id; rows of `events`, `event_keys` and `event_changes` as the shipper writes them, in")
+    w(f"history format 2 ([docs/history.md]({link}): the last two partitioned by the UTC month of the")
+    w("event's `ts_ms`), and each account's `balances` and `key_seqs` row. Each point's new events are")
+    w("spread over the 12 UTC calendar months ending with the current one (from the first day of the month")
+    w("11 months back to the end of the current month), 1/12 of them in each month: every month's partition,")
+    w("the current one the drain writes into included, holds 1/12 of the history at every point whatever the")
+    w("date of the run, as at the end of a month (the worst case for the drain). The current month's share")
+    w("runs to the month's end, so some history events are later than the run: harmless here, nothing reads")
+    w("by time (and across points an account's later seqs can have earlier times; the statement reads by")
+    w("seq). The months are created first (`tally_history_months`); the indexes, `events`' (as in migration")
+    w("0004) and the per-key `event_keys (data_key, seq)` and `event_changes (data_key, field, seq)` (as in")
+    w("migration 0007: on the partitioned tables, so every month's partition has its own) are dropped during")
+    w("COPY and rebuilt after it, then VACUUM ANALYZE and CHECKPOINT. At each size: a backlog of")
     w(f"{st['growth_backlog']:,} `ASSET.INCR acct:<random of {st['growth_backlog_accounts']:,}> gold 1` (their keys sort")
-    w("next to the history's `acct:<n>h`, so the inserts land all over its indexes), drained by `tally-shipper")
-    w("run` (direct, default batch and writers), timed from its start until its group has nothing pending or")
-    w(f"unread; then the statement query of docs/operations.md (LIMIT 50), {st['growth_queries']} times each on hot accounts")
-    w("(the 100 most active) and cold ones (1 to 3 events), one connection, prepared, timed at the client.")
-    w("Earlier points' drained events stay in the database. On the empty database the history accounts")
-    w("do not exist yet, so its statement queries return no rows (mean rows in brackets).")
+    w("next to the history's `acct:<n>h`, so the inserts land all over the current month's indexes), drained")
+    w("by `tally-shipper run` (direct, default batch and writers), timed from its start until its group has")
+    w("nothing pending or unread; then the statement query of docs/operations.md (LIMIT 50; it reads every")
+    w(f"month's index and merges them), {st['growth_queries']} times each on hot accounts (the 100 most active)")
+    w("and cold ones (1 to 3 events), one connection, prepared (as drivers do: after 5 executions Postgres")
+    w("may run one generic plan for every account), timed at the client. Earlier points' drained")
+    w("events stay in the database, in the current month. On the empty database the history accounts do not")
+    w("exist yet, so its statement queries return no rows (mean rows in brackets).")
     if st.get("pg_set"):
         w(f"Postgres settings changed for this run (ALTER SYSTEM): `{' '.join(st['pg_set'])}`.")
     w("")
-    w("| history events | rows events / event_keys / event_changes | database | bytes per event | drain ev/s | vs empty | statement hot p50 / p99 ms (mean rows) | cold p50 / p99 ms (mean rows) | load at the point |")
-    w("|---:|---|---:|---:|---:|---:|---|---|---|")
+    w("| history events | rows events / event_keys / event_changes | of which in the drain's month: event_keys / event_changes | database | bytes per event | drain ev/s | vs empty | statement hot p50 / p99 ms (mean rows) | cold p50 / p99 ms (mean rows) | load at the point |")
+    w("|---:|---|---|---:|---:|---:|---:|---|---|---|")
     base = None
     for p in pts:
         d = p["drain"]
@@ -134,8 +159,11 @@ def growth(w, res):
         r = p["rows"]
         per = p["database_bytes"] / r["events"] if r["events"] else None
         status = "" if d["status"] == "ok" else f" ({d['status']})"
-        w(f"| {p['history_events']:,} | {r['events']:,} / {r['event_keys']:,} / {r['event_changes']:,} | {mib(p['database_bytes'])} "
-          f"| {num(per)} | {num(rate)}{status} | {rate / base:.2f}x | {lat(p['hot'])} | {lat(p['cold'])} | {p['loadavg']} |")
+        if d.get("stored") is not None and d["stored"] != d["n"]:
+            status += f" ({d['stored']:,} of {d['n']:,} stored)"
+        w(f"| {p['history_events']:,} | {r['events']:,} / {r['event_keys']:,} / {r['event_changes']:,} | {month_cell(p)} "
+          f"| {mib(p['database_bytes'])} | {num(per)} | {num(rate)}{status} | {rate / base:.2f}x | {lat(p['hot'])} "
+          f"| {lat(p['cold'])} | {p['loadavg']} |")
     w("")
     if len(pts) > 1:
         last = pts[-1]
@@ -146,38 +174,46 @@ def growth(w, res):
         w(f"{ratio:.2f}x the empty database (goal >= 0.8x: **{'MET' if ratio >= 0.8 else 'MISS'}** at this size), statement")
         w(f"p99 {p99:.2f} ms, hot and cold (goal < 10 ms: **{'MET' if p99 < 10 else 'MISS'}** at this size).")
         w("")
-    findings(w, pts)
+    shared_buffers = pg_settings(res["run"]).get("shared_buffers", "?")
+    findings(w, pts, link, shared_buffers)
     w("- copy / index rebuild seconds per point: " + "; ".join(
         f"{p['history_events']:,}: {p['copy_s']:.0f} s / {p['index_s']:.0f} s" for p in pts))
-    w("- WAL written during each drain (pg_stat_wal): " + "; ".join(
+    w("- WAL written during each drain (pg_stat_wal, up to the shipper's exit): " + "; ".join(
         f"{p['history_events']:,}: {p['drain']['wal'][2] / p['drain']['n']:,.0f} bytes and "
         f"{p['drain']['wal'][1] / p['drain']['n']:.2f} full-page images per event"
         for p in pts))
     w("- CPU seconds during each drain (redis / shipper / postgres): " + "; ".join(
         f"{p['history_events']:,}: {p['drain']['cpu']['redis']:.1f} / {p['drain']['cpu']['shipper']:.1f} / "
         f"{p['drain']['cpu']['postgres']:.1f}" for p in pts))
-    w("- table sizes (events / event_keys / event_changes, with indexes): " + "; ".join(
+    w("- table sizes (events / event_keys / event_changes, with indexes and every partition): " + "; ".join(
         f"{p['history_events']:,}: " + " / ".join(mib(b) for b in p["table_bytes"]) for p in pts))
+    if all(p.get("drain_month") for p in pts):
+        w("- the drain's month's partitions before the drain (event_keys / event_changes, with indexes): " + "; ".join(
+            f"{p['history_events']:,}: " + " / ".join(mib(b) for b in p["drain_month"]["table_bytes"]) for p in pts))
     w("- the machine has 24 GB of RAM: at these sizes the whole database fits in the OS page cache")
-    w("  (shared_buffers is 128 MB), so this measures B-tree and WAL work, not disk reads.")
+    w(f"  (shared_buffers is {shared_buffers}), so this measures B-tree and WAL work, not disk reads.")
     w("")
-    mem = res.get("redis_memory") or []
-    if mem:
-        w("### Redis memory per account")
-        w("")
-        w("After FLUSHALL, `ASSET.INCR acct:<i> gold 1` for i = 0 .. N-1 (pipelined), the stream trimmed to")
-        w("nothing (`XTRIM MAXLEN 0`); per account = (used_memory - used_memory after FLUSHALL) / N, which")
-        w("includes the account's hash and its entry in the module's `tally:seq` hash.")
-        w("")
-        w("| accounts | used_memory | per account |")
-        w("|---:|---:|---:|")
-        for m in mem:
-            per = (m["used_memory"] - m["used_memory_empty"]) / m["accounts"]
-            w(f"| {m['accounts']:,} | {mib(m['used_memory'])} | {per:,.0f} bytes |")
-        w("")
+    redis_memory(w, res.get("redis_memory") or [])
 
 
-def findings(w, pts):
+def redis_memory(w, mem):
+    if not mem:
+        return
+    w("### Redis memory per account")
+    w("")
+    w("After FLUSHALL, `ASSET.INCR acct:<i> gold 1` for i = 0 .. N-1 (pipelined), the stream trimmed to")
+    w("nothing (`XTRIM MAXLEN 0`); per account = (used_memory - used_memory after FLUSHALL) / N, which")
+    w("includes the account's hash and its entry in the module's `tally:seq` hash.")
+    w("")
+    w("| accounts | used_memory | per account |")
+    w("|---:|---:|---:|")
+    for m in mem:
+        per = (m["used_memory"] - m["used_memory_empty"]) / m["accounts"]
+        w(f"| {m['accounts']:,} | {mib(m['used_memory'])} | {per:,.0f} bytes |")
+    w("")
+
+
+def findings(w, pts, link, shared_buffers):
     """What the growth figures say about the drain, from the figures themselves."""
     if len(pts) < 2:
         return
@@ -191,25 +227,29 @@ def findings(w, pts):
     w(f"{rate(last):,.0f} events/s ({ratio:.2f}x); WAL per drained event from {per(first, 2):,.0f} to {per(last, 2):,.0f} bytes,")
     w(f"full-page images per event from {per(first, 1):.2f} to {per(last, 1):.2f}; Postgres CPU seconds for the drain from")
     w(f"{first['drain']['cpu']['postgres']:.1f} to {last['drain']['cpu']['postgres']:.1f}.")
+    month = last.get("drain_month")
+    held = f" ({month['event_changes']:,} `event_changes` rows at the largest size)" if month else ""
+    w(f"The history is partitioned by month (history format 2, [docs/history.md]({link})): `event_keys` and")
+    w("`event_changes` have one partition per UTC month of `ts_ms`, each with its own per-key index (not")
+    w("unique: the shipper finds forks under a lock of each key's `key_seqs` row). A drained event inserts")
+    w("into the current month's indexes only, which hold one month of history, not all of it: here 1/12 of")
+    w(f"the history plus the earlier points' drains{held}, the most a month holds, at its end.")
     if ratio < 0.8:
-        w("Both costs per drained event grow with the history. Each drained event inserts into `event_changes`")
-        w("(primary key data_key, field, seq, event_id) and `event_keys` (data_key, seq) at a random place: with")
-        w("indexes many times larger than shared_buffers (128 MB here) nearly every insert reads a leaf page into")
-        w("shared_buffers and dirties it (CPU, and evictions that write), and the first change to a page after a")
-        w("checkpoint writes the whole 8 kB page to the WAL (full_page_writes). The drain here starts right after")
-        w("a CHECKPOINT, the worst moment for the page images; in production every checkpoint (checkpoint_timeout,")
-        w("5 min by default) starts that cycle again. What could help (none applied in the table above; each to")
-        w("be measured with this benchmark):")
-        w("- `wal_compression = lz4` (GROWTH_PG_SET=\"wal_compression=lz4\" runs this benchmark with it): smaller")
-        w("  page images; it does not remove the page reads and the CPU.")
-        w("- a larger `shared_buffers` than the 128 MB default used here: more of the indexes stays in Postgres.")
+        w("The drain still slows as that month grows. Each drained event inserts into those indexes at a random")
+        w(f"place: once they are larger than shared_buffers ({shared_buffers} here) nearly every insert reads a leaf page")
+        w("into shared_buffers and dirties it (CPU, and evictions that write), and the first change to a page")
+        w("after a checkpoint writes the whole 8 kB page to the WAL (full_page_writes). The drain here starts")
+        w("right after a CHECKPOINT, the worst moment for the page images; in production every checkpoint")
+        w("(checkpoint_timeout, 5 min by default) starts that cycle again. What could still help (each to be")
+        w("measured with this benchmark; the settings of this run are listed above):")
+        w("- `wal_compression = lz4` (GROWTH_PG_SET=\"wal_compression=lz4\"): smaller page images; it does not")
+        w("  remove the page reads and the CPU.")
+        w("- a larger `shared_buffers` (BENCH_PG_CONF=\"shared_buffers=...\" starts Postgres with it): more of")
+        w("  the current month's indexes stays in Postgres.")
         w("- a longer `checkpoint_timeout` and larger `max_wal_size`: fewer cycles, each page's image paid once")
         w("  per cycle for more inserts (longer crash recovery).")
-        w("- time-partitioned `event_changes` / `event_keys` (for example monthly on ts_ms): inserts go to the")
-        w("  current partition, whose indexes are small enough to stay hot, and old history is retired by")
-        w("  detaching or dropping partitions. The statement query then merges one index scan per partition")
-        w("  (ORDER BY seq DESC LIMIT 50), and the (key, seq) uniqueness that detects forks holds only within a")
-        w("  partition: a schema change to design and test, not a setting.")
+        w("- shorter partitions than a month: smaller current indexes, more partitions for the statement query")
+        w("  to merge; a change of history format 2, not a setting.")
         w("- a lower fillfactor on those indexes only delays page splits; it does not avoid the page images.")
     w("")
 
@@ -291,7 +331,9 @@ def main():
     else:
         w("## 1. Capacity on the direct path\n\nNot run.\n")
     if gro:
-        growth(w, gro)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        link = os.path.relpath(os.path.join(root, "docs", "history.md"), os.path.dirname(os.path.abspath(args.doc)))
+        growth(w, gro, link)
     else:
         w("## 2. Growth\n\nNot run.\n")
     os.makedirs(os.path.dirname(os.path.abspath(args.doc)), exist_ok=True)

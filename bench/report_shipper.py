@@ -43,7 +43,9 @@ def machine(w, res, args):
     w(f"- load average (1/5/15 min): start {load['start']}; after the direct drains {load['after_direct']}; "
       f"after the Kafka drains {load['after_kafka']}; end {load['end']}")
     w(f"- {run['redis_version']}")
-    w(f"- {run['postgres_version']} (initdb defaults: {run['postgres_settings']})")
+    started = run.get("postgres_start_settings") or []
+    conf = f" but, started with BENCH_PG_CONF, `{' '.join(started)}`" if started else ""
+    w(f"- {run['postgres_version']} (initdb defaults{conf}: {run['postgres_settings']})")
     w(f"- tansu: {run['tansu_version'] or 'n/a'}, storage `{st['tansu_storage']}`")
     w(f"- git: {args.commit}; libtally.so sha256 {binary(run['module'])}; tally-shipper sha256 {binary(run['shipper'])}")
     w("- everything on 127.0.0.1: redis-server (no AOF/RDB, `tally.max-backlog 0`), PostgreSQL, tansu and")

@@ -1,7 +1,9 @@
 //! `tally-bench growth RESULTS.json`: at each history size (GROWTH_SIZES, after a first
-//! point on the empty database) the synthetic history (history.rs) grows to that size, the
-//! indexes are rebuilt, then: a fixed backlog drained by `tally-shipper run` into it, the
-//! account statement query of docs/operations.md on hot and cold accounts, and the sizes.
+//! point on the empty database) the synthetic history (history.rs) grows to that size, spread
+//! over the 12 month partitions ending with the current month (history format 2,
+//! docs/history.md), the indexes are rebuilt, then: a fixed backlog drained by `tally-shipper
+//! run` into the current month, the account statement query of docs/operations.md on hot and
+//! cold accounts, and the sizes (the totals and the current month's partitions).
 
 use std::time::{Duration, Instant};
 
@@ -9,11 +11,11 @@ use anyhow::Result;
 use sqlx::PgPool;
 
 use super::capacity::{at, wait_backlog};
-use super::history::{account_key, History};
+use super::history::{account_key, month_bounds, History};
 use super::probe::{Probe, STREAM};
 use super::results::{
-    CapacitySettings, GrowthDrain, GrowthPoint, GrowthResults, QueryLatency, RedisMemory, Status,
-    TableRows,
+    CapacitySettings, GrowthDrain, GrowthPoint, GrowthResults, MonthRows, QueryLatency,
+    RedisMemory, Status, TableRows,
 };
 use super::servers::{RunArgs, Servers};
 use super::{cpu, fill, loadavg, say, unix_now, Config};
@@ -21,17 +23,19 @@ use super::{cpu, fill, loadavg, say, unix_now, Config};
 /// Events per COPY.
 const CHUNK: u64 = 100_000;
 
-/// The indexes of the three history tables, dropped while COPY runs and built again after
-/// (the same definitions as migrations/0004_lean_schema.sql).
+/// The indexes of the three history tables, dropped while COPY runs and built again after,
+/// with the definitions of migrations/0004_lean_schema.sql (events) and
+/// migrations/0007_history_by_month.sql (the partitioned event_keys and event_changes: the
+/// index of the parent, which every month's partition gets).
 const DROP_INDEXES: &str = "ALTER TABLE events DROP CONSTRAINT events_pkey; \
      DROP INDEX events_ts_brin; \
-     ALTER TABLE event_keys DROP CONSTRAINT event_keys_pkey; \
-     ALTER TABLE event_changes DROP CONSTRAINT event_changes_pkey";
+     DROP INDEX event_keys_key_seq_idx; \
+     DROP INDEX event_changes_key_field_seq_idx";
 const CREATE_INDEXES: &str = "SET maintenance_work_mem = '512MB'; \
      ALTER TABLE events ADD PRIMARY KEY (event_id); \
      CREATE INDEX events_ts_brin ON events USING brin (ts_ms); \
-     ALTER TABLE event_keys ADD PRIMARY KEY (data_key, seq); \
-     ALTER TABLE event_changes ADD PRIMARY KEY (data_key, field, seq, event_id)";
+     CREATE INDEX event_keys_key_seq_idx ON event_keys (data_key, seq); \
+     CREATE INDEX event_changes_key_field_seq_idx ON event_changes (data_key, field, seq)";
 
 const STATEMENT: &str = "SELECT c.seq, to_timestamp(c.ts_ms / 1000.0) AS at, c.delta, \
      c.balance, e.op, e.meta, e.type \
@@ -47,8 +51,7 @@ pub async fn run(cfg: &Config, k: &CapacitySettings) -> Result<GrowthResults> {
     if !k.pg_set.is_empty() {
         superuser(&s, "SELECT pg_reload_conf()").await?;
     }
-    let max = k.growth_sizes.iter().copied().max().unwrap_or(0);
-    let mut h = History::new(k.growth_accounts, max, super::capacity::unix_ms());
+    let mut h = History::new(k.growth_accounts, month_bounds(&p.pg).await?);
     let mut sizes = vec![0];
     sizes.extend(k.growth_sizes.iter().copied().filter(|&n| n > 0));
     let mut points = Vec::new();
@@ -92,12 +95,18 @@ async fn point(
     superuser(s, "CHECKPOINT").await?;
     let index_s = t1.elapsed().as_secs_f64();
     let rows = rows(&p.pg).await?;
+    let drain_month = drain_month(&p.pg).await?;
     say(&format!(
-        "growth: {size} history events (rows {}/{}/{}), copy {copy_s:.1}s, index+vacuum {index_s:.1}s",
-        rows.events, rows.event_keys, rows.event_changes
+        "growth: {size} history events (rows {}/{}/{}; {} {}/{}), copy {copy_s:.1}s, index+vacuum {index_s:.1}s",
+        rows.events,
+        rows.event_keys,
+        rows.event_changes,
+        drain_month.month,
+        drain_month.event_keys,
+        drain_month.event_changes
     ));
     let loadavg = loadavg();
-    let drain = drain(s, p, cfg, k, size).await?;
+    let drain = drain(s, p, cfg, k, size, rows.events).await?;
     let hot = statement(&p.pg, k.growth_queries, |_| {
         account_key(h.by_rank(fastrand::u64(..100)))
     })
@@ -107,22 +116,11 @@ async fn point(
         "growth {size}: statement hot p50 {:.2} p99 {:.2} ms, cold p50 {:.2} p99 {:.2} ms",
         hot.p50_ms, hot.p99_ms, cold.p50_ms, cold.p99_ms
     ));
-    let database_bytes = sqlx::query_scalar("SELECT pg_database_size(current_database())")
-        .fetch_one(&p.pg)
-        .await?;
-    let mut table_bytes = [0i64; 3];
-    for (b, t) in table_bytes
-        .iter_mut()
-        .zip(["events", "event_keys", "event_changes"])
-    {
-        *b = sqlx::query_scalar("SELECT pg_total_relation_size($1::regclass)")
-            .bind(t)
-            .fetch_one(&p.pg)
-            .await?;
-    }
+    let (database_bytes, table_bytes) = sizes(&p.pg).await?;
     Ok(GrowthPoint {
         history_events: h.events,
         rows,
+        drain_month,
         copy_s,
         index_s,
         drain,
@@ -211,6 +209,65 @@ fn cold(h: &History) -> String {
     account_key(0)
 }
 
+/// The database's size and pg_total_relation_size of events, event_keys and event_changes,
+/// each with all its partitions.
+async fn sizes(pg: &PgPool) -> Result<(i64, [i64; 3])> {
+    let database = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+        .fetch_one(pg)
+        .await?;
+    let mut tables = [0i64; 3];
+    for (b, t) in tables
+        .iter_mut()
+        .zip(["events", "event_keys", "event_changes"])
+    {
+        // pg_partition_tree lists nothing for a table that is not partitioned
+        *b = sqlx::query_scalar(
+            "SELECT coalesce((SELECT sum(pg_total_relation_size(relid)) \
+             FROM pg_partition_tree($1::regclass))::bigint, pg_total_relation_size($1::regclass))",
+        )
+        .bind(t)
+        .fetch_one(pg)
+        .await?;
+    }
+    Ok((database, tables))
+}
+
+/// The current UTC month's partitions (where the drain's events land): rows and sizes. A
+/// month not created yet counts as empty.
+async fn drain_month(pg: &PgPool) -> Result<MonthRows> {
+    let (month, from_ms, to_ms): (String, i64, i64) = sqlx::query_as(
+        "SELECT to_char(m, 'YYYY\"m\"MM'), (extract(epoch FROM m) * 1000)::bigint, \
+         (extract(epoch FROM m + interval '1 month') * 1000)::bigint \
+         FROM date_trunc('month', now() AT TIME ZONE 'UTC') AS m",
+    )
+    .fetch_one(pg)
+    .await?;
+    let mut counts = [0i64; 2];
+    let mut bytes = [0i64; 2];
+    for ((c, b), t) in counts
+        .iter_mut()
+        .zip(bytes.iter_mut())
+        .zip(["event_keys", "event_changes"])
+    {
+        let sql = format!("SELECT count(*) FROM {t} WHERE ts_ms >= $1 AND ts_ms < $2");
+        *c = sqlx::query_scalar(&sql)
+            .bind(from_ms)
+            .bind(to_ms)
+            .fetch_one(pg)
+            .await?;
+        *b = sqlx::query_scalar("SELECT coalesce(pg_total_relation_size(to_regclass($1)), 0)")
+            .bind(format!("{t}_{month}"))
+            .fetch_one(pg)
+            .await?;
+    }
+    Ok(MonthRows {
+        month,
+        event_keys: counts[0],
+        event_changes: counts[1],
+        table_bytes: bytes,
+    })
+}
+
 async fn rows(pg: &PgPool) -> Result<TableRows> {
     let count = |t: &str| format!("SELECT count(*) FROM {t}");
     Ok(TableRows {
@@ -225,16 +282,17 @@ async fn rows(pg: &PgPool) -> Result<TableRows> {
 }
 
 /// A backlog of `growth_backlog` ASSET.INCR events over `growth_backlog_accounts` accounts,
-/// then `tally-shipper run` timed until its group has nothing pending or unread.
+/// then `tally-shipper run` timed until its group has nothing pending or unread; `before`:
+/// the rows of `events` before it.
 async fn drain(
     s: &Servers,
     p: &mut Probe,
     cfg: &Config,
     k: &CapacitySettings,
     size: u64,
+    before: i64,
 ) -> Result<GrowthDrain> {
     let n = k.growth_backlog;
-    let from_ms = super::capacity::unix_ms();
     let fill_s = fill::backlog(s, p, n, k.growth_backlog_accounts).await?;
     let args = RunArgs {
         writers: k.writers,
@@ -254,12 +312,12 @@ async fn drain(
         (false, true) => Status::Timeout,
         (false, false) => Status::ShipperExited,
     };
-    let wal1 = wal(&p.pg).await?;
     shipper.stop().await;
-    let stored = sqlx::query_scalar("SELECT count(*) FROM events WHERE ts_ms >= $1")
-        .bind(from_ms)
+    let wal1 = wal_after(&p.pg).await?;
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&p.pg)
         .await?;
+    let stored = after - before;
     say(&format!(
         "growth {size}: drained {n} in {drain_s:.2}s = {:.0} ev/s ({status:?}, {stored} stored)",
         n as f64 / drain_s
@@ -273,6 +331,27 @@ async fn drain(
         cpu,
         wal: [wal1[0] - wal0[0], wal1[1] - wal0[1], wal1[2] - wal0[2]],
     })
+}
+
+/// `wal` once the shipper's connections (`tally-shipper/<v>`) are gone (10 s at most): a busy
+/// backend adds its WAL to pg_stat_wal at most once a second, and when it exits; read while
+/// the shipper is connected, a drain of a second or two would miss most of its WAL.
+async fn wal_after(pg: &PgPool) -> Result<[i64; 3]> {
+    for _ in 0..100 {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE starts_with(application_name, 'tally-shipper/')",
+        )
+        .fetch_one(pg)
+        .await?;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // an exiting backend leaves pg_stat_activity just before it reports its statistics
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    wal(pg).await
 }
 
 /// pg_stat_wal's wal_records, wal_fpi (full-page images) and wal_bytes.

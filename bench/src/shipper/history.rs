@@ -1,12 +1,19 @@
 //! A synthetic history for the growth run, written with COPY as the shipper would have
-//! stored it: `asset.incr` events (4 in 5) and `asset.transfer` events (1 in 5) over
-//! `accounts` accounts with Zipf-like activity (the account of rank r is picked with
-//! probability ~ 1/r; ranks are scattered over the key space), one `events` row each, one
-//! `event_keys` row per key, one `event_changes` row per changed balance, and the
+//! stored it (history format 2, docs/history.md): `asset.incr` events (4 in 5) and
+//! `asset.transfer` events (1 in 5) over `accounts` accounts with Zipf-like activity (the
+//! account of rank r is picked with probability ~ 1/r; ranks are scattered over the key space),
+//! one `events` row each, one `event_keys` row per key, one `event_changes` row per changed
+//! balance (both with the event's `ts_ms`, so each lands in its month's partition), and the
 //! `balances` and `key_seqs` rows of every account touched. Account keys are
-//! `acct:<12 digits>h`: they sort next to the drain's `acct:<12 digits>` keys, so the
-//! drain's inserts land all over the history's indexes without reusing its (key, seq) pairs.
-//! Events are spread over the year before the run, in time order, with UUIDv7 ids.
+//! `acct:<12 digits>h`: they sort next to the drain's `acct:<12 digits>` keys, so the drain's
+//! inserts land all over the history's indexes without reusing its (key, seq) pairs.
+//!
+//! Each growth spreads its new events over the 12 UTC calendar months ending with the current
+//! one, 1/12 of them in each month (uniform within it), in time order, with UUIDv7 ids: every
+//! month's partition, the current one included (where the drain writes), holds 1/12 of the
+//! history at every size, whatever the date of the run. Some events of the current month are
+//! later than now; nothing in the benchmark reads by time. An account's seqs follow the order
+//! its events were generated in, so across growths a later seq can have an earlier time.
 
 use std::fmt::Write as _;
 
@@ -15,7 +22,24 @@ use sqlx::PgPool;
 
 /// A prime that does not divide the account count (scatters the ranks).
 const SCATTER: u64 = 999_983;
-const YEAR_MS: f64 = 365.0 * 86_400_000.0;
+/// Months the history is spread over: the current UTC month and the 11 before it.
+const MONTHS: usize = 12;
+
+/// The bounds (Unix ms) of the `MONTHS` UTC months ending with the current one: the first
+/// millisecond of each, then that of the next month.
+pub async fn month_bounds(pg: &PgPool) -> Result<Vec<i64>> {
+    let bounds: Vec<i64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM m) * 1000)::bigint FROM generate_series( \
+         date_trunc('month', now() AT TIME ZONE 'UTC') - make_interval(months => $1), \
+         date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month', \
+         interval '1 month') AS m ORDER BY m",
+    )
+    .bind(MONTHS as i32 - 1)
+    .fetch_all(pg)
+    .await?;
+    anyhow::ensure!(bounds.len() == MONTHS + 1, "month bounds: {bounds:?}");
+    Ok(bounds)
+}
 
 pub struct History {
     accounts: u64,
@@ -24,8 +48,10 @@ pub struct History {
     last_event: Vec<[u8; 16]>,
     last_ts: Vec<i64>,
     pub events: u64,
-    t0_ms: f64,
-    step_ms: f64,
+    /// `month_bounds`: the months the events are spread over.
+    months: Vec<i64>,
+    /// The growth under way: the index of its first event and its number of events.
+    span: (u64, u64),
 }
 
 /// The three tables' COPY text of one chunk.
@@ -61,9 +87,9 @@ pub fn account_key(a: u64) -> String {
 }
 
 impl History {
-    /// An empty history of `accounts` accounts whose events will be spread over the year
-    /// before now, `max_events` of them at most.
-    pub fn new(accounts: u64, max_events: u64, now_ms: i64) -> History {
+    /// An empty history of `accounts` accounts whose events will be spread over `months`
+    /// (`month_bounds`).
+    pub fn new(accounts: u64, months: Vec<i64>) -> History {
         let n = usize::try_from(accounts).unwrap_or(usize::MAX);
         History {
             accounts,
@@ -72,9 +98,19 @@ impl History {
             last_event: vec![[0; 16]; n],
             last_ts: vec![0; n],
             events: 0,
-            t0_ms: now_ms as f64 - YEAR_MS - 3_600_000.0,
-            step_ms: YEAR_MS / max_events.max(1) as f64,
+            months,
+            span: (0, 1),
         }
+    }
+
+    /// The time of event `i` of the growth under way: the span's events in order, 1/12 of
+    /// them in each month, uniform within it.
+    fn ts(&self, i: u64) -> i64 {
+        let (from, n) = self.span;
+        let pos = u128::from(i - from) * MONTHS as u128;
+        let m = (pos / u128::from(n)) as usize;
+        let len = (self.months[m + 1] - self.months[m]) as u128;
+        self.months[m] + ((pos % u128::from(n)) * len / u128::from(n)) as i64
     }
 
     /// The account of rank `rank` (0 = the most active).
@@ -97,8 +133,17 @@ impl History {
         self.seq[a as usize]
     }
 
-    /// Appends events until there are `target`, COPYing every `chunk` events.
+    /// Appends events until there are `target`, spread over the months (created first),
+    /// COPYing every `chunk` events.
     pub async fn grow(&mut self, pg: &PgPool, target: u64, chunk: u64) -> Result<()> {
+        if self.events >= target {
+            return Ok(());
+        }
+        let _: i64 = sqlx::query_scalar("SELECT count(*) FROM tally_history_months($1::bigint[])")
+            .bind(&self.months[..MONTHS])
+            .fetch_one(pg)
+            .await?;
+        self.span = (self.events, target - self.events);
         while self.events < target {
             let n = chunk.min(target - self.events);
             let mut c = Chunk::default();
@@ -112,7 +157,7 @@ impl History {
                     "event_id, type, ts_ms, op, meta, raw, stream, stream_id, source, via",
                     c.events,
                 ),
-                ("event_keys", "event_id, data_key, seq", c.keys),
+                ("event_keys", "event_id, data_key, seq, ts_ms", c.keys),
                 (
                     "event_changes",
                     "event_id, idx, data_key, field, delta, balance, seq, ts_ms",
@@ -131,7 +176,7 @@ impl History {
     /// One event into the chunk's text.
     fn event(&mut self, c: &mut Chunk) {
         let i = self.events;
-        let ts = (self.t0_ms + i as f64 * self.step_ms) as i64;
+        let ts = self.ts(i);
         let id = uuid_v7(ts);
         let idt = uuid_text(&id);
         let a = self.draw();
@@ -155,7 +200,7 @@ impl History {
                 r#"{{"key":"{k}","field":"gold","delta":"{delta}","balance":"{bal}"}}"#
             ));
             reply.push(format!(r#""{bal}""#));
-            let _ = writeln!(c.keys, "{idt}\t{k}\t{seq}");
+            let _ = writeln!(c.keys, "{idt}\t{k}\t{seq}\t{ts}");
             let _ = writeln!(
                 c.changes,
                 "{idt}\t{idx}\t{k}\tgold\t{delta}\t{bal}\t{seq}\t{ts}"

@@ -291,11 +291,17 @@ pub async fn run_info<L>(
     started_unix: u64,
     load: L,
 ) -> Result<RunInfo<L>> {
+    let started_with: Vec<String> = cfg
+        .pg_conf
+        .iter()
+        .filter_map(|s| Some(s.split_once('=')?.0.to_lowercase()))
+        .collect();
     let postgres_settings = sqlx::query_scalar(
-        "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings \
-         WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', 'wal_level', \
-         'max_wal_size')",
+        "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) \
+         FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', \
+         'wal_level', 'max_wal_size') OR name = ANY($1)",
     )
+    .bind(&started_with)
     .fetch_one(&p.pg)
     .await?;
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -312,6 +318,7 @@ pub async fn run_info<L>(
         redis_version: version(Path::new("redis-server")),
         postgres_version: s.pg.version(),
         postgres_settings,
+        postgres_start_settings: cfg.pg_conf.clone(),
         tansu_version: s.tansu.as_ref().map(|_| version(&cfg.tansu)),
         module: binary(&cfg.module)?,
         shipper: binary(&cfg.shipper)?,

@@ -31,8 +31,11 @@ pub struct RunInfo<L = LoadAverages> {
     pub redis_version: String,
     /// `postgres --version`
     pub postgres_version: String,
-    /// fsync, synchronous_commit, shared_buffers, wal_level, max_wal_size as `name=setting`.
+    /// fsync, synchronous_commit, shared_buffers, wal_level, max_wal_size and the settings of
+    /// BENCH_PG_CONF as `name=value` (current_setting, with its unit), at the end of the run.
     pub postgres_settings: String,
+    /// BENCH_PG_CONF: the `name=value` settings Postgres was started with (`-c`).
+    pub postgres_start_settings: Vec<String>,
     /// `tansu --version`, absent without tansu.
     pub tansu_version: Option<String>,
     pub module: Binary,
@@ -325,6 +328,8 @@ pub struct GrowthPoint {
     pub history_events: u64,
     /// Rows of events / event_keys / event_changes before the drain (all sources).
     pub rows: TableRows,
+    /// The current UTC month's partitions (the drain's events land there) before the drain.
+    pub drain_month: MonthRows,
     /// Seconds the COPY of this point's new history took, and the index rebuild after it.
     pub copy_s: f64,
     pub index_s: f64,
@@ -332,7 +337,7 @@ pub struct GrowthPoint {
     pub hot: QueryLatency,
     pub cold: QueryLatency,
     pub database_bytes: i64,
-    /// pg_total_relation_size of events, event_keys, event_changes.
+    /// pg_total_relation_size of events, event_keys, event_changes (all partitions).
     pub table_bytes: [i64; 3],
     pub loadavg: String,
 }
@@ -344,6 +349,17 @@ pub struct TableRows {
     pub event_changes: i64,
 }
 
+/// Rows of the `event_keys_<month>` and `event_changes_<month>` partitions of one month.
+#[derive(Serialize, Default)]
+pub struct MonthRows {
+    /// `<yyyy>m<mm>` as in the partitions' names (2026m12).
+    pub month: String,
+    pub event_keys: i64,
+    pub event_changes: i64,
+    /// pg_total_relation_size of the two partitions (0: not created yet).
+    pub table_bytes: [i64; 2],
+}
+
 #[derive(Serialize)]
 pub struct GrowthDrain {
     pub n: u64,
@@ -351,10 +367,11 @@ pub struct GrowthDrain {
     /// From starting the shipper until its group had nothing pending or unread.
     pub drain_s: f64,
     pub status: Status,
-    /// Events with a `ts_ms` after the backlog's fill started, counted after the drain.
+    /// Rows the drain added to `events` (counted after it, minus `rows.events`).
     pub stored: i64,
     pub cpu: CpuSeconds,
-    /// WAL written during the drain (pg_stat_wal): records, full-page images, bytes.
+    /// WAL written during the drain (pg_stat_wal, read once the shipper's connections closed):
+    /// records, full-page images, bytes.
     pub wal: [i64; 3],
 }
 
