@@ -110,3 +110,26 @@ CREATE TABLE history_retired (
     archive       text,                                -- where the rows were written; NULL: not archived
     retired_at    timestamptz NOT NULL DEFAULT now()
 );
+
+-- 6. An account's statement: the newest `max_rows` changes of (key, field) with seq below
+--    `before_seq` (NULL: from the newest), newest first, with their event's type, op-id and
+--    META. A function so that its plan is made for the key asked: a driver's prepared
+--    statement on the partitioned table falls back, after five runs, to one generic plan for
+--    every key, which reads and sorts all of a busy account's changes in every month
+--    (135 ms for one account of a 300k-event benchmark history) where the plan for the key
+--    merges each month's index in seq order and stops after `max_rows` (0.3 ms).
+CREATE FUNCTION tally_statement(key_in text, field_in text, before_seq bigint DEFAULT NULL,
+                                max_rows integer DEFAULT 50)
+RETURNS TABLE (seq bigint, ts_ms bigint, delta numeric, balance numeric, event_id uuid,
+               type text, op text, meta text)
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan AS $$
+BEGIN
+    RETURN QUERY
+    SELECT c.seq, c.ts_ms, c.delta, c.balance, c.event_id, e.type, e.op, e.meta
+    FROM event_changes c JOIN events e ON e.event_id = c.event_id
+    WHERE c.data_key = key_in AND c.field = field_in
+      AND c.seq < COALESCE(before_seq, 9223372036854775807)
+    ORDER BY c.seq DESC
+    LIMIT max_rows;
+END
+$$;

@@ -37,10 +37,8 @@ const CREATE_INDEXES: &str = "SET maintenance_work_mem = '512MB'; \
      CREATE INDEX event_keys_key_seq_idx ON event_keys (data_key, seq); \
      CREATE INDEX event_changes_key_field_seq_idx ON event_changes (data_key, field, seq)";
 
-const STATEMENT: &str = "SELECT c.seq, to_timestamp(c.ts_ms / 1000.0) AS at, c.delta, \
-     c.balance, e.op, e.meta, e.type \
-     FROM event_changes c JOIN events e USING (event_id) \
-     WHERE c.data_key = $1 AND c.field = 'gold' ORDER BY c.seq DESC LIMIT 50";
+const STATEMENT: &str = "SELECT seq, to_timestamp(ts_ms / 1000.0) AS at, delta, balance, \
+     op, meta, type FROM tally_statement($1, 'gold')";
 
 pub async fn run(cfg: &Config, k: &CapacitySettings) -> Result<GrowthResults> {
     let started_unix = unix_now();
