@@ -524,14 +524,16 @@ fn refuse_several_servers(nodes: &Nodes) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `restore --as-of`: the same drain rule, then the rollback through the module.
+/// `restore --as-of`: refused before the end of the retired history; the same drain rule,
+/// then the rollback through the module.
 pub(crate) async fn as_of_command(
     redis_urls: &[String],
     pool: &PgPool,
     opt: &Options,
     as_of_ms: i64,
 ) -> anyhow::Result<restore_as_of::RolledBack> {
+    let kept_from = restore_as_of::kept_from(pool, as_of_ms).await?;
     let mut nodes = Nodes::connect(redis_urls).await?;
     require_drained(&mut nodes, pool, opt).await?;
-    restore_as_of::run(&mut nodes, pool, &opt.prefix, as_of_ms).await
+    restore_as_of::run(&mut nodes, pool, &opt.prefix, (as_of_ms, kept_from)).await
 }

@@ -17,11 +17,14 @@
 //! moved on), claims released after the moment (their issue numbers are retired), campaigns
 //! created after it.
 //!
+//! After `history retire`, a moment before the end of the newest retired month is refused
+//! (`kept_from`); a later one is computed from the months kept (`balances_at`).
+//!
 //! On several standalone servers every key is first found on its server (`Nodes::locate`):
 //! one that is on none, or on more than one, stops the rollback before anything is corrected.
 
 use super::nodes::Nodes;
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use sqlx::PgPool;
 
 /// At most this many fields per ASSET.INCR (the command's own limit is 64).
@@ -64,17 +67,53 @@ struct BalanceAt {
     balance: String,
 }
 
-/// The balance of every (key, field) at `as_of_ms`: the change with the highest seq at or
-/// before it; fields first changed later roll back to 0.
-async fn balances_at(pool: &PgPool, as_of_ms: i64) -> anyhow::Result<Vec<BalanceAt>> {
+/// The first moment whose balances the history still holds: the end of the newest month
+/// `history retire` removed (i64::MIN when none was). A moment before it is refused: a field
+/// whose changes up to it were all retired cannot be told from one that had none.
+pub(crate) async fn kept_from(pool: &PgPool, as_of_ms: i64) -> anyhow::Result<i64> {
+    let newest: Option<(String, i64)> =
+        sqlx::query_as("SELECT month, to_ms FROM history_retired ORDER BY to_ms DESC LIMIT 1")
+            .fetch_optional(pool)
+            .await?;
+    let Some((month, to_ms)) = newest else {
+        return Ok(i64::MIN);
+    };
+    if as_of_ms < to_ms {
+        bail!(
+            "refusing restore --as-of {as_of_ms}: the history up to the end of month {month} was retired \
+             (history_retired; `tally-shipper history retire`), so the balances before {to_ms} are no longer \
+             known. The earliest moment a rollback can go back to is --as-of {to_ms}"
+        );
+    }
+    Ok(to_ms)
+}
+
+/// The balance of every (key, field) at `as_of_ms` (at or after `kept_from`, the end of the
+/// retired history): the last change at or before it; else (no change kept at or before it)
+/// the balance before the first change after it (a field first changed after the moment:
+/// 0); else the current balance (every change of the field is at or before the moment, and
+/// retired). On a full history, the first rule alone, with 0 for the fields first changed
+/// later. Changes older than `kept_from` (a late event stored into a retired month since) are
+/// not read: they may be older than the retired ones.
+async fn balances_at(
+    pool: &PgPool,
+    as_of_ms: i64,
+    kept_from: i64,
+) -> anyhow::Result<Vec<BalanceAt>> {
     Ok(sqlx::query_as(
         "SELECT b.data_key, b.field,
                 COALESCE((SELECT c.balance::text FROM event_changes c
-                          WHERE c.data_key = b.data_key AND c.field = b.field AND c.ts_ms <= $1
-                          ORDER BY c.seq DESC LIMIT 1), '0') AS balance
+                          WHERE c.data_key = b.data_key AND c.field = b.field
+                            AND c.ts_ms <= $1 AND c.ts_ms >= $2
+                          ORDER BY c.seq DESC LIMIT 1),
+                         (SELECT (c.balance - c.delta)::text FROM event_changes c
+                          WHERE c.data_key = b.data_key AND c.field = b.field AND c.ts_ms > $1
+                          ORDER BY c.seq LIMIT 1),
+                         b.balance::text) AS balance
          FROM balances b ORDER BY b.data_key, b.field",
     )
     .bind(as_of_ms)
+    .bind(kept_from)
     .fetch_all(pool)
     .await?)
 }
@@ -239,14 +278,15 @@ async fn held_keys(pool: &PgPool, as_of_ms: i64) -> anyhow::Result<Vec<String>> 
     .await?)
 }
 
+/// The rollback to `as_of_ms`; `kept_from`: what `kept_from` returned for it.
 pub(crate) async fn run(
     nodes: &mut Nodes,
     pool: &PgPool,
     prefix: &str,
-    as_of_ms: i64,
+    (as_of_ms, kept_from): (i64, i64),
 ) -> anyhow::Result<RolledBack> {
     let mut out = RolledBack::default();
-    let balances = balances_at(pool, as_of_ms).await?;
+    let balances = balances_at(pool, as_of_ms, kept_from).await?;
     let held = held_since(pool, as_of_ms).await?;
     let mut keys: Vec<String> = balances.iter().map(|b| b.data_key.clone()).collect();
     keys.extend(held.iter().map(|(campaign, _, _)| campaign.clone()));
