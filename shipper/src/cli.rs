@@ -1,7 +1,11 @@
 //! Command line / environment configuration: every option of every command (clap, with
 //! `TALLY_*` environment variables).
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
+
+use crate::ops::retire::Month;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -79,6 +83,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: FailedCommand,
     },
+    /// The history in Postgres by month: `history retire` archives and removes old months
+    /// (docs/history.md).
+    History {
+        #[command(subcommand)]
+        cmd: HistoryCommand,
+    },
     /// Compare Redis with Postgres (balances, coupons, usage, sequences); exit 0 when they
     /// match, 1 on any mismatch, 2 when they match but events are still in flight.
     Reconcile {
@@ -109,6 +119,41 @@ pub(crate) enum Command {
         /// by appending correcting events through the module. Writers should be stopped.
         #[arg(long, value_name = "UNIX_MS")]
         as_of: Option<i64>,
+    },
+}
+
+/// `tally-shipper history ...`: the history in Postgres, by month (docs/history.md).
+#[derive(Subcommand, Debug, Clone)]
+pub(crate) enum HistoryCommand {
+    /// Archive, then remove, every month of the history before --before.
+    ///
+    /// Every month of event_keys/event_changes that ends at or before the start of --before
+    /// (UTC), oldest first: its rows of events, event_keys and event_changes are written to CSV
+    /// files in --archive-dir (unless --no-archive), then removed in one transaction (its
+    /// partitions detached and dropped) that records the month in history_retired. A month
+    /// retired before is skipped. Refuses a --before that would retire the current or the
+    /// previous month. Exit 0 done, 1 refused or a fatal error.
+    Retire {
+        #[command(flatten)]
+        pg: PgOpts,
+        /// The first month kept, YYYY-MM (UTC): every month before it is retired.
+        #[arg(long, value_name = "YYYY-MM", value_parser = Month::parse)]
+        before: Month,
+        /// Write each month's rows to <table>_<yyyy>m<mm>.csv in this directory (it must
+        /// exist) before they are removed.
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "no_archive",
+            conflicts_with = "no_archive"
+        )]
+        archive_dir: Option<PathBuf>,
+        /// Remove the rows without writing them anywhere.
+        #[arg(long)]
+        no_archive: bool,
+        /// Print each month that would be retired with its row counts; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -243,6 +288,54 @@ mod failed_tests {
             &["dismiss", "3", "--reason", " "],
             &["dismiss", "3", "--reason", "r", "--by", ""],
             &["show"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<HistoryCommand, clap::Error> {
+        let mut all = vec!["tally-shipper", "history", "retire"];
+        all.extend_from_slice(args);
+        all.extend(["--database-url", "postgres://x"]);
+        match Cli::try_parse_from(all)?.cmd {
+            Command::History { cmd } => Ok(cmd),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn retire_takes_a_month_and_one_of_archive_dir_and_no_archive() {
+        match parse(&["--before", "2025-06", "--archive-dir", "/a", "--dry-run"]) {
+            Ok(HistoryCommand::Retire {
+                before,
+                archive_dir: Some(dir),
+                no_archive: false,
+                dry_run: true,
+                ..
+            }) => assert_eq!((before.suffix(), dir), ("2025m06".into(), "/a".into())),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["--before", "2025-06", "--no-archive"]),
+            Ok(HistoryCommand::Retire {
+                archive_dir: None,
+                no_archive: true,
+                dry_run: false,
+                ..
+            })
+        ));
+        for bad in [
+            &["--before", "2025-06"][..],
+            &["--before", "2025-06", "--no-archive", "--archive-dir", "/a"],
+            &["--before", "2025-6", "--no-archive"],
+            &["--before", "2025-13", "--no-archive"],
+            &["--no-archive"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

@@ -7,10 +7,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::cli::{
-    BatchOpts, CheckOpts, Command, FailedCommand, KafkaOpts, OpsOpts, PgOpts, RedisOpts,
+    BatchOpts, CheckOpts, Command, FailedCommand, HistoryCommand, KafkaOpts, OpsOpts, PgOpts,
+    RedisOpts,
 };
+use crate::clock::now_ms;
 use crate::obs::{health, http, progress};
-use crate::ops::{failed, reconcile, restore};
+use crate::ops::{failed, reconcile, restore, retire};
 use crate::paths::{Forward, Persist, Writers};
 use crate::retry::with_retry;
 use crate::shutdown::Shutdown;
@@ -36,6 +38,7 @@ pub(crate) async fn run(cmd: Command, shutdown: &Shutdown) -> anyhow::Result<u8>
             as_of,
         } => return restore_command(&target, &pg, kafka, force, as_of).await,
         Command::Failed { cmd } => return failed_command(cmd).await,
+        Command::History { cmd } => return history_command(cmd).await,
         Command::Migrate { pg, force } => migrate_command(&pg, force).await?,
         Command::RetryFailed { pg, limit } => retry_failed_command(&pg, limit).await?,
         Command::Run {
@@ -124,6 +127,26 @@ async fn retry_failed_command(pg: &PgOpts, limit: i64) -> anyhow::Result<()> {
 async fn failed_command(cmd: FailedCommand) -> anyhow::Result<u8> {
     let pool = checked_pool(failed::pg_opts(&cmd), 1).await?;
     failed::command(&pool, cmd).await
+}
+
+/// `history retire`: a refusal is an error (exit 1), like every other fatal one.
+async fn history_command(cmd: HistoryCommand) -> anyhow::Result<u8> {
+    let HistoryCommand::Retire {
+        pg,
+        before,
+        archive_dir,
+        no_archive: _,
+        dry_run,
+    } = cmd;
+    let pool = checked_pool(&pg, 1).await?;
+    let opt = retire::Options {
+        before,
+        archive_dir,
+        dry_run,
+        now_ms: now_ms(),
+    };
+    retire::command(&pool, &opt).await?;
+    Ok(EXIT_OK)
 }
 
 /// `reconcile`: its exit code is its verdict.

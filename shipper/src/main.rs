@@ -5,7 +5,7 @@
 //! in `paths/`: the direct writers, or forward -> Kafka -> persist. The path stores it through
 //! `sinks/` (Kafka, Postgres) and only then does the batch's guard acknowledge it
 //! (`source/ack.rs`). `commands.rs` wires the stages of each command, `ops/` holds the
-//! one-shot operations (reconcile, restore, failed events), `obs/` the metrics and /healthz,
+//! one-shot operations (reconcile, restore, failed events, history retire), `obs/` the metrics and /healthz,
 //! `event/` the event format, `redis_io/` the Redis client layer, `cli.rs` every option,
 //! `retry.rs` the backoff and the `Fatal` error, `shutdown.rs` the signals.
 

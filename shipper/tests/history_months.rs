@@ -15,13 +15,6 @@ const FEB_FIRST_MS: i64 = JAN_LAST_MS + 1;
 /// 2025-06-15 UTC: a late event of an old month.
 const JUNE_2025_MS: i64 = 1_749_945_600_000;
 
-/// `event` with its `ts` set to `ts_ms`.
-fn at(event: &str, ts_ms: i64) -> String {
-    let mut v: Value = serde_json::from_str(event).unwrap();
-    v["ts"] = ts_ms.into();
-    v.to_string()
-}
-
 fn id_of(e: &str) -> String {
     serde_json::from_str::<Value>(e).unwrap()["id"]
         .as_str()

@@ -1024,6 +1024,13 @@ pub async fn ship_all(
         .success());
 }
 
+/// `event` with its `ts` set to `ts_ms` (an event of another moment than now).
+pub fn at(event: &str, ts_ms: i64) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(event).unwrap();
+    v["ts"] = ts_ms.into();
+    v.to_string()
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
