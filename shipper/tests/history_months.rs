@@ -117,6 +117,21 @@ async fn a_fork_across_months_is_recorded_and_old_months_are_created_on_demand()
     rows.sort();
     let want = [(1, "1"), (2, "1.05"), (2, "1.07"), (3, "1.06")];
     assert_eq!(rows, want.map(|(s, b)| (s, b.to_string())).to_vec());
+    // the statement function: the same rows newest first, with the event's type; pages by seq
+    let f: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT seq, balance::text, type FROM tally_statement('acct:m', 'gold', NULL, 2)",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(f[0], (3, "1.06".to_string(), "asset.incr".to_string()));
+    assert_eq!((f.len(), f[1].0), (2, 2));
+    let older: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, balance::text FROM tally_statement('acct:m', 'gold', 2)")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(older, vec![(1, "1".to_string())]);
     for t in ["event_keys", "event_changes"] {
         let months = months_of(&pool, t).await;
         for m in ["2025m06", "2026m01", "2026m02"] {
