@@ -38,10 +38,14 @@ BEGIN
                     PERFORM pg_advisory_xact_lock(hashtext('tally_history_months'));
                     locked := true;
                 END IF;
-                IF to_regclass(t || '_' || to_char(m, 'YYYY"m"MM')) IS NULL THEN
+                -- the catalog this call sees can predate a caller that created the month while
+                -- we waited for the lock: "already exists" means it is there
+                BEGIN
                     EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%s) TO (%s)',
                                    t || '_' || to_char(m, 'YYYY"m"MM'), t, from_ms, to_ms);
-                END IF;
+                EXCEPTION WHEN duplicate_table THEN
+                    NULL;
+                END;
             END IF;
         END LOOP;
         RETURN NEXT;

@@ -54,31 +54,54 @@ pub(crate) fn advance_watermark(contiguous: i64, seqs_above: &[i64]) -> i64 {
     c
 }
 
-/// The watermark of each key after a batch, when it can be decided without reading
-/// event_keys: the key had no early arrivals stored (`last == contiguous`) and the batch
-/// brings exactly the next seqs. The keys returned second need `advance_watermark` over the
-/// stored seqs above their watermark.
-pub(crate) fn fast_watermarks<'a>(
-    current: &HashMap<String, (i64, i64)>,
-    batch: &BTreeMap<&'a str, Vec<i64>>,
-) -> (HashMap<&'a str, i64>, Vec<&'a str>) {
-    let mut fast = HashMap::new();
-    let mut slow = Vec::new();
-    for (key, seqs) in batch {
-        let (c, last) = current.get(*key).copied().unwrap_or((0, 0));
-        let mut sorted = seqs.clone();
-        sorted.sort_unstable();
-        let consecutive = sorted
-            .iter()
-            .enumerate()
-            .all(|(i, s)| *s == c + 1 + i as i64);
-        if last == c && consecutive {
-            fast.insert(*key, c + sorted.len() as i64);
-        } else {
-            slow.push(*key);
+/// One key's seqs in a batch: the highest and lowest, whether its distinct seqs are
+/// consecutive, and the first event that carried the highest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyBatch<'a> {
+    pub(crate) max: i64,
+    pub(crate) min: i64,
+    pub(crate) run: bool,
+    pub(crate) newest: &'a str,
+}
+
+/// Per key (in key order), its `KeyBatch` from `(key, seq, event)` in arrival order.
+pub(crate) fn key_batches<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, i64, &'a str)>,
+) -> BTreeMap<&'a str, KeyBatch<'a>> {
+    let mut seqs: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
+    for (key, seq, ev) in pairs {
+        seqs.entry(key).or_default().push(seq);
+        let n = newest.entry(key).or_insert((seq, ev));
+        if seq > n.0 {
+            *n = (seq, ev);
         }
     }
-    (fast, slow)
+    seqs.into_iter()
+        .filter_map(|(key, mut s)| {
+            s.sort_unstable();
+            s.dedup();
+            let (min, max) = (*s.first()?, *s.last()?);
+            let run = max.checked_sub(min).and_then(|d| d.checked_add(1)) == Some(s.len() as i64);
+            let newest = newest.get(key)?.1;
+            Some((
+                key,
+                KeyBatch {
+                    max,
+                    min,
+                    run,
+                    newest,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Whether a key's watermark after the batch is known without reading event_keys: it had no
+/// early arrivals stored (`last == contiguous`) and the batch brings exactly the next seqs.
+/// The statement of `advance_keys` makes the same decision in SQL.
+pub(crate) fn fast(contiguous: i64, last: i64, b: &KeyBatch<'_>) -> bool {
+    last == contiguous && b.min.checked_sub(1) == Some(contiguous) && b.run
 }
 
 /// One (key, seq) an event carried.
@@ -114,8 +137,9 @@ pub(crate) async fn record(
             });
         }
     }
-    let current = lock_keys(tx, &pairs).await?;
-    let highest = |k: &str| current.get(k).map(|c| c.1).unwrap_or(0);
+    let batches = key_batches(pairs.iter().map(|p| (p.key, p.seq, p.ev)));
+    let before = advance_keys(tx, &batches).await?;
+    let highest = |k: &str| before.get(k).map(|c| c.1).unwrap_or(0);
     let seen: Vec<(&str, i64)> = pairs
         .iter()
         .filter(|p| p.seq <= highest(p.key))
@@ -123,8 +147,6 @@ pub(crate) async fn record(
         .collect();
     // (key, seq) -> the event that keeps it: stored before, or the first of this batch
     let mut keeper: HashMap<(String, i64), String> = stored_versions(tx, &seen).await?;
-    let mut kept: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
-    let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
     let mut store = Vec::new();
     let mut forks = Vec::new();
     for p in &pairs {
@@ -138,52 +160,85 @@ pub(crate) async fn record(
             Some(_) => {} // the same event twice: nothing new
             None => {
                 keeper.insert((p.key.to_string(), p.seq), p.ev.to_string());
-                kept.entry(p.key).or_default().push(p.seq);
-                let n = newest.entry(p.key).or_insert((p.seq, p.ev));
-                if p.seq > n.0 {
-                    *n = (p.seq, p.ev);
-                }
                 store.push(p);
             }
         }
     }
     copy_keys(tx, &store).await?;
     insert_forks(tx, &forks).await?;
-    let behind = advance(tx, &kept, &newest, &current).await?;
+    let behind = settle_slow(tx, &batches, &before).await?;
     Ok((forks.len(), behind))
 }
 
-/// Locks the key_seqs row of every key of `pairs`, in key order, creating the missing ones
-/// (highest and contiguous seq 0, until `advance` sets them), and returns each key's
-/// (contiguous_seq, last_seq) as stored. One statement: the no-op update of an existing row is
-/// what locks it, and the rows are taken in the order given, so two batches sharing keys (a
-/// transfer whose keys went to two writers) wait for each other instead of deadlocking.
-async fn lock_keys(
+/// One statement for every key of the batch, in key order: locks its key_seqs row (creating
+/// the missing ones), moves `last_seq` to the batch's highest seq and `contiguous_seq` along
+/// when `fast` holds, and returns each key's (contiguous_seq, last_seq) as they were before.
+/// The rows are locked in key order, so two batches sharing keys (a transfer whose keys went
+/// to two writers) wait for each other instead of deadlocking. Pairs above the previous
+/// highest seq go in unchecked (see `record`); last_seq moves only over those, so forks never
+/// move it. A key another transaction created meanwhile is taken again by the next round.
+async fn advance_keys(
     tx: &mut Transaction<'_, Postgres>,
-    pairs: &[Pair<'_>],
+    batches: &BTreeMap<&str, KeyBatch<'_>>,
 ) -> Result<HashMap<String, (i64, i64)>, sqlx::Error> {
-    let mut first: BTreeMap<&str, &str> = BTreeMap::new();
-    for p in pairs {
-        first.entry(p.key).or_insert(p.ev);
+    const ROUNDS: usize = 3;
+    let mut before = HashMap::new();
+    for _ in 0..ROUNDS {
+        let todo: Vec<(&&str, &KeyBatch)> = batches
+            .iter()
+            .filter(|(k, _)| !before.contains_key(**k))
+            .collect();
+        if todo.is_empty() {
+            return Ok(before);
+        }
+        let rows: Vec<KeySeqRow> = sqlx::query_as(ADVANCE_KEYS)
+            .bind(todo.iter().map(|(k, _)| **k).collect::<Vec<_>>())
+            .bind(todo.iter().map(|(_, b)| b.max).collect::<Vec<_>>())
+            .bind(todo.iter().map(|(_, b)| b.min).collect::<Vec<_>>())
+            .bind(todo.iter().map(|(_, b)| b.run).collect::<Vec<_>>())
+            .bind(todo.iter().map(|(_, b)| b.newest).collect::<Vec<_>>())
+            .fetch_all(&mut **tx)
+            .await?;
+        before.extend(
+            rows.into_iter()
+                .map(|r| (r.data_key, (r.contiguous_seq, r.last_seq))),
+        );
     }
-    if first.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows: Vec<KeySeqRow> = sqlx::query_as(
-        "INSERT INTO key_seqs (data_key, last_seq, event_id, contiguous_seq)
-         SELECT k, 0, e::uuid, 0 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(k, e, n) ORDER BY n
-         ON CONFLICT (data_key) DO UPDATE SET last_seq = key_seqs.last_seq
-         RETURNING data_key, contiguous_seq, last_seq",
-    )
-    .bind(first.keys().copied().collect::<Vec<_>>())
-    .bind(first.values().copied().collect::<Vec<_>>())
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.data_key, (r.contiguous_seq, r.last_seq)))
-        .collect())
+    Err(sqlx::Error::Protocol(format!(
+        "key_seqs: keys still created concurrently after {ROUNDS} rounds; the batch is retried"
+    )))
 }
+
+/// `advance_keys`' statement. `old` locks the existing rows in key order and reads them
+/// (after waiting, the newest committed version); `upd` writes them; `ins` creates the
+/// missing ones (a key another transaction created since the snapshot is skipped, and not
+/// returned). Returned: the values before the batch (0, 0 for a created row).
+const ADVANCE_KEYS: &str = "
+WITH input AS (
+    SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::bool[], $5::text[]) AS t(k, mx, mn, run, e)
+), old AS (
+    SELECT ks.data_key, ks.last_seq, ks.contiguous_seq FROM key_seqs ks
+    WHERE ks.data_key = ANY($1::text[]) ORDER BY ks.data_key FOR UPDATE
+), upd AS (
+    UPDATE key_seqs ks SET
+        last_seq = GREATEST(o.last_seq, i.mx),
+        event_id = CASE WHEN i.mx > o.last_seq THEN i.e::uuid ELSE ks.event_id END,
+        contiguous_seq = CASE WHEN o.last_seq = o.contiguous_seq AND i.mn = o.contiguous_seq + 1 AND i.run
+                              THEN i.mx ELSE o.contiguous_seq END,
+        updated_at = now()
+    FROM old o JOIN input i ON i.k = o.data_key
+    WHERE ks.data_key = o.data_key
+    RETURNING ks.data_key, o.contiguous_seq, o.last_seq
+), ins AS (
+    INSERT INTO key_seqs (data_key, last_seq, event_id, contiguous_seq)
+    SELECT i.k, i.mx, i.e::uuid, CASE WHEN i.mn = 1 AND i.run THEN i.mx ELSE 0 END
+    FROM input i WHERE NOT EXISTS (SELECT 1 FROM old o WHERE o.data_key = i.k)
+    ORDER BY i.k
+    ON CONFLICT (data_key) DO NOTHING
+    RETURNING data_key, 0::int8 AS contiguous_seq, 0::int8 AS last_seq
+)
+SELECT data_key, contiguous_seq, last_seq FROM upd
+UNION ALL SELECT data_key, contiguous_seq, last_seq FROM ins";
 
 /// The stored event of each (key, seq) in `seen` that event_keys holds.
 async fn stored_versions(
@@ -255,63 +310,41 @@ async fn insert_forks(
     Ok(())
 }
 
-/// Upsert key_seqs: last_seq = highest seen, contiguous_seq advanced. Returns the keys left
-/// with contiguous_seq < last_seq.
-async fn advance(
+/// The watermark of the keys `advance_keys` could not move (`fast` false: an early arrival,
+/// a gap, a late seq): advanced over the seqs stored above it, this batch's included. Returns
+/// the keys left with contiguous_seq < last_seq.
+async fn settle_slow(
     tx: &mut Transaction<'_, Postgres>,
-    kept: &BTreeMap<&str, Vec<i64>>,
-    newest: &HashMap<&str, (i64, &str)>,
-    current: &HashMap<String, (i64, i64)>,
+    batches: &BTreeMap<&str, KeyBatch<'_>>,
+    before: &HashMap<String, (i64, i64)>,
 ) -> Result<Vec<String>, sqlx::Error> {
-    // Every row exists and is locked (`lock_keys`); one statement, in key order, all the same.
-    if kept.is_empty() {
+    let prev = |k: &str| before.get(k).copied().unwrap_or((0, 0));
+    let slow: Vec<&str> = batches
+        .iter()
+        .filter(|(k, b)| {
+            let (c, last) = prev(k);
+            !fast(c, last, b)
+        })
+        .map(|(k, _)| *k)
+        .collect();
+    if slow.is_empty() {
         return Ok(vec![]);
     }
-    let keys: Vec<&str> = kept.keys().copied().collect();
-    let (mut contiguous, slow) = fast_watermarks(current, kept);
-    if !slow.is_empty() {
-        let from: Vec<i64> = slow
-            .iter()
-            .map(|k| current.get(*k).map(|c| c.0).unwrap_or(0))
-            .collect();
-        let above = seqs_above(&mut **tx, &slow, &from).await?;
-        for (k, c) in slow.iter().zip(&from) {
-            contiguous.insert(
-                k,
-                advance_watermark(*c, above.get(*k).map(Vec::as_slice).unwrap_or(&[])),
-            );
+    let from: Vec<i64> = slow.iter().map(|k| prev(k).0).collect();
+    let above = seqs_above(&mut **tx, &slow, &from).await?;
+    let (mut uk, mut uc, mut behind) = (vec![], vec![], vec![]);
+    for (k, c) in slow.iter().zip(&from) {
+        let n = advance_watermark(*c, above.get(*k).map(Vec::as_slice).unwrap_or(&[]));
+        if n > *c {
+            uk.push(*k);
+            uc.push(n);
+        }
+        if n < prev(k).1.max(batches.get(k).map_or(0, |b| b.max)) {
+            behind.push(k.to_string());
         }
     }
-    let c: Vec<i64> = keys
-        .iter()
-        .map(|k| contiguous.get(k).copied().unwrap_or(0))
-        .collect();
-    let last: Vec<i64> = keys
-        .iter()
-        .map(|k| newest.get(k).map(|n| n.0).unwrap_or(0))
-        .collect();
-    sqlx::query(
-        "INSERT INTO key_seqs (data_key, last_seq, event_id, contiguous_seq)
-         SELECT k, s, e::uuid, c FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[]) AS t(k, s, e, c)
-         ON CONFLICT (data_key) DO UPDATE SET
-             last_seq = GREATEST(key_seqs.last_seq, EXCLUDED.last_seq),
-             event_id = CASE WHEN EXCLUDED.last_seq > key_seqs.last_seq THEN EXCLUDED.event_id ELSE key_seqs.event_id END,
-             contiguous_seq = GREATEST(key_seqs.contiguous_seq, EXCLUDED.contiguous_seq),
-             updated_at = now()",
-    )
-    .bind(&keys)
-    .bind(&last)
-    .bind(keys.iter().map(|k| newest.get(k).map(|n| n.1).unwrap_or("")).collect::<Vec<_>>())
-    .bind(&c)
-    .execute(&mut **tx)
-    .await?;
-    let highest = |k: &str, batch_max: i64| current.get(k).map(|x| x.1).unwrap_or(0).max(batch_max);
-    Ok(keys
-        .iter()
-        .zip(c.iter().zip(&last))
-        .filter(|(k, (c, l))| **c < highest(k, **l))
-        .map(|(k, _)| k.to_string())
-        .collect())
+    raise_watermarks(&mut **tx, &uk, &uc).await?;
+    Ok(behind)
 }
 
 /// Stored seqs above each key's watermark.
@@ -393,17 +426,27 @@ pub(crate) async fn repair(pool: &PgPool, keys: &[String]) -> Result<Vec<String>
             still.push(r.data_key.clone());
         }
     }
-    if !uk.is_empty() {
-        sqlx::query(
-            "UPDATE key_seqs ks SET contiguous_seq = GREATEST(ks.contiguous_seq, t.c), updated_at = now()
-             FROM UNNEST($1::text[], $2::int8[]) AS t(k, c) WHERE ks.data_key = t.k",
-        )
-        .bind(&uk)
-        .bind(&uc)
-        .execute(pool)
-        .await?;
-    }
+    raise_watermarks(pool, &uk, &uc).await?;
     Ok(still)
+}
+
+/// contiguous_seq of each key in `keys` raised to its value in `to` (never lowered).
+async fn raise_watermarks<'e, E>(ex: E, keys: &[&str], to: &[i64]) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE key_seqs ks SET contiguous_seq = GREATEST(ks.contiguous_seq, t.c), updated_at = now()
+         FROM UNNEST($1::text[], $2::int8[]) AS t(k, c) WHERE ks.data_key = t.k",
+    )
+    .bind(keys)
+    .bind(to)
+    .execute(ex)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -444,19 +487,34 @@ mod tests {
 
     #[test]
     fn fast_path_only_for_the_next_seqs_of_a_settled_key() {
-        let current = HashMap::from([("a".to_string(), (5, 5)), ("b".to_string(), (2, 4))]);
-        let batch: BTreeMap<&str, Vec<i64>> = BTreeMap::from([
-            ("a", vec![7, 6]),
-            ("b", vec![3]),
-            ("new", vec![1, 2]),
-            ("late", vec![2]),
+        let batch = key_batches([
+            ("a", 7, "e2"),
+            ("a", 6, "e1"),
+            ("b", 3, "e1"),
+            ("new", 1, "e3"),
+            ("new", 2, "e4"),
+            ("new", 2, "e5"),
+            ("late", 2, "e6"),
+            ("gap", 6, "e7"),
+            ("gap", 8, "e8"),
         ]);
-        let (fast, mut slow) = fast_watermarks(&current, &batch);
-        slow.sort();
-        assert_eq!(fast, HashMap::from([("a", 7), ("new", 2)]));
-        // b had early arrivals stored (last 4 > contiguous 2); "late" lacks seq 1
-        assert_eq!(slow, vec!["b", "late"]);
-        let gap: BTreeMap<&str, Vec<i64>> = BTreeMap::from([("a", vec![6, 8])]);
-        assert_eq!(fast_watermarks(&current, &gap).1, vec!["a"]);
+        assert_eq!(
+            batch["a"],
+            KeyBatch {
+                max: 7,
+                min: 6,
+                run: true,
+                newest: "e2"
+            }
+        );
+        // the first event that carried the highest seq keeps it (e5 is a fork of e4)
+        assert_eq!(batch["new"].newest, "e4");
+        assert!(fast(5, 5, &batch["a"]));
+        assert!(fast(0, 0, &batch["new"]));
+        // b had early arrivals stored (last 4 > contiguous 2); "late" lacks seq 1; 7 is missing
+        assert!(!fast(2, 4, &batch["b"]));
+        assert!(!fast(0, 0, &batch["late"]));
+        assert!(!batch["gap"].run);
+        assert!(!fast(5, 5, &batch["gap"]));
     }
 }
