@@ -219,12 +219,23 @@ pub struct CapacityResults {
     /// Events the setup appended (coupon campaigns, usage limits, opening balances), shipped
     /// before the first step.
     pub setup_events: u64,
+    /// The whole run's events against what it should have stored.
+    pub stored: StoredTotal,
     pub steps: Vec<Step>,
     /// The highest target rate of a passed step (None: none passed).
     pub capacity: Option<f64>,
     /// The direct drain ceiling of the same run (drain.rs: an ASSET.INCR backlog, then
     /// `tally-shipper run` with the steps' `--pg-writers`).
     pub drain: DrainRun,
+}
+
+/// After the run drained: the events the setup and every successful command produced, the
+/// rows of `events` (waited for until they match, or the drain timeout), of failed_events.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredTotal {
+    pub expected: u64,
+    pub stored: u64,
+    pub failed_events: i64,
 }
 
 /// The knobs of `tally-bench capacity` and `tally-bench growth` (CAPACITY_*, GROWTH_*).
