@@ -3,9 +3,10 @@
 //! A plain COPY is the cheapest way into a table: rows go in by pages (one WAL record per
 //! heap page instead of one per row) and, unlike `INSERT ... ON CONFLICT`, it does not probe
 //! every unique index before inserting. It cannot skip a row that is already there, so the
-//! tables with a dedupe key (events, event_keys) are copied optimistically inside a savepoint:
-//! a unique violation (a replayed event, a forked seq) rolls the savepoint back and the
-//! caller takes its `ON CONFLICT` path, which decides row by row as before.
+//! table with a dedupe key (events) is copied optimistically inside a savepoint: a unique
+//! violation (a replayed event) rolls the savepoint back and the caller takes its
+//! `ON CONFLICT` path, which decides row by row as before. event_keys and event_changes have
+//! no unique index (history format 2): only rows known to be new are copied into them.
 
 use sqlx::{Connection, PgConnection};
 
