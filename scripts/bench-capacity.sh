@@ -15,7 +15,10 @@
 #
 # Knobs (environment):
 #   BENCH_CAPACITY_RUNS="capacity growth"  which runs ("capacity", "growth" or both)
+#   CAPACITY_PATH=direct              direct, or kafka: through tansu (~/.cargo/bin/tansu, or TANSU_BIN;
+#                                     scripts/setup.sh builds it) with forward and persist in one shipper
 #   CAPACITY_RATES="2000 5000 8000 10000 12000 15000 20000"   target commands/s, one step each
+#                                     (kafka: "100 200 400 800")
 #   CAPACITY_STEP_SECONDS=60          length of each step
 #   CAPACITY_CLIENTS=50               connections of the mixed workload
 #   CAPACITY_WRITERS=                 --pg-writers of every shipper (empty: the shipper's default)
@@ -23,7 +26,7 @@
 #   CAPACITY_SLACK_SECONDS=1          SLACK_SECONDS x target rate)
 #   CAPACITY_STOP_AFTER=2             stop after this many unbounded steps in a row
 #   CAPACITY_ACHIEVED_MIN=0.95        a step passes only if it achieved this fraction of its target
-#   CAPACITY_DRAIN_N=200000           backlog of the drain ceiling measured after the steps
+#   CAPACITY_DRAIN_N=200000           backlog of the drain ceiling measured after the steps (kafka: 5000)
 #   CAPACITY_DRAIN_TIMEOUT=300        seconds allowed for any drain
 #   GROWTH_SIZES="1000000 10000000 20000000"   history sizes (events), after a first point on the
 #                                     empty database (20M events take ~22 GB under /var/tmp)
@@ -35,7 +38,9 @@
 #   GROWTH_PG_SET=""                  Postgres settings for the growth run, "name=value ..." (ALTER
 #                                     SYSTEM before the first point), e.g. "wal_compression=on"
 #   BENCH_PG_CONF=""                  settings Postgres starts with (both runs), "name=value ...",
-#                                     for those that need a restart, e.g. "shared_buffers=6GB"
+#                                     for those that need a restart, e.g. "shared_buffers=6GB"; with
+#                                     "shared_preload_libraries=pg_stat_statements" each capacity step's
+#                                     top statements go to pg_statements.txt (kept with BENCH_CAPACITY_KEEP)
 #   BENCH_CAPACITY_DOC=docs/bench-capacity.md   (the chart goes next to it, .png)
 #   BENCH_CAPACITY_KEEP=dir           keep logs and the results JSON in dir
 #   BENCH_VENV=$BENCH_TARGET_DIR/bench-venv    venv for matplotlib
@@ -46,7 +51,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 COMMAND_LINE="scripts/bench-capacity.sh"
-for v in BENCH_CAPACITY_RUNS CAPACITY_RATES CAPACITY_STEP_SECONDS CAPACITY_CLIENTS CAPACITY_WRITERS \
+for v in BENCH_CAPACITY_RUNS CAPACITY_PATH CAPACITY_RATES CAPACITY_STEP_SECONDS CAPACITY_CLIENTS CAPACITY_WRITERS \
          CAPACITY_SLACK_MIN CAPACITY_SLACK_SECONDS CAPACITY_STOP_AFTER CAPACITY_DRAIN_N \
          CAPACITY_DRAIN_TIMEOUT GROWTH_SIZES GROWTH_ACCOUNTS GROWTH_BACKLOG GROWTH_BACKLOG_ACCOUNTS \
          GROWTH_QUERIES GROWTH_REDIS_ACCOUNTS GROWTH_PG_SET BENCH_PG_CONF CAPACITY_ACHIEVED_MIN BENCH_CAPACITY_DOC TALLY_MODULE TALLY_SHIPPER; do

@@ -21,7 +21,8 @@
 #   BENCH_PROFILE_OPS=5000   commands per profiled workload
 #   BENCH_ONLY=id,id         run only these workloads (ids: ping asset hincrbyfloat lua_asset
 #                            multi watch asset_rust coupon lua_coupon usage lua_usage
-#                            hold lua_hold hincr_pair); the callgrind profile runs them all
+#                            hold lua_hold hincr_pair); the callgrind profile runs them all,
+#                            and asset_1m: ASSET.INCR over 1,000,000 accounts (profile only)
 #   BENCH_DOC=docs/bench.md  BENCH_CHART=docs/bench-ratios.png
 #   TALLY_MODULE=path        use this libtally.so instead of building it
 #   MODULE_TARGET_DIR=target BENCH_TARGET_DIR=$CARGO_TARGET_DIR or target   (cargo target dirs)
@@ -129,8 +130,8 @@ if [[ "$BENCH_PROFILE" != 0 ]] && need valgrind && need callgrind_control; then
     --callgrind-out-file="$PROFILE_DIR/callgrind.out.%p" -q
   VPID=${PIDS[-1]}
   BENCH_PORT=$PPORT "$BENCH_BIN" profile-setup
-  for w in ping hincrbyfloat asset lua_asset coupon lua_coupon usage lua_usage xadd multi \
-           hold lua_hold hincr_pair; do
+  for w in ping hincrbyfloat asset asset_1m lua_asset coupon lua_coupon usage lua_usage xadd \
+           multi hold lua_hold hincr_pair; do
     # Outside the counted part: the xadd/multi streams never hold more than one run's events.
     redis-cli -p "$PPORT" DEL bench:xa:log bench:mx:log >/dev/null
     callgrind_control -z "$VPID" >/dev/null

@@ -1,7 +1,8 @@
 //! `tally-bench capacity RESULTS.json`: the mixed workload (mix.rs) at stepped fixed rates
-//! on the direct path, one `tally-shipper run` throughout; per step the achieved and shipped
-//! rates, the backlog at its start and end, CPU seconds and (once everything drained) the
-//! freshness of its events; then the direct drain ceiling of the same servers (drain.rs).
+//! on the direct path or through Kafka (CAPACITY_PATH), one `tally-shipper run` throughout;
+//! per step the achieved and shipped rates, the backlog at its start and end, CPU seconds and
+//! (once everything drained) the freshness of its events; then the drain ceiling of the same
+//! path on the same servers (drain.rs).
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use super::probe::{group, Probe, STREAM};
 use super::results::{CapacityResults, CapacitySettings, LoadAt, Route, Sample, Step, StoredTotal};
 use super::servers::{wait_port, Proc, RunArgs, Servers};
-use super::{cpu, drain, fresh, loadavg, mix, say, unix_now, Config};
+use super::{cpu, drain, fresh, loadavg, mix, pgstat, say, unix_now, Config};
 
 /// Unix time in ms.
 pub fn unix_ms() -> i64 {
@@ -30,6 +31,37 @@ pub async fn backlog(c: &mut MultiplexedConnection) -> i64 {
             .query_async(c)
             .await
             .unwrap_or(0),
+    }
+}
+
+/// The backlog of `path`. Direct: the group's (`backlog`). Through Kafka the group holds only
+/// what `forward` has not produced yet, so: events appended to the stream - rows of `events`
+/// (everything not yet in Postgres, wherever it is).
+async fn backlog_of(p: &mut Probe, path: Route) -> i64 {
+    match path {
+        Route::Direct => backlog(&mut p.redis).await,
+        Route::Kafka => {
+            let added = p.entries_added().await;
+            let stored = p.events().await.unwrap_or(0);
+            i64::try_from(added.saturating_sub(stored)).unwrap_or(i64::MAX)
+        }
+    }
+}
+
+/// `wait_backlog` for `path`.
+async fn wait_path(p: &mut Probe, path: Route, to: i64, limit: Duration) -> bool {
+    if path == Route::Direct {
+        return wait_backlog(&mut p.redis, to, limit).await;
+    }
+    let end = Instant::now() + limit;
+    loop {
+        if backlog_of(p, path).await <= to {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -87,22 +119,31 @@ impl CapacitySettings {
 /// The whole run on one set of servers.
 pub async fn run(cfg: &Config, k: &CapacitySettings) -> Result<CapacityResults> {
     let started_unix = unix_now();
-    let (s, mut p, mut loads) = super::start(cfg).await?;
+    let kafka = k.path == Route::Kafka;
+    if kafka && !cfg.tansu.is_file() {
+        anyhow::bail!(
+            "CAPACITY_PATH=kafka: no tansu at {} (scripts/setup.sh builds it; or TANSU_BIN)",
+            cfg.tansu.display()
+        );
+    }
+    let (s, mut p, mut loads) = super::start(cfg, kafka).await?;
     let mut conns = connections(&s, k.clients).await?;
     let setup_events = mix::setup(&mut conns[0]).await?;
+    let topic = format!("bench.capacity.{}", fastrand::u16(..));
     let args = RunArgs {
         writers: k.writers,
+        topic: kafka.then_some(topic.as_str()),
         ..RunArgs::default()
     };
     let mut shipper = s.shipper_run(cfg, "capacity", args)?;
     wait_port(s.metrics_port, Duration::from_secs(10)).await;
     let limit = Duration::from_secs(k.drain_timeout_s);
-    if !wait_backlog(&mut p.redis, 0, limit).await {
+    if !wait_path(&mut p, k.path, 0, limit).await {
         say("capacity: the setup's events did not drain in time");
     }
     let steps = steps(&s, &mut p, &conns, &shipper, k).await?;
     loads.push(at("after the steps"));
-    let drained = wait_backlog(&mut p.redis, 0, limit).await;
+    let drained = wait_path(&mut p, k.path, 0, limit).await;
     say(&format!("capacity: final drain complete: {drained}"));
     let stored = whole_run(&p, &mut shipper, setup_events, &steps, limit).await?;
     let mut steps = measured(&p, steps).await?;
@@ -120,9 +161,10 @@ pub async fn run(cfg: &Config, k: &CapacitySettings) -> Result<CapacityResults> 
         .reduce(f64::max);
     say(&format!("capacity: {capacity:?} commands/s"));
     let mut cfg_drain = Config::from_env()?;
-    cfg_drain.knobs.n = k.drain_n;
+    (cfg_drain.knobs.n, cfg_drain.knobs.kafka_n) = (k.drain_n, k.drain_n);
     cfg_drain.knobs.drain_timeout_s = k.drain_timeout_s;
-    let drain = drain::run(&s, &mut p, &cfg_drain, Route::Direct, None, k.writers).await?;
+    cfg_drain.knobs.kafka_timeout_s = k.drain_timeout_s;
+    let drain = drain::run(&s, &mut p, &cfg_drain, k.path, None, k.writers).await?;
     loads.push(at("end"));
     let run = super::run_info(cfg, &s, &p, started_unix, loads).await?;
     Ok(CapacityResults {
@@ -185,7 +227,7 @@ async fn steps(
     let mut failed = 0;
     for (i, &rate) in k.rates.iter().enumerate() {
         // start each step from a drained pipeline, as far as it gets within 30 s
-        wait_backlog(&mut p.redis, k.slack_min as i64, Duration::from_secs(30)).await;
+        wait_path(p, k.path, k.slack_min as i64, Duration::from_secs(30)).await;
         let step = step(s, p, conns, shipper, k, i, rate).await?;
         say(&format!(
             "capacity step {rate}/s: sent {} ({} errors) in {:.1}s, backlog {} -> {}, cpu {:?}",
@@ -221,7 +263,11 @@ async fn step(
     i: usize,
     rate: f64,
 ) -> Result<Step> {
-    let backlog_start = backlog(&mut p.redis).await;
+    let backlog_start = backlog_of(p, k.path).await;
+    let statements = pgstat::connect(&s.pg.url("postgres", "tally")).await;
+    if let Some(pg) = &statements {
+        pgstat::reset(pg).await;
+    }
     let cpu0 = cpu::now(s, Some(shipper));
     let start_ms = unix_ms();
     let t0 = Instant::now();
@@ -245,6 +291,9 @@ async fn step(
     let seconds = t0.elapsed().as_secs_f64();
     let end_ms = unix_ms();
     let cpu = cpu::now(s, Some(shipper)) - cpu0;
+    if let Some(pg) = &statements {
+        pgstat::dump(pg, s.work.path(), &format!("step {rate}/s")).await;
+    }
     if let Some(e) = &done.first_error {
         say(&format!("capacity step {rate}/s: first error: {e}"));
     }
@@ -258,7 +307,7 @@ async fn step(
         start_ms,
         end_ms,
         backlog_start,
-        backlog_end: backlog(&mut p.redis).await,
+        backlog_end: backlog_of(p, k.path).await,
         samples,
         shipped: 0,
         freshness: Default::default(),

@@ -52,8 +52,8 @@ fn seconds(ticks: u64) -> f64 {
     ticks as f64 / hz.max(1) as f64
 }
 
-/// CPU seconds used so far by redis-server, the shipper (if running), PostgreSQL and this
-/// process; subtract two readings for an interval.
+/// CPU seconds used so far by redis-server, the shipper (if running), PostgreSQL, this
+/// process and the Kafka broker (if any); subtract two readings for an interval.
 pub fn now(s: &Servers, shipper: Option<&Proc>) -> CpuSeconds {
     let of = |pid: Option<u32>, children| seconds(pid.map_or(0, |p| ticks(p, children)));
     CpuSeconds {
@@ -61,6 +61,7 @@ pub fn now(s: &Servers, shipper: Option<&Proc>) -> CpuSeconds {
         shipper: of(shipper.and_then(Proc::pid), true),
         postgres: seconds(s.pg.pid().map_or(0, postgres_ticks)),
         bench: of(Some(std::process::id()), false),
+        broker: of(s.tansu.as_ref().and_then(|t| t.pid()), false),
     }
 }
 
@@ -73,6 +74,7 @@ impl std::ops::Sub for CpuSeconds {
             shipper: r(self.shipper - o.shipper),
             postgres: r(self.postgres - o.postgres),
             bench: r(self.bench - o.bench),
+            broker: r(self.broker - o.broker),
         }
     }
 }

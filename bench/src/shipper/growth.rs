@@ -42,7 +42,7 @@ const STATEMENT: &str = "SELECT seq, to_timestamp(ts_ms / 1000.0) AS at, delta, 
 
 pub async fn run(cfg: &Config, k: &CapacitySettings) -> Result<GrowthResults> {
     let started_unix = unix_now();
-    let (s, mut p, mut loads) = super::start(cfg).await?;
+    let (s, mut p, mut loads) = super::start(cfg, false).await?;
     for setting in &k.pg_set {
         superuser(&s, &alter_system(setting)?).await?;
     }

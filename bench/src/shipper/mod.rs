@@ -23,6 +23,7 @@ mod fresh;
 mod growth;
 mod history;
 mod mix;
+mod pgstat;
 mod probe;
 mod results;
 mod servers;
@@ -172,8 +173,18 @@ fn checked_config() -> Result<Config> {
 /// CAPACITY_* and GROWTH_* (scripts/bench-capacity.sh lists them).
 fn capacity_settings() -> Result<CapacitySettings> {
     use crate::env_or;
+    let (path, rates, drain_n) = match env_text("CAPACITY_PATH", "direct").as_str() {
+        "direct" => (
+            Route::Direct,
+            "2000 5000 8000 10000 12000 15000 20000",
+            200_000,
+        ),
+        "kafka" => (Route::Kafka, "100 200 400 800", 5_000),
+        other => anyhow::bail!("CAPACITY_PATH={other:?}: direct or kafka"),
+    };
     Ok(CapacitySettings {
-        rates: env_list("CAPACITY_RATES", "2000 5000 8000 10000 12000 15000 20000")?,
+        path,
+        rates: env_list("CAPACITY_RATES", rates)?,
         step_seconds: env_or("CAPACITY_STEP_SECONDS", 60.0),
         clients: env_or("CAPACITY_CLIENTS", 50),
         writers: std::env::var("CAPACITY_WRITERS")
@@ -182,7 +193,7 @@ fn capacity_settings() -> Result<CapacitySettings> {
         slack_min: env_or("CAPACITY_SLACK_MIN", 1000),
         slack_seconds: env_or("CAPACITY_SLACK_SECONDS", 1.0),
         achieved_min: env_or("CAPACITY_ACHIEVED_MIN", 0.95),
-        drain_n: env_or("CAPACITY_DRAIN_N", 200_000),
+        drain_n: env_or("CAPACITY_DRAIN_N", drain_n),
         stop_after_failed: env_or("CAPACITY_STOP_AFTER", 2),
         growth_sizes: env_list("GROWTH_SIZES", "1000000 10000000 20000000")?,
         growth_accounts: env_or("GROWTH_ACCOUNTS", 1_000_000),
@@ -195,9 +206,10 @@ fn capacity_settings() -> Result<CapacitySettings> {
     })
 }
 
-/// Servers without tansu, the database migrated, the probe, and the load average now.
-async fn start(cfg: &Config) -> Result<(Servers, Probe, Vec<results::LoadAt>)> {
-    let s = Servers::start(cfg, false).await?;
+/// Servers (tansu only with `kafka`), the database migrated, the probe, and the load average
+/// now.
+async fn start(cfg: &Config, kafka: bool) -> Result<(Servers, Probe, Vec<results::LoadAt>)> {
+    let s = Servers::start(cfg, kafka).await?;
     s.create_database(cfg).await?;
     let p = Probe::connect(&s).await?;
     Ok((s, p, vec![capacity::at("start")]))

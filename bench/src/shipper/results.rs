@@ -224,8 +224,8 @@ pub struct CapacityResults {
     pub steps: Vec<Step>,
     /// The highest target rate of a passed step (None: none passed).
     pub capacity: Option<f64>,
-    /// The direct drain ceiling of the same run (drain.rs: an ASSET.INCR backlog, then
-    /// `tally-shipper run` with the steps' `--pg-writers`).
+    /// The drain ceiling of the same run on the same path (drain.rs: an ASSET.INCR backlog,
+    /// then `tally-shipper run` with the steps' `--pg-writers`).
     pub drain: DrainRun,
 }
 
@@ -241,6 +241,8 @@ pub struct StoredTotal {
 /// The knobs of `tally-bench capacity` and `tally-bench growth` (CAPACITY_*, GROWTH_*).
 #[derive(Serialize, Clone)]
 pub struct CapacitySettings {
+    /// CAPACITY_PATH: the direct path, or through Kafka (tansu on the same machine).
+    pub path: Route,
     pub rates: Vec<f64>,
     pub step_seconds: f64,
     pub clients: u32,
@@ -309,6 +311,9 @@ pub struct CpuSeconds {
     pub postgres: f64,
     /// tally-bench itself (the load generator).
     pub bench: f64,
+    /// The Kafka broker (tansu), on the Kafka path; 0 without one.
+    #[serde(default)]
+    pub broker: f64,
 }
 
 // ---------------------------------------------------------------- tally-bench growth

@@ -195,6 +195,10 @@ pub struct Tansu {
 }
 
 impl Tansu {
+    pub fn pid(&self) -> Option<u32> {
+        self._proc.pid()
+    }
+
     async fn start(bin: &Path, storage: &str, work: &Path) -> Result<Tansu> {
         let port = free_port()?;
         let dir = work.join("kafka");
