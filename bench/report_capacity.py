@@ -302,8 +302,8 @@ def chart(cap, gro, path):
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
-        path = "through Kafka" if cap["settings"].get("path") == "kafka" else "direct path"
-        ax.set_title(f"capacity: {num(cap['capacity'])} cmd/s ({path})")
+        route = "through Kafka" if cap["settings"].get("path") == "kafka" else "direct path"
+        ax.set_title(f"capacity: {num(cap['capacity'])} cmd/s ({route})")
     if gro:
         ax = axes.pop(0)
         pts = gro["points"]
