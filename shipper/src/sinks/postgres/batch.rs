@@ -55,6 +55,7 @@ pub(crate) async fn persist_batch(
     advance: bool,
 ) -> Result<Outcome, sqlx::Error> {
     ensure_months(pool, records).await?;
+    super::seqs::create_new_keys(pool, records).await?;
     let mut tx = pool.begin().await?;
     if !take_fence(&mut tx, positions, advance).await? {
         tx.rollback().await?;

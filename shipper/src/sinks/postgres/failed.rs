@@ -58,6 +58,7 @@ pub(crate) async fn resolve(
     event_id: &str,
 ) -> Result<bool, sqlx::Error> {
     ensure_months(pool, std::slice::from_ref(rec)).await?;
+    super::seqs::create_new_keys(pool, std::slice::from_ref(rec)).await?;
     let mut tx = pool.begin().await?;
     persist_in_tx(&mut tx, std::slice::from_ref(rec)).await?;
     let done = sqlx::query(

@@ -170,22 +170,49 @@ pub(crate) async fn record(
     Ok((forks.len(), behind))
 }
 
+/// The key_seqs rows of the keys whose first event (seq 1) is in `records`, created before
+/// the batch's transaction, in key order and committed at once, with nothing to roll back but
+/// a row at seq 0. Created inside it (`ADVANCE_KEYS`' `ins`), a new key was a lock taken after
+/// the batch's locks on existing keys, out of key order: two writers sharing a new key and an
+/// old one deadlocked (`direct.rs`'s outage test). This statement holds no other lock while it
+/// waits for a concurrent insert of the same key. `ins` stays for keys first seen past seq 1.
+pub(crate) async fn create_new_keys(
+    pool: &PgPool,
+    records: &[crate::event::Record],
+) -> Result<(), sqlx::Error> {
+    let mut new: BTreeMap<&str, &str> = BTreeMap::new();
+    for e in records.iter().filter_map(|r| r.decoded.as_ref().ok()) {
+        for k in e.keys.iter().filter(|k| k.seq == 1) {
+            new.entry(k.key.as_str()).or_insert(e.id.as_str());
+        }
+    }
+    if new.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO key_seqs (data_key, last_seq, event_id, contiguous_seq)
+         SELECT k, 0, e::uuid, 0 FROM UNNEST($1::text[], $2::text[]) AS t(k, e) ORDER BY k
+         ON CONFLICT (data_key) DO NOTHING",
+    )
+    .bind(new.keys().copied().collect::<Vec<_>>())
+    .bind(new.values().copied().collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// One statement for every key of the batch, in key order: locks its key_seqs row (creating
 /// the missing ones), moves `last_seq` to the batch's highest seq and `contiguous_seq` along
 /// when `fast` holds, and returns each key's (contiguous_seq, last_seq) as they were before.
 /// The rows are locked in key order, so two batches sharing keys (a transfer whose keys went
 /// to two writers) wait for each other instead of deadlocking. Pairs above the previous
 /// highest seq go in unchecked (see `record`); last_seq moves only over those, so forks never
-/// move it. A key another transaction created or updated meanwhile is taken again by the next
-/// round (see `ADVANCE_KEYS`).
+/// move it. A key another transaction created meanwhile is taken again by the next round.
 async fn advance_keys(
     tx: &mut Transaction<'_, Postgres>,
     batches: &BTreeMap<&str, KeyBatch<'_>>,
 ) -> Result<HashMap<String, (i64, i64)>, sqlx::Error> {
-    // A key needs at most three: created by another transaction meanwhile (not locked), then
-    // updated by another one while this one waited for its lock (locked, not visible), then
-    // taken. One more for margin.
-    const ROUNDS: usize = 4;
+    const ROUNDS: usize = 3;
     let mut before = HashMap::new();
     for round in 0..=ROUNDS {
         let todo: Vec<(&&str, &KeyBatch)> = batches
@@ -224,23 +251,15 @@ async fn advance_keys(
 }
 
 /// `advance_keys`' statement. `old` locks the existing rows in key order and reads them
-/// (after waiting, the newest committed version), one primary-key lookup per key (`= ANY`
-/// over the whole array let the planner scan the table when it is small: about 2,400 blocks
-/// per batch of ~220 keys in the capacity run, with 40,000 keys). `upd` writes each row found by
-/// the `ctid` the lock returned, not by a second key lookup. A row whose newest version was
-/// committed after this statement's snapshot (a concurrent writer's, which the lock waited
-/// for) is not visible to that TID scan, so it is not updated and not returned: the next
-/// round (a new snapshot, the lock already held) takes it. `ins` creates the missing ones (a
-/// key another transaction created since the snapshot is skipped, and not returned).
-/// Returned: the values before the batch (0, 0 for a created row).
+/// (after waiting, the newest committed version); `upd` writes them; `ins` creates the
+/// missing ones (a key another transaction created since the snapshot is skipped, and not
+/// returned). Returned: the values before the batch (0, 0 for a created row).
 const ADVANCE_KEYS: &str = "
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::bool[], $5::text[]) AS t(k, mx, mn, run, e)
 ), old AS (
-    SELECT l.tid, l.data_key, l.last_seq, l.contiguous_seq
-    FROM (SELECT k FROM input ORDER BY k) i CROSS JOIN LATERAL (
-        SELECT ks.ctid AS tid, ks.data_key, ks.last_seq, ks.contiguous_seq FROM key_seqs ks
-        WHERE ks.data_key = i.k FOR UPDATE) l
+    SELECT ks.data_key, ks.last_seq, ks.contiguous_seq FROM key_seqs ks
+    WHERE ks.data_key = ANY($1::text[]) ORDER BY ks.data_key FOR UPDATE
 ), upd AS (
     UPDATE key_seqs ks SET
         last_seq = GREATEST(o.last_seq, i.mx),
@@ -249,7 +268,7 @@ WITH input AS (
                               THEN i.mx ELSE o.contiguous_seq END,
         updated_at = now()
     FROM old o JOIN input i ON i.k = o.data_key
-    WHERE ks.ctid = o.tid
+    WHERE ks.data_key = o.data_key
     RETURNING ks.data_key, o.contiguous_seq, o.last_seq
 ), ins AS (
     INSERT INTO key_seqs (data_key, last_seq, event_id, contiguous_seq)
@@ -460,9 +479,17 @@ where
     if keys.is_empty() {
         return Ok(());
     }
+    // The rows are locked in key order first, as `advance_keys` locks them: updated in plan
+    // order, this (the repair loop's, on its own connection) deadlocked with a writer holding
+    // one of the keys and waiting for another (`direct.rs`'s outage test, 4 runs in 8).
     sqlx::query(
-        "UPDATE key_seqs ks SET contiguous_seq = GREATEST(ks.contiguous_seq, t.c), updated_at = now()
-         FROM UNNEST($1::text[], $2::int8[]) AS t(k, c) WHERE ks.data_key = t.k",
+        "WITH locked AS (
+             SELECT ks.data_key FROM key_seqs ks WHERE ks.data_key = ANY($1::text[])
+             ORDER BY ks.data_key FOR UPDATE
+         )
+         UPDATE key_seqs ks SET contiguous_seq = GREATEST(ks.contiguous_seq, t.c), updated_at = now()
+         FROM UNNEST($1::text[], $2::int8[]) AS t(k, c) JOIN locked l ON l.data_key = t.k
+         WHERE ks.data_key = t.k",
     )
     .bind(keys)
     .bind(to)
