@@ -48,11 +48,13 @@ async fn backlog_of(p: &mut Probe, path: Route) -> i64 {
     }
 }
 
-/// `wait_backlog` for `path`.
-async fn wait_path(p: &mut Probe, path: Route, to: i64, limit: Duration) -> bool {
-    if path == Route::Direct {
-        return wait_backlog(&mut p.redis, to, limit).await;
-    }
+/// Polls the backlog of `path` (every 100 ms; through Kafka every 250 ms, a count of
+/// `events` each time) until it is at most `to` or `limit` has passed; true when it got there.
+pub async fn wait_backlog(p: &mut Probe, path: Route, to: i64, limit: Duration) -> bool {
+    let every = match path {
+        Route::Direct => Duration::from_millis(100),
+        Route::Kafka => Duration::from_millis(250),
+    };
     let end = Instant::now() + limit;
     loop {
         if backlog_of(p, path).await <= to {
@@ -61,22 +63,7 @@ async fn wait_path(p: &mut Probe, path: Route, to: i64, limit: Duration) -> bool
         if Instant::now() >= end {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Polls the backlog every 100 ms until it is at most `to` or `limit` has passed; true
-/// when it got there.
-pub async fn wait_backlog(c: &mut MultiplexedConnection, to: i64, limit: Duration) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if backlog(c).await <= to {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -138,12 +125,12 @@ pub async fn run(cfg: &Config, k: &CapacitySettings) -> Result<CapacityResults> 
     let mut shipper = s.shipper_run(cfg, "capacity", args)?;
     wait_port(s.metrics_port, Duration::from_secs(10)).await;
     let limit = Duration::from_secs(k.drain_timeout_s);
-    if !wait_path(&mut p, k.path, 0, limit).await {
+    if !wait_backlog(&mut p, k.path, 0, limit).await {
         say("capacity: the setup's events did not drain in time");
     }
     let steps = steps(&s, &mut p, &conns, &shipper, k).await?;
     loads.push(at("after the steps"));
-    let drained = wait_path(&mut p, k.path, 0, limit).await;
+    let drained = wait_backlog(&mut p, k.path, 0, limit).await;
     say(&format!("capacity: final drain complete: {drained}"));
     let stored = whole_run(&p, &mut shipper, setup_events, &steps, limit).await?;
     let mut steps = measured(&p, steps).await?;
@@ -227,7 +214,7 @@ async fn steps(
     let mut failed = 0;
     for (i, &rate) in k.rates.iter().enumerate() {
         // start each step from a drained pipeline, as far as it gets within 30 s
-        wait_path(p, k.path, k.slack_min as i64, Duration::from_secs(30)).await;
+        wait_backlog(p, k.path, k.slack_min as i64, Duration::from_secs(30)).await;
         let step = step(s, p, conns, shipper, k, i, rate).await?;
         say(&format!(
             "capacity step {rate}/s: sent {} ({} errors) in {:.1}s, backlog {} -> {}, cpu {:?}",

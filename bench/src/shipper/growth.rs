@@ -15,7 +15,7 @@ use super::history::{account_key, month_bounds, History};
 use super::probe::{Probe, STREAM};
 use super::results::{
     CapacitySettings, GrowthDrain, GrowthPoint, GrowthResults, MonthRows, QueryLatency,
-    RedisMemory, Status, TableRows,
+    RedisMemory, Route, Status, TableRows,
 };
 use super::servers::{RunArgs, Servers};
 use super::{cpu, fill, loadavg, say, unix_now, Config};
@@ -301,7 +301,7 @@ async fn drain(
     let t0 = Instant::now();
     let mut shipper = s.shipper_run(cfg, &format!("growth-{size}"), args)?;
     let limit = Duration::from_secs(k.drain_timeout_s);
-    let done = wait_backlog(&mut p.redis, 0, limit).await;
+    let done = wait_backlog(p, Route::Direct, 0, limit).await;
     let drain_s = t0.elapsed().as_secs_f64();
     let mut cpu = cpu::now(s, Some(&shipper)) - cpu0;
     cpu.shipper += cpu0.shipper; // it started after the first reading

@@ -54,8 +54,7 @@ pub(crate) async fn persist_batch(
     positions: &[Position],
     advance: bool,
 ) -> Result<Outcome, sqlx::Error> {
-    ensure_months(pool, records).await?;
-    super::seqs::create_new_keys(pool, records).await?;
+    before_tx(pool, records).await?;
     let mut tx = pool.begin().await?;
     if !take_fence(&mut tx, positions, advance).await? {
         tx.rollback().await?;
@@ -69,13 +68,15 @@ pub(crate) async fn persist_batch(
     Ok(outcome)
 }
 
-/// The month partitions the records' events will be written to (before the transaction: see
-/// `months`).
-pub(super) async fn ensure_months(pool: &PgPool, records: &[Record]) -> Result<(), sqlx::Error> {
+/// What the records need before their transaction, each committed at once: the month
+/// partitions their events will be written to (see `months`), and the key_seqs rows of their
+/// new keys (see `seqs::create_new_keys`).
+pub(super) async fn before_tx(pool: &PgPool, records: &[Record]) -> Result<(), sqlx::Error> {
     let ts = records
         .iter()
         .filter_map(|r| r.decoded.as_ref().ok().map(|e| e.ts));
-    super::months::ensure(pool, ts).await
+    super::months::ensure(pool, ts).await?;
+    super::seqs::create_new_keys(pool, records).await
 }
 
 /// The records in `tx`; their months exist (`ensure_months`).

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{ensure_months, persist_in_tx};
+use super::batch::{before_tx, persist_in_tx};
 use crate::event::Record;
 use crate::obs::metrics;
 
@@ -57,8 +57,7 @@ pub(crate) async fn resolve(
     rec: &Record,
     event_id: &str,
 ) -> Result<bool, sqlx::Error> {
-    ensure_months(pool, std::slice::from_ref(rec)).await?;
-    super::seqs::create_new_keys(pool, std::slice::from_ref(rec)).await?;
+    before_tx(pool, std::slice::from_ref(rec)).await?;
     let mut tx = pool.begin().await?;
     persist_in_tx(&mut tx, std::slice::from_ref(rec)).await?;
     let done = sqlx::query(
