@@ -99,7 +99,6 @@ pub(crate) fn key_batches<'a>(
 
 /// Whether a key's watermark after the batch is known without reading event_keys: it had no
 /// early arrivals stored (`last == contiguous`) and the batch brings exactly the next seqs.
-/// The statement of `advance_keys` makes the same decision in SQL.
 pub(crate) fn fast(contiguous: i64, last: i64, b: &KeyBatch<'_>) -> bool {
     last == contiguous && b.min.checked_sub(1) == Some(contiguous) && b.run
 }
@@ -201,23 +200,26 @@ pub(crate) async fn create_new_keys(
     Ok(())
 }
 
-/// One statement for every key of the batch, in key order: locks its key_seqs row (creating
-/// the missing ones), moves `last_seq` to the batch's highest seq and `contiguous_seq` along
-/// when `fast` holds, and returns each key's (contiguous_seq, last_seq) as they were before.
-/// The rows are locked in key order, so two batches sharing keys (a transfer whose keys went
-/// to two writers) wait for each other instead of deadlocking. Pairs above the previous
-/// highest seq go in unchecked (see `record`); last_seq moves only over those, so forks never
-/// move it. A key another transaction created meanwhile is taken again by the next round.
+/// Every key of the batch, in key order: locks its key_seqs row (creating the missing ones),
+/// moves `last_seq` to the batch's highest seq and `contiguous_seq` along when `fast` holds,
+/// and returns each key's (contiguous_seq, last_seq) as they were before. The rows are locked
+/// in key order, so two batches sharing keys (a transfer whose keys went to two writers) wait
+/// for each other instead of deadlocking. Pairs above the previous highest seq go in
+/// unchecked (see `record`); last_seq moves only over those, so forks never move it. A key
+/// another transaction created meanwhile is taken by the next round.
 async fn advance_keys(
     tx: &mut Transaction<'_, Postgres>,
     batches: &BTreeMap<&str, KeyBatch<'_>>,
 ) -> Result<HashMap<String, (i64, i64)>, sqlx::Error> {
+    // A key needs at most two: created by another transaction meanwhile (not found by the
+    // lock, skipped by the insert), then locked. One more for margin.
     const ROUNDS: usize = 3;
     let mut before = HashMap::new();
     for round in 0..=ROUNDS {
-        let todo: Vec<(&&str, &KeyBatch)> = batches
-            .iter()
-            .filter(|(k, _)| !before.contains_key(**k))
+        let todo: Vec<&str> = batches
+            .keys()
+            .filter(|k| !before.contains_key(**k))
+            .copied()
             .collect();
         if todo.is_empty() {
             return Ok(before);
@@ -225,18 +227,20 @@ async fn advance_keys(
         if round == ROUNDS {
             break;
         }
-        let rows: Vec<KeySeqRow> = sqlx::query_as(ADVANCE_KEYS)
-            .bind(todo.iter().map(|(k, _)| **k).collect::<Vec<_>>())
-            .bind(todo.iter().map(|(_, b)| b.max).collect::<Vec<_>>())
-            .bind(todo.iter().map(|(_, b)| b.min).collect::<Vec<_>>())
-            .bind(todo.iter().map(|(_, b)| b.run).collect::<Vec<_>>())
-            .bind(todo.iter().map(|(_, b)| b.newest).collect::<Vec<_>>())
-            .fetch_all(&mut **tx)
-            .await?;
+        let locked = lock_keys(tx, &todo).await?;
+        write_keys(tx, batches, &locked).await?;
         before.extend(
-            rows.into_iter()
+            locked
+                .into_iter()
                 .map(|r| (r.data_key, (r.contiguous_seq, r.last_seq))),
         );
+        let missing: Vec<&str> = todo
+            .into_iter()
+            .filter(|k| !before.contains_key(*k))
+            .collect();
+        for k in insert_keys(tx, batches, &missing).await? {
+            before.insert(k, (0, 0));
+        }
     }
     let left: Vec<&str> = batches
         .keys()
@@ -250,36 +254,115 @@ async fn advance_keys(
     )))
 }
 
-/// `advance_keys`' statement. `old` locks the existing rows in key order and reads them
-/// (after waiting, the newest committed version); `upd` writes them; `ins` creates the
-/// missing ones (a key another transaction created since the snapshot is skipped, and not
-/// returned). Returned: the values before the batch (0, 0 for a created row).
-const ADVANCE_KEYS: &str = "
-WITH input AS (
-    SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::bool[], $5::text[]) AS t(k, mx, mn, run, e)
-), old AS (
-    SELECT ks.data_key, ks.last_seq, ks.contiguous_seq FROM key_seqs ks
-    WHERE ks.data_key = ANY($1::text[]) ORDER BY ks.data_key FOR UPDATE
-), upd AS (
-    UPDATE key_seqs ks SET
-        last_seq = GREATEST(o.last_seq, i.mx),
-        event_id = CASE WHEN i.mx > o.last_seq THEN i.e::uuid ELSE ks.event_id END,
-        contiguous_seq = CASE WHEN o.last_seq = o.contiguous_seq AND i.mn = o.contiguous_seq + 1 AND i.run
-                              THEN i.mx ELSE o.contiguous_seq END,
-        updated_at = now()
-    FROM old o JOIN input i ON i.k = o.data_key
-    WHERE ks.data_key = o.data_key
-    RETURNING ks.data_key, o.contiguous_seq, o.last_seq
-), ins AS (
-    INSERT INTO key_seqs (data_key, last_seq, event_id, contiguous_seq)
-    SELECT i.k, i.mx, i.e::uuid, CASE WHEN i.mn = 1 AND i.run THEN i.mx ELSE 0 END
-    FROM input i WHERE NOT EXISTS (SELECT 1 FROM old o WHERE o.data_key = i.k)
-    ORDER BY i.k
-    ON CONFLICT (data_key) DO NOTHING
-    RETURNING data_key, 0::int8 AS contiguous_seq, 0::int8 AS last_seq
-)
-SELECT data_key, contiguous_seq, last_seq FROM upd
-UNION ALL SELECT data_key, contiguous_seq, last_seq FROM ins";
+/// A key_seqs row locked by `lock_keys`: where it is and its values before the batch.
+#[derive(sqlx::FromRow)]
+struct LockedKey {
+    tid: String,
+    data_key: String,
+    contiguous_seq: i64,
+    last_seq: i64,
+}
+
+/// Locks the existing key_seqs rows of `keys` in key order and reads them: after waiting for
+/// another writer, the version it committed. One primary-key lookup per key (a LATERAL join
+/// over the keys sorted in SQL, so the order is the collation's, as every other locker of
+/// key_seqs sorts): `data_key = ANY($1)` let the planner scan the whole table and hash-join
+/// when the batch is large against it (about 11 blocks read per key in the capacity run).
+async fn lock_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    keys: &[&str],
+) -> Result<Vec<LockedKey>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT l.tid::text AS tid, l.data_key, l.contiguous_seq, l.last_seq
+         FROM (SELECT k FROM UNNEST($1::text[]) AS k ORDER BY k) i CROSS JOIN LATERAL (
+             SELECT ks.ctid AS tid, ks.data_key, ks.contiguous_seq, ks.last_seq FROM key_seqs ks
+             WHERE ks.data_key = i.k FOR UPDATE) l",
+    )
+    .bind(keys)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// The locked rows' new values, written where `lock_keys` found them (a TID scan, not a
+/// second key lookup). This statement's snapshot is newer than the lock's wait, and the lock
+/// is held: each row it updates is the version the lock read.
+async fn write_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    batches: &BTreeMap<&str, KeyBatch<'_>>,
+    locked: &[LockedKey],
+) -> Result<(), sqlx::Error> {
+    let (mut tid, mut last, mut newest, mut contiguous) = (vec![], vec![], vec![], vec![]);
+    for r in locked {
+        let Some(b) = batches.get(r.data_key.as_str()) else {
+            continue; // not asked for: cannot happen, and nothing to write
+        };
+        tid.push(r.tid.as_str());
+        last.push(r.last_seq.max(b.max));
+        newest.push((b.max > r.last_seq).then_some(b.newest));
+        contiguous.push(if fast(r.contiguous_seq, r.last_seq, b) {
+            b.max
+        } else {
+            r.contiguous_seq
+        });
+    }
+    if tid.is_empty() {
+        return Ok(());
+    }
+    let updated = sqlx::query(
+        "UPDATE key_seqs ks SET last_seq = t.last, event_id = COALESCE(t.e::uuid, ks.event_id),
+             contiguous_seq = t.c, updated_at = now()
+         FROM UNNEST($1::text[]::tid[], $2::int8[], $3::text[], $4::int8[]) AS t(tid, last, e, c)
+         WHERE ks.ctid = ANY($1::text[]::tid[]) AND ks.ctid = t.tid",
+    )
+    .bind(&tid)
+    .bind(&last)
+    .bind(&newest)
+    .bind(&contiguous)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    // every row is locked by this transaction: none can have moved
+    if updated != tid.len() as u64 {
+        return Err(sqlx::Error::Protocol(format!(
+            "key_seqs: {updated} of {} locked rows updated",
+            tid.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Creates the key_seqs rows of `keys` (none was found), in key order; returns the keys
+/// created. A key another transaction created meanwhile is skipped (taken by the next round).
+/// A key first seen at seq 1 was created before the transaction (`create_new_keys`); this is
+/// for keys first seen past it.
+async fn insert_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    batches: &BTreeMap<&str, KeyBatch<'_>>,
+    keys: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
+    let rows: Vec<(&str, &KeyBatch)> = keys
+        .iter()
+        .filter_map(|k| batches.get(k).map(|b| (*k, b)))
+        .collect();
+    sqlx::query_scalar(
+        "INSERT INTO key_seqs (data_key, last_seq, event_id, contiguous_seq)
+         SELECT k, mx, e::uuid, CASE WHEN mn = 1 AND run THEN mx ELSE 0 END
+         FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::bool[], $5::text[]) AS t(k, mx, mn, run, e)
+         ORDER BY k
+         ON CONFLICT (data_key) DO NOTHING
+         RETURNING data_key",
+    )
+    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.max).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.min).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.run).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.newest).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await
+}
 
 /// The stored event of each (key, seq) in `seen` that event_keys holds.
 async fn stored_versions(
