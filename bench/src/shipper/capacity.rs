@@ -13,6 +13,7 @@ use super::probe::{group, Probe, STREAM};
 use super::results::{CapacityResults, CapacitySettings, LoadAt, Route, Sample, Step, StoredTotal};
 use super::servers::{wait_port, Proc, RunArgs, Servers};
 use super::{cpu, drain, fresh, loadavg, mix, pgstat, say, unix_now, Config};
+use crate::resp::Conn;
 
 /// Unix time in ms.
 pub fn unix_ms() -> i64 {
@@ -67,17 +68,11 @@ pub async fn wait_backlog(p: &mut Probe, path: Route, to: i64, limit: Duration) 
     }
 }
 
-/// `n` connections without a response timeout (a slow reply is a measurement, not an error).
-async fn connections(s: &Servers, n: u32) -> Result<Vec<MultiplexedConnection>> {
-    let client = redis::Client::open(s.redis.url())?;
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+/// The load's `n` connections (see `mix`).
+async fn connections(s: &Servers, n: u32) -> Result<Vec<Conn>> {
     let mut conns = Vec::new();
     for _ in 0..n {
-        conns.push(
-            client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?,
-        );
+        conns.push(Conn::connect(s.redis.port).await?);
     }
     Ok(conns)
 }
@@ -114,8 +109,8 @@ pub async fn run(cfg: &Config, k: &CapacitySettings) -> Result<CapacityResults> 
         );
     }
     let (s, mut p, mut loads) = super::start(cfg, kafka).await?;
+    let setup_events = mix::setup(&mut p.redis).await?;
     let mut conns = connections(&s, k.clients).await?;
-    let setup_events = mix::setup(&mut conns[0]).await?;
     let topic = format!("bench.capacity.{}", fastrand::u16(..));
     let args = RunArgs {
         writers: k.writers,
@@ -128,7 +123,7 @@ pub async fn run(cfg: &Config, k: &CapacitySettings) -> Result<CapacityResults> 
     if !wait_backlog(&mut p, k.path, 0, limit).await {
         say("capacity: the setup's events did not drain in time");
     }
-    let steps = steps(&s, &mut p, &conns, &shipper, k).await?;
+    let steps = steps(&s, &mut p, &mut conns, &shipper, k).await?;
     loads.push(at("after the steps"));
     let drained = wait_backlog(&mut p, k.path, 0, limit).await;
     say(&format!("capacity: final drain complete: {drained}"));
@@ -206,7 +201,7 @@ pub fn at(what: &str) -> LoadAt {
 async fn steps(
     s: &Servers,
     p: &mut Probe,
-    conns: &[MultiplexedConnection],
+    conns: &mut Vec<Conn>,
     shipper: &Proc,
     k: &CapacitySettings,
 ) -> Result<Vec<Step>> {
@@ -244,7 +239,7 @@ async fn steps(
 async fn step(
     s: &Servers,
     p: &mut Probe,
-    conns: &[MultiplexedConnection],
+    conns: &mut Vec<Conn>,
     shipper: &Proc,
     k: &CapacitySettings,
     i: usize,
@@ -258,7 +253,7 @@ async fn step(
     let cpu0 = cpu::now(s, Some(shipper));
     let start_ms = unix_ms();
     let t0 = Instant::now();
-    let load = mix::run(conns, i, rate, k.step_seconds);
+    let load = mix::run(std::mem::take(conns), i, rate, k.step_seconds);
     let mut samples = Vec::new();
     for n in 1u32.. {
         let g = group(&mut p.redis, None).await.unwrap_or_default();
@@ -274,7 +269,8 @@ async fn step(
         let next = t0 + Duration::from_secs(n.into());
         tokio::time::sleep_until(next.into()).await;
     }
-    let done = load.await.context("the load task")??;
+    let (done, back) = load.await.context("the load task")??;
+    *conns = back;
     let seconds = t0.elapsed().as_secs_f64();
     let end_ms = unix_ms();
     let cpu = cpu::now(s, Some(shipper)) - cpu0;
