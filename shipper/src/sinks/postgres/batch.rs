@@ -79,7 +79,7 @@ pub(super) async fn before_tx(pool: &PgPool, records: &[Record]) -> Result<(), s
     super::seqs::create_new_keys(pool, records).await
 }
 
-/// The records in `tx`; their months exist (`ensure_months`).
+/// The records in `tx`; their months and new keys exist (`before_tx`).
 pub(super) async fn persist_in_tx(
     tx: &mut Transaction<'_, Postgres>,
     records: &[Record],

@@ -171,10 +171,11 @@ pub(crate) async fn record(
 
 /// The key_seqs rows of the keys whose first event (seq 1) is in `records`, created before
 /// the batch's transaction, in key order and committed at once, with nothing to roll back but
-/// a row at seq 0. Created inside it (`ADVANCE_KEYS`' `ins`), a new key was a lock taken after
+/// a row at seq 0. Created inside it (by `insert_keys`), a new key was a lock taken after
 /// the batch's locks on existing keys, out of key order: two writers sharing a new key and an
 /// old one deadlocked (`direct.rs`'s outage test). This statement holds no other lock while it
-/// waits for a concurrent insert of the same key. `ins` stays for keys first seen past seq 1.
+/// waits for a concurrent insert of the same key. `insert_keys` stays for keys first seen past
+/// seq 1.
 pub(crate) async fn create_new_keys(
     pool: &PgPool,
     records: &[crate::event::Record],
