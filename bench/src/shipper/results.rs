@@ -349,7 +349,10 @@ pub struct GrowthPoint {
     /// Seconds the COPY of this point's new history took, and the index rebuild after it.
     pub copy_s: f64,
     pub index_s: f64,
+    /// The backlog drained right after the CHECKPOINT that follows the rebuild.
     pub drain: GrowthDrain,
+    /// The same backlog drained again at once after `drain`, in the same checkpoint cycle.
+    pub again: GrowthDrain,
     pub hot: QueryLatency,
     pub cold: QueryLatency,
     pub database_bytes: i64,
