@@ -7,6 +7,11 @@
 //! is not an anomaly: the watermark simply waits for the missing ones. A gap is a seq still
 //! missing once the pipeline has drained (`reconcile` reports it). A fork is one (key, seq)
 //! carried by two different event ids: recorded, never overwritten.
+//!
+//! Key order is byte order everywhere: every statement that locks key_seqs rows sorts its
+//! keys `COLLATE "C"` (the collation of `data_key` since migration 0008), the order of this
+//! file's `BTreeMap`s. Two lockers sorting by different collations could each hold a key the
+//! other waits for.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -191,7 +196,7 @@ pub(crate) async fn create_new_keys(
     }
     sqlx::query(
         "INSERT INTO key_seqs (data_key, last_seq, event_id, contiguous_seq)
-         SELECT k, 0, e::uuid, 0 FROM UNNEST($1::text[], $2::text[]) AS t(k, e) ORDER BY k
+         SELECT k, 0, e::uuid, 0 FROM UNNEST($1::text[], $2::text[]) AS t(k, e) ORDER BY k COLLATE \"C\"
          ON CONFLICT (data_key) DO NOTHING",
     )
     .bind(new.keys().copied().collect::<Vec<_>>())
@@ -266,8 +271,8 @@ struct LockedKey {
 
 /// Locks the existing key_seqs rows of `keys` in key order and reads them: after waiting for
 /// another writer, the version it committed. One primary-key lookup per key (a LATERAL join
-/// over the keys sorted in SQL, so the order is the collation's, as every other locker of
-/// key_seqs sorts): `data_key = ANY($1)` let the planner scan the whole table and hash-join
+/// over the keys sorted in SQL, bytewise, as every other locker of key_seqs sorts):
+/// `data_key = ANY($1)` let the planner scan the whole table and hash-join
 /// when the batch is large against it (about 11 blocks read per key in the capacity run).
 async fn lock_keys(
     tx: &mut Transaction<'_, Postgres>,
@@ -275,7 +280,7 @@ async fn lock_keys(
 ) -> Result<Vec<LockedKey>, sqlx::Error> {
     sqlx::query_as(
         "SELECT l.tid::text AS tid, l.data_key, l.contiguous_seq, l.last_seq
-         FROM (SELECT k FROM UNNEST($1::text[]) AS k ORDER BY k) i CROSS JOIN LATERAL (
+         FROM (SELECT k FROM UNNEST($1::text[]) AS k ORDER BY k COLLATE \"C\") i CROSS JOIN LATERAL (
              SELECT ks.ctid AS tid, ks.data_key, ks.contiguous_seq, ks.last_seq FROM key_seqs ks
              WHERE ks.data_key = i.k FOR UPDATE) l",
     )
@@ -352,7 +357,7 @@ async fn insert_keys(
         "INSERT INTO key_seqs (data_key, last_seq, event_id, contiguous_seq)
          SELECT k, mx, e::uuid, CASE WHEN mn = 1 AND run THEN mx ELSE 0 END
          FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::bool[], $5::text[]) AS t(k, mx, mn, run, e)
-         ORDER BY k
+         ORDER BY k COLLATE \"C\"
          ON CONFLICT (data_key) DO NOTHING
          RETURNING data_key",
     )
@@ -569,7 +574,7 @@ where
     sqlx::query(
         "WITH locked AS (
              SELECT ks.data_key FROM key_seqs ks WHERE ks.data_key = ANY($1::text[])
-             ORDER BY ks.data_key FOR UPDATE
+             ORDER BY ks.data_key COLLATE \"C\" FOR UPDATE
          )
          UPDATE key_seqs ks SET contiguous_seq = GREATEST(ks.contiguous_seq, t.c), updated_at = now()
          FROM UNNEST($1::text[], $2::int8[]) AS t(k, c) JOIN locked l ON l.data_key = t.k
