@@ -141,6 +141,11 @@ def drain_rate(d):
     return d["n"] / d["drain_s"] if d["drain_s"] > 0 else 0
 
 
+def wal_per_event(d, i):
+    """pg_stat_wal's `wal[i]` (0 records, 1 full-page images, 2 bytes) per drained event."""
+    return d["wal"][i] / d["n"]
+
+
 def drain_status(d):
     if not d:
         return ""
@@ -225,13 +230,13 @@ def growth(w, res, link):
     w("- copy / index rebuild seconds per point: " + "; ".join(
         f"{p['history_events']:,}: {p['copy_s']:.0f} s / {p['index_s']:.0f} s" for p in pts))
     w("- WAL written during each drain (pg_stat_wal, up to the shipper's exit): " + "; ".join(
-        f"{p['history_events']:,}: {p['drain']['wal'][2] / p['drain']['n']:,.0f} bytes and "
-        f"{p['drain']['wal'][1] / p['drain']['n']:.2f} full-page images per event"
+        f"{p['history_events']:,}: {wal_per_event(p['drain'], 2):,.0f} bytes and "
+        f"{wal_per_event(p['drain'], 1):.2f} full-page images per event"
         for p in pts))
     if all(p.get("again") for p in pts):
         w("- WAL written during each second drain (again): " + "; ".join(
-            f"{p['history_events']:,}: {p['again']['wal'][2] / p['again']['n']:,.0f} bytes and "
-            f"{p['again']['wal'][1] / p['again']['n']:.2f} full-page images per event, Postgres "
+            f"{p['history_events']:,}: {wal_per_event(p['again'], 2):,.0f} bytes and "
+            f"{wal_per_event(p['again'], 1):.2f} full-page images per event, Postgres "
             f"{p['again']['cpu']['postgres']:.1f} CPU s" for p in pts))
     w("- CPU seconds during each drain (redis / shipper / postgres): " + "; ".join(
         f"{p['history_events']:,}: {p['drain']['cpu']['redis']:.1f} / {p['drain']['cpu']['shipper']:.1f} / "
@@ -268,8 +273,8 @@ def findings(w, pts, link, shared_buffers):
     """What the growth figures say about the drain, from the figures themselves."""
     if len(pts) < 2:
         return
-    rate = lambda p: p["drain"]["n"] / p["drain"]["drain_s"]  # noqa: E731
-    per = lambda p, i: p["drain"]["wal"][i] / p["drain"]["n"]  # noqa: E731
+    rate = lambda p: drain_rate(p["drain"])  # noqa: E731
+    per = lambda p, i, which="drain": wal_per_event(p[which], i)  # noqa: E731
     first, last = pts[0], pts[-1]
     ratio = rate(last) / rate(first)
     w("### Reading the drain figures")
@@ -293,8 +298,7 @@ def findings(w, pts, link, shared_buffers):
         w("right after a CHECKPOINT, the worst moment for the page images; in production every checkpoint")
         w("(checkpoint_timeout, 5 min by default) starts that cycle again.")
         if last.get("again") and first.get("again"):
-            a = lambda p, i: p["again"]["wal"][i] / p["again"]["n"]  # noqa: E731
-            w(f"The second drain at the largest size, in the same cycle, wrote {a(last, 1):.2f} full-page images per event")
+            w(f"The second drain at the largest size, in the same cycle, wrote {per(last, 1, 'again'):.2f} full-page images per event")
             w(f"(the first {per(last, 1):.2f}) and ran at {drain_rate(last['again']):,.0f} events/s, "
               f"{drain_rate(last['again']) / drain_rate(first['again']):.2f}x the empty database's second drain:")
             w("what is left is the B-tree work of inserting at random into larger indexes.")

@@ -8,7 +8,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 
 /// 2026-02-01 00:00:00 UTC, in Unix ms.
 const FEB_FIRST_MS: i64 = 1_769_904_000_000;
@@ -17,13 +16,6 @@ const FEB_FIRST_MS: i64 = 1_769_904_000_000;
 const KEY_COLUMNS: &str =
     "SELECT table_name::text || '.' || column_name::text FROM information_schema.columns
      WHERE table_schema = 'public' AND collation_name = 'C' ORDER BY 1";
-
-fn id_of(e: &str) -> String {
-    serde_json::from_str::<Value>(e).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 async fn keys_in_order(pool: &sqlx::PgPool) -> Vec<String> {
     sqlx::query_scalar("SELECT data_key FROM key_seqs ORDER BY data_key")

@@ -15,13 +15,6 @@ const FEB_FIRST_MS: i64 = JAN_LAST_MS + 1;
 /// 2025-06-15 UTC: a late event of an old month.
 const JUNE_2025_MS: i64 = 1_749_945_600_000;
 
-fn id_of(e: &str) -> String {
-    serde_json::from_str::<Value>(e).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 async fn months_of(pool: &sqlx::PgPool, table: &str) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid

@@ -2,8 +2,9 @@
 //! point on the empty database) the synthetic history (history.rs) grows to that size, spread
 //! over the 12 month partitions ending with the current month (history format 2,
 //! docs/history.md), the indexes are rebuilt, then: a fixed backlog drained by `tally-shipper
-//! run` into the current month (right after a CHECKPOINT, then once more at once), the account statement query of docs/operations.md on hot and
-//! cold accounts, and the sizes (the totals and the current month's partitions).
+//! run` into the current month (right after a CHECKPOINT, then once more at once), the
+//! account statement query of docs/operations.md on hot and cold accounts, and the sizes (the
+//! totals and the current month's partitions).
 
 use std::time::{Duration, Instant};
 

@@ -1024,6 +1024,14 @@ pub async fn ship_all(
         .success());
 }
 
+/// The `id` of an event's JSON.
+pub fn id_of(e: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(e).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// `event` with its `ts` set to `ts_ms` (an event of another moment than now).
 pub fn at(event: &str, ts_ms: i64) -> String {
     let mut v: serde_json::Value = serde_json::from_str(event).unwrap();
